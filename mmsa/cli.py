@@ -22,6 +22,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
         shard_size=args.shard_size,
         allow_local_files=args.allow_local_files,
         allow_hosts=args.allow_hosts,
+        force=args.force,
+        retry_failed=args.retry_failed,
     )
     print(summary.describe())
     return 0
@@ -69,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST_OR_CIDR",
         help="hosts or CIDRs exempt from the private-address block (tests, private CDNs)",
     )
+    p.add_argument("--force", action="store_true", help="re-score shards already scored by this model")
+    p.add_argument("--retry-failed", action="store_true", help="re-fetch retryable image failures and re-score their shards")
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("report", help="run one SQL report from sql/reports and print it")

@@ -1,0 +1,232 @@
+"""The scoring stages, as plain functions over files: prepare -> fetch -> infer -> load.
+
+Each stage reads and writes files under OUT/_work/<dump key>/, so stages can run in different
+threads, processes or machines (Prefect tasks pass paths, never tensors), and a rerun of the
+same dump picks up where a killed one stopped: a shard whose done-marker exists is not redone.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mmsa import source, store
+from mmsa.schema import LABELS, SCORED_SCHEMA
+
+_INFER_LOCK = threading.Lock()  # one model forward at a time per process: torch already uses every core
+
+
+@dataclass
+class RunOptions:
+    """What a scoring run needs besides the dump; plain data so it crosses process boundaries."""
+
+    db: str
+    out: str
+    cache: str | None = None
+    model: str = "default"
+    shard_size: int = 256
+    allow_local_files: bool = False
+    allow_hosts: tuple[str, ...] = ()
+    force: bool = False
+    retry_failed: bool = False
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.cache) if self.cache else Path(self.out) / "_cache"
+
+
+@dataclass
+class Prepared:
+    dump: str
+    key: str
+    workdir: str
+    shards: list[str]
+    posts_in: int
+    rejected: int
+
+
+@dataclass
+class ShardResult:
+    index: int
+    files: list[str]
+    posts: int
+    image_status: dict[str, int]
+    seconds: dict[str, float]
+    skipped: bool = False
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    dump: str
+    model_version: str
+    posts_in: int
+    posts_scored: int
+    posts_rejected: int
+    shards_done: int
+    shards_skipped: int
+    image_status: dict[str, int]
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        mix = ", ".join(f"{k}={v}" for k, v in sorted(self.image_status.items())) or "none"
+        secs = ", ".join(f"{k} {v:.1f}s" for k, v in self.stage_seconds.items())
+        return (
+            f"run {self.run_id}: {self.posts_in} rows in, {self.posts_scored} scored, {self.posts_rejected} rejected "
+            f"({self.shards_done} shards scored, {self.shards_skipped} already done)\n"
+            f"model {self.model_version}; images: {mix}\nstages: {secs}"
+        )
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def prepare(dump: str, opts: RunOptions) -> Prepared:
+    """Validate the dump and cut it into shard files; rejected rows go to one file beside them."""
+    staging = Path(opts.out) / "_work" / "_downloads"
+    local = source.localise(dump, staging)
+    key = source.content_key(local)
+    workdir = Path(opts.out) / "_work" / key
+    shards, rejected, posts_in = [], [], 0
+    for shard in source.iter_shards(local, opts.shard_size, dump_name=str(dump)):
+        path = workdir / "shards" / f"shard-{shard.index:05d}.parquet"
+        shards.append(str(store.write_atomic(shard.posts, path)))
+        rejected.extend(shard.rejected)
+        posts_in += shard.posts.num_rows + len(shard.rejected)
+    (workdir / "rejected.json").write_text(json.dumps(rejected))
+    return Prepared(str(dump), key, str(workdir), shards, posts_in, len(rejected))
+
+
+def _done_marker(shard_path: str, model_version: str) -> Path:
+    shard = Path(shard_path)
+    return shard.parent.parent / "done" / model_version / f"{shard.stem}.json"
+
+
+def _fetch_config(opts: RunOptions, image_size: int):
+    from mmsa.fetch import FetchConfig
+
+    return FetchConfig(image_size=image_size, allow_hosts=tuple(opts.allow_hosts), allow_local_files=opts.allow_local_files)
+
+
+def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> ShardResult:
+    """Fetch the shard's images, run the model, write the shard's Parquet partitions, mark it done."""
+    from mmsa.fetch import RETRYABLE, ImageCache, fetch_images
+    from mmsa.model import load_model
+
+    model = load_model(opts.model)
+    marker = _done_marker(shard_path, model.version)
+    index = int(Path(shard_path).stem.split("-")[1])
+    if marker.exists() and not opts.force:
+        done = json.loads(marker.read_text())
+        if not (opts.retry_failed and done.get("retryable", 0)):
+            return ShardResult(**{**done["result"], "skipped": True})
+
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    posts = pq.read_table(shard_path)
+    cache = ImageCache(opts.cache_dir, model.image_size)
+    items = list(zip(posts["post_id"].to_pylist(), posts["image_url"].to_pylist()))
+    fetched = fetch_images(items, _fetch_config(opts, model.image_size), cache, retry_failed=opts.retry_failed)
+    t1 = time.perf_counter()
+    seconds["fetch"] = t1 - t0
+
+    images = [cache.load(r.image_key) if r.status == "ok" else None for r in fetched]
+    with _INFER_LOCK:
+        pred = model.predict(posts["text"].to_pylist(), images)
+    t2 = time.perf_counter()
+    seconds["infer"] = t2 - t1
+
+    table = scored_table(posts, [r.status for r in fetched], pred, model.version, run_id)
+    files = store.write_partitions(table, Path(opts.out), f"{model.version}-{key}-{index:05d}")
+    seconds["write"] = time.perf_counter() - t2
+
+    result = ShardResult(index, [str(f) for f in files], posts.num_rows, dict(Counter(r.status for r in fetched)), seconds)
+    retryable = sum(1 for r in fetched if r.status in RETRYABLE)
+    store.write_text_atomic(marker, json.dumps({"result": asdict(result), "retryable": retryable}))
+    return result
+
+
+def _labels(probs: np.ndarray) -> list[str | None]:
+    return [None if np.isnan(row).any() else LABELS[int(row.argmax())] for row in probs]
+
+
+def _prob_columns(prefix: str, probs: np.ndarray) -> dict[str, list]:
+    cols = {f"{prefix}label": _labels(probs)}
+    for i, name in enumerate(LABELS):
+        cols[f"{prefix}p_{name}"] = [None if np.isnan(v) else float(v) for v in probs[:, i]]
+    return cols
+
+
+def scored_table(posts: pa.Table, statuses: list[str], pred, model_version: str, run_id: str) -> pa.Table:
+    """Join posts, image statuses and predictions into rows of SCORED_SCHEMA."""
+    probs = np.asarray(pred.probs, dtype=np.float64)
+    cols = {name: posts[name] for name in posts.column_names}
+    cols["image_status"] = statuses
+    cols.update(_prob_columns("", probs))
+    cols["sentiment_score"] = (probs[:, 0] - probs[:, 2]).tolist()
+    cols.update(_prob_columns("text_", np.asarray(pred.text_probs, dtype=np.float64)))
+    cols.update(_prob_columns("image_", np.asarray(pred.image_probs, dtype=np.float64)))
+    n = posts.num_rows
+    cols["model_version"] = [model_version] * n
+    cols["run_id"] = [run_id] * n
+    cols["scored_at"] = pa.array([store.now_utc()] * n, type=pa.timestamp("us", tz="UTC"))
+    return pa.table({name: cols[name] for name in SCORED_SCHEMA.names}, schema=SCORED_SCHEMA)
+
+
+def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_id: str, model_version: str,
+         started_at, stage_seconds: dict[str, float]) -> RunSummary:
+    """Upsert every shard's rows and the rejected rows into DuckDB, and record the run."""
+    t0 = time.perf_counter()
+    rejected = json.loads((Path(prepared.workdir) / "rejected.json").read_text())
+    con = store.connect(opts.db)
+    try:
+        scored = store.load_scored(con, [f for r in results for f in r.files])
+        store.load_rejected(con, rejected, prepared.dump, run_id)
+        status = Counter()
+        for r in results:
+            status.update(r.image_status)
+        for r in results:
+            for k, v in r.seconds.items():
+                stage_seconds[k] = stage_seconds.get(k, 0.0) + v
+        stage_seconds["load"] = time.perf_counter() - t0
+        summary = RunSummary(
+            run_id=run_id,
+            dump=prepared.dump,
+            model_version=model_version,
+            posts_in=prepared.posts_in,
+            posts_scored=scored,
+            posts_rejected=len(rejected),
+            shards_done=sum(not r.skipped for r in results),
+            shards_skipped=sum(r.skipped for r in results),
+            image_status=dict(status),
+            stage_seconds={k: round(v, 3) for k, v in stage_seconds.items()},
+        )
+        store.record_run(
+            con,
+            {
+                "run_id": run_id,
+                "dump": prepared.dump,
+                "model_version": model_version,
+                "started_at": started_at,
+                "finished_at": store.now_utc(),
+                "posts_in": summary.posts_in,
+                "posts_scored": summary.posts_scored,
+                "posts_rejected": summary.posts_rejected,
+                "image_status": summary.image_status,
+                "stage_seconds": summary.stage_seconds,
+            },
+        )
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    return summary

@@ -1,0 +1,145 @@
+"""Write scored posts: hive-partitioned Parquet files (atomically) and the DuckDB tables/views.
+
+The DuckDB table `scored_posts` is keyed by (post_id, model_version) and loaded with
+INSERT OR REPLACE, so loading the same results twice never duplicates a row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mmsa.schema import REJECTED_SCHEMA, SCORED_SCHEMA
+
+_DUCK_TYPES = {
+    pa.string(): "VARCHAR",
+    pa.int64(): "BIGINT",
+    pa.float64(): "DOUBLE",
+    pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
+}
+
+
+def _columns(schema: pa.Schema) -> str:
+    return ",\n  ".join(f"{f.name} {_DUCK_TYPES[f.type]}" for f in schema)
+
+
+DDL = f"""
+SET TimeZone = 'UTC';
+CREATE TABLE IF NOT EXISTS scored_posts (
+  {_columns(SCORED_SCHEMA)},
+  PRIMARY KEY (post_id, model_version)
+);
+CREATE TABLE IF NOT EXISTS rejected_posts (
+  {_columns(REJECTED_SCHEMA)}
+);
+CREATE TABLE IF NOT EXISTS runs (
+  run_id VARCHAR PRIMARY KEY,
+  dump VARCHAR,
+  model_version VARCHAR,
+  started_at TIMESTAMPTZ,
+  finished_at TIMESTAMPTZ,
+  posts_in BIGINT,
+  posts_scored BIGINT,
+  posts_rejected BIGINT,
+  image_status JSON,
+  stage_seconds JSON
+);
+CREATE OR REPLACE VIEW post_sentiment AS
+  SELECT *, CAST(created_at AS DATE) AS day FROM scored_posts;
+"""
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def write_atomic(table: pa.Table, path: Path) -> Path:
+    """Write a Parquet file so that readers and crashes only ever see a whole file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write a small text file (a manifest entry) all at once or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write_partitions(table: pa.Table, out: Path, stem: str) -> list[Path]:
+    """Split scored rows by the post's UTC date into out/date=YYYY-MM-DD/STEM.parquet.
+
+    File names are deterministic for a given dump shard and model, so a rerun replaces
+    its own files instead of adding copies."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", stem)
+    days = pc.strftime(table["created_at"], format="%Y-%m-%d")
+    written = []
+    for day in sorted(set(days.to_pylist())):
+        part = table.filter(pc.equal(days, day))
+        written.append(write_atomic(part, out / f"date={day}" / f"{stem}.parquet"))
+    return written
+
+
+def connect(db: str | Path) -> duckdb.DuckDBPyConnection:
+    """Open the pipeline's database read-write, creating the schema if needed."""
+    Path(db).parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(db))
+    con.execute(DDL)
+    return con
+
+
+def load_scored(con: duckdb.DuckDBPyConnection, files: Iterable[Path]) -> int:
+    """Upsert scored rows from Parquet files; returns the number of rows loaded."""
+    files = [str(f) for f in files]
+    if not files:
+        return 0
+    cols = ", ".join(SCORED_SCHEMA.names)
+    con.execute("BEGIN")
+    con.execute(
+        f"INSERT OR REPLACE INTO scored_posts ({cols}) "
+        f"SELECT {cols} FROM read_parquet($files, hive_partitioning = false)",
+        {"files": files},
+    )
+    (n,) = con.execute("SELECT count(*) FROM read_parquet($files, hive_partitioning = false)", {"files": files}).fetchone()
+    con.execute("COMMIT")
+    return n
+
+
+def load_rejected(con: duckdb.DuckDBPyConnection, rows: list[dict], dump: str, run_id: str) -> int:
+    """Record rejected rows; a rerun of the same dump replaces its earlier rejections."""
+    con.execute("BEGIN")
+    con.execute("DELETE FROM rejected_posts WHERE dump = $dump", {"dump": dump})
+    if rows:
+        at = now_utc()
+        table = pa.Table.from_pylist(
+            [{**r, "dump": dump, "run_id": run_id, "rejected_at": at} for r in rows], schema=REJECTED_SCHEMA
+        )
+        con.register("new_rejected", table)
+        con.execute("INSERT INTO rejected_posts SELECT * FROM new_rejected")
+        con.unregister("new_rejected")
+    con.execute("COMMIT")
+    return len(rows)
+
+
+def record_run(con: duckdb.DuckDBPyConnection, stats: dict) -> None:
+    """Store one run's statistics (JSON columns hold the status mix and per-stage seconds)."""
+    row = dict(stats)
+    row["image_status"] = json.dumps(row["image_status"])
+    row["stage_seconds"] = json.dumps(row["stage_seconds"])
+    cols = ", ".join(row)
+    params = ", ".join(f"${k}" for k in row)
+    con.execute(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({params})", row)

@@ -1,0 +1,87 @@
+"""Reading and validating dumps: every input row is accounted for exactly once."""
+
+import json
+
+import polars as pl
+import pytest
+
+from mmsa import source
+from mmsa.demo import serve_folder
+
+GOOD = [
+    {"post_id": "a1", "created_at": "2026-11-20T10:00:00Z", "text": "love it", "brand": "acme", "likes": 3},
+    {"post_id": 42, "created_at": "2026-11-20 11:30:00", "image_url": "http://x/y.jpg", "shares": "7"},
+    {"post_id": "a3", "created_at": "2026-11-21T01:00:00+02:00", "text": "meh", "campaign": "black-friday"},
+]
+BAD = [
+    ({"created_at": "2026-11-20T10:00:00Z", "text": "no id"}, "missing post_id"),
+    ({"post_id": "b2", "text": "no date"}, "missing created_at"),
+    ({"post_id": "b3", "created_at": "yesterday", "text": "x"}, "created_at is not ISO-8601"),
+    ({"post_id": "b4", "created_at": "2026-11-20", "text": "x", "likes": -1}, "likes is not a non-negative integer"),
+    ({"post_id": "b5", "created_at": "2026-11-20"}, "nothing to score"),
+    ({"post_id": "a1", "created_at": "2026-11-20", "text": "again"}, "duplicate post_id"),
+]
+
+
+def _write_jsonl(path, rows, extra_lines=()):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "".join(extra_lines))
+    return path
+
+
+def _all(path, shard_size=2, name=None):
+    shards = list(source.iter_shards(path, shard_size, dump_name=name))
+    posts = [p for s in shards for p in s.posts.to_pylist()]
+    rejected = [r for s in shards for r in s.rejected]
+    return shards, posts, rejected
+
+
+def test_jsonl_rows_are_validated_and_each_accounted_once(tmp_path):
+    dump = _write_jsonl(tmp_path / "d.jsonl", GOOD + [b for b, _ in BAD], extra_lines=["{not json\n", "[1,2]\n"])
+    shards, posts, rejected = _all(dump)
+    assert [p["post_id"] for p in posts] == ["a1", "42", "a3"]
+    assert len(posts) + len(rejected) == len(GOOD) + len(BAD) + 2
+    reasons = [r["reason"] for r in rejected]
+    for (_, expected), got in zip(BAD, reasons):
+        assert got.startswith(expected), (expected, got)
+    assert reasons[-2].startswith("invalid JSON") and reasons[-1] == "invalid JSON: not an object"
+    assert [s.posts.num_rows for s in shards] == [2, 1]
+
+
+def test_values_are_normalised(tmp_path):
+    _, posts, _ = _all(_write_jsonl(tmp_path / "d.jsonl", GOOD))
+    a1, p42, a3 = posts
+    assert a1["created_at"].isoformat() == "2026-11-20T10:00:00+00:00"
+    assert p42["created_at"].isoformat() == "2026-11-20T11:30:00+00:00"  # naive = UTC
+    assert a3["created_at"].isoformat() == "2026-11-20T23:00:00+00:00"  # converted to UTC
+    assert (a1["likes"], p42["shares"], p42["text"]) == (3, 7, None)
+    assert json.loads(a3["extra"]) == {"campaign": "black-friday"} and a1["extra"] is None
+
+
+def test_csv_and_parquet_give_the_same_posts(tmp_path):
+    _, expected, _ = _all(_write_jsonl(tmp_path / "d.jsonl", GOOD))
+    frame = pl.DataFrame([{k: (None if r.get(k) is None else str(r.get(k))) for k in
+                           ("post_id", "created_at", "text", "image_url", "brand", "likes", "shares")} for r in GOOD])
+    frame.write_csv(tmp_path / "d.csv")
+    frame.write_parquet(tmp_path / "d.parquet")
+    for name in ("d.csv", "d.parquet"):
+        _, posts, rejected = _all(tmp_path / name)
+        assert rejected == []
+        strip = lambda p: {k: v for k, v in p.items() if k != "extra"}  # noqa: E731
+        assert [strip(p) for p in posts] == [strip(p) for p in expected]
+
+
+def test_dump_over_http_is_downloaded(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    _write_jsonl(site / "posts.jsonl", GOOD)
+    with serve_folder(site) as base:
+        local = source.localise(f"{base}/posts.jsonl", tmp_path / "dl")
+    assert local.read_text() == (site / "posts.jsonl").read_text()
+    assert source.content_key(local) == source.content_key(site / "posts.jsonl")
+
+
+def test_unknown_format_and_missing_file_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        list(source.iter_shards(_write_jsonl(tmp_path / "d.txt", GOOD), 10))
+    with pytest.raises(FileNotFoundError, match="dump not found"):
+        source.localise(tmp_path / "nope.jsonl", tmp_path)
