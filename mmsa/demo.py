@@ -68,7 +68,7 @@ def make_dump(folder: Path, base_url: str, n_posts: int, seed: int = 7) -> Path:
         rows.append(
             {
                 "post_id": f"demo-{i:03d}",
-                "created_at": (start + timedelta(hours=7 * i)).isoformat(),
+                "created_at": (start + timedelta(minutes=(96 * 60 // n_posts) * i)).isoformat(),
                 "brand": brand,
                 "source": SOURCES[i % len(SOURCES)],
                 "lang": "en",

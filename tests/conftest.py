@@ -5,6 +5,7 @@ import tempfile
 
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="mmsa-prefect-"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import pytest  # noqa: E402
 

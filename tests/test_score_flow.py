@@ -1,0 +1,98 @@
+"""End to end: a dump whose images come from a real HTTP server on 127.0.0.1, scored by the
+real Prefect flow into real Parquet files and a real DuckDB file."""
+
+import json
+
+import duckdb
+import pytest
+
+from mmsa import cli, report
+from mmsa.demo import make_dump, serve_folder
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A served folder with a generated 20-post dump (one 404 image, one post without image, one bad row)."""
+    folder = tmp_path_factory.mktemp("site")
+    with serve_folder(folder) as base:
+        dump = make_dump(folder, base, n_posts=20)
+        with dump.open("a") as fh:
+            fh.write(json.dumps({"post_id": "demo-000", "created_at": "2026-11-16", "text": "duplicate id"}) + "\n")
+            fh.write("this line is not json\n")
+        yield base, dump
+
+
+def _score(base, db, out, *extra):
+    return cli.main(["score", f"{base}/posts.jsonl", "--db", str(db), "--out", str(out),
+                     "--shard-size", "8", "--allow-hosts", "127.0.0.1", *extra])
+
+
+def test_score_writes_one_row_per_accepted_post(prefect_harness, site, tmp_path):
+    base, dump = site
+    db, out = tmp_path / "m.duckdb", tmp_path / "out"
+    assert _score(base, db, out) == 0
+
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.sql("SELECT post_id, image_status, label, p_positive + p_neutral + p_negative, sentiment_score,"
+                       " p_positive - p_negative, text_label, image_label FROM post_sentiment ORDER BY post_id").fetchall()
+        rejected = con.sql("SELECT post_id, reason FROM rejected_posts ORDER BY line").fetchall()
+        runs = con.sql("SELECT posts_in, posts_scored, posts_rejected FROM runs").fetchall()
+    assert [r[0] for r in rows] == [f"demo-{i:03d}" for i in range(20)]
+    status = {r[0]: r[1] for r in rows}
+    assert status["demo-003"] == "http_404" and status["demo-005"] == "no_image"
+    assert sum(s == "ok" for s in status.values()) == 18
+    for _, st, label, total, score, diff, text_label, image_label in rows:
+        assert label in ("positive", "neutral", "negative") and text_label in ("positive", "neutral", "negative")
+        assert abs(total - 1) < 1e-6 and abs(score - diff) < 1e-12
+        assert (image_label is None) == (st != "ok")
+    assert [r[1].split(" (")[0] for r in rejected] == ["created_at is not ISO-8601: 'last tuesday'", "duplicate post_id",
+                                                      "invalid JSON: Expecting value"]
+    assert runs == [(23, 20, 3)]
+
+    parts = sorted(p.relative_to(out).parts[0] for p in out.glob("date=*/*.parquet"))
+    assert parts and all(p.startswith("date=2026-11-") for p in parts)
+    n = duckdb.sql(f"SELECT count(*), count(DISTINCT post_id) FROM read_parquet('{out}/date=*/*.parquet')").fetchall()
+    assert n == [(20, 20)]
+
+    # The shipped model reads the generated texts right most of the time.
+    truth = {json.loads(line)["post_id"]: json.loads(line)["text"] for line in dump.read_text().splitlines()[:20]}
+    labels = {r[0]: r[2] for r in rows}
+    hits = sum(("love" in truth[p] or "Great" in truth[p] or "happy" in truth[p] or "amazing" in truth[p]) == (labels[p] == "positive") for p in labels)
+    assert hits >= 14
+
+    table = report.run_report("daily_brand_sentiment", db)
+    assert sum(table["posts"].to_pylist()) == 20
+
+
+def test_second_run_adds_no_duplicates_and_force_rescores(prefect_harness, site, tmp_path):
+    base, _ = site
+    db, out = tmp_path / "m.duckdb", tmp_path / "out"
+    assert _score(base, db, out) == 0
+    first = sorted(p.name for p in out.glob("date=*/*.parquet"))
+    assert _score(base, db, out) == 0
+    assert _score(base, db, out, "--force") == 0
+    assert sorted(p.name for p in out.glob("date=*/*.parquet")) == first
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.sql("SELECT count(*), count(DISTINCT post_id) FROM post_sentiment").fetchall() == [(20, 20)]
+        assert con.sql("SELECT count(*) FROM rejected_posts").fetchall() == [(3,)]
+        runs = con.sql("SELECT posts_scored FROM runs ORDER BY started_at").fetchall()
+        assert len(runs) == 3 and all(r == (20,) for r in runs)
+        assert con.sql("SELECT count(DISTINCT run_id) FROM post_sentiment").fetchall() == [(1,)]
+    n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/date=*/*.parquet')").fetchall()
+    assert n == [(20,)]
+
+
+def test_local_image_paths_are_refused_unless_allowed(prefect_harness, tmp_path):
+    img = tmp_path / "a.jpg"
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(img)
+    dump = tmp_path / "local.jsonl"
+    dump.write_text(json.dumps({"post_id": "l1", "created_at": "2026-11-20", "text": "hi", "image_url": str(img)}) + "\n")
+    db, out = tmp_path / "m.duckdb", tmp_path / "out"
+    assert cli.main(["score", str(dump), "--db", str(db), "--out", str(out)]) == 0
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.sql("SELECT image_status, text_label IS NULL FROM post_sentiment").fetchall() == [("local_file_refused", False)]
+    assert cli.main(["score", str(dump), "--db", str(db), "--out", str(out / "b"), "--allow-local-files", "--force"]) == 0
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.sql("SELECT image_status, image_label IS NULL FROM post_sentiment").fetchall() == [("ok", False)]
