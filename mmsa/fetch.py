@@ -1,0 +1,734 @@
+"""Fetch post images from the open internet into a content-addressed cache of model inputs.
+
+`fetch_images` takes (post_id, image_url) pairs and returns one FetchResult per pair, in
+order, whatever the URL, server or bytes do: every failure becomes one status of the closed
+set ImageStatus (docs/image_status.md). Images that decode are stored, preprocessed to
+uint8 RGB image_size x image_size, in an ImageCache under the SHA-256 of their bytes.
+
+How it stays safe and bounded on untrusted input:
+- only http/https (local files only with allow_local_files); every address a host resolves
+  to is checked by mmsa.netpolicy, on every redirect hop, and the socket connects to the
+  address that was checked (no DNS rebinding);
+- connect and read timeouts, plus a total deadline per image enforced by a watchdog that
+  shuts the socket, so slow headers or a drip-fed body cannot hold a worker;
+- a byte cap while streaming, a pixel cap before decoding, formats sniffed from magic bytes;
+- bounded concurrency (workers), a per-host cap, and a bounded number of images in flight;
+- retries with exponential back-off and jitter for the RETRYABLE statuses, honouring a
+  capped Retry-After; none for other 4xx.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import re
+import socket
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Iterable, Iterator
+from urllib.parse import urljoin, urlsplit
+from urllib.request import url2pathname
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from mmsa import imaging
+from mmsa.netpolicy import AddressPolicy, BlockedAddressError, ResolveError
+
+
+class ImageStatus(str, enum.Enum):
+    """What happened to a post's image. Closed set: every FetchResult.status is one of these."""
+
+    OK = "ok"  # downloaded (or read), decoded and stored in the cache; image_key is set
+    NO_IMAGE = "no_image"  # the post has no image_url (null or blank)
+    INVALID_URL = "invalid_url"  # not a parseable http(s) URL (no host, bad port, spaces, ...)
+    UNSUPPORTED_SCHEME = "unsupported_scheme"  # a scheme other than http/https (ftp:, data:, ...)
+    LOCAL_FILE_REFUSED = "local_file_refused"  # a local path or file: URL without allow_local_files
+    FILE_ERROR = "file_error"  # allowed local file missing or unreadable
+    BLOCKED_ADDRESS = "blocked_address"  # host is/resolves to a non-public address, maybe via a redirect
+    DNS_ERROR = "dns_error"  # the host name does not resolve
+    CONNECTION_ERROR = "connection_error"  # refused, reset, TLS failure, body cut short
+    TIMEOUT = "timeout"  # connect/read timeout, the per-image deadline, or HTTP 408
+    TOO_MANY_REDIRECTS = "too_many_redirects"  # more than max_redirects hops, or a loop
+    HTTP_404 = "http_404"  # Not Found
+    HTTP_410 = "http_410"  # Gone
+    HTTP_429 = "http_429"  # Too Many Requests (still, after the retries)
+    HTTP_5XX = "http_5xx"  # a server error (still, after the retries)
+    HTTP_ERROR = "http_error"  # any other non-success HTTP status (401, 403, 3xx without Location, ...)
+    TOO_LARGE = "too_large"  # body over max_bytes, or image over max_pixels (decompression bomb)
+    NOT_AN_IMAGE = "not_an_image"  # empty body or bytes of no accepted format (HTML, SVG, ...)
+    DECODE_ERROR = "decode_error"  # looks like an image but does not decode (truncated, corrupt)
+
+
+# Statuses worth trying again: retried within a run, and again with retry_failed=True.
+RETRYABLE: frozenset[str] = frozenset(
+    s.value for s in (ImageStatus.CONNECTION_ERROR, ImageStatus.TIMEOUT, ImageStatus.HTTP_429, ImageStatus.HTTP_5XX)
+)
+
+# Statuses decided by the URL text and the config alone: never stored in the URL index, so that
+# a later run with other settings (allow_hosts, allow_local_files) decides them afresh.
+_CONFIG_DEPENDENT = frozenset(
+    s.value
+    for s in (
+        ImageStatus.INVALID_URL,
+        ImageStatus.UNSUPPORTED_SCHEME,
+        ImageStatus.LOCAL_FILE_REFUSED,
+        ImageStatus.FILE_ERROR,
+        ImageStatus.BLOCKED_ADDRESS,
+    )
+)
+
+_REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+_MAX_ADDRESSES_TRIED = 3
+_CHUNK = 64 * 1024
+
+
+@dataclass
+class FetchConfig:
+    """How to fetch. Defaults suit the open internet; tests shrink the timeouts."""
+
+    image_size: int = 224  # output: uint8 RGB image_size x image_size (squashed, whole picture kept)
+    allow_hosts: tuple[str, ...] = ()  # host names or IPs/CIDRs exempt from the address block
+    allow_local_files: bool = False  # accept absolute paths and file: URLs
+    connect_timeout: float = 5.0  # seconds to establish a TCP connection
+    read_timeout: float = 10.0  # seconds of silence tolerated while waiting for bytes
+    deadline: float = 30.0  # total seconds per image (from its first request): attempts, redirects, back-off
+    max_bytes: int = 20 * 2**20  # body size cap
+    max_pixels: int = 50_000_000  # width x height cap, checked before decoding
+    max_redirects: int = 5
+    retries: int = 2  # extra attempts for RETRYABLE statuses
+    backoff: float = 0.5  # first back-off wait in seconds, doubled per retry, with +-50% jitter
+    max_retry_after: float = 10.0  # cap on a server's Retry-After
+    workers: int = 16  # concurrent downloads (threads); also the decode parallelism
+    per_host: int = 8  # concurrent downloads from one host
+    user_agent: str = "mmsa-fetch/0.1 (+image sentiment research)"
+    ca_bundle: str | None = None  # CA certificates file for HTTPS (a private CDN's CA); default: certifi
+
+
+@dataclass
+class FetchResult:
+    """One row of the status table: what happened to one post's image."""
+
+    post_id: str
+    url: str | None
+    status: str
+    http_code: int | None = None  # last HTTP status seen, if any
+    bytes: int = 0  # body bytes received (of the last attempt)
+    attempts: int = 0  # requests made for this URL (0: decided without network)
+    error: str | None = None  # human-readable reason for a failure
+    elapsed_s: float = 0.0
+    image_key: str | None = None  # key into the ImageCache when status == "ok"
+
+
+class ImageCache:
+    """Preprocessed images on disk, keyed by the SHA-256 of the source bytes, plus a URL index.
+
+    Layout under root/v<version>-<size>/: img/ab/<key>.npy and url/ab/<sha256(url)>.json. Every write
+    goes to a temporary file then os.replace, so concurrent processes never see half a file.
+    """
+
+    _VERSION = 2  # bump when preprocessing changes, so old arrays are not reused
+
+    def __init__(self, root: str | Path, image_size: int):
+        self.image_size = image_size
+        self.root = Path(root) / f"v{self._VERSION}-{image_size}"
+
+    def load(self, key: str) -> np.ndarray:
+        """The uint8 (image_size, image_size, 3) array stored under `key`."""
+        array = np.load(self._image_path(key), allow_pickle=False)
+        if array.shape != (self.image_size, self.image_size, 3) or array.dtype != np.uint8:
+            raise ValueError(f"cache entry {key} has shape {array.shape} {array.dtype}")
+        return array
+
+    def has(self, key: str) -> bool:
+        return self._image_path(key).is_file()
+
+    def store(self, key: str, array: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        _atomic_write(self._image_path(key), buffer.getvalue())
+
+    def lookup(self, url: str) -> FetchResult | None:
+        """The result last recorded for `url` (post_id empty), or None."""
+        try:
+            return FetchResult(**json.loads(self._url_path(url).read_text()))
+        except (FileNotFoundError, ValueError, TypeError):
+            return None
+
+    def record(self, url: str, result: FetchResult) -> None:
+        _atomic_write(self._url_path(url), json.dumps(asdict(replace(result, post_id=""))).encode())
+
+    def _image_path(self, key: str) -> Path:
+        if not re.fullmatch(r"[0-9a-f]{64}", key):
+            raise ValueError(f"not an image key: {key!r}")
+        return self.root / "img" / key[:2] / f"{key}.npy"
+
+    def _url_path(self, url: str) -> Path:
+        digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+        return self.root / "url" / digest[:2] / f"{digest}.json"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def fetch_images(
+    items: Iterable[tuple[str, str | None]],
+    config: FetchConfig,
+    cache: ImageCache,
+    progress: bool = False,
+    retry_failed: bool = False,
+) -> list[FetchResult]:
+    """Fetch the image of every (post_id, image_url); one FetchResult per item, in input order.
+
+    Each distinct URL is fetched once. A URL found in the cache's URL index is not fetched
+    again; with retry_failed=True, those whose recorded status is RETRYABLE are. Never raises
+    for a bad URL, server or image.
+    """
+    items = list(items)
+    results: list[FetchResult | None] = [None] * len(items)
+    posts_by_url: dict[str, list[int]] = {}
+    for index, (post_id, url) in enumerate(items):
+        url = url.strip() if isinstance(url, str) else ""
+        if url:
+            posts_by_url.setdefault(url, []).append(index)
+        else:
+            results[index] = FetchResult(post_id=post_id, url=None, status=ImageStatus.NO_IMAGE.value)
+
+    ok = done = 0
+    with (
+        _Fetcher(config, cache) as fetcher,
+        ThreadPoolExecutor(config.workers, thread_name_prefix="mmsa-fetch") as pool,
+        _progress_bar(len(items), progress) as bar,
+    ):
+        bar.update(len(items) - sum(map(len, posts_by_url.values())))
+        pending: dict = {}
+        urls = iter(posts_by_url)
+        while True:
+            # Keep at most 2 x workers URLs submitted: bounded memory for any dump size.
+            for url in urls:
+                pending[pool.submit(fetcher.fetch, url, retry_failed)] = url
+                if len(pending) >= 2 * config.workers:
+                    break
+            if not pending:
+                break
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                url = pending.pop(future)
+                outcome = future.result()
+                for index in posts_by_url[url]:
+                    results[index] = replace(outcome, post_id=items[index][0])
+                done += len(posts_by_url[url])
+                ok += len(posts_by_url[url]) if outcome.status == ImageStatus.OK else 0
+                bar.update(len(posts_by_url[url]))
+                bar.set_postfix_str(f"ok {100 * ok / done:.0f}%", refresh=False)
+    return results  # type: ignore[return-value]
+
+
+# The status table written by `mmsa fetch`: one row per post.
+STATUS_TABLE_SCHEMA = pa.schema(
+    [
+        ("post_id", pa.string()),
+        ("url", pa.string()),
+        ("status", pa.string()),
+        ("http_code", pa.int32()),
+        ("bytes", pa.int64()),
+        ("attempts", pa.int32()),
+        ("error", pa.string()),
+        ("elapsed_s", pa.float64()),
+        ("image_key", pa.string()),
+    ]
+)
+
+
+@dataclass
+class FetchSummary:
+    """What `fetch_dump` did, for printing."""
+
+    status_path: Path
+    counts: dict[str, int]  # posts per status
+    rejected_rows: int  # dump rows that are not valid posts (see mmsa.source), not in the table
+    seconds: float
+
+    def describe(self) -> str:
+        posts = sum(self.counts.values())
+        with_url = posts - self.counts.get(ImageStatus.NO_IMAGE.value, 0)
+        rate = with_url / self.seconds if self.seconds else 0.0
+        ok = self.counts.get(ImageStatus.OK.value, 0)
+        share = f"{100 * ok / with_url:.1f}%" if with_url else "-"
+        by_status = ", ".join(f"{status} {n}" for status, n in sorted(self.counts.items(), key=lambda kv: -kv[1]))
+        return (
+            f"{posts} posts, {with_url} with an image_url, in {self.seconds:.1f} s ({rate:.0f} images/s); "
+            f"ok {share}\n  {by_status}\n  {self.rejected_rows} dump rows rejected as invalid posts\n"
+            f"  status table: {self.status_path}"
+        )
+
+
+def fetch_dump(
+    dump: str | Path,
+    cache_dir: str | Path,
+    config: FetchConfig,
+    status_path: str | Path | None = None,
+    retry_failed: bool = False,
+    progress: bool = False,
+    batch_size: int = 50_000,
+) -> FetchSummary:
+    """Fetch the images of every post in `dump` into the cache and write the status table.
+
+    The table (Parquet, STATUS_TABLE_SCHEMA) goes to `status_path`, by default
+    CACHE/status/<dump name>.parquet, replaced atomically. Posts are fetched in batches of
+    `batch_size`, so memory stays flat for any dump; the URL index makes a re-run resume.
+    """
+    from mmsa import source
+
+    started = time.monotonic()
+    cache_dir = Path(cache_dir)
+    path = source.localise(dump, cache_dir / "dumps")
+    if status_path is None:
+        status_path = cache_dir / "status" / f"{Path(urlsplit(str(dump)).path).stem}.parquet"
+    status_path = Path(status_path)
+    status_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = status_path.with_name(f".{status_path.name}.{os.getpid()}.tmp")
+    cache = ImageCache(cache_dir, config.image_size)
+    counts: dict[str, int] = {}
+    rejected = 0
+    batch: list[tuple[str, str | None]] = []
+
+    def flush() -> None:
+        results = fetch_images(batch, config, cache, progress=progress, retry_failed=retry_failed)
+        for result in results:
+            counts[result.status] = counts.get(result.status, 0) + 1
+        writer.write_table(pa.Table.from_pylist([asdict(r) for r in results], schema=STATUS_TABLE_SCHEMA))
+        batch.clear()
+
+    with pq.ParquetWriter(tmp, STATUS_TABLE_SCHEMA) as writer:
+        for shard in source.iter_shards(path, min(batch_size, 10_000), dump_name=str(dump)):
+            rejected += len(shard.rejected)
+            batch.extend(zip(shard.posts["post_id"].to_pylist(), shard.posts["image_url"].to_pylist()))
+            if len(batch) >= batch_size:
+                flush()
+        if batch:
+            flush()
+    os.replace(tmp, status_path)
+    return FetchSummary(status_path, counts, rejected, time.monotonic() - started)
+
+
+@contextmanager
+def _progress_bar(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="img", disable=not enabled, smoothing=0.1) as bar:
+        yield bar
+
+
+class _Failure(Exception):
+    """Ends one attempt with a status."""
+
+    def __init__(self, status: ImageStatus, error: str, http_code: int | None = None, retry_after: float | None = None):
+        super().__init__(error)
+        self.status, self.error, self.http_code, self.retry_after = status, error, http_code, retry_after
+
+
+class _Fetcher:
+    """Per-run state shared by the worker threads: config, cache, sessions, host slots, watchdog."""
+
+    def __init__(self, config: FetchConfig, cache: ImageCache):
+        self.config, self.cache = config, cache
+        self.policy = AddressPolicy(tuple(config.allow_hosts))
+        self.watchdog = _Watchdog()
+        self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._host_slots: dict[str, threading.BoundedSemaphore] = {}
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> _Fetcher:
+        self.watchdog.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.watchdog.stop()
+        for session in self._sessions:
+            session.close()
+
+    def fetch(self, url: str, retry_failed: bool) -> FetchResult:
+        start = time.monotonic()
+        local_path = _local_path(url)
+        if local_path is not None:
+            return self._fetch_local(url, local_path, start)
+        try:
+            host = _check_url(url)
+        except _Failure as failure:
+            return _failed(url, failure, 0, start)
+        known = self.cache.lookup(url)
+        if known is not None and not (retry_failed and known.status in RETRYABLE):
+            if known.status != ImageStatus.OK or self.cache.has(known.image_key):
+                return replace(known, url=url)
+        result = self._fetch_http(url, host, start)
+        if result.status not in _CONFIG_DEPENDENT:
+            self.cache.record(url, result)
+        return result
+
+    def _fetch_local(self, url: str, path: str, start: float) -> FetchResult:
+        if not self.config.allow_local_files:
+            return _failed(url, _Failure(ImageStatus.LOCAL_FILE_REFUSED, "local files are not allowed"), 0, start)
+        try:
+            with open(path, "rb") as file:
+                data = file.read(self.config.max_bytes + 1)
+        except OSError as exc:
+            return _failed(url, _Failure(ImageStatus.FILE_ERROR, str(exc)), 0, start)
+        return self._store(url, data, None, 0, start)
+
+    def _fetch_http(self, url: str, host: str, start: float) -> FetchResult:
+        config = self.config
+        deadline = math.inf
+        attempts = 0
+        while True:
+            attempts += 1
+            received = [0]
+            try:
+                with self._host_slot(host):
+                    # The deadline runs from the first time this URL gets a slot on its host:
+                    # waiting behind other downloads from a busy host does not use it up.
+                    deadline = min(deadline, time.monotonic() + config.deadline)
+                    with self.watchdog.watch(deadline, self.policy) as watch:
+                        data, code = self._download(url, received, watch)
+                return self._store(url, data, code, attempts, start)
+            except _Failure as failure:
+                last = failure
+            if last.status.value not in RETRYABLE or attempts > config.retries:
+                break
+            wait_s = config.backoff * 2 ** (attempts - 1) * random.uniform(0.5, 1.5)
+            if last.retry_after is not None:
+                wait_s = max(wait_s, min(last.retry_after, config.max_retry_after))
+            if time.monotonic() + wait_s >= deadline:
+                break
+            time.sleep(wait_s)
+        return _failed(url, last, attempts, start, received[0])
+
+    def _download(self, url: str, received: list[int], watch: _Watch) -> tuple[bytes, int]:
+        """GET `url`, following redirects ourselves so that every hop is checked."""
+        config = self.config
+        session = self._session()
+        for hop in range(config.max_redirects + 1):
+            try:
+                response = session.get(
+                    url, stream=True, allow_redirects=False, timeout=(config.connect_timeout, config.read_timeout)
+                )
+                with response:
+                    code = response.status_code
+                    location = response.headers.get("Location")
+                    if code in _REDIRECT_CODES and location:
+                        url = urljoin(url, location.strip())
+                        _check_url(url, redirected=True)
+                        continue
+                    if not 200 <= code < 300:
+                        raise _http_failure(code, response)
+                    body = _read_body(response, config.max_bytes, received)
+                if watch.expired:  # the watchdog cut the headers or body short
+                    raise _Failure(ImageStatus.TIMEOUT, "deadline per image passed")
+                return body, code
+            except _Failure:
+                raise
+            except Exception as exc:
+                failure = _classify(exc, watch)
+                if hop:
+                    failure.error = f"after {hop} redirect(s), at {url[:200]}: {failure.error}"
+                raise failure from exc
+        raise _Failure(ImageStatus.TOO_MANY_REDIRECTS, f"more than {config.max_redirects} redirects")
+
+    def _store(self, url: str, data: bytes, code: int | None, attempts: int, start: float) -> FetchResult:
+        """Decode `data` into the cache (unless these bytes are there already)."""
+        if len(data) > self.config.max_bytes:
+            failure = _Failure(ImageStatus.TOO_LARGE, f"over {self.config.max_bytes} bytes", code)
+            return _failed(url, failure, attempts, start, len(data))
+        key = hashlib.sha256(data).hexdigest()
+        if not self.cache.has(key):
+            try:
+                array = imaging.preprocess(data, self.config.image_size, self.config.max_pixels)
+            except imaging.ImageError as exc:
+                status = {
+                    imaging.NotAnImageError: ImageStatus.NOT_AN_IMAGE,
+                    imaging.TooManyPixelsError: ImageStatus.TOO_LARGE,
+                    imaging.DecodeError: ImageStatus.DECODE_ERROR,
+                }[type(exc)]
+                return _failed(url, _Failure(status, str(exc), code), attempts, start, len(data))
+            self.cache.store(key, array)
+        return FetchResult(
+            post_id="",
+            url=url,
+            status=ImageStatus.OK.value,
+            http_code=code,
+            bytes=len(data),
+            attempts=attempts,
+            elapsed_s=round(time.monotonic() - start, 4),
+            image_key=key,
+        )
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.trust_env = False  # no proxies from the environment: they would bypass the address check
+            session.verify = self.config.ca_bundle or True
+            session.headers.update(
+                {"User-Agent": self.config.user_agent, "Accept": "image/*,*/*;q=0.5", "Accept-Encoding": "identity"}
+            )
+            adapter = _GuardedAdapter(pool_connections=64, pool_maxsize=4, max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            self._local.session = session
+            with self._lock:
+                self._sessions.append(session)
+        return session
+
+    @contextmanager
+    def _host_slot(self, host: str) -> Iterator[None]:
+        with self._lock:
+            slot = self._host_slots.setdefault(host, threading.BoundedSemaphore(self.config.per_host))
+        with slot:
+            yield
+
+
+def _failed(url: str, failure: _Failure, attempts: int, start: float, received: int = 0) -> FetchResult:
+    return FetchResult(
+        post_id="",
+        url=url,
+        status=failure.status.value,
+        http_code=failure.http_code,
+        bytes=received,
+        attempts=attempts,
+        error=failure.error[:500],
+        elapsed_s=round(time.monotonic() - start, 4),
+    )
+
+
+def _local_path(url: str) -> str | None:
+    """The file path if `url` names a local file (absolute path or file: URL), else None."""
+    if url.lower().startswith("file:"):
+        return url2pathname(urlsplit(url).path)
+    if (url.startswith("/") and not url.startswith("//")) or re.match(r"[A-Za-z]:[\\/]", url):
+        return url
+    return None
+
+
+def _check_url(url: str, redirected: bool = False) -> str:
+    """The URL's host, or a _Failure if it is not an http(s) URL we can request."""
+    prefix = "redirect to " if redirected else ""
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises ValueError for a bad port
+    except ValueError as exc:
+        raise _Failure(ImageStatus.INVALID_URL, f"{prefix}{url[:200]!r}: {exc}") from exc
+    scheme = parts.scheme.lower()
+    if scheme and scheme not in ("http", "https"):
+        raise _Failure(ImageStatus.UNSUPPORTED_SCHEME, f"{prefix}{scheme}: URL")
+    if not scheme or not parts.hostname or re.search(r"[\s\x00-\x1f\x7f]", url):
+        raise _Failure(ImageStatus.INVALID_URL, f"{prefix}{url[:200]!r} is not an http(s) URL")
+    return parts.hostname
+
+
+def _http_failure(code: int, response: requests.Response) -> _Failure:
+    error = f"HTTP {code} {response.reason or ''}".strip()
+    if code == 404:
+        return _Failure(ImageStatus.HTTP_404, error, code)
+    if code == 410:
+        return _Failure(ImageStatus.HTTP_410, error, code)
+    if code == 408:
+        return _Failure(ImageStatus.TIMEOUT, error, code)
+    if code == 429 or code >= 500:
+        status = ImageStatus.HTTP_429 if code == 429 else ImageStatus.HTTP_5XX
+        return _Failure(status, error, code, _retry_after(response.headers.get("Retry-After")))
+    return _Failure(ImageStatus.HTTP_ERROR, error, code)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds asked for by a Retry-After header (delta-seconds or HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _read_body(response: requests.Response, max_bytes: int, received: list[int]) -> bytes:
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _Failure(ImageStatus.TOO_LARGE, f"Content-Length {declared} is over {max_bytes} bytes", response.status_code)
+    body = bytearray()
+    while chunk := response.raw.read(_CHUNK, decode_content=True):
+        body += chunk
+        received[0] = len(body)
+        if len(body) > max_bytes:
+            raise _Failure(ImageStatus.TOO_LARGE, f"body is over {max_bytes} bytes", response.status_code)
+    return bytes(body)
+
+
+def _classify(exc: Exception, watch: _Watch) -> _Failure:
+    """Map an exception from the network stack to a status."""
+    if watch.expired:
+        return _Failure(ImageStatus.TIMEOUT, "deadline per image passed")
+    if isinstance(exc, BlockedAddressError):
+        return _Failure(ImageStatus.BLOCKED_ADDRESS, str(exc))
+    if isinstance(exc, ResolveError):
+        return _Failure(ImageStatus.CONNECTION_ERROR if exc.transient else ImageStatus.DNS_ERROR, str(exc))
+    if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)):
+        return _Failure(ImageStatus.TIMEOUT, f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, ValueError)):
+        return _Failure(ImageStatus.INVALID_URL, f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, (requests.RequestException, urllib3.exceptions.HTTPError, OSError)):
+        return _Failure(ImageStatus.CONNECTION_ERROR, f"{type(exc).__name__}: {exc}")
+    raise exc
+
+
+# --- Connections that check and pin the address, and obey the per-image deadline ---------
+
+_current = threading.local()  # .watch: the _Watch of the download running in this thread
+
+
+class _Watch:
+    """One download's deadline, address policy and sockets."""
+
+    def __init__(self, deadline: float, policy: AddressPolicy):
+        self.deadline, self.policy = deadline, policy
+        self.expired = False
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def add(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.add(sock)
+            if self.expired:
+                _shut(sock)
+
+    def expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    """Wake any thread blocked on `sock`: its read returns EOF or fails."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain-socket method, also for TLS sockets
+    except OSError:
+        pass  # already closed
+
+
+class _Watchdog:
+    """One thread that expires downloads past their deadline, ten times a second."""
+
+    def __init__(self) -> None:
+        self._watches: set[_Watch] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mmsa-fetch-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @contextmanager
+    def watch(self, deadline: float, policy: AddressPolicy) -> Iterator[_Watch]:
+        watch = _Watch(deadline, policy)
+        with self._lock:
+            self._watches.add(watch)
+        _current.watch = watch
+        try:
+            yield watch
+        finally:
+            _current.watch = None
+            with self._lock:
+                self._watches.discard(watch)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            now = time.monotonic()
+            with self._lock:
+                late = [watch for watch in self._watches if now > watch.deadline and not watch.expired]
+            for watch in late:
+                watch.expire()
+
+
+def _watch() -> _Watch:
+    watch = getattr(_current, "watch", None)
+    if watch is None:
+        raise BlockedAddressError("connection opened outside a fetch: no address policy")
+    return watch
+
+
+class _GuardedConnectionMixin:
+    """Resolve, check every address, connect to a checked one; put the socket under the deadline."""
+
+    def _new_conn(self) -> socket.socket:
+        addresses = _watch().policy.resolve(self._dns_host, self.port)
+        host = self._dns_host
+        candidates = addresses[:_MAX_ADDRESSES_TRIED]  # a dual-stack host may refuse on one family
+        try:
+            for n, address in enumerate(candidates, start=1):
+                self._dns_host = address  # pin: connect to an address just checked, not a fresh DNS answer
+                try:
+                    sock = super()._new_conn()
+                    break
+                except urllib3.exceptions.NewConnectionError:
+                    if n == len(candidates):
+                        raise
+        finally:
+            self._dns_host = host
+        return sock
+
+    def getresponse(self):
+        # The socket (new, or kept alive from an earlier download) now belongs to this download's
+        # deadline, while headers and body are read.
+        _watch().add(self.sock)
+        return super().getresponse()
+
+
+class _GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
+    pass
+
+
+class _GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
+    pass
+
+
+class _GuardedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _GuardedHTTPConnection
+
+
+class _GuardedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection
+
+
+class _GuardedAdapter(HTTPAdapter):
+    """A requests adapter whose pools open only guarded connections."""
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}

@@ -1,0 +1,97 @@
+"""Decode untrusted image bytes into the model's input: uint8 RGB, size x size.
+
+The format is sniffed from magic bytes (servers lie in Content-Type) and Pillow is only
+allowed to open the sniffed format. Large JPEGs are decoded at reduced size (draft mode),
+then every image gets one resize to size x size, squashed (the whole picture kept, no crop):
+the same preprocessing the models were trained with (mmsa.data uses this module too).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Magic bytes -> Pillow format name. Only these formats are accepted.
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+)
+
+
+class ImageError(Exception):
+    """Base of the three ways image bytes can be rejected."""
+
+
+class NotAnImageError(ImageError):
+    """The bytes are not one of the accepted image formats."""
+
+
+class TooManyPixelsError(ImageError):
+    """The image's declared size is over the pixel limit (a decompression bomb, or just huge)."""
+
+
+class DecodeError(ImageError):
+    """The bytes look like an image but cannot be decoded (truncated, corrupt)."""
+
+
+def sniff(data: bytes) -> str | None:
+    """Pillow format name of `data` judged from its first bytes, or None if not accepted."""
+    for magic, fmt in _MAGIC:
+        if data.startswith(magic):
+            return fmt
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis"):
+        return "AVIF"
+    return None
+
+
+def preprocess(data: bytes, size: int, max_pixels: int) -> np.ndarray:
+    """Decode `data` and return a uint8 array of shape (size, size, 3).
+
+    EXIF orientation is applied; CMYK, palette, grey, 16-bit and alpha images become RGB
+    (transparency composited on white); animated images give their first frame.
+    Raises NotAnImageError, TooManyPixelsError or DecodeError; never anything else for
+    bad input.
+    """
+    fmt = sniff(data)
+    if fmt is None:
+        raise NotAnImageError("empty body" if not data else f"unknown format, starts with {data[:8]!r}")
+    try:
+        with Image.open(io.BytesIO(data), formats=[fmt]) as im:
+            width, height = im.size
+            if width * height > max_pixels:
+                raise TooManyPixelsError(f"{width}x{height} pixels is over the limit of {max_pixels}")
+            if fmt == "JPEG":  # DCT-scale down, keeping both sides >= size
+                short = min(width, height)
+                im.draft("RGB", (max(1, width * size // short), max(1, height * size // short)))
+            im.load()  # the first frame only, for animated formats
+            return _to_array(im, size)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise TooManyPixelsError(str(exc)) from exc
+    except Exception as exc:  # corrupt input makes Pillow raise many types (OSError, SyntaxError, ...)
+        raise DecodeError(f"{fmt}: {type(exc).__name__}: {exc}") from exc
+
+
+def _to_array(im: Image.Image, size: int) -> np.ndarray:
+    im = ImageOps.exif_transpose(im)
+    im = _to_rgb(im)
+    return np.asarray(im.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit grey: keep the high byte (a plain convert would clip everything to white).
+        return Image.fromarray((np.asarray(im, dtype=np.uint32) >> 8).clip(0, 255).astype(np.uint8)).convert("RGB")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return im.convert("RGB") if im.mode != "RGB" else im

@@ -1,0 +1,126 @@
+"""Decoding and preprocessing of awkward images: the model must get the picture a person sees."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imageserver import encode, image_server, send, textured_image  # noqa: F401  (fixture)
+from mmsa import imaging
+from mmsa.fetch import FetchConfig, ImageCache, fetch_images
+
+SIZE = 64
+LIMIT = 50_000_000
+
+
+def solid(mode: str, size: tuple[int, int], colour) -> Image.Image:
+    return Image.new(mode, size, colour)
+
+
+def test_cmyk_jpeg_over_http_keeps_its_colours(image_server, tmp_path):
+    """A CMYK JPEG (print workflows, some CDNs) must come out as the right RGB, not inverted."""
+    red = solid("CMYK", (200, 120), (0, 255, 255, 0))
+    (image_server.root / "cmyk.jpg").write_bytes(encode(red, "JPEG", quality=95))
+    config = FetchConfig(image_size=SIZE, allow_hosts=("127.0.0.1",))
+    cache = ImageCache(tmp_path / "c", SIZE)
+    (result,) = fetch_images([("p", image_server.url("cmyk.jpg"))], config, cache)
+    assert result.status == "ok"
+    r, g, b = cache.load(result.image_key).reshape(-1, 3).mean(axis=0)
+    assert r > 200 and g < 60 and b < 60
+
+
+def test_sixteen_bit_png_over_http_keeps_its_gradient(image_server, tmp_path):
+    """16-bit grey must be scaled to 8 bits, not clipped to white."""
+    ramp = np.tile(np.linspace(0, 65535, 256, dtype=np.uint16), (256, 1))
+    (image_server.root / "deep.png").write_bytes(encode(Image.fromarray(ramp), "PNG"))
+    config = FetchConfig(image_size=SIZE, allow_hosts=("127.0.0.1",))
+    cache = ImageCache(tmp_path / "c", SIZE)
+    (result,) = fetch_images([("p", image_server.url("deep.png"))], config, cache)
+    array = cache.load(result.image_key).astype(int)
+    assert result.status == "ok"
+    assert array[:, 0].mean() < 20 and array[:, -1].mean() > 235  # dark on the left, light on the right
+    assert np.all(np.diff(array[SIZE // 2, :, 0]) >= 0)
+
+
+def test_animated_gif_over_http_gives_its_first_frame(image_server, tmp_path):
+    """An animated GIF is scored on its first frame."""
+    frames = [solid("RGB", (100, 100), colour) for colour in [(0, 0, 255), (255, 0, 0), (0, 255, 0)]]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    url = image_server.route("/anim", send(200, data, "image/gif"))
+    config = FetchConfig(image_size=SIZE, allow_hosts=("127.0.0.1",))
+    cache = ImageCache(tmp_path / "c", SIZE)
+    (result,) = fetch_images([("p", url)], config, cache)
+    assert result.status == "ok"
+    r, g, b = cache.load(result.image_key).reshape(-1, 3).mean(axis=0)
+    assert b > 200 and r < 40 and g < 40
+
+
+def test_exif_orientation_is_applied():
+    """A phone photo stored sideways with EXIF orientation 6 must be turned upright."""
+    image = solid("RGB", (200, 100), (255, 255, 255))
+    image.paste((0, 0, 0), (0, 0, 100, 100))  # stored: left half black
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    array = imaging.preprocess(encode(image, "JPEG", exif=exif, quality=95), SIZE, LIMIT)
+    # Displayed upright it is 100 wide x 200 tall with the black half on top.
+    assert array[: SIZE // 4].mean() < 30 and array[-SIZE // 4 :].mean() > 225
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparency_is_composited_on_white(mode):
+    """Transparent pixels become white, whatever mode carries the alpha."""
+    image = solid("RGBA", (80, 80), (0, 0, 0, 0))
+    image.paste((0, 0, 0, 255), (0, 0, 40, 80))  # left half opaque black
+    if mode == "LA":
+        image = image.convert("LA")
+    elif mode == "P":
+        image = image.convert("P", palette=Image.Palette.ADAPTIVE)
+        image.info["transparency"] = image.getpixel((79, 0))
+    array = imaging.preprocess(encode(image, "PNG"), SIZE, LIMIT)
+    assert array[:, : SIZE // 4].mean() < 30
+    assert array[:, -SIZE // 4 :].mean() > 225
+
+
+@pytest.mark.parametrize("mode", ["L", "1", "P", "RGB"])
+def test_every_mode_becomes_uint8_rgb(mode):
+    """Grey, bilevel and palette images give the same shape and type as RGB ones."""
+    image = textured_image(120, 90).convert(mode)
+    array = imaging.preprocess(encode(image, "PNG"), SIZE, LIMIT)
+    assert array.shape == (SIZE, SIZE, 3) and array.dtype == np.uint8
+
+
+def test_resize_keeps_the_whole_picture_of_a_wide_image():
+    """Squashed to SIZE x SIZE as in training: the thirds of a 3:1 image become thirds of the square."""
+    image = solid("RGB", (300, 100), (255, 0, 0))
+    image.paste((0, 255, 0), (100, 0, 200, 100))  # green middle third
+    array = imaging.preprocess(encode(image, "PNG"), SIZE, LIMIT).astype(int)
+    third = SIZE // 3
+    assert array[:, : third - 2, 0].mean() > 240 and array[:, : third - 2, 1].mean() < 15
+    assert array[:, third + 2 : 2 * third - 2, 1].mean() > 240 and array[:, third + 2 : 2 * third - 2, 0].mean() < 15
+    assert array[:, 2 * third + 2 :, 0].mean() > 240
+
+
+def test_draft_decoding_matches_full_decoding():
+    """Reduced-size JPEG decoding must give nearly the same pixels as a full decode + resize."""
+    data = encode(textured_image(1600, 1200, seed=5), "JPEG", quality=90)
+    fast = imaging.preprocess(data, 224, LIMIT).astype(int)
+    with Image.open(__import__("io").BytesIO(data)) as full:
+        reference = np.asarray(
+            full.convert("RGB").resize((224, 224), Image.Resampling.BICUBIC)
+        ).astype(int)
+    assert np.abs(fast - reference).mean() < 6
+
+
+@pytest.mark.parametrize(
+    "data, error",
+    [
+        (b"", imaging.NotAnImageError),
+        (b"GIF89a" + b"\0" * 5, imaging.DecodeError),
+        (b"\xff\xd8\xff\xe0" + b"\0" * 100, imaging.DecodeError),
+        (b"RIFF\0\0\0\0WEBPVP8 garbage", imaging.DecodeError),
+        (b"%PDF-1.4", imaging.NotAnImageError),
+    ],
+)
+def test_bad_bytes_raise_only_image_errors(data, error):
+    """Whatever the bytes, preprocess raises one of its own three errors, nothing else."""
+    with pytest.raises(error):
+        imaging.preprocess(data, SIZE, LIMIT)
