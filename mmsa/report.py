@@ -1,19 +1,29 @@
-"""Run the SQL reports in sql/reports against a DuckDB database.
+"""Run the SQL reports in sql/reports against a DuckDB database, and the nightly headline.
 
-Each report is one .sql file whose header comment documents it; parameters are bound by
-DuckDB (`$name`), never pasted into the SQL text.
+Each report is one .sql file whose header comment says what it answers and its parameters.
+Parameters are bound by DuckDB (`$name`), never pasted into the SQL text; a parameter left out
+is bound as NULL, which every report reads as "no filter" or "the default".
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import re
+from datetime import date, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 import pyarrow as pa
 
+from mmsa.publish import snapshot_path
+
 REPORTS_DIR = Path(__file__).resolve().parent.parent / "sql" / "reports"
-FILTERS = ("brand", "date_from", "date_to")
+# The filters every report accepts (CLI: --brand, --from, --to, --param model_version=...).
+FILTERS = ("brand", "date_from", "date_to", "model_version")
+FORMATS = ("table", "csv", "json")
 
 
 def _path(name: str) -> Path:
@@ -24,28 +34,191 @@ def _path(name: str) -> Path:
     return path
 
 
+def _header(sql: str) -> list[str]:
+    lines = []
+    for line in sql.splitlines():
+        if not line.startswith("--"):
+            break
+        lines.append(line[2:].strip())
+    return lines
+
+
 def list_reports() -> list[tuple[str, str]]:
-    """(name, first header line) for every report file."""
+    """(name, what it is) for every report file, from the first header line."""
     out = []
     for path in sorted(REPORTS_DIR.glob("*.sql")):
-        first = path.read_text().splitlines()[0].lstrip("- ").strip()
+        first = _header(path.read_text())[0]
         out.append((path.stem, first.split(":", 1)[-1].strip()))
     return out
 
 
-def run_report(name: str, db: str | Path, **params: object) -> pa.Table:
-    """Run report `name` read-only against `db`; unknown filters are bound as NULL (= no filter)."""
+def describe(name: str) -> str:
+    """The report's whole header comment: what it answers and its parameters."""
+    return "\n".join(_header(_path(name).read_text()))
+
+
+def parameters(name: str) -> list[str]:
+    """The `$name` parameters the report's SQL binds (comments ignored), sorted."""
+    code = re.sub(r"--[^\n]*", "", _path(name).read_text())
+    return sorted(set(re.findall(r"\$([A-Za-z_]\w*)", code)))
+
+
+def connect(db: str | Path) -> duckdb.DuckDBPyConnection:
+    """Open a database read-only for reports, with days counted in UTC (the view's `day`)."""
+    if not Path(db).is_file():
+        raise FileNotFoundError(f"no DuckDB database at {db}")
+    try:
+        con = duckdb.connect(str(db), read_only=True)
+    except duckdb.IOException as exc:  # another process has it open read-write: the pipeline
+        raise ValueError(
+            f"cannot open {db} while another process writes it ({str(exc).splitlines()[0]}); "
+            f"read the analyst snapshot {snapshot_path(db)} instead (docs/analysts.md)"
+        ) from exc
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+
+def run_report(name: str, db: str | Path | duckdb.DuckDBPyConnection, **params: object) -> pa.Table:
+    """Run report `name` on `db` (a path, opened read-only, or an open connection).
+
+    Parameters the report does not use raise ValueError when set (a typo must not silently
+    mean "no filter"); the ones left out are bound as NULL."""
     sql = _path(name).read_text()
-    wanted = set(re.findall(r"\$([a-z_]+)", sql))
+    wanted = parameters(name)
+    unknown = sorted(k for k, v in params.items() if v is not None and k not in wanted)
+    if unknown:
+        raise ValueError(f"report {name!r} has no parameter {', '.join(unknown)}; it takes: {', '.join(wanted)}")
     bound = {key: params.get(key) for key in wanted}
-    with duckdb.connect(str(db), read_only=True) as con:
-        return con.execute(sql, bound).fetch_arrow_table()
+    try:
+        if isinstance(db, duckdb.DuckDBPyConnection):
+            return db.sql(sql, params=bound).to_arrow_table()
+        with connect(db) as con:
+            return con.sql(sql, params=bound).to_arrow_table()
+    except duckdb.ConversionException as exc:  # a parameter value of the wrong type, e.g. --from 2024-13-01
+        raise ValueError(f"report {name!r}: bad parameter value: {str(exc).splitlines()[0]}") from exc
 
 
-def format_table(table: pa.Table) -> str:
-    """A plain fixed-width rendering for terminals."""
+def cell(value: object, precise: bool) -> str:
+    """One value as text: NULL empty, floats to 4 decimals (or exact), dates ISO, nested as JSON."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value) if precise else f"{value:.4f}"
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def format_table(table: pa.Table, max_width: int = 60) -> str:
+    """A fixed-width rendering for terminals: floats to 4 decimals, long cells cut."""
     cols = table.column_names
-    rows = [["" if v is None else str(v) for v in row.values()] for row in table.to_pylist()]
+    rows = []
+    for row in table.to_pylist():
+        cells = [cell(v, precise=False).replace("\n", " ") for v in row.values()]
+        rows.append([c if len(c) <= max_width else c[: max_width - 1] + "…" for c in cells])
     widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(cols)]
-    line = lambda cells: "  ".join(cell.ljust(w) for cell, w in zip(cells, widths))  # noqa: E731
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return "\n".join([line(cols), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def format_csv(table: pa.Table) -> str:
+    """CSV with a header row; floats at full precision, NULL as an empty field."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(table.column_names)
+    for row in table.to_pylist():
+        writer.writerow([cell(v, precise=True) for v in row.values()])
+    return buf.getvalue()
+
+
+def format_json(table: pa.Table) -> str:
+    """A JSON array of row objects; dates and timestamps as ISO 8601 strings."""
+    return json.dumps(table.to_pylist(), default=lambda v: v.isoformat(), indent=1, ensure_ascii=False)
+
+
+def format_result(table: pa.Table, fmt: str) -> str:
+    """Render a report result as table, csv or json."""
+    formatters = {"table": format_table, "csv": format_csv, "json": format_json}
+    if fmt not in formatters:
+        raise ValueError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+    return formatters[fmt](table)
+
+
+class Headline(NamedTuple):
+    markdown: str
+    charts: list[Path]
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.1%}"
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.2f}"
+
+
+def _pp(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:+.1f} pp"
+
+
+def headline_markdown(db: str | Path, run_id: str | None = None, chart_dir: str | Path | None = None) -> Headline:
+    """The nightly headline as markdown: the run (latest unless `run_id`), each brand's last
+    7 days against the 7 before, the spikes of those days and the text/image disagreement.
+    With `chart_dir`, also renders the trend and spike charts there and returns their paths."""
+    with connect(db) as con:
+        runs = run_report("runs", con).to_pylist()
+        run = next((r for r in reversed(runs) if run_id in (None, r["run_id"])), None)
+        if run is None:
+            return Headline(f"# mmsa headline\n\nNo run {run_id or ''} recorded in `{db}`.\n", [])
+        pop = run_report("period_over_period", con).to_pylist()
+        lines = [
+            f"# mmsa headline: run `{run['run_id']}`",
+            "",
+            f"Dump `{run['dump']}`, model `{run['model_version']}`: {run['posts_in']} posts in, "
+            f"{run['posts_scored']} scored, {run['posts_rejected']} rejected, in {run['seconds']:.0f} s. "
+            f"Images: {', '.join(f'{k}={v}' for k, v in sorted(json.loads(run['image_status'] or '{}').items()))}.",
+        ]
+        if not pop:
+            return Headline("\n".join(lines + ["", "No scored posts yet."]) + "\n", [])
+        week = {"date_from": pop[0]["period_from"], "date_to": pop[0]["period_to"]}
+        lines += [
+            "",
+            f"## {week['date_from']} .. {week['date_to']} against the 7 days before",
+            "",
+            "| brand | posts | change | net sentiment | change | negative share | change |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in sorted(pop, key=lambda r: -r["posts"]):
+            lines.append(
+                f"| {r['brand']} | {r['posts']} | {_pct(r['posts_change_pct'])} | {_num(r['net_sentiment'])} "
+                f"| {_num(r['net_sentiment_change'])} | {r['negative_share'] or 0:.1%} | {_pp(r['negative_share_change'])} |"
+            )
+        spikes = [s for s in run_report("sentiment_spikes", con, **week).to_pylist() if s["rank"] == 1]
+        lines += ["", "## Spikes", ""]
+        lines += [
+            f"- **{s['brand']}** {s['day']}: {s['kind']} ({s['posts']} posts, {s['negative_share']:.0%} negative; "
+            f"usually {s['mean_posts']:.1f} posts, {s['mean_negative_share']:.0%} negative). "
+            f"Top post `{s['post_id']}`: \"{(s['text'] or '')[:80]}\""
+            for s in spikes
+        ] or ["None."]
+        disagreement = run_report("modality_disagreement", con, **week).to_pylist()
+        lines += ["", "## Text and image disagreeing (posts with both)", ""]
+        lines += [
+            f"- {d['brand']}: {d['disagreement_rate'] or 0:.1%} disagree, {d['opposite_rate'] or 0:.1%} opposite "
+            f"({d['positive_text_negative_image']} positive text + negative image)"
+            for d in disagreement
+        ]
+    charts = []
+    if chart_dir is not None:
+        from mmsa import charts as charting
+
+        chart_dir = Path(chart_dir)
+        charts = [
+            charting.render_chart("daily_brand_sentiment", db, chart_dir / "trend.png"),
+            charting.render_chart("sentiment_spikes", db, chart_dir / "spikes.png"),
+        ]
+        lines += ["", "Charts: " + ", ".join(f"`{p}`" for p in charts)]
+    return Headline("\n".join(lines) + "\n", charts)

@@ -1,0 +1,37 @@
+-- breakdown_by_language: per brand and language, the volume, its share of the brand's posts and the sentiment mix.
+-- Answers: "does brand X land differently in different languages?"
+-- Parameters (NULL = no filter): $brand, $date_from, $date_to (inclusive days, UTC),
+--   $model_version (NULL = the most recently used model version).
+WITH posts AS (
+    SELECT *
+    FROM post_sentiment
+    WHERE model_version = coalesce($model_version, (SELECT arg_max(model_version, scored_at) FROM scored_posts))
+      AND ($brand IS NULL OR brand = $brand)
+      AND ($date_from IS NULL OR day >= CAST($date_from AS DATE))
+      AND ($date_to IS NULL OR day <= CAST($date_to AS DATE))
+),
+counts AS (
+    SELECT
+        brand,
+        lang,
+        count(*)                             AS posts,
+        count(*) FILTER (label = 'positive') AS positive,
+        count(*) FILTER (label = 'neutral')  AS neutral,
+        count(*) FILTER (label = 'negative') AS negative,
+        avg(sentiment_score)                 AS mean_sentiment_score
+    FROM posts
+    GROUP BY brand, lang
+)
+SELECT
+    brand,
+    lang,
+    posts,
+    posts / sum(posts) OVER (PARTITION BY brand)            AS share_of_brand_posts,
+    positive,
+    neutral,
+    negative,
+    negative / posts                                        AS negative_share,
+    (positive - negative) / nullif(positive + negative, 0)  AS net_sentiment,
+    mean_sentiment_score
+FROM counts
+ORDER BY brand, posts DESC, lang;

@@ -1,0 +1,31 @@
+-- runs: data quality: every scoring run with its dump, model version, posts in/scored/rejected and time.
+-- stored_posts = how many of its scored posts are still stored (a later run over the same dump
+-- and model replaces them).
+-- Answers: "did last night's run score everything, with which model, and how fast?"
+-- Parameters (NULL = no filter): $brand (counts only that brand's stored posts), $date_from,
+--   $date_to (inclusive days, UTC, of started_at), $model_version (NULL = every run).
+WITH stored AS (
+    SELECT run_id, count(*) AS stored_posts
+    FROM scored_posts
+    WHERE $brand IS NULL OR brand = $brand
+    GROUP BY run_id
+)
+SELECT
+    run_id,
+    dump,
+    model_version,
+    started_at,
+    finished_at,
+    epoch(finished_at - started_at)             AS seconds,
+    posts_in,
+    posts_scored,
+    posts_rejected,
+    posts_rejected / nullif(posts_in, 0)        AS rejected_rate,
+    coalesce(stored.stored_posts, 0)            AS stored_posts,
+    image_status
+FROM runs
+LEFT JOIN stored USING (run_id)
+WHERE ($model_version IS NULL OR model_version = $model_version)
+  AND ($date_from IS NULL OR CAST(started_at AS DATE) >= CAST($date_from AS DATE))
+  AND ($date_to IS NULL OR CAST(started_at AS DATE) <= CAST($date_to AS DATE))
+ORDER BY started_at, run_id;

@@ -1,0 +1,31 @@
+-- share_of_voice: each brand's share of all mentions, and of the positive and negative ones, over a period.
+-- Answers: "who owns the conversation between these brands, and who owns the praise?"
+-- Parameters (NULL = no filter): $brand (shares stay relative to ALL brands), $date_from,
+--   $date_to (inclusive days, UTC), $model_version (NULL = the most recently used model).
+WITH posts AS (
+    SELECT *
+    FROM post_sentiment
+    WHERE model_version = coalesce($model_version, (SELECT arg_max(model_version, scored_at) FROM scored_posts))
+      AND ($date_from IS NULL OR day >= CAST($date_from AS DATE))
+      AND ($date_to IS NULL OR day <= CAST($date_to AS DATE))
+),
+per_brand AS (
+    SELECT
+        brand,
+        count(*)                             AS mentions,
+        count(*) FILTER (label = 'positive') AS positive_mentions,
+        count(*) FILTER (label = 'negative') AS negative_mentions
+    FROM posts
+    GROUP BY brand
+)
+SELECT
+    brand,
+    mentions,
+    mentions / sum(mentions) OVER ()                                     AS share_of_voice,
+    positive_mentions,
+    positive_mentions / nullif(sum(positive_mentions) OVER (), 0)        AS positive_share_of_voice,
+    negative_mentions,
+    negative_mentions / nullif(sum(negative_mentions) OVER (), 0)        AS negative_share_of_voice
+FROM per_brand
+QUALIFY $brand IS NULL OR brand = $brand
+ORDER BY mentions DESC, brand;

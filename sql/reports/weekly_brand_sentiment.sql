@@ -1,0 +1,41 @@
+-- weekly_brand_sentiment: per brand and ISO week (Monday start), the volume and the sentiment mix.
+-- Answers: "how does brand X's sentiment trend week by week, without the day-to-day noise?"
+-- Parameters (NULL = no filter): $brand, $date_from, $date_to (inclusive days, UTC; a week cut
+--   by them counts only its days inside), $model_version (NULL = the most recently used model).
+-- net_sentiment = (positive - negative) / (positive + negative); NULL for a week with neither.
+WITH posts AS (
+    SELECT *
+    FROM post_sentiment
+    WHERE model_version = coalesce($model_version, (SELECT arg_max(model_version, scored_at) FROM scored_posts))
+      AND ($brand IS NULL OR brand = $brand)
+      AND ($date_from IS NULL OR day >= CAST($date_from AS DATE))
+      AND ($date_to IS NULL OR day <= CAST($date_to AS DATE))
+),
+counts AS (
+    SELECT
+        brand,
+        CAST(date_trunc('week', day) AS DATE) AS week,
+        count(DISTINCT day)                   AS days_with_posts,
+        count(*)                              AS posts,
+        count(*) FILTER (label = 'positive')  AS positive,
+        count(*) FILTER (label = 'neutral')   AS neutral,
+        count(*) FILTER (label = 'negative')  AS negative,
+        avg(sentiment_score)                  AS mean_sentiment_score
+    FROM posts
+    GROUP BY ALL
+)
+SELECT
+    brand,
+    week,
+    days_with_posts,
+    posts,
+    positive,
+    neutral,
+    negative,
+    positive / posts                                            AS positive_share,
+    neutral / posts                                             AS neutral_share,
+    negative / posts                                            AS negative_share,
+    (positive - negative) / nullif(positive + negative, 0)      AS net_sentiment,
+    mean_sentiment_score
+FROM counts
+ORDER BY brand, week;
