@@ -53,8 +53,9 @@ CREATE TABLE IF NOT EXISTS runs (
   image_status JSON,
   stage_seconds JSON
 );
+-- day = the post's UTC date whatever the reader's TimeZone setting (and cheaper than a cast).
 CREATE OR REPLACE VIEW post_sentiment AS
-  SELECT *, CAST(created_at AS DATE) AS day FROM scored_posts;
+  SELECT *, DATE '1970-01-01' + CAST(epoch_us(created_at) // 86400000000 AS INTEGER) AS day FROM scored_posts;
 """
 
 
