@@ -1,24 +1,79 @@
 """Prefect wiring for nightly scoring: one task per stage and per shard, over mmsa.pipeline.
 
-Tasks exchange file paths and small summaries only. Fetching of later shards overlaps the
-model run on earlier ones through the thread task runner.
+Tasks exchange file paths and small summaries only, so a shard can be scored in another thread
+(default: fetching of later shards overlaps the model run on earlier ones) or on a Dask worker
+(`make_task_runner("dask", ...)`; each worker loads the model once and keeps it).
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from mmsa import pipeline
 from mmsa.store import now_utc
 
+RUNNERS = ("threads", "dask")
 
-@task(name="prepare-dump", retries=2, retry_delay_seconds=[5, 30])
+
+def make_task_runner(runner: str = "threads", dask_address: str | None = None, dask_workers: int = 2):
+    """The task runner for `score_flow.with_options(task_runner=...)`.
+
+    threads: shards in two threads of this process. dask: shards on the Dask cluster at
+    `dask_address` (tcp://host:8786), or on a temporary local cluster of `dask_workers` processes."""
+    if runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=2)
+    if runner != "dask":
+        raise ValueError(f"unknown runner {runner!r}: expected one of {', '.join(RUNNERS)}")
+    from prefect_dask import DaskTaskRunner
+
+    if dask_address:
+        return DaskTaskRunner(address=dask_address)
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={"n_workers": dask_workers, "threads_per_worker": 1, "processes": True},
+    )
+
+
+def _retryable(task, task_run, state) -> bool:
+    """Retry what a retry can fix (network, I/O), not a missing dump or an unreadable one."""
+    exc = state.result(raise_on_failure=False)
+    return not isinstance(exc, (FileNotFoundError, ValueError))
+
+
+@contextmanager
+def api_for_workers(runner: str):
+    """Dask workers are other processes: with no Prefect server configured (ephemeral mode), each would
+    start an ephemeral server of its own, slowly (past its start timeout on a busy machine). Start this
+    process's one now and point the flow, and through its serialised settings the workers, at it."""
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if runner != "dask" or PREFECT_API_URL.value():
+        yield
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield
+            APILogHandler().flush()  # the run's last log lines, before the server goes
+    finally:
+        server.stop()
+
+
+@task(name="prepare-dump", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_retryable)
 def prepare_task(dump: str, opts: pipeline.RunOptions) -> pipeline.Prepared:
     return pipeline.prepare(dump, opts)
 
 
-@task(name="score-shard", retries=1, retry_delay_seconds=10)
+@task(name="score-shard", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=_retryable)
 def score_shard_task(shard: str, opts: pipeline.RunOptions, run_id: str, key: str) -> pipeline.ShardResult:
     return pipeline.score_shard(shard, opts, run_id, key)
 
@@ -40,21 +95,31 @@ def score_flow(
     allow_hosts: list[str] | None = None,
     force: bool = False,
     retry_failed: bool = False,
+    progress: bool = False,
 ) -> pipeline.RunSummary:
-    """Score one post dump into Parquet partitions under `out` and the DuckDB file `db`."""
+    """Score one post dump into Parquet partitions under `out` and the DuckDB file `db`.
+
+    The whole run holds `<db>.lock`: a second run against the same database is refused."""
     from mmsa.model import load_model
 
     opts = pipeline.RunOptions(
         db=db, out=out, cache=cache, model=model, shard_size=shard_size, allow_local_files=allow_local_files,
         allow_hosts=tuple(allow_hosts or ()), force=force, retry_failed=retry_failed,
     )
-    run_id, started_at = pipeline.new_run_id(), now_utc()
-    t0 = started_at.timestamp()
-    prepared = prepare_task(dump, opts)
-    stage_seconds = {"read": now_utc().timestamp() - t0}
-    model_version = load_model(model).version
-    futures = [score_shard_task.submit(shard, opts, run_id, prepared.key) for shard in prepared.shards]
-    results = [f.result() for f in futures]
-    summary = load_task(prepared, results, opts, run_id, model_version, started_at, stage_seconds)
+    with pipeline.run_lock(db):
+        run_id, started_at = pipeline.new_run_id(), now_utc()
+        t0 = started_at.timestamp()
+        prepared = prepare_task(dump, opts)
+        stage_seconds = {"read": now_utc().timestamp() - t0}
+        model_version = load_model(model).version
+        futures = [score_shard_task.submit(shard, opts, run_id, prepared.key) for shard in prepared.shards]
+        if progress:
+            from tqdm import tqdm
+
+            for _ in tqdm(as_completed(futures), total=len(futures), desc="shards", unit="shard"):
+                pass
+        results = [f.result() for f in futures]
+        summary = load_task(prepared, results, opts, run_id, model_version, started_at, stage_seconds)
+    create_markdown_artifact(key="score-run", markdown=summary.markdown(), description=f"mmsa scoring of {dump}")
     print(summary.describe())
     return summary

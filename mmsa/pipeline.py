@@ -7,7 +7,10 @@ same dump picks up where a killed one stopped: a shard whose done-marker exists 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import threading
 import time
 import uuid
@@ -23,6 +26,58 @@ from mmsa import source, store
 from mmsa.schema import LABELS, SCORED_SCHEMA
 
 _INFER_LOCK = threading.Lock()  # one model forward at a time per process: torch already uses every core
+
+SHARD_STATS_DDL = """
+CREATE TABLE IF NOT EXISTS run_shards (
+  run_id VARCHAR, shard INTEGER, skipped BOOLEAN, posts BIGINT, image_status JSON, stage_seconds JSON,
+  posts_per_s DOUBLE, PRIMARY KEY (run_id, shard)
+);
+"""
+
+
+class RunLocked(ValueError):
+    """Another run holds the database; a ValueError so the CLI reports it as an error, not a crash."""
+
+
+@contextlib.contextmanager
+def run_lock(db: str):
+    """Hold an exclusive, non-blocking lock on `<db>.lock` for a whole run.
+
+    The kernel drops the lock when the holder dies (even by SIGKILL), so a crashed run never
+    blocks its rerun; a concurrent run is refused before it touches anything."""
+    path = Path(f"{db}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLocked(f"another mmsa run holds {db} (lock file {path}); wait for it or stop it") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_tmp(*folders: Path) -> int:
+    """Delete `.NAME.PID.tmp` files (store.write_atomic) left by dead processes; returns how many."""
+    removed = 0
+    for folder in folders:
+        for tmp in folder.glob(".*.tmp"):
+            pid = tmp.name.rsplit(".", 2)[-2]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 @dataclass
@@ -76,6 +131,34 @@ class RunSummary:
     shards_skipped: int
     image_status: dict[str, int]
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    shards: list[dict] = field(default_factory=list)  # per shard: the rows of table run_shards
+
+    def markdown(self) -> str:
+        """The run's statistics as markdown tables (run totals, then one row per shard)."""
+        mix = ", ".join(f"{k}={v}" for k, v in sorted(self.image_status.items())) or "none"
+        secs = ", ".join(f"{k} {v:.2f}s" for k, v in self.stage_seconds.items())
+        fresh = sum(sh["posts"] for sh in self.shards if not sh["skipped"])
+        total = self.stage_seconds.get("total")
+        rate = f"{fresh / total:.1f}" if total and fresh else "-"  # posts this run scored, per wall-clock second
+        lines = [
+            f"## Scoring run `{self.run_id}`", "",
+            "| dump | model | posts in | scored | rejected | shards scored | shards skipped | posts/s |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            f"| {self.dump} | {self.model_version} | {self.posts_in} | {self.posts_scored} | {self.posts_rejected} "
+            f"| {self.shards_done} | {self.shards_skipped} | {rate} |", "",
+            f"Images: {mix}. Stages: {secs}.", "",
+            "| shard | skipped | posts | images | fetch s | infer s | write s | posts/s |",
+            "| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |",
+        ]
+        for sh in self.shards:
+            sec = sh["stage_seconds"]
+            shard_mix = ", ".join(f"{k}={v}" for k, v in sorted(sh["image_status"].items()))
+            lines.append(
+                f"| {sh['shard']} | {'yes' if sh['skipped'] else 'no'} | {sh['posts']} | {shard_mix} "
+                + " ".join(f"| {sec.get(k, 0):.2f}" for k in ("fetch", "infer", "write"))
+                + f" | {sh['posts_per_s'] or '-'} |"
+            )
+        return "\n".join(lines)
 
     def describe(self) -> str:
         mix = ", ".join(f"{k}={v}" for k, v in sorted(self.image_status.items())) or "none"
@@ -97,14 +180,30 @@ def prepare(dump: str, opts: RunOptions) -> Prepared:
     local = source.localise(dump, staging)
     key = source.content_key(local)
     workdir = Path(opts.out) / "_work" / key
+    remove_stale_tmp(workdir / "shards", *workdir.glob("done/*"), *Path(opts.out).glob("date=*"))
+    _check_shard_size(workdir, opts.shard_size)
     shards, rejected, posts_in = [], [], 0
     for shard in source.iter_shards(local, opts.shard_size, dump_name=str(dump)):
         path = workdir / "shards" / f"shard-{shard.index:05d}.parquet"
         shards.append(str(store.write_atomic(shard.posts, path)))
         rejected.extend(shard.rejected)
         posts_in += shard.posts.num_rows + len(shard.rejected)
-    (workdir / "rejected.json").write_text(json.dumps(rejected))
+    store.write_text_atomic(workdir / "rejected.json", json.dumps(rejected))
     return Prepared(str(dump), key, str(workdir), shards, posts_in, len(rejected))
+
+
+def _check_shard_size(workdir: Path, shard_size: int) -> None:
+    """Shards (and their done markers and file names) are only valid for the size they were cut at."""
+    manifest = workdir / "manifest.json"
+    if manifest.exists():
+        earlier = json.loads(manifest.read_text())["shard_size"]
+        if earlier != shard_size:
+            raise ValueError(
+                f"this dump was cut into shards of {earlier} posts by an earlier run (see {workdir}); "
+                f"rerun with --shard-size {earlier}"
+            )
+    else:
+        store.write_text_atomic(manifest, json.dumps({"shard_size": shard_size}))
 
 
 def _done_marker(shard_path: str, model_version: str) -> Path:
@@ -195,10 +294,17 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
         status = Counter()
         for r in results:
             status.update(r.image_status)
-        for r in results:
-            for k, v in r.seconds.items():
+        shards = []
+        for r in results:  # a skipped shard's seconds belong to the run that scored it
+            seconds = {} if r.skipped else {k: round(v, 3) for k, v in r.seconds.items()}
+            for k, v in seconds.items():
                 stage_seconds[k] = stage_seconds.get(k, 0.0) + v
+            busy = sum(seconds.values())
+            shards.append({"run_id": run_id, "shard": r.index, "skipped": r.skipped, "posts": r.posts,
+                           "image_status": r.image_status, "stage_seconds": seconds,
+                           "posts_per_s": round(r.posts / busy, 2) if busy else None})
         stage_seconds["load"] = time.perf_counter() - t0
+        stage_seconds["total"] = (store.now_utc() - started_at).total_seconds()  # wall clock, start to load
         summary = RunSummary(
             run_id=run_id,
             dump=prepared.dump,
@@ -210,7 +316,10 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
             shards_skipped=sum(r.skipped for r in results),
             image_status=dict(status),
             stage_seconds={k: round(v, 3) for k, v in stage_seconds.items()},
+            shards=shards,
         )
+        con.execute("BEGIN")  # a run's statistics appear whole: its runs row with its run_shards rows
+        _record_shards(con, shards)
         store.record_run(
             con,
             {
@@ -226,7 +335,17 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
                 "stage_seconds": summary.stage_seconds,
             },
         )
+        con.execute("COMMIT")
         con.execute("CHECKPOINT")
     finally:
         con.close()
     return summary
+
+
+def _record_shards(con, shards: list[dict]) -> None:
+    """Store per-shard statistics in table run_shards (one row per run and shard)."""
+    con.execute(SHARD_STATS_DDL)
+    for sh in shards:
+        row = {**sh, "image_status": json.dumps(sh["image_status"]), "stage_seconds": json.dumps(sh["stage_seconds"])}
+        con.execute("INSERT OR REPLACE INTO run_shards VALUES ($run_id, $shard, $skipped, $posts, $image_status, "
+                    "$stage_seconds, $posts_per_s)", row)

@@ -96,3 +96,14 @@ def test_local_image_paths_are_refused_unless_allowed(prefect_harness, tmp_path)
     assert cli.main(["score", str(dump), "--db", str(db), "--out", str(out / "b"), "--allow-local-files", "--force"]) == 0
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.sql("SELECT image_status, image_label IS NULL FROM post_sentiment").fetchall() == [("ok", False)]
+
+
+def test_rerun_with_another_shard_size_is_refused(prefect_harness, site, tmp_path, capsys):
+    base, _ = site
+    db, out = tmp_path / "m.duckdb", tmp_path / "out"
+    assert _score(base, db, out) == 0
+    assert cli.main(["score", f"{base}/posts.jsonl", "--db", str(db), "--out", str(out), "--shard-size", "5",
+                     "--allow-hosts", "127.0.0.1"]) == 2
+    assert "rerun with --shard-size 8" in capsys.readouterr().err
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.sql("SELECT count(*), count(DISTINCT post_id) FROM post_sentiment").fetchall() == [(20, 20)]

@@ -1,0 +1,86 @@
+"""Prefect wiring for a range of days: one `score-posts` subflow per day's dump.
+
+The day's dump location comes from a template (`/data/dumps/{date}.jsonl`, or an URL;
+`{date:%Y/%m/%d}` works too). A day whose dump was already scored to the end by the same model
+version (a finished row in `runs`) is skipped without reading it, unless `force`. With no dates,
+it scores yesterday in `timezone`: that is the nightly deployment.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from prefect import flow
+
+from flows.score import make_task_runner, score_flow
+from mmsa import pipeline
+
+
+def days_between(start: date, end: date) -> list[date]:
+    if end < start:
+        raise ValueError(f"end {end} is before start {start}")
+    return [start + timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def already_scored(db: str, dump: str, model_version: str) -> bool:
+    """True when `runs` holds a finished run of `dump` by `model_version`."""
+    import duckdb
+
+    if not Path(db).exists():
+        return False
+    with pipeline.run_lock(db), duckdb.connect(db, read_only=True) as con:
+        if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'runs'").fetchone()[0]:
+            return False
+        row = con.execute(
+            "SELECT count(*) FROM runs WHERE dump = $dump AND model_version = $mv AND finished_at IS NOT NULL",
+            {"dump": dump, "mv": model_version},
+        ).fetchone()
+    return row[0] > 0
+
+
+@flow(name="backfill-posts", log_prints=True)
+def backfill_flow(
+    dump_template: str,
+    db: str,
+    out: str,
+    start: date | None = None,
+    end: date | None = None,
+    timezone: str = "UTC",
+    model: str = "default",
+    shard_size: int = 256,
+    cache: str | None = None,
+    allow_hosts: list[str] | None = None,
+    force: bool = False,
+    runner: str = "threads",
+    dask_address: str | None = None,
+) -> dict[str, str]:
+    """Score the dump of every day from `start` to `end` (inclusive; default: yesterday in `timezone`).
+
+    Returns {day: "scored" | "skipped"}; fails after trying every day if any day failed."""
+    from mmsa.model import load_model
+
+    yesterday = datetime.now(ZoneInfo(timezone)).date() - timedelta(days=1)
+    start = start or end or yesterday
+    days = days_between(start, end or start)
+    scorer = score_flow.with_options(task_runner=make_task_runner(runner, dask_address))
+    model_version = load_model(model).version
+    outcome, failed = {}, []
+    for day in days:
+        dump = dump_template.format(date=day)
+        if not force and already_scored(db, dump, model_version):
+            outcome[str(day)] = "skipped"
+            print(f"{day}: {dump} already scored by {model_version}, skipped")
+            continue
+        state = scorer.with_options(flow_run_name=f"score-{day}")(
+            dump=dump, db=db, out=out, cache=cache, model=model, shard_size=shard_size,
+            allow_hosts=allow_hosts, force=force, return_state=True,
+        )
+        outcome[str(day)] = "scored" if state.is_completed() else "failed"
+        if not state.is_completed():
+            failed.append(f"{day} ({state.message})")
+    print(", ".join(f"{d}: {o}" for d, o in outcome.items()))
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(days)} days failed: {'; '.join(failed)}")
+    return outcome

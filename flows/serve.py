@@ -1,0 +1,54 @@
+"""`mmsa serve`: run the deployments of deployments/prefect.yaml from this one process (flow.serve),
+for a single machine without a work pool or worker. The yaml stays the one definition of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+PREFECT_YAML = Path(__file__).resolve().parent.parent / "deployments" / "prefect.yaml"
+
+
+def load_deployments(path: Path = PREFECT_YAML) -> list[dict]:
+    """The `deployments` entries of a prefect.yaml, anchors resolved."""
+    return yaml.safe_load(path.read_text())["deployments"]
+
+
+def runner_deployments(overrides: dict, cron: str | None = None, path: Path = PREFECT_YAML, for_worker: bool = False) -> list:
+    """One RunnerDeployment per yaml entry; `overrides` (None: keep the yaml's) replace the scoring
+    deployments' parameters, `cron` the schedules' cron. Flows load from their entrypoints, as on a worker;
+    `for_worker` keeps the yaml's work pool (registering), else they are for flow.serve (no pool)."""
+    from prefect import Flow
+    from prefect.schedules import Cron
+
+    root = path.parent.parent
+    built = []
+    for spec in load_deployments(path):
+        flow = Flow.from_source(source=str(root), entrypoint=spec["entrypoint"])
+        pool = spec.get("work_pool", {}) if for_worker else {}
+        params = dict(spec.get("parameters", {}))
+        if "dump_template" in flow.parameters.properties:
+            params.update({k: v for k, v in overrides.items() if v is not None})
+        schedules = [Cron(cron or s["cron"], timezone=params.get("timezone") or s.get("timezone"))
+                     for s in spec.get("schedules", [])]
+        built.append(flow.to_deployment(name=spec["name"], parameters=params, schedules=schedules,
+                                        description=spec.get("description"), tags=spec.get("tags"),
+                                        concurrency_limit=spec.get("concurrency_limit"),
+                                        work_pool_name=pool.get("name"), job_variables=pool.get("job_variables")))
+    return built
+
+
+def register(overrides: dict, cron: str | None = None) -> list[str]:
+    """Create or update the yaml's deployments on the Prefect server, for a worker of their work pool.
+
+    What `prefect deploy --all --prefect-file deployments/prefect.yaml` does, minus its check for
+    online workers, which this environment's Prefect server answers with HTTP 422."""
+    return [f"{d.flow_name}/{d.name}: {d.apply()}" for d in runner_deployments(overrides, cron, for_worker=True)]
+
+
+def serve(overrides: dict, cron: str | None = None) -> None:
+    """Run the deployments' schedules and triggered runs from this process until interrupted."""
+    from prefect import serve as prefect_serve
+
+    prefect_serve(*runner_deployments(overrides, cron))

@@ -1,0 +1,73 @@
+"""Backfill over day partitions: each day's dump scored once per model version, reruns are no-ops,
+--force re-scores without duplicating a row."""
+
+import json
+from datetime import date
+
+import duckdb
+import pytest
+
+from flows.backfill import backfill_flow
+from mmsa import cli
+from test_deployments import latest_artifact
+
+DAYS = ["2026-11-01", "2026-11-02", "2026-11-03"]
+
+
+def write_day_dumps(folder, days=DAYS, n=12):
+    """Text-only dumps (no images to fetch: fast), distinct post ids per day."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for d in days:
+        rows = [{"post_id": f"{d}-{i}", "created_at": f"{d}T{i:02d}:15:00", "brand": "acme",
+                 "text": ["love it, great day", "store opens at 9", "awful, broken again"][i % 3]} for i in range(n)]
+        (folder / f"{d}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(folder / "{date}.jsonl")
+
+
+def _backfill(template, db, out, *extra):
+    return cli.main(["backfill", "--dump-template", template, "--from", DAYS[0], "--to", DAYS[-1],
+                     "--db", str(db), "--out", str(out), "--shard-size", "8", *extra])
+
+
+def _counts(db):
+    with duckdb.connect(str(db), read_only=True) as con:
+        return (con.execute("SELECT count(*), count(DISTINCT (post_id, model_version)) FROM post_sentiment").fetchone(),
+                con.execute("SELECT count(*) FROM runs").fetchone()[0])
+
+
+def test_backfill_scores_each_day_once_and_force_rescores(prefect_harness, tmp_path, capsys):
+    """Each day's run records per-shard statistics; a rerun skips every day (no new run, Parquet untouched);
+    --force redoes them, still one row per post."""
+    template = write_day_dumps(tmp_path / "dumps")
+    db, out = tmp_path / "m.duckdb", tmp_path / "out"
+    assert _backfill(template, db, out) == 0
+    assert _counts(db) == ((36, 36), 3)
+    with duckdb.connect(str(db), read_only=True) as con:  # per-shard statistics: 12 posts a day = shards of 8 + 4
+        shards = con.execute("SELECT shard, posts, skipped, posts_per_s > 0, image_status->>'no_image' FROM run_shards "
+                             "ORDER BY run_id, shard").fetchall()
+    assert shards == [(0, 8, False, True, "8"), (1, 4, False, True, "4")] * 3
+    markdown = latest_artifact("score-run")
+    assert "| 1 | no | 4 | no_image=4 |" in markdown and "| dump | model | posts in |" in markdown
+    files = {p: p.stat().st_mtime_ns for p in out.glob("date=*/*.parquet")}
+    assert sorted({p.parent.name for p in files}) == [f"date={d}" for d in DAYS]
+
+    capsys.readouterr()
+    assert _backfill(template, db, out) == 0
+    assert capsys.readouterr().out.count("skipped") >= 3
+    assert _counts(db) == ((36, 36), 3)
+    assert {p: p.stat().st_mtime_ns for p in out.glob("date=*/*.parquet")} == files
+
+    assert _backfill(template, db, out, "--force") == 0
+    assert _counts(db) == ((36, 36), 6)
+    assert sorted(out.glob("date=*/*.parquet")) == sorted(files)
+    assert duckdb.sql(f"SELECT count(*), count(DISTINCT post_id) FROM read_parquet('{out}/date=*/*.parquet')").fetchall() == [(36, 36)]
+
+
+def test_backfill_reports_missing_day_after_scoring_the_others(prefect_harness, tmp_path):
+    """A missing dump fails the backfill (nightly alerting) but does not stop the other days."""
+    template = write_day_dumps(tmp_path / "dumps", days=[DAYS[0], DAYS[2]])
+    db, out = tmp_path / "m.duckdb", tmp_path / "out"
+    with pytest.raises(RuntimeError, match=r"1 of 3 days failed: 2026-11-02"):
+        backfill_flow(dump_template=template, db=str(db), out=str(out), start=date(2026, 11, 1),
+                      end=date(2026, 11, 3), shard_size=8)
+    assert _counts(db) == ((24, 24), 2)
