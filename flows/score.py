@@ -8,6 +8,7 @@ Tasks exchange file paths and small summaries only, so a shard can be scored in 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
@@ -121,5 +122,18 @@ def score_flow(
         results = [f.result() for f in futures]
         summary = load_task(prepared, results, opts, run_id, model_version, started_at, stage_seconds)
     create_markdown_artifact(key="score-run", markdown=summary.markdown(), description=f"mmsa scoring of {dump}")
+    headline_task(db, run_id, out)
     print(summary.describe())
     return summary
+
+
+@task(name="headline")
+def headline_task(db: str, run_id: str, out: str) -> list[str]:
+    """Publish the analysts' headline (from the snapshot the load just published) with its charts."""
+    from mmsa import publish, report
+
+    charts = Path(out) / "_reports" / run_id
+    headline = report.headline_markdown(publish.snapshot_path(db), run_id=run_id, chart_dir=charts)
+    links = "\n".join(f"- chart: `{path}`" for path in headline.charts)
+    create_markdown_artifact(key="headline", markdown=f"{headline.markdown}\n{links}\n", description="mmsa nightly headline")
+    return [str(p) for p in headline.charts]

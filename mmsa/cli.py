@@ -7,23 +7,84 @@ Heavy imports (torch, prefect) happen inside the command that needs them so that
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from datetime import date
+from pathlib import Path
+
+# Prefect's ephemeral server can take 20-30 s to start on a small, busy machine (the default
+# timeout is 20 s); and the project never phones home.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from flows.score import score_flow
+    from flows.score import api_for_workers, make_task_runner, score_flow
 
-    summary = score_flow(
-        dump=args.dump,
-        db=args.db,
-        out=args.out,
-        cache=args.cache,
-        model=args.model,
-        shard_size=args.shard_size,
+    runner = make_task_runner(args.runner, args.dask_address, args.dask_workers)
+    with api_for_workers(args.runner):
+        summary = score_flow.with_options(task_runner=runner)(
+            dump=args.dump,
+            db=args.db,
+            out=args.out,
+            cache=args.cache,
+            model=args.model,
+            shard_size=args.shard_size,
+            allow_local_files=args.allow_local_files,
+            allow_hosts=args.allow_hosts,
+            force=args.force,
+            retry_failed=args.retry_failed,
+            progress=not args.quiet,
+        )
+    print(summary.describe())
+    return 0
+
+
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    from flows.backfill import backfill_flow
+    from flows.score import api_for_workers
+
+    with api_for_workers(args.runner):
+        outcome = backfill_flow(
+            dump_template=args.dump_template, db=args.db, out=args.out, start=args.date_from, end=args.date_to,
+            timezone=args.timezone, model=args.model, shard_size=args.shard_size, cache=args.cache,
+            allow_hosts=args.allow_hosts, force=args.force, runner=args.runner, dask_address=args.dask_address,
+        )
+    print("\n".join(f"{day}  {what}" for day, what in outcome.items()))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from flows import serve
+
+    overrides = {"dump_template": args.dump_template, "db": args.db, "out": args.out, "timezone": args.timezone}
+    if args.register:
+        print("\n".join(serve.register(overrides, args.cron)))
+    else:
+        serve.serve(overrides, args.cron)
+    return 0
+
+
+def _add_runner_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runner", choices=("threads", "dask"), default="threads",
+                   help="where shards are scored: threads of this process, or Dask workers")
+    p.add_argument("--dask-address", metavar="tcp://HOST:8786",
+                   help="with --runner dask: an existing Dask scheduler (default: a temporary local cluster)")
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from mmsa import fetch
+
+    config = fetch.FetchConfig(
+        image_size=args.image_size,
+        allow_hosts=tuple(args.allow_hosts),
         allow_local_files=args.allow_local_files,
-        allow_hosts=args.allow_hosts,
-        force=args.force,
-        retry_failed=args.retry_failed,
+        deadline=args.deadline,
+        workers=args.workers,
+        per_host=args.per_host,
+    )
+    summary = fetch.fetch_dump(
+        args.dump, args.cache, config, status_path=args.status, retry_failed=args.retry_failed, progress=not args.quiet
     )
     print(summary.describe())
     return 0
@@ -34,10 +95,32 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     if args.list or not args.name:
         for name, doc in report.list_reports():
-            print(f"{name:32s} {doc}")
+            print(f"{name:28s} {doc}")
         return 0
-    table = report.run_report(args.name, args.db)
-    print(report.format_table(table))
+    if not args.db:
+        raise ValueError("--db is required to run a report")
+    params = {"brand": args.brand, "date_from": args.date_from, "date_to": args.date_to}
+    for item in args.param:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param wants KEY=VALUE, got {item!r}")
+        params[key.strip()] = value
+    if args.name == "all":
+        if not args.html:
+            raise ValueError("`mmsa report all` needs --html OUT.html")
+        from mmsa import charts
+
+        print(charts.html_summary(args.db, args.html, **params))
+        return 0
+    if args.chart:
+        from mmsa import charts
+
+        if args.name not in charts.CHARTS:
+            raise ValueError(f"no chart for report {args.name!r}; charts exist for: {', '.join(charts.CHARTS)}")
+    table = report.run_report(args.name, args.db, **params)
+    print(report.format_result(table, args.format), end="" if args.format == "csv" else "\n")
+    if args.chart:
+        print(f"chart: {charts.render_chart(args.name, args.db, args.chart, **params)}", file=sys.stderr)
     return 0
 
 
@@ -45,6 +128,56 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from mmsa import demo
 
     demo.run(workdir=args.workdir, n_posts=args.posts)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from mmsa import evaluate
+
+    metrics = evaluate.evaluate_file(args.data, args.model, batch_size=args.batch_size)
+    print(evaluate.to_json(metrics) if args.json else evaluate.format_metrics(metrics))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from mmsa import train
+    from mmsa.data import resolve_data_dir
+
+    train.set_threads(args.threads)
+    cfg = train.TrainConfig(
+        head=args.head,
+        text_encoder=args.text_encoder,
+        image_encoder=args.image_encoder,
+        pretrain_text=args.pretrain_text,
+        pretrain_layers=args.pretrain_layers,
+        pretrain_epochs=args.pretrain_epochs,
+        pretrain_max=args.pretrain_max,
+        finetune_layers=args.finetune_layers,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        class_weight=args.class_weight,
+    )
+    summary = train.run(cfg, args.data or resolve_data_dir() / "mvsa_single", args.out, cache_dir=args.cache)
+    d = summary["dev"]
+    print(
+        f"dev accuracy={d['accuracy']:.4f} weighted_f1={d['weighted_f1']:.4f} macro_f1={d['macro_f1']:.4f} "
+        f"(best epoch {summary['best_epoch']}, {summary['train_seconds']:.0f}s) -> {args.out}"
+    )
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from mmsa import train
+    from mmsa.data import resolve_data_dir
+
+    train.set_threads(args.threads)
+    base = train.TrainConfig(
+        pretrain_text=args.pretrain_text, pretrain_layers=args.pretrain_layers, pretrain_max=args.pretrain_max
+    )
+    data = args.data or resolve_data_dir() / "mvsa_single"
+    table = train.compare(data, args.heads, args.seeds, args.out, cache_dir=args.cache, base=base)
+    print(table)
     return 0
 
 
@@ -73,18 +206,109 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="re-score shards already scored by this model")
     p.add_argument("--retry-failed", action="store_true", help="re-fetch retryable image failures and re-score their shards")
+    _add_runner_options(p)
+    p.add_argument("--dask-workers", type=int, default=2, help="worker processes of the temporary local Dask cluster")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_score)
 
-    p = sub.add_parser("report", help="run one SQL report from sql/reports and print it")
-    p.add_argument("name", nargs="?", help="report name (file name without .sql)")
-    p.add_argument("--db", help="DuckDB database file")
+    p = sub.add_parser("backfill", help="score the dumps of a range of days (one score run per day, done days skipped)")
+    p.add_argument("--dump-template", required=True, help="the day's dump, e.g. /data/dumps/{date}.jsonl or an URL")
+    p.add_argument("--from", dest="date_from", type=date.fromisoformat, metavar="YYYY-MM-DD",
+                   help="first day (default: yesterday)")
+    p.add_argument("--to", dest="date_to", type=date.fromisoformat, metavar="YYYY-MM-DD", help="last day, inclusive")
+    p.add_argument("--timezone", default="UTC", help="timezone that decides which day is yesterday")
+    p.add_argument("--db", required=True, help="DuckDB database file to write")
+    p.add_argument("--out", required=True, help="folder for hive-partitioned Parquet results")
+    p.add_argument("--cache", help="image cache folder (default: OUT/_cache)")
+    p.add_argument("--model", default="default", help="model name or folder (default: shipped model)")
+    p.add_argument("--shard-size", type=int, default=256, help="posts per shard")
+    p.add_argument("--allow-hosts", nargs="*", default=[], metavar="HOST_OR_CIDR",
+                   help="hosts or CIDRs exempt from the private-address block")
+    p.add_argument("--force", action="store_true", help="re-score days already scored by this model")
+    _add_runner_options(p)
+    p.set_defaults(func=_cmd_backfill)
+
+    p = sub.add_parser("serve", help="serve the nightly, backfill and train deployments from this process (no work pool)")
+    p.add_argument("--dump-template", help="the day's dump, e.g. /data/dumps/{date}.jsonl or an URL (default: the yaml's)")
+    p.add_argument("--db", help="DuckDB database file to write (default: the yaml's)")
+    p.add_argument("--out", help="folder for hive-partitioned Parquet results (default: the yaml's)")
+    p.add_argument("--register", action="store_true",
+                   help="instead of serving, register the deployments on the server for a worker of their work pool")
+    p.add_argument("--cron", help="nightly schedule (default: deployments/prefect.yaml's, 30 2 * * *)")
+    p.add_argument("--timezone", help="timezone of the schedule and of `yesterday` (default: the yaml's)")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("fetch", help="download and preprocess a dump's images into the cache; write a status table")
+    p.add_argument("dump", help="JSONL/CSV/Parquet file, local path or http(s) URL")
+    p.add_argument("--cache", required=True, help="image cache folder (shared with `score --cache`)")
+    p.add_argument("--status", help="status table to write (default: CACHE/status/<dump name>.parquet)")
+    p.add_argument("--retry-failed", action="store_true", help="fetch again the URLs whose last status was retryable")
+    p.add_argument("--image-size", type=int, default=224, help="side of the preprocessed square images")
+    p.add_argument("--workers", type=int, default=16, help="concurrent downloads")
+    p.add_argument("--per-host", type=int, default=8, help="concurrent downloads from one host")
+    p.add_argument("--deadline", type=float, default=30.0, help="seconds allowed per image, retries included")
+    p.add_argument("--allow-local-files", action="store_true", help="accept absolute paths and file: URLs as image_url")
+    p.add_argument("--allow-hosts", nargs="*", default=[], metavar="HOST_OR_CIDR",
+                   help="hosts or CIDRs exempt from the private-address block (tests, private CDNs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_fetch)
+
+    p = sub.add_parser("report", help="run one SQL report from sql/reports and print it (or `all --html`)")
+    p.add_argument("name", nargs="?", help="report name (file name without .sql), or `all` with --html")
+    p.add_argument("--db", help="DuckDB database file (analysts: the published <stem>.analyst.duckdb)")
     p.add_argument("--list", action="store_true", help="list the reports")
+    p.add_argument("--brand", help="only this brand")
+    p.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD", help="first day, inclusive (UTC)")
+    p.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD", help="last day, inclusive (UTC)")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="report parameter, e.g. window=14, threshold=2.5, limit=10, model_version=...")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p.add_argument("--chart", metavar="OUT.png", help="also draw the report's chart (trend, share of voice, spikes)")
+    p.add_argument("--html", metavar="OUT.html", help="with `all`: the offline HTML summary of every report")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("demo", help="generate a small dump with images, serve it on 127.0.0.1, score it, report")
     p.add_argument("--workdir", default="demo_output", help="where the demo writes its dump, Parquet and DuckDB")
     p.add_argument("--posts", type=int, default=48, help="number of demo posts")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("evaluate", help="metrics of a model on a labelled JSONL (text, image, label)")
+    p.add_argument("--data", required=True, help="labelled JSONL; `image` paths relative to its folder")
+    p.add_argument("--model", default="default", help="model name or folder (default: shipped model)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", action="store_true", help="print all metrics as JSON")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("train", help="train a fusion head (frozen cached features, or fine-tune top text layers)")
+    p.add_argument("--data", help="folder with train.jsonl + dev.jsonl (default: $MMSA_DATA/mvsa_single)")
+    p.add_argument("--head", default="native_combine", help="text|image|native_cat|native_combine|cmac|hstec|ote")
+    p.add_argument("--text-encoder", default="all-minilm-l6-v2", help="HF folder or cached hub name")
+    p.add_argument("--image-encoder", default="efficientnet-lite0", help="efficientnet-lite0|resnet18:PTH|resnet50:PTH|HF folder")
+    p.add_argument("--pretrain-text", help="labelled text-only JSONL (e.g. SemEval) to fine-tune the text side on first")
+    p.add_argument("--pretrain-layers", type=int, default=3, help="top text layers trained in pre-training")
+    p.add_argument("--pretrain-epochs", type=int, default=1)
+    p.add_argument("--pretrain-max", type=int, default=20000, help="pre-training examples per epoch (CPU budget)")
+    p.add_argument("--finetune-layers", type=int, default=0, help="top text-encoder layers to fine-tune (0 = frozen)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--class-weight", default="sqrt", choices=["none", "sqrt", "balanced"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "mmsa" / "features", help="feature cache folder")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy shared machine)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("compare", help="train every head x seeds on cached features; write a markdown table")
+    p.add_argument("--data", help="folder with train.jsonl + dev.jsonl (default: $MMSA_DATA/mvsa_single)")
+    p.add_argument("--heads", nargs="+", default=["text", "image", "native_cat", "native_combine", "ote", "cmac", "hstec"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "mmsa" / "features", help="feature cache folder")
+    p.add_argument("--out", default="results/compare.md", help="markdown table to write")
+    p.add_argument("--pretrain-text", help="labelled text-only JSONL to fine-tune the text side on first (then frozen)")
+    p.add_argument("--pretrain-layers", type=int, default=3, help="top text layers trained in pre-training")
+    p.add_argument("--pretrain-max", type=int, default=20000, help="pre-training examples (CPU budget)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy shared machine)")
+    p.set_defaults(func=_cmd_compare)
 
     return parser
 

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmsa import source, store
+from mmsa import publish, source, store
 from mmsa.schema import LABELS, SCORED_SCHEMA
 
 _INFER_LOCK = threading.Lock()  # one model forward at a time per process: torch already uses every core
@@ -336,7 +336,7 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
             },
         )
         con.execute("COMMIT")
-        con.execute("CHECKPOINT")
+        publish.publish_snapshot(opts.db, con)  # analysts read the snapshot, never the live file
     finally:
         con.close()
     return summary

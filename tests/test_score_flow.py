@@ -107,3 +107,39 @@ def test_rerun_with_another_shard_size_is_refused(prefect_harness, site, tmp_pat
     assert "rerun with --shard-size 8" in capsys.readouterr().err
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.sql("SELECT count(*), count(DISTINCT post_id) FROM post_sentiment").fetchall() == [(20, 20)]
+
+
+ANALYST = """
+import sys, duckdb
+con = duckdb.connect(sys.argv[1], read_only=True)
+for line in sys.stdin:  # each line: one query, answered on the same open connection
+    print(con.sql(line).fetchall(), flush=True)
+"""
+
+
+def test_analyst_holding_the_snapshot_open_does_not_block_scoring(prefect_harness, site, tmp_path):
+    """An analyst process keeps <db>.analyst.duckdb open; a run publishes a new one without waiting."""
+    import subprocess
+    import sys
+
+    from mmsa.publish import snapshot_path
+
+    base, _ = site
+    db, out = tmp_path / "m.duckdb", tmp_path / "out"
+    assert _score(base, db, out) == 0
+    analyst = subprocess.Popen([sys.executable, "-c", ANALYST, str(snapshot_path(db))],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    ask = lambda sql: (analyst.stdin.write(sql + "\n"), analyst.stdin.flush(), analyst.stdout.readline())[2].strip()  # noqa: E731
+    try:
+        assert ask("SELECT count(*) FROM runs") == "[(1,)]"
+        assert _score(base, db, out, "--force") == 0  # runs while the analyst's connection is open
+        assert ask("SELECT count(*), count(DISTINCT post_id) FROM post_sentiment") == "[(20, 20)]"
+        assert ask("SELECT count(*) FROM runs") == "[(1,)]"  # still the consistent snapshot it opened
+    finally:
+        analyst.stdin.close()
+        assert analyst.wait(timeout=30) == 0
+    with duckdb.connect(str(snapshot_path(db)), read_only=True) as fresh:
+        assert fresh.sql("SELECT count(*) FROM runs").fetchall() == [(2,)]
+        (run_id,), = fresh.sql("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1").fetchall()
+    charts = sorted((out / "_reports" / run_id).glob("*.png"))
+    assert [c.name for c in charts] == ["spikes.png", "trend.png"] and all(c.stat().st_size > 5000 for c in charts)
