@@ -1,0 +1,74 @@
+"""Labelled data sets (JSONL rows with `text`, optional `image`, `label`) and image loading.
+
+The image resize here is the one the model is trained with; the fetch stage should use
+`resize_image` too so that scored images look like training images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mmsa.schema import LABELS
+
+LABEL_TO_ID = {name: i for i, name in enumerate(LABELS)}
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def resolve_data_dir(data: str | os.PathLike | None = None) -> Path:
+    """--data flag, else $MMSA_DATA, else ../shared/data next to the repo root."""
+    return Path(data or os.environ.get("MMSA_DATA") or REPO_ROOT.parent / "shared" / "data")
+
+
+@dataclass
+class LabelledSet:
+    """Parallel lists; `images` holds absolute paths or None for text-only rows."""
+
+    name: str
+    texts: list[str]
+    images: list[Path | None]
+    labels: np.ndarray  # int64 indices into LABELS
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, idx: np.ndarray, name: str | None = None) -> "LabelledSet":
+        return LabelledSet(
+            name or self.name,
+            [self.texts[i] for i in idx],
+            [self.images[i] for i in idx],
+            self.labels[idx],
+        )
+
+
+def load_jsonl(path: str | os.PathLike, with_images: bool = True) -> LabelledSet:
+    """Read a labelled JSONL; `image` paths are relative to the file's folder."""
+    path = Path(path)
+    texts, images, labels = [], [], []
+    with path.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if row.get("label") not in LABEL_TO_ID:
+                raise ValueError(f"{path}:{line_no}: label must be one of {LABELS}, got {row.get('label')!r}")
+            texts.append(row.get("text") or "")
+            img = row.get("image") if with_images else None
+            images.append((path.parent / img) if img else None)
+            labels.append(LABEL_TO_ID[row["label"]])
+    return LabelledSet(str(path), texts, images, np.asarray(labels, dtype=np.int64))
+
+
+def resize_image(img: Image.Image, size: int) -> np.ndarray:
+    """RGB, squashed to size x size (whole image kept, no crop), bicubic; uint8 HxWx3."""
+    return np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.uint8)
+
+
+def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
+    with Image.open(path) as img:
+        return resize_image(img, size)

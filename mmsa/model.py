@@ -1,0 +1,116 @@
+"""The scoring model other stages use: `load_model(...).predict(texts, images)`.
+
+A model folder holds config.json and safetensors only (never pickles): the head bundle and,
+if the text encoder was fine-tuned, just its changed top layers, overlaid on the packaged backbone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from mmsa.encoders import load_image_encoder, load_text_encoder
+from mmsa.heads import Bundle, Feats
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+
+
+@dataclass
+class Prediction:
+    probs: np.ndarray  # (N,3) fused; rows without an image = the text-only probs
+    text_probs: np.ndarray  # (N,3) text branch alone
+    image_probs: np.ndarray  # (N,3) image branch alone; NaN rows where there was no image
+
+
+class SentimentModel:
+    """Text encoder + image encoder + head bundle, fp32, inference only."""
+
+    def __init__(self, folder: Path, device: str = "cpu"):
+        self.folder = folder
+        cfg = json.loads((folder / "config.json").read_text())
+        self.config = cfg
+        self.device = torch.device(device)
+        self.text_encoder = load_text_encoder(cfg["text_encoder"], max_length=cfg["max_length"])
+        weight_files = ["heads.safetensors"]
+        if cfg.get("text_layers"):
+            state = {k: v.float() for k, v in load_file(str(folder / cfg["text_layers"])).items()}
+            unexpected = self.text_encoder.model.load_state_dict(state, strict=False).unexpected_keys
+            if unexpected:
+                raise ValueError(f"{folder / cfg['text_layers']}: keys not in {cfg['text_encoder']}: {unexpected[:3]}")
+            weight_files.append(cfg["text_layers"])
+        self.image_encoder = load_image_encoder(cfg["image_encoder"])
+        self.image_size = int(self.image_encoder.image_size)
+        self.bundle = Bundle(
+            cfg["head"], cfg["text_dim"], cfg["image_dim"], cfg["hidden"], cfg["dropout"], **cfg.get("head_kwargs", {})
+        )
+        self.bundle.load_state_dict(load_file(str(folder / "heads.safetensors")))
+        h = hashlib.sha256()
+        for name in weight_files:
+            h.update((folder / name).read_bytes())
+        # Stable id stored with every scored row: model name + hash of the weights this folder adds.
+        self.version = f"{cfg['name']}+{h.hexdigest()[:8]}"
+        for m in (self.text_encoder, self.image_encoder, self.bundle):
+            m.to(self.device).eval()
+
+    def predict(
+        self, texts: Sequence[str], images: Sequence[np.ndarray | None], batch_size: int = 32
+    ) -> Prediction:
+        """images: uint8 RGB image_size x image_size x 3 arrays or None, aligned with texts."""
+        if len(texts) != len(images):
+            raise ValueError(f"{len(texts)} texts but {len(images)} images")
+        n = len(texts)
+        probs = np.zeros((n, 3), np.float32)
+        text_probs = np.zeros((n, 3), np.float32)
+        image_probs = np.full((n, 3), np.nan, np.float32)
+        order = np.argsort([len(t or "") for t in texts], kind="stable")  # less padding per batch
+        blank = np.zeros((self.image_size, self.image_size, 3), np.uint8)
+        with torch.inference_mode():
+            for s in range(0, n, batch_size):
+                idx = order[s : s + batch_size]
+                t = self.text_encoder.encode([texts[i] or "" for i in idx])
+                has = torch.tensor([images[i] is not None for i in idx], dtype=torch.bool, device=self.device)
+                if has.any():
+                    im = self.image_encoder.encode([images[i] if images[i] is not None else blank for i in idx])
+                    i_hidden, i_mask, i_pooled = im.hidden, im.mask, im.pooled
+                else:  # text-only batch: skip the image encoder entirely
+                    i_pooled = torch.zeros(len(idx), self.image_encoder.dim, device=self.device)
+                    i_hidden, i_mask = i_pooled.unsqueeze(1), torch.ones(len(idx), 1, dtype=torch.bool, device=self.device)
+                f = Feats(t.pooled, i_pooled, t.hidden, t.mask, i_hidden, i_mask)
+                out = {k: v.softmax(-1).float().cpu().numpy() for k, v in self.bundle(f, has).items()}
+                probs[idx], text_probs[idx] = out["fused"], out["text"]
+                hn = has.cpu().numpy()
+                image_probs[idx[hn]] = out["image"][hn]
+        return Prediction(probs, text_probs, image_probs)
+
+
+_CACHE: dict[tuple[str, str], SentimentModel] = {}
+_LOCK = threading.Lock()
+
+
+def resolve_model_dir(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if (p / "config.json").exists():
+        return p.resolve()
+    named = MODELS_DIR / str(name_or_path)
+    if (named / "config.json").exists():
+        return named
+    raise FileNotFoundError(f"no model folder {name_or_path!r} (looked in . and {MODELS_DIR})")
+
+
+def load_model(name_or_path: str | Path = "default", device: str | None = None) -> SentimentModel:
+    """Cached per (folder, device) for the process; "default" = the shipped mmsa/models/default."""
+    folder = resolve_model_dir(name_or_path)
+    dev = device or "cpu"
+    key = (str(folder), dev)
+    with _LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = SentimentModel(folder, dev)
+        return _CACHE[key]

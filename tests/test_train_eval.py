@@ -1,0 +1,145 @@
+"""Full train -> save -> load_model -> predict/evaluate path on synthetic posts with tiny random encoders."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmsa import cli
+from mmsa.data import load_image, load_jsonl
+from mmsa.evaluate import classification_metrics, evaluate_file
+from mmsa.heads import HEAD_NAMES
+from mmsa.model import load_model
+from mmsa.synthetic import tiny_text_encoder, tiny_vit, write_dataset
+from mmsa.train import TrainConfig, compare, run
+
+torch.set_num_threads(1)  # tiny models: extra threads only add waiting on a shared 2-core machine
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    return {
+        "data": write_dataset(root / "data", n_train=160, n_dev=60, text_only_every=5),
+        "text": str(tiny_text_encoder(root / "bert")),
+        "image": f"hf:{tiny_vit(root / 'vit')}",
+        "cache": root / "cache",
+    }
+
+
+def _cfg(env, **kw) -> TrainConfig:
+    base = dict(text_encoder=env["text"], image_encoder=env["image"], epochs=4, patience=2, hidden=32,
+                head_kwargs={"width": 24})
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("head", HEAD_NAMES)
+def test_every_head_trains_saves_and_evaluates(env, head, tmp_path):
+    summary = run(_cfg(env, head=head), env["data"], tmp_path / "m", cache_dir=env["cache"], progress=False)
+    assert 1 <= summary["best_epoch"] <= 4 and summary["dev"]["n"] == 60
+    m = evaluate_file(env["data"] / "dev.jsonl", str(tmp_path / "m"))
+    assert m["n"] == 60 and m["n_with_image"] == 48
+    assert np.array(m["confusion"]).sum() == 60
+
+
+def test_fusion_learns_the_synthetic_signal(env, tmp_path):
+    summary = run(_cfg(env, head="native_combine", epochs=15, patience=15), env["data"], None,
+                  cache_dir=env["cache"], progress=False)
+    majority = np.bincount(load_jsonl(env["data"] / "dev.jsonl").labels).max() / 60
+    assert summary["dev"]["accuracy"] > majority + 0.1
+
+
+def test_same_seed_same_model(env, tmp_path):
+    for name in ("a", "b"):
+        run(_cfg(env, head="cmac", seed=3), env["data"], tmp_path / name, cache_dir=env["cache"], progress=False)
+    a, b = load_file(tmp_path / "a" / "heads.safetensors"), load_file(tmp_path / "b" / "heads.safetensors")
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+
+
+def test_prediction_contract(env, tmp_path):
+    run(_cfg(env, head="hstec"), env["data"], tmp_path / "m", cache_dir=env["cache"], progress=False)
+    model = load_model(str(tmp_path / "m"))
+    assert load_model(str(tmp_path / "m")) is model  # cached per process
+    assert re.fullmatch(r"m\+[0-9a-f]{8}", model.version) and model.image_size == 32
+    ds = load_jsonl(env["data"] / "dev.jsonl")
+    images = [load_image(p, 32) if p else None for p in ds.images]
+    pred = model.predict(ds.texts, images, batch_size=7)
+    no_img = np.array([im is None for im in images])
+    np.testing.assert_allclose(pred.probs.sum(1), 1, atol=1e-5)
+    assert np.isnan(pred.image_probs[no_img]).all() and not np.isnan(pred.image_probs[~no_img]).any()
+    np.testing.assert_array_equal(pred.probs[no_img], pred.text_probs[no_img])
+    perm = np.random.default_rng(0).permutation(len(ds))  # sorting by length inside predict keeps order
+    shuffled = model.predict([ds.texts[i] for i in perm], [images[i] for i in perm], batch_size=7)
+    np.testing.assert_allclose(shuffled.probs, pred.probs[perm], atol=1e-5)
+
+
+def test_finetuned_text_layers_are_shipped_and_reloaded(env, tmp_path):
+    summary = run(_cfg(env, head="native_cat", finetune_layers=1, lr_encoder=1e-3), env["data"], tmp_path / "m",
+                  cache_dir=env["cache"], progress=False)
+    layers = load_file(tmp_path / "m" / "text_layers.safetensors")
+    assert layers and all(k.startswith("encoder.layer.1.") for k in layers)  # only the top block of 2
+    m = evaluate_file(env["data"] / "dev.jsonl", str(tmp_path / "m"))
+    assert abs(m["accuracy"] - summary["dev"]["accuracy"]) <= 1 / 60  # fp16 storage may flip one post
+
+
+def test_text_pretraining_reports_held_out_metrics(env, tmp_path):
+    rows = [json.loads(line) for line in (env["data"] / "train.jsonl").read_text().splitlines()]
+    text_only = tmp_path / "tweets.jsonl"
+    text_only.write_text("".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in rows))
+    cfg = _cfg(env, head="text", pretrain_text=str(text_only), pretrain_layers=1)
+    run(cfg, env["data"], tmp_path / "m", cache_dir=env["cache"], progress=False)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["pretrain_metrics"]["n"] == 16  # 10% of 160 held out
+    assert config["text_layers"] == "text_layers.safetensors"
+
+
+def test_compare_writes_table_with_synergy_row(env, tmp_path):
+    out = tmp_path / "compare.md"
+    table = compare(env["data"], ["text", "image", "native_combine"], [0, 1], out, env["cache"],
+                    base=_cfg(env, epochs=2), progress=False)
+    assert out.read_text() == table
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "±" in line]
+    assert [r.split(" | ")[0] for r in rows] == ["| text", "| image", "| native_combine"]
+    assert all(r.count("±") == 3 and r.split(" | ")[1] == "2" for r in rows) and "Modal synergy" in table
+    assert len(json.loads(out.with_suffix(".json").read_text())["runs"]["image"]) == 2
+
+
+def test_metrics_match_hand_computed_values():
+    m = classification_metrics(np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 2, 0]))
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["per_class_recall"] == pytest.approx({"positive": 0.5, "neutral": 1.0, "negative": 2 / 3})
+    assert m["macro_f1"] == pytest.approx(np.mean([0.5, 2 / 3, 0.8]))
+    assert m["confusion"] == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
+
+
+def test_cli_evaluate_json(env, tmp_path, capsys):
+    run(_cfg(env, head="text"), env["data"], tmp_path / "m", cache_dir=env["cache"], progress=False)
+    assert cli.main(["evaluate", "--data", str(env["data"] / "dev.jsonl"), "--model", str(tmp_path / "m"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 60 and {"accuracy", "weighted_f1", "macro_f1", "macro_recall"} <= set(out)
+
+
+def test_shipped_default_model_honours_the_contract():
+    model = load_model("default")
+    assert re.fullmatch(r"mmsa-default-1\+[0-9a-f]{8}", model.version) and model.image_size == 224
+    img = np.full((224, 224, 3), 200, np.uint8)
+    pred = model.predict(["I love this, best day ever!", "worst service, never again"], [img, None])
+    assert pred.probs.shape == pred.text_probs.shape == pred.image_probs.shape == (2, 3)
+    assert np.isnan(pred.image_probs[1]).all() and np.array_equal(pred.probs[1], pred.text_probs[1])
+    assert pred.text_probs[0].argmax() == 0 and pred.text_probs[1].argmax() == 2  # positive, negative
+
+
+@pytest.mark.slow
+def test_shipped_default_model_dev_accuracy():
+    from mmsa.data import resolve_data_dir
+
+    dev = resolve_data_dir() / "mvsa_single" / "dev.jsonl"
+    if not dev.exists():
+        pytest.skip(f"no MVSA-Single dev set at {dev}")
+    m = evaluate_file(dev, "default")
+    assert m["n"] == 450 and m["accuracy"] > 0.70 and m["weighted_f1"] > 0.69
