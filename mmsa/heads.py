@@ -112,6 +112,14 @@ class CMAC(nn.Module):
         return self.t(torch.cat([f.t_pooled, a_i2t[:, 0]], -1)) + self.i(torch.cat([f.i_pooled, a_t2i[:, 0]], -1))
 
 
+def _encoder(width: int, n_heads: int, n_layers: int, dropout: float) -> nn.TransformerEncoder:
+    """The paper's fusion transformer (pre-norm, feed-forward 2x width) shared by HSTEC and OTE."""
+    layer = nn.TransformerEncoderLayer(
+        width, _heads_for(width, n_heads), 2 * width, dropout, batch_first=True, norm_first=True
+    )
+    return nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+
+
 class HSTEC(nn.Module):
     """Transformer encoder over [H_T; H_I] (shared width + modality embedding), mean-pooled into a."""
 
@@ -121,10 +129,7 @@ class HSTEC(nn.Module):
         super().__init__()
         self.pt, self.pi = nn.Linear(dt, width), nn.Linear(di, width)
         self.modality = nn.Parameter(torch.zeros(2, width))
-        layer = nn.TransformerEncoderLayer(
-            width, _heads_for(width, n_heads), 2 * width, dropout, batch_first=True, norm_first=True
-        )
-        self.enc = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.enc = _encoder(width, n_heads, n_layers, dropout)
         self.t = Classifier(dt + width, hidden, dropout)
         self.i = Classifier(di + width, hidden, dropout)
 
@@ -144,10 +149,7 @@ class OTE(nn.Module):
         super().__init__()
         self.pt, self.pi = nn.Linear(dt, width), nn.Linear(di, width)
         self.modality = nn.Parameter(torch.zeros(2, width))
-        layer = nn.TransformerEncoderLayer(
-            width, _heads_for(width, n_heads), 2 * width, dropout, batch_first=True, norm_first=True
-        )
-        self.enc = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.enc = _encoder(width, n_heads, n_layers, dropout)
         self.clf = Classifier(2 * width, hidden, dropout)
 
     def forward(self, f: Feats) -> torch.Tensor:
