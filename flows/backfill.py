@@ -53,6 +53,8 @@ def backfill_flow(
     cache: str | None = None,
     allow_hosts: list[str] | None = None,
     force: bool = False,
+    retry_failed: bool = False,
+    backend: str | None = None,
     runner: str = "threads",
     dask_address: str | None = None,
 ) -> dict[str, str]:
@@ -69,13 +71,13 @@ def backfill_flow(
     outcome, failed = {}, []
     for day in days:
         dump = dump_template.format(date=day)
-        if not force and already_scored(db, dump, model_version):
+        if not (force or retry_failed) and already_scored(db, dump, model_version):
             outcome[str(day)] = "skipped"
             print(f"{day}: {dump} already scored by {model_version}, skipped")
             continue
         state = scorer.with_options(flow_run_name=f"score-{day}")(
             dump=dump, db=db, out=out, cache=cache, model=model, shard_size=shard_size,
-            allow_hosts=allow_hosts, force=force, return_state=True,
+            allow_hosts=allow_hosts, force=force, retry_failed=retry_failed, backend=backend, return_state=True,
         )
         outcome[str(day)] = "scored" if state.is_completed() else "failed"
         if not state.is_completed():

@@ -96,6 +96,7 @@ def score_flow(
     allow_hosts: list[str] | None = None,
     force: bool = False,
     retry_failed: bool = False,
+    backend: str | None = None,
     progress: bool = False,
 ) -> pipeline.RunSummary:
     """Score one post dump into Parquet partitions under `out` and the DuckDB file `db`.
@@ -106,6 +107,7 @@ def score_flow(
     opts = pipeline.RunOptions(
         db=db, out=out, cache=cache, model=model, shard_size=shard_size, allow_local_files=allow_local_files,
         allow_hosts=tuple(allow_hosts or ()), force=force, retry_failed=retry_failed,
+        backend=backend,
     )
     with pipeline.run_lock(db):
         run_id, started_at = pipeline.new_run_id(), now_utc()

@@ -34,6 +34,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
             allow_hosts=args.allow_hosts,
             force=args.force,
             retry_failed=args.retry_failed,
+            backend=args.backend,
             progress=not args.quiet,
         )
     print(summary.describe())
@@ -48,7 +49,8 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
         outcome = backfill_flow(
             dump_template=args.dump_template, db=args.db, out=args.out, start=args.date_from, end=args.date_to,
             timezone=args.timezone, model=args.model, shard_size=args.shard_size, cache=args.cache,
-            allow_hosts=args.allow_hosts, force=args.force, runner=args.runner, dask_address=args.dask_address,
+            allow_hosts=args.allow_hosts, force=args.force, retry_failed=args.retry_failed, backend=args.backend,
+            runner=args.runner, dask_address=args.dask_address,
         )
     print("\n".join(f"{day}  {what}" for day, what in outcome.items()))
     return 0
@@ -70,6 +72,8 @@ def _add_runner_options(p: argparse.ArgumentParser) -> None:
                    help="where shards are scored: threads of this process, or Dask workers")
     p.add_argument("--dask-address", metavar="tcp://HOST:8786",
                    help="with --runner dask: an existing Dask scheduler (default: a temporary local cluster)")
+    p.add_argument("--backend", choices=("torch", "onnx", "int8", "onnx-int8"),
+                   help="inference backend (default: $MMSA_BACKEND, else torch); see benchmarks/results/infer.md")
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
@@ -134,7 +138,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from mmsa import evaluate
 
-    metrics = evaluate.evaluate_file(args.data, args.model, batch_size=args.batch_size)
+    metrics = evaluate.evaluate_file(args.data, args.model, batch_size=args.batch_size, backend=args.backend)
     print(evaluate.to_json(metrics) if args.json else evaluate.format_metrics(metrics))
     return 0
 
@@ -225,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-hosts", nargs="*", default=[], metavar="HOST_OR_CIDR",
                    help="hosts or CIDRs exempt from the private-address block")
     p.add_argument("--force", action="store_true", help="re-score days already scored by this model")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="revisit scored days: re-fetch their retryable image failures and re-score those shards")
     _add_runner_options(p)
     p.set_defaults(func=_cmd_backfill)
 
@@ -277,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", help="model name or folder (default: shipped model)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", action="store_true", help="print all metrics as JSON")
+    p.add_argument("--backend", choices=("torch", "onnx", "int8", "onnx-int8"),
+                   help="inference backend (default: $MMSA_BACKEND, else torch)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("train", help="train a fusion head (frozen cached features, or fine-tune top text layers)")

@@ -44,16 +44,18 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     }
 
 
-def evaluate_file(path: str | Path, model="default", batch_size: int = 32) -> dict:
+def evaluate_file(path: str | Path, model="default", batch_size: int = 32, backend: str | None = None) -> dict:
     """Score every row of a labelled JSONL with `model` (a SentimentModel or a name/folder).
 
     Rows without `image` are scored from text alone. Returns fused metrics plus the text-only and
     image-only branches on the same rows (image: rows that have one).
     """
     from mmsa.data import load_image, load_jsonl
+    from mmsa.infer import get_engine
     from mmsa.model import load_model
 
     m = load_model(model) if isinstance(model, (str, Path)) else model
+    engine = get_engine(m, backend)  # the same inference path as scoring
     ds = load_jsonl(path)
     seconds = 0.0  # model time only: image decoding is the fetch stage's cost, not the model's
     preds = []
@@ -61,7 +63,7 @@ def evaluate_file(path: str | Path, model="default", batch_size: int = 32) -> di
         texts = ds.texts[s : s + 256]
         imgs = [load_image(p, m.image_size) if p else None for p in ds.images[s : s + 256]]
         start = time.perf_counter()
-        preds.append(m.predict(texts, imgs, batch_size=batch_size))
+        preds.append(engine.predict(texts, imgs, batch_size=batch_size))
         seconds += time.perf_counter() - start
     probs = np.concatenate([p.probs for p in preds])
     text_probs = np.concatenate([p.text_probs for p in preds])

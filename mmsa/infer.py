@@ -1,0 +1,360 @@
+"""One batched inference engine for scoring, evaluation and backfills.
+
+`Engine(model).predict(texts, images)` returns the same `Prediction` as `SentimentModel.predict`,
+faster: texts are tokenized once and bucketed by token length so each batch pads only to its own
+longest text; the image encoder runs only on the rows that have an image; batches are prepared
+one ahead in a thread on CUDA (tokenize, stack, pin, non-blocking copy) while the current one runs.
+
+Device: CUDA when present, else CPU, overridable. On CUDA the encoders run under bf16 (fp16 where
+bf16 is unsupported) autocast, and an out-of-memory error splits the batch in halves and retries,
+so no post is lost. On CPU the thread count is set to the cores this process may use.
+
+Backends (the text and image encoders; the small fusion head always runs in torch fp32):
+- "torch": the model's own modules, fp32 on CPU.
+- "onnx": ONNX Runtime on graphs exported from the loaded weights at run time into a cache folder;
+  fp32, the same probabilities as "torch" to ~1e-5, and the fastest on CPU
+  (benchmarks/results/infer.md).
+- "int8": dynamic int8 quantisation (per channel) of the text encoder's Linear layers (torch.ao).
+  The image encoder stays fp32: quantize_dynamic only covers Linear/RNN layers, not EfficientNet's
+  convs. Lossy here: MiniLM's activations quantise badly (about 95% label agreement on the dev set).
+- "onnx-int8": "onnx" with the text graph's MatMuls dynamically quantised (per channel) by ORT;
+  lossy like "int8".
+torch.compile was measured too (benchmarks/bench_infer.py) and is not offered: see the results.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmsa.heads import Feats
+from mmsa.model import Prediction, SentimentModel, load_model
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnx", "int8", "onnx-int8")
+ONNX_OPSET = 18
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """The given device, else CUDA when present, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cpu_threads() -> int:
+    """Cores this process may run on (its affinity mask, which honours taskset/cgroup cpusets)."""
+    return len(os.sched_getaffinity(0))
+
+
+def default_cache_dir() -> Path:
+    """$MMSA_CACHE, else ~/.cache/mmsa (exported ONNX graphs live in its onnx/ folder)."""
+    return Path(os.environ.get("MMSA_CACHE") or Path.home() / ".cache" / "mmsa")
+
+
+@dataclass
+class Batch:
+    """One model input. `idx`: the rows' positions in the caller's lists; `pixels`: only the rows
+    where `has` is True, in order (None when no row has an image)."""
+
+    idx: np.ndarray
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    has: torch.Tensor
+    pixels: torch.Tensor | None
+
+    def halves(self) -> tuple["Batch", "Batch"]:
+        """Split in two (the OOM back-off); each half keeps its own image rows."""
+        mid = len(self.idx) // 2
+        cut = int(self.has[:mid].sum())
+        parts = []
+        for rows, img in ((slice(None, mid), slice(None, cut)), (slice(mid, None), slice(cut, None))):
+            pixels = None if self.pixels is None or not self.has[rows].any() else self.pixels[img]
+            parts.append(Batch(self.idx[rows], self.input_ids[rows], self.attention_mask[rows], self.has[rows], pixels))
+        return parts[0], parts[1]
+
+
+def prefetch(items: Iterable, depth: int = 1) -> Iterator:
+    """Yield `items` while a background thread produces up to `depth` of the next ones."""
+    it, done = iter(items), object()
+    with ThreadPoolExecutor(1, thread_name_prefix="mmsa-prefetch") as pool:
+        pending = [pool.submit(next, it, done) for _ in range(depth)]
+        while pending:
+            item = pending.pop(0).result()
+            if item is done:
+                break
+            pending.append(pool.submit(next, it, done))
+            yield item
+
+
+class _TextCore(nn.Module):
+    """(input_ids, attention_mask) -> (hidden, pooled): the exportable part of a TextEncoder."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        out = self.encoder(input_ids, attention_mask)
+        return out.hidden, out.pooled
+
+
+class _ImageCore(nn.Module):
+    """normalised pixels -> (hidden (B,L,C), pooled): the exportable part of an ImageEncoder."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, pixels: torch.Tensor):
+        out = self.encoder(pixels)
+        return out.hidden, out.pooled
+
+
+class Engine:
+    """Batched, bucketed inference over a loaded SentimentModel (its modules and tokenizer reused)."""
+
+    def __init__(
+        self,
+        model: SentimentModel,
+        device: str | torch.device | None = None,
+        batch_size: int = 32,
+        backend: str = "torch",
+        cache_dir: str | Path | None = None,
+        bucket: bool = True,
+        threads: int | None = None,
+    ):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+        self.model = model
+        self.device = pick_device(device)
+        self.backend = backend
+        self.batch_size = batch_size
+        self.bucket = bucket
+        self.threads = threads or cpu_threads()
+        self.version = model.version
+        if self.device.type == "cpu":
+            torch.set_num_threads(self.threads)
+        elif backend in ("int8", "onnx", "onnx-int8"):
+            raise ValueError(f"backend {backend!r} is CPU-only; use 'torch' on {self.device}")
+        self.tokenizer = model.text_encoder.tokenizer
+        self.max_length = model.text_encoder.max_length
+        self.image_size = model.image_size
+        self.image_dim = model.image_encoder.dim
+        text, image, self.bundle = model.text_encoder, model.image_encoder, model.bundle
+        if torch.device(model.device) != self.device:  # leave the cached model where it is
+            text, image, self.bundle = (copy.deepcopy(m).to(self.device).eval() for m in (text, image, self.bundle))
+        self.mean, self.std = image.mean, image.std
+        self.prefetch = self.device.type == "cuda"
+        self.autocast = None
+        if self.device.type == "cuda":
+            self.autocast = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self._text, self._image = self._build(backend, text, image, Path(cache_dir) if cache_dir else default_cache_dir())
+
+    # ---- backends -------------------------------------------------------------------------------
+
+    def _build(self, backend: str, text, image, cache_dir: Path) -> tuple[Callable, Callable]:
+        text_core, image_core = _TextCore(text).eval(), _ImageCore(image).eval()
+        if backend == "torch":
+            return text_core, image_core
+        if backend == "int8":
+            qconfig = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
+            return torch.ao.quantization.quantize_dynamic(copy.deepcopy(text_core), qconfig, dtype=torch.qint8), image_core
+        text_path, image_path = export_onnx(self.model, text_core, image_core, cache_dir, int8_text=backend == "onnx-int8")
+        return _OrtRunner(text_path, self.threads), _OrtRunner(image_path, self.threads)
+
+    # ---- batching -------------------------------------------------------------------------------
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text, truncated as the model was trained, unpadded."""
+        enc = self.tokenizer([t or "" for t in texts], truncation=True, max_length=self.max_length, padding=False)
+        return enc["input_ids"]
+
+    def batches(self, texts: Sequence[str], images: Sequence[np.ndarray | None], batch_size: int) -> Iterator[Batch]:
+        """Batches of rows ordered by token length (when bucketing), padded to their own longest text."""
+        ids = self.tokenize(texts)
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        order = np.argsort(lengths, kind="stable") if self.bucket else np.arange(len(ids))
+        pad = self.tokenizer.pad_token_id or 0
+        pin = self.device.type == "cuda"
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            width = int(lengths[idx].max())
+            input_ids = np.full((len(idx), width), pad, dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            for r, i in enumerate(idx):
+                input_ids[r, : lengths[i]] = ids[i]
+                mask[r, : lengths[i]] = 1
+            has = np.array([images[i] is not None for i in idx], dtype=bool)
+            pixels = None
+            if has.any():
+                arr = np.stack([np.asarray(images[i], dtype=np.uint8) for i in idx[has]])
+                if arr.shape[1:] != (self.image_size, self.image_size, 3):
+                    raise ValueError(f"images must be {self.image_size}x{self.image_size}x3 uint8, got {arr.shape[1:]}")
+                pixels = self._to_device(torch.from_numpy(arr), pin)
+            yield Batch(
+                idx,
+                self._to_device(torch.from_numpy(input_ids), pin),
+                self._to_device(torch.from_numpy(mask), pin),
+                self._to_device(torch.from_numpy(has), pin),
+                pixels,
+            )
+
+    def _to_device(self, x: torch.Tensor, pin: bool) -> torch.Tensor:
+        return x.pin_memory().to(self.device, non_blocking=True) if pin else x
+
+    # ---- forward --------------------------------------------------------------------------------
+
+    def forward(self, b: Batch) -> dict[str, np.ndarray]:
+        """Probabilities ("fused", "text", "image"; (B,3) float32 numpy) for one batch."""
+        n = len(b.idx)
+        with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+            t_hidden, t_pooled = self._text(b.input_ids, b.attention_mask)
+            i_pooled = torch.zeros(n, self.image_dim, device=self.device)
+            i_hidden, i_mask = None, None
+            if b.pixels is not None:
+                pixels = (b.pixels.permute(0, 3, 1, 2).float() - self.mean) / self.std
+                h, p = self._image(pixels)
+                i_pooled[b.has] = p.to(i_pooled.dtype)
+            if self.bundle.needs_hidden:  # rows without an image: one zero patch, as SentimentModel does
+                width = h.shape[1] if b.pixels is not None else 1
+                i_hidden = torch.zeros(n, width, self.image_dim, device=self.device)
+                if b.pixels is not None:
+                    i_hidden[b.has] = h.to(i_hidden.dtype)
+                i_mask = torch.ones(n, width, dtype=torch.bool, device=self.device)
+            mask = b.attention_mask.bool()
+            f = Feats(t_pooled.float(), i_pooled, t_hidden.float(), mask, i_hidden, i_mask)
+        out = self.bundle(f, b.has)  # fp32, outside autocast
+        return {k: v.softmax(-1).float().cpu().numpy() for k, v in out.items()}
+
+    def _run(self, b: Batch) -> Iterator[tuple[Batch, dict[str, np.ndarray]]]:
+        """forward(b), or on CUDA out-of-memory: halve, retry each half, and keep the smaller size."""
+        try:
+            yield b, self.forward(b)
+        except torch.cuda.OutOfMemoryError:
+            if len(b.idx) == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self.batch_size = max(1, min(self.batch_size, len(b.idx) // 2))
+            log.warning("out of memory at batch %d; retrying in halves (batch size now %d)", len(b.idx), self.batch_size)
+            for half in b.halves():
+                yield from self._run(half)
+
+    def predict(
+        self, texts: Sequence[str], images: Sequence[np.ndarray | None], batch_size: int | None = None
+    ) -> Prediction:
+        """images: uint8 RGB image_size x image_size x 3 arrays or None, aligned with texts."""
+        if len(texts) != len(images):
+            raise ValueError(f"{len(texts)} texts but {len(images)} images")
+        n = len(texts)
+        probs = np.zeros((n, 3), np.float32)
+        text_probs = np.zeros((n, 3), np.float32)
+        image_probs = np.full((n, 3), np.nan, np.float32)
+        batches = self.batches(texts, images, batch_size or self.batch_size)
+        with torch.inference_mode():
+            for batch in prefetch(batches) if self.prefetch else batches:
+                for b, out in self._run(batch):
+                    probs[b.idx], text_probs[b.idx] = out["fused"], out["text"]
+                    has = b.has.cpu().numpy()
+                    image_probs[b.idx[has]] = out["image"][has]
+        return Prediction(probs, text_probs, image_probs)
+
+
+# ---- ONNX -----------------------------------------------------------------------------------------
+
+
+class _OrtRunner:
+    """An ONNX Runtime session called like the torch cores: tensors in, (hidden, pooled) tensors out."""
+
+    def __init__(self, path: Path, threads: int):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feeds = {name: t.contiguous().numpy() for name, t in zip(self.inputs, tensors)}
+        hidden, pooled = self.session.run(None, feeds)
+        return torch.from_numpy(hidden), torch.from_numpy(pooled)
+
+
+_EXPORT_LOCK = threading.Lock()
+
+
+def export_onnx(model: SentimentModel, text_core: nn.Module, image_core: nn.Module, cache_dir: Path,
+                int8_text: bool = False) -> tuple[Path, Path]:
+    """Export both encoders once per (weights, torch, opset) into cache_dir/onnx/<key>/; returns the paths.
+
+    The key hashes the encoder weights actually loaded (fine-tuned text layers included), so a
+    changed model never reuses a stale graph. Files are written under a temporary name, then renamed."""
+    h = hashlib.sha256(f"{torch.__version__}|{ONNX_OPSET}".encode())
+    for core in (text_core, image_core):
+        for name, t in core.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    folder = cache_dir / "onnx" / h.hexdigest()[:16]
+    text_path, image_path = folder / "text.onnx", folder / "image.onnx"
+    with _EXPORT_LOCK:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not text_path.exists():
+            ids = torch.ones(2, 16, dtype=torch.int64)
+            _export(text_core, (ids, torch.ones_like(ids)), ["input_ids", "attention_mask"],
+                    {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}, text_path)
+        if not image_path.exists():
+            size = model.image_size
+            _export(image_core, (torch.zeros(2, 3, size, size),), ["pixels"], {"pixels": {0: "batch"}}, image_path)
+        if int8_text:
+            quant_path = folder / "text-int8.onnx"
+            if not quant_path.exists():
+                from onnxruntime.quantization import QuantType, quantize_dynamic
+
+                tmp = folder / f".text-int8.{os.getpid()}.onnx"
+                quantize_dynamic(str(text_path), str(tmp), per_channel=True, weight_type=QuantType.QUInt8,
+                                 op_types_to_quantize=["MatMul"])
+                tmp.replace(quant_path)
+            text_path = quant_path
+    return text_path, image_path
+
+
+def _export(core: nn.Module, args: tuple, names: list[str], dynamic_axes: dict, path: Path) -> None:
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
+    with torch.no_grad():
+        torch.onnx.export(core, args, str(tmp), input_names=names, output_names=["hidden", "pooled"],
+                          dynamic_axes=dynamic_axes, opset_version=ONNX_OPSET, dynamo=False)
+    tmp.replace(path)
+
+
+# ---- one engine per worker ------------------------------------------------------------------------
+
+_ENGINES: dict[tuple, Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def get_engine(model: str | Path | SentimentModel = "default", backend: str | None = None,
+               device: str | None = None, batch_size: int = 32) -> Engine:
+    """The process's engine for (model, backend, device), built once. backend: argument, else
+    $MMSA_BACKEND, else "torch"."""
+    m = model if isinstance(model, SentimentModel) else load_model(model)
+    backend = backend or os.environ.get("MMSA_BACKEND") or "torch"
+    key = (id(m), backend, str(pick_device(device)), batch_size)
+    with _ENGINES_LOCK:
+        if key not in _ENGINES:
+            _ENGINES[key] = Engine(m, device=device, batch_size=batch_size, backend=backend)
+        return _ENGINES[key]

@@ -1,0 +1,157 @@
+"""The inference engine (mmsa.infer) on the shipped default model: same answers as
+SentimentModel.predict however posts are batched, no post lost on out-of-memory, and the faster
+CPU backends agreeing with the fp32 reference on the MVSA-Single dev set."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from mmsa.data import load_image, load_jsonl, resolve_data_dir
+from mmsa.demo import PHRASES
+from mmsa.infer import BACKENDS, Engine, cpu_threads, get_engine, pick_device, prefetch
+from mmsa.model import load_model
+
+DEV = resolve_data_dir() / "mvsa_single" / "dev.jsonl"
+needs_dev = pytest.mark.skipif(not DEV.exists(), reason=f"no dev set at {DEV}")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("default")
+
+
+@pytest.fixture(scope="module")
+def posts():
+    """24 posts of very different lengths (1 to 60+ tokens, one empty); a quarter carry an image."""
+    rng = random.Random(3)
+    phrases = [p.format(b="Acme") for group in PHRASES.values() for p in group]
+    texts = [" ".join(rng.choice(phrases) for _ in range(rng.choice([1, 1, 2, 4, 6]))) for _ in range(23)] + [""]
+    texts[5] = "ok"
+    pix = np.random.default_rng(0)
+    images = [pix.integers(0, 256, (224, 224, 3), dtype=np.uint8) if i % 4 == 1 else None for i in range(24)]
+    return texts, images
+
+
+@pytest.fixture(scope="module")
+def reference(model, posts):
+    return model.predict(*posts, batch_size=32)
+
+
+def assert_same(a, b, tol=1e-5):
+    np.testing.assert_allclose(a.probs, b.probs, atol=tol, rtol=0)
+    np.testing.assert_allclose(a.text_probs, b.text_probs, atol=tol, rtol=0)
+    np.testing.assert_array_equal(np.isnan(a.image_probs), np.isnan(b.image_probs))
+    np.testing.assert_allclose(np.nan_to_num(a.image_probs), np.nan_to_num(b.image_probs), atol=tol, rtol=0)
+
+
+def test_bucketing_matches_unbucketed_and_unbatched(model, posts, reference):
+    """Length buckets change padding only, never a post's probabilities (fp32, 1e-5)."""
+    bucketed = Engine(model, batch_size=8)
+    unbucketed = Engine(model, batch_size=8, bucket=False)
+    got = bucketed.predict(*posts)
+    assert_same(got, unbucketed.predict(*posts))
+    assert_same(got, reference)
+    assert_same(got, bucketed.predict(*posts, batch_size=1))
+    assert np.isnan(got.image_probs[0]).all() and not np.isnan(got.image_probs[1]).any()
+    np.testing.assert_allclose(got.probs[0], got.text_probs[0])  # no image: fused = text
+
+
+def test_bucketing_cuts_padding(model, posts):
+    """Sorting by token length must pad far less than batching in input order."""
+
+    def padding(engine):
+        return sum(int((b.attention_mask == 0).sum()) for b in engine.batches(*posts, batch_size=8))
+
+    assert padding(Engine(model)) < 0.5 * padding(Engine(model, bucket=False))
+
+
+def test_oom_backoff_scores_every_post(model, posts, reference, monkeypatch):
+    """A forward that runs out of memory above 3 posts: batches are halved until they fit, every
+    post is still scored with the same probabilities, and the engine keeps the smaller size."""
+    engine = Engine(model, batch_size=16)
+    real, sizes = engine.forward, []
+
+    def forward(b):
+        if len(b.idx) > 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        sizes.append(len(b.idx))
+        return real(b)
+
+    monkeypatch.setattr(engine, "forward", forward)
+    got = engine.predict(*posts)
+    assert sum(sizes) == len(posts[0]) and max(sizes) <= 3
+    assert engine.batch_size == 2
+    assert_same(got, reference)
+
+
+def test_oom_at_batch_one_is_raised(model, posts, monkeypatch):
+    """When even one post does not fit, the error surfaces instead of looping or dropping posts."""
+    engine = Engine(model, batch_size=4)
+
+    def forward(b):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(engine, "forward", forward)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        engine.predict(*posts)
+
+
+def test_prefetched_batches_give_the_same_answers(model, posts, reference):
+    """The CUDA path prepares the next batch in a thread; on CPU it must give identical results."""
+    engine = Engine(model, batch_size=5)
+    engine.prefetch = True
+    assert_same(engine.predict(*posts), reference)
+    assert list(prefetch(iter([0, None, 2, 3]), depth=2)) == [0, None, 2, 3]
+
+
+def test_device_threads_and_validation(model):
+    """Auto device follows CUDA availability; CPU engines use every core the process may use."""
+    assert pick_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert pick_device("cpu") == torch.device("cpu")
+    engine = Engine(model, device="cpu")
+    assert torch.get_num_threads() == cpu_threads() == len(__import__("os").sched_getaffinity(0))
+    assert engine.version == model.version
+    with pytest.raises(ValueError, match="unknown backend"):
+        Engine(model, backend="tensorrt")
+    with pytest.raises(ValueError, match="CPU-only"):
+        Engine(model, device="cuda", backend="onnx")
+    with pytest.raises(ValueError, match="2 texts but 1 images"):
+        engine.predict(["a", "b"], [None])
+    with pytest.raises(ValueError, match="224x224x3"):
+        engine.predict(["a"], [np.zeros((10, 10, 3), np.uint8)])
+    assert get_engine(model, backend="torch") is get_engine(model, backend="torch")
+
+
+def _dev_agreement(model, n, backends, tmp_path):
+    ds = load_jsonl(DEV)
+    texts = ds.texts[:n]
+    images = [load_image(p, model.image_size) if p else None for p in ds.images[:n]]
+    ref = Engine(model).predict(texts, images)
+    out = {}
+    for backend in backends:
+        got = Engine(model, backend=backend, cache_dir=tmp_path).predict(texts, images)
+        out[backend] = (got.probs.argmax(1) == ref.probs.argmax(1)).mean(), np.abs(got.probs - ref.probs).max()
+    return out
+
+
+@needs_dev
+def test_fast_backends_agree_on_dev_sample(model, tmp_path):
+    """ONNX Runtime (exported here, into a temporary cache) and int8 on 40 dev rows: labels agree
+    with the fp32 torch reference; fp32 ONNX matches it numerically too."""
+    res = _dev_agreement(model, 40, ["onnx", "int8", "onnx-int8"], tmp_path)
+    assert res["onnx"][0] == 1.0 and res["onnx"][1] < 1e-4
+    assert res["int8"][0] >= 0.9 and res["onnx-int8"][0] >= 0.9
+    assert len(list(tmp_path.glob("onnx/*/*.onnx"))) == 3  # text, image, text-int8
+
+
+@needs_dev
+@pytest.mark.slow
+def test_fast_backends_agree_on_dev_set(model, tmp_path):
+    """The whole dev set (450 rows): ONNX (fp32) agrees with torch fp32 on >= 99% of labels."""
+    res = _dev_agreement(model, 450, [b for b in BACKENDS if b != "torch"], tmp_path)
+    assert res["onnx"][0] >= 0.99 and res["onnx"][1] < 1e-4
+    # The int8 paths miss the 99% bar (measured 95-97%): MiniLM's activations quantise badly.
+    # Pinned here so a change that makes them worse (or good enough to offer) is noticed.
+    assert res["int8"][0] >= 0.93 and res["onnx-int8"][0] >= 0.93
