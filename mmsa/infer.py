@@ -263,6 +263,8 @@ class Engine:
         probs = np.zeros((n, 3), np.float32)
         text_probs = np.zeros((n, 3), np.float32)
         image_probs = np.full((n, 3), np.nan, np.float32)
+        if n == 0:  # a shard of only rejected rows; tokenizers fail on an empty list
+            return Prediction(probs, text_probs, image_probs)
         batches = self.batches(texts, images, batch_size or self.batch_size)
         with torch.inference_mode():
             for batch in prefetch(batches) if self.prefetch else batches:

@@ -155,3 +155,11 @@ def test_fast_backends_agree_on_dev_set(model, tmp_path):
     # The int8 paths miss the 99% bar (measured 95-97%): MiniLM's activations quantise badly.
     # Pinned here so a change that makes them worse (or good enough to offer) is noticed.
     assert res["int8"][0] >= 0.93 and res["onnx-int8"][0] >= 0.93
+
+
+def test_no_posts_give_an_empty_prediction():
+    """A shard can hold only rejected rows: scoring it must not fail."""
+    from mmsa.infer import get_engine
+
+    pred = get_engine("default").predict([], [])
+    assert pred.probs.shape == pred.text_probs.shape == pred.image_probs.shape == (0, 3)
