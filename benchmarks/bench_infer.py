@@ -1,0 +1,381 @@
+"""Benchmark the inference engine (mmsa.infer): model-only throughput against the CPU's matmul
+roofline, end-to-end `mmsa score` against its slowest stage alone, and peak memory.
+
+Run on demand (not part of the test suite):
+
+    .venv/bin/python benchmarks/bench_infer.py [--posts 128] [--runs 3] [--e2e-posts 1000] \
+        [--rss-posts 1000 10000] [--parts abc] [--out benchmarks/results/infer.md]
+
+(a) Model only, on MVSA-Single dev posts (text + image, images decoded beforehand): posts/s per
+    backend at batch 1/8/32/128; FLOPs per post counted with FlopCounterMode on one batch of 32
+    at the dev set's median token length; fp32 matmul GFLOP/s (2048x2048, median) measured in the
+    same process; roofline ratio = posts/s x FLOPs/post / matmul FLOP/s. Also the time per part
+    (tokenize+batching, text encoder, image encoder) and dev-set accuracy / label agreement per
+    backend, and torch.compile in a subprocess with a time budget.
+(b) End to end: a generated dump (224-480 px JPEGs served from 127.0.0.1), `mmsa score` as a
+    subprocess per backend ($MMSA_BACKEND; fresh output and image cache every run, PREFECT_HOME in
+    a temp dir); next to `mmsa fetch` alone and the model alone on the same posts, and the
+    start-up cost of an almost empty run.
+(c) Peak RSS (/usr/bin/time -v) of `mmsa score` on text-only dumps of the given sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from mmsa.data import load_image, load_jsonl, resize_image, resolve_data_dir  # noqa: E402
+from mmsa.infer import BACKENDS, Engine, _ImageCore, _TextCore, cpu_threads  # noqa: E402
+from mmsa.model import load_model  # noqa: E402
+
+PY = str(REPO / ".venv" / "bin" / "python")
+BATCHES = (1, 8, 32, 128)
+
+
+def load_avg() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def median_time(fn, runs: int) -> tuple[float, list[float]]:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def matmul_gflops(n: int = 2048, runs: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(2):
+        a @ b
+    med, _ = median_time(lambda: a @ b, runs)
+    return 2 * n**3 / med / 1e9
+
+
+def count_flops(model, texts: list[str], images: list[np.ndarray]) -> dict[str, float]:
+    """FLOPs per post of each part, on one batch at the dev set's median token length."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mmsa.heads import Feats
+
+    te, ie = model.text_encoder, model.image_encoder
+    lengths = [len(x) for x in te.tokenizer(texts, truncation=True, max_length=te.max_length)["input_ids"]]
+    width = int(np.median(lengths))
+    tok = te.tokenizer(texts, truncation=True, max_length=width, padding="max_length", return_tensors="pt")
+    pixels = ie.preprocess(images)
+    out = {"median_tokens": width}
+    with torch.inference_mode():
+        for name, fn in (
+            ("text", lambda: _TextCore(te)(tok["input_ids"], tok["attention_mask"])),
+            ("image", lambda: _ImageCore(ie)(pixels)),
+        ):
+            with FlopCounterMode(display=False) as fc:
+                res = fn()
+            out[name] = fc.get_total_flops() / len(texts)
+            if name == "text":
+                t_hidden, t_pooled = res
+            else:
+                i_hidden, i_pooled = res
+        feats = Feats(t_pooled, i_pooled, t_hidden, tok["attention_mask"].bool(), i_hidden, torch.ones(i_hidden.shape[:2], dtype=torch.bool))
+        with FlopCounterMode(display=False) as fc:
+            model.bundle(feats, torch.ones(len(texts), dtype=torch.bool))
+        out["head"] = fc.get_total_flops() / len(texts)
+    out["total"] = out["text"] + out["image"] + out["head"]
+    return out
+
+
+def part_times(engine: Engine, texts, images, runs: int) -> dict[str, float]:
+    """Seconds per post of batching (tokenize, pad, stack), text encoder, image encoder at batch 32."""
+    batches = list(engine.batches(texts, images, 32))
+    out = {"batching": median_time(lambda: list(engine.batches(texts, images, 32)), runs)[0]}
+    with torch.inference_mode():
+        out["text"] = median_time(lambda: [engine._text(b.input_ids, b.attention_mask) for b in batches], runs)[0]
+        pix = [(b.pixels.permute(0, 3, 1, 2).float() - engine.mean) / engine.std for b in batches]
+        out["image"] = median_time(lambda: [engine._image(p) for p in pix], runs)[0]
+    return {k: v / len(texts) for k, v in out.items()}
+
+
+def compile_child(n_posts: int, runs: int) -> None:
+    """In a subprocess (the parent enforces a time budget): torch.compile both encoders, report."""
+    model = load_model("default")
+    texts, images = dev_posts(model, n_posts)
+    engine = Engine(model)
+    engine._text = torch.compile(engine._text, dynamic=True)
+    engine._image = torch.compile(engine._image, dynamic=True)
+    t0 = time.perf_counter()
+    engine.predict(texts, images)
+    first = time.perf_counter() - t0
+    med, _ = median_time(lambda: engine.predict(texts, images), runs)
+    print(json.dumps({"first_call_s": first, "posts_per_s": n_posts / med}))
+
+
+def dev_posts(model, n: int | None = None):
+    ds = load_jsonl(resolve_data_dir() / "mvsa_single" / "dev.jsonl")
+    n = n or len(ds)
+    return ds.texts[:n], [load_image(p, model.image_size) if p else None for p in ds.images[:n]]
+
+
+def part_a(args, lines: list[str]) -> None:
+    model = load_model("default")
+    ds = load_jsonl(resolve_data_dir() / "mvsa_single" / "dev.jsonl")
+    all_texts, all_images = dev_posts(model)
+    texts, images = all_texts[: args.posts], all_images[: args.posts]
+    threads = cpu_threads()
+    torch.set_num_threads(threads)
+    lines += ["## (a) Model only, CPU", "",
+              f"Posts: the first {args.posts} MVSA-Single dev posts (all with an image), images decoded and resized "
+              f"beforehand; {threads} threads (os.sched_getaffinity); median of {args.runs} runs after a warm-up.", ""]
+    flops = count_flops(model, all_texts[:32], all_images[:32])
+    gflops = matmul_gflops()
+    lines += [f"FLOPs per post (FlopCounterMode, batch 32, text at the dev median of {flops['median_tokens']} tokens): "
+              f"text {flops['text'] / 1e9:.3f} G, image {flops['image'] / 1e9:.3f} G, head {flops['head'] / 1e6:.2f} M, "
+              f"**total {flops['total'] / 1e9:.3f} GFLOP**.",
+              f"fp32 matmul 2048x2048 (torch, {threads} threads, median of 10): **{gflops:.1f} GFLOP/s** "
+              f"-> roofline {gflops * 1e9 / flops['total']:.1f} posts/s. Load average before: {load_avg()}.", "",
+              "| backend | batch | posts/s (median) | runs posts/s | % of matmul roofline | load avg (1/5/15) |",
+              "| --- | ---: | ---: | --- | ---: | --- |"]
+    print("\n".join(lines), flush=True)
+    engines, parts = {}, {}
+    for backend in args.backends:
+        t0 = time.perf_counter()
+        engines[backend] = (Engine(model, backend=backend, cache_dir=args.workdir / "cache"), time.perf_counter() - t0)
+        engines[backend][0].predict(texts[:8], images[:8])
+    for bs in BATCHES:  # backends interleaved per batch size: load drifts on a shared machine
+        for backend, (engine, _) in engines.items():
+            med, times = median_time(lambda: engine.predict(texts, images, batch_size=bs), args.runs)
+            rate = len(texts) / med
+            lines.append(f"| {backend} | {bs} | **{rate:.1f}** | {', '.join(f'{len(texts) / t:.1f}' for t in times)} "
+                         f"| {100 * rate * flops['total'] / (gflops * 1e9):.0f}% | {load_avg()} |")
+            print(lines[-1], flush=True)
+    for backend, (engine, _) in engines.items():
+        parts[backend] = part_times(engine, texts, images, args.runs)
+    lines += ["", "Time per post by part at batch 32 (median), and the FLOP rate each part reaches:", "",
+              "| backend | batching ms | text ms | text GFLOP/s | image ms | image GFLOP/s |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for backend, p in parts.items():
+        lines.append(f"| {backend} | {1e3 * p['batching']:.2f} | {1e3 * p['text']:.2f} | {flops['text'] / p['text'] / 1e9:.1f} "
+                     f"| {1e3 * p['image']:.2f} | {flops['image'] / p['image'] / 1e9:.1f} |")
+    print("\n".join(lines[-len(parts) - 4 :]), flush=True)
+    lines += ["", f"Accuracy on the whole dev set ({len(ds)} rows), batch 32; agreement = share of labels equal to the "
+              "torch fp32 engine's; max |dp| = largest probability difference from it:", "",
+              "| backend | build s | accuracy | label agreement | max abs prob diff |", "| --- | ---: | ---: | ---: | ---: |"]
+    ref = None
+    for backend, (engine, build) in engines.items():
+        pred = engine.predict(all_texts, all_images)
+        ref = pred if ref is None else ref
+        acc = (pred.probs.argmax(1) == ds.labels).mean()
+        agree = (pred.probs.argmax(1) == ref.probs.argmax(1)).mean()
+        lines.append(f"| {backend} | {build:.1f} | {100 * acc:.2f}% | {100 * agree:.1f}% | {np.abs(pred.probs - ref.probs).max():.2e} |")
+        print(lines[-1], flush=True)
+    lines += ["", f"torch.compile (inductor, dynamic shapes, both encoders; subprocess, {args.compile_budget} s budget, "
+              f"load before: {load_avg()}): "]
+    try:
+        proc = subprocess.run([PY, __file__, "--compile-child", "--posts", str(args.posts), "--runs", str(args.runs)],
+                              capture_output=True, text=True, timeout=args.compile_budget)
+        res = json.loads(proc.stdout.strip().splitlines()[-1])
+        lines[-1] += f"first call (compiling) {res['first_call_s']:.0f} s, then **{res['posts_per_s']:.1f} posts/s** at batch 32."
+    except subprocess.TimeoutExpired:
+        lines[-1] += f"did not finish compiling and scoring {args.posts} posts within {args.compile_budget} s."
+    except (json.JSONDecodeError, IndexError):
+        lines[-1] += f"failed: {proc.stderr.strip().splitlines()[-1:]}"
+    lines.append("")
+    print(lines[-2], flush=True)
+
+
+def make_dump(folder: Path, base_url: str, n: int, with_images: bool, texts: list[str], seed: int = 11) -> Path:
+    """n posts over 4 days; texts cycled from the dev set (realistic lengths); JPEGs 224-480 px."""
+    rng = random.Random(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    start = datetime(2026, 11, 16, tzinfo=timezone.utc)
+    rows = []
+    for i in range(n):
+        row = {"post_id": f"p{i:06d}", "created_at": (start + timedelta(seconds=345600 * i // n)).isoformat(),
+               "brand": ("acme", "globex", "initech")[i % 3], "text": texts[i % len(texts)]}
+        if with_images:
+            name = f"img{i:06d}.jpg"
+            path = folder / "images" / name
+            if not path.exists():
+                w, h = rng.randint(224, 480), rng.randint(224, 480)
+                base = np.array([rng.randrange(256) for _ in range(3)])
+                noise = np.random.default_rng(i).integers(-50, 50, size=(h, w, 3))
+                grad = np.linspace(0.6, 1.3, w)[None, :, None]
+                from PIL import Image
+
+                Image.fromarray(np.clip(base * grad + noise, 0, 255).astype(np.uint8)).save(path, quality=85)
+            row["image_url"] = f"{base_url}/images/{name}"
+        rows.append(row)
+    dump = folder / f"posts-{n}-{'img' if with_images else 'txt'}.jsonl"
+    dump.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return dump
+
+
+def score_cmd(url: str, out: Path) -> list[str]:
+    return [PY, "-m", "mmsa.cli", "score", url, "--db", str(out / "db.duckdb"), "--out", str(out / "parquet"),
+                   "--allow-hosts", "127.0.0.1", "--quiet", "--force"]
+
+
+def run_timed(cmd: list[str], env: dict) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB, /usr/bin/time -v) of one command."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env, cwd=REPO)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"{cmd[:4]} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    rss = next(int(line.split()[-1]) for line in proc.stderr.splitlines() if "Maximum resident set size" in line)
+    return wall, rss
+
+
+def last_run_stages(db: Path) -> dict:
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return json.loads(con.execute("SELECT stage_seconds FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()[0])
+    finally:
+        con.close()
+
+
+def part_bc(args, lines: list[str]) -> None:
+    from mmsa.demo import serve_folder
+
+    site = args.workdir / "site"
+    env = dict(os.environ, PREFECT_HOME=tempfile.mkdtemp(prefix="mmsa-bench-prefect-"),
+               PREFECT_SERVER_ANALYTICS_ENABLED="false", HF_HUB_OFFLINE="1", MMSA_CACHE=str(args.workdir / "cache"))
+    dev_texts = load_jsonl(resolve_data_dir() / "mvsa_single" / "dev.jsonl").texts
+    with serve_folder(site) as base:
+        if "b" in args.parts:
+            n = args.e2e_posts
+            dump = make_dump(site, base, n, True, dev_texts)
+            url = f"{base}/{dump.name}"
+            tiny = make_dump(site, base, 4, False, dev_texts)
+            lines += ["## (b) End to end", "",
+                      f"Dump: {n} posts, each with a JPEG of 224-480 px a side (mean {np.mean([p.stat().st_size for p in (site / 'images').glob('*.jpg')]) / 1024:.0f} KiB) "
+                      "served from 127.0.0.1 by a threaded server in the benchmark process; texts cycled from the dev set. "
+                      "Every run starts from a fresh output folder and image cache (so it downloads every image).", "",
+                      "| what | command | wall s per run | median posts/s | load avg (1/5/15) |", "| --- | --- | --- | ---: | --- |"]
+            results = {}
+
+            def record(name, cmd_text, walls):
+                rate = n / statistics.median(walls)
+                results[name] = rate
+                lines.append(f"| {name} | `{cmd_text}` | {', '.join(f'{w:.1f}' for w in walls)} | **{rate:.1f}** | {load_avg()} |")
+                print(lines[-1], flush=True)
+
+            walls = []
+            for r in range(args.e2e_runs):
+                cache = args.workdir / f"fetch-{r}"
+                shutil.rmtree(cache, ignore_errors=True)
+                walls.append(run_timed([PY, "-m", "mmsa.cli", "fetch", url, "--cache", str(cache), "--allow-hosts",
+                                        "127.0.0.1", "--quiet"], env)[0])
+            record("fetch alone", "mmsa fetch DUMP --cache FRESH --allow-hosts 127.0.0.1", walls)
+            model = load_model("default")
+            imgs = []
+            for i in range(n):
+                from PIL import Image
+
+                with Image.open(site / "images" / f"img{i:06d}.jpg") as im:
+                    imgs.append(resize_image(im, model.image_size))
+            texts = [dev_texts[i % len(dev_texts)] for i in range(n)]
+            for backend in args.e2e_variants:
+                engine = Engine(model, backend=backend, cache_dir=args.workdir / "cache")
+                walls = median_time(lambda: [engine.predict(texts[s : s + 256], imgs[s : s + 256]) for s in range(0, n, 256)],
+                                    args.e2e_runs)[1]
+                record(f"model alone ({backend})", "predict per 256-post shard, in process", walls)
+            stages = {}
+            for variant in args.e2e_variants:
+                walls = []
+                for r in range(args.e2e_runs):
+                    out = args.workdir / f"e2e-{variant}-{r}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    walls.append(run_timed(score_cmd(url, out), dict(env, MMSA_BACKEND=variant))[0])
+                    stages[variant] = last_run_stages(out / "db.duckdb")
+                record(f"mmsa score ({variant})", "mmsa score DUMP_URL --db FRESH --out FRESH --allow-hosts 127.0.0.1 --force", walls)
+            startup_walls = []
+            for r in range(2):
+                out = args.workdir / f"e2e-tiny-{r}"
+                shutil.rmtree(out, ignore_errors=True)
+                startup_walls.append(run_timed(score_cmd(f"{base}/{tiny.name}", out), dict(env, MMSA_BACKEND=args.e2e_variants[-1]))[0])
+            startup = statistics.median(startup_walls)
+            lines += ["", f"Start-up + fixed cost of `mmsa score` ({args.e2e_variants[-1]}; a 4-post text-only dump, median of 2): "
+                      f"{startup:.1f} s.", "",
+                      "| variant | e2e posts/s | slowest stage alone | ratio | ratio without the fixed cost | stage seconds reported by the run |",
+                      "| --- | ---: | --- | ---: | ---: | --- |"]
+            for variant in args.e2e_variants:
+                slow_name = min(("fetch alone", f"model alone ({variant})"), key=lambda k: results[k])
+                slow = results[slow_name]
+                e2e = results[f"mmsa score ({variant})"]
+                net = n / max(n / e2e - startup, 1e-9)
+                lines.append(f"| {variant} | {e2e:.1f} | {slow_name}: {slow:.1f} | {100 * e2e / slow:.0f}% | {100 * net / slow:.0f}% "
+                             f"| {json.dumps(stages[variant])} |")
+            lines.append("")
+        if "c" in args.parts:
+            lines += ["## (c) Peak memory", "", "`mmsa score` on text-only dumps (`/usr/bin/time -v`, maximum resident set size of the CLI process).", "",
+                      "| variant | posts | wall s | posts/s | peak RSS MiB | load avg (1/5/15) |", "| --- | ---: | ---: | ---: | ---: | --- |"]
+            for variant in args.rss_variants:
+                for n in args.rss_posts:
+                    dump = make_dump(site, base, n, False, dev_texts)
+                    out = args.workdir / f"rss-{variant}-{n}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    wall, rss = run_timed(score_cmd(f"{base}/{dump.name}", out), dict(env, MMSA_BACKEND=variant))
+                    lines.append(f"| {variant} | {n} | {wall:.1f} | {n / wall:.1f} | {rss / 1024:.0f} | {load_avg()} |")
+                    print(lines[-1], flush=True)
+            lines.append("")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--posts", type=int, default=128, help="(a) posts per timed run")
+    ap.add_argument("--runs", type=int, default=3, help="(a) timed runs per setting")
+    ap.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
+    ap.add_argument("--compile-budget", type=int, default=300, help="(a) seconds allowed for the torch.compile run")
+    ap.add_argument("--e2e-posts", type=int, default=5000)
+    ap.add_argument("--e2e-runs", type=int, default=3)
+    ap.add_argument("--e2e-variants", nargs="+", default=["torch", "onnx"], choices=BACKENDS, help="engine backends ($MMSA_BACKEND)")
+    ap.add_argument("--rss-posts", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--rss-variants", nargs="+", default=["onnx"], choices=BACKENDS)
+    ap.add_argument("--parts", default="abc", help="which of a, b, c to run")
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mmsa-bench-infer")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "infer.md")
+    ap.add_argument("--compile-child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.compile_child:
+        compile_child(args.posts, args.runs)
+        return
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    lines = ["# Inference benchmark", "",
+             f"Machine: {cpu}, {os.cpu_count()} CPUs ({cpu_threads()} usable by this process), no GPU; Python "
+             f"{platform.python_version()}, torch {torch.__version__}. Generated by `benchmarks/bench_infer.py "
+             f"{' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average "
+             f"(1/5/15 min) at start: {load_avg()}.", ""]
+    if "a" in args.parts:
+        part_a(args, lines)
+    if "b" in args.parts or "c" in args.parts:
+        part_bc(args, lines)
+    lines.append(f"Load average at the end: {load_avg()}.")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
