@@ -41,7 +41,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mmsa.data import load_image, load_jsonl, resize_image, resolve_data_dir  # noqa: E402
+from mmsa.data import load_image, load_jsonl, resolve_data_dir  # noqa: E402
 from mmsa.infer import BACKENDS, Engine, _ImageCore, _TextCore, cpu_threads  # noqa: E402
 from mmsa.model import load_model  # noqa: E402
 
@@ -289,10 +289,7 @@ def part_bc(args, lines: list[str]) -> None:
             model = load_model("default")
             imgs = []
             for i in range(n):
-                from PIL import Image
-
-                with Image.open(site / "images" / f"img{i:06d}.jpg") as im:
-                    imgs.append(resize_image(im, model.image_size))
+                imgs.append(load_image(site / "images" / f"img{i:06d}.jpg", model.image_size))
             texts = [dev_texts[i % len(dev_texts)] for i in range(n)]
             for backend in args.e2e_variants:
                 engine = Engine(model, backend=backend, cache_dir=args.workdir / "cache")

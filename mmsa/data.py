@@ -1,7 +1,7 @@
 """Labelled data sets (JSONL rows with `text`, optional `image`, `label`) and image loading.
 
-The image resize here is the one the model is trained with; the fetch stage should use
-`resize_image` too so that scored images look like training images.
+Images go through mmsa.imaging, the same preprocessing the fetch stage applies when scoring,
+so that training and scored images look alike.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from mmsa import imaging
+from mmsa.fetch import FetchConfig
 from mmsa.schema import LABELS
 
 LABEL_TO_ID = {name: i for i, name in enumerate(LABELS)}
@@ -64,11 +65,6 @@ def load_jsonl(path: str | os.PathLike, with_images: bool = True) -> LabelledSet
     return LabelledSet(str(path), texts, images, np.asarray(labels, dtype=np.int64))
 
 
-def resize_image(img: Image.Image, size: int) -> np.ndarray:
-    """RGB, squashed to size x size (whole image kept, no crop), bicubic; uint8 HxWx3."""
-    return np.asarray(img.convert("RGB").resize((size, size), Image.BICUBIC), dtype=np.uint8)
-
-
 def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    with Image.open(path) as img:
-        return resize_image(img, size)
+    """uint8 RGB size x size, exactly as `mmsa fetch` would preprocess the same file."""
+    return imaging.preprocess(Path(path).read_bytes(), size, max_pixels=FetchConfig.max_pixels)
