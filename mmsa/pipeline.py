@@ -27,14 +27,6 @@ from mmsa.schema import LABELS, SCORED_SCHEMA
 
 _INFER_LOCK = threading.Lock()  # one model forward at a time per process: torch already uses every core
 
-SHARD_STATS_DDL = """
-CREATE TABLE IF NOT EXISTS run_shards (
-  run_id VARCHAR, shard INTEGER, skipped BOOLEAN, posts BIGINT, image_status JSON, stage_seconds JSON,
-  posts_per_s DOUBLE, PRIMARY KEY (run_id, shard)
-);
-"""
-
-
 class RunLocked(ValueError):
     """Another run holds the database; a ValueError so the CLI reports it as an error, not a crash."""
 
@@ -354,7 +346,6 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
 
 def _record_shards(con, shards: list[dict]) -> None:
     """Store per-shard statistics in table run_shards (one row per run and shard)."""
-    con.execute(SHARD_STATS_DDL)
     for sh in shards:
         row = {**sh, "image_status": json.dumps(sh["image_status"]), "stage_seconds": json.dumps(sh["stage_seconds"])}
         con.execute("INSERT OR REPLACE INTO run_shards VALUES ($run_id, $shard, $skipped, $posts, $image_status, "

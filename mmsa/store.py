@@ -53,6 +53,10 @@ CREATE TABLE IF NOT EXISTS runs (
   image_status JSON,
   stage_seconds JSON
 );
+CREATE TABLE IF NOT EXISTS run_shards (
+  run_id VARCHAR, shard INTEGER, skipped BOOLEAN, posts BIGINT, image_status JSON, stage_seconds JSON,
+  posts_per_s DOUBLE, PRIMARY KEY (run_id, shard)
+);
 -- day = the post's UTC date whatever the reader's TimeZone setting (and cheaper than a cast).
 CREATE OR REPLACE VIEW post_sentiment AS
   SELECT *, DATE '1970-01-01' + CAST(epoch_us(created_at) // 86400000000 AS INTEGER) AS day FROM scored_posts;
