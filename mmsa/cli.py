@@ -73,7 +73,7 @@ def _add_runner_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dask-address", metavar="tcp://HOST:8786",
                    help="with --runner dask: an existing Dask scheduler (default: a temporary local cluster)")
     p.add_argument("--backend", choices=("torch", "onnx", "int8", "onnx-int8"),
-                   help="inference backend (default: $MMSA_BACKEND, else torch); see benchmarks/results/infer.md")
+                   help="inference backend (default: $MMSA_BACKEND, else onnx on CPU, torch on GPU); see benchmarks/results/infer.md")
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", action="store_true", help="print all metrics as JSON")
     p.add_argument("--backend", choices=("torch", "onnx", "int8", "onnx-int8"),
-                   help="inference backend (default: $MMSA_BACKEND, else torch)")
+                   help="inference backend (default: $MMSA_BACKEND, else onnx on CPU, torch on GPU)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("train", help="train a fusion head (frozen cached features, or fine-tune top text layers)")

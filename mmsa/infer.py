@@ -1,8 +1,8 @@
 """One batched inference engine for scoring, evaluation and backfills.
 
-`Engine(model).predict(texts, images)` returns the same `Prediction` as `SentimentModel.predict`,
-faster: texts are tokenized once and bucketed by token length so each batch pads only to its own
-longest text; the image encoder runs only on the rows that have an image; batches are prepared
+`Engine(model).predict(texts, images)` is the only prediction path (scoring, evaluation,
+backfills, benchmarks): texts are tokenized once and bucketed by token length so each batch pads
+only to its own longest text; the image encoder runs only on the rows that have an image; batches are prepared
 one ahead in a thread on CUDA (tokenize, stack, pin, non-blocking copy) while the current one runs.
 
 Device: CUDA when present, else CPU, overridable. On CUDA the encoders run under bf16 (fp16 where
@@ -10,10 +10,10 @@ bf16 is unsupported) autocast, and an out-of-memory error splits the batch in ha
 so no post is lost. On CPU the thread count is set to the cores this process may use.
 
 Backends (the text and image encoders; the small fusion head always runs in torch fp32):
-- "torch": the model's own modules, fp32 on CPU.
+- "torch": the model's own modules; the default on CUDA.
 - "onnx": ONNX Runtime on graphs exported from the loaded weights at run time into a cache folder;
-  fp32, the same probabilities as "torch" to ~1e-5, and the fastest on CPU
-  (benchmarks/results/infer.md).
+  fp32, the same probabilities as "torch" to ~1e-5 and 2.6x its speed on this CPU
+  (benchmarks/results/infer.md): the default on CPU.
 - "int8": dynamic int8 quantisation (per channel) of the text encoder's Linear layers (torch.ao).
   The image encoder stays fp32: quantize_dynamic only covers Linear/RNN layers, not EfficientNet's
   convs. Lossy here: MiniLM's activations quantise badly (about 95% label agreement on the dev set).
@@ -52,6 +52,11 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_backend(device: torch.device) -> str:
+    """$MMSA_BACKEND, else "onnx" on CPU (same labels, fastest there) and "torch" elsewhere."""
+    return os.environ.get("MMSA_BACKEND") or ("onnx" if device.type == "cpu" else "torch")
 
 
 def cpu_threads() -> int:
@@ -131,15 +136,16 @@ class Engine:
         model: SentimentModel,
         device: str | torch.device | None = None,
         batch_size: int = 32,
-        backend: str = "torch",
+        backend: str | None = None,
         cache_dir: str | Path | None = None,
         bucket: bool = True,
         threads: int | None = None,
     ):
+        self.device = pick_device(device)
+        backend = backend or default_backend(self.device)
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
         self.model = model
-        self.device = pick_device(device)
         self.backend = backend
         self.batch_size = batch_size
         self.bucket = bucket
@@ -228,7 +234,7 @@ class Engine:
                 pixels = (b.pixels.permute(0, 3, 1, 2).float() - self.mean) / self.std
                 h, p = self._image(pixels)
                 i_pooled[b.has] = p.to(i_pooled.dtype)
-            if self.bundle.needs_hidden:  # rows without an image: one zero patch, as SentimentModel does
+            if self.bundle.needs_hidden:  # rows without an image: one zero patch (masked in, as in training)
                 width = h.shape[1] if b.pixels is not None else 1
                 i_hidden = torch.zeros(n, width, self.image_dim, device=self.device)
                 if b.pixels is not None:
@@ -352,9 +358,9 @@ _ENGINES_LOCK = threading.Lock()
 def get_engine(model: str | Path | SentimentModel = "default", backend: str | None = None,
                device: str | None = None, batch_size: int = 32) -> Engine:
     """The process's engine for (model, backend, device), built once. backend: argument, else
-    $MMSA_BACKEND, else "torch"."""
+    `default_backend`."""
     m = model if isinstance(model, SentimentModel) else load_model(model)
-    backend = backend or os.environ.get("MMSA_BACKEND") or "torch"
+    backend = backend or default_backend(pick_device(device))
     key = (id(m), backend, str(pick_device(device)), batch_size)
     with _ENGINES_LOCK:
         if key not in _ENGINES:

@@ -1,4 +1,5 @@
-"""The scoring model other stages use: `load_model(...).predict(texts, images)`.
+"""The scoring model's weights: `load_model(...)` gives the encoders and head bundle that
+`mmsa.infer.Engine` runs (the one prediction path).
 
 A model folder holds config.json and safetensors only (never pickles): the head bundle and,
 if the text encoder was fine-tuned, just its changed top layers, overlaid on the packaged backbone.
@@ -11,14 +12,13 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 
 from mmsa.encoders import load_image_encoder, load_text_encoder
-from mmsa.heads import Bundle, Feats
+from mmsa.heads import Bundle
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 
@@ -31,7 +31,7 @@ class Prediction:
 
 
 class SentimentModel:
-    """Text encoder + image encoder + head bundle, fp32, inference only."""
+    """Text encoder + image encoder + head bundle, fp32, eval mode; `mmsa.infer.Engine` runs them."""
 
     def __init__(self, folder: Path, device: str = "cpu"):
         self.folder = folder
@@ -59,36 +59,6 @@ class SentimentModel:
         self.version = f"{cfg['name']}+{h.hexdigest()[:8]}"
         for m in (self.text_encoder, self.image_encoder, self.bundle):
             m.to(self.device).eval()
-
-    def predict(
-        self, texts: Sequence[str], images: Sequence[np.ndarray | None], batch_size: int = 32
-    ) -> Prediction:
-        """images: uint8 RGB image_size x image_size x 3 arrays or None, aligned with texts."""
-        if len(texts) != len(images):
-            raise ValueError(f"{len(texts)} texts but {len(images)} images")
-        n = len(texts)
-        probs = np.zeros((n, 3), np.float32)
-        text_probs = np.zeros((n, 3), np.float32)
-        image_probs = np.full((n, 3), np.nan, np.float32)
-        order = np.argsort([len(t or "") for t in texts], kind="stable")  # less padding per batch
-        blank = np.zeros((self.image_size, self.image_size, 3), np.uint8)
-        with torch.inference_mode():
-            for s in range(0, n, batch_size):
-                idx = order[s : s + batch_size]
-                t = self.text_encoder.encode([texts[i] or "" for i in idx])
-                has = torch.tensor([images[i] is not None for i in idx], dtype=torch.bool, device=self.device)
-                if has.any():
-                    im = self.image_encoder.encode([images[i] if images[i] is not None else blank for i in idx])
-                    i_hidden, i_mask, i_pooled = im.hidden, im.mask, im.pooled
-                else:  # text-only batch: skip the image encoder entirely
-                    i_pooled = torch.zeros(len(idx), self.image_encoder.dim, device=self.device)
-                    i_hidden, i_mask = i_pooled.unsqueeze(1), torch.ones(len(idx), 1, dtype=torch.bool, device=self.device)
-                f = Feats(t.pooled, i_pooled, t.hidden, t.mask, i_hidden, i_mask)
-                out = {k: v.softmax(-1).float().cpu().numpy() for k, v in self.bundle(f, has).items()}
-                probs[idx], text_probs[idx] = out["fused"], out["text"]
-                hn = has.cpu().numpy()
-                image_probs[idx[hn]] = out["image"][hn]
-        return Prediction(probs, text_probs, image_probs)
 
 
 _CACHE: dict[tuple[str, str], SentimentModel] = {}

@@ -85,7 +85,7 @@ class RunOptions:
     allow_hosts: tuple[str, ...] = ()
     force: bool = False
     retry_failed: bool = False
-    backend: str | None = None  # inference backend (mmsa.infer.BACKENDS); None = $MMSA_BACKEND or torch
+    backend: str | None = None  # inference backend (mmsa.infer.BACKENDS); None = mmsa.infer.default_backend
 
     @property
     def cache_dir(self) -> Path:

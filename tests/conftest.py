@@ -5,6 +5,7 @@ import tempfile
 
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="mmsa-prefect-"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MMSA_CACHE", tempfile.mkdtemp(prefix="mmsa-cache-"))  # exported ONNX graphs
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 

@@ -1,5 +1,5 @@
-"""The inference engine (mmsa.infer) on the shipped default model: same answers as
-SentimentModel.predict however posts are batched, no post lost on out-of-memory, and the faster
+"""The inference engine (mmsa.infer) on the shipped default model: same answers as a plain
+one-post-at-a-time reference however posts are batched, no post lost on out-of-memory, and the faster
 CPU backends agreeing with the fp32 reference on the MVSA-Single dev set."""
 
 import random
@@ -10,8 +10,9 @@ import torch
 
 from mmsa.data import load_image, load_jsonl, resolve_data_dir
 from mmsa.demo import PHRASES
-from mmsa.infer import BACKENDS, Engine, cpu_threads, get_engine, pick_device, prefetch
-from mmsa.model import load_model
+from mmsa.heads import Feats
+from mmsa.infer import BACKENDS, Engine, cpu_threads, default_backend, get_engine, pick_device, prefetch
+from mmsa.model import Prediction, load_model
 
 DEV = resolve_data_dir() / "mvsa_single" / "dev.jsonl"
 needs_dev = pytest.mark.skipif(not DEV.exists(), reason=f"no dev set at {DEV}")
@@ -34,9 +35,29 @@ def posts():
     return texts, images
 
 
+def reference_predict(model, texts, images) -> Prediction:
+    """The oracle: each post alone through the model's own torch modules (no batching, no padding)."""
+    probs, text_probs, image_probs = (np.full((len(texts), 3), np.nan, np.float32) for _ in range(3))
+    with torch.inference_mode():
+        for i, (text, image) in enumerate(zip(texts, images)):
+            t = model.text_encoder.encode([text])
+            has = torch.tensor([image is not None])
+            if image is not None:
+                im = model.image_encoder.encode([image])
+                i_hidden, i_mask, i_pooled = im.hidden, im.mask, im.pooled
+            else:
+                i_pooled = torch.zeros(1, model.image_encoder.dim)
+                i_hidden, i_mask = i_pooled.unsqueeze(1), torch.ones(1, 1, dtype=torch.bool)
+            out = model.bundle(Feats(t.pooled, i_pooled, t.hidden, t.mask, i_hidden, i_mask), has)
+            probs[i], text_probs[i] = out["fused"].softmax(-1)[0], out["text"].softmax(-1)[0]
+            if image is not None:
+                image_probs[i] = out["image"].softmax(-1)[0]
+    return Prediction(probs, text_probs, image_probs)
+
+
 @pytest.fixture(scope="module")
 def reference(model, posts):
-    return model.predict(*posts, batch_size=32)
+    return reference_predict(model, *posts)
 
 
 def assert_same(a, b, tol=1e-5):
@@ -48,8 +69,8 @@ def assert_same(a, b, tol=1e-5):
 
 def test_bucketing_matches_unbucketed_and_unbatched(model, posts, reference):
     """Length buckets change padding only, never a post's probabilities (fp32, 1e-5)."""
-    bucketed = Engine(model, batch_size=8)
-    unbucketed = Engine(model, batch_size=8, bucket=False)
+    bucketed = Engine(model, batch_size=8, backend="torch")
+    unbucketed = Engine(model, batch_size=8, bucket=False, backend="torch")
     got = bucketed.predict(*posts)
     assert_same(got, unbucketed.predict(*posts))
     assert_same(got, reference)
@@ -70,7 +91,7 @@ def test_bucketing_cuts_padding(model, posts):
 def test_oom_backoff_scores_every_post(model, posts, reference, monkeypatch):
     """A forward that runs out of memory above 3 posts: batches are halved until they fit, every
     post is still scored with the same probabilities, and the engine keeps the smaller size."""
-    engine = Engine(model, batch_size=16)
+    engine = Engine(model, batch_size=16, backend="torch")
     real, sizes = engine.forward, []
 
     def forward(b):
@@ -100,7 +121,7 @@ def test_oom_at_batch_one_is_raised(model, posts, monkeypatch):
 
 def test_prefetched_batches_give_the_same_answers(model, posts, reference):
     """The CUDA path prepares the next batch in a thread; on CPU it must give identical results."""
-    engine = Engine(model, batch_size=5)
+    engine = Engine(model, batch_size=5, backend="torch")
     engine.prefetch = True
     assert_same(engine.predict(*posts), reference)
     assert list(prefetch(iter([0, None, 2, 3]), depth=2)) == [0, None, 2, 3]
@@ -110,7 +131,7 @@ def test_device_threads_and_validation(model):
     """Auto device follows CUDA availability; CPU engines use every core the process may use."""
     assert pick_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert pick_device("cpu") == torch.device("cpu")
-    engine = Engine(model, device="cpu")
+    engine = Engine(model, device="cpu", backend="torch")
     assert torch.get_num_threads() == cpu_threads() == len(__import__("os").sched_getaffinity(0))
     assert engine.version == model.version
     with pytest.raises(ValueError, match="unknown backend"):
@@ -128,7 +149,7 @@ def _dev_agreement(model, n, backends, tmp_path):
     ds = load_jsonl(DEV)
     texts = ds.texts[:n]
     images = [load_image(p, model.image_size) if p else None for p in ds.images[:n]]
-    ref = Engine(model).predict(texts, images)
+    ref = Engine(model, backend="torch").predict(texts, images)
     out = {}
     for backend in backends:
         got = Engine(model, backend=backend, cache_dir=tmp_path).predict(texts, images)
@@ -155,6 +176,18 @@ def test_fast_backends_agree_on_dev_set(model, tmp_path):
     # The int8 paths miss the 99% bar (measured 95-97%): MiniLM's activations quantise badly.
     # Pinned here so a change that makes them worse (or good enough to offer) is noticed.
     assert res["int8"][0] >= 0.93 and res["onnx-int8"][0] >= 0.93
+
+
+def test_default_backend_is_onnx_on_cpu_unless_overridden(model, posts, reference, tmp_path, monkeypatch):
+    """ONNX Runtime is the CPU default (same labels, fastest: benchmarks/results/infer.md), torch on
+    CUDA; $MMSA_BACKEND overrides. The default engine matches the reference too."""
+    monkeypatch.delenv("MMSA_BACKEND", raising=False)
+    assert default_backend(torch.device("cpu")) == "onnx" and default_backend(torch.device("cuda")) == "torch"
+    engine = Engine(model, cache_dir=tmp_path)
+    assert engine.backend == "onnx"
+    assert_same(engine.predict(*posts), reference)
+    monkeypatch.setenv("MMSA_BACKEND", "int8")
+    assert default_backend(torch.device("cpu")) == "int8"
 
 
 def test_no_posts_give_an_empty_prediction():

@@ -14,6 +14,7 @@ from mmsa import cli
 from mmsa.data import load_image, load_jsonl
 from mmsa.evaluate import classification_metrics, evaluate_file
 from mmsa.heads import HEAD_NAMES
+from mmsa.infer import Engine, get_engine
 from mmsa.model import load_model
 from mmsa.synthetic import tiny_text_encoder, tiny_vit, write_dataset
 from mmsa.train import TrainConfig, compare, run
@@ -68,13 +69,14 @@ def test_prediction_contract(env, tmp_path):
     assert re.fullmatch(r"m\+[0-9a-f]{8}", model.version) and model.image_size == 32
     ds = load_jsonl(env["data"] / "dev.jsonl")
     images = [load_image(p, 32) if p else None for p in ds.images]
-    pred = model.predict(ds.texts, images, batch_size=7)
+    engine = Engine(model, batch_size=7)
+    pred = engine.predict(ds.texts, images)
     no_img = np.array([im is None for im in images])
     np.testing.assert_allclose(pred.probs.sum(1), 1, atol=1e-5)
     assert np.isnan(pred.image_probs[no_img]).all() and not np.isnan(pred.image_probs[~no_img]).any()
     np.testing.assert_array_equal(pred.probs[no_img], pred.text_probs[no_img])
     perm = np.random.default_rng(0).permutation(len(ds))  # sorting by length inside predict keeps order
-    shuffled = model.predict([ds.texts[i] for i in perm], [images[i] for i in perm], batch_size=7)
+    shuffled = engine.predict([ds.texts[i] for i in perm], [images[i] for i in perm])
     np.testing.assert_allclose(shuffled.probs, pred.probs[perm], atol=1e-5)
 
 
@@ -128,7 +130,7 @@ def test_shipped_default_model_honours_the_contract():
     model = load_model("default")
     assert re.fullmatch(r"mmsa-default-1\+[0-9a-f]{8}", model.version) and model.image_size == 224
     img = np.full((224, 224, 3), 200, np.uint8)
-    pred = model.predict(["I love this, best day ever!", "worst service, never again"], [img, None])
+    pred = get_engine(model).predict(["I love this, best day ever!", "worst service, never again"], [img, None])
     assert pred.probs.shape == pred.text_probs.shape == pred.image_probs.shape == (2, 3)
     assert np.isnan(pred.image_probs[1]).all() and np.array_equal(pred.probs[1], pred.text_probs[1])
     assert pred.text_probs[0].argmax() == 0 and pred.text_probs[1].argmax() == 2  # positive, negative
