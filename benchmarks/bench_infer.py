@@ -270,22 +270,26 @@ def part_bc(args, lines: list[str]) -> None:
                       f"Dump: {n} posts, each with a JPEG of 224-480 px a side (mean {np.mean([p.stat().st_size for p in (site / 'images').glob('*.jpg')]) / 1024:.0f} KiB) "
                       "served from 127.0.0.1 by a threaded server in the benchmark process; texts cycled from the dev set. "
                       "Every run starts from a fresh output folder and image cache (so it downloads every image).", "",
-                      "| what | command | wall s per run | median posts/s | load avg (1/5/15) |", "| --- | --- | --- | ---: | --- |"]
+                      "| what | command | wall s per run | median posts/s | peak RSS MiB (max) | load avg (1/5/15) |",
+                      "| --- | --- | --- | ---: | ---: | --- |"]
             results = {}
 
-            def record(name, cmd_text, walls):
+            def record(name, cmd_text, walls, rss=None):
                 rate = n / statistics.median(walls)
                 results[name] = rate
-                lines.append(f"| {name} | `{cmd_text}` | {', '.join(f'{w:.1f}' for w in walls)} | **{rate:.1f}** | {load_avg()} |")
+                mib = f"{max(rss) / 1024:.0f}" if rss else "(in process)"
+                lines.append(f"| {name} | `{cmd_text}` | {', '.join(f'{w:.1f}' for w in walls)} | **{rate:.1f}** | {mib} | {load_avg()} |")
                 print(lines[-1], flush=True)
 
-            walls = []
+            walls, rss = [], []
             for r in range(args.e2e_runs):
                 cache = args.workdir / f"fetch-{r}"
                 shutil.rmtree(cache, ignore_errors=True)
-                walls.append(run_timed([PY, "-m", "mmsa.cli", "fetch", url, "--cache", str(cache), "--allow-hosts",
-                                        "127.0.0.1", "--quiet"], env)[0])
-            record("fetch alone", "mmsa fetch DUMP --cache FRESH --allow-hosts 127.0.0.1", walls)
+                wall, peak = run_timed([PY, "-m", "mmsa.cli", "fetch", url, "--cache", str(cache), "--allow-hosts",
+                                        "127.0.0.1", "--quiet"], env)
+                walls.append(wall)
+                rss.append(peak)
+            record("fetch alone", "mmsa fetch DUMP --cache FRESH --allow-hosts 127.0.0.1", walls, rss)
             model = load_model("default")
             imgs = []
             for i in range(n):
@@ -298,13 +302,16 @@ def part_bc(args, lines: list[str]) -> None:
                 record(f"model alone ({backend})", "predict per 256-post shard, in process", walls)
             stages = {}
             for variant in args.e2e_variants:
-                walls = []
+                walls, rss = [], []
                 for r in range(args.e2e_runs):
                     out = args.workdir / f"e2e-{variant}-{r}"
                     shutil.rmtree(out, ignore_errors=True)
-                    walls.append(run_timed(score_cmd(url, out), dict(env, MMSA_BACKEND=variant))[0])
+                    wall, peak = run_timed(score_cmd(url, out), dict(env, MMSA_BACKEND=variant))
+                    walls.append(wall)
+                    rss.append(peak)
                     stages[variant] = last_run_stages(out / "db.duckdb")
-                record(f"mmsa score ({variant})", "mmsa score DUMP_URL --db FRESH --out FRESH --allow-hosts 127.0.0.1 --force", walls)
+                record(f"mmsa score ({variant})", "mmsa score DUMP_URL --db FRESH --out FRESH --allow-hosts 127.0.0.1 --force",
+                       walls, rss)
             startup_walls = []
             for r in range(2):
                 out = args.workdir / f"e2e-tiny-{r}"
@@ -345,7 +352,7 @@ def main() -> None:
     ap.add_argument("--compile-budget", type=int, default=300, help="(a) seconds allowed for the torch.compile run")
     ap.add_argument("--e2e-posts", type=int, default=5000)
     ap.add_argument("--e2e-runs", type=int, default=3)
-    ap.add_argument("--e2e-variants", nargs="+", default=["torch", "onnx"], choices=BACKENDS, help="engine backends ($MMSA_BACKEND)")
+    ap.add_argument("--e2e-variants", nargs="+", default=["onnx"], choices=BACKENDS, help="engine backends ($MMSA_BACKEND)")
     ap.add_argument("--rss-posts", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--rss-variants", nargs="+", default=["onnx"], choices=BACKENDS)
     ap.add_argument("--parts", default="abc", help="which of a, b, c to run")

@@ -161,12 +161,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         class_weight=args.class_weight,
+        folds=args.folds,
+        members=args.members,
     )
     summary = train.run(cfg, args.data or resolve_data_dir() / "mvsa_single", args.out, cache_dir=args.cache)
     d = summary["dev"]
     print(
         f"dev accuracy={d['accuracy']:.4f} weighted_f1={d['weighted_f1']:.4f} macro_f1={d['macro_f1']:.4f} "
-        f"(best epoch {summary['best_epoch']}, {summary['train_seconds']:.0f}s) -> {args.out}"
+        f"({len(summary['best_epochs'])} members, best epochs {summary['best_epochs']}, "
+        f"{summary['train_seconds']:.0f}s) -> {args.out}"
     )
     return 0
 
@@ -177,7 +180,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     train.set_threads(args.threads)
     base = train.TrainConfig(
-        pretrain_text=args.pretrain_text, pretrain_layers=args.pretrain_layers, pretrain_max=args.pretrain_max
+        pretrain_text=args.pretrain_text, pretrain_layers=args.pretrain_layers, pretrain_max=args.pretrain_max,
+        folds=args.folds, members=args.members,
     )
     data = args.data or resolve_data_dir() / "mvsa_single"
     table = train.compare(data, args.heads, args.seeds, args.out, cache_dir=args.cache, base=base)
@@ -295,26 +299,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain-text", help="labelled text-only JSONL (e.g. SemEval) to fine-tune the text side on first")
     p.add_argument("--pretrain-layers", type=int, default=3, help="top text layers trained in pre-training")
     p.add_argument("--pretrain-epochs", type=int, default=1)
-    p.add_argument("--pretrain-max", type=int, default=20000, help="pre-training examples per epoch (CPU budget)")
+    p.add_argument("--pretrain-max", type=int, default=45000, help="pre-training examples per epoch (default: all)")
     p.add_argument("--finetune-layers", type=int, default=0, help="top text-encoder layers to fine-tune (0 = frozen)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--class-weight", default="sqrt", choices=["none", "sqrt", "balanced"])
+    p.add_argument("--class-weight", default="none", choices=["none", "sqrt", "balanced"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--folds", type=int, default=5, help="stratified folds of the training set (early stopping; never dev)")
+    p.add_argument("--members", type=int, default=5, help="members, one per fold, probabilities averaged (1 = one model)")
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "mmsa" / "features", help="feature cache folder")
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy shared machine)")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("compare", help="train every head x seeds on cached features; write a markdown table")
+    p = sub.add_parser("compare", help="train every head x seeds on cached features; write (or resume) a markdown table")
     p.add_argument("--data", help="folder with train.jsonl + dev.jsonl (default: $MMSA_DATA/mvsa_single)")
     p.add_argument("--heads", nargs="+", default=["text", "image", "native_cat", "native_combine", "ote", "cmac", "hstec"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--folds", type=int, default=5, help="stratified folds of the training set (early stopping; never dev)")
+    p.add_argument("--members", type=int, default=5, help="members, one per fold, probabilities averaged (1 = one model)")
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "mmsa" / "features", help="feature cache folder")
     p.add_argument("--out", default="results/compare.md", help="markdown table to write")
     p.add_argument("--pretrain-text", help="labelled text-only JSONL to fine-tune the text side on first (then frozen)")
     p.add_argument("--pretrain-layers", type=int, default=3, help="top text layers trained in pre-training")
-    p.add_argument("--pretrain-max", type=int, default=20000, help="pre-training examples (CPU budget)")
+    p.add_argument("--pretrain-max", type=int, default=45000, help="pre-training examples (default: all)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy shared machine)")
     p.set_defaults(func=_cmd_compare)
 

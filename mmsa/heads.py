@@ -2,7 +2,8 @@
 
 Notation: H = hidden-state sequence, F = pooled vector, T = text, I = image. Every head maps
 (text, image) features to 3 logits in `mmsa.schema.LABELS` order. `Bundle` adds the text-only
-and image-only classifiers so every post also gets per-modality probabilities.
+and image-only classifiers so every post also gets per-modality probabilities; `Ensemble` averages
+the probabilities of bundles trained on different folds of the training set.
 """
 
 from __future__ import annotations
@@ -199,3 +200,23 @@ class Bundle(nn.Module):
             fused = self.fusion(f)
         fused = torch.where(has_image.unsqueeze(-1), fused, t)
         return {"fused": fused, "text": t, "image": i}
+
+
+class Ensemble(nn.Module):
+    """Bundles trained on different folds of the training set (mmsa.train), averaged.
+
+    Returns the log of the members' mean probabilities per output, so a softmax downstream
+    gives the averaged probabilities; one member gives exactly its own probabilities.
+    """
+
+    def __init__(self, members: list[Bundle]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    @property
+    def needs_hidden(self) -> bool:
+        return self.members[0].needs_hidden
+
+    def forward(self, f: Feats, has_image: torch.Tensor) -> dict[str, torch.Tensor]:
+        outs = [m(f, has_image) for m in self.members]
+        return {k: torch.stack([o[k].softmax(-1) for o in outs]).mean(0).log() for k in outs[0]}

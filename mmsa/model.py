@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from mmsa.encoders import load_image_encoder, load_text_encoder
-from mmsa.heads import Bundle
+from mmsa.heads import Bundle, Ensemble
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 
@@ -31,7 +31,8 @@ class Prediction:
 
 
 class SentimentModel:
-    """Text encoder + image encoder + head bundle, fp32, eval mode; `mmsa.infer.Engine` runs them."""
+    """Text encoder + image encoder + an Ensemble of head bundles, fp32, eval mode; `mmsa.infer.Engine`
+    runs them."""
 
     def __init__(self, folder: Path, device: str = "cpu"):
         self.folder = folder
@@ -48,9 +49,10 @@ class SentimentModel:
             weight_files.append(cfg["text_layers"])
         self.image_encoder = load_image_encoder(cfg["image_encoder"])
         self.image_size = int(self.image_encoder.image_size)
-        self.bundle = Bundle(
-            cfg["head"], cfg["text_dim"], cfg["image_dim"], cfg["hidden"], cfg["dropout"], **cfg.get("head_kwargs", {})
-        )
+        self.bundle = Ensemble([
+            Bundle(cfg["head"], cfg["text_dim"], cfg["image_dim"], cfg["hidden"], cfg["dropout"], **cfg.get("head_kwargs", {}))
+            for _ in range(cfg["members"])
+        ])
         self.bundle.load_state_dict(load_file(str(folder / "heads.safetensors")))
         h = hashlib.sha256()
         for name in weight_files:

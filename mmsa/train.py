@@ -1,8 +1,12 @@
-"""Training: cached frozen features, optional fine-tuning of the top text layers, early stopping on dev.
+"""Training: cached frozen features, a fold ensemble of heads, optional fine-tuning of top text layers.
 
 Frozen-encoder features are cached on disk (fp16 safetensors keyed by encoder weights + data
 file) so that heads train in seconds and every head/seed of a comparison reuses one encoding
 pass. Fine-tuning keeps the image side cached and runs the text encoder in the loop.
+
+The dev set is never used to train or to stop: the training set is split into K stratified
+folds, and each member of the model is trained on K-1 of them and early-stopped on the one it
+did not see. The shipped model averages its members' probabilities (mmsa.heads.Ensemble).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import hashlib
 import json
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -34,7 +38,7 @@ from mmsa.encoders import (
     masked_mean,
 )
 from mmsa.evaluate import classification_metrics
-from mmsa.heads import Bundle, Feats
+from mmsa.heads import Bundle, Ensemble, Feats
 from mmsa.schema import LABELS
 
 DEFAULT_CACHE = Path.home() / ".cache" / "mmsa" / "features"
@@ -46,10 +50,12 @@ class TrainConfig:
     text_encoder: str = DEFAULT_TEXT_ENCODER
     image_encoder: str = DEFAULT_IMAGE_ENCODER
     finetune_layers: int = 0  # top text-encoder layers trained; 0 = frozen encoders, cached features
+    folds: int = 5  # stratified folds of the training set; a member early-stops on the fold it did not train on
+    members: int = 5  # members trained (one per fold, at most `folds`); the model averages their probabilities
     pretrain_text: str | None = None  # labelled text-only JSONL (SemEval) to fine-tune the text side on first
     pretrain_layers: int = 3
     pretrain_epochs: int = 1
-    pretrain_max: int = 20000  # training examples used per epoch (CPU budget); the held-out 10% is always full
+    pretrain_max: int = 45000  # training examples used per epoch (45000 = all 44,536 SemEval tweets outside the hold-out)
     epochs: int = 20
     batch_size: int = 16
     lr_head: float = 1e-3
@@ -58,7 +64,7 @@ class TrainConfig:
     dropout: float = 0.1
     hidden: int = 256
     patience: int = 4
-    class_weight: str = "sqrt"  # none | sqrt | balanced (inverse frequency)
+    class_weight: str = "none"  # none | sqrt | balanced (inverse frequency); none was best out-of-fold on MVSA
     seed: int = 0
     max_length: int = 64
     head_kwargs: dict = field(default_factory=dict)
@@ -181,66 +187,71 @@ def text_layer_state(enc: TextEncoder, k: int) -> dict[str, torch.Tensor]:
     return {name: t.detach().clone() for name, t in enc.model.state_dict().items() if name.startswith(prefixes)}
 
 
-class Trainer:
-    """One training run over fixed train/dev sets: a Bundle, optionally with the top text layers."""
+def fold_ids(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Stratified fold number (0..k-1) per row: every fold keeps the class shares."""
+    rng = np.random.default_rng(seed)
+    folds = np.zeros(len(labels), dtype=np.int64)
+    for c in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == c))
+        folds[rows] = (np.arange(len(rows)) + c) % k
+    return folds
 
-    def __init__(
-        self,
-        cfg: TrainConfig,
-        text_enc: TextEncoder,
-        image_dim: int,
-        image_size: int,
-        train_text: dict,
-        dev_text: dict,
-        train_img: dict,
-        dev_img: dict,
-        y_train: np.ndarray,
-        y_dev: np.ndarray,
-    ):
+
+def batch_feats(text_enc: TextEncoder, finetune: bool, hidden: bool, text: dict, img: dict, idx: torch.Tensor,
+                train: bool) -> tuple[Feats, torch.Tensor]:
+    """One batch of Feats from cached features (or, when fine-tuning, from the text encoder run now)."""
+    if finetune:
+        ids, am = text["input_ids"][idx], text["attention_mask"][idx]
+        n = int(am.sum(1).max())
+        text_enc.train(train)
+        o = text_enc(ids[:, :n], am[:, :n])
+        t_hidden, t_mask, t_pooled = o.hidden, o.mask, o.pooled
+    else:
+        t_pooled = text["t_pooled"][idx]
+        m = text["t_mask"][idx]
+        n = max(int(m.sum(1).max()), 1)
+        t_hidden = text["t_hidden"][idx, :n].float() if hidden else None
+        t_mask = m[:, :n]
+    f = Feats(
+        t_pooled=t_pooled,
+        i_pooled=img["i_pooled"][idx],
+        t_hidden=t_hidden if hidden else None,
+        t_mask=t_mask if hidden else None,
+        i_hidden=img["i_hidden"][idx].float() if hidden else None,
+        i_mask=img["i_mask"][idx] if hidden else None,
+    )
+    return f, img["has_image"][idx]
+
+
+def predict_logits(module: nn.Module, text_enc: TextEncoder, finetune: bool, text: dict, img: dict) -> dict[str, torch.Tensor]:
+    """Outputs of a Bundle or Ensemble ("fused", "text", "image") over a whole feature set."""
+    module.eval()
+    n = len(img["has_image"])
+    outs: dict[str, list] = {"fused": [], "text": [], "image": []}
+    with torch.inference_mode():
+        for s in range(0, n, 64):
+            idx = torch.arange(s, min(s + 64, n))
+            f, has = batch_feats(text_enc, finetune, module.needs_hidden, text, img, idx, train=False)
+            for k, v in module(f, has).items():
+                outs[k].append(v)
+    return {k: torch.cat(v) for k, v in outs.items()}
+
+
+class Trainer:
+    """One member: a Bundle (optionally with the top text layers) trained on one set, early-stopped on another."""
+
+    def __init__(self, cfg: TrainConfig, text_enc: TextEncoder, image_dim: int, train_text: dict, val_text: dict,
+                 train_img: dict, val_img: dict, y_train: np.ndarray, y_val: np.ndarray):
         self.cfg = cfg
         self.text_enc = text_enc
-        self.image_dim, self.image_size = image_dim, image_size
         seed_everything(cfg.seed)  # head initialisation depends on the seed only
         self.bundle = Bundle(cfg.head, text_enc.dim, image_dim, cfg.hidden, cfg.dropout, **cfg.head_kwargs)
-        self.train_text, self.dev_text = train_text, dev_text
-        self.train_img, self.dev_img = train_img, dev_img
-        self.y_train, self.y_dev = torch.from_numpy(y_train), torch.from_numpy(y_dev)
-
-    def _feats(self, text: dict, img: dict, idx: torch.Tensor, train: bool) -> tuple[Feats, torch.Tensor]:
-        hidden = self.bundle.needs_hidden
-        if self.cfg.finetune_layers:
-            ids, am = text["input_ids"][idx], text["attention_mask"][idx]
-            n = int(am.sum(1).max())
-            self.text_enc.train(train)
-            o = self.text_enc(ids[:, :n], am[:, :n])
-            t_hidden, t_mask, t_pooled = o.hidden, o.mask, o.pooled
-        else:
-            t_pooled = text["t_pooled"][idx]
-            m = text["t_mask"][idx]
-            n = max(int(m.sum(1).max()), 1)
-            t_hidden = text["t_hidden"][idx, :n].float() if hidden else None
-            t_mask = m[:, :n]
-        f = Feats(
-            t_pooled=t_pooled,
-            i_pooled=img["i_pooled"][idx],
-            t_hidden=t_hidden if hidden else None,
-            t_mask=t_mask if hidden else None,
-            i_hidden=img["i_hidden"][idx].float() if hidden else None,
-            i_mask=img["i_mask"][idx] if hidden else None,
-        )
-        return f, img["has_image"][idx]
+        self.train_text, self.val_text = train_text, val_text
+        self.train_img, self.val_img = train_img, val_img
+        self.y_train, self.y_val = torch.from_numpy(y_train), torch.from_numpy(y_val)
 
     def predict_logits(self, text: dict, img: dict) -> dict[str, torch.Tensor]:
-        self.bundle.eval()
-        n = len(img["has_image"])
-        outs: dict[str, list] = {"fused": [], "text": [], "image": []}
-        with torch.inference_mode():
-            for s in range(0, n, 64):
-                idx = torch.arange(s, min(s + 64, n))
-                f, has = self._feats(text, img, idx, train=False)
-                for k, v in self.bundle(f, has).items():
-                    outs[k].append(v)
-        return {k: torch.cat(v) for k, v in outs.items()}
+        return predict_logits(self.bundle, self.text_enc, bool(self.cfg.finetune_layers), text, img)
 
     def fit(self, progress: bool = True) -> dict:
         cfg = self.cfg
@@ -267,7 +278,8 @@ class Trainer:
             losses = []
             for s in range(0, n, cfg.batch_size):
                 idx = perm[s : s + cfg.batch_size]
-                f, has = self._feats(self.train_text, self.train_img, idx, train=True)
+                f, has = batch_feats(self.text_enc, bool(cfg.finetune_layers), self.bundle.needs_hidden,
+                                     self.train_text, self.train_img, idx, train=True)
                 out = self.bundle(f, has)
                 y = self.y_train[idx]
                 loss = sum(F.cross_entropy(out[k], y, weight=weight) for k in ("fused", "text", "image"))
@@ -278,7 +290,7 @@ class Trainer:
                 sched.step()
                 losses.append(loss.item())
                 bar.update(1)
-            m = classification_metrics(self.y_dev.numpy(), self.predict_logits(self.dev_text, self.dev_img)["fused"].argmax(-1).numpy())
+            m = classification_metrics(self.y_val.numpy(), self.predict_logits(self.val_text, self.val_img)["fused"].argmax(-1).numpy())
             score = (m["accuracy"] + m["weighted_f1"]) / 2
             history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), **{k: m[k] for k in ("accuracy", "weighted_f1", "macro_f1")}})
             bar.set_postfix(acc=f"{m['accuracy']:.3f}", wf1=f"{m['weighted_f1']:.3f}")
@@ -309,6 +321,23 @@ def tokenize_all(enc: TextEncoder, texts: list[str]) -> dict:
     return {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"]}
 
 
+@dataclass
+class Prepared:
+    """Encoders applied to train and dev once: what every member of every run trains from."""
+
+    text_enc: TextEncoder
+    image_dim: int
+    image_size: int
+    train_text: dict
+    train_img: dict
+    dev_text: dict
+    dev_img: dict
+    y_train: np.ndarray
+    y_dev: np.ndarray
+    text_head_init: dict | None = None  # the SemEval text classifier: a warm start for the text branch
+    pretrain_metrics: dict | None = None
+
+
 def prepare(
     cfg: TrainConfig,
     train: LabelledSet,
@@ -316,12 +345,10 @@ def prepare(
     cache_dir: Path | None = DEFAULT_CACHE,
     text_enc: TextEncoder | None = None,
     image_enc: ImageEncoder | None = None,
-) -> Trainer:
-    """Load encoders, apply --text-init, build (cached) features for train and dev."""
+) -> Prepared:
+    """Load encoders, run the text pre-training, build (cached) features for train and dev."""
     text_enc = text_enc or load_text_encoder(cfg.text_encoder, max_length=cfg.max_length)
-    pre = None
-    if cfg.pretrain_text:
-        pre = pretrained_text(cfg, text_enc, cache_dir)
+    pre = pretrained_text(cfg, text_enc, cache_dir) if cfg.pretrain_text else None
     image_enc = image_enc or load_image_encoder(cfg.image_encoder)
     image_enc.eval()
     tr_img, dv_img = image_features(image_enc, train, cache_dir), image_features(image_enc, dev, cache_dir)
@@ -329,44 +356,81 @@ def prepare(
         tr_txt, dv_txt = tokenize_all(text_enc, train.texts), tokenize_all(text_enc, dev.texts)
     else:
         tr_txt, dv_txt = text_features(text_enc, train, cache_dir), text_features(text_enc, dev, cache_dir)
-    trainer = Trainer(cfg, text_enc, image_enc.dim, image_enc.image_size, tr_txt, dv_txt, tr_img, dv_img, train.labels, dev.labels)
-    if pre is not None:  # same label set: the SemEval text classifier is a warm start for the text branch
-        trainer.bundle.text.load_state_dict(pre["head"])
-        trainer.pretrain_metrics = pre["metrics"]
-    return trainer
+    return Prepared(text_enc, image_enc.dim, image_enc.image_size, tr_txt, tr_img, dv_txt, dv_img, train.labels,
+                    dev.labels, pre["head"] if pre else None, pre["metrics"] if pre else None)
 
 
-def save_model(out: str | Path, cfg: TrainConfig, trainer: Trainer, extra: dict | None = None) -> Path:
+def train_members(cfg: TrainConfig, prep: Prepared, progress: bool = True) -> tuple[Ensemble, list[dict]]:
+    """`cfg.members` bundles, member k trained on every fold but k and early-stopped on fold k."""
+    if not 1 <= cfg.members <= cfg.folds or cfg.folds < 2:
+        raise ValueError(f"need 2 <= folds and 1 <= members <= folds, got folds={cfg.folds} members={cfg.members}")
+    if cfg.finetune_layers and cfg.members > 1:
+        raise ValueError("fine-tuning text layers trains one text encoder per member: use members=1")
+    folds = fold_ids(prep.y_train, cfg.folds, cfg.seed)
+    bundles, fits = [], []
+    for k in range(cfg.members):
+        tr, va = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+        part = lambda d, rows: {name: t[rows] for name, t in d.items()}  # noqa: E731
+        trainer = Trainer(replace(cfg, seed=cfg.seed * 100 + k), prep.text_enc, prep.image_dim,
+                          part(prep.train_text, tr), part(prep.train_text, va), part(prep.train_img, tr),
+                          part(prep.train_img, va), prep.y_train[tr], prep.y_train[va])
+        if prep.text_head_init is not None:  # same label set: start the text branch from the SemEval classifier
+            trainer.bundle.text.load_state_dict(prep.text_head_init)
+        fits.append(trainer.fit(progress=progress))
+        bundles.append(trainer.bundle)
+    return Ensemble(bundles).eval(), fits
+
+
+def save_model(out: str | Path, cfg: TrainConfig, prep: Prepared, ensemble: Ensemble, extra: dict | None = None) -> Path:
     """config.json + heads.safetensors (+ text_layers.safetensors, fp16, only the fine-tuned blocks)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in trainer.bundle.state_dict().items()}, out / "heads.safetensors")
+    # fp16 on disk (loaded back into fp32): halves the repo's share of a many-member model.
+    save_file({k: v.half().contiguous() for k, v in ensemble.state_dict().items()}, out / "heads.safetensors")
     text_layers = None
     if cfg.finetune_layers or cfg.pretrain_text:
         k = max(cfg.finetune_layers, cfg.pretrain_layers if cfg.pretrain_text else 0)
-        state = {n: t.half().contiguous() for n, t in text_layer_state(trainer.text_enc, k).items()}
+        state = {n: t.half().contiguous() for n, t in text_layer_state(prep.text_enc, k).items()}
         save_file(state, out / "text_layers.safetensors")
         text_layers = "text_layers.safetensors"
     config = {
-        "name": out.name if out.name != "default" else "mmsa-default-1",
+        "name": out.name if out.name != "default" else "mmsa-default-2",
         "labels": list(LABELS),
         "text_encoder": cfg.text_encoder,
         "image_encoder": cfg.image_encoder,
         "text_layers": text_layers,
         "max_length": cfg.max_length,
-        "image_size": trainer.image_size,
+        "image_size": prep.image_size,
         "head": cfg.head,
-        "text_dim": trainer.text_enc.dim,
-        "image_dim": trainer.image_dim,
+        "members": len(ensemble.members),
+        "text_dim": prep.text_enc.dim,
+        "image_dim": prep.image_dim,
         "hidden": cfg.hidden,
         "dropout": cfg.dropout,
         "head_kwargs": cfg.head_kwargs,
         "train_config": asdict(cfg),
-        "pretrain_metrics": getattr(trainer, "pretrain_metrics", None),
+        "pretrain_metrics": prep.pretrain_metrics,
         **(extra or {}),
     }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out
+
+
+def dev_report(cfg: TrainConfig, prep: Prepared, ensemble: Ensemble) -> dict:
+    """Dev metrics of the model (fused, text branch, image branch) and of each member alone."""
+    finetune = bool(cfg.finetune_layers)
+    logits = predict_logits(ensemble, prep.text_enc, finetune, prep.dev_text, prep.dev_img)
+    member_acc = [
+        classification_metrics(prep.y_dev, predict_logits(m, prep.text_enc, finetune, prep.dev_text, prep.dev_img)["fused"]
+                               .argmax(-1).numpy())["accuracy"]
+        for m in ensemble.members
+    ]
+    return {
+        "dev": classification_metrics(prep.y_dev, logits["fused"].argmax(-1).numpy()),
+        "dev_text_only": classification_metrics(prep.y_dev, logits["text"].argmax(-1).numpy()),
+        "dev_image_only": classification_metrics(prep.y_dev, logits["image"].argmax(-1).numpy()),
+        "dev_member_accuracy": member_acc,
+    }
 
 
 def run(
@@ -376,22 +440,19 @@ def run(
     cache_dir: Path | None = DEFAULT_CACHE,
     progress: bool = True,
 ) -> dict:
-    """Train on DATA/train.jsonl, early-stop on DATA/dev.jsonl, save to `out`; returns the run summary."""
+    """Train on DATA/train.jsonl (folds inside it for early stopping), report on DATA/dev.jsonl, save to `out`."""
     from mmsa.data import load_jsonl
 
     data_dir = Path(data_dir)
     train, dev = load_jsonl(data_dir / "train.jsonl"), load_jsonl(data_dir / "dev.jsonl")
-    trainer = prepare(cfg, train, dev, cache_dir)
-    fit = trainer.fit(progress=progress)
-    logits = trainer.predict_logits(trainer.dev_text, trainer.dev_img)
-    summary = {
-        "dev": classification_metrics(dev.labels, logits["fused"].argmax(-1).numpy()),
-        "dev_text_only": classification_metrics(dev.labels, logits["text"].argmax(-1).numpy()),
-        "dev_image_only": classification_metrics(dev.labels, logits["image"].argmax(-1).numpy()),
-        **fit,
-    }
+    prep = prepare(cfg, train, dev, cache_dir)
+    start = time.perf_counter()
+    ensemble, fits = train_members(cfg, prep, progress)
+    summary = {**dev_report(cfg, prep, ensemble), "best_epochs": [f["best_epoch"] for f in fits],
+               "train_seconds": time.perf_counter() - start, "members": fits}
     if out is not None:
-        save_model(out, cfg, trainer, {"dev_metrics": summary["dev"], "best_epoch": fit["best_epoch"]})
+        save_model(out, cfg, prep, ensemble, {"dev_metrics": summary["dev"], "dev_member_accuracy": summary["dev_member_accuracy"],
+                                              "best_epochs": summary["best_epochs"]})
     return summary
 
 
@@ -516,67 +577,80 @@ def compare(
     base: TrainConfig | None = None,
     progress: bool = True,
 ) -> str:
-    """Every head x seed on the same cached frozen features; markdown table (+ JSON beside it).
+    """Every head x seed (each a `base.members`-member model) on the same cached frozen features;
+    markdown table (+ JSON beside it).
 
-    The table is rewritten after every run, so a long comparison can be read (or stopped) midway.
-    Inference cost here is the head alone on cached features (batch 64); the encoders' cost is
-    the same for every head and is reported on the model card.
+    Runs already in the JSON with the same settings (members aside) are kept and not repeated, so
+    a long comparison resumes after a stop and can be built up in parts (e.g. the slow heads with
+    fewer members). The table is rewritten after every run. Inference cost is the head alone on
+    cached features (batch 64); the encoders' cost is the same for every head (model card).
     """
     from mmsa.data import load_jsonl
 
     base = base or TrainConfig()
     data_dir = Path(data_dir)
     train, dev = load_jsonl(data_dir / "train.jsonl"), load_jsonl(data_dir / "dev.jsonl")
-    text_enc = load_text_encoder(base.text_encoder, max_length=base.max_length)
-    image_enc = load_image_encoder(base.image_encoder)
-    raw: dict[str, list[dict]] = {}
-    table = ""
+    settings = {k: v for k, v in asdict(base).items() if k not in ("head", "seed", "members")}
+    runs: list[dict] = []
+    if out is not None and Path(out).with_suffix(".json").exists():
+        saved = json.loads(Path(out).with_suffix(".json").read_text())
+        runs = saved["runs"] if saved.get("settings") == settings else []
+    prep = prepare(replace(base, finetune_layers=0), train, dev, cache_dir)
+    table = _compare_table(runs, base, data_dir, len(dev))
     for head in heads:
         for seed in seeds:
-            cfg = TrainConfig(**{**asdict(base), "head": head, "seed": seed, "finetune_layers": 0})
-            trainer = prepare(cfg, train, dev, cache_dir, text_enc=text_enc, image_enc=image_enc)
-            fit = trainer.fit(progress=progress)
+            if any(r["head"] == head and r["seed"] == seed and r["members"] == base.members for r in runs):
+                continue
+            cfg = replace(base, head=head, seed=seed, finetune_layers=0)
             start = time.perf_counter()
-            logits = trainer.predict_logits(trainer.dev_text, trainer.dev_img)
-            ms = 1000 * (time.perf_counter() - start) / len(dev)
-            m = classification_metrics(dev.labels, logits["fused"].argmax(-1).numpy())
-            raw.setdefault(head, []).append(
-                {"seed": seed, **{k: m[k] for k in ("accuracy", "weighted_f1", "macro_f1")},
-                 "train_seconds": fit["train_seconds"], "best_epoch": fit["best_epoch"], "head_ms_per_post": ms}
-            )
-            if cfg.pretrain_text:  # the text stage changed the encoder in place: restore for the next run
-                text_enc = load_text_encoder(base.text_encoder, max_length=base.max_length)
-            table = _compare_table(raw, base, data_dir, len(dev), seeds)
+            ensemble, fits = train_members(cfg, prep, progress)
+            train_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            report = dev_report(cfg, prep, ensemble)
+            ms = 1000 * (time.perf_counter() - start) / len(dev) / (len(ensemble.members) + 1)
+            runs.append({"head": head, "seed": seed, "members": base.members,
+                         **{k: report["dev"][k] for k in ("accuracy", "weighted_f1", "macro_f1")},
+                         "member_accuracy": float(np.mean(report["dev_member_accuracy"])),
+                         "train_seconds": train_seconds, "best_epochs": [f["best_epoch"] for f in fits],
+                         "head_ms_per_post": ms * len(ensemble.members)})
+            table = _compare_table(runs, base, data_dir, len(dev))
             if out is not None:
                 out = Path(out)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(table)
-                out.with_suffix(".json").write_text(json.dumps({"config": asdict(base), "runs": raw}, indent=2) + "\n")
+                out.with_suffix(".json").write_text(json.dumps({"settings": settings, "runs": runs}, indent=2) + "\n")
     return table
 
 
-def _compare_table(raw: dict[str, list[dict]], base: TrainConfig, data_dir: Path, n_dev: int, seeds: list[int]) -> str:
+def _compare_table(runs: list[dict], base: TrainConfig, data_dir: Path, n_dev: int) -> str:
     lines = [
-        f"Dev set of {data_dir.name} (n={n_dev}), frozen encoders {base.text_encoder} + {base.image_encoder}"
+        f"Dev set of {data_dir.name} (n={n_dev}), never used for training or early stopping; frozen encoders "
+        f"{base.text_encoder} + {base.image_encoder}"
         + (f", text side first fine-tuned on {Path(base.pretrain_text).name} (top {base.pretrain_layers} layers, "
-           f"{base.pretrain_max} examples)" if base.pretrain_text else "")
-        + f"; mean ± sd over seeds {seeds} (fewer where `seeds run` says so).",
+           f"up to {base.pretrain_max} examples)" if base.pretrain_text else "")
+        + f". A model = `members` heads, each trained on {base.folds - 1} of {base.folds} stratified folds of the "
+        "training set and early-stopped on the remaining one, probabilities averaged. Mean ± sd over seeds.",
         "",
-        "| head | seeds run | accuracy | weighted F1 | macro F1 | train s | head ms/post | best epoch |",
-        "|---|---|---|---|---|---|---|---|",
+        "| head | members | seeds | accuracy | weighted F1 | macro F1 | one member's accuracy | train s | head ms/post | best epochs |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for head, runs in raw.items():
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["head"], r["members"]), []).append(r)
+    for (head, members), rs in groups.items():
         lines.append(
-            f"| {head} | {len(runs)} | {_mean_sd([r['accuracy'] for r in runs])} | "
-            f"{_mean_sd([r['weighted_f1'] for r in runs])} | {_mean_sd([r['macro_f1'] for r in runs])} | "
-            f"{np.mean([r['train_seconds'] for r in runs]):.1f} | {np.mean([r['head_ms_per_post'] for r in runs]):.3f} | "
-            f"{', '.join(str(r['best_epoch']) for r in runs)} |"
+            f"| {head} | {members} | {', '.join(str(r['seed']) for r in rs)} | {_mean_sd([r['accuracy'] for r in rs])} | "
+            f"{_mean_sd([r['weighted_f1'] for r in rs])} | {_mean_sd([r['macro_f1'] for r in rs])} | "
+            f"{_mean_sd([r['member_accuracy'] for r in rs])} | {np.mean([r['train_seconds'] for r in rs]):.0f} | "
+            f"{np.mean([r['head_ms_per_post'] for r in rs]):.3f} | {' / '.join(','.join(map(str, r['best_epochs'])) for r in rs)} |"
         )
-    acc = {h: float(np.mean([r["accuracy"] for r in runs])) for h, runs in raw.items()}
-    singles = {h: a for h, a in acc.items() if h in ("text", "image")}
-    fused = {h: a for h, a in acc.items() if h not in ("text", "image")}
-    if singles and fused:
-        bs, bf = max(singles, key=singles.get), max(fused, key=fused.get)
-        lines += ["", f"**Modal synergy:** best fusion head `{bf}` {100 * fused[bf]:.2f}% vs best single modality "
-                  f"`{bs}` {100 * singles[bs]:.2f}% accuracy: {100 * (fused[bf] - singles[bs]):+.2f} points."]
+    for members in sorted({m for _, m in groups}):
+        acc = {h: float(np.mean([r["accuracy"] for r in rs])) for (h, m), rs in groups.items() if m == members}
+        singles = {h: a for h, a in acc.items() if h in ("text", "image")}
+        fused = {h: a for h, a in acc.items() if h not in ("text", "image")}
+        if singles and fused:
+            bs, bf = max(singles, key=singles.get), max(fused, key=fused.get)
+            lines += ["", f"**Modal synergy ({members} member{'s' if members > 1 else ''}):** best fusion head `{bf}` "
+                      f"{100 * fused[bf]:.2f}% vs best single modality `{bs}` {100 * singles[bs]:.2f}% accuracy: "
+                      f"{100 * (fused[bf] - singles[bs]):+.2f} points."]
     return "\n".join(lines) + "\n"

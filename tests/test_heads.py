@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmsa.heads import HEAD_NAMES, Bundle, Feats, _heads_for, build_head
+from mmsa.heads import HEAD_NAMES, Bundle, Ensemble, Feats, _heads_for, build_head
 
 
 def _feats(b: int = 5, dt: int = 8, di: int = 6, seed: int = 0) -> Feats:
@@ -61,3 +61,17 @@ def test_head_count_adapts_to_width():
 def test_unknown_head_is_rejected():
     with pytest.raises(ValueError, match="unknown head"):
         build_head("nope", 8, 6)
+
+
+def test_ensemble_averages_member_probabilities():
+    """The log of the mean probability: a softmax downstream gives the members' average; one
+    member gives exactly its own probabilities; rows without an image still fall back to text."""
+    torch.manual_seed(0)
+    members = [Bundle("native_combine", 8, 6, hidden=16).eval() for _ in range(3)]
+    f, has = _feats(), torch.tensor([True, False, True, True, False])
+    out = Ensemble(members)(f, has)
+    for k in ("fused", "text", "image"):
+        want = torch.stack([m(f, has)[k].softmax(-1) for m in members]).mean(0)
+        torch.testing.assert_close(out[k].softmax(-1), want)
+    torch.testing.assert_close(Ensemble(members[:1])(f, has)["fused"].softmax(-1), members[0](f, has)["fused"].softmax(-1))
+    assert torch.equal(out["fused"][~has], out["text"][~has])

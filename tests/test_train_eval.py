@@ -17,7 +17,7 @@ from mmsa.heads import HEAD_NAMES
 from mmsa.infer import Engine, get_engine
 from mmsa.model import load_model
 from mmsa.synthetic import tiny_text_encoder, tiny_vit, write_dataset
-from mmsa.train import TrainConfig, compare, run
+from mmsa.train import TrainConfig, compare, fold_ids, run
 
 torch.set_num_threads(1)  # tiny models: extra threads only add waiting on a shared 2-core machine
 
@@ -35,14 +35,14 @@ def env(tmp_path_factory):
 
 def _cfg(env, **kw) -> TrainConfig:
     base = dict(text_encoder=env["text"], image_encoder=env["image"], epochs=4, patience=2, hidden=32,
-                head_kwargs={"width": 24})
+                head_kwargs={"width": 24}, folds=3, members=1)
     return TrainConfig(**{**base, **kw})
 
 
 @pytest.mark.parametrize("head", HEAD_NAMES)
 def test_every_head_trains_saves_and_evaluates(env, head, tmp_path):
     summary = run(_cfg(env, head=head), env["data"], tmp_path / "m", cache_dir=env["cache"], progress=False)
-    assert 1 <= summary["best_epoch"] <= 4 and summary["dev"]["n"] == 60
+    assert len(summary["best_epochs"]) == 1 and 1 <= summary["best_epochs"][0] <= 4 and summary["dev"]["n"] == 60
     m = evaluate_file(env["data"] / "dev.jsonl", str(tmp_path / "m"))
     assert m["n"] == 60 and m["n_with_image"] == 48
     assert np.array(m["confusion"]).sum() == 60
@@ -53,6 +53,44 @@ def test_fusion_learns_the_synthetic_signal(env, tmp_path):
                   cache_dir=env["cache"], progress=False)
     majority = np.bincount(load_jsonl(env["data"] / "dev.jsonl").labels).max() / 60
     assert summary["dev"]["accuracy"] > majority + 0.1
+
+
+def test_folds_are_stratified_and_seeded():
+    labels = np.array([0] * 50 + [1] * 10 + [2] * 30)
+    folds = fold_ids(labels, 5, seed=0)
+    for k in range(5):
+        assert np.bincount(labels[folds == k], minlength=3).tolist() == [10, 2, 6]
+    assert not np.array_equal(folds, fold_ids(labels, 5, seed=1)) and np.array_equal(folds, fold_ids(labels, 5, seed=0))
+
+
+def test_fold_ensemble_never_looks_at_dev(env, tmp_path):
+    """Members early-stop on their own held-out fold: scrambling the dev labels changes the reported
+    dev metrics but not one weight of the model. The saved ensemble reloads to the same dev numbers."""
+    summary = run(_cfg(env, head="native_combine", members=3), env["data"], tmp_path / "a", cache_dir=env["cache"],
+                  progress=False)
+    scrambled = tmp_path / "scrambled"
+    scrambled.mkdir()
+    (scrambled / "images").symlink_to(env["data"] / "images")
+    (scrambled / "train.jsonl").write_text((env["data"] / "train.jsonl").read_text())
+    rows = [json.loads(line) for line in (env["data"] / "dev.jsonl").read_text().splitlines()]
+    shifted = {"positive": "neutral", "neutral": "negative", "negative": "positive"}
+    (scrambled / "dev.jsonl").write_text("".join(json.dumps({**r, "label": shifted[r["label"]]}) + "\n" for r in rows))
+    other = run(_cfg(env, head="native_combine", members=3), scrambled, tmp_path / "b", cache_dir=env["cache"], progress=False)
+    a, b = load_file(tmp_path / "a" / "heads.safetensors"), load_file(tmp_path / "b" / "heads.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert {k.split(".")[1] for k in a} == {"0", "1", "2"}  # members.<k>.*
+    assert other["dev"]["accuracy"] != summary["dev"]["accuracy"]
+    assert len(summary["dev_member_accuracy"]) == 3
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["members"] == 3
+    m = evaluate_file(env["data"] / "dev.jsonl", str(tmp_path / "a"))
+    assert abs(m["accuracy"] - summary["dev"]["accuracy"]) <= 1 / 60  # fp16 storage may flip one post
+
+
+def test_member_settings_are_validated(env, tmp_path):
+    with pytest.raises(ValueError, match="members <= folds"):
+        run(_cfg(env, members=4), env["data"], None, cache_dir=env["cache"], progress=False)
+    with pytest.raises(ValueError, match="members=1"):
+        run(_cfg(env, members=2, finetune_layers=1), env["data"], None, cache_dir=env["cache"], progress=False)
 
 
 def test_same_seed_same_model(env, tmp_path):
@@ -100,15 +138,22 @@ def test_text_pretraining_reports_held_out_metrics(env, tmp_path):
     assert config["text_layers"] == "text_layers.safetensors"
 
 
-def test_compare_writes_table_with_synergy_row(env, tmp_path):
+def test_compare_writes_table_with_synergy_row_and_resumes(env, tmp_path):
     out = tmp_path / "compare.md"
     table = compare(env["data"], ["text", "image", "native_combine"], [0, 1], out, env["cache"],
-                    base=_cfg(env, epochs=2), progress=False)
+                    base=_cfg(env, epochs=2, members=2), progress=False)
     assert out.read_text() == table
     rows = [line for line in table.splitlines() if line.startswith("| ") and "±" in line]
-    assert [r.split(" | ")[0] for r in rows] == ["| text", "| image", "| native_combine"]
-    assert all(r.count("±") == 3 and r.split(" | ")[1] == "2" for r in rows) and "Modal synergy" in table
-    assert len(json.loads(out.with_suffix(".json").read_text())["runs"]["image"]) == 2
+    assert [r.split(" | ")[:3] for r in rows] == [["| text", "2", "0, 1"], ["| image", "2", "0, 1"], ["| native_combine", "2", "0, 1"]]
+    assert all(r.count("±") == 4 for r in rows) and "Modal synergy (2 members)" in table
+    saved = json.loads(out.with_suffix(".json").read_text())["runs"]
+    # Same settings again: nothing is retrained; one member per model adds rows beside the others.
+    assert compare(env["data"], ["text", "image", "native_combine"], [0, 1], out, env["cache"],
+                   base=_cfg(env, epochs=2, members=2), progress=False) == table
+    table = compare(env["data"], ["native_combine"], [0], out, env["cache"], base=_cfg(env, epochs=2), progress=False)
+    runs = json.loads(out.with_suffix(".json").read_text())["runs"]
+    assert runs[: len(saved)] == saved and [(r["head"], r["members"]) for r in runs[len(saved):]] == [("native_combine", 1)]
+    assert "| native_combine | 1 | 0 |" in table
 
 
 def test_metrics_match_hand_computed_values():
@@ -128,7 +173,7 @@ def test_cli_evaluate_json(env, tmp_path, capsys):
 
 def test_shipped_default_model_honours_the_contract():
     model = load_model("default")
-    assert re.fullmatch(r"mmsa-default-1\+[0-9a-f]{8}", model.version) and model.image_size == 224
+    assert re.fullmatch(r"mmsa-default-\d+\+[0-9a-f]{8}", model.version) and model.image_size == 224
     img = np.full((224, 224, 3), 200, np.uint8)
     pred = get_engine(model).predict(["I love this, best day ever!", "worst service, never again"], [img, None])
     assert pred.probs.shape == pred.text_probs.shape == pred.image_probs.shape == (2, 3)
@@ -144,4 +189,4 @@ def test_shipped_default_model_dev_accuracy():
     if not dev.exists():
         pytest.skip(f"no MVSA-Single dev set at {dev}")
     m = evaluate_file(dev, "default")
-    assert m["n"] == 450 and m["accuracy"] > 0.70 and m["weighted_f1"] > 0.69
+    assert m["n"] == 450 and m["accuracy"] > 0.73 and m["weighted_f1"] > 0.72
