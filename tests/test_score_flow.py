@@ -143,3 +143,13 @@ def test_analyst_holding_the_snapshot_open_does_not_block_scoring(prefect_harnes
         (run_id,), = fresh.sql("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1").fetchall()
     charts = sorted((out / "_reports" / run_id).glob("*.png"))
     assert [c.name for c in charts] == ["spikes.png", "trend.png"] and all(c.stat().st_size > 5000 for c in charts)
+
+
+def test_unknown_model_fails_with_its_name_and_writes_nothing(prefect_harness, tmp_path, capsys):
+    """The model is preloaded in a thread while Prefect starts; a bad name must still fail loudly."""
+    dump = tmp_path / "p.jsonl"
+    dump.write_text(json.dumps({"post_id": "x1", "created_at": "2026-11-20", "text": "hi"}) + "\n")
+    assert cli.main(["score", str(dump), "--db", str(tmp_path / "m.duckdb"), "--out", str(tmp_path / "out"),
+                     "--model", "no-such-model"]) == 2
+    assert "mmsa score: error: no model folder 'no-such-model'" in capsys.readouterr().err
+    assert not [p for p in (tmp_path / "out").rglob("*.parquet") if "_work" not in p.parts]  # no result partitions
