@@ -47,7 +47,8 @@ def train_flow(
     cache: str | None = None,
     eval_data: str | None = None,
 ) -> dict[str, dict]:
-    """Train on DATA/train.jsonl (early stop on DATA/dev.jsonl) into `out`; optionally evaluate on `eval_data`."""
+    """Train on DATA/train.jsonl (early stopping on folds of it), report on DATA/dev.jsonl, save into `out`;
+    optionally evaluate on `eval_data`."""
     config = dict(head=head, text_encoder=text_encoder, image_encoder=image_encoder, epochs=epochs,
                   batch_size=batch_size, finetune_layers=finetune_layers, seed=seed)
     rows = train_task(config, data, out, cache)
