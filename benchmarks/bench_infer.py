@@ -17,6 +17,11 @@ Run on demand (not part of the test suite):
     a temp dir); next to `mmsa fetch` alone and the model alone on the same posts, and the
     start-up cost of an almost empty run.
 (c) Peak RSS (/usr/bin/time -v) of `mmsa score` on text-only dumps of the given sizes.
+
+With --device cuda, (a) times the torch backend on the GPU under the engine's autocast at batch
+1..512 (plus fp32 at 128) against the GPU's measured bf16 matmul rate, with NVML utilisation,
+labels against the fp32 CPU engine and a real out-of-memory back-off; (b) runs the model alone on
+the GPU and `mmsa score` with the torch backend (the device is picked automatically).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -45,8 +51,9 @@ from mmsa.data import load_image, load_jsonl, resolve_data_dir  # noqa: E402
 from mmsa.infer import BACKENDS, Engine, _ImageCore, _TextCore, cpu_threads  # noqa: E402
 from mmsa.model import load_model  # noqa: E402
 
-PY = str(REPO / ".venv" / "bin" / "python")
+PY = sys.executable
 BATCHES = (1, 8, 32, 128)
+CUDA_BATCHES = (1, 8, 32, 128, 512)
 
 
 def load_avg() -> str:
@@ -60,6 +67,43 @@ def median_time(fn, runs: int) -> tuple[float, list[float]]:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times), times
+
+
+class GpuSampler:
+    """GPU utilisation over a window, polled from NVML every 50 ms (all processes on the GPU, so a
+    `mmsa score` subprocess counts): mean of NVML's "share of the last sample period in which a kernel
+    ran", and the peak of the memory in use. A no-op without a GPU or NVML."""
+
+    def __init__(self):
+        self.samples, self.mem, self._stop = [], [], threading.Event()
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml, self._handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(0)
+        except Exception:  # no NVML here: CPU-only machine
+            self._nvml = None
+
+    def _poll(self):
+        while not self._stop.wait(0.05):
+            self.samples.append(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
+            self.mem.append(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used / 2**20)
+
+    def __enter__(self):
+        if self._nvml:
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._nvml:
+            self._stop.set()
+            self._thread.join()
+
+    def summary(self) -> str:
+        if not self.samples:
+            return "n/a"
+        return f"{statistics.mean(self.samples):.0f}% (peak mem {max(self.mem):.0f} MiB)"
 
 
 def matmul_gflops(n: int = 2048, runs: int = 10) -> float:
@@ -102,14 +146,20 @@ def count_flops(model, texts: list[str], images: list[np.ndarray]) -> dict[str, 
     return out
 
 
-def part_times(engine: Engine, texts, images, runs: int) -> dict[str, float]:
-    """Seconds per post of batching (tokenize, pad, stack), text encoder, image encoder at batch 32."""
-    batches = list(engine.batches(texts, images, 32))
-    out = {"batching": median_time(lambda: list(engine.batches(texts, images, 32)), runs)[0]}
-    with torch.inference_mode():
-        out["text"] = median_time(lambda: [engine._text(b.input_ids, b.attention_mask) for b in batches], runs)[0]
+def part_times(engine: Engine, texts, images, runs: int, batch_size: int = 32) -> dict[str, float]:
+    """Seconds per post of batching (tokenize, pad, stack, copy to the device), text encoder, image
+    encoder, under the engine's autocast, waiting for the device after each part."""
+    sync = torch.cuda.synchronize if engine.device.type == "cuda" else (lambda: None)
+
+    def timed(fn):
+        return median_time(lambda: (fn(), sync()), runs)[0]
+
+    batches = list(engine.batches(texts, images, batch_size))
+    out = {"batching": timed(lambda: list(engine.batches(texts, images, batch_size)))}
+    with torch.inference_mode(), torch.autocast(engine.device.type, dtype=engine.autocast, enabled=engine.autocast is not None):
+        out["text"] = timed(lambda: [engine._text(b.input_ids, b.attention_mask) for b in batches])
         pix = [(b.pixels.permute(0, 3, 1, 2).float() - engine.mean) / engine.std for b in batches]
-        out["image"] = median_time(lambda: [engine._image(p) for p in pix], runs)[0]
+        out["image"] = timed(lambda: [engine._image(p) for p in pix])
     return {k: v / len(texts) for k, v in out.items()}
 
 
@@ -200,6 +250,87 @@ def part_a(args, lines: list[str]) -> None:
     print(lines[-2], flush=True)
 
 
+def cuda_matmul_tflops(n: int = 8192, runs: int = 10) -> float:
+    a, b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16), torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    med, _ = median_time(lambda: (a @ b, torch.cuda.synchronize()), runs)
+    return 2 * n**3 / med / 1e12
+
+
+def part_a_cuda(args, lines: list[str]) -> None:
+    """(a) on the GPU: the torch backend under the engine's autocast at batch 1..512 and under fp16 and
+    no autocast (fp32) at 128/512, GPU utilisation, labels of each against the fp32 CPU engine, and a
+    real out-of-memory back-off."""
+    model = load_model("default")
+    ds = load_jsonl(resolve_data_dir() / "mvsa_single" / "dev.jsonl")
+    all_texts, all_images = dev_posts(model)
+    reps = -(-args.posts // len(all_texts))
+    texts, images = (all_texts * reps)[: args.posts], (all_images * reps)[: args.posts]
+    flops = count_flops(model, all_texts[:32], all_images[:32])
+    tflops = cuda_matmul_tflops()
+    engine = Engine(model, device="cuda", backend="torch")
+    lines += [f"## (a) Model only, GPU ({torch.cuda.get_device_name()})", "",
+              f"Posts: the {len(all_texts)} MVSA-Single dev posts repeated to {args.posts} (images decoded and resized "
+              f"beforehand, so this is the engine alone: tokenising, batching, copies to the GPU, both encoders, the head "
+              f"and the copy back); backend torch, autocast {engine.autocast}; median of {args.runs} runs after a warm-up. "
+              f"GPU utilisation: mean of NVML samples every 50 ms during the timed runs.", "",
+              f"FLOPs per post: **{flops['total'] / 1e9:.3f} GFLOP** (as on the CPU). bf16 matmul 8192^3 on this GPU "
+              f"(median of 10): **{tflops:.0f} TFLOP/s** -> roofline {tflops * 1e12 / flops['total']:,.0f} posts/s.", "",
+              "| precision | batch | posts/s (median) | runs posts/s | % of bf16 roofline | GPU utilisation |",
+              "| --- | ---: | ---: | --- | ---: | --- |"]
+    print("\n".join(lines), flush=True)
+    engine.predict(texts[:512], images[:512], batch_size=128)
+    others = {}  # the same engine under another autocast dtype, or none (fp32): what each precision buys
+    for name, dtype in (("float16", torch.float16), ("fp32", None)):
+        others[name] = Engine(model, device="cuda", backend="torch")
+        others[name].autocast = dtype
+        others[name].predict(texts[:256], images[:256])
+    default_name = str(engine.autocast).replace("torch.", "")
+    runs = [(default_name, engine, CUDA_BATCHES)] + [(name, eng, (128, 512)) for name, eng in others.items()]
+    for name, eng, batches in runs:
+        for bs in batches:
+            with GpuSampler() as gpu:
+                med, times = median_time(lambda: eng.predict(texts, images, batch_size=bs), args.runs)
+            rate = len(texts) / med
+            lines.append(f"| {name} | {bs} | **{rate:,.0f}** | {', '.join(f'{len(texts) / t:,.0f}' for t in times)} "
+                         f"| {100 * rate * flops['total'] / (tflops * 1e12):.2f}% | {gpu.summary()} |")
+            print(lines[-1], flush=True)
+    lines += ["", "Time per post by part (median; each part waits for the GPU before the clock stops):", "",
+              "| batch | batching + copy ms | text ms | image ms |", "| ---: | ---: | ---: | ---: |"]
+    for bs in (32, 128, 512):
+        p = part_times(engine, texts, images, args.runs, batch_size=bs)
+        lines.append(f"| {bs} | {1e3 * p['batching']:.3f} | {1e3 * p['text']:.3f} | {1e3 * p['image']:.3f} |")
+    print("\n".join(lines[-5:]), flush=True)
+    ref = Engine(model, device="cpu", backend="torch").predict(all_texts, all_images)
+    lines += ["", f"Labels on the whole dev set ({len(ds)} rows) against the fp32 CPU engine (torch backend):", "",
+              "| engine | batch | accuracy | label agreement | max abs prob diff |", "| --- | ---: | ---: | ---: | ---: |",
+              f"| cpu fp32 (reference) | 32 | {100 * (ref.probs.argmax(1) == ds.labels).mean():.2f}% | 100.0% | 0 |"]
+    for name, eng in ((default_name, engine), *others.items()):
+        pred = eng.predict(all_texts, all_images)
+        lines.append(f"| cuda {name} | {eng.batch_size} | {100 * (pred.probs.argmax(1) == ds.labels).mean():.2f}% "
+                     f"| {100 * (pred.probs.argmax(1) == ref.probs.argmax(1)).mean():.1f}% | {np.abs(pred.probs - ref.probs).max():.2e} |")
+    print("\n".join(lines[-4:]), flush=True)
+    # A real CUDA out-of-memory: cap this process's share of GPU memory just above what is in use, then
+    # ask for one batch of everything; the engine must halve until it fits and lose no post.
+    want = engine.predict(texts, images, batch_size=128)
+    oom = Engine(model, device="cuda", backend="torch", batch_size=len(texts))
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_allocated() + 1.2 * 2**30) / total)
+    t0 = time.perf_counter()
+    got = oom.predict(texts, images)
+    oom_s = time.perf_counter() - t0
+    torch.cuda.set_per_process_memory_fraction(1.0)
+    lines += ["", f"Out-of-memory back-off on the GPU: with this process capped at its allocated memory + 1.2 GiB, one "
+              f"batch of {len(texts)} posts ran out of memory and the engine settled at batch **{oom.batch_size}** "
+              f"({oom_s:.1f} s for the {len(texts)} posts, back-off included); "
+              f"labels equal to the batch-128 run on {100 * (got.probs.argmax(1) == want.probs.argmax(1)).mean():.1f}% of "
+              f"the {len(texts)} posts (max abs prob diff {np.abs(got.probs - want.probs).max():.1e}).", ""]
+    print("\n".join(lines[-2:]), flush=True)
+
+
 def make_dump(folder: Path, base_url: str, n: int, with_images: bool, texts: list[str], seed: int = 11) -> Path:
     """n posts over 4 days; texts cycled from the dev set (realistic lengths); JPEGs 224-480 px."""
     rng = random.Random(seed)
@@ -227,9 +358,13 @@ def make_dump(folder: Path, base_url: str, n: int, with_images: bool, texts: lis
     return dump
 
 
-def score_cmd(url: str, out: Path) -> list[str]:
-    return [PY, "-m", "mmsa.cli", "score", url, "--db", str(out / "db.duckdb"), "--out", str(out / "parquet"),
-                   "--allow-hosts", "127.0.0.1", "--quiet", "--force"]
+def score_cmd(url: str, out: Path, switch_interval: float | None = None) -> list[str]:
+    """`mmsa score` as a subprocess; with switch_interval, under that sys.setswitchinterval."""
+    args = ["score", url, "--db", str(out / "db.duckdb"), "--out", str(out / "parquet"), "--allow-hosts", "127.0.0.1",
+            "--quiet", "--force"]
+    if switch_interval is None:
+        return [PY, "-m", "mmsa.cli", *args]
+    return [PY, "-c", f"import sys; sys.setswitchinterval({switch_interval}); from mmsa.cli import main; sys.exit(main())", *args]
 
 
 def run_timed(cmd: list[str], env: dict) -> tuple[float, int]:
@@ -270,15 +405,16 @@ def part_bc(args, lines: list[str]) -> None:
                       f"Dump: {n} posts, each with a JPEG of 224-480 px a side (mean {np.mean([p.stat().st_size for p in (site / 'images').glob('*.jpg')]) / 1024:.0f} KiB) "
                       "served from 127.0.0.1 by a threaded server in the benchmark process; texts cycled from the dev set. "
                       "Every run starts from a fresh output folder and image cache (so it downloads every image).", "",
-                      "| what | command | wall s per run | median posts/s | peak RSS MiB (max) | load avg (1/5/15) |",
-                      "| --- | --- | --- | ---: | ---: | --- |"]
+                      "| what | command | wall s per run | median posts/s | peak RSS MiB (max) | load avg (1/5/15) | GPU utilisation |",
+                      "| --- | --- | --- | ---: | ---: | --- | --- |"]
             results = {}
 
-            def record(name, cmd_text, walls, rss=None):
+            def record(name, cmd_text, walls, rss=None, gpu=None):
                 rate = n / statistics.median(walls)
                 results[name] = rate
                 mib = f"{max(rss) / 1024:.0f}" if rss else "(in process)"
-                lines.append(f"| {name} | `{cmd_text}` | {', '.join(f'{w:.1f}' for w in walls)} | **{rate:.1f}** | {mib} | {load_avg()} |")
+                lines.append(f"| {name} | `{cmd_text}` | {', '.join(f'{w:.1f}' for w in walls)} | **{rate:.1f}** | {mib} "
+                             f"| {load_avg()} | {gpu.summary() if gpu else 'n/a'} |")
                 print(lines[-1], flush=True)
 
             walls, rss = [], []
@@ -296,22 +432,27 @@ def part_bc(args, lines: list[str]) -> None:
                 imgs.append(load_image(site / "images" / f"img{i:06d}.jpg", model.image_size))
             texts = [dev_texts[i % len(dev_texts)] for i in range(n)]
             for backend in args.e2e_variants:
-                engine = Engine(model, backend=backend, cache_dir=args.workdir / "cache")
-                walls = median_time(lambda: [engine.predict(texts[s : s + 256], imgs[s : s + 256]) for s in range(0, n, 256)],
-                                    args.e2e_runs)[1]
-                record(f"model alone ({backend})", "predict per 256-post shard, in process", walls)
+                engine = Engine(model, backend=backend, device=args.device, cache_dir=args.workdir / "cache")
+                engine.predict(texts[:256], imgs[:256])  # warm-up (CUDA context, kernels)
+                with GpuSampler() as gpu:
+                    walls = median_time(lambda: [engine.predict(texts[s : s + 256], imgs[s : s + 256]) for s in range(0, n, 256)],
+                                        args.e2e_runs)[1]
+                record(f"model alone ({backend})", f"predict per 256-post shard, in process, batch {engine.batch_size}", walls, gpu=gpu)
             stages = {}
-            for variant in args.e2e_variants:
+            variants = [(b, None) for b in args.e2e_variants] + [(args.e2e_variants[-1], si) for si in args.e2e_switch]
+            for backend, switch in variants:
+                variant = backend if switch is None else f"{backend}, switch interval {switch * 1e3:g} ms"
                 walls, rss = [], []
-                for r in range(args.e2e_runs):
-                    out = args.workdir / f"e2e-{variant}-{r}"
-                    shutil.rmtree(out, ignore_errors=True)
-                    wall, peak = run_timed(score_cmd(url, out), dict(env, MMSA_BACKEND=variant))
-                    walls.append(wall)
-                    rss.append(peak)
-                    stages[variant] = last_run_stages(out / "db.duckdb")
+                with GpuSampler() as gpu:
+                    for r in range(args.e2e_runs):
+                        out = args.workdir / f"e2e-{backend}-{switch}-{r}"
+                        shutil.rmtree(out, ignore_errors=True)
+                        wall, peak = run_timed(score_cmd(url, out, switch), dict(env, MMSA_BACKEND=backend))
+                        walls.append(wall)
+                        rss.append(peak)
+                        stages[variant] = last_run_stages(out / "db.duckdb")
                 record(f"mmsa score ({variant})", "mmsa score DUMP_URL --db FRESH --out FRESH --allow-hosts 127.0.0.1 --force",
-                       walls, rss)
+                       walls, rss, gpu)
             startup_walls = []
             for r in range(2):
                 out = args.workdir / f"e2e-tiny-{r}"
@@ -322,8 +463,9 @@ def part_bc(args, lines: list[str]) -> None:
                       f"{startup:.1f} s.", "",
                       "| variant | e2e posts/s | slowest stage alone | ratio | ratio without the fixed cost | stage seconds reported by the run |",
                       "| --- | ---: | --- | ---: | ---: | --- |"]
-            for variant in args.e2e_variants:
-                slow_name = min(("fetch alone", f"model alone ({variant})"), key=lambda k: results[k])
+            for backend, switch in variants:
+                variant = backend if switch is None else f"{backend}, switch interval {switch * 1e3:g} ms"
+                slow_name = min(("fetch alone", f"model alone ({backend})"), key=lambda k: results[k])
                 slow = results[slow_name]
                 e2e = results[f"mmsa score ({variant})"]
                 net = n / max(n / e2e - startup, 1e-9)
@@ -353,9 +495,13 @@ def main() -> None:
     ap.add_argument("--e2e-posts", type=int, default=5000)
     ap.add_argument("--e2e-runs", type=int, default=3)
     ap.add_argument("--e2e-variants", nargs="+", default=["onnx"], choices=BACKENDS, help="engine backends ($MMSA_BACKEND)")
+    ap.add_argument("--e2e-switch", nargs="*", type=float, default=[],
+                    help="(b) also run `mmsa score` (last backend) under these sys.setswitchinterval values, seconds")
     ap.add_argument("--rss-posts", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--rss-variants", nargs="+", default=["onnx"], choices=BACKENDS)
     ap.add_argument("--parts", default="abc", help="which of a, b, c to run")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="(a), (b): the engine's device; on cuda (a) times the torch backend under autocast")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mmsa-bench-infer")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "infer.md")
     ap.add_argument("--compile-child", action="store_true", help=argparse.SUPPRESS)
@@ -366,13 +512,14 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
     lines = ["# Inference benchmark", "",
-             f"Machine: {cpu}, {os.cpu_count()} CPUs ({cpu_threads()} usable by this process), no GPU; Python "
+             f"Machine: {cpu}, {os.cpu_count()} CPUs ({cpu_threads()} usable by this process), {gpu}; Python "
              f"{platform.python_version()}, torch {torch.__version__}. Generated by `benchmarks/bench_infer.py "
              f"{' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average "
              f"(1/5/15 min) at start: {load_avg()}.", ""]
     if "a" in args.parts:
-        part_a(args, lines)
+        (part_a_cuda if args.device == "cuda" else part_a)(args, lines)
     if "b" in args.parts or "c" in args.parts:
         part_bc(args, lines)
     lines.append(f"Load average at the end: {load_avg()}.")

@@ -5,8 +5,10 @@ backfills, benchmarks): texts are tokenized once and bucketed by token length so
 only to its own longest text; the image encoder runs only on the rows that have an image; batches are prepared
 one ahead in a thread on CUDA (tokenize, stack, pin, non-blocking copy) while the current one runs.
 
-Device: CUDA when present, else CPU, overridable. On CUDA the encoders run under bf16 (fp16 where
-bf16 is unsupported) autocast, and an out-of-memory error splits the batch in halves and retries,
+Device: CUDA when present, else CPU, overridable. On CUDA the encoders run under fp16 autocast
+(on an H100: the fp32 labels on 450/450 dev posts and 1.3x fp32's speed at batch 512, where bf16
+changed 3 labels and cost 0.7 points of accuracy; benchmarks/results/infer.md), a batch that
+overflows fp16 is rerun in fp32, and an out-of-memory error halves the batch size and retries,
 so no post is lost. On CPU the thread count is set to the cores this process may use.
 
 Backends (the text and image encoders; the small fusion head always runs in torch fp32):
@@ -59,6 +61,12 @@ def default_backend(device: torch.device) -> str:
     return os.environ.get("MMSA_BACKEND") or ("onnx" if device.type == "cpu" else "torch")
 
 
+def default_batch_size(device: torch.device) -> int:
+    """32 on CPU (the measured sweet spot: larger batches fall out of cache); 128 on a GPU, where
+    batch 32 leaves the device idle between kernel launches (benchmarks/results/infer.md)."""
+    return 32 if device.type == "cpu" else 128
+
+
 def cpu_threads() -> int:
     """Cores this process may run on (its affinity mask, which honours taskset/cgroup cpusets)."""
     return len(os.sched_getaffinity(0))
@@ -80,15 +88,12 @@ class Batch:
     has: torch.Tensor
     pixels: torch.Tensor | None
 
-    def halves(self) -> tuple["Batch", "Batch"]:
-        """Split in two (the OOM back-off); each half keeps its own image rows."""
-        mid = len(self.idx) // 2
-        cut = int(self.has[:mid].sum())
-        parts = []
-        for rows, img in ((slice(None, mid), slice(None, cut)), (slice(mid, None), slice(cut, None))):
-            pixels = None if self.pixels is None or not self.has[rows].any() else self.pixels[img]
-            parts.append(Batch(self.idx[rows], self.input_ids[rows], self.attention_mask[rows], self.has[rows], pixels))
-        return parts[0], parts[1]
+    def rows(self, start: int, stop: int) -> "Batch":
+        """Rows start..stop (the OOM back-off's smaller batches); image rows follow their posts."""
+        first, last = int(self.has[:start].sum()), int(self.has[:stop].sum())
+        pixels = None if self.pixels is None or first == last else self.pixels[first:last]
+        return Batch(self.idx[start:stop], self.input_ids[start:stop], self.attention_mask[start:stop],
+                     self.has[start:stop], pixels)
 
 
 def prefetch(items: Iterable, depth: int = 1) -> Iterator:
@@ -135,7 +140,7 @@ class Engine:
         self,
         model: SentimentModel,
         device: str | torch.device | None = None,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         backend: str | None = None,
         cache_dir: str | Path | None = None,
         bucket: bool = True,
@@ -147,7 +152,8 @@ class Engine:
             raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
         self.model = model
         self.backend = backend
-        self.batch_size = batch_size
+        self.batch_size = batch_size or default_batch_size(self.device)
+        self.fits: int | None = None  # after an out-of-memory: the largest batch known to fit
         self.bucket = bucket
         self.threads = threads or cpu_threads()
         self.version = model.version
@@ -164,9 +170,7 @@ class Engine:
             text, image, self.bundle = (copy.deepcopy(m).to(self.device).eval() for m in (text, image, self.bundle))
         self.mean, self.std = image.mean, image.std
         self.prefetch = self.device.type == "cuda"
-        self.autocast = None
-        if self.device.type == "cuda":
-            self.autocast = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.autocast = torch.float16 if self.device.type == "cuda" else None
         self._text, self._image = self._build(backend, text, image, Path(cache_dir) if cache_dir else default_cache_dir())
 
     # ---- backends -------------------------------------------------------------------------------
@@ -223,10 +227,12 @@ class Engine:
 
     # ---- forward --------------------------------------------------------------------------------
 
-    def forward(self, b: Batch) -> dict[str, np.ndarray]:
-        """Probabilities ("fused", "text", "image"; (B,3) float32 numpy) for one batch."""
+    def forward(self, b: Batch, autocast: bool = True) -> dict[str, np.ndarray]:
+        """Probabilities ("fused", "text", "image"; (B,3) float32 numpy) for one batch. A batch whose
+        half-precision run overflows (a non-finite probability) is run again in fp32."""
         n = len(b.idx)
-        with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+        autocast = autocast and self.autocast is not None
+        with torch.autocast(self.device.type, dtype=self.autocast, enabled=autocast):
             t_hidden, t_pooled = self._text(b.input_ids, b.attention_mask)
             i_pooled = torch.zeros(n, self.image_dim, device=self.device)
             i_hidden, i_mask = None, None
@@ -243,21 +249,34 @@ class Engine:
             mask = b.attention_mask.bool()
             f = Feats(t_pooled.float(), i_pooled, t_hidden.float(), mask, i_hidden, i_mask)
         out = self.bundle(f, b.has)  # fp32, outside autocast
-        return {k: v.softmax(-1).float().cpu().numpy() for k, v in out.items()}
+        probs = {k: v.softmax(-1).float().cpu().numpy() for k, v in out.items()}
+        if autocast and not all(np.isfinite(p).all() for p in probs.values()):
+            log.warning("non-finite probabilities under %s autocast; batch of %d run again in fp32", self.autocast, n)
+            return self.forward(b, autocast=False)
+        return probs
 
     def _run(self, b: Batch) -> Iterator[tuple[Batch, dict[str, np.ndarray]]]:
-        """forward(b), or on CUDA out-of-memory: halve, retry each half, and keep the smaller size."""
-        try:
-            yield b, self.forward(b)
-        except torch.cuda.OutOfMemoryError:
-            if len(b.idx) == 1:
-                raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            self.batch_size = max(1, min(self.batch_size, len(b.idx) // 2))
-            log.warning("out of memory at batch %d; retrying in halves (batch size now %d)", len(b.idx), self.batch_size)
-            for half in b.halves():
-                yield from self._run(half)
+        """forward(b), or on CUDA out-of-memory: halve the batch size (kept for later batches) and go
+        on through b's rows in pieces of that size, so no post is lost and none is tried twice at a
+        size that already failed."""
+        start, size = 0, min(len(b.idx), self.fits or len(b.idx))
+        while start < len(b.idx):
+            part = b if size == len(b.idx) else b.rows(start, start + size)
+            try:
+                out = self.forward(part)
+            except torch.cuda.OutOfMemoryError:
+                if size == 1:
+                    raise
+                out = None  # handled below, outside the handler: its traceback pins the failed attempt's tensors
+            if out is None:
+                size = size // 2
+                self.fits = self.batch_size = min(self.batch_size, size)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                log.warning("out of memory at batch %d; batch size now %d", len(part.idx), size)
+                continue
+            yield part, out
+            start += len(part.idx)
 
     def predict(
         self, texts: Sequence[str], images: Sequence[np.ndarray | None], batch_size: int | None = None
@@ -356,9 +375,9 @@ _ENGINES_LOCK = threading.Lock()
 
 
 def get_engine(model: str | Path | SentimentModel = "default", backend: str | None = None,
-               device: str | None = None, batch_size: int = 32) -> Engine:
-    """The process's engine for (model, backend, device), built once. backend: argument, else
-    `default_backend`."""
+               device: str | None = None, batch_size: int | None = None) -> Engine:
+    """The process's engine for (model, backend, device, batch size), built once. backend: argument,
+    else `default_backend`; batch_size: argument, else `default_batch_size`."""
     m = model if isinstance(model, SentimentModel) else load_model(model)
     backend = backend or default_backend(pick_device(device))
     key = (id(m), backend, str(pick_device(device)), batch_size)

@@ -3,6 +3,7 @@ one-post-at-a-time reference however posts are batched, no post lost on out-of-m
 CPU backends agreeing with the fp32 reference on the MVSA-Single dev set."""
 
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -89,21 +90,50 @@ def test_bucketing_cuts_padding(model, posts):
 
 
 def test_oom_backoff_scores_every_post(model, posts, reference, monkeypatch):
-    """A forward that runs out of memory above 3 posts: batches are halved until they fit, every
-    post is still scored with the same probabilities, and the engine keeps the smaller size."""
+    """A forward that runs out of memory above 3 posts: the batch size is halved until it fits, every
+    post is still scored with the same probabilities, and the engine keeps the smaller size. The
+    retries run outside the exception handler (an active exception's traceback would keep the failed
+    attempt's GPU tensors alive during the retry)."""
     engine = Engine(model, batch_size=16, backend="torch")
-    real, sizes = engine.forward, []
+    real, sizes, handling, failed = engine.forward, [], [], []
 
     def forward(b):
         if len(b.idx) > 3:
+            failed.append(len(b.idx))
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         sizes.append(len(b.idx))
+        handling.append(sys.exc_info()[0])
         return real(b)
 
     monkeypatch.setattr(engine, "forward", forward)
     got = engine.predict(*posts)
     assert sum(sizes) == len(posts[0]) and max(sizes) <= 3
+    assert handling == [None] * len(sizes)
+    assert failed == [16, 8, 4]  # each size fails once; later batches start at the size that fit
     assert engine.batch_size == 2
+    assert_same(got, reference)
+
+
+def test_half_precision_overflow_is_rerun_in_fp32(model, posts, reference):
+    """A batch whose autocast run gives non-finite outputs (an fp16 overflow, simulated here on the
+    CPU) is scored again without autocast: the answers are the fp32 ones, for every post."""
+    engine = Engine(model, batch_size=8, backend="torch")
+    engine.autocast = torch.bfloat16  # CPU autocast; the wrappers below keep the math itself in fp32
+    text, image, autocast_seen = engine._text, engine._image, []
+
+    def overflowing_text(ids, mask):
+        autocast_seen.append(torch.is_autocast_enabled("cpu"))
+        with torch.autocast("cpu", enabled=False):
+            hidden, pooled = text(ids, mask)
+        return hidden, pooled * float("inf") if autocast_seen[-1] else pooled
+
+    def fp32_image(pixels):
+        with torch.autocast("cpu", enabled=False):
+            return image(pixels)
+
+    engine._text, engine._image = overflowing_text, fp32_image
+    got = engine.predict(*posts)
+    assert autocast_seen == [True, False] * 3  # 24 posts in 3 batches, each rerun once
     assert_same(got, reference)
 
 
