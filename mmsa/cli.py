@@ -180,7 +180,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         folds=args.folds,
         members=args.members,
     )
-    summary = train.run(cfg, args.data or resolve_data_dir() / "mvsa_single", args.out, cache_dir=args.cache)
+    summary = train.run(cfg, args.data or resolve_data_dir() / "mvsa_single", args.out,
+                        cache_dir=args.cache or train.DEFAULT_CACHE)
     d = summary["dev"]
     print(
         f"dev accuracy={d['accuracy']:.4f} weighted_f1={d['weighted_f1']:.4f} macro_f1={d['macro_f1']:.4f} "
@@ -200,7 +201,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         folds=args.folds, members=args.members,
     )
     data = args.data or resolve_data_dir() / "mvsa_single"
-    table = train.compare(data, args.heads, args.seeds, args.out, cache_dir=args.cache, base=base)
+    table = train.compare(data, args.heads, args.seeds, args.out, cache_dir=args.cache or train.DEFAULT_CACHE, base=base)
     print(table)
     return 0
 
@@ -323,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folds", type=int, default=5, help="stratified folds of the training set (early stopping; never dev)")
     p.add_argument("--members", type=int, default=5, help="members, one per fold, probabilities averaged (1 = one model)")
-    p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "mmsa" / "features", help="feature cache folder")
+    p.add_argument("--cache", type=Path, help="feature cache folder (default: $MMSA_CACHE/features, else ~/.cache/mmsa/features)")
     p.add_argument("--out", required=True, help="model folder to write")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy shared machine)")
     p.set_defaults(func=_cmd_train)
@@ -334,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--folds", type=int, default=5, help="stratified folds of the training set (early stopping; never dev)")
     p.add_argument("--members", type=int, default=5, help="members, one per fold, probabilities averaged (1 = one model)")
-    p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "mmsa" / "features", help="feature cache folder")
+    p.add_argument("--cache", type=Path, help="feature cache folder (default: $MMSA_CACHE/features, else ~/.cache/mmsa/features)")
     p.add_argument("--out", default="results/compare.md", help="markdown table to write")
     p.add_argument("--pretrain-text", help="labelled text-only JSONL to fine-tune the text side on first (then frozen)")
     p.add_argument("--pretrain-layers", type=int, default=3, help="top text layers trained in pre-training")

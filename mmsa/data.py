@@ -26,6 +26,11 @@ def resolve_data_dir(data: str | os.PathLike | None = None) -> Path:
     return Path(data or os.environ.get("MMSA_DATA") or REPO_ROOT.parent / "shared" / "data")
 
 
+def default_cache_dir() -> Path:
+    """$MMSA_CACHE, else ~/.cache/mmsa: exported ONNX graphs (onnx/) and training features (features/)."""
+    return Path(os.environ.get("MMSA_CACHE") or Path.home() / ".cache" / "mmsa")
+
+
 @dataclass
 class LabelledSet:
     """Parallel lists; `images` holds absolute paths or None for text-only rows."""

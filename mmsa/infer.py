@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmsa.data import default_cache_dir
 from mmsa.heads import Feats
 from mmsa.model import Prediction, SentimentModel, load_model
 
@@ -70,11 +71,6 @@ def default_batch_size(device: torch.device) -> int:
 def cpu_threads() -> int:
     """Cores this process may run on (its affinity mask, which honours taskset/cgroup cpusets)."""
     return len(os.sched_getaffinity(0))
-
-
-def default_cache_dir() -> Path:
-    """$MMSA_CACHE, else ~/.cache/mmsa (exported ONNX graphs live in its onnx/ folder)."""
-    return Path(os.environ.get("MMSA_CACHE") or Path.home() / ".cache" / "mmsa")
 
 
 @dataclass

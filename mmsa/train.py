@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from mmsa.data import LabelledSet, load_image
+from mmsa.data import LabelledSet, default_cache_dir, load_image
 from mmsa.encoders import (
     DEFAULT_IMAGE_ENCODER,
     DEFAULT_TEXT_ENCODER,
@@ -41,7 +41,7 @@ from mmsa.evaluate import classification_metrics
 from mmsa.heads import Bundle, Ensemble, Feats
 from mmsa.schema import LABELS
 
-DEFAULT_CACHE = Path.home() / ".cache" / "mmsa" / "features"
+DEFAULT_CACHE = default_cache_dir() / "features"
 
 
 @dataclass

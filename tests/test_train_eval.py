@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -190,3 +193,11 @@ def test_shipped_default_model_dev_accuracy():
         pytest.skip(f"no MVSA-Single dev set at {dev}")
     m = evaluate_file(dev, "default")
     assert m["n"] == 450 and m["accuracy"] > 0.73 and m["weighted_f1"] > 0.72
+
+
+def test_feature_cache_follows_mmsa_cache(tmp_path):
+    """Training features go under $MMSA_CACHE/features, beside the engine's ONNX graphs ($MMSA_CACHE/onnx)."""
+    code = "from mmsa import train; print(train.DEFAULT_CACHE)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "MMSA_CACHE": str(tmp_path)}).stdout.strip()
+    assert out == str(tmp_path / "features")
