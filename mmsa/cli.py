@@ -94,9 +94,10 @@ def _add_runner_options(p: argparse.ArgumentParser) -> None:
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
     from mmsa import fetch
+    from mmsa.model import model_config
 
     config = fetch.FetchConfig(
-        image_size=args.image_size,
+        image_size=args.image_size or model_config(args.model)["image_size"],
         allow_hosts=tuple(args.allow_hosts),
         allow_local_files=args.allow_local_files,
         deadline=args.deadline,
@@ -270,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", required=True, help="image cache folder (shared with `score --cache`)")
     p.add_argument("--status", help="status table to write (default: CACHE/status/<dump name>.parquet)")
     p.add_argument("--retry-failed", action="store_true", help="fetch again the URLs whose last status was retryable")
-    p.add_argument("--image-size", type=int, default=224, help="side of the preprocessed square images")
+    p.add_argument("--image-size", type=int, help="side of the preprocessed square images (default: the model's)")
+    p.add_argument("--model", default="default", help="model whose image size to use (name or folder)")
     p.add_argument("--workers", type=int, default=16, help="concurrent downloads")
     p.add_argument("--per-host", type=int, default=8, help="concurrent downloads from one host")
     p.add_argument("--deadline", type=float, default=30.0, help="seconds allowed per image, retries included")

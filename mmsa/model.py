@@ -77,6 +77,11 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
     raise FileNotFoundError(f"no model folder {name_or_path!r} (looked in . and {MODELS_DIR})")
 
 
+def model_config(name_or_path: str | Path = "default") -> dict:
+    """A model folder's config.json, without loading any weights."""
+    return json.loads((resolve_model_dir(name_or_path) / "config.json").read_text())
+
+
 def load_model(name_or_path: str | Path = "default", device: str | None = None) -> SentimentModel:
     """Cached per (folder, device) for the process; "default" = the shipped mmsa/models/default."""
     folder = resolve_model_dir(name_or_path)

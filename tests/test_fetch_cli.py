@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 from imageserver import encode, image_server, send, textured_image  # noqa: F401  (fixture)
 from mmsa.cli import main
 from mmsa.fetch import STATUS_TABLE_SCHEMA, ImageCache
+from mmsa.model import model_config
 
 
 def write_dump(path, urls):
@@ -41,4 +42,5 @@ def test_fetch_command_writes_one_row_per_post_and_retries_only_retryable(image_
     assert again["status"].to_pylist() == ["ok", "http_404", "ok", "no_image", "unsupported_scheme"]
     assert image_server.hits[hits_before:] == ["/flaky"]
     key = again["image_key"][2].as_py()
-    assert ImageCache(cache_dir, 224).load(key).shape == (224, 224, 3)
+    size = model_config("default")["image_size"]  # by default, preprocessed for the default model
+    assert ImageCache(cache_dir, size).load(key).shape == (size, size, 3)
