@@ -39,7 +39,7 @@ def train_flow(
     out: str,
     head: str = "native_combine",
     text_encoder: str = "all-minilm-l6-v2",
-    image_encoder: str = "efficientnet-lite0",
+    image_encoder: str = "efficientnet-lite2",  # the default model's
     epochs: int = 20,
     batch_size: int = 16,
     finetune_layers: int = 0,

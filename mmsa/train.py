@@ -397,7 +397,7 @@ def save_model(out: str | Path, cfg: TrainConfig, prep: Prepared, ensemble: Ense
         save_file(state, out / "text_layers.safetensors")
         text_layers = "text_layers.safetensors"
     config = {
-        "name": out.name if out.name != "default" else "mmsa-default-2",
+        "name": out.name if out.name != "default" else "mmsa-default-3",
         "labels": list(LABELS),
         "text_encoder": cfg.text_encoder,
         "image_encoder": cfg.image_encoder,

@@ -25,14 +25,15 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def posts():
+def posts(model):
     """24 posts of very different lengths (1 to 60+ tokens, one empty); a quarter carry an image."""
     rng = random.Random(3)
     phrases = [p.format(b="Acme") for group in PHRASES.values() for p in group]
     texts = [" ".join(rng.choice(phrases) for _ in range(rng.choice([1, 1, 2, 4, 6]))) for _ in range(23)] + [""]
     texts[5] = "ok"
     pix = np.random.default_rng(0)
-    images = [pix.integers(0, 256, (224, 224, 3), dtype=np.uint8) if i % 4 == 1 else None for i in range(24)]
+    size = model.image_size
+    images = [pix.integers(0, 256, (size, size, 3), dtype=np.uint8) if i % 4 == 1 else None for i in range(24)]
     return texts, images
 
 
@@ -170,7 +171,7 @@ def test_device_threads_and_validation(model):
         Engine(model, device="cuda", backend="onnx")
     with pytest.raises(ValueError, match="2 texts but 1 images"):
         engine.predict(["a", "b"], [None])
-    with pytest.raises(ValueError, match="224x224x3"):
+    with pytest.raises(ValueError, match=f"{model.image_size}x{model.image_size}x3"):
         engine.predict(["a"], [np.zeros((10, 10, 3), np.uint8)])
     assert get_engine(model, backend="torch") is get_engine(model, backend="torch")
 
