@@ -94,7 +94,7 @@ def _add_runner_options(p: argparse.ArgumentParser) -> None:
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
     from mmsa import fetch
-    from mmsa.model import model_config
+    from mmsa.registry import model_config
 
     config = fetch.FetchConfig(
         image_size=args.image_size or model_config(args.model)["image_size"],

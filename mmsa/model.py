@@ -19,8 +19,7 @@ from safetensors.torch import load_file
 
 from mmsa.encoders import load_image_encoder, load_text_encoder
 from mmsa.heads import Bundle, Ensemble
-
-MODELS_DIR = Path(__file__).resolve().parent / "models"
+from mmsa.registry import resolve_model_dir
 
 
 @dataclass
@@ -65,21 +64,6 @@ class SentimentModel:
 
 _CACHE: dict[tuple[str, str], SentimentModel] = {}
 _LOCK = threading.Lock()
-
-
-def resolve_model_dir(name_or_path: str | Path) -> Path:
-    p = Path(name_or_path)
-    if (p / "config.json").exists():
-        return p.resolve()
-    named = MODELS_DIR / str(name_or_path)
-    if (named / "config.json").exists():
-        return named
-    raise FileNotFoundError(f"no model folder {name_or_path!r} (looked in . and {MODELS_DIR})")
-
-
-def model_config(name_or_path: str | Path = "default") -> dict:
-    """A model folder's config.json, without loading any weights."""
-    return json.loads((resolve_model_dir(name_or_path) / "config.json").read_text())
 
 
 def load_model(name_or_path: str | Path = "default", device: str | None = None) -> SentimentModel:

@@ -1,13 +1,15 @@
 """`mmsa fetch DUMP --cache DIR`: the status table, and --retry-failed re-fetching only what may heal."""
 
 import json
+import subprocess
+import sys
 
 import pyarrow.parquet as pq
 
 from imageserver import encode, image_server, send, textured_image  # noqa: F401  (fixture)
 from mmsa.cli import main
 from mmsa.fetch import STATUS_TABLE_SCHEMA, ImageCache
-from mmsa.model import model_config
+from mmsa.registry import model_config
 
 
 def write_dump(path, urls):
@@ -44,3 +46,10 @@ def test_fetch_command_writes_one_row_per_post_and_retries_only_retryable(image_
     key = again["image_key"][2].as_py()
     size = model_config("default")["image_size"]  # by default, preprocessed for the default model
     assert ImageCache(cache_dir, size).load(key).shape == (size, size, 3)
+
+
+def test_reading_a_models_image_size_imports_no_torch():
+    """`mmsa fetch` asks the model for its image size; that must not cost torch's import (seconds, ~600 MB)."""
+    code = "import sys; from mmsa.registry import model_config; model_config(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
