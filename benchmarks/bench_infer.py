@@ -439,9 +439,9 @@ def part_bc(args, lines: list[str]) -> None:
                                         args.e2e_runs)[1]
                 record(f"model alone ({backend})", f"predict per 256-post shard, in process, batch {engine.batch_size}", walls, gpu=gpu)
             stages = {}
-            variants = [(b, None) for b in args.e2e_variants] + [(args.e2e_variants[-1], si) for si in args.e2e_switch]
-            for backend, switch in variants:
-                variant = backend if switch is None else f"{backend}, switch interval {switch * 1e3:g} ms"
+            variants = [(b, None, b) for b in args.e2e_variants] + [
+                (args.e2e_variants[-1], si, f"{args.e2e_variants[-1]}, switch interval {si * 1e3:g} ms") for si in args.e2e_switch]
+            for backend, switch, variant in variants:
                 walls, rss = [], []
                 with GpuSampler() as gpu:
                     for r in range(args.e2e_runs):
@@ -463,8 +463,7 @@ def part_bc(args, lines: list[str]) -> None:
                       f"{startup:.1f} s.", "",
                       "| variant | e2e posts/s | slowest stage alone | ratio | ratio without the fixed cost | stage seconds reported by the run |",
                       "| --- | ---: | --- | ---: | ---: | --- |"]
-            for backend, switch in variants:
-                variant = backend if switch is None else f"{backend}, switch interval {switch * 1e3:g} ms"
+            for backend, _, variant in variants:
                 slow_name = min(("fetch alone", f"model alone ({backend})"), key=lambda k: results[k])
                 slow = results[slow_name]
                 e2e = results[f"mmsa score ({variant})"]

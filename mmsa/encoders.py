@@ -219,10 +219,10 @@ def _load_hf_vision(path: str) -> ImageEncoder:
 def load_image_encoder(name: str = DEFAULT_IMAGE_ENCODER) -> ImageEncoder:
     """`efficientnet-lite0` (or lite1/lite2) | `resnet18:STATE_DICT.pth` | `resnet50:STATE_DICT.pth` | HF folder
     (`hf:PATH` or PATH)."""
-    if name == "default":
-        name = DEFAULT_IMAGE_ENCODER
-    if name.startswith("efficientnet-lite") and name[-1:] in "012" and len(name) == len("efficientnet-lite0"):
-        return _load_efficientnet_lite(int(name[-1]))
+    lite = {f"efficientnet-lite{n}": n for n in EFFICIENTNET_LITE_SIZES}
+    name = DEFAULT_IMAGE_ENCODER if name == "default" else name
+    if name in lite:
+        return _load_efficientnet_lite(lite[name])
     arch, _, rest = name.partition(":")
     if arch in ("resnet18", "resnet50") and rest:
         return _load_resnet(arch, rest)
