@@ -81,7 +81,7 @@ def preprocess(data: bytes, size: int, max_pixels: int) -> np.ndarray:
 
 
 def _to_array(im: Image.Image, size: int) -> np.ndarray:
-    im = ImageOps.exif_transpose(im)
+    ImageOps.exif_transpose(im, in_place=True)  # in place: the default copies every image, rotated or not
     im = _to_rgb(im)
     return np.asarray(im.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
 
