@@ -19,25 +19,50 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def _preload(model: str) -> None:
-    """Load the model in a thread while Prefect starts its API (about 7 s and 17 s here, now overlapped);
-    the flow then finds it in load_model's cache. A bad model name fails in the flow itself, with its error."""
-    from mmsa.model import load_model
+def _warm_start(model: str, backend: str | None, preload: bool = True) -> threading.Thread:
+    """Start what a scoring run waits for before its first shard side by side, not one after the
+    other: Prefect's ephemeral API server (about 7 s to boot here, in its own process) and the model
+    with its inference engine (imports, weights, ONNX Runtime sessions, on CUDA a warm-up batch),
+    which the flow then finds in get_engine's cache (preload=False when shards run in other
+    processes). The engine load starts once the server's module is imported, so the two imports do
+    not fight over the GIL. Returns the thread to join before the flow starts. Failures are left to
+    the flow, which reports them with its own error."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
-    def run() -> None:
+    def load_engine() -> None:
+        from mmsa.infer import get_engine
+
         try:
-            load_model(model)
-        except Exception:  # noqa: BLE001 - reported by the flow's own load_model call
+            get_engine(model, backend).warm_up()
+        except Exception:  # noqa: BLE001 - a bad model or backend fails in the flow, with its error
             pass
 
-    threading.Thread(target=run, name="mmsa-preload", daemon=True).start()
+    def start() -> None:
+        if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+            server = None  # a configured server: nothing to start
+        else:
+            from prefect.server.api.server import SubprocessASGIServer
+
+            server = SubprocessASGIServer()  # the one the flow's client uses; its start() is then a no-op
+        if preload:
+            threading.Thread(target=load_engine, name="mmsa-preload", daemon=True).start()
+        if server:
+            try:
+                server.start()
+            except Exception:  # noqa: BLE001 - the flow's client tries again and raises
+                pass
+
+    thread = threading.Thread(target=start, name="mmsa-warm-start", daemon=True)
+    thread.start()
+    return thread
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
+    api = _warm_start(args.model, args.backend, preload=args.runner == "threads")
     from flows.score import api_for_workers, make_task_runner, score_flow
 
-    _preload(args.model)
     runner = make_task_runner(args.runner, args.dask_address, args.dask_workers)
+    api.join()
     with api_for_workers(args.runner):
         summary = score_flow.with_options(task_runner=runner)(
             dump=args.dump,
