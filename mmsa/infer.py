@@ -4,6 +4,9 @@
 backfills, benchmarks): texts are tokenized once and bucketed by token length so each batch pads
 only to its own longest text; the image encoder runs only on the rows that have an image; batches are prepared
 one ahead in a thread on CUDA (tokenize, stack, pin, non-blocking copy) while the current one runs.
+Every forward runs on the engine's own thread, and on CUDA input shapes are kept few (text widths
+rounded up to 8, image rows padded to the batch's size): cuDNN builds its plans per thread and per
+shape, about 2 s each on an H100 (benchmarks/results/infer.md, GPU).
 
 Device: CUDA when present, else CPU, overridable. On CUDA the encoders run under fp16 autocast
 (on an H100: the fp32 labels on 450/450 dev posts and 1.3x fp32's speed at batch 512, where bf16
@@ -75,21 +78,23 @@ def cpu_threads() -> int:
 
 @dataclass
 class Batch:
-    """One model input. `idx`: the rows' positions in the caller's lists; `pixels`: only the rows
-    where `has` is True, in order (None when no row has an image)."""
+    """One model input. `idx`: the rows' positions in the caller's lists; `pixels`: the images of
+    the rows where `has` is True, in order, in its first `images` rows (on CUDA zero rows follow, up
+    to the batch's size); None when no row has an image."""
 
     idx: np.ndarray
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     has: torch.Tensor
     pixels: torch.Tensor | None
+    images: int
 
     def rows(self, start: int, stop: int) -> "Batch":
         """Rows start..stop (the OOM back-off's smaller batches); image rows follow their posts."""
         first, last = int(self.has[:start].sum()), int(self.has[:stop].sum())
         pixels = None if self.pixels is None or first == last else self.pixels[first:last]
         return Batch(self.idx[start:stop], self.input_ids[start:stop], self.attention_mask[start:stop],
-                     self.has[start:stop], pixels)
+                     self.has[start:stop], pixels, last - first)
 
 
 def prefetch(items: Iterable, depth: int = 1) -> Iterator:
@@ -166,6 +171,13 @@ class Engine:
             text, image, self.bundle = (copy.deepcopy(m).to(self.device).eval() for m in (text, image, self.bundle))
         self.mean, self.std = image.mean, image.std
         self.prefetch = self.device.type == "cuda"
+        # On CUDA every new input shape costs about 2 s (cuDNN builds a plan per conv and shape), so
+        # shapes are kept few: image rows padded to the batch's size, text widths to a multiple of 8.
+        self.fixed_shapes = self.device.type == "cuda"
+        # Every predict runs on this one thread. PyTorch keeps cuDNN's execution plans per thread, so
+        # each new caller thread's first batch built them again: 1.7 s on an H100, 3.2 s each for two
+        # threads at once (benchmarks/results/infer.md, GPU). It also serialises concurrent callers.
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="mmsa-infer")
         self.autocast = torch.float16 if self.device.type == "cuda" else None
         self._text, self._image = self._build(backend, text, image, Path(cache_dir) if cache_dir else default_cache_dir())
 
@@ -198,6 +210,8 @@ class Engine:
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             width = int(lengths[idx].max())
+            if self.fixed_shapes:
+                width = -(-width // 8) * 8
             input_ids = np.full((len(idx), width), pad, dtype=np.int64)
             mask = np.zeros((len(idx), width), dtype=np.int64)
             for r, i in enumerate(idx):
@@ -209,6 +223,8 @@ class Engine:
                 arr = np.stack([np.asarray(images[i], dtype=np.uint8) for i in idx[has]])
                 if arr.shape[1:] != (self.image_size, self.image_size, 3):
                     raise ValueError(f"images must be {self.image_size}x{self.image_size}x3 uint8, got {arr.shape[1:]}")
+                if self.fixed_shapes and len(arr) < len(idx):
+                    arr = np.concatenate([arr, np.zeros((len(idx) - len(arr), *arr.shape[1:]), np.uint8)])
                 pixels = self._to_device(torch.from_numpy(arr), pin)
             yield Batch(
                 idx,
@@ -216,6 +232,7 @@ class Engine:
                 self._to_device(torch.from_numpy(mask), pin),
                 self._to_device(torch.from_numpy(has), pin),
                 pixels,
+                int(has.sum()),
             )
 
     def _to_device(self, x: torch.Tensor, pin: bool) -> torch.Tensor:
@@ -235,6 +252,7 @@ class Engine:
             if b.pixels is not None:
                 pixels = (b.pixels.permute(0, 3, 1, 2).float() - self.mean) / self.std
                 h, p = self._image(pixels)
+                h, p = h[: b.images], p[: b.images]  # drop the zero rows that keep the shape fixed
                 i_pooled[b.has] = p.to(i_pooled.dtype)
             if self.bundle.needs_hidden:  # rows without an image: one zero patch (masked in, as in training)
                 width = h.shape[1] if b.pixels is not None else 1
@@ -280,6 +298,16 @@ class Engine:
         """images: uint8 RGB image_size x image_size x 3 arrays or None, aligned with texts."""
         if len(texts) != len(images):
             raise ValueError(f"{len(texts)} texts but {len(images)} images")
+        return self._worker.submit(self._predict, texts, images, batch_size).result()
+
+    def warm_up(self) -> None:
+        """On CUDA, score one full batch of blank posts with images, so that the first real batch
+        finds the CUDA context, kernels and cuDNN plans ready (a no-op on CPU: nothing to build)."""
+        if self.device.type == "cuda":
+            blank = np.zeros((self.image_size, self.image_size, 3), np.uint8)
+            self.predict(["warm up"] * self.batch_size, [blank] * self.batch_size)
+
+    def _predict(self, texts: Sequence[str], images: Sequence[np.ndarray | None], batch_size: int | None) -> Prediction:
         n = len(texts)
         probs = np.zeros((n, 3), np.float32)
         text_probs = np.zeros((n, 3), np.float32)

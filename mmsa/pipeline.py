@@ -25,7 +25,9 @@ import pyarrow.parquet as pq
 from mmsa import publish, source, store
 from mmsa.schema import LABELS, SCORED_SCHEMA
 
-_INFER_LOCK = threading.Lock()  # one model forward at a time per process: torch already uses every core
+# One shard in the model at a time per process (the engine runs one forward at a time anyway); holding
+# the lock here makes the queueing visible in the run's stage seconds as infer_wait.
+_INFER_LOCK = threading.Lock()
 
 class RunLocked(ValueError):
     """Another run holds the database; a ValueError so the CLI reports it as an error, not a crash."""

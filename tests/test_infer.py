@@ -4,6 +4,8 @@ CPU backends agreeing with the fp32 reference on the MVSA-Single dev set."""
 
 import random
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -90,12 +92,14 @@ def test_bucketing_cuts_padding(model, posts):
     assert padding(Engine(model)) < 0.5 * padding(Engine(model, bucket=False))
 
 
-def test_oom_backoff_scores_every_post(model, posts, reference, monkeypatch):
+@pytest.mark.parametrize("fixed_shapes", [False, True])
+def test_oom_backoff_scores_every_post(model, posts, reference, monkeypatch, fixed_shapes):
     """A forward that runs out of memory above 3 posts: the batch size is halved until it fits, every
     post is still scored with the same probabilities, and the engine keeps the smaller size. The
     retries run outside the exception handler (an active exception's traceback would keep the failed
-    attempt's GPU tensors alive during the retry)."""
+    attempt's GPU tensors alive during the retry). Also with CUDA's padded image rows."""
     engine = Engine(model, batch_size=16, backend="torch")
+    engine.fixed_shapes = fixed_shapes
     real, sizes, handling, failed = engine.forward, [], [], []
 
     def forward(b):
@@ -148,6 +152,36 @@ def test_oom_at_batch_one_is_raised(model, posts, monkeypatch):
     monkeypatch.setattr(engine, "forward", forward)
     with pytest.raises(torch.cuda.OutOfMemoryError):
         engine.predict(*posts)
+
+
+def test_fixed_shapes_give_the_same_answers(model, posts, reference):
+    """CUDA's fixed shapes (text widths rounded up to 8, image rows padded with blank images to the
+    batch's size, so cuDNN sees few shapes), run here on the CPU: the same probabilities."""
+    engine = Engine(model, batch_size=8, backend="torch")
+    engine.fixed_shapes = True
+    batches = list(engine.batches(*posts, batch_size=8))
+    assert all(b.input_ids.shape[1] % 8 == 0 for b in batches)
+    assert all(b.pixels is None or len(b.pixels) == len(b.idx) for b in batches)
+    assert sum(b.images for b in batches) == sum(im is not None for im in posts[1])
+    assert_same(engine.predict(*posts), reference)
+
+
+def test_predictions_run_on_the_engines_own_thread(model, posts, reference, monkeypatch):
+    """Callers on several threads (the flow's shard threads) all get their forwards run on the
+    engine's one thread, where CUDA keeps its per-thread cuDNN plans; every answer is right."""
+    engine = Engine(model, batch_size=8, backend="torch")
+    real, threads = engine.forward, set()
+
+    def forward(b):
+        threads.add(threading.current_thread().name)
+        return real(b)
+
+    monkeypatch.setattr(engine, "forward", forward)
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: engine.predict(*posts), range(3)))
+    assert len(threads) == 1 and threads.pop().startswith("mmsa-infer")
+    for got in results:
+        assert_same(got, reference)
 
 
 def test_prefetched_batches_give_the_same_answers(model, posts, reference):
