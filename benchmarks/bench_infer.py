@@ -358,10 +358,13 @@ def make_dump(folder: Path, base_url: str, n: int, with_images: bool, texts: lis
     return dump
 
 
-def score_cmd(url: str, out: Path, switch_interval: float | None = None) -> list[str]:
-    """`mmsa score` as a subprocess; with switch_interval, under that sys.setswitchinterval."""
+def score_cmd(url: str, out: Path, switch_interval: float | None = None, dask_workers: int | None = None) -> list[str]:
+    """`mmsa score` as a subprocess; with switch_interval, under that sys.setswitchinterval; with
+    dask_workers, shards scored by that many worker processes of a local Dask cluster."""
     args = ["score", url, "--db", str(out / "db.duckdb"), "--out", str(out / "parquet"), "--allow-hosts", "127.0.0.1",
             "--quiet", "--force"]
+    if dask_workers:
+        args += ["--runner", "dask", "--dask-workers", str(dask_workers)]
     if switch_interval is None:
         return [PY, "-m", "mmsa.cli", *args]
     return [PY, "-c", f"import sys; sys.setswitchinterval({switch_interval}); from mmsa.cli import main; sys.exit(main())", *args]
@@ -439,15 +442,17 @@ def part_bc(args, lines: list[str]) -> None:
                                         args.e2e_runs)[1]
                 record(f"model alone ({backend})", f"predict per 256-post shard, in process, batch {engine.batch_size}", walls, gpu=gpu)
             stages = {}
-            variants = [(b, None, b) for b in args.e2e_variants] + [
-                (args.e2e_variants[-1], si, f"{args.e2e_variants[-1]}, switch interval {si * 1e3:g} ms") for si in args.e2e_switch]
-            for backend, switch, variant in variants:
+            last = args.e2e_variants[-1]
+            variants = [(b, None, None, b) for b in args.e2e_variants] + [
+                (last, si, None, f"{last}, switch interval {si * 1e3:g} ms") for si in args.e2e_switch] + [
+                (last, None, w, f"{last}, {w} Dask worker processes") for w in args.e2e_dask_workers]
+            for backend, switch, workers, variant in variants:
                 walls, rss = [], []
                 with GpuSampler() as gpu:
                     for r in range(args.e2e_runs):
-                        out = args.workdir / f"e2e-{backend}-{switch}-{r}"
+                        out = args.workdir / f"e2e-{backend}-{switch}-{workers}-{r}"
                         shutil.rmtree(out, ignore_errors=True)
-                        wall, peak = run_timed(score_cmd(url, out, switch), dict(env, MMSA_BACKEND=backend))
+                        wall, peak = run_timed(score_cmd(url, out, switch, workers), dict(env, MMSA_BACKEND=backend))
                         walls.append(wall)
                         rss.append(peak)
                         stages[variant] = last_run_stages(out / "db.duckdb")
@@ -463,7 +468,7 @@ def part_bc(args, lines: list[str]) -> None:
                       f"{startup:.1f} s.", "",
                       "| variant | e2e posts/s | slowest stage alone | ratio | ratio without the fixed cost | stage seconds reported by the run |",
                       "| --- | ---: | --- | ---: | ---: | --- |"]
-            for backend, _, variant in variants:
+            for backend, _, _, variant in variants:
                 slow_name = min(("fetch alone", f"model alone ({backend})"), key=lambda k: results[k])
                 slow = results[slow_name]
                 e2e = results[f"mmsa score ({variant})"]
@@ -496,6 +501,8 @@ def main() -> None:
     ap.add_argument("--e2e-variants", nargs="+", default=["onnx"], choices=BACKENDS, help="engine backends ($MMSA_BACKEND)")
     ap.add_argument("--e2e-switch", nargs="*", type=float, default=[],
                     help="(b) also run `mmsa score` (last backend) under these sys.setswitchinterval values, seconds")
+    ap.add_argument("--e2e-dask-workers", nargs="*", type=int, default=[],
+                    help="(b) also run `mmsa score --runner dask` with these numbers of worker processes")
     ap.add_argument("--rss-posts", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--rss-variants", nargs="+", default=["onnx"], choices=BACKENDS)
     ap.add_argument("--parts", default="abc", help="which of a, b, c to run")
