@@ -5,8 +5,8 @@ backfills, benchmarks): texts are tokenized once and bucketed by token length so
 only to its own longest text; the image encoder runs only on the rows that have an image; batches are prepared
 one ahead in a thread on CUDA (tokenize, stack, pin, non-blocking copy) while the current one runs.
 Every forward runs on the engine's own thread, and on CUDA input shapes are kept few (text widths
-rounded up to 8, image rows padded to the batch's size): cuDNN builds its plans per thread and per
-shape, about 2 s each on an H100 (benchmarks/results/infer.md, GPU).
+rounded up to 8, image rows padded to the batch's size): cuDNN builds its conv plans per thread and
+per shape, about 2 s each for the image encoder on an H100 (benchmarks/results/infer.md, GPU).
 
 Device: CUDA when present, else CPU, overridable. On CUDA the encoders run under fp16 autocast
 (on an H100: the fp32 labels on 450/450 dev posts and 1.3x fp32's speed at batch 512, where bf16
@@ -171,8 +171,9 @@ class Engine:
             text, image, self.bundle = (copy.deepcopy(m).to(self.device).eval() for m in (text, image, self.bundle))
         self.mean, self.std = image.mean, image.std
         self.prefetch = self.device.type == "cuda"
-        # On CUDA every new input shape costs about 2 s (cuDNN builds a plan per conv and shape), so
-        # shapes are kept few: image rows padded to the batch's size, text widths to a multiple of 8.
+        # On CUDA a new image batch shape costs about 2 s (cuDNN builds a plan per conv and shape) and
+        # a new text width about 0.1 s, so shapes are kept few: image rows padded to the batch's size
+        # (else each image count seen is a new shape), text widths rounded up to a multiple of 8.
         self.fixed_shapes = self.device.type == "cuda"
         # Every predict runs on this one thread. PyTorch keeps cuDNN's execution plans per thread, so
         # each new caller thread's first batch built them again: 1.7 s on an H100, 3.2 s each for two
