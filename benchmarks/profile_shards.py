@@ -21,6 +21,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -54,25 +56,20 @@ def run(dump_url: str, work: Path, threads: int, fetch_workers: int) -> dict:
 
 
 def model_alone(shards: list[str], cache_dir: Path) -> tuple[float, list[float]]:
-    """The run's engine on the same shards' texts and cached images, one shard after another."""
-    import pyarrow.parquet as pq
-
+    """The run's engine on the same shards' texts and cached images (found through the cache's URL
+    index), one shard after another."""
     model = load_model("default")
     cache = ImageCache(cache_dir, model.image_size)
-    from mmsa.fetch import fetch_images
-
     engine = get_engine(model)
     per_shard = []
     for shard in shards:
         posts = pq.read_table(shard)
-        cfg = pipeline._fetch_config(pipeline.RunOptions(db="", out="", allow_hosts=("127.0.0.1",)), model.image_size)
-        fetched = fetch_images(list(zip(posts["post_id"].to_pylist(), posts["image_url"].to_pylist())), cfg, cache)
-        images = [cache.load(r.image_key) if r.status == "ok" else None for r in fetched]
+        known = [cache.lookup(url) if url else None for url in posts["image_url"].to_pylist()]
+        images = [cache.load(k.image_key) if k and k.status == "ok" else None for k in known]
         t0 = time.perf_counter()
         engine.predict(posts["text"].to_pylist(), images)
         per_shard.append(time.perf_counter() - t0)
-    total = sum(per_shard)
-    return total, per_shard
+    return sum(per_shard), per_shard
 
 
 def main() -> None:
