@@ -367,7 +367,7 @@ def score_cmd(url: str, out: Path, switch_interval: float | None = None, dask_wo
         args += ["--runner", "dask", "--dask-workers", str(dask_workers)]
     if switch_interval is None:
         return [PY, "-m", "mmsa.cli", *args]
-    return [PY, "-c", f"import sys; sys.setswitchinterval({switch_interval}); from mmsa.cli import main; sys.exit(main())", *args]
+    return [PY, "-c", f"import sys; sys.setswitchinterval({switch_interval}); from mmsa.cli import entry; entry()", *args]
 
 
 def run_timed(cmd: list[str], env: dict) -> tuple[float, int]:
