@@ -53,4 +53,3 @@ def test_reading_a_models_image_size_imports_no_torch():
     code = "import sys; from mmsa.registry import model_config; model_config(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
-
