@@ -7,7 +7,6 @@ Tasks exchange file paths and small summaries only, so a shard can be scored in 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import flow, task
@@ -44,29 +43,6 @@ def _retryable(task, task_run, state) -> bool:
     """Retry what a retry can fix (network, I/O), not a missing dump or an unreadable one."""
     exc = state.result(raise_on_failure=False)
     return not isinstance(exc, (FileNotFoundError, ValueError))
-
-
-@contextmanager
-def api_for_workers(runner: str):
-    """Dask workers are other processes: with no Prefect server configured (ephemeral mode), each would
-    start an ephemeral server of its own, slowly (past its start timeout on a busy machine). Start this
-    process's one now and point the flow, and through its serialised settings the workers, at it."""
-    from prefect.logging.handlers import APILogHandler
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    if runner != "dask" or PREFECT_API_URL.value():
-        yield
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    server = SubprocessASGIServer()
-    server.start()
-    try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
-            yield
-            APILogHandler().flush()  # the run's last log lines, before the server goes
-    finally:
-        server.stop()
 
 
 @task(name="prepare-dump", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_retryable)

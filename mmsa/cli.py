@@ -20,15 +20,10 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def _warm_start(model: str, backend: str | None, preload: bool = True) -> threading.Thread:
-    """Start what a scoring run waits for before its first shard side by side, not one after the
-    other: Prefect's ephemeral API server (about 7 s to boot here, in its own process) and the model
-    with its inference engine (imports, weights, ONNX Runtime sessions, on CUDA a warm-up batch),
-    which the flow then finds in get_engine's cache (preload=False when shards run in other
-    processes). The engine load starts once the server's module is imported, so the two imports do
-    not fight over the GIL. Returns the thread to join before the flow starts. Failures are left to
-    the flow, which reports them with its own error."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+def _preload(model: str, backend: str | None) -> None:
+    """Load the model and its inference engine in a thread while the command imports the flow and the
+    API server starts; the flow's shards then find the engine in get_engine's cache. Failures are left
+    to the flow, which reports them with its own error."""
 
     def load_engine() -> None:
         from mmsa.infer import get_engine
@@ -38,33 +33,19 @@ def _warm_start(model: str, backend: str | None, preload: bool = True) -> thread
         except Exception:  # noqa: BLE001 - a bad model or backend fails in the flow, with its error
             pass
 
-    def start() -> None:
-        if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-            server = None  # a configured server: nothing to start
-        else:
-            from prefect.server.api.server import SubprocessASGIServer
-
-            server = SubprocessASGIServer()  # the one the flow's client uses; its start() is then a no-op
-        if preload:
-            threading.Thread(target=load_engine, name="mmsa-preload", daemon=True).start()
-        if server:
-            try:
-                server.start()
-            except Exception:  # noqa: BLE001 - the flow's client tries again and raises
-                pass
-
-    thread = threading.Thread(target=start, name="mmsa-warm-start", daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=load_engine, name="mmsa-preload", daemon=True).start()
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    api = _warm_start(args.model, args.backend, preload=args.runner == "threads")
-    from flows.score import api_for_workers, make_task_runner, score_flow
+    from flows.api import LocalAPI
+
+    api = LocalAPI()  # first: it boots in its own process while this one imports and loads
+    if args.runner == "threads":  # Dask workers load their own
+        _preload(args.model, args.backend)
+    from flows.score import make_task_runner, score_flow
 
     runner = make_task_runner(args.runner, args.dask_address, args.dask_workers)
-    api.join()
-    with api_for_workers(args.runner):
+    with api:
         summary = score_flow.with_options(task_runner=runner)(
             dump=args.dump,
             db=args.db,
@@ -84,10 +65,12 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_backfill(args: argparse.Namespace) -> int:
-    from flows.backfill import backfill_flow
-    from flows.score import api_for_workers
+    from flows.api import LocalAPI
 
-    with api_for_workers(args.runner):
+    api = LocalAPI()
+    from flows.backfill import backfill_flow
+
+    with api:
         outcome = backfill_flow(
             dump_template=args.dump_template, db=args.db, out=args.out, start=args.date_from, end=args.date_to,
             timezone=args.timezone, model=args.model, shard_size=args.shard_size, cache=args.cache,

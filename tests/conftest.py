@@ -14,8 +14,14 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """A real (temporary, in-process) Prefect API for tests that run flows."""
+    """A real (temporary) Prefect API for tests that run flows; exported as $PREFECT_API_URL too, so the
+    commands those tests call use it rather than start a server of their own (flows.api.LocalAPI)."""
+    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
-        yield
+        os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()
+        try:
+            yield
+        finally:
+            del os.environ["PREFECT_API_URL"]

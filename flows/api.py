@@ -1,0 +1,94 @@
+"""The Prefect API a command's flows report to: the configured server, else one of our own for the run.
+
+With no server configured, Prefect starts an ephemeral one when the flow's client first needs it: only
+after this process has imported the server's modules (about 4 s of CPU here, needed for nothing else),
+and then the flow waits while the server boots in its own process (about 8 s of CPU). `LocalAPI()`,
+called first thing, starts that same server process (the command Prefect runs) at once instead, so it
+boots on the other core while this process imports torch, transformers and the flow
+(benchmarks/results/infer.md, "(b) fourth CPU session"). Dask workers, being other processes, get its
+URL too; each would otherwise start an ephemeral server of its own, slowly.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+class LocalAPI:
+    """Starts the server process on creation, before prefect is imported (unless $PREFECT_API_URL names a
+    server); `with api:` waits until it answers and points Prefect at it for the block (or stops it, if
+    Prefect's settings name a server or forbid an ephemeral one), then flushes the run's logs and stops it."""
+
+    def __init__(self):
+        self.url: str | None = None
+        self._process: subprocess.Popen | None = None
+        self._settings = None
+        if not os.environ.get("PREFECT_API_URL"):
+            self._start()
+            atexit.register(self.stop)  # also when the command fails before its `with`
+
+    def _start(self) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}/api"
+        site = Path(importlib.util.find_spec("prefect").submodule_search_locations[0]).parent
+        # The command and environment of prefect.server.api.server.SubprocessASGIServer (no UI, ephemeral).
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(site), "--factory", "prefect.server.api.server:create_app",
+             "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
+            env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"},
+        )
+
+    def _wait(self, timeout: float) -> bool:
+        """True once the server answers; False if its process ended (Prefect then starts its own)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                return False
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:
+                    if response.status == 200:
+                        return True
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"the Prefect API server at {self.url} did not answer within {timeout} s")
+
+    def __enter__(self) -> LocalAPI:
+        from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+
+        settings = get_current_settings()
+        if settings.api.url or not settings.server.ephemeral.enabled:
+            self.stop()  # a server configured in a profile, or none allowed: Prefect's own behaviour
+        elif self._process is not None and self._wait(settings.server.ephemeral.startup_timeout_seconds):
+            self._settings = temporary_settings({PREFECT_API_URL: self.url})
+            self._settings.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._settings is not None:
+            from prefect.logging.handlers import APILogHandler
+
+            APILogHandler().flush()  # the run's last log lines, before the server goes
+            self._settings.__exit__(*exc)
+            self._settings = None
+        self.stop()
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
