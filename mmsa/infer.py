@@ -16,9 +16,9 @@ so no post is lost. On CPU the thread count is set to the cores this process may
 
 Backends (the text and image encoders; the small fusion head always runs in torch fp32):
 - "torch": the model's own modules; the default on CUDA.
-- "onnx": ONNX Runtime on graphs exported from the loaded weights at run time into a cache folder;
-  fp32, the same probabilities as "torch" to ~1e-5 and 2.6x its speed on this CPU
-  (benchmarks/results/infer.md): the default on CPU.
+- "onnx": ONNX Runtime on graphs exported from the model's weights on first use into a cache folder
+  (later runs load the graphs and the tokenizer only, not the encoders); fp32, the same probabilities
+  as "torch" to ~1e-5 and 2.6x its speed on this CPU (benchmarks/results/infer.md): the default on CPU.
 - "int8": dynamic int8 quantisation (per channel) of the text encoder's Linear layers (torch.ao).
   The image encoder stays fp32: quantize_dynamic only covers Linear/RNN layers, not EfficientNet's
   convs. Lossy here: MiniLM's activations quantise badly (about 95% label agreement on the dev set).
