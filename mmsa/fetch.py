@@ -42,9 +42,8 @@ from urllib.request import url2pathname
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import requests
+import certifi
 import urllib3
-from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
@@ -356,7 +355,7 @@ class _Fetcher:
         self.policy = AddressPolicy(tuple(config.allow_hosts))
         self.watchdog = _Watchdog()
         self._local = threading.local()
-        self._sessions: list[requests.Session] = []
+        self._pool = _pool_manager(config)
         self._host_slots: dict[str, threading.BoundedSemaphore] = {}
         self._lock = threading.Lock()
 
@@ -366,8 +365,7 @@ class _Fetcher:
 
     def __exit__(self, *exc: object) -> None:
         self.watchdog.stop()
-        for session in self._sessions:
-            session.close()
+        self._pool.clear()
 
     def fetch(self, url: str, retry_failed: bool) -> FetchResult:
         start = time.monotonic()
@@ -427,14 +425,13 @@ class _Fetcher:
     def _download(self, url: str, received: list[int], watch: _Watch) -> tuple[bytes, int]:
         """GET `url`, following redirects ourselves so that every hop is checked."""
         config = self.config
-        session = self._session()
+        timeout = urllib3.Timeout(connect=config.connect_timeout, read=config.read_timeout)
         for hop in range(config.max_redirects + 1):
             try:
-                response = session.get(
-                    url, stream=True, allow_redirects=False, timeout=(config.connect_timeout, config.read_timeout)
-                )
-                with response:
-                    code = response.status_code
+                response = self._pool.request("GET", url, preload_content=False, redirect=False, retries=False,
+                                              timeout=timeout)
+                try:
+                    code = response.status
                     location = response.headers.get("Location")
                     if code in _REDIRECT_CODES and location:
                         url = urljoin(url, location.strip())
@@ -443,6 +440,9 @@ class _Fetcher:
                     if not 200 <= code < 300:
                         raise _http_failure(code, response)
                     body = _read_body(response, config.max_bytes, received)
+                finally:
+                    response.close()  # the connection is not reused (as with requests' streamed responses)
+                    response.release_conn()
                 if watch.expired:  # the watchdog cut the headers or body short
                     raise _Failure(ImageStatus.TIMEOUT, "deadline per image passed")
                 return body, code
@@ -482,23 +482,6 @@ class _Fetcher:
             elapsed_s=round(time.monotonic() - start, 4),
             image_key=key,
         )
-
-    def _session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            session.trust_env = False  # no proxies from the environment: they would bypass the address check
-            session.verify = self.config.ca_bundle or True
-            session.headers.update(
-                {"User-Agent": self.config.user_agent, "Accept": "image/*,*/*;q=0.5", "Accept-Encoding": "identity"}
-            )
-            adapter = _GuardedAdapter(pool_connections=64, pool_maxsize=4, max_retries=0)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            self._local.session = session
-            with self._lock:
-                self._sessions.append(session)
-        return session
 
     @contextmanager
     def _host_slot(self, host: str) -> Iterator[None]:
@@ -546,7 +529,7 @@ def _check_url(url: str, redirected: bool = False) -> str:
     return parts.hostname
 
 
-def _http_failure(code: int, response: requests.Response) -> _Failure:
+def _http_failure(code: int, response: urllib3.BaseHTTPResponse) -> _Failure:
     error = f"HTTP {code} {response.reason or ''}".strip()
     if code == 404:
         return _Failure(ImageStatus.HTTP_404, error, code)
@@ -573,16 +556,16 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _read_body(response: requests.Response, max_bytes: int, received: list[int]) -> bytes:
+def _read_body(response: urllib3.BaseHTTPResponse, max_bytes: int, received: list[int]) -> bytes:
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > max_bytes:
-        raise _Failure(ImageStatus.TOO_LARGE, f"Content-Length {declared} is over {max_bytes} bytes", response.status_code)
+        raise _Failure(ImageStatus.TOO_LARGE, f"Content-Length {declared} is over {max_bytes} bytes", response.status)
     body = bytearray()
-    while chunk := response.raw.read(_CHUNK, decode_content=True):
+    while chunk := response.read(_CHUNK, decode_content=True):
         body += chunk
         received[0] = len(body)
         if len(body) > max_bytes:
-            raise _Failure(ImageStatus.TOO_LARGE, f"body is over {max_bytes} bytes", response.status_code)
+            raise _Failure(ImageStatus.TOO_LARGE, f"body is over {max_bytes} bytes", response.status)
     return bytes(body)
 
 
@@ -594,11 +577,13 @@ def _classify(exc: Exception, watch: _Watch) -> _Failure:
         return _Failure(ImageStatus.BLOCKED_ADDRESS, str(exc))
     if isinstance(exc, ResolveError):
         return _Failure(ImageStatus.CONNECTION_ERROR if exc.transient else ImageStatus.DNS_ERROR, str(exc))
-    if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)):
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):  # a subclass of urllib3's TimeoutError
+        return _Failure(ImageStatus.CONNECTION_ERROR, f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
         return _Failure(ImageStatus.TIMEOUT, f"{type(exc).__name__}: {exc}")
-    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, ValueError)):
+    if isinstance(exc, ValueError):  # urllib3's LocationParseError among them
         return _Failure(ImageStatus.INVALID_URL, f"{type(exc).__name__}: {exc}")
-    if isinstance(exc, (requests.RequestException, urllib3.exceptions.HTTPError, OSError)):
+    if isinstance(exc, (urllib3.exceptions.HTTPError, OSError)):
         return _Failure(ImageStatus.CONNECTION_ERROR, f"{type(exc).__name__}: {exc}")
     raise exc
 
@@ -726,9 +711,14 @@ class _GuardedHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _GuardedHTTPSConnection
 
 
-class _GuardedAdapter(HTTPAdapter):
-    """A requests adapter whose pools open only guarded connections."""
-
-    def init_poolmanager(self, *args, **kwargs) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
+def _pool_manager(config: FetchConfig) -> urllib3.PoolManager:
+    """One connection pool manager for all download threads (urllib3's pools are thread-safe), opening
+    only guarded connections; no retries or redirects of its own (_download does both, checked), and no
+    proxy from the environment (one would bypass the address check)."""
+    pool = urllib3.PoolManager(
+        num_pools=64, maxsize=config.per_host, retries=False, cert_reqs="CERT_REQUIRED",
+        ca_certs=config.ca_bundle or certifi.where(),
+        headers={"User-Agent": config.user_agent, "Accept": "image/*,*/*;q=0.5", "Accept-Encoding": "identity"},
+    )
+    pool.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
+    return pool
