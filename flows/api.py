@@ -4,7 +4,7 @@ With no server configured, Prefect starts an ephemeral one when the flow's clien
 after this process has imported the server's modules (about 4 s of CPU here, needed for nothing else),
 and then the flow waits while the server boots in its own process (about 8 s of CPU). `LocalAPI()`,
 called first thing, starts that same server process (the command Prefect runs) at once instead, so it
-boots on the other core while this process imports torch, transformers and the flow
+boots on the other core while this process imports the flow and loads the model
 (benchmarks/results/infer.md, "(b) fourth CPU session"). Dask workers, being other processes, get its
 URL too; each would otherwise start an ephemeral server of its own, slowly.
 """

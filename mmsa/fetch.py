@@ -354,7 +354,6 @@ class _Fetcher:
         self.config, self.cache = config, cache
         self.policy = AddressPolicy(tuple(config.allow_hosts))
         self.watchdog = _Watchdog()
-        self._local = threading.local()
         self._pool = _pool_manager(config)
         self._host_slots: dict[str, threading.BoundedSemaphore] = {}
         self._lock = threading.Lock()
