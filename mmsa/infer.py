@@ -144,8 +144,7 @@ def _backend_tokenizer(hf_tokenizer) -> Tokenizer:
         raise ValueError(f"{type(hf_tokenizer).__name__} is not a fast tokenizer; the engine needs one")
     tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
     tokenizer.enable_padding(pad_id=hf_tokenizer.pad_token_id or 0, pad_token=hf_tokenizer.pad_token or "[PAD]")
-    tokenizer.enable_truncation(hf_tokenizer.model_max_length if hf_tokenizer.model_max_length < 2**20 else 512,
-                                direction=hf_tokenizer.truncation_side)
+    tokenizer.enable_truncation(512, direction=hf_tokenizer.truncation_side)  # the length: the engine's own
     return tokenizer
 
 

@@ -48,9 +48,9 @@ class SentimentModel:
         ])
         self.bundle.load_state_dict(load_file(str(folder / "heads.safetensors")))
         self.bundle.to(self.device).eval()
-        self._weight_files = [folder / "heads.safetensors"] + ([folder / cfg["text_layers"]] if cfg.get("text_layers") else [])
+        weight_files = [folder / "heads.safetensors"] + ([folder / cfg["text_layers"]] if cfg.get("text_layers") else [])
         h = hashlib.sha256()
-        for path in self._weight_files:
+        for path in weight_files:
             h.update(path.read_bytes())
         # Stable id stored with every scored row: model name + hash of the weights this folder adds.
         self.version = f"{cfg['name']}+{h.hexdigest()[:8]}"
@@ -82,10 +82,11 @@ class SentimentModel:
             return self._encoders
 
     def source_key(self) -> str:
-        """Changes whenever the encoders' weights may have: a hash of this folder's weights and of the
-        name, size and modification time of every file the encoders load from (without loading them)."""
+        """Changes whenever the backbones' files may have: a hash of the name, size and modification time of
+        every file the encoders load from, found without loading them (this folder's own weights, the
+        fine-tuned text layers among them, are in `version`)."""
         h = hashlib.sha256(json.dumps([self.config["text_encoder"], self.config["image_encoder"]]).encode())
-        for path in self._weight_files + encoder_files(self.config["text_encoder"], self.config["image_encoder"]):
+        for path in encoder_files(self.config["text_encoder"], self.config["image_encoder"]):
             st = path.stat()
             h.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
         return h.hexdigest()[:16]
