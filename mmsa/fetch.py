@@ -97,6 +97,11 @@ _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _MAX_ADDRESSES_TRIED = 3
 _CHUNK = 64 * 1024
 
+# Decoding, resizing and storing are CPU work: more threads at it than this process has cores only
+# add GIL hand-offs and context switches (12% more CPU per image with 16 at once on 2 cores,
+# benchmarks/results/infer.md). Shared by every fetch in the process; downloads keep `workers`.
+_DECODE_SLOTS = threading.BoundedSemaphore(len(os.sched_getaffinity(0)))
+
 
 @dataclass
 class FetchConfig:
@@ -147,13 +152,18 @@ class ImageCache:
     def __init__(self, root: str | Path, image_size: int):
         self.image_size = image_size
         self.root = Path(root) / f"v{self._VERSION}-{image_size}"
+        self._shape = (image_size, image_size, 3)
+        buffer = io.BytesIO()
+        np.save(buffer, np.zeros(self._shape, np.uint8), allow_pickle=False)
+        self._header = buffer.getvalue()[: -math.prod(self._shape)]  # every entry starts with these bytes
 
     def load(self, key: str) -> np.ndarray:
         """The uint8 (image_size, image_size, 3) array stored under `key`."""
-        array = np.load(self._image_path(key), allow_pickle=False)
-        if array.shape != (self.image_size, self.image_size, 3) or array.dtype != np.uint8:
-            raise ValueError(f"cache entry {key} has shape {array.shape} {array.dtype}")
-        return array
+        # The .npy format, read without np.load's header parsing: a third of its CPU cost per image.
+        data = self._image_path(key).read_bytes()
+        if not data.startswith(self._header) or len(data) != len(self._header) + math.prod(self._shape):
+            raise ValueError(f"cache entry {key} is not a uint8 {self._shape} array")
+        return np.frombuffer(data, np.uint8, offset=len(self._header)).reshape(self._shape)
 
     def has(self, key: str) -> bool:
         return self._image_path(key).is_file()
@@ -459,18 +469,19 @@ class _Fetcher:
         if len(data) > self.config.max_bytes:
             failure = _Failure(ImageStatus.TOO_LARGE, f"over {self.config.max_bytes} bytes", code)
             return _failed(url, failure, attempts, start, len(data))
-        key = hashlib.sha256(data).hexdigest()
-        if not self.cache.has(key):
-            try:
-                array = imaging.preprocess(data, self.config.image_size, self.config.max_pixels)
-            except imaging.ImageError as exc:
-                status = {
-                    imaging.NotAnImageError: ImageStatus.NOT_AN_IMAGE,
-                    imaging.TooManyPixelsError: ImageStatus.TOO_LARGE,
-                    imaging.DecodeError: ImageStatus.DECODE_ERROR,
-                }[type(exc)]
-                return _failed(url, _Failure(status, str(exc), code), attempts, start, len(data))
-            self.cache.store(key, array)
+        with _DECODE_SLOTS:
+            key = hashlib.sha256(data).hexdigest()
+            if not self.cache.has(key):
+                try:
+                    array = imaging.preprocess(data, self.config.image_size, self.config.max_pixels)
+                except imaging.ImageError as exc:
+                    status = {
+                        imaging.NotAnImageError: ImageStatus.NOT_AN_IMAGE,
+                        imaging.TooManyPixelsError: ImageStatus.TOO_LARGE,
+                        imaging.DecodeError: ImageStatus.DECODE_ERROR,
+                    }[type(exc)]
+                    return _failed(url, _Failure(status, str(exc), code), attempts, start, len(data))
+                self.cache.store(key, array)
         return FetchResult(
             post_id="",
             url=url,

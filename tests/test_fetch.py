@@ -349,6 +349,19 @@ def test_same_bytes_share_one_cache_entry(image_server, cache):
     assert len(list(cache.root.glob("img/*/*.npy"))) == 1
 
 
+def test_cache_load_gives_the_stored_array_and_refuses_a_damaged_entry(cache):
+    """load returns exactly what store wrote; an entry of another shape, or cut short, is an error."""
+    array = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    cache.store("a" * 64, array)
+    assert np.array_equal(cache.load("a" * 64), array)
+    cache.store("b" * 64, array[:100])
+    path = cache.root / "img" / "aa" / f"{'a' * 64}.npy"
+    path.write_bytes(path.read_bytes()[:-1])
+    for key in ("a" * 64, "b" * 64):
+        with pytest.raises(ValueError, match="not a uint8"):
+            cache.load(key)
+
+
 def test_second_run_reuses_the_url_index(image_server, cache):
     """A URL fetched before, ok or failed, is not requested again."""
     (image_server.root / "a.png").write_bytes(PNG)
