@@ -67,13 +67,15 @@ class LocalAPI:
         raise RuntimeError(f"the Prefect API server at {self.url} did not answer within {timeout} s")
 
     def __enter__(self) -> LocalAPI:
-        from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
+        from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
 
         settings = get_current_settings()
         if settings.api.url or not settings.server.ephemeral.enabled:
             self.stop()  # a server configured in a profile, or none allowed: Prefect's own behaviour
         elif self._process is not None and self._wait(settings.server.ephemeral.startup_timeout_seconds):
-            self._settings = temporary_settings({PREFECT_API_URL: self.url})
+            # No flow-run heartbeats: they let a lasting server mark a run that died as crashed, and this
+            # one ends with the command; stopping their thread cost every run up to 1 s at its end.
+            self._settings = temporary_settings({PREFECT_API_URL: self.url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
             self._settings.__enter__()
         return self
 

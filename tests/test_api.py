@@ -15,7 +15,7 @@ api = LocalAPI()
 assert "prefect" not in sys.modules  # started before prefect is imported
 process = api._process
 from prefect import flow
-from prefect.settings import PREFECT_API_URL
+from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 
 @flow(name="local-api-check")
 def check():
@@ -23,10 +23,12 @@ def check():
 
 with api:
     url = PREFECT_API_URL.value()
+    heartbeat = PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value()
     result = check()
     import httpx
     runs = httpx.post(f"{url}/flow_runs/filter", json={}).json()
 print(json.dumps({"url": url, "api_url": api.url, "result": result, "runs": [r["state_type"] for r in runs],
+                  "heartbeat": heartbeat, "heartbeat_after": PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value(),
                   "after": PREFECT_API_URL.value(), "exit_code": process.poll()}))
 """
 
@@ -39,6 +41,7 @@ def test_a_run_without_a_configured_server_reports_to_its_own_which_stops_after(
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["url"] == out["api_url"] and out["url"].startswith("http://127.0.0.1:")
     assert out["result"] == 7 and out["runs"] == ["COMPLETED"]  # the flow run was recorded by that server
+    assert out["heartbeat"] is None and out["heartbeat_after"] == 180  # none for a server that ends with the run
     assert out["after"] in (None, "") and out["exit_code"] is not None  # settings restored, server stopped
     try:
         httpx.get(f"{out['url']}/health", timeout=2)
@@ -49,7 +52,7 @@ def test_a_run_without_a_configured_server_reports_to_its_own_which_stops_after(
 
 
 def test_a_configured_server_is_used_and_none_is_started(prefect_harness, monkeypatch):
-    from prefect.settings import PREFECT_API_URL
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 
     from flows.api import LocalAPI
 
