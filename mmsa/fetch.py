@@ -119,7 +119,7 @@ class FetchConfig:
     retries: int = 2  # extra attempts for RETRYABLE statuses
     backoff: float = 0.5  # first back-off wait in seconds, doubled per retry, with +-50% jitter
     max_retry_after: float = 10.0  # cap on a server's Retry-After
-    workers: int = 16  # concurrent downloads (threads); also the decode parallelism
+    workers: int = 16  # concurrent downloads (threads); at most one per core decodes at a time
     per_host: int = 8  # concurrent downloads from one host
     user_agent: str = "mmsa-fetch/0.1 (+image sentiment research)"
     ca_bundle: str | None = None  # CA certificates file for HTTPS (a private CDN's CA); default: certifi
