@@ -98,7 +98,7 @@ _MAX_ADDRESSES_TRIED = 3
 _CHUNK = 64 * 1024
 
 # Decoding, resizing and storing are CPU work: more threads at it than this process has cores only
-# add GIL hand-offs and context switches (12% more CPU per image with 16 at once on 2 cores,
+# add GIL hand-offs and context switches (`mmsa fetch`: 14% more CPU with 16 at once on 2 cores,
 # benchmarks/results/infer.md). Shared by every fetch in the process; downloads keep `workers`.
 _DECODE_SLOTS = threading.BoundedSemaphore(len(os.sched_getaffinity(0)))
 
