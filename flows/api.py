@@ -67,7 +67,12 @@ class LocalAPI:
         raise RuntimeError(f"the Prefect API server at {self.url} did not answer within {timeout} s")
 
     def __enter__(self) -> LocalAPI:
-        from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
+        from prefect.settings import (
+            PREFECT_API_URL,
+            PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+            get_current_settings,
+            temporary_settings,
+        )
 
         settings = get_current_settings()
         if settings.api.url or not settings.server.ephemeral.enabled:

@@ -52,7 +52,7 @@ def test_a_run_without_a_configured_server_reports_to_its_own_which_stops_after(
 
 
 def test_a_configured_server_is_used_and_none_is_started(prefect_harness, monkeypatch):
-    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+    from prefect.settings import PREFECT_API_URL
 
     from flows.api import LocalAPI
 
