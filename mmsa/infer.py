@@ -12,7 +12,8 @@ Device: CUDA when present, else CPU, overridable. On CUDA the encoders run under
 (on an H100: the fp32 labels on 450/450 dev posts and 1.3x fp32's speed at batch 512, where bf16
 changed 3 labels and cost 0.7 points of accuracy; benchmarks/results/infer.md), a batch that
 overflows fp16 is rerun in fp32, and an out-of-memory error halves the batch size and retries,
-so no post is lost. On CPU the thread count is set to the cores this process may use.
+so no post is lost. On CPU the engine uses the cores this process may use: with ONNX Runtime as
+that many single-threaded streams, each running a whole batch.
 
 Backends (the text and image encoders; the small fusion head always runs in torch fp32):
 - "torch": the model's own modules; the default on CUDA.
@@ -34,6 +35,8 @@ import hashlib
 import logging
 import os
 import threading
+import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +55,7 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnx", "int8", "onnx-int8")
 ONNX_OPSET = 18
+GRAPHS = 2  # the exported cores' inputs and outputs: a change re-exports every cached graph
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -124,15 +128,17 @@ class _TextCore(nn.Module):
 
 
 class _ImageCore(nn.Module):
-    """pixels (B,3,H,W, 0-255 floats) -> (hidden (B,L,C), pooled): the exportable part of an ImageEncoder,
-    its normalisation included."""
+    """pixels (B,H,W,3) uint8, as batched -> (hidden (B,L,C), pooled): the exportable part of an
+    ImageEncoder, its layout change and normalisation included. In the ONNX graph they add no per-batch
+    float copies outside it: those cost a run page faults, 4 s of CPU per 2,000 posts
+    (benchmarks/results/infer.md, "(b) sixth CPU session")."""
 
     def __init__(self, encoder):
         super().__init__()
         self.encoder = encoder
 
     def forward(self, pixels: torch.Tensor):
-        out = self.encoder((pixels - self.encoder.mean) / self.encoder.std)
+        out = self.encoder((pixels.permute(0, 3, 1, 2).float() - self.encoder.mean) / self.encoder.std)
         return out.hidden, out.pooled
 
 
@@ -171,9 +177,14 @@ class Engine:
         self.fits: int | None = None  # after an out-of-memory: the largest batch known to fit
         self.bucket = bucket
         self.threads = threads or cpu_threads()
+        # ONNX Runtime on CPU: single-threaded sessions, one batch per thread, `threads` batches at once.
+        # One session split over 2 threads waits at every op for the slower thread (spinning, or idle if
+        # the other was preempted by fetch): 36.4 against 44.3 posts/s for the default model here
+        # (benchmarks/results/infer.md, "(b) sixth CPU session").
+        self.streams = self.threads if backend in ("onnx", "onnx-int8") and self.device.type == "cpu" else 1
         self.version = model.version
         if self.device.type == "cpu":
-            torch.set_num_threads(self.threads)
+            torch.set_num_threads(self.threads // self.streams)
         elif backend in ("int8", "onnx", "onnx-int8"):
             raise ValueError(f"backend {backend!r} is CPU-only; use 'torch' on {self.device}")
         self.max_length = model.max_length
@@ -191,6 +202,8 @@ class Engine:
         # each new caller thread's first batch built them again: 1.7 s on an H100, 3.2 s each for two
         # threads at once (benchmarks/results/infer.md, GPU). It also serialises concurrent callers.
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="mmsa-infer")
+        self._streams = ThreadPoolExecutor(self.streams, thread_name_prefix="mmsa-stream") if self.streams > 1 else None
+        self._feed = threading.Lock()
         self.autocast = torch.float16 if self.device.type == "cuda" else None
         tokenizer, self._text, self._image = self._build(backend, Path(cache_dir) if cache_dir else default_cache_dir())
         self.pad_id = tokenizer.padding["pad_id"]  # both recorded there by _backend_tokenizer
@@ -206,7 +219,8 @@ class Engine:
             folder = export_onnx(self.model, cache_dir, int8_text=backend == "onnx-int8")
             text_path = folder / ("text-int8.onnx" if backend == "onnx-int8" else "text.onnx")
             tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-            return tokenizer, _OrtRunner(text_path, self.threads), _OrtRunner(folder / "image.onnx", self.threads)
+            per_stream = self.threads // self.streams
+            return tokenizer, _OrtRunner(text_path, per_stream), _OrtRunner(folder / "image.onnx", per_stream)
         text, image = self.model.text_encoder, self.model.image_encoder
         if torch.device(self.model.device) != self.device:
             text, image = (copy.deepcopy(m).to(self.device).eval() for m in (text, image))
@@ -273,7 +287,7 @@ class Engine:
             i_pooled = torch.zeros(n, self.image_dim, device=self.device)
             i_hidden, i_mask = None, None
             if b.pixels is not None:
-                h, p = self._image(b.pixels.permute(0, 3, 1, 2).float())
+                h, p = self._image(b.pixels)
                 h, p = h[: b.images], p[: b.images]  # drop the zero rows that keep the shape fixed
                 i_pooled[b.has] = p.to(i_pooled.dtype)
             if self.bundle.needs_hidden:  # rows without an image: one zero patch (masked in, as in training)
@@ -317,10 +331,17 @@ class Engine:
     def predict(
         self, texts: Sequence[str], images: Sequence[np.ndarray | None], batch_size: int | None = None
     ) -> Prediction:
-        """images: uint8 RGB image_size x image_size x 3 arrays or None, aligned with texts."""
+        """images: uint8 RGB image_size x image_size x 3 arrays or None, aligned with texts.
+
+        Concurrent callers take turns (Prediction.queued_s: how long this one waited). With streams, the
+        next caller's first batches are queued as soon as this one's last is, so the streams do not sit
+        idle while one caller's last batch finishes (one core, up to a batch's time, every shard)."""
         if len(texts) != len(images):
             raise ValueError(f"{len(texts)} texts but {len(images)} images")
-        return self._worker.submit(self._predict, texts, images, batch_size).result()
+        called = time.perf_counter()
+        if self._streams is not None:
+            return self._predict(texts, images, batch_size, called)
+        return self._worker.submit(self._predict, texts, images, batch_size, called).result()
 
     def warm_up(self) -> None:
         """On CUDA, score one full batch of blank posts with images, so that the first real batch
@@ -329,21 +350,41 @@ class Engine:
             blank = np.zeros((self.image_size, self.image_size, 3), np.uint8)
             self.predict(["warm up"] * self.batch_size, [blank] * self.batch_size)
 
-    def _predict(self, texts: Sequence[str], images: Sequence[np.ndarray | None], batch_size: int | None) -> Prediction:
+    def _predict(self, texts: Sequence[str], images: Sequence[np.ndarray | None], batch_size: int | None,
+                 called: float) -> Prediction:
         n = len(texts)
         probs = np.zeros((n, 3), np.float32)
         text_probs = np.zeros((n, 3), np.float32)
         image_probs = np.full((n, 3), np.nan, np.float32)
         if n == 0:  # a shard of only rejected rows; tokenizers fail on an empty list
             return Prediction(probs, text_probs, image_probs)
+
+        def fill(outs: list[tuple[Batch, dict[str, np.ndarray]]]) -> None:
+            for b, out in outs:
+                probs[b.idx], text_probs[b.idx] = out["fused"], out["text"]
+                has = b.has.cpu().numpy()
+                image_probs[b.idx[has]] = out["image"][has]
+
         batches = self.batches(texts, images, batch_size or self.batch_size)
-        with torch.inference_mode():
+        if self._streams is None:  # on the engine's own thread, one caller at a time
+            queued = time.perf_counter() - called
             for batch in prefetch(batches) if self.prefetch else batches:
-                for b, out in self._run(batch):
-                    probs[b.idx], text_probs[b.idx] = out["fused"], out["text"]
-                    has = b.has.cpu().numpy()
-                    image_probs[b.idx[has]] = out["image"][has]
-        return Prediction(probs, text_probs, image_probs)
+                fill(self._run_all(batch))
+        else:
+            pending: deque = deque()
+            with self._feed:  # one caller queues batches at a time, at most one more than there are streams
+                queued = time.perf_counter() - called
+                for batch in batches:
+                    pending.append(self._streams.submit(self._run_all, batch))
+                    if len(pending) > self.streams:
+                        fill(pending.popleft().result())
+            while pending:
+                fill(pending.popleft().result())
+        return Prediction(probs, text_probs, image_probs, queued)
+
+    def _run_all(self, b: Batch) -> list[tuple[Batch, dict[str, np.ndarray]]]:
+        with torch.inference_mode():  # a per-thread mode: set in the thread that runs the batch
+            return list(self._run(b))
 
 
 # ---- ONNX -----------------------------------------------------------------------------------------
@@ -359,6 +400,10 @@ class _OrtRunner:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No memory patterns: ORT plans one per input shape, and bucketed batches bring new shapes all
+        # through a run, each planned block page-faulted afresh (kernel CPU of a 1,000-post run: 10.1 s with
+        # them, 4.7 s without; benchmarks/results/infer.md, "(b) sixth CPU session").
+        opts.enable_mem_pattern = False
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
 
@@ -375,10 +420,10 @@ def export_onnx(model: SentimentModel, cache_dir: Path, int8_text: bool = False)
     """Export both encoders and their tokenizer once into cache_dir/onnx/<key>/ and return that folder:
     text.onnx, image.onnx, tokenizer.json (and text-int8.onnx with int8_text).
 
-    The key covers torch, the opset, the model's version and the files the encoders load from
+    The key covers torch, the opset, the graphs' interface (GRAPHS), the model's version and the files the encoders load from
     (SentimentModel.source_key), so a changed model never reuses a stale graph, and a cached one is
     found without loading the encoders. Files are written under a temporary name, then renamed."""
-    key = hashlib.sha256(f"{torch.__version__}|{ONNX_OPSET}|{model.version}|{model.source_key()}".encode())
+    key = hashlib.sha256(f"{torch.__version__}|{ONNX_OPSET}|{GRAPHS}|{model.version}|{model.source_key()}".encode())
     folder = cache_dir / "onnx" / key.hexdigest()[:16]
     text_path, image_path, tok_path = folder / "text.onnx", folder / "image.onnx", folder / "tokenizer.json"
     with _EXPORT_LOCK:
@@ -389,7 +434,7 @@ def export_onnx(model: SentimentModel, cache_dir: Path, int8_text: bool = False)
                     {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}, text_path)
         if not image_path.exists():
             size = model.image_size
-            _export(_ImageCore(model.image_encoder).eval(), (torch.zeros(2, 3, size, size),), ["pixels"],
+            _export(_ImageCore(model.image_encoder).eval(), (torch.zeros(2, size, size, 3, dtype=torch.uint8),), ["pixels"],
                     {"pixels": {0: "batch"}}, image_path)
         if not tok_path.exists():
             tmp = folder / f".tokenizer.{os.getpid()}.json"

@@ -27,6 +27,7 @@ class Prediction:
     probs: np.ndarray  # (N,3) fused; rows without an image = the text-only probs
     text_probs: np.ndarray  # (N,3) text branch alone
     image_probs: np.ndarray  # (N,3) image branch alone; NaN rows where there was no image
+    queued_s: float = 0.0  # seconds the call waited for other callers of the engine
 
 
 class SentimentModel:

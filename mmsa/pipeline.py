@@ -11,7 +11,6 @@ import contextlib
 import fcntl
 import json
 import os
-import threading
 import time
 import uuid
 from collections import Counter
@@ -24,10 +23,6 @@ import pyarrow.parquet as pq
 
 from mmsa import publish, source, store
 from mmsa.schema import LABELS, SCORED_SCHEMA
-
-# One shard in the model at a time per process (the engine runs one forward at a time anyway); holding
-# the lock here makes the queueing visible in the run's stage seconds as infer_wait.
-_INFER_LOCK = threading.Lock()
 
 class RunLocked(ValueError):
     """Another run holds the database; a ValueError so the CLI reports it as an error, not a crash."""
@@ -242,12 +237,11 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
 
     images = [cache.load(r.image_key) if r.status == "ok" else None for r in fetched]
     engine = get_engine(model, opts.backend)
-    with _INFER_LOCK:
-        t1b = time.perf_counter()
-        pred = engine.predict(posts["text"].to_pylist(), images)
+    t1b = time.perf_counter()
+    pred = engine.predict(posts["text"].to_pylist(), images)
     t2 = time.perf_counter()
-    seconds["infer_wait"] = t1b - t1  # cache reads + waiting for the other shard's forward
-    seconds["infer"] = t2 - t1b
+    seconds["infer_wait"] = t1b - t1 + pred.queued_s  # cache reads + waiting for the other shard's batches
+    seconds["infer"] = t2 - t1b - pred.queued_s
 
     table = scored_table(posts, [r.status for r in fetched], pred, model.version, run_id)
     files = store.write_partitions(table, Path(opts.out), f"{model.version}-{key}-{index:05d}")

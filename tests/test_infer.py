@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -186,6 +187,38 @@ def test_predictions_run_on_the_engines_own_thread(model, posts, reference, monk
     assert len(threads) == 1 and threads.pop().startswith("mmsa-infer")
     for got in results:
         assert_same(got, reference)
+
+
+def test_onnx_streams_take_turns_without_a_gap(model, posts, reference, tmp_path, monkeypatch):
+    """On CPU, ONNX Runtime runs one batch per core on single-threaded sessions ("streams"). Two callers
+    take turns feeding them: the second waits (queued_s) while the first queues its batches, and its
+    first batch starts before the first caller's last one is done, so no stream sits idle between
+    shards. Every batch runs on a stream; every answer equals the reference."""
+    engine = Engine(model, batch_size=4, backend="onnx", cache_dir=tmp_path, threads=2)
+    assert engine.streams == 2
+    real, events = engine._run_all, []
+
+    def run_all(b):
+        start = time.perf_counter()
+        time.sleep(0.05)  # long enough that the second caller is waiting before the first one is done
+        out = real(b)
+        events.append((threading.current_thread().name, threading.get_ident(), start, time.perf_counter()))
+        return out
+
+    monkeypatch.setattr(engine, "_run_all", run_all)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(engine.predict, *posts)
+        time.sleep(0.02)
+        second = pool.submit(engine.predict, *posts)
+        got1, got2 = first.result(), second.result()
+    assert_same(got1, reference)
+    assert_same(got2, reference)
+    assert got2.queued_s > 0.05 and got1.queued_s < got2.queued_s
+    assert all(name.startswith("mmsa-stream") for name, *_ in events)
+    assert len({ident for _, ident, *_ in events}) == 2  # both streams used
+    # The streams take batches in the order queued: the first caller's 6, then the second's.
+    events.sort(key=lambda e: e[2])
+    assert min(start for *_, start, _ in events[6:]) < max(end for *_, end in events[:6])
 
 
 def test_prefetched_batches_give_the_same_answers(model, posts, reference):
