@@ -129,9 +129,8 @@ class _TextCore(nn.Module):
 
 class _ImageCore(nn.Module):
     """pixels (B,H,W,3) uint8, as batched -> (hidden (B,L,C), pooled): the exportable part of an
-    ImageEncoder, its layout change and normalisation included. In the ONNX graph they add no per-batch
-    float copies outside it: those cost a run page faults, 4 s of CPU per 2,000 posts
-    (benchmarks/results/infer.md, "(b) sixth CPU session")."""
+    ImageEncoder, its layout change and normalisation included, so that with ONNX Runtime the batch is
+    handed over as it is, without float copies of it outside the graph."""
 
     def __init__(self, encoder):
         super().__init__()
@@ -420,9 +419,10 @@ def export_onnx(model: SentimentModel, cache_dir: Path, int8_text: bool = False)
     """Export both encoders and their tokenizer once into cache_dir/onnx/<key>/ and return that folder:
     text.onnx, image.onnx, tokenizer.json (and text-int8.onnx with int8_text).
 
-    The key covers torch, the opset, the graphs' interface (GRAPHS), the model's version and the files the encoders load from
-    (SentimentModel.source_key), so a changed model never reuses a stale graph, and a cached one is
-    found without loading the encoders. Files are written under a temporary name, then renamed."""
+    The key covers torch, the opset, the graphs' interface (GRAPHS), the model's version and the files
+    the encoders load from (SentimentModel.source_key), so a changed model never reuses a stale graph,
+    and a cached one is found without loading the encoders. Files are written under a temporary name,
+    then renamed."""
     key = hashlib.sha256(f"{torch.__version__}|{ONNX_OPSET}|{GRAPHS}|{model.version}|{model.source_key()}".encode())
     folder = cache_dir / "onnx" / key.hexdigest()[:16]
     text_path, image_path, tok_path = folder / "text.onnx", folder / "image.onnx", folder / "tokenizer.json"

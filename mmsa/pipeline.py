@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from mmsa import publish, source, store
 from mmsa.schema import LABELS, SCORED_SCHEMA
 
+
 class RunLocked(ValueError):
     """Another run holds the database; a ValueError so the CLI reports it as an error, not a crash."""
 
