@@ -218,8 +218,7 @@ class Engine:
             folder = export_onnx(self.model, cache_dir, int8_text=backend == "onnx-int8")
             text_path = folder / ("text-int8.onnx" if backend == "onnx-int8" else "text.onnx")
             tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-            per_stream = self.threads // self.streams
-            return tokenizer, _OrtRunner(text_path, per_stream), _OrtRunner(folder / "image.onnx", per_stream)
+            return tokenizer, _OrtRunner(text_path), _OrtRunner(folder / "image.onnx")
         text, image = self.model.text_encoder, self.model.image_encoder
         if torch.device(self.model.device) != self.device:
             text, image = (copy.deepcopy(m).to(self.device).eval() for m in (text, image))
@@ -392,11 +391,11 @@ class Engine:
 class _OrtRunner:
     """An ONNX Runtime session called like the torch cores: tensors in, (hidden, pooled) tensors out."""
 
-    def __init__(self, path: Path, threads: int):
+    def __init__(self, path: Path):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
+        opts.intra_op_num_threads = 1  # one stream (Engine.streams): the engine runs one session call per core
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # No memory patterns: ORT plans one per input shape, and bucketed batches bring new shapes all
