@@ -147,11 +147,9 @@ class ImageCache:
     goes to a temporary file then os.replace, so concurrent processes never see half a file.
     """
 
-    _VERSION = 2  # bump when preprocessing changes, so old arrays are not reused
-
     def __init__(self, root: str | Path, image_size: int):
         self.image_size = image_size
-        self.root = Path(root) / f"v{self._VERSION}-{image_size}"
+        self.root = Path(root) / f"v{imaging.VERSION}-{image_size}"  # arrays of older preprocessing are not reused
         self._shape = (image_size, image_size, 3)
         buffer = io.BytesIO()
         np.save(buffer, np.zeros(self._shape, np.uint8), allow_pickle=False)

@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from mmsa import imaging
 from mmsa.data import LabelledSet, default_cache_dir, load_image
 from mmsa.encoders import (
     DEFAULT_IMAGE_ENCODER,
@@ -155,7 +156,7 @@ def text_features(enc: TextEncoder, ds: LabelledSet, cache_dir: Path | None) -> 
 
 
 def image_features(enc: ImageEncoder, ds: LabelledSet, cache_dir: Path | None) -> dict:
-    key = f"image-{fingerprint(enc)}-{enc.image_size}-{_set_key(ds)}"
+    key = f"image-{fingerprint(enc)}-{enc.image_size}-v{imaging.VERSION}-{_set_key(ds)}"
     return cached(cache_dir, key, lambda: encode_images(enc, ds.images, desc=Path(ds.name).name))
 
 

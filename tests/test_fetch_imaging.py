@@ -99,6 +99,18 @@ def test_resize_keeps_the_whole_picture_of_a_wide_image():
     assert array[:, 2 * third + 2 :, 0].mean() > 240
 
 
+@pytest.mark.parametrize("width, height", [(300, 380), (180, 150), (500, 240)])
+def test_resize_matches_pillows_bicubic(width, height):
+    """The resize computes what Pillow's antialiased bicubic resize (the one used before) computes, up to
+    rounding: the cached arrays and the trained models stay comparable."""
+    image = textured_image(width, height, seed=width)
+    ours = imaging.preprocess(encode(image, "PNG"), 260, LIMIT).astype(int)
+    pillows = np.asarray(image.resize((260, 260), Image.Resampling.BICUBIC)).astype(int)
+    diff = np.abs(ours - pillows)
+    assert diff.mean() < 0.4 and diff.max() <= 8  # Pillow's BILINEAR: 0.64-0.86 here
+    assert (diff == 0).mean() > 0.6  # BILINEAR: 36-46% of the values
+
+
 def test_draft_decoding_matches_full_decoding():
     """Reduced-size JPEG decoding must give nearly the same pixels as a full decode + resize."""
     data = encode(textured_image(1600, 1200, seed=5), "JPEG", quality=90)
