@@ -419,7 +419,7 @@ def _part_bc(args, lines: list[str], site: Path, env: dict, dev_texts: list[str]
             tiny = make_dump(site, base, 4, False, dev_texts)
             lines += ["## (b) End to end", "",
                       f"Dump: {n} posts, each with a JPEG of 224-480 px a side (mean {np.mean([p.stat().st_size for p in (site / 'images').glob('*.jpg')]) / 1024:.0f} KiB) "
-                      "served from 127.0.0.1 by a threaded server in the benchmark process; texts cycled from the dev set. "
+                      "served from 127.0.0.1 by a threaded keep-alive (HTTP/1.1) server in the benchmark process; texts cycled from the dev set. "
                       "Every run starts from a fresh output folder and image cache (so it downloads every image).", "",
                       "| what | command | wall s per run | median posts/s | peak RSS MiB (max) | load avg (1/5/15) | GPU utilisation |",
                       "| --- | --- | --- | ---: | ---: | --- | --- |"]

@@ -449,7 +449,9 @@ class _Fetcher:
                         raise _http_failure(code, response)
                     body = _read_body(response, config.max_bytes, received)
                 finally:
-                    response.close()  # the connection is not reused (as with requests' streamed responses)
+                    # A body read to its end has already handed the connection back to the pool, for the next
+                    # download from the host; this closes one with unread bytes (a redirect, a failure).
+                    response.close()
                     response.release_conn()
                 if watch.expired:  # the watchdog cut the headers or body short
                     raise _Failure(ImageStatus.TIMEOUT, "deadline per image passed")

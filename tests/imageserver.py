@@ -5,6 +5,7 @@
         server.route("/flaky", send(500), send(200, jpeg_bytes))   # hit 1 -> 500, hit 2+ -> 200
         server.route("/slow", drip(jpeg_bytes, interval=0.2))
         server.hit_count("/flaky")                 # the hit log proves what the client did
+        server.connections                         # TCP connections accepted so far
 
 A route takes handlers in order: hit n gets the n-th, the last one repeats. A handler is any
 callable taking the http.server request handler; the factories below (send, redirect, stall,
@@ -88,6 +89,11 @@ class ImageServer:
     def hit_count(self, path: str) -> int:
         return self._counts["/" + path.lstrip("/")]
 
+    @property
+    def connections(self) -> int:
+        assert self._server is not None, "server not started"
+        return self._server.connections
+
     def _dispatch(self, request: BaseHTTPRequestHandler) -> None:
         path = unquote(urlsplit(request.path).path)
         with self._lock:
@@ -109,6 +115,11 @@ class ImageServer:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # the default backlog of 5 drops connections under a benchmark's load
+    connections = 0
+
+    def process_request(self, request, client_address) -> None:
+        self.connections += 1  # only the serving thread accepts: no lock needed
+        super().process_request(request, client_address)
 
 
 def _make_handler_class(server: ImageServer) -> type[BaseHTTPRequestHandler]:

@@ -340,6 +340,16 @@ def test_per_host_cap_limits_concurrent_requests(image_server, cache):
     assert peak[0] == 2
 
 
+def test_kept_alive_connections_are_reused_unless_a_download_was_cut_short(image_server, cache):
+    """A download read to its end hands its connection back for the next one (no TCP, and on https no TLS,
+    handshake per image); one cut short, its body unread, is closed rather than reused."""
+    too_large = image_server.route("/big", send(200, bytes(3_000_000), "image/png"))
+    urls = [too_large] + [image_server.route(f"/k{n}", send(200, PNG, "image/png")) for n in range(6)]
+    results = fetch_images([(str(n), url) for n, url in enumerate(urls)], config(workers=1, per_host=1), cache)
+    assert [r.status for r in results] == ["too_large"] + ["ok"] * 6
+    assert image_server.connections == 2
+
+
 def test_same_bytes_share_one_cache_entry(image_server, cache):
     """The cache is content-addressed: two URLs with the same bytes give one key and one file."""
     (image_server.root / "a.png").write_bytes(PNG)
