@@ -49,7 +49,7 @@ def backfill_flow(
     end: date | None = None,
     timezone: str = "UTC",
     model: str = "default",
-    shard_size: int = 256,
+    shard_size: int | None = None,
     cache: str | None = None,
     allow_hosts: list[str] | None = None,
     force: bool = False,

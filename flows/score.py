@@ -67,7 +67,7 @@ def score_flow(
     out: str,
     cache: str | None = None,
     model: str = "default",
-    shard_size: int = 256,
+    shard_size: int | None = None,
     allow_local_files: bool = False,
     allow_hosts: list[str] | None = None,
     force: bool = False,

@@ -229,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for hive-partitioned Parquet results")
     p.add_argument("--cache", help="image cache folder (default: OUT/_cache)")
     p.add_argument("--model", default="default", help="model name or folder (default: shipped model)")
-    p.add_argument("--shard-size", type=int, default=256, help="posts per shard (unit of work and resume)")
+    p.add_argument("--shard-size", type=int, default=None,
+                   help="posts per shard, the unit of work and resume (default: the size an earlier run cut this "
+                        "dump at, else 512)")
     p.add_argument(
         "--allow-local-files",
         action="store_true",
@@ -259,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for hive-partitioned Parquet results")
     p.add_argument("--cache", help="image cache folder (default: OUT/_cache)")
     p.add_argument("--model", default="default", help="model name or folder (default: shipped model)")
-    p.add_argument("--shard-size", type=int, default=256, help="posts per shard")
+    p.add_argument("--shard-size", type=int, default=None,
+                   help="posts per shard (default: the size an earlier run cut a day's dump at, else 512)")
     p.add_argument("--allow-hosts", nargs="*", default=[], metavar="HOST_OR_CIDR",
                    help="hosts or CIDRs exempt from the private-address block")
     p.add_argument("--force", action="store_true", help="re-score days already scored by this model")

@@ -104,9 +104,24 @@ def test_rerun_with_another_shard_size_is_refused(prefect_harness, site, tmp_pat
     assert _score(base, db, out) == 0
     assert cli.main(["score", f"{base}/posts.jsonl", "--db", str(db), "--out", str(out), "--shard-size", "5",
                      "--allow-hosts", "127.0.0.1"]) == 2
-    assert "rerun with --shard-size 8" in capsys.readouterr().err
+    assert "rerun with --shard-size 8, or without --shard-size" in capsys.readouterr().err
     with duckdb.connect(str(db), read_only=True) as con:
         assert con.sql("SELECT count(*), count(DISTINCT post_id) FROM post_sentiment").fetchall() == [(20, 20)]
+
+
+def test_rerun_without_a_shard_size_keeps_the_earlier_runs(prefect_harness, site, tmp_path, capsys):
+    """A dump cut at 8 by an earlier run is cut at 8 again (not the default 512): its scored shards are
+    recognised and skipped, so a crashed run resumes whatever size it was started with."""
+    base, _ = site
+    db, out = tmp_path / "m.duckdb", tmp_path / "out"
+    assert _score(base, db, out) == 0
+    capsys.readouterr()
+    assert cli.main(["score", f"{base}/posts.jsonl", "--db", str(db), "--out", str(out), "--allow-hosts", "127.0.0.1"]) == 0
+    assert "(0 shards scored, 3 already done)" in capsys.readouterr().out
+    fresh = tmp_path / "fresh"
+    assert cli.main(["score", f"{base}/posts.jsonl", "--db", str(tmp_path / "f.duckdb"), "--out", str(fresh),
+                     "--allow-hosts", "127.0.0.1"]) == 0
+    assert "(1 shards scored, 0 already done)" in capsys.readouterr().out  # 20 posts: one shard of 512
 
 
 ANALYST = """
