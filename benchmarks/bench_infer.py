@@ -51,6 +51,7 @@ sys.path.insert(0, str(REPO))
 from mmsa.data import load_image, load_jsonl, resolve_data_dir  # noqa: E402
 from mmsa.infer import BACKENDS, Engine, _ImageCore, _TextCore, cpu_threads  # noqa: E402
 from mmsa.model import load_model  # noqa: E402
+from mmsa.pipeline import DEFAULT_SHARD_SIZE as SHARD  # noqa: E402  (the model alone is called as the flow calls it)
 
 PY = sys.executable
 BATCHES = (1, 8, 32, 128)
@@ -450,9 +451,9 @@ def _part_bc(args, lines: list[str], site: Path, env: dict, dev_texts: list[str]
                 engine = Engine(model, backend=backend, device=args.device, cache_dir=args.workdir / "cache")
                 engine.predict(texts[:256], imgs[:256])  # warm-up (CUDA context, kernels)
                 with GpuSampler() as gpu, ThreadPoolExecutor(2) as shards:  # two callers, as the flow's shard tasks
-                    walls = median_time(lambda: list(shards.map(lambda s: engine.predict(texts[s : s + 256], imgs[s : s + 256]),
-                                                                range(0, n, 256))), args.e2e_runs)[1]
-                record(f"model alone ({backend})", f"predict per 256-post shard from 2 threads, in process, batch {engine.batch_size}",
+                    walls = median_time(lambda: list(shards.map(lambda s: engine.predict(texts[s : s + SHARD], imgs[s : s + SHARD]),
+                                                                range(0, n, SHARD))), args.e2e_runs)[1]
+                record(f"model alone ({backend})", f"predict per {SHARD}-post shard from 2 threads, in process, batch {engine.batch_size}",
                        walls, gpu=gpu)
             # The fixed cost, first: the first run in a fresh PREFECT_HOME also creates Prefect's database
             # (about 10 s), which a scheduled nightly run never pays; an untimed run keeps it out of all timings.
