@@ -205,7 +205,7 @@ def _shard_size(workdir: Path, requested: int | None) -> int:
                 f"rerun with --shard-size {earlier}, or without --shard-size"
             )
         return earlier
-    size = requested or DEFAULT_SHARD_SIZE
+    size = DEFAULT_SHARD_SIZE if requested is None else requested
     store.write_text_atomic(manifest, json.dumps({"shard_size": size}))
     return size
 
