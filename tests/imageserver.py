@@ -9,7 +9,8 @@
 
 A route takes handlers in order: hit n gets the n-th, the last one repeats. A handler is any
 callable taking the http.server request handler; the factories below (send, redirect, stall,
-drip_headers, drip, endless, lying_length) cover the usual ways servers go wrong.
+drip_headers, drip, endless, lying_length) cover the usual ways servers go wrong, and
+`Concurrency` counts how many requests a client has in progress at once.
 
 Also here: `textured_image` + `encode` make real-looking image bytes of any format, and
 `tls_files` + `ImageServer(tls=context)` give an HTTPS server with a throw-away CA.
@@ -158,6 +159,26 @@ def send(status: int = 200, body: bytes = b"", content_type: str = "application/
 
 def redirect(location: str, status: int = 302) -> Handler:
     return send(status, b"", "text/plain", {"Location": location})
+
+
+class Concurrency:
+    """A handler that holds each request `hold` seconds before `then` answers it, counting the requests in
+    progress: `peak` is the most at once."""
+
+    def __init__(self, then: Handler, hold: float):
+        self.then, self.hold = then, hold
+        self.peak = 0
+        self._active = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, request: BaseHTTPRequestHandler) -> None:
+        with self._lock:
+            self._active += 1
+            self.peak = max(self.peak, self._active)
+        time.sleep(self.hold)
+        with self._lock:
+            self._active -= 1
+        self.then(request)
 
 
 def stall(seconds: float) -> Handler:

@@ -8,7 +8,6 @@ import re
 import socket
 import ssl
 import struct
-import threading
 import time
 import zlib
 
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 from imageserver import (
+    Concurrency,
     ImageServer,
     drip,
     drip_headers,
@@ -323,21 +323,11 @@ def test_every_post_gets_one_row_in_order(image_server, cache):
 
 def test_per_host_cap_limits_concurrent_requests(image_server, cache):
     """No more than per_host requests run at once against one host, however many workers."""
-    active, peak, lock = [0], [0], threading.Lock()
-
-    def slow_ok(request):
-        with lock:
-            active[0] += 1
-            peak[0] = max(peak[0], active[0])
-        time.sleep(0.15)
-        with lock:
-            active[0] -= 1
-        send(200, PNG, "image/png")(request)
-
-    urls = [image_server.route(f"/p{n}", slow_ok) for n in range(8)]
+    probe = Concurrency(send(200, PNG, "image/png"), hold=0.15)
+    urls = [image_server.route(f"/p{n}", probe) for n in range(8)]
     results = fetch_images([(str(n), url) for n, url in enumerate(urls)], config(workers=8, per_host=2), cache)
     assert all(r.status == "ok" for r in results)
-    assert peak[0] == 2
+    assert probe.peak == 2
 
 
 def test_kept_alive_connections_are_reused_unless_a_download_was_cut_short(image_server, cache):

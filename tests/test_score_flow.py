@@ -2,13 +2,11 @@
 real Prefect flow into real Parquet files and a real DuckDB file."""
 
 import json
-import threading
-import time
 
 import duckdb
 import pytest
 
-from imageserver import encode, image_server, send, textured_image  # noqa: F401  (fixture)
+from imageserver import Concurrency, encode, image_server, send, textured_image  # noqa: F401  (fixture)
 from mmsa import cli, report
 from mmsa.demo import make_dump, serve_folder
 from mmsa.fetch import FetchConfig
@@ -131,26 +129,15 @@ def test_rerun_without_a_shard_size_keeps_the_earlier_runs(prefect_harness, site
 def test_shards_scored_at_once_stay_within_the_per_host_cap(prefect_harness, image_server, tmp_path):
     """The flow scores two shards at once, but fetches them one after the other: a host never sees more than
     FetchConfig.per_host downloads at a time from one run (two shards' fetches at once made it twice that)."""
-    active, peak, lock = [0], [0], threading.Lock()
-    jpeg = encode(textured_image(120, 90), "JPEG")
-
-    def slow_ok(request):
-        with lock:
-            active[0] += 1
-            peak[0] = max(peak[0], active[0])
-        time.sleep(0.1)
-        with lock:
-            active[0] -= 1
-        send(200, jpeg, "image/jpeg")(request)
-
+    probe = Concurrency(send(200, encode(textured_image(120, 90), "JPEG"), "image/jpeg"), hold=0.1)
     dump = tmp_path / "posts.jsonl"
     dump.write_text("".join(json.dumps({"post_id": f"p{n}", "created_at": "2026-11-20", "text": "nice day",
-                                        "image_url": image_server.route(f"/i{n}.jpg", slow_ok)}) + "\n" for n in range(48)))
+                                        "image_url": image_server.route(f"/i{n}.jpg", probe)}) + "\n" for n in range(48)))
     assert cli.main(["score", str(dump), "--db", str(tmp_path / "m.duckdb"), "--out", str(tmp_path / "out"),
                      "--shard-size", "24", "--allow-hosts", "127.0.0.1"]) == 0
     with duckdb.connect(str(tmp_path / "m.duckdb"), read_only=True) as con:
         assert con.sql("SELECT image_status, count(*) FROM post_sentiment GROUP BY 1").fetchall() == [("ok", 48)]
-    assert peak[0] == FetchConfig.per_host
+    assert probe.peak == FetchConfig.per_host
 
 
 ANALYST = """
