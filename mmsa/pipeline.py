@@ -30,7 +30,7 @@ from mmsa.schema import LABELS, SCORED_SCHEMA
 # against 72.8 / 70.2 s (benchmarks/results/infer.md, "(b) sixth CPU session").
 DEFAULT_SHARD_SIZE = 512
 
-# A process fetches one shard at a time, in the order its shard tasks ask. Two at once (the flow scores two
+# A process fetches one shard at a time. Two at once (the flow scores two
 # shards in threads) finished the run's first shard, which the model waits for, only when both were done,
 # and doubled the downloads per host past FetchConfig.per_host. A shard's fetch still overlaps the
 # previous shard's inference (benchmarks/results/infer.md, "(b) seventh CPU session").
