@@ -122,6 +122,24 @@ def test_draft_decoding_matches_full_decoding():
     assert np.abs(fast - reference).mean() < 6
 
 
+@pytest.mark.parametrize("width, height, progressive, subsampling", [
+    (150, 90, False, 2), (300, 260, True, 0), (530, 531, False, 1), (1100, 700, True, 2), (2100, 4000, False, 2),
+])
+def test_colour_jpegs_decode_to_pillows_pixels(width, height, progressive, subsampling, monkeypatch):
+    """Upright colour JPEGs go to simplejpeg; the model must get exactly the pixels of Pillow's decode at its draft
+    scale (the one the models were trained on), for every size, scale and chroma subsampling."""
+    decoded, decode = [], imaging.simplejpeg.decode_jpeg
+    monkeypatch.setattr(imaging.simplejpeg, "decode_jpeg", lambda *a, **k: decoded.append(k) or decode(*a, **k))
+    data = encode(textured_image(width, height, seed=width), "JPEG", quality=85, progressive=progressive,
+                  subsampling=subsampling)
+    with Image.open(__import__("io").BytesIO(data)) as im:
+        short = min(width, height)
+        im.draft("RGB", (width * 260 // short, height * 260 // short))
+        reference = imaging._resize_rgb(np.array(im.convert("RGB")), 260)
+    assert np.array_equal(imaging.preprocess(data, 260, LIMIT), reference)
+    assert len(decoded) == 1
+
+
 @pytest.mark.parametrize(
     "data, error",
     [
