@@ -15,7 +15,8 @@ Run on demand (not part of the test suite):
 (b) End to end: a generated dump (224-480 px JPEGs served from 127.0.0.1), `mmsa score` as a
     subprocess per backend ($MMSA_BACKEND; fresh output and image cache every run, PREFECT_HOME in
     a temp dir); next to `mmsa fetch` alone and the model alone on the same posts, and the
-    start-up cost of an almost empty run.
+    start-up cost of an almost empty run. With --e2e-server, also `mmsa score` against a running
+    `prefect server start` (as deployments run), in place of the API server each run starts.
 (c) Peak RSS (/usr/bin/time -v) of `mmsa score` on text-only dumps of the given sizes.
 
 With --device cuda, (a) times the torch backend on the GPU under the engine's autocast at batch
@@ -27,17 +28,20 @@ the GPU and `mmsa score` with the torch backend (the device is picked automatica
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import random
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -372,6 +376,38 @@ def score_cmd(url: str, out: Path, switch_interval: float | None = None, dask_wo
     return [PY, "-c", f"import sys; sys.setswitchinterval({switch_interval}); from mmsa.cli import entry; entry()", *args]
 
 
+@contextlib.contextmanager
+def prefect_server(env: dict):
+    """`prefect server start` with a PREFECT_HOME of its own, as deployments run (docs/operations.md); yields `env`
+    with its PREFECT_API_URL. It runs on the same cores as the runs, its services included."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    home = tempfile.mkdtemp(prefix="mmsa-bench-server-")
+    proc = subprocess.Popen([str(Path(PY).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=dict(env, PREFECT_HOME=home, PREFECT_UI_ENABLED="0"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("`prefect server start` did not come up")
+                time.sleep(1)
+        yield dict(env, PREFECT_API_URL=url)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def run_timed(cmd: list[str], env: dict) -> tuple[float, int]:
     """Wall seconds and peak RSS (KiB, /usr/bin/time -v) of one command."""
     t0 = time.perf_counter()
@@ -464,29 +500,35 @@ def _part_bc(args, lines: list[str], site: Path, env: dict, dev_texts: list[str]
             startup = statistics.median(startup_walls[1:])
             stages = {}
             last = args.e2e_variants[-1]
-            variants = [(b, None, None, b) for b in args.e2e_variants] + [
-                (last, si, None, f"{last}, switch interval {si * 1e3:g} ms") for si in args.e2e_switch] + [
-                (last, None, w, f"{last}, {w} Dask worker processes") for w in args.e2e_dask_workers]
-            for backend, switch, workers, variant in variants:
+            startups = {}
+            variants = [(b, None, None, False, b) for b in args.e2e_variants] + [
+                (last, si, None, False, f"{last}, switch interval {si * 1e3:g} ms") for si in args.e2e_switch] + [
+                (last, None, w, False, f"{last}, {w} Dask worker processes") for w in args.e2e_dask_workers] + [
+                (last, None, None, True, f"{last}, a running Prefect server")] * args.e2e_server
+            for backend, switch, workers, server, variant in variants:
                 walls, rss = [], []
-                with GpuSampler() as gpu:
+                with prefect_server(env) if server else contextlib.nullcontext(env) as run_env, GpuSampler() as gpu:
+                    run_env = dict(run_env, MMSA_BACKEND=backend)
+                    if server:  # its fixed cost too, after an untimed run (the server's first flow run registers the flow)
+                        startups[variant] = statistics.median(
+                            [run_timed(score_cmd(f"{base}/{tiny.name}", runs / f"e2e-tiny-server-{r}"), run_env)[0] for r in range(3)][1:])
                     for r in range(args.e2e_runs):
-                        out = runs / f"e2e-{backend}-{switch}-{workers}-{r}"
-                        wall, peak = run_timed(score_cmd(url, out, switch, workers), dict(env, MMSA_BACKEND=backend))
+                        out = runs / f"e2e-{backend}-{switch}-{workers}-{server}-{r}"
+                        wall, peak = run_timed(score_cmd(url, out, switch, workers), run_env)
                         walls.append(wall)
                         rss.append(peak)
                         stages[variant] = last_run_stages(out / "db.duckdb")
                 record(f"mmsa score ({variant})", "mmsa score DUMP_URL --db FRESH --out FRESH --allow-hosts 127.0.0.1 --force",
                        walls, rss, gpu)
             lines += ["", f"Start-up + fixed cost of `mmsa score` ({args.e2e_variants[-1]}; a 4-post text-only dump, median of 2 after an untimed one): "
-                      f"{startup:.1f} s.", "",
+                      f"{startup:.1f} s" + "".join(f"; {v}: {t:.1f} s" for v, t in startups.items()) + ".", "",
                       "| variant | e2e posts/s | slowest stage alone | ratio | ratio without the fixed cost | stage seconds reported by the run |",
                       "| --- | ---: | --- | ---: | ---: | --- |"]
-            for backend, _, _, variant in variants:
+            for backend, _, _, _, variant in variants:
                 slow_name = min(("fetch alone", f"model alone ({backend})"), key=lambda k: results[k])
                 slow = results[slow_name]
                 e2e = results[f"mmsa score ({variant})"]
-                net = n / max(n / e2e - startup, 1e-9)
+                net = n / max(n / e2e - startups.get(variant, startup), 1e-9)
                 lines.append(f"| {variant} | {e2e:.1f} | {slow_name}: {slow:.1f} | {100 * e2e / slow:.0f}% | {100 * net / slow:.0f}% "
                              f"| {json.dumps(stages[variant])} |")
             lines.append("")
@@ -516,6 +558,8 @@ def main() -> None:
                     help="(b) also run `mmsa score` (last backend) under these sys.setswitchinterval values, seconds")
     ap.add_argument("--e2e-dask-workers", nargs="*", type=int, default=[],
                     help="(b) also run `mmsa score --runner dask` with these numbers of worker processes")
+    ap.add_argument("--e2e-server", action="store_true",
+                    help="(b) also run `mmsa score` (last backend) against a running `prefect server start`")
     ap.add_argument("--rss-posts", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--rss-variants", nargs="+", default=["onnx"], choices=BACKENDS)
     ap.add_argument("--parts", default="abc", help="which of a, b, c to run")
