@@ -77,14 +77,15 @@ def preprocess(data: bytes, size: int, max_pixels: int) -> np.ndarray:
             width, height = im.size
             if width * height > max_pixels:
                 raise TooManyPixelsError(f"{width}x{height} pixels is over the limit of {max_pixels}")
-            if fmt == "JPEG" and im.mode == "RGB" and im.getexif().get(_ORIENTATION, 1) == 1:
-                scale = _draft_scale(width, height, size)
-                rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=-(-width // scale),
-                                             min_height=-(-height // scale))  # strict: truncated data raises
-                return _resize_rgb(rgb, size)
             if fmt == "JPEG":  # DCT-scale down, keeping both sides >= size
                 short = min(width, height)
-                im.draft("RGB", (max(1, width * size // short), max(1, height * size // short)))
+                draft = (max(1, width * size // short), max(1, height * size // short))
+                if im.mode == "RGB" and im.getexif().get(_ORIENTATION, 1) == 1:
+                    scale = _draft_scale(width, height, draft)
+                    rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=-(-width // scale),
+                                                 min_height=-(-height // scale))  # strict: truncated data raises
+                    return _resize_rgb(rgb, size)
+                im.draft("RGB", draft)
             im.load()  # the first frame only, for animated formats
             ImageOps.exif_transpose(im, in_place=True)  # in place: the default copies every image, rotated or not
             return _resize_rgb(np.array(_to_rgb(im), dtype=np.uint8), size)  # writable: torch shares only that
@@ -96,10 +97,9 @@ def preprocess(data: bytes, size: int, max_pixels: int) -> np.ndarray:
         raise DecodeError(f"{fmt}: {type(exc).__name__}: {exc}") from exc
 
 
-def _draft_scale(width: int, height: int, size: int) -> int:
-    """The DCT downscale Pillow's draft mode picks for the request above (JpegImagePlugin.draft): 8, 4, 2 or 1."""
-    short = min(width, height)
-    fits = min(width // max(1, width * size // short), height // max(1, height * size // short))
+def _draft_scale(width: int, height: int, draft: tuple[int, int]) -> int:
+    """The DCT downscale Pillow's draft mode picks for that request (JpegImagePlugin.draft): 8, 4, 2 or 1."""
+    fits = min(width // draft[0], height // draft[1])
     return next((s for s in (8, 4, 2) if fits >= s), 1)
 
 
