@@ -491,13 +491,14 @@ def _part_bc(args, lines: list[str], site: Path, env: dict, dev_texts: list[str]
                                                                 range(0, n, SHARD))), args.e2e_runs)[1]
                 record(f"model alone ({backend})", f"predict per {SHARD}-post shard from 2 threads, in process, batch {engine.batch_size}",
                        walls, gpu=gpu)
-            # The fixed cost, first: the first run in a fresh PREFECT_HOME also creates Prefect's database
-            # (about 10 s), which a scheduled nightly run never pays; an untimed run keeps it out of all timings.
-            startup_walls = []
-            for r in range(3):
-                out = runs / f"e2e-tiny-{r}"
-                startup_walls.append(run_timed(score_cmd(f"{base}/{tiny.name}", out), dict(env, MMSA_BACKEND=args.e2e_variants[-1]))[0])
-            startup = statistics.median(startup_walls[1:])
+            def fixed_cost(tag: str, run_env: dict) -> float:
+                """A 4-post text-only run's wall, median of 2 after an untimed one: the first run in a fresh
+                PREFECT_HOME also creates Prefect's database (about 10 s), and a server's first run registers the
+                flow, which a scheduled nightly run never pays."""
+                return statistics.median([run_timed(score_cmd(f"{base}/{tiny.name}", runs / f"e2e-tiny-{tag}-{r}"), run_env)[0]
+                                          for r in range(3)][1:])
+
+            startup = fixed_cost("own-server", dict(env, MMSA_BACKEND=args.e2e_variants[-1]))  # first: see fixed_cost
             stages = {}
             last = args.e2e_variants[-1]
             startups = {}
@@ -509,9 +510,8 @@ def _part_bc(args, lines: list[str], site: Path, env: dict, dev_texts: list[str]
                 walls, rss = [], []
                 with prefect_server(env) if server else contextlib.nullcontext(env) as run_env, GpuSampler() as gpu:
                     run_env = dict(run_env, MMSA_BACKEND=backend)
-                    if server:  # its fixed cost too, after an untimed run (the server's first flow run registers the flow)
-                        startups[variant] = statistics.median(
-                            [run_timed(score_cmd(f"{base}/{tiny.name}", runs / f"e2e-tiny-server-{r}"), run_env)[0] for r in range(3)][1:])
+                    if server:
+                        startups[variant] = fixed_cost("running-server", run_env)
                     for r in range(args.e2e_runs):
                         out = runs / f"e2e-{backend}-{switch}-{workers}-{server}-{r}"
                         wall, peak = run_timed(score_cmd(url, out, switch, workers), run_env)
