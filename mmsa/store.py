@@ -100,8 +100,21 @@ def write_partitions(table: pa.Table, out: Path, stem: str) -> list[Path]:
 
 
 def connect(db: str | Path) -> duckdb.DuckDBPyConnection:
-    """Open the pipeline's database read-write, creating the schema if needed."""
-    Path(db).parent.mkdir(parents=True, exist_ok=True)
+    """Open the pipeline's database read-write, creating the schema if needed.
+
+    A new database is built under a temporary name and renamed into place once its schema is
+    written: DuckDB creates the file before it writes the header, and a run killed in between
+    would leave a file that no later run or reader can open. Callers hold pipeline.run_lock,
+    so one fixed temporary name suffices (a killed run's leftover is overwritten)."""
+    db = Path(db)
+    if not db.exists():
+        db.parent.mkdir(parents=True, exist_ok=True)
+        tmp = db.with_name(f".{db.name}.new.tmp")
+        for leftover in (tmp, Path(f"{tmp}.wal")):
+            leftover.unlink(missing_ok=True)
+        with duckdb.connect(str(tmp)) as con:
+            con.execute(DDL)
+        os.replace(tmp, db)
     con = duckdb.connect(str(db))
     con.execute(DDL)
     return con

@@ -4,6 +4,7 @@ from datetime import datetime, timezone
 
 import duckdb
 import numpy as np
+import pytest
 import pyarrow as pa
 
 from mmsa import pipeline, store
@@ -61,3 +62,25 @@ def test_duckdb_upsert_keeps_one_row_per_post_and_model(tmp_path):
         days = con.sql("SELECT post_id, day FROM post_sentiment WHERE model_version = 'm1' ORDER BY 1").fetchall()
         assert [str(d) for _, d in days] == ["2026-11-20", "2026-11-20", "2026-11-21"]
         assert con.sql("SELECT run_id FROM rejected_posts").fetchall() == [("r2",)]
+
+
+class Killed(BaseException):
+    """Stands for a SIGKILL arriving while DuckDB creates the database file."""
+
+
+def test_a_run_killed_while_creating_the_database_leaves_no_unopenable_file(tmp_path, monkeypatch):
+    """DuckDB makes the file before it writes the header; a kill in between must not brick later runs."""
+    db, real_connect = tmp_path / "m.duckdb", duckdb.connect
+
+    def killed_after_creating(path, *args, **kwargs):
+        open(path, "wb").close()  # the file exists, its header not yet written
+        raise Killed
+
+    monkeypatch.setattr(store.duckdb, "connect", killed_after_creating)
+    with pytest.raises(Killed):
+        store.connect(db)
+    assert not db.exists()
+    monkeypatch.setattr(store.duckdb, "connect", real_connect)
+    with store.connect(db) as con:  # the rerun replaces the leftover and builds the schema
+        assert con.execute("SELECT count(*) FROM scored_posts").fetchone() == (0,)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.duckdb"]
