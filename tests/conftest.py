@@ -1,11 +1,21 @@
 """Shared test setup: a private PREFECT_HOME and one Prefect test harness per session."""
 
 import os
+import shutil
 import tempfile
 
-os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="mmsa-prefect-"))
+_OWN_DIRS = []  # temporary folders this session made, removed when it ends
+
+
+def _private_dir(var: str, prefix: str) -> None:
+    if var not in os.environ:
+        os.environ[var] = tempfile.mkdtemp(prefix=prefix)
+        _OWN_DIRS.append(os.environ[var])
+
+
+_private_dir("PREFECT_HOME", "mmsa-prefect-")  # set before prefect is imported anywhere
+_private_dir("MMSA_CACHE", "mmsa-cache-")  # exported ONNX graphs
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("MMSA_CACHE", tempfile.mkdtemp(prefix="mmsa-cache-"))  # exported ONNX graphs
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
@@ -25,3 +35,8 @@ def prefect_harness():
             yield
         finally:
             del os.environ["PREFECT_API_URL"]
+
+
+def pytest_unconfigure(config):
+    for folder in _OWN_DIRS:
+        shutil.rmtree(folder, ignore_errors=True)
