@@ -38,9 +38,16 @@ def _by_brand(rows: list[dict], limit: int = MAX_BRANDS) -> dict[str, list[dict]
 
 
 def _date_axis(ax) -> None:
-    locator = mdates.AutoDateLocator(maxticks=8)
+    """Date ticks that fall on days for any span. With its default minticks=5, matplotlib's locator falls to
+    hourly ticks for spans of 4-8 days and warns that it found no interval; and one day alone (a nightly
+    headline) would sit on an axis years wide. Spans under 2 days are widened to 2, so that ticks fall on days."""
+    locator = mdates.AutoDateLocator(minticks=2, maxticks=8)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    first, last = ax.dataLim.intervalx
+    pad = (2 - (last - first)) / 2
+    if pad > 0:
+        ax.set_xlim(first - pad, last + pad)
 
 
 def trend_figure(rows: list[dict], period: str = "day") -> Figure:

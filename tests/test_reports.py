@@ -357,6 +357,25 @@ def test_each_chart_renders_a_real_png(db, tmp_path, name):
     assert len(data) > 20_000
 
 
+@pytest.mark.parametrize("days", [1, 2, 3, 5, 40])
+def test_trend_chart_dates_fit_the_span_without_warnings(days, recwarn):
+    """One day (a nightly headline) gets a day either side, not an axis years wide; 5 days get day ticks,
+    not the hourly ones matplotlib's locator falls back to with a warning."""
+    import matplotlib.dates as mdates
+
+    rows = [{"brand": "acme", "day": date.fromordinal(date(2026, 11, 1).toordinal() + d), "posts": 3 + d,
+             "net_sentiment": 0.1} for d in range(days)]
+    fig = charts.trend_figure(rows)
+    fig.canvas.draw()
+    axis = fig.axes[-1]
+    low, high = axis.get_xlim()
+    assert days - 1 <= high - low <= 1.1 * days + 2
+    ticks = [mdates.num2date(t) for t in axis.get_xticks() if low <= t <= high]
+    assert 2 <= len(ticks) <= 8 and all(t.hour == 0 for t in ticks)
+    assert not [w for w in recwarn if "AutoDateLocator" in str(w.message)]
+    charts.plt.close(fig)
+
+
 def test_reports_without_a_chart_say_so(db, tmp_path):
     """--chart on a report with no chart is an error, not an empty file."""
     with pytest.raises(ValueError, match="no chart"):
