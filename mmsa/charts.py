@@ -44,9 +44,11 @@ def _date_axis(ax) -> None:
     locator = mdates.AutoDateLocator(minticks=2, maxticks=8)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-    first, last = ax.dataLim.intervalx
+    shared = ax.get_shared_x_axes().get_siblings(ax)  # an axis may have no points of its own (all NaN)
+    first = min(a.dataLim.x0 for a in shared)  # (inf, -inf) while nothing is drawn on any of them
+    last = max(a.dataLim.x1 for a in shared)
     pad = (2 - (last - first)) / 2
-    if pad > 0:
+    if first <= last and pad > 0:
         ax.set_xlim(first - pad, last + pad)
 
 

@@ -357,14 +357,15 @@ def test_each_chart_renders_a_real_png(db, tmp_path, name):
     assert len(data) > 20_000
 
 
-@pytest.mark.parametrize("days", [1, 2, 3, 5, 40])
-def test_trend_chart_dates_fit_the_span_without_warnings(days, recwarn):
-    """One day (a nightly headline) gets a day either side, not an axis years wide; 5 days get day ticks,
-    not the hourly ones matplotlib's locator falls back to with a warning."""
+@pytest.mark.parametrize("days, net", [(1, 0.1), (1, None), (2, 0.1), (3, 0.1), (5, 0.1), (40, 0.1)])
+def test_trend_chart_dates_fit_the_span_without_warnings(days, net, recwarn):
+    """One day (a nightly headline) gets a day either side, not an axis years wide, also when its net sentiment
+    is undefined (no positive or negative post); 5 days get day ticks, not the hourly ones matplotlib's locator
+    falls back to with a warning."""
     import matplotlib.dates as mdates
 
     rows = [{"brand": "acme", "day": date.fromordinal(date(2026, 11, 1).toordinal() + d), "posts": 3 + d,
-             "net_sentiment": 0.1} for d in range(days)]
+             "net_sentiment": net} for d in range(days)]
     fig = charts.trend_figure(rows)
     fig.canvas.draw()
     axis = fig.axes[-1]
