@@ -15,8 +15,10 @@ Run on demand (not part of the test suite):
 (b) End to end: a generated dump (224-480 px JPEGs served from 127.0.0.1), `mmsa score` as a
     subprocess per backend ($MMSA_BACKEND; fresh output and image cache every run, PREFECT_HOME in
     a temp dir); next to `mmsa fetch` alone and the model alone on the same posts, and the
-    start-up cost of an almost empty run. With --e2e-server, also `mmsa score` against a running
-    `prefect server start` (as deployments run), in place of the API server each run starts.
+    start-up cost of an almost empty run. Each `mmsa score` run also follows a model-alone pass of
+    its own, and the ratio of each such pair is reported too. With --e2e-server, also `mmsa score`
+    against a running `prefect server start` (as deployments run), in place of the API server each
+    run starts.
 (c) Peak RSS (/usr/bin/time -v) of `mmsa score` on text-only dumps of the given sizes.
 
 With --device cuda, (a) times the torch backend on the GPU under the engine's autocast at batch
@@ -483,14 +485,23 @@ def _part_bc(args, lines: list[str], site: Path, env: dict, dev_texts: list[str]
             for i in range(n):
                 imgs.append(load_image(site / "images" / f"img{i:06d}.jpg", model.image_size))
             texts = [dev_texts[i % len(dev_texts)] for i in range(n)]
+            engines = {}
+
+            def model_alone(backend: str) -> float:
+                """One pass of the model alone over the dump's posts: its wall seconds."""
+                engine = engines[backend]
+                with ThreadPoolExecutor(2) as shards:  # two callers, as the flow's shard tasks
+                    t0 = time.perf_counter()
+                    list(shards.map(lambda s: engine.predict(texts[s : s + SHARD], imgs[s : s + SHARD]), range(0, n, SHARD)))
+                    return time.perf_counter() - t0
+
             for backend in args.e2e_variants:
-                engine = Engine(model, backend=backend, device=args.device, cache_dir=args.workdir / "cache")
-                engine.predict(texts[:256], imgs[:256])  # warm-up (CUDA context, kernels)
-                with GpuSampler() as gpu, ThreadPoolExecutor(2) as shards:  # two callers, as the flow's shard tasks
-                    walls = median_time(lambda: list(shards.map(lambda s: engine.predict(texts[s : s + SHARD], imgs[s : s + SHARD]),
-                                                                range(0, n, SHARD))), args.e2e_runs)[1]
-                record(f"model alone ({backend})", f"predict per {SHARD}-post shard from 2 threads, in process, batch {engine.batch_size}",
-                       walls, gpu=gpu)
+                engines[backend] = Engine(model, backend=backend, device=args.device, cache_dir=args.workdir / "cache")
+                engines[backend].predict(texts[:256], imgs[:256])  # warm-up (CUDA context, kernels)
+                with GpuSampler() as gpu:
+                    walls = [model_alone(backend) for _ in range(args.e2e_runs)]
+                record(f"model alone ({backend})", f"predict per {SHARD}-post shard from 2 threads, in process, batch "
+                       f"{engines[backend].batch_size}", walls, gpu=gpu)
             def fixed_cost(tag: str, run_env: dict) -> float:
                 """A 4-post text-only run's wall, median of 2 after an untimed one: the first run in a fresh
                 PREFECT_HOME also creates Prefect's database (about 10 s), and a server's first run registers the
@@ -506,15 +517,21 @@ def _part_bc(args, lines: list[str], site: Path, env: dict, dev_texts: list[str]
                 (last, si, None, False, f"{last}, switch interval {si * 1e3:g} ms") for si in args.e2e_switch] + [
                 (last, None, w, False, f"{last}, {w} Dask worker processes") for w in args.e2e_dask_workers] + [
                 (last, None, None, True, f"{last}, a running Prefect server")] * args.e2e_server
+            # The host's speed drifts by several % within minutes, so each run of `mmsa score` is also paired with a
+            # model-alone pass just before it: the ratio of each pair sees one state of the host.
+            paired: dict[str, list[float]] = {}
             for backend, switch, workers, server, variant in variants:
                 walls, rss = [], []
+                paired[variant] = []
                 with prefect_server(env) if server else contextlib.nullcontext(env) as run_env, GpuSampler() as gpu:
                     run_env = dict(run_env, MMSA_BACKEND=backend)
                     if server:
                         startups[variant] = fixed_cost("running-server", run_env)
                     for r in range(args.e2e_runs):
                         out = runs / f"e2e-{backend}-{switch}-{workers}-{server}-{r}"
+                        alone = model_alone(backend)
                         wall, peak = run_timed(score_cmd(url, out, switch, workers), run_env)
+                        paired[variant].append(alone / wall)
                         walls.append(wall)
                         rss.append(peak)
                         stages[variant] = last_run_stages(out / "db.duckdb")
@@ -522,15 +539,17 @@ def _part_bc(args, lines: list[str], site: Path, env: dict, dev_texts: list[str]
                        walls, rss, gpu)
             lines += ["", f"Start-up + fixed cost of `mmsa score` ({args.e2e_variants[-1]}; a 4-post text-only dump, median of 2 after an untimed one): "
                       f"{startup:.1f} s" + "".join(f"; {v}: {t:.1f} s" for v, t in startups.items()) + ".", "",
-                      "| variant | e2e posts/s | slowest stage alone | ratio | ratio without the fixed cost | stage seconds reported by the run |",
-                      "| --- | ---: | --- | ---: | ---: | --- |"]
+                      "| variant | e2e posts/s | slowest stage alone | ratio | ratio without the fixed cost "
+                      "| ratio of paired runs (model alone just before each run): each, median | stage seconds reported by the run |",
+                      "| --- | ---: | --- | ---: | ---: | --- | --- |"]
             for backend, _, _, _, variant in variants:
                 slow_name = min(("fetch alone", f"model alone ({backend})"), key=lambda k: results[k])
                 slow = results[slow_name]
                 e2e = results[f"mmsa score ({variant})"]
                 net = n / max(n / e2e - startups.get(variant, startup), 1e-9)
+                pairs = ", ".join(f"{100 * q:.0f}%" for q in paired[variant])
                 lines.append(f"| {variant} | {e2e:.1f} | {slow_name}: {slow:.1f} | {100 * e2e / slow:.0f}% | {100 * net / slow:.0f}% "
-                             f"| {json.dumps(stages[variant])} |")
+                             f"| {pairs}; **{100 * statistics.median(paired[variant]):.0f}%** | {json.dumps(stages[variant])} |")
             lines.append("")
         if "c" in args.parts:
             lines += ["## (c) Peak memory", "", "`mmsa score` on text-only dumps (`/usr/bin/time -v`, maximum resident set size of the CLI process).", "",
