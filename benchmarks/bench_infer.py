@@ -47,6 +47,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -410,15 +411,42 @@ def prefect_server(env: dict):
         shutil.rmtree(home, ignore_errors=True)
 
 
-def run_timed(cmd: list[str], env: dict) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB, /usr/bin/time -v) of one command."""
-    t0 = time.perf_counter()
+class Timed(NamedTuple):
+    wall: float  # seconds
+    rss: int  # peak, KiB
+    cpu: float  # user + system seconds of the command, its waited-for children included (its API server)
+    host_cpu: float  # CPU seconds of this process meanwhile: the image server's threads
+
+
+def run_timed(cmd: list[str], env: dict) -> Timed:
+    """Wall, peak RSS and CPU of one command (/usr/bin/time -v), and what this process spent meanwhile."""
+    c0, t0 = time.process_time(), time.perf_counter()
     proc = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, env=env, cwd=REPO)
-    wall = time.perf_counter() - t0
+    wall, host_cpu = time.perf_counter() - t0, time.process_time() - c0
     if proc.returncode:
         raise RuntimeError(f"{cmd[:4]} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    rss = next(int(line.split()[-1]) for line in proc.stderr.splitlines() if "Maximum resident set size" in line)
-    return wall, rss
+    stat = {k.strip(): v.strip() for k, _, v in (line.partition(": ") for line in proc.stderr.splitlines()) if k}
+    cpu = float(stat["User time (seconds)"]) + float(stat["System time (seconds)"])
+    return Timed(wall, int(stat["Maximum resident set size (kbytes)"]), cpu, host_cpu)
+
+
+def cpu_budget(paired: dict[str, list[tuple[Timed, Timed]]]) -> list[str]:
+    """Each pair's ratio (model alone's wall / the run's wall) split into two factors whose product it is:
+    the model's share of all the CPU work the run caused (its own, its API server's, the image server's), and
+    how busy the run kept the cores relative to the model alone. On a machine where every stage shares the
+    same cores, the first factor caps the ratio however well the stages overlap."""
+    cores = len(os.sched_getaffinity(0))
+    out = ["", f"CPU budget of each pair ({cores} cores): ratio = model's share of the work x cores busy in the run / "
+           "cores busy in the model alone.", "",
+           "| variant | model alone: wall s, CPU s | mmsa score: wall s, CPU s (+ image server) | ratio "
+           "| model's share of the work | cores busy: run / model alone |", "| --- | --- | --- | ---: | ---: | --- |"]
+    for variant, pairs in paired.items():
+        for alone, run in pairs:
+            work = run.cpu + run.host_cpu
+            busy_run, busy_alone = work / (cores * run.wall), alone.cpu / (cores * alone.wall)
+            out.append(f"| {variant} | {alone.wall:.1f}, {alone.cpu:.1f} | {run.wall:.1f}, {run.cpu:.1f} (+{run.host_cpu:.1f}) "
+                       f"| {100 * alone.wall / run.wall:.0f}% | {100 * alone.cpu / work:.0f}% | {100 * busy_run:.0f}% / {100 * busy_alone:.0f}% |")
+    return out + [""]
 
 
 def last_run_stages(db: Path) -> dict:
@@ -460,26 +488,23 @@ def _part_bc(args, lines: list[str], site: Path, env: dict, dev_texts: list[str]
                       f"Dump: {n} posts, each with a JPEG of 224-480 px a side (mean {np.mean([p.stat().st_size for p in (site / 'images').glob('*.jpg')]) / 1024:.0f} KiB) "
                       "served from 127.0.0.1 by a threaded keep-alive (HTTP/1.1) server in the benchmark process; texts cycled from the dev set. "
                       "Every run starts from a fresh output folder and image cache (so it downloads every image).", "",
-                      "| what | command | wall s per run | median posts/s | peak RSS MiB (max) | load avg (1/5/15) | GPU utilisation |",
-                      "| --- | --- | --- | ---: | ---: | --- | --- |"]
+                      "| what | command | wall s per run | median posts/s | CPU s per run (+ the image server's) "
+                      "| peak RSS MiB (max) | load avg (1/5/15) | GPU utilisation |",
+                      "| --- | --- | --- | ---: | --- | ---: | --- | --- |"]
             results = {}
 
-            def record(name, cmd_text, walls, rss=None, gpu=None):
-                rate = n / statistics.median(walls)
+            def record(name, cmd_text, runs_: list[Timed], gpu=None):
+                rate = n / statistics.median(t.wall for t in runs_)
                 results[name] = rate
-                mib = f"{max(rss) / 1024:.0f}" if rss else "(in process)"
-                lines.append(f"| {name} | `{cmd_text}` | {', '.join(f'{w:.1f}' for w in walls)} | **{rate:.1f}** | {mib} "
-                             f"| {load_avg()} | {gpu.summary() if gpu else 'n/a'} |")
+                mib = f"{max(t.rss for t in runs_) / 1024:.0f}" if runs_[0].rss else "(in process)"
+                cpu = ", ".join(f"{t.cpu:.1f}" + (f" (+{t.host_cpu:.1f})" if t.rss else "") for t in runs_)
+                lines.append(f"| {name} | `{cmd_text}` | {', '.join(f'{t.wall:.1f}' for t in runs_)} | **{rate:.1f}** | {cpu} "
+                             f"| {mib} | {load_avg()} | {gpu.summary() if gpu else 'n/a'} |")
                 print(lines[-1], flush=True)
 
-            walls, rss = [], []
-            for r in range(args.e2e_runs):
-                cache = runs / f"fetch-{r}"
-                wall, peak = run_timed([PY, "-m", "mmsa.cli", "fetch", url, "--cache", str(cache), "--allow-hosts",
-                                        "127.0.0.1", "--quiet"], env)
-                walls.append(wall)
-                rss.append(peak)
-            record("fetch alone", "mmsa fetch DUMP --cache FRESH --allow-hosts 127.0.0.1", walls, rss)
+            fetches = [run_timed([PY, "-m", "mmsa.cli", "fetch", url, "--cache", str(runs / f"fetch-{r}"), "--allow-hosts",
+                                  "127.0.0.1", "--quiet"], env) for r in range(args.e2e_runs)]
+            record("fetch alone", "mmsa fetch DUMP --cache FRESH --allow-hosts 127.0.0.1", fetches)
             model = load_model("default")
             imgs = []
             for i in range(n):
@@ -487,27 +512,28 @@ def _part_bc(args, lines: list[str], site: Path, env: dict, dev_texts: list[str]
             texts = [dev_texts[i % len(dev_texts)] for i in range(n)]
             engines = {}
 
-            def model_alone(backend: str) -> float:
-                """One pass of the model alone over the dump's posts: its wall seconds."""
+            def model_alone(backend: str) -> Timed:
+                """One pass of the model alone over the dump's posts: its wall and CPU seconds (in process)."""
                 engine = engines[backend]
                 with ThreadPoolExecutor(2) as shards:  # two callers, as the flow's shard tasks
-                    t0 = time.perf_counter()
+                    c0, t0 = time.process_time(), time.perf_counter()
                     list(shards.map(lambda s: engine.predict(texts[s : s + SHARD], imgs[s : s + SHARD]), range(0, n, SHARD)))
-                    return time.perf_counter() - t0
+                    return Timed(time.perf_counter() - t0, 0, time.process_time() - c0, 0.0)
 
             for backend in args.e2e_variants:
                 engines[backend] = Engine(model, backend=backend, device=args.device, cache_dir=args.workdir / "cache")
                 engines[backend].predict(texts[:256], imgs[:256])  # warm-up (CUDA context, kernels)
                 with GpuSampler() as gpu:
-                    walls = [model_alone(backend) for _ in range(args.e2e_runs)]
+                    alone = [model_alone(backend) for _ in range(args.e2e_runs)]
                 record(f"model alone ({backend})", f"predict per {SHARD}-post shard from 2 threads, in process, batch "
-                       f"{engines[backend].batch_size}", walls, gpu=gpu)
-            def fixed_cost(tag: str, run_env: dict) -> float:
-                """A 4-post text-only run's wall, median of 2 after an untimed one: the first run in a fresh
-                PREFECT_HOME also creates Prefect's database (about 10 s), and a server's first run registers the
-                flow, which a scheduled nightly run never pays."""
-                return statistics.median([run_timed(score_cmd(f"{base}/{tiny.name}", runs / f"e2e-tiny-{tag}-{r}"), run_env)[0]
-                                          for r in range(3)][1:])
+                       f"{engines[backend].batch_size}", alone, gpu=gpu)
+
+            def fixed_cost(tag: str, run_env: dict) -> tuple[float, float]:
+                """A 4-post text-only run's wall and CPU seconds, medians of 2 after an untimed one: the first run in
+                a fresh PREFECT_HOME also creates Prefect's database (about 10 s), and a server's first run registers
+                the flow, which a scheduled nightly run never pays."""
+                tiny_runs = [run_timed(score_cmd(f"{base}/{tiny.name}", runs / f"e2e-tiny-{tag}-{r}"), run_env) for r in range(3)][1:]
+                return statistics.median(t.wall for t in tiny_runs), statistics.median(t.cpu for t in tiny_runs)
 
             startup = fixed_cost("own-server", dict(env, MMSA_BACKEND=args.e2e_variants[-1]))  # first: see fixed_cost
             stages = {}
@@ -519,9 +545,8 @@ def _part_bc(args, lines: list[str], site: Path, env: dict, dev_texts: list[str]
                 (last, None, None, True, f"{last}, a running Prefect server")] * args.e2e_server
             # The host's speed drifts by several % within minutes, so each run of `mmsa score` is also paired with a
             # model-alone pass just before it: the ratio of each pair sees one state of the host.
-            paired: dict[str, list[float]] = {}
+            paired: dict[str, list[tuple[Timed, Timed]]] = {}
             for backend, switch, workers, server, variant in variants:
-                walls, rss = [], []
                 paired[variant] = []
                 with prefect_server(env) if server else contextlib.nullcontext(env) as run_env, GpuSampler() as gpu:
                     run_env = dict(run_env, MMSA_BACKEND=backend)
@@ -530,15 +555,13 @@ def _part_bc(args, lines: list[str], site: Path, env: dict, dev_texts: list[str]
                     for r in range(args.e2e_runs):
                         out = runs / f"e2e-{backend}-{switch}-{workers}-{server}-{r}"
                         alone = model_alone(backend)
-                        wall, peak = run_timed(score_cmd(url, out, switch, workers), run_env)
-                        paired[variant].append(alone / wall)
-                        walls.append(wall)
-                        rss.append(peak)
+                        paired[variant].append((alone, run_timed(score_cmd(url, out, switch, workers), run_env)))
                         stages[variant] = last_run_stages(out / "db.duckdb")
                 record(f"mmsa score ({variant})", "mmsa score DUMP_URL --db FRESH --out FRESH --allow-hosts 127.0.0.1 --force",
-                       walls, rss, gpu)
+                       [run for _, run in paired[variant]], gpu)
             lines += ["", f"Start-up + fixed cost of `mmsa score` ({args.e2e_variants[-1]}; a 4-post text-only dump, median of 2 after an untimed one): "
-                      f"{startup:.1f} s" + "".join(f"; {v}: {t:.1f} s" for v, t in startups.items()) + ".", "",
+                      f"{startup[0]:.1f} s, {startup[1]:.1f} s of CPU" + "".join(f"; {v}: {t[0]:.1f} s, {t[1]:.1f} s of CPU"
+                                                                     for v, t in startups.items()) + ".", "",
                       "| variant | e2e posts/s | slowest stage alone | ratio | ratio without the fixed cost "
                       "| ratio of paired runs (model alone just before each run): each, median | stage seconds reported by the run |",
                       "| --- | ---: | --- | ---: | ---: | --- | --- |"]
@@ -546,11 +569,12 @@ def _part_bc(args, lines: list[str], site: Path, env: dict, dev_texts: list[str]
                 slow_name = min(("fetch alone", f"model alone ({backend})"), key=lambda k: results[k])
                 slow = results[slow_name]
                 e2e = results[f"mmsa score ({variant})"]
-                net = n / max(n / e2e - startups.get(variant, startup), 1e-9)
-                pairs = ", ".join(f"{100 * q:.0f}%" for q in paired[variant])
+                net = n / max(n / e2e - startups.get(variant, startup)[0], 1e-9)
+                ratios = [alone.wall / run.wall for alone, run in paired[variant]]
+                pairs = ", ".join(f"{100 * q:.0f}%" for q in ratios)
                 lines.append(f"| {variant} | {e2e:.1f} | {slow_name}: {slow:.1f} | {100 * e2e / slow:.0f}% | {100 * net / slow:.0f}% "
-                             f"| {pairs}; **{100 * statistics.median(paired[variant]):.0f}%** | {json.dumps(stages[variant])} |")
-            lines.append("")
+                             f"| {pairs}; **{100 * statistics.median(ratios):.0f}%** | {json.dumps(stages[variant])} |")
+            lines += cpu_budget(paired)
         if "c" in args.parts:
             lines += ["## (c) Peak memory", "", "`mmsa score` on text-only dumps (`/usr/bin/time -v`, maximum resident set size of the CLI process).", "",
                       "| variant | posts | wall s | posts/s | peak RSS MiB | load avg (1/5/15) |", "| --- | ---: | ---: | ---: | ---: | --- |"]
@@ -558,8 +582,8 @@ def _part_bc(args, lines: list[str], site: Path, env: dict, dev_texts: list[str]
                 for n in args.rss_posts:
                     dump = make_dump(site, base, n, False, dev_texts)
                     out = runs / f"rss-{variant}-{n}"
-                    wall, rss = run_timed(score_cmd(f"{base}/{dump.name}", out), dict(env, MMSA_BACKEND=variant))
-                    lines.append(f"| {variant} | {n} | {wall:.1f} | {n / wall:.1f} | {rss / 1024:.0f} | {load_avg()} |")
+                    run = run_timed(score_cmd(f"{base}/{dump.name}", out), dict(env, MMSA_BACKEND=variant))
+                    lines.append(f"| {variant} | {n} | {run.wall:.1f} | {n / run.wall:.1f} | {run.rss / 1024:.0f} | {load_avg()} |")
                     print(lines[-1], flush=True)
             lines.append("")
 
