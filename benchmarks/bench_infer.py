@@ -16,7 +16,9 @@ Run on demand (not part of the test suite):
     subprocess per backend ($MMSA_BACKEND; fresh output and image cache every run, PREFECT_HOME in
     a temp dir); next to `mmsa fetch` alone and the model alone on the same posts, and the
     start-up cost of an almost empty run. Each `mmsa score` run also follows a model-alone pass of
-    its own, and the ratio of each such pair is reported too. With --e2e-server, also `mmsa score`
+    its own, and the ratio of each such pair is reported too, split by the CPU seconds of each side
+    (the run's, its API server's and the image server's) into the model's share of the work and how
+    busy the run kept the cores. With --e2e-server, also `mmsa score`
     against a running `prefect server start` (as deployments run), in place of the API server each
     run starts.
 (c) Peak RSS (/usr/bin/time -v) of `mmsa score` on text-only dumps of the given sizes.
