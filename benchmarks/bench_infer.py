@@ -13,8 +13,8 @@ Run on demand (not part of the test suite):
     (tokenize+batching, text encoder, image encoder) and dev-set accuracy / label agreement per
     backend, and torch.compile in a subprocess with a time budget.
 (b) End to end: a generated dump (224-480 px JPEGs served from 127.0.0.1), `mmsa score` as a
-    subprocess per backend ($MMSA_BACKEND; fresh output and image cache every run, PREFECT_HOME in
-    a temp dir); next to `mmsa fetch` alone and the model alone on the same posts, and the
+    subprocess per backend ($MMSA_BACKEND; fresh output and image cache every run, PREFECT_HOME under
+    --workdir, deleted at the end); next to `mmsa fetch` alone and the model alone on the same posts, and the
     start-up cost of an almost empty run. Each `mmsa score` run also follows a model-alone pass of
     its own, and the ratio of each such pair is reported too, split by the CPU seconds of each side
     (the run's, its API server's and the image server's) into the model's share of the work and how
@@ -463,14 +463,15 @@ def last_run_stages(db: Path) -> dict:
 
 def part_bc(args, lines: list[str]) -> None:
     site = args.workdir / "site"
-    env = dict(os.environ, PREFECT_HOME=tempfile.mkdtemp(prefix="mmsa-bench-prefect-"),
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", HF_HUB_OFFLINE="1", MMSA_CACHE=str(args.workdir / "cache"))
     dev_texts = load_jsonl(resolve_data_dir() / "mvsa_single" / "dev.jsonl").texts
     # Every run writes into a new folder under runs/, all deleted at the end, none between runs: deleting
     # a run's 10,000 cache files seconds before the next run made ext4's inode allocation in that run
     # slower (it skips recently freed inodes), a cost a nightly run with a kept cache does not have.
     runs = args.workdir / "runs"
     shutil.rmtree(runs, ignore_errors=True)  # left by an interrupted benchmark
+    (runs / "prefect").mkdir(parents=True)
+    env = dict(os.environ, PREFECT_HOME=str(runs / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               HF_HUB_OFFLINE="1", MMSA_CACHE=str(args.workdir / "cache"))
     try:
         _part_bc(args, lines, site, env, dev_texts, runs)
     finally:
