@@ -13,14 +13,13 @@ Run on demand (not part of the test suite):
     (tokenize+batching, text encoder, image encoder) and dev-set accuracy / label agreement per
     backend, and torch.compile in a subprocess with a time budget.
 (b) End to end: a generated dump (224-480 px JPEGs served from 127.0.0.1), `mmsa score` as a
-    subprocess per backend ($MMSA_BACKEND; fresh output and image cache every run, PREFECT_HOME under
-    --workdir, deleted at the end); next to `mmsa fetch` alone and the model alone on the same posts, and the
-    start-up cost of an almost empty run. Each `mmsa score` run also follows a model-alone pass of
-    its own, and the ratio of each such pair is reported too, split by the CPU seconds of each side
-    (the run's, its API server's and the image server's) into the model's share of the work and how
-    busy the run kept the cores. With --e2e-server, also `mmsa score`
-    against a running `prefect server start` (as deployments run), in place of the API server each
-    run starts.
+    subprocess per backend ($MMSA_BACKEND; fresh output and image cache every run, PREFECT_HOME
+    under --workdir, deleted at the end); next to `mmsa fetch` alone and the model alone on the same
+    posts, and the start-up cost of an almost empty run. Each `mmsa score` run also follows a
+    model-alone pass of its own, and the ratio of each such pair is reported too, split by the CPU
+    seconds of each side (the run's, its API server's and the image server's) into the model's share
+    of the work and how busy the run kept the cores. With --e2e-server, also `mmsa score` against a
+    running `prefect server start` (as deployments run), in place of the API server each run starts.
 (c) Peak RSS (/usr/bin/time -v) of `mmsa score` on text-only dumps of the given sizes.
 
 With --device cuda, (a) times the torch backend on the GPU under the engine's autocast at batch
