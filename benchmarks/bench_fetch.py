@@ -228,7 +228,7 @@ def write_report(args, mean_kb, tuning, best_workers, best_i2d, mmsa_runs, i2d_r
         f"Workload: {n} JPEGs, 800-1600 px wide (aspect 0.6-1.4), textures + noise, mean {mean_kb:.0f} KB, "
         "served from a threaded HTTP/1.1 server on 127.0.0.1 on the same cores. Both tools download every "
         "image, decode it, resize to 224 (img2dataset: centre crop; mmsa: squash, the same one resize), hash it (SHA-256) and store it "
-        "(mmsa: .npy arrays + URL index + Parquet status table; img2dataset: re-encoded JPEGs + its "
+        "(mmsa: the downloaded bytes + URL index + Parquet status table; img2dataset: re-encoded JPEGs + its "
         "metadata). Time = wall clock of the whole command, Python start-up included, fresh output each run; "
         "the tools alternate run by run.",
         "",

@@ -106,10 +106,8 @@ def _add_runner_options(p: argparse.ArgumentParser) -> None:
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
     from mmsa import fetch
-    from mmsa.registry import model_config
 
     config = fetch.FetchConfig(
-        image_size=args.image_size or model_config(args.model)["image_size"],
         allow_hosts=tuple(args.allow_hosts),
         allow_local_files=args.allow_local_files,
         deadline=args.deadline,
@@ -281,13 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timezone", help="timezone of the schedule and of `yesterday` (default: the yaml's)")
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("fetch", help="download and preprocess a dump's images into the cache; write a status table")
+    p = sub.add_parser("fetch", help="download a dump's images into the cache, checking that they decode; write a status table")
     p.add_argument("dump", help="JSONL/CSV/Parquet file, local path or http(s) URL")
     p.add_argument("--cache", required=True, help="image cache folder (shared with `score --cache`)")
     p.add_argument("--status", help="status table to write (default: CACHE/status/<dump name>.parquet)")
     p.add_argument("--retry-failed", action="store_true", help="fetch again the URLs whose last status was retryable")
-    p.add_argument("--image-size", type=int, help="side of the preprocessed square images (default: the model's)")
-    p.add_argument("--model", default="default", help="model whose image size to use (name or folder)")
     p.add_argument("--workers", type=int, default=16, help="concurrent downloads")
     p.add_argument("--per-host", type=int, default=8, help="concurrent downloads from one host")
     p.add_argument("--deadline", type=float, default=30.0, help="seconds allowed per image, retries included")

@@ -1,9 +1,10 @@
-"""Fetch post images from the open internet into a content-addressed cache of model inputs.
+"""Fetch post images from the open internet into a content-addressed cache of their bytes.
 
 `fetch_images` takes (post_id, image_url) pairs and returns one FetchResult per pair, in
 order, whatever the URL, server or bytes do: every failure becomes one status of the closed
-set ImageStatus (docs/image_status.md). Images that decode are stored, preprocessed to
-uint8 RGB image_size x image_size, in an ImageCache under the SHA-256 of their bytes.
+set ImageStatus (docs/image_status.md). Images that decode are stored as downloaded in an
+ImageCache under the SHA-256 of their bytes; with keep_images, each result also carries the
+image preprocessed to uint8 RGB image_size x image_size, for the model.
 
 How it stays safe and bounded on untrusted input:
 - only http/https (local files only with allow_local_files); every address a host resolves
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import io
 import json
 import math
 import os
@@ -32,7 +32,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -107,7 +107,7 @@ _DECODE_SLOTS = threading.BoundedSemaphore(len(os.sched_getaffinity(0)))
 class FetchConfig:
     """How to fetch. Defaults suit the open internet; tests shrink the timeouts."""
 
-    image_size: int = 224  # output: uint8 RGB image_size x image_size (squashed, whole picture kept)
+    image_size: int = 224  # preprocessed images: uint8 RGB image_size x image_size (squashed, whole picture kept)
     allow_hosts: tuple[str, ...] = ()  # host names or IPs/CIDRs exempt from the address block
     allow_local_files: bool = False  # accept absolute paths and file: URLs
     connect_timeout: float = 5.0  # seconds to establish a TCP connection
@@ -127,7 +127,7 @@ class FetchConfig:
 
 @dataclass
 class FetchResult:
-    """One row of the status table: what happened to one post's image."""
+    """One row of the status table: what happened to one post's image (and the image, when kept)."""
 
     post_id: str
     url: str | None
@@ -138,39 +138,36 @@ class FetchResult:
     error: str | None = None  # human-readable reason for a failure
     elapsed_s: float = 0.0
     image_key: str | None = None  # key into the ImageCache when status == "ok"
+    # With keep_images and status "ok": the preprocessed image. Not part of the row.
+    image: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def row(self) -> dict:
+        """The fields of the status table and of the URL index: all but the image."""
+        return {name: getattr(self, name) for name in STATUS_TABLE_SCHEMA.names}
 
 
 class ImageCache:
-    """Preprocessed images on disk, keyed by the SHA-256 of the source bytes, plus a URL index.
+    """Downloaded images on disk, as received, keyed by the SHA-256 of their bytes, plus a URL index.
 
-    Layout under root/v<version>-<size>/: img/ab/<key>.npy and url/ab/<sha256(url)>.json. Every write
-    goes to a temporary file then os.replace, so concurrent processes never see half a file.
+    Layout under root/src-v1/: img/ab/<key> and url/ab/<sha256(url)>.json. The source bytes, not
+    preprocessed arrays: a model of any image size, and any later preprocessing, reuses them without
+    downloading again, and they take a sixth of the disk and of the writes (`mmsa fetch` of 5,000
+    images used about a fifth less CPU, benchmarks/results/infer.md). Every write goes to a
+    temporary file then os.replace, so concurrent processes never see half a file.
     """
 
-    def __init__(self, root: str | Path, image_size: int):
-        self.image_size = image_size
-        self.root = Path(root) / f"v{imaging.VERSION}-{image_size}"  # arrays of older preprocessing are not reused
-        self._shape = (image_size, image_size, 3)
-        buffer = io.BytesIO()
-        np.save(buffer, np.zeros(self._shape, np.uint8), allow_pickle=False)
-        self._header = buffer.getvalue()[: -math.prod(self._shape)]  # every entry starts with these bytes
-        self._file_size = len(buffer.getvalue())
+    def __init__(self, root: str | Path):
+        self.root = Path(root) / "src-v1"
 
-    def load(self, key: str) -> np.ndarray:
-        """The uint8 (image_size, image_size, 3) array stored under `key`."""
-        # The .npy format, read without np.load's header parsing: a third of its CPU cost per image.
-        data = self._image_path(key).read_bytes()
-        if len(data) != self._file_size or not data.startswith(self._header):
-            raise ValueError(f"cache entry {key} is not a uint8 {self._shape} array")
-        return np.frombuffer(data, np.uint8, offset=len(self._header)).reshape(self._shape)
+    def load(self, key: str) -> bytes:
+        """The image bytes stored under `key`."""
+        return self._image_path(key).read_bytes()
 
     def has(self, key: str) -> bool:
         return self._image_path(key).is_file()
 
-    def store(self, key: str, array: np.ndarray) -> None:
-        buffer = io.BytesIO()
-        np.save(buffer, array, allow_pickle=False)
-        _atomic_write(self._image_path(key), buffer.getvalue())
+    def store(self, key: str, data: bytes) -> None:
+        _atomic_write(self._image_path(key), data)
 
     def lookup(self, url: str) -> FetchResult | None:
         """The result last recorded for `url` (post_id empty), or None."""
@@ -180,12 +177,12 @@ class ImageCache:
             return None
 
     def record(self, url: str, result: FetchResult) -> None:
-        _atomic_write(self._url_path(url), json.dumps(asdict(replace(result, post_id=""))).encode())
+        _atomic_write(self._url_path(url), json.dumps({**result.row(), "post_id": ""}).encode())
 
     def _image_path(self, key: str) -> Path:
         if not re.fullmatch(r"[0-9a-f]{64}", key):
             raise ValueError(f"not an image key: {key!r}")
-        return self.root / "img" / key[:2] / f"{key}.npy"
+        return self.root / "img" / key[:2] / key
 
     def _url_path(self, url: str) -> Path:
         digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
@@ -205,12 +202,14 @@ def fetch_images(
     cache: ImageCache,
     progress: bool = False,
     retry_failed: bool = False,
+    keep_images: bool = False,
 ) -> list[FetchResult]:
     """Fetch the image of every (post_id, image_url); one FetchResult per item, in input order.
 
     Each distinct URL is fetched once. A URL found in the cache's URL index is not fetched
     again; with retry_failed=True, those whose recorded status is RETRYABLE are. Never raises
-    for a bad URL, server or image.
+    for a bad URL, server or image. With keep_images, every "ok" result carries its image
+    preprocessed (cached bytes are decoded again): memory grows with the items, so pass a shard.
     """
     items = list(items)
     results: list[FetchResult | None] = [None] * len(items)
@@ -224,7 +223,7 @@ def fetch_images(
 
     ok = done = 0
     with (
-        _Fetcher(config, cache) as fetcher,
+        _Fetcher(config, cache, keep_images) as fetcher,
         ThreadPoolExecutor(config.workers, thread_name_prefix="mmsa-fetch") as pool,
         _progress_bar(len(items), progress) as bar,
     ):
@@ -316,7 +315,7 @@ def fetch_dump(
     status_path = Path(status_path)
     status_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = status_path.with_name(f".{status_path.name}.{os.getpid()}.tmp")
-    cache = ImageCache(cache_dir, config.image_size)
+    cache = ImageCache(cache_dir)
     counts: dict[str, int] = {}
     rejected = 0
     batch: list[tuple[str, str | None]] = []
@@ -325,7 +324,7 @@ def fetch_dump(
         results = fetch_images(batch, config, cache, progress=progress, retry_failed=retry_failed)
         for result in results:
             counts[result.status] = counts.get(result.status, 0) + 1
-        writer.write_table(pa.Table.from_pylist([asdict(r) for r in results], schema=STATUS_TABLE_SCHEMA))
+        writer.write_table(pa.Table.from_pylist([r.row() for r in results], schema=STATUS_TABLE_SCHEMA))
         batch.clear()
 
     with pq.ParquetWriter(tmp, STATUS_TABLE_SCHEMA) as writer:
@@ -359,8 +358,8 @@ class _Failure(Exception):
 class _Fetcher:
     """Per-run state shared by the worker threads: config, cache, sessions, host slots, watchdog."""
 
-    def __init__(self, config: FetchConfig, cache: ImageCache):
-        self.config, self.cache = config, cache
+    def __init__(self, config: FetchConfig, cache: ImageCache, keep_images: bool):
+        self.config, self.cache, self.keep_images = config, cache, keep_images
         self.policy = AddressPolicy(tuple(config.allow_hosts))
         self.watchdog = _Watchdog()
         self._pool = _pool_manager(config)
@@ -386,8 +385,10 @@ class _Fetcher:
             return _failed(url, failure, 0, start)
         known = self.cache.lookup(url)
         if known is not None and not (retry_failed and known.status in RETRYABLE):
-            if known.status != ImageStatus.OK or self.cache.has(known.image_key):
+            if known.status != ImageStatus.OK:
                 return replace(known, url=url)
+            if self.cache.has(known.image_key):
+                return self._cached(url, known, start)
         result = self._fetch_http(url, host, start)
         if result.status not in _CONFIG_DEPENDENT:
             self.cache.record(url, result)
@@ -465,24 +466,33 @@ class _Fetcher:
                 raise failure from exc
         raise _Failure(ImageStatus.TOO_MANY_REDIRECTS, f"more than {config.max_redirects} redirects")
 
+    def _cached(self, url: str, known: FetchResult, start: float) -> FetchResult:
+        """The URL index's "ok" for `url`, with the cached bytes preprocessed if images are kept."""
+        if not self.keep_images:
+            return replace(known, url=url)
+        try:
+            with _DECODE_SLOTS:
+                image = self._preprocess(self.cache.load(known.image_key), known.http_code)
+        except _Failure as failure:  # a pixel cap lower than when the bytes were fetched
+            return _failed(url, failure, 0, start, known.bytes)
+        return replace(known, url=url, image=image)
+
     def _store(self, url: str, data: bytes, code: int | None, attempts: int, start: float) -> FetchResult:
-        """Decode `data` into the cache (unless these bytes are there already)."""
+        """Check that `data` decodes and put it in the cache (unless these bytes are there already)."""
         if len(data) > self.config.max_bytes:
             failure = _Failure(ImageStatus.TOO_LARGE, f"over {self.config.max_bytes} bytes", code)
             return _failed(url, failure, attempts, start, len(data))
+        image = None
         with _DECODE_SLOTS:
             key = hashlib.sha256(data).hexdigest()
-            if not self.cache.has(key):
+            stored = self.cache.has(key)  # bytes that decoded before, under another URL
+            if self.keep_images or not stored:
                 try:
-                    array = imaging.preprocess(data, self.config.image_size, self.config.max_pixels)
-                except imaging.ImageError as exc:
-                    status = {
-                        imaging.NotAnImageError: ImageStatus.NOT_AN_IMAGE,
-                        imaging.TooManyPixelsError: ImageStatus.TOO_LARGE,
-                        imaging.DecodeError: ImageStatus.DECODE_ERROR,
-                    }[type(exc)]
-                    return _failed(url, _Failure(status, str(exc), code), attempts, start, len(data))
-                self.cache.store(key, array)
+                    image = self._preprocess(data, code)
+                except _Failure as failure:
+                    return _failed(url, failure, attempts, start, len(data))
+            if not stored:
+                self.cache.store(key, data)
         return FetchResult(
             post_id="",
             url=url,
@@ -492,7 +502,19 @@ class _Fetcher:
             attempts=attempts,
             elapsed_s=round(time.monotonic() - start, 4),
             image_key=key,
+            image=image if self.keep_images else None,
         )
+
+    def _preprocess(self, data: bytes, code: int | None) -> np.ndarray:
+        try:
+            return imaging.preprocess(data, self.config.image_size, self.config.max_pixels)
+        except imaging.ImageError as exc:
+            status = {
+                imaging.NotAnImageError: ImageStatus.NOT_AN_IMAGE,
+                imaging.TooManyPixelsError: ImageStatus.TOO_LARGE,
+                imaging.DecodeError: ImageStatus.DECODE_ERROR,
+            }[type(exc)]
+            raise _Failure(status, str(exc), code) from exc
 
     @contextmanager
     def _host_slot(self, host: str) -> Iterator[None]:

@@ -18,7 +18,7 @@ import simplejpeg
 import torch
 from PIL import Image, ImageOps
 
-# Bump when the output for the same bytes changes, so that cached arrays and features are not reused.
+# Bump when the output for the same bytes changes, so that cached training features are not reused.
 VERSION = 3
 
 _ORIENTATION = 0x0112  # the EXIF tag

@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 
 from mmsa.encoders import encoder_files, load_image_encoder, load_text_encoder
 from mmsa.heads import Bundle, Ensemble
-from mmsa.registry import resolve_model_dir
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
 
 
 @dataclass
@@ -106,3 +107,14 @@ def load_model(name_or_path: str | Path = "default", device: str | None = None) 
         if key not in _CACHE:
             _CACHE[key] = SentimentModel(folder, dev)
         return _CACHE[key]
+
+
+def resolve_model_dir(name_or_path: str | Path) -> Path:
+    """A model folder: a path holding config.json, else a name under mmsa/models/."""
+    p = Path(name_or_path)
+    if (p / "config.json").exists():
+        return p.resolve()
+    named = MODELS_DIR / str(name_or_path)
+    if (named / "config.json").exists():
+        return named
+    raise FileNotFoundError(f"no model folder {name_or_path!r} (looked in . and {MODELS_DIR})")

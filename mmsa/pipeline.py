@@ -245,21 +245,21 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     posts = pq.read_table(shard_path)
-    cache = ImageCache(opts.cache_dir, model.image_size)
+    cache = ImageCache(opts.cache_dir)
     items = list(zip(posts["post_id"].to_pylist(), posts["image_url"].to_pylist()))
     with _FETCHING:
         t0b = time.perf_counter()
-        fetched = fetch_images(items, _fetch_config(opts, model.image_size), cache, retry_failed=opts.retry_failed)
+        fetched = fetch_images(items, _fetch_config(opts, model.image_size), cache, retry_failed=opts.retry_failed,
+                               keep_images=True)
     t1 = time.perf_counter()
     seconds["fetch_wait"] = t0b - t0  # reading the shard + waiting for the other shard's fetch
     seconds["fetch"] = t1 - t0b
 
-    images = [cache.load(r.image_key) if r.status == "ok" else None for r in fetched]
     engine = get_engine(model, opts.backend)
     t1b = time.perf_counter()
-    pred = engine.predict(posts["text"].to_pylist(), images)
+    pred = engine.predict(posts["text"].to_pylist(), [r.image for r in fetched])
     t2 = time.perf_counter()
-    seconds["infer_wait"] = t1b - t1 + pred.queued_s  # cache reads + waiting for the other shard's batches
+    seconds["infer_wait"] = t1b - t1 + pred.queued_s  # waiting for the other shard's batches
     seconds["infer"] = t2 - t1b - pred.queued_s
 
     table = scored_table(posts, [r.status for r in fetched], pred, model.version, run_id)

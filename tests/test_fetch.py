@@ -31,6 +31,7 @@ from imageserver import (
     textured_image,
     tls_files,
 )
+from mmsa import imaging
 from mmsa.fetch import RETRYABLE, FetchConfig, ImageCache, ImageStatus, fetch_images
 
 DEADLINE = 1.5
@@ -55,11 +56,11 @@ def config(**overrides) -> FetchConfig:
 
 @pytest.fixture
 def cache(tmp_path):
-    return ImageCache(tmp_path / "cache", 224)
+    return ImageCache(tmp_path / "cache")
 
 
-def fetch_one(url, cache, **overrides):
-    (result,) = fetch_images([("p1", url)], config(**overrides), cache)
+def fetch_one(url, cache, keep_images=False, **overrides):
+    (result,) = fetch_images([("p1", url)], config(**overrides), cache, keep_images=keep_images)
     assert result.post_id == "p1"
     return result
 
@@ -76,12 +77,14 @@ def crafted_png(width: int, height: int) -> bytes:
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "GIF", "BMP", "AVIF"])
 def test_images_of_each_format_are_fetched_and_preprocessed(image_server, cache, fmt):
-    """A plain 200 with a real image gives ok and a 224x224 RGB array in the cache."""
+    """A plain 200 with a real image gives ok, its bytes in the cache and a 224x224 RGB array."""
     image = textured_image(500, 300, seed=3)
-    (image_server.root / f"img.{fmt.lower()}").write_bytes(encode(image, fmt))
-    result = fetch_one(image_server.url(f"img.{fmt.lower()}"), cache)
+    data = encode(image, fmt)
+    (image_server.root / f"img.{fmt.lower()}").write_bytes(data)
+    result = fetch_one(image_server.url(f"img.{fmt.lower()}"), cache, keep_images=True)
     assert (result.status, result.http_code, result.attempts, result.error) == ("ok", 200, 1, None)
-    array = cache.load(result.image_key)
+    assert cache.load(result.image_key) == data
+    array = result.image
     assert array.shape == (224, 224, 3) and array.dtype == np.uint8
     assert array.std() > 10  # the texture survived, not a flat colour
 
@@ -346,20 +349,25 @@ def test_same_bytes_share_one_cache_entry(image_server, cache):
     (image_server.root / "b.png").write_bytes(PNG)
     results = fetch_images([("1", image_server.url("a.png")), ("2", image_server.url("b.png"))], config(), cache)
     assert results[0].image_key == results[1].image_key
-    assert len(list(cache.root.glob("img/*/*.npy"))) == 1
+    assert len(list(cache.root.glob("img/*/*"))) == 1
 
 
-def test_cache_load_gives_the_stored_array_and_refuses_a_damaged_entry(cache):
-    """load returns exactly what store wrote; an entry of another shape, or cut short, is an error."""
-    array = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
-    cache.store("a" * 64, array)
-    assert np.array_equal(cache.load("a" * 64), array)
-    cache.store("b" * 64, array[:100])
-    path = cache.root / "img" / "aa" / f"{'a' * 64}.npy"
-    path.write_bytes(path.read_bytes()[:-1])
-    for key in ("a" * 64, "b" * 64):
-        with pytest.raises(ValueError, match="not a uint8"):
-            cache.load(key)
+def test_kept_images_come_from_the_cached_bytes_at_any_size(image_server, cache):
+    """Images are kept only when asked for. A URL in the cache is not requested again, whatever the image
+    size: its bytes are preprocessed afresh, the same array as a download gives, or too_large under a
+    lower pixel cap than they were fetched with."""
+    (image_server.root / "a.png").write_bytes(PNG)
+    url = image_server.url("a.png")
+    assert fetch_one(url, cache).image is None
+    for size in (224, 96):
+        fresh = fetch_one(url, ImageCache(cache.root.parent / f"fresh-{size}"), keep_images=True, image_size=size)
+        cached = fetch_one(url, cache, keep_images=True, image_size=size)
+        assert cached.status == "ok" and cached.image.shape == (size, size, 3)
+        assert np.array_equal(cached.image, fresh.image)
+        assert np.array_equal(cached.image, imaging.preprocess(PNG, size, 50_000_000))
+    assert image_server.hits == ["/a.png"] * 3  # the first fetch and the two fresh caches
+    capped = fetch_one(url, cache, keep_images=True, max_pixels=300 * 200 - 1)
+    assert (capped.status, capped.image) == ("too_large", None)
 
 
 def test_second_run_reuses_the_url_index(image_server, cache):
@@ -413,7 +421,7 @@ def test_https_pins_the_address_and_still_verifies_the_name(tmp_path, cache):
     with ImageServer(tmp_path, tls=tls) as server:
         items = [("name", server.url("a.png", host="localhost")), ("ip", server.url("a.png"))]
         results = fetch_images(items, config(allow_hosts=("127.0.0.1",), ca_bundle=str(ca)), cache)
-        fresh = ImageCache(tmp_path / "fresh", 224)
+        fresh = ImageCache(tmp_path / "fresh")
         untrusted = fetch_images([("other-ca", items[0][1])], config(allow_hosts=("127.0.0.1",)), fresh)
     assert [r.status for r in results] == ["ok", "connection_error"]
     assert "localhost" in results[1].error or "match" in results[1].error  # the certificate is not for 127.0.0.1

@@ -21,10 +21,10 @@ def test_cmyk_jpeg_over_http_keeps_its_colours(image_server, tmp_path):
     red = solid("CMYK", (200, 120), (0, 255, 255, 0))
     (image_server.root / "cmyk.jpg").write_bytes(encode(red, "JPEG", quality=95))
     config = FetchConfig(image_size=SIZE, allow_hosts=("127.0.0.1",))
-    cache = ImageCache(tmp_path / "c", SIZE)
-    (result,) = fetch_images([("p", image_server.url("cmyk.jpg"))], config, cache)
+    cache = ImageCache(tmp_path / "c")
+    (result,) = fetch_images([("p", image_server.url("cmyk.jpg"))], config, cache, keep_images=True)
     assert result.status == "ok"
-    r, g, b = cache.load(result.image_key).reshape(-1, 3).mean(axis=0)
+    r, g, b = result.image.reshape(-1, 3).mean(axis=0)
     assert r > 200 and g < 60 and b < 60
 
 
@@ -33,9 +33,9 @@ def test_sixteen_bit_png_over_http_keeps_its_gradient(image_server, tmp_path):
     ramp = np.tile(np.linspace(0, 65535, 256, dtype=np.uint16), (256, 1))
     (image_server.root / "deep.png").write_bytes(encode(Image.fromarray(ramp), "PNG"))
     config = FetchConfig(image_size=SIZE, allow_hosts=("127.0.0.1",))
-    cache = ImageCache(tmp_path / "c", SIZE)
-    (result,) = fetch_images([("p", image_server.url("deep.png"))], config, cache)
-    array = cache.load(result.image_key).astype(int)
+    cache = ImageCache(tmp_path / "c")
+    (result,) = fetch_images([("p", image_server.url("deep.png"))], config, cache, keep_images=True)
+    array = result.image.astype(int)
     assert result.status == "ok"
     assert array[:, 0].mean() < 20 and array[:, -1].mean() > 235  # dark on the left, light on the right
     assert np.all(np.diff(array[SIZE // 2, :, 0]) >= 0)
@@ -47,10 +47,10 @@ def test_animated_gif_over_http_gives_its_first_frame(image_server, tmp_path):
     data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     url = image_server.route("/anim", send(200, data, "image/gif"))
     config = FetchConfig(image_size=SIZE, allow_hosts=("127.0.0.1",))
-    cache = ImageCache(tmp_path / "c", SIZE)
-    (result,) = fetch_images([("p", url)], config, cache)
+    cache = ImageCache(tmp_path / "c")
+    (result,) = fetch_images([("p", url)], config, cache, keep_images=True)
     assert result.status == "ok"
-    r, g, b = cache.load(result.image_key).reshape(-1, 3).mean(axis=0)
+    r, g, b = result.image.reshape(-1, 3).mean(axis=0)
     assert b > 200 and r < 40 and g < 40
 
 

@@ -332,8 +332,7 @@ def test_cached_onnx_graphs_score_without_loading_the_encoders(model, tmp_path):
 def test_the_onnx_cache_key_follows_the_encoders_files(tmp_path):
     """A model whose encoder files change (here: one touched) gets a new key, so no stale graph is used;
     unchanged files give the same key without loading anything."""
-    from mmsa.model import SentimentModel
-    from mmsa.registry import resolve_model_dir
+    from mmsa.model import SentimentModel, resolve_model_dir
     from mmsa.synthetic import tiny_text_encoder
 
     folder = tmp_path / "model"
