@@ -151,9 +151,9 @@ class ImageCache:
 
     Layout under root/src-v1/: img/ab/<key> and url/ab/<sha256(url)>.json. The source bytes, not
     preprocessed arrays: a model of any image size, and any later preprocessing, reuses them without
-    downloading again, and they take a sixth of the disk and of the writes (`mmsa fetch` of 5,000
-    images used about a fifth less CPU, benchmarks/results/infer.md). Every write goes to a
-    temporary file then os.replace, so concurrent processes never see half a file.
+    downloading again, and they take a third to a twelfth of the disk and of the writes (`mmsa fetch`
+    of 5,000 images: 10-22% less CPU; benchmarks/results/infer.md, "(b) eleventh CPU session"). Every
+    write goes to a temporary file then os.replace, so concurrent processes never see half a file.
     """
 
     def __init__(self, root: str | Path):
