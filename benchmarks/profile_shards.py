@@ -28,10 +28,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_infer import GpuSampler, make_dump  # noqa: E402
-from mmsa import imaging, pipeline  # noqa: E402
+from mmsa import pipeline  # noqa: E402
 from mmsa.data import load_jsonl, resolve_data_dir  # noqa: E402
 from mmsa.demo import serve_folder  # noqa: E402
-from mmsa.fetch import FetchConfig, ImageCache  # noqa: E402
+from mmsa.fetch import FetchConfig, ImageCache, fetch_images  # noqa: E402
 from mmsa.infer import get_engine  # noqa: E402
 from mmsa.model import load_model  # noqa: E402
 
@@ -56,17 +56,17 @@ def run(dump_url: str, work: Path, threads: int, fetch_workers: int) -> dict:
 
 
 def model_alone(shards: list[str], cache_dir: Path) -> tuple[float, list[float]]:
-    """The run's engine on the same shards' texts and cached images (found through the cache's URL
-    index, preprocessed before the clock starts), one shard after another."""
+    """The run's engine on the same shards' texts and cached images (fetch_images finds them through the
+    cache's URL index, with no request, and preprocesses them before the clock starts), one shard after another."""
     model = load_model("default")
     cache = ImageCache(cache_dir)
+    config = FetchConfig(image_size=model.image_size, allow_hosts=("127.0.0.1",))
     engine = get_engine(model)
     per_shard = []
     for shard in shards:
         posts = pq.read_table(shard)
-        known = [cache.lookup(url) if url else None for url in posts["image_url"].to_pylist()]
-        images = [imaging.preprocess(cache.load(k.image_key), model.image_size, FetchConfig().max_pixels) if k and k.status == "ok"
-                  else None for k in known]
+        items = list(zip(posts["post_id"].to_pylist(), posts["image_url"].to_pylist()))
+        images = [r.image for r in fetch_images(items, config, cache, keep_images=True)]
         t0 = time.perf_counter()
         engine.predict(posts["text"].to_pylist(), images)
         per_shard.append(time.perf_counter() - t0)
