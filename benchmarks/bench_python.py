@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -93,7 +94,7 @@ def main() -> None:
                      f"{max(cpu[(python, w)]) * (1000 if w == 'fetch' else 1):.2f}" for w in med}
         print(f"| {describe(python)} | {med['server']:.2f} ({spread['server']}) | {med['client']:.2f} ({spread['client']}) "
               f"| {1000 * med['fetch']:.2f} ({spread['fetch']}) |")
-    subprocess.run(["rm", "-rf", str(work)])
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
