@@ -34,14 +34,9 @@ def child(what: str, base: str, cache: str) -> None:
         import prefect.server.api.server as server
 
         server.create_app(ephemeral=True)
-        t = os.times()
-        print(t.user + t.system)
     elif what == "client":
         import flows.score  # noqa: F401
         import mmsa.infer  # noqa: F401
-
-        t = os.times()
-        print(t.user + t.system)
     else:
         from mmsa.fetch import FetchConfig, ImageCache, _Fetcher
 
@@ -54,6 +49,9 @@ def child(what: str, base: str, cache: str) -> None:
             for url in urls[100:]:
                 fetcher.fetch(url, False)
         print((time.thread_time() - c0) / (IMAGES - 100))
+        return
+    t = os.times()
+    print(t.user + t.system)
 
 
 def describe(python: str) -> str:
