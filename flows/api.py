@@ -7,12 +7,15 @@ called first thing, starts that same server process (the command Prefect runs) a
 boots on the other core while this process imports the flow and loads the model
 (benchmarks/results/infer.md, "(b) fourth CPU session"). Dask workers, being other processes, get its
 URL too; each would otherwise start an ephemeral server of its own, slowly.
+The server process runs `server_app`, Prefect's own app booted a little cheaper for a server that lives one
+command.
 """
 
 from __future__ import annotations
 
 import atexit
-import importlib.util
+import functools
+import gc
 import os
 import socket
 import subprocess
@@ -40,12 +43,13 @@ class LocalAPI:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}/api"
-        site = Path(importlib.util.find_spec("prefect").submodule_search_locations[0]).parent
         # The command and environment of prefect.server.api.server.SubprocessASGIServer (no UI, ephemeral),
-        # less the block types' registration at start: it imports every installed Prefect collection
-        # (prefect-dask brings dask and distributed), 1.2 of its 6.3 s here, for block types no run uses.
+        # with server_app as the factory, less the block types' registration at start: it imports every installed
+        # Prefect collection (prefect-dask brings dask and distributed), 1.2 of its 6.3 s here, for block types no
+        # run uses.
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", str(site), "--factory", "prefect.server.api.server:create_app",
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(Path(__file__).resolve().parents[1]), "--factory",
+             "flows.api:server_app",
              "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
             env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
                  "PREFECT_API_BLOCKS_REGISTER_ON_START": "false", "PREFECT_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false"},
@@ -102,3 +106,28 @@ class LocalAPI:
                 self._process.kill()
                 self._process.wait()
             self._process = None
+
+
+def server_app():
+    """The factory LocalAPI's server process runs: Prefect's `create_app`, with two changes for a server that
+    lives one command, each worth about 1 s of CPU per run (benchmarks/results/infer.md, "(b) thirteenth CPU
+    session"):
+    - no garbage collection while Prefect's server modules are imported and the app is built (the objects
+      made at start-up live as long as the process, and the collector scanned them again and again);
+    - its task worker (docket) looks for due work every 2 s instead of 4 times a second: its polling was half
+      of the idle server's CPU, beside the run on the same cores, and its work (log and run clean-ups) is not
+      urgent."""
+    gc.disable()
+    try:
+        from datetime import timedelta
+
+        from prefect.server.api import background_workers
+        from prefect.server.api.server import create_app
+
+        poll = timedelta(seconds=2)
+        background_workers.Worker = functools.partial(
+            background_workers.Worker, minimum_check_interval=poll, scheduling_resolution=poll
+        )
+        return create_app()
+    finally:
+        gc.enable()

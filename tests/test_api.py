@@ -64,3 +64,25 @@ def test_a_configured_server_is_used_and_none_is_started(prefect_harness, monkey
     assert process is not None
     with api:
         assert PREFECT_API_URL.value() == harness and process.poll() is not None
+
+
+SERVER_APP = """
+import gc, json
+from datetime import timedelta
+from docket import Docket
+from flows.api import server_app
+from prefect.server.api import background_workers
+
+app = server_app()
+worker = background_workers.Worker(Docket(name="check", url="memory://check"))
+print(json.dumps({"routes": len(app.routes), "gc": gc.isenabled(),
+                  "polls": [worker.minimum_check_interval / timedelta(seconds=1), worker.scheduling_resolution / timedelta(seconds=1)]}))
+"""
+
+
+def test_the_server_process_builds_prefects_app_with_a_slower_task_worker_poll_and_the_collector_back_on(tmp_path):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT_UI_ENABLED": "0"}
+    proc = subprocess.run([sys.executable, "-c", SERVER_APP], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["routes"] > 1 and out["gc"] is True and out["polls"] == [2.0, 2.0]
