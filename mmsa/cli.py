@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
+import gc
 import os
 import sys
 import threading
@@ -18,6 +20,18 @@ from pathlib import Path
 # timeout is 20 s); and the project never phones home.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@contextlib.contextmanager
+def _imports_without_gc():
+    """No garbage collection while a flow command imports Prefect and its flow: the imports make objects that
+    live as long as the process, which the collector only scanned again and again (about 0.8 s of CPU per
+    command here; benchmarks/results/infer.md, "(b) thirteenth CPU session")."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _preload(model: str, backend: str | None) -> None:
@@ -43,9 +57,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from flows.api import LocalAPI
 
     api = LocalAPI()  # first: it boots in its own process while this one imports and loads
-    if args.runner == "threads":  # Dask workers load their own
-        _preload(args.model, args.backend)
-    from flows.score import make_task_runner, score_flow
+    with _imports_without_gc():
+        if args.runner == "threads":  # Dask workers load their own
+            _preload(args.model, args.backend)
+        from flows.score import make_task_runner, score_flow
 
     runner = make_task_runner(args.runner, args.dask_address, args.dask_workers)
     with api:
@@ -71,7 +86,8 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
     from flows.api import LocalAPI
 
     api = LocalAPI()
-    from flows.backfill import backfill_flow
+    with _imports_without_gc():
+        from flows.backfill import backfill_flow
 
     with api:
         outcome = backfill_flow(
