@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 
 
@@ -110,17 +111,15 @@ class LocalAPI:
 
 def server_app():
     """The factory LocalAPI's server process runs: Prefect's `create_app`, with two changes for a server that
-    lives one command, each worth about 1 s of CPU per run (benchmarks/results/infer.md, "(b) thirteenth CPU
-    session"):
+    lives one command, together about 1 s of CPU per 5,000-post run (benchmarks/results/infer.md, "(b)
+    thirteenth CPU session"):
     - no garbage collection while Prefect's server modules are imported and the app is built (the objects
       made at start-up live as long as the process, and the collector scanned them again and again);
-    - its task worker (docket) looks for due work every 2 s instead of 4 times a second: its polling was half
-      of the idle server's CPU, beside the run on the same cores, and its work (log and run clean-ups) is not
-      urgent."""
+    - its task worker (docket) looks for due work every 2 s instead of 4 times a second: that polling was
+      over a quarter of the idle server's CPU, taken from the run on the same cores, and its work (log and
+      run clean-ups) is not urgent."""
     gc.disable()
     try:
-        from datetime import timedelta
-
         from prefect.server.api import background_workers
         from prefect.server.api.server import create_app
 

@@ -25,7 +25,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 @contextlib.contextmanager
 def _imports_without_gc():
     """No garbage collection while a flow command imports Prefect and its flow: the imports make objects that
-    live as long as the process, which the collector only scanned again and again (about 0.8 s of CPU per
+    live as long as the process, which the collector only scanned again and again (about 1 s of CPU per
     command here; benchmarks/results/infer.md, "(b) thirteenth CPU session")."""
     gc.disable()
     try:
