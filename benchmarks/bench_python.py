@@ -1,7 +1,7 @@
 """Compare CPython builds on this project's Python-heavy work, which is what a 2-core run spends
 beside the model: CPU seconds of
 
-- server: Prefect's API server start as flows.api's server process does it (import + create_app);
+- server: Prefect's API server start (import + create_app, which flows.api.server_app wraps);
 - client: the scoring command's own imports (flows.score, mmsa.infer);
 - fetch: mmsa.fetch per image (download from 127.0.0.1, decode, resize, cache), one thread.
 
@@ -88,8 +88,8 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: |")
     for python in args.pythons:
         med = {w: statistics.median(cpu[(python, w)]) for w in ("server", "client", "fetch")}
-        spread = {w: f"{min(cpu[(python, w)]) * (1000 if w == 'fetch' else 1):.2f}-"
-                     f"{max(cpu[(python, w)]) * (1000 if w == 'fetch' else 1):.2f}" for w in med}
+        scale = {"server": 1, "client": 1, "fetch": 1000}  # fetch in ms
+        spread = {w: f"{min(cpu[(python, w)]) * scale[w]:.2f}-{max(cpu[(python, w)]) * scale[w]:.2f}" for w in med}
         print(f"| {describe(python)} | {med['server']:.2f} ({spread['server']}) | {med['client']:.2f} ({spread['client']}) "
               f"| {1000 * med['fetch']:.2f} ({spread['fetch']}) |")
     shutil.rmtree(work, ignore_errors=True)
