@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 from urllib.parse import urljoin, urlsplit
 from urllib.request import url2pathname
 
@@ -203,13 +203,15 @@ def fetch_images(
     progress: bool = False,
     retry_failed: bool = False,
     keep_images: bool = False,
+    on_result: Callable[[int, FetchResult], None] | None = None,
 ) -> list[FetchResult]:
     """Fetch the image of every (post_id, image_url); one FetchResult per item, in input order.
 
-    Each distinct URL is fetched once. A URL found in the cache's URL index is not fetched
-    again; with retry_failed=True, those whose recorded status is RETRYABLE are. Never raises
-    for a bad URL, server or image. With keep_images, every "ok" result carries its image
-    preprocessed (cached bytes are decoded again): memory grows with the items, so pass a shard.
+    Each distinct URL is fetched once, in the order the items first name it. A URL found in the
+    cache's URL index is not fetched again; with retry_failed=True, those whose recorded status is
+    RETRYABLE are. Never raises for a bad URL, server or image. With keep_images, every "ok" result
+    carries its image preprocessed (cached bytes are decoded again): memory grows with the items, so
+    pass a shard. on_result(index, result) is called, in this thread, as each item's result is known.
     """
     items = list(items)
     results: list[FetchResult | None] = [None] * len(items)
@@ -220,6 +222,8 @@ def fetch_images(
             posts_by_url.setdefault(url, []).append(index)
         else:
             results[index] = FetchResult(post_id=post_id, url=None, status=ImageStatus.NO_IMAGE.value)
+            if on_result is not None:
+                on_result(index, results[index])
 
     ok = done = 0
     with (
@@ -244,6 +248,8 @@ def fetch_images(
                 outcome = future.result()
                 for index in posts_by_url[url]:
                     results[index] = replace(outcome, post_id=items[index][0])
+                    if on_result is not None:
+                        on_result(index, results[index])
                 done += len(posts_by_url[url])
                 ok += len(posts_by_url[url]) if outcome.status == ImageStatus.OK else 0
                 bar.update(len(posts_by_url[url]))

@@ -235,11 +235,21 @@ class Engine:
         transformers' tokenizer wraps, called as it calls it)."""
         return [e.ids for e in self.tokenizer.encode_batch([t or "" for t in texts])]
 
-    def batches(self, texts: Sequence[str], images: Sequence[np.ndarray | None], batch_size: int) -> Iterator[Batch]:
-        """Batches of rows ordered by token length (when bucketing), padded to their own longest text."""
-        ids = self.tokenize(texts)
+    def order(self, texts: Sequence[str]) -> np.ndarray:
+        """The row positions in the order predict takes them: a caller that fetches images in this order
+        gives the model its first batches' images first."""
+        return self._order(self.tokenize(texts))[0]
+
+    def _order(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """(order, token lengths): by token length when bucketing (stable), else as given."""
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        order = np.argsort(lengths, kind="stable") if self.bucket else np.arange(len(ids))
+        return (np.argsort(lengths, kind="stable") if self.bucket else np.arange(len(ids))), lengths
+
+    def batches(self, texts: Sequence[str], images: Sequence[np.ndarray | None], batch_size: int) -> Iterator[Batch]:
+        """Batches of rows ordered by token length (when bucketing), padded to their own longest text.
+        Reads `images[i]` only as row i's batch is built."""
+        ids = self.tokenize(texts)
+        order, lengths = self._order(ids)
         pad = self.pad_id
         pin = self.device.type == "cuda"
         for s in range(0, len(order), batch_size):

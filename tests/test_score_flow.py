@@ -2,14 +2,16 @@
 real Prefect flow into real Parquet files and a real DuckDB file."""
 
 import json
+import threading
 
 import duckdb
 import pytest
 
 from imageserver import Concurrency, encode, image_server, send, textured_image  # noqa: F401  (fixture)
-from mmsa import cli, report
+from mmsa import cli, pipeline, report
 from mmsa.demo import make_dump, serve_folder
 from mmsa.fetch import FetchConfig
+from mmsa.infer import Engine
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +140,39 @@ def test_shards_scored_at_once_stay_within_the_per_host_cap(prefect_harness, ima
     with duckdb.connect(str(tmp_path / "m.duckdb"), read_only=True) as con:
         assert con.sql("SELECT image_status, count(*) FROM post_sentiment GROUP BY 1").fetchall() == [("ok", 48)]
     assert probe.peak == FetchConfig.per_host
+
+
+
+def test_the_model_starts_on_a_shards_first_batches_while_its_last_images_download(image_server, tmp_path, monkeypatch):
+    """A shard's images are fetched in the model's batch order and handed to it as they arrive: the image of
+    the longest text (the shard's first post, but the model's last batch), which the server holds back until
+    the model has scored a batch, holds up neither the first batch nor any post."""
+    scored = threading.Event()
+    run_all = Engine._run_all
+    monkeypatch.setattr(Engine, "_run_all", lambda self, b: (run_all(self, b), scored.set())[0])
+    seen = []
+
+    def held(request):
+        seen.append(scored.wait(timeout=30))  # False if the model waited for this image to start
+        send(200, encode(textured_image(64, 48), "JPEG"), "image/jpeg")(request)
+
+    jpeg = send(200, encode(textured_image(80, 60), "JPEG"), "image/jpeg")
+    rows = [{"post_id": "long", "created_at": "2026-11-20", "text": "what a day " * 30, "image_url": image_server.route("/held.jpg", held)}]
+    rows += [{"post_id": f"p{n:02d}", "created_at": "2026-11-20", "text": f"nice day {n}", "image_url": image_server.route(f"/i{n}.jpg", jpeg)}
+             for n in range(70)]
+    dump = tmp_path / "posts.jsonl"
+    dump.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    opts = pipeline.RunOptions(db=str(tmp_path / "m.duckdb"), out=str(tmp_path / "out"), allow_hosts=("127.0.0.1",))
+    (shard,) = pipeline.prepare(str(dump), opts).shards
+
+    result = pipeline.score_shard(shard, opts, "run", "key")
+    assert seen == [True]
+    # Requested among the last (downloads run `workers` at a time, so a few overtake it), though its post is first.
+    assert image_server.hits.index("/held.jpg") >= len(rows) - 2 * FetchConfig.workers
+    assert result.image_status == {"ok": 71}
+    assert result.seconds["infer_wait"] >= 0 and result.seconds["infer"] > 0
+    table = duckdb.sql(f"SELECT post_id, image_label FROM read_parquet({[str(f) for f in result.files]})").fetchall()
+    assert sorted(r[0] for r in table) == sorted(r["post_id"] for r in rows) and all(r[1] for r in table)
 
 
 ANALYST = """
