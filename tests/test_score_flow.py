@@ -175,6 +175,33 @@ def test_the_model_starts_on_a_shards_first_batches_while_its_last_images_downlo
     assert sorted(r[0] for r in table) == sorted(r["post_id"] for r in rows) and all(r[1] for r in table)
 
 
+
+@pytest.mark.timeout(120)  # a model left waiting would hang here
+def test_a_fetch_that_fails_midway_fails_the_shard_without_leaving_the_model_waiting(image_server, tmp_path, monkeypatch):
+    """The model reads the shard's images as they arrive; if the fetch itself raises (a bug, not a bad image:
+    those are per-row statuses), the shard fails with that error instead of waiting forever for the rest."""
+    import mmsa.fetch
+
+    fetch_images = mmsa.fetch.fetch_images
+
+    def breaks_after_half(items, *args, on_result, **kwargs):
+        items = list(items)
+        fetch_images(items[: len(items) // 2], *args, on_result=on_result, **kwargs)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mmsa.fetch, "fetch_images", breaks_after_half)
+    jpeg = send(200, encode(textured_image(80, 60), "JPEG"), "image/jpeg")
+    dump = tmp_path / "posts.jsonl"
+    dump.write_text("".join(json.dumps({"post_id": f"p{n}", "created_at": "2026-11-20", "text": f"nice day {n}",
+                                        "image_url": image_server.route(f"/i{n}.jpg", jpeg)}) + "\n" for n in range(80)))
+    opts = pipeline.RunOptions(db=str(tmp_path / "m.duckdb"), out=str(tmp_path / "out"), allow_hosts=("127.0.0.1",))
+    (shard,) = pipeline.prepare(str(dump), opts).shards
+    with pytest.raises(OSError, match="disk full"):
+        pipeline.score_shard(shard, opts, "run", "key")
+    assert sum(image_server.hit_count(f"/i{n}.jpg") for n in range(80)) == 40  # the half before the failure
+    assert not list((tmp_path / "out").glob("date=*/*.parquet"))
+
+
 ANALYST = """
 import sys, duckdb
 con = duckdb.connect(sys.argv[1], read_only=True)
