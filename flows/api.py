@@ -14,6 +14,7 @@ command.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import gc
 import os
@@ -118,8 +119,7 @@ def server_app():
     - its task worker (docket) looks for due work every 2 s instead of 4 times a second: that polling was
       over a quarter of the idle server's CPU, taken from the run on the same cores, and its work (log and
       run clean-ups) is not urgent."""
-    gc.disable()
-    try:
+    with imports_without_gc():
         from prefect.server.api import background_workers
         from prefect.server.api.server import create_app
 
@@ -128,5 +128,15 @@ def server_app():
             background_workers.Worker, minimum_check_interval=poll, scheduling_resolution=poll
         )
         return create_app()
+
+
+@contextlib.contextmanager
+def imports_without_gc():
+    """No garbage collection while Prefect's modules (and a flow's) are imported: the imports make objects that
+    live as long as the process, which the collector only scanned again and again (about 1 s of CPU per command
+    here; benchmarks/results/infer.md, "(b) thirteenth CPU session")."""
+    gc.disable()
+    try:
+        yield
     finally:
         gc.enable()

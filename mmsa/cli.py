@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import contextlib
-import gc
 import os
 import sys
 import threading
@@ -20,18 +18,6 @@ from pathlib import Path
 # timeout is 20 s); and the project never phones home.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-
-
-@contextlib.contextmanager
-def _imports_without_gc():
-    """No garbage collection while a flow command imports Prefect and its flow: the imports make objects that
-    live as long as the process, which the collector only scanned again and again (about 1 s of CPU per
-    command here; benchmarks/results/infer.md, "(b) thirteenth CPU session")."""
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def _preload(model: str, backend: str | None) -> None:
@@ -54,10 +40,10 @@ def _preload(model: str, backend: str | None) -> None:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from flows.api import LocalAPI
+    from flows.api import LocalAPI, imports_without_gc
 
     api = LocalAPI()  # first: it boots in its own process while this one imports and loads
-    with _imports_without_gc():
+    with imports_without_gc():
         if args.runner == "threads":  # Dask workers load their own
             _preload(args.model, args.backend)
         from flows.score import make_task_runner, score_flow
@@ -83,10 +69,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_backfill(args: argparse.Namespace) -> int:
-    from flows.api import LocalAPI
+    from flows.api import LocalAPI, imports_without_gc
 
     api = LocalAPI()
-    with _imports_without_gc():
+    with imports_without_gc():
         from flows.backfill import backfill_flow
 
     with api:
