@@ -1,0 +1,88 @@
+"""Brand tagging by rules: which brands a post mentions, from a YAML (or JSON) file.
+
+    acme:
+      keywords: [acme, acme corp]       # words or phrases, on word boundaries
+      hashtags: ["#acme"]               # the tag itself ("#acme", not "#acmeforever")
+      handles: ["@acmecorp"]            # a mention of the account
+      regexes: ['\\bacme ?(one|pro)\\b']  # anything else, as Python regular expressions
+
+All matching ignores case. A post can mention several brands: it is tagged with each of them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+RULES = ("keywords", "hashtags", "handles", "regexes")
+
+
+class BrandTagger:
+    """Compiled rules: one alternation per brand, so a post costs one search per brand."""
+
+    def __init__(self, rules: dict[str, dict]):
+        if not isinstance(rules, dict) or not rules:
+            raise ValueError("a brands file maps each brand name to its rules (keywords, hashtags, handles, regexes)")
+        self.patterns: dict[str, re.Pattern] = {}
+        for brand, spec in rules.items():
+            spec = spec or {}
+            if not isinstance(spec, dict) or set(spec) - set(RULES):
+                raise ValueError(f"brand {brand!r}: rules must be a mapping with keys from {', '.join(RULES)}")
+            parts = [_phrase(k) for k in _strings(brand, spec, "keywords")]
+            parts += [_tag("#", h) for h in _strings(brand, spec, "hashtags")]
+            parts += [_tag("@", h) for h in _strings(brand, spec, "handles")]
+            for regex in _strings(brand, spec, "regexes"):
+                try:
+                    re.compile(regex)
+                except re.error as exc:
+                    raise ValueError(f"brand {brand!r}: bad regex {regex!r}: {exc}") from None
+                parts.append(f"(?:{regex})")
+            if not parts:
+                raise ValueError(f"brand {brand!r} has no rules")
+            self.patterns[str(brand)] = re.compile("|".join(parts), re.IGNORECASE)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> BrandTagger:
+        return cls(load_rules(path))
+
+    def tag(self, text: str | None) -> list[str]:
+        """The brands the text mentions, in the file's order."""
+        if not text:
+            return []
+        return [brand for brand, pattern in self.patterns.items() if pattern.search(text)]
+
+
+def load_rules(path: str | Path) -> dict:
+    """The rules of a brands file, checked (a ValueError says what is wrong), as plain data."""
+    try:
+        rules = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"brands file {path}: not YAML or JSON: {exc}") from None
+    try:
+        BrandTagger(rules)
+    except ValueError as exc:
+        raise ValueError(f"brands file {path}: {exc}") from None
+    return rules
+
+
+def _strings(brand: str, spec: dict, key: str) -> list[str]:
+    values = spec.get(key) or []
+    if isinstance(values, str):
+        values = [values]
+    if not all(isinstance(v, str) and v.strip() for v in values):
+        raise ValueError(f"brand {brand!r}: {key} must be a list of non-empty strings")
+    return [v.strip() for v in values]
+
+
+def _phrase(keyword: str) -> str:
+    """A keyword on word boundaries, its inner spaces matching any run of whitespace."""
+    body = r"\s+".join(re.escape(word) for word in keyword.split())
+    return rf"(?<!\w){body}(?!\w)"
+
+
+def _tag(sign: str, value: str) -> str:
+    """#tag or @handle, whole: not inside a word before it, nor continued by a word character after it."""
+    name = re.escape(value.lstrip(sign))
+    return rf"(?<![\w{sign}]){re.escape(sign)}{name}(?!\w)"

@@ -1,0 +1,68 @@
+"""Bluesky Jetstream events, one JSON object per line:
+`{"did", "time_us", "kind": "commit", "commit": {"collection", "operation", "rkey", "record"}}`.
+
+Only the creation of a post (`app.bsky.feed.post`, operation `create`) is a post; every other event
+(likes, reposts, follows, deletes, identity and account events) is skipped and counted. The data
+carries no image URL, only each picture's blob CID: the picture is read from Bluesky's CDN,
+`https://cdn.bsky.app/img/feed_fullsize/plain/{did}/{cid}@jpeg`. Pictures sit in an
+`app.bsky.embed.images` embed, or in the `media` of an `app.bsky.embed.recordWithMedia` (a quote
+post with pictures). The post id is its AT URI, `at://{did}/app.bsky.feed.post/{rkey}`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from mmsa.readers import Skip, dedupe
+
+POST = "app.bsky.feed.post"
+CDN = "https://cdn.bsky.app/img/feed_fullsize/plain/{did}/{cid}@jpeg"
+
+
+def read(record: dict) -> Iterator[dict | Skip]:
+    kind = record.get("kind")
+    if kind != "commit":
+        yield Skip(f"bluesky: {kind or 'unknown'} event")
+        return
+    commit = record.get("commit")
+    if not isinstance(commit, dict):
+        raise ValueError("Jetstream commit event without a `commit` object")
+    collection = str(commit.get("collection") or "unknown")
+    if collection != POST:
+        yield Skip(f"bluesky: {collection.rsplit('.', 1)[-1]}")  # like, repost, follow, ...
+        return
+    if commit.get("operation") != "create":
+        yield Skip(f"bluesky: post {commit.get('operation') or 'unknown'}")  # delete, update
+        return
+    post = commit.get("record")
+    if not isinstance(post, dict):
+        raise ValueError("Jetstream post create without a `record` object")
+    did, rkey = record.get("did"), commit.get("rkey")
+    langs = post.get("langs")
+    yield {
+        "post_id": f"at://{did}/{POST}/{rkey}" if did and rkey else None,
+        "created_at": post.get("createdAt") or record.get("time_us"),
+        "text": post.get("text"),
+        "image_urls": dedupe([CDN.format(did=did, cid=cid) for cid in _image_cids(post.get("embed"))]),
+        "source": "bluesky",
+        "lang": langs[0] if isinstance(langs, list) and langs else None,
+        "author": did,
+    }
+
+
+def _image_cids(embed: object) -> list[str]:
+    if not isinstance(embed, dict):
+        return []
+    kind = embed.get("$type")
+    if kind == "app.bsky.embed.recordWithMedia":
+        return _image_cids(embed.get("media"))
+    if kind != "app.bsky.embed.images":
+        return []
+    cids = []
+    for item in embed.get("images") or []:
+        blob = (item or {}).get("image") or {}
+        ref = blob.get("ref")
+        cid = ref.get("$link") if isinstance(ref, dict) else blob.get("cid")  # legacy blobs: a bare `cid`
+        if isinstance(cid, str) and cid:
+            cids.append(cid)
+    return cids

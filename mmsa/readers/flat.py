@@ -1,0 +1,78 @@
+"""The flat contract (one post per row, the project's own fields), and field mappings onto it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from mmsa.readers import Skip
+
+# Fields a mapping may fill: the flat contract's own.
+TARGETS = ("post_id", "created_at", "text", "image_urls", "image_url", "brand", "source", "lang", "author",
+           "likes", "shares", "replies")
+
+
+def read(record: dict) -> Iterator[dict | Skip]:
+    yield record
+
+
+def parse_path(path: str) -> list[str | int | None]:
+    """`media[].url` -> ["media", None, "url"]: names, list indexes, and None for "every element"."""
+    steps: list[str | int | None] = []
+    for part in path.strip().split("."):
+        name, *indexes = part.split("[")
+        if name:
+            steps.append(name)
+        for index in indexes:
+            index = index.rstrip("]").strip()
+            steps.append(None if index == "" else int(index))
+    if not steps:
+        raise ValueError(f"empty field path {path!r}")
+    return steps
+
+
+def lookup(value: object, steps: list[str | int | None]) -> object:
+    """The value at a parsed path; a list of values below a `[]` step; None where it is missing."""
+    for i, step in enumerate(steps):
+        if step is None:
+            if not isinstance(value, list):
+                return None
+            found = [lookup(item, steps[i + 1:]) for item in value]
+            flat = [v for item in found for v in (item if isinstance(item, list) else [item])]
+            return [v for v in flat if v is not None]
+        if isinstance(step, int):
+            value = value[step] if isinstance(value, list) and -len(value) <= step < len(value) else None
+        else:
+            value = value.get(step) if isinstance(value, dict) else None
+        if value is None:
+            return None
+    return value
+
+
+def parse_mapping(items: dict[str, str] | list[str]) -> dict[str, list]:
+    """{target: parsed path} from `TARGET=PATH` strings (the --map option) or a {target: path} dict
+    (a mapping file)."""
+    pairs = dict(items) if isinstance(items, dict) else {}
+    if not isinstance(items, dict):
+        for item in items:
+            target, sep, path = item.partition("=")
+            if not sep or not target.strip() or not path.strip():
+                raise ValueError(f"--map wants TARGET=PATH (e.g. text=full_text), got {item!r}")
+            pairs[target.strip()] = path
+    unknown = sorted(set(pairs) - set(TARGETS))
+    if unknown:
+        raise ValueError(f"cannot map onto {', '.join(unknown)}: the fields are {', '.join(TARGETS)}")
+    return {target: parse_path(str(path)) for target, path in pairs.items()}
+
+
+def mapped(mapping: dict[str, list]):
+    """A reader that fills the mapped fields from their paths; the record's other keys pass through
+    unchanged (so fields already named as the contract names them need no mapping)."""
+    sources = {str(steps[0]) for steps in mapping.values() if isinstance(steps[0], str)}
+
+    def read_mapped(record: dict) -> Iterator[dict | Skip]:
+        row = {k: v for k, v in record.items() if k not in sources and k not in mapping}
+        for target, steps in mapping.items():
+            row[target] = lookup(record, steps)
+        yield row
+
+    return read_mapped

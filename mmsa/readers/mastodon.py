@@ -1,0 +1,46 @@
+"""Mastodon statuses as the API returns them (one status per line, or a JSON array of them).
+
+`content` is HTML: it becomes plain text (paragraphs and <br> as line breaks, the hidden parts of
+links dropped). Pictures are `media_attachments` of type image (`url`); for gifv and video the
+`preview_url` still is a picture. A boost nests the original status under `reblog`: the original
+is the post (so many boosts of one status are one post). A status id is only unique on its own
+server, so the post id is the status's `uri`, unique across servers (its `id` when it has none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from mmsa.readers import Skip, dedupe, html_to_text, unescape
+
+
+def read(record: dict) -> Iterator[dict | Skip]:
+    status = record.get("reblog") if isinstance(record.get("reblog"), dict) else record
+    if "content" not in status and "media_attachments" not in status:
+        yield Skip("mastodon: not a status")
+        return
+    urls = []
+    for media in status.get("media_attachments") or []:
+        if not isinstance(media, dict):
+            continue
+        if media.get("type") == "image":
+            urls.append(media.get("url") or media.get("preview_url"))
+        elif media.get("type") in ("gifv", "video"):
+            urls.append(media.get("preview_url"))
+    account = status.get("account") or {}
+    row = {
+        "post_id": status.get("uri") or status.get("id"),
+        "created_at": status.get("created_at"),
+        "text": html_to_text(status.get("content")),
+        "image_urls": dedupe([unescape(u) for u in urls]),
+        "source": "mastodon",
+        "lang": status.get("language"),
+        "author": account.get("acct"),
+        "likes": status.get("favourites_count"),
+        "shares": status.get("reblogs_count"),
+        "replies": status.get("replies_count"),
+        "url": status.get("url"),
+    }
+    if status is not record:
+        row["boosted_by"] = (record.get("account") or {}).get("acct")
+    yield row

@@ -1,0 +1,82 @@
+"""Reddit submissions as Pushshift / Arctic Shift dumps have them (one JSON object per line).
+
+Text: `title`, a blank line, `selftext` (not "[removed]" or "[deleted]"); entities decoded.
+Images, in order: a gallery's pictures (`media_metadata[id].s.u`, ordered by `gallery_data.items`),
+else the picture the post links to (`url` on i.redd.it or ending in an image extension), else the
+preview pictures (`preview.images[].source.url`). A linked picture's preview is the same picture,
+so it is not added as a second one. Reddit HTML-escapes these URLs (`&amp;`); they are decoded.
+A comment (it has `body`, no `title`) is not a submission: it is skipped.
+
+`score` can be negative (down-votes); `likes` is that score floored at 0, the raw score stays in
+`extra`. `shares` is `num_crossposts`, `replies` is `num_comments`. Post ids are Reddit's fullnames
+(`t3_` + id), unique across subreddits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+from mmsa.readers import Skip, dedupe, unescape
+
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp")
+_GONE = ("[removed]", "[deleted]", "")
+
+
+def read(record: dict) -> Iterator[dict | Skip]:
+    if "title" not in record:
+        yield Skip("reddit: comment" if "body" in record else "reddit: not a submission")
+        return
+    raw_id = record.get("id")
+    name = record.get("name")
+    post_id = name if isinstance(name, str) and name.startswith("t3_") else (None if raw_id in (None, "") else f"t3_{raw_id}")
+    title = unescape(record.get("title")) or ""
+    body = unescape(record.get("selftext")) or ""
+    text = title if body.strip() in _GONE else f"{title}\n\n{body}"
+    score = record.get("score")
+    likes = None
+    if isinstance(score, (int, float)) or (isinstance(score, str) and score.lstrip("-").isdigit()):
+        likes = max(int(score), 0)
+    row = {
+        "post_id": post_id,
+        "created_at": record.get("created_utc"),
+        "text": text.strip() or None,
+        "image_urls": images(record),
+        "source": "reddit",
+        "author": record.get("author"),
+        "likes": likes,
+        "shares": record.get("num_crossposts"),
+        "replies": record.get("num_comments"),
+        "subreddit": record.get("subreddit"),
+        "permalink": record.get("permalink"),
+    }
+    if score is not None:
+        row["score"] = score
+    yield row
+
+
+def images(record: dict) -> list[str]:
+    """The submission's pictures, in order, de-duplicated (see the module docstring)."""
+    metadata = record.get("media_metadata")
+    gallery = (record.get("gallery_data") or {}).get("items")
+    if isinstance(metadata, dict) and metadata:
+        order = [item.get("media_id") for item in gallery or [] if isinstance(item, dict)] or list(metadata)
+        urls = []
+        for media_id in order:
+            meta = metadata.get(media_id)
+            if not isinstance(meta, dict) or meta.get("status", "valid") != "valid":
+                continue
+            source = meta.get("s") or {}
+            urls.append(unescape(source.get("u") or source.get("gif")))
+        if dedupe(urls):
+            return dedupe(urls)
+    url = unescape(record.get("url_overridden_by_dest") or record.get("url"))
+    if url and (record.get("post_hint") == "image" or _is_image_link(url)):
+        return dedupe([url])
+    previews = ((record.get("preview") or {}).get("images")) or []
+    return dedupe([unescape((p.get("source") or {}).get("url")) for p in previews if isinstance(p, dict)])
+
+
+def _is_image_link(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.netloc == "i.redd.it" or parts.path.lower().endswith(_IMAGE_EXTENSIONS)

@@ -1,0 +1,62 @@
+"""X (Twitter) API v2 response pages, one per line as collectors write them:
+`{"data": [tweets], "includes": {"media": [...], "users": [...]}}`.
+
+Photos come from `attachments.media_keys` -> `includes.media[].url`; videos and GIFs have no
+picture URL but a `preview_image_url`, used instead. The author is `author_id` ->
+`includes.users[].username`. A long tweet's full text is in `note_tweet.text`. X escapes `&`, `<`
+and `>` in the text as HTML entities; they are decoded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from mmsa.readers import Skip, dedupe, unescape
+
+
+def read(record: dict) -> Iterator[dict | Skip]:
+    data = record.get("data")
+    if isinstance(data, dict):  # a single-tweet lookup
+        data = [data]
+    if not isinstance(data, list):
+        if "errors" in record:
+            yield Skip("x-v2: error page")
+            return
+        raise ValueError("not an X API v2 page: no `data` list")
+    if not data:
+        yield Skip("x-v2: empty page")
+        return
+    includes = record.get("includes") or {}
+    media = {m.get("media_key"): m for m in includes.get("media") or [] if isinstance(m, dict)}
+    users = {u.get("id"): u for u in includes.get("users") or [] if isinstance(u, dict)}
+    for tweet in data:
+        if not isinstance(tweet, dict):
+            raise ValueError("X API v2 page: a `data` item is not an object")
+        yield _tweet(tweet, media, users)
+
+
+def _tweet(tweet: dict, media: dict, users: dict) -> dict:
+    keys = (tweet.get("attachments") or {}).get("media_keys") or []
+    urls = []
+    for key in keys:
+        m = media.get(key) or {}
+        urls.append(m.get("url") if m.get("type") == "photo" else m.get("preview_image_url"))
+    metrics = tweet.get("public_metrics") or {}
+    note = (tweet.get("note_tweet") or {}).get("text")
+    user = users.get(tweet.get("author_id")) or {}
+    shares = [metrics.get(k) for k in ("retweet_count", "quote_count") if metrics.get(k) is not None]
+    row = {
+        "post_id": tweet.get("id"),
+        "created_at": tweet.get("created_at"),
+        "text": unescape(note or tweet.get("text")),
+        "image_urls": dedupe([unescape(u) for u in urls]),
+        "source": "x",
+        "lang": tweet.get("lang"),
+        "author": user.get("username") or tweet.get("author_id"),
+        "likes": metrics.get("like_count"),
+        "shares": sum(shares) if shares else None,
+        "replies": metrics.get("reply_count"),
+    }
+    if tweet.get("conversation_id") not in (None, tweet.get("id")):
+        row["conversation_id"] = tweet["conversation_id"]
+    return row
