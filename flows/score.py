@@ -14,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from mmsa import pipeline
+from mmsa import pipeline, source
 from mmsa.store import now_utc
 
 RUNNERS = ("threads", "dask")
@@ -74,8 +74,14 @@ def score_flow(
     retry_failed: bool = False,
     backend: str | None = None,
     progress: bool = False,
+    source_format: str | None = None,
+    mapping: dict[str, str] | None = None,
+    brands: str | None = None,
+    max_images: int = source.DEFAULT_MAX_IMAGES,
 ) -> pipeline.RunSummary:
-    """Score one post dump into Parquet partitions under `out` and the DuckDB file `db`.
+    """Score one post dump (a file, folder or glob of files) into Parquet partitions under `out` and the
+    DuckDB file `db`. source_format: a mmsa.readers name (None: each record's shape decides); mapping:
+    {flat field: path in the record}; brands: a brands file (mmsa.brands); max_images: per post.
 
     The whole run holds `<db>.lock`: a second run against the same database is refused."""
     from mmsa.model import load_model
@@ -83,7 +89,7 @@ def score_flow(
     opts = pipeline.RunOptions(
         db=db, out=out, cache=cache, model=model, shard_size=shard_size, allow_local_files=allow_local_files,
         allow_hosts=tuple(allow_hosts or ()), force=force, retry_failed=retry_failed,
-        backend=backend,
+        backend=backend, reading=source.ReadOptions.build(source_format, mapping, brands, max_images),
     )
     with pipeline.run_lock(db):
         run_id, started_at = pipeline.new_run_id(), now_utc()

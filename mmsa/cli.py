@@ -14,6 +14,9 @@ import threading
 from datetime import date
 from pathlib import Path
 
+# The mmsa.readers names, here so that `mmsa --help` imports nothing.
+FORMAT_NAMES = ("flat", "x-v2", "reddit", "bluesky-jetstream", "mastodon")
+
 # Prefect's ephemeral server can take 20-30 s to start on a small, busy machine (the default
 # timeout is 20 s); and the project never phones home.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -39,9 +42,30 @@ def _preload(model: str, backend: str | None) -> None:
     threading.Thread(target=load_engine, name="mmsa-preload", daemon=True).start()
 
 
+def _mapping(args: argparse.Namespace) -> dict[str, str]:
+    """--map-file's {field: path}, then each --map FIELD=PATH over it."""
+    mapping: dict[str, str] = {}
+    if args.map_file:
+        import yaml
+
+        loaded = yaml.safe_load(Path(args.map_file).read_text(encoding="utf-8"))
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{args.map_file}: a mapping file is a YAML or JSON object of FIELD: PATH")
+        mapping.update({str(k): str(v) for k, v in loaded.items()})
+    for item in args.map:
+        target, sep, path = item.partition("=")
+        if not sep or not target.strip() or not path.strip():
+            raise ValueError(f"--map wants FIELD=PATH (e.g. text=full_text), got {item!r}")
+        mapping[target.strip()] = path.strip()
+    return mapping
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     from flows.api import LocalAPI, imports_without_gc
+    from mmsa.source import ReadOptions
 
+    # Checked here, before Prefect starts, so a typo in an option costs no server start.
+    reading = ReadOptions.build(args.source_format, _mapping(args), args.brands, args.max_images)
     api = LocalAPI()  # first: it boots in its own process while this one imports and loads
     with imports_without_gc():
         if args.runner == "threads":  # Dask workers load their own
@@ -63,6 +87,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             backend=args.backend,
             progress=not args.quiet,
+            source_format=args.source_format,
+            mapping=reading.mapping or None,
+            brands=args.brands,
+            max_images=args.max_images,
         )
     print(summary.describe())
     return 0
@@ -224,7 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("score", help="score a post dump into Parquet + DuckDB (Prefect flow)")
-    p.add_argument("dump", help="JSONL/CSV/Parquet file, local path or http(s) URL")
+    p.add_argument("dump", help="JSONL/CSV/Parquet file (.gz/.zst too), a folder or a quoted glob of them, or an http(s) URL")
+    p.add_argument("--source-format", choices=FORMAT_NAMES, default=None,
+                   help="the platform format of the records (default: told by each record's shape)")
+    p.add_argument("--map", action="append", default=[], metavar="FIELD=PATH",
+                   help="take a flat field from another path of each record, e.g. text=full_text, image_urls=media[].url")
+    p.add_argument("--map-file", metavar="FILE", help="the --map pairs as a YAML/JSON object {FIELD: PATH}")
+    p.add_argument("--brands", metavar="FILE", help="brand rules (YAML/JSON): keywords, hashtags, handles, regexes per brand")
+    p.add_argument("--max-images", type=int, default=4, metavar="N", help="images per post, in its order (default 4)")
     p.add_argument("--db", required=True, help="DuckDB database file to write")
     p.add_argument("--out", required=True, help="folder for hive-partitioned Parquet results")
     p.add_argument("--cache", help="image cache folder (default: OUT/_cache)")

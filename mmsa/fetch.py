@@ -257,7 +257,7 @@ def fetch_images(
     return results  # type: ignore[return-value]
 
 
-# The status table written by `mmsa fetch`: one row per post.
+# The status table written by `mmsa fetch`: one row per image of a post (one no_image row for a post without).
 STATUS_TABLE_SCHEMA = pa.schema(
     [
         ("post_id", pa.string()),
@@ -315,9 +315,10 @@ def fetch_dump(
 
     started = time.monotonic()
     cache_dir = Path(cache_dir)
-    path = source.localise(dump, cache_dir / "dumps")
+    files = source.resolve(dump, cache_dir / "dumps")
     if status_path is None:
-        status_path = cache_dir / "status" / f"{Path(urlsplit(str(dump)).path).stem}.parquet"
+        stem = re.sub(r"[^\w.-]", "_", Path(urlsplit(str(dump)).path).stem)  # a glob's * and ? are no file names
+        status_path = cache_dir / "status" / f"{stem}.parquet"
     status_path = Path(status_path)
     status_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = status_path.with_name(f".{status_path.name}.{os.getpid()}.tmp")
@@ -334,9 +335,11 @@ def fetch_dump(
         batch.clear()
 
     with pq.ParquetWriter(tmp, STATUS_TABLE_SCHEMA) as writer:
-        for shard in source.iter_shards(path, min(batch_size, 10_000), dump_name=str(dump)):
+        for shard in source.iter_shards(files, min(batch_size, 10_000), dump_name=str(dump)):
             rejected += len(shard.rejected)
-            batch.extend(zip(shard.posts["post_id"].to_pylist(), shard.posts["image_url"].to_pylist()))
+            batch.extend((post_id, url) for post_id, urls in zip(shard.posts["post_id"].to_pylist(),
+                                                                 shard.posts["image_urls"].to_pylist())
+                         for url in urls or [None])
             if len(batch) >= batch_size:
                 flush()
         if batch:

@@ -98,6 +98,7 @@ class RunOptions:
     force: bool = False
     retry_failed: bool = False
     backend: str | None = None  # inference backend (mmsa.infer.BACKENDS); None = mmsa.infer.default_backend
+    reading: source.ReadOptions = field(default_factory=source.ReadOptions)  # formats, mapping, brands, image cap
 
     @property
     def cache_dir(self) -> Path:
@@ -112,6 +113,7 @@ class Prepared:
     shards: list[str]
     posts_in: int
     rejected: int
+    not_posts: dict[str, int] = field(default_factory=dict)  # records that are not posts, by reason
 
 
 @dataclass
@@ -137,6 +139,7 @@ class RunSummary:
     image_status: dict[str, int]
     stage_seconds: dict[str, float] = field(default_factory=dict)
     shards: list[dict] = field(default_factory=list)  # per shard: the rows of table run_shards
+    not_posts: dict[str, int] = field(default_factory=dict)  # records skipped as not posts, by reason
 
     def markdown(self) -> str:
         """The run's statistics as markdown tables (run totals, then one row per shard)."""
@@ -168,9 +171,11 @@ class RunSummary:
     def describe(self) -> str:
         mix = ", ".join(f"{k}={v}" for k, v in sorted(self.image_status.items())) or "none"
         secs = ", ".join(f"{k} {v:.1f}s" for k, v in self.stage_seconds.items())
+        skipped = sum(self.not_posts.values())
+        not_posts = f", {skipped} records not posts ({', '.join(f'{k} {v}' for k, v in sorted(self.not_posts.items()))})"
         return (
-            f"run {self.run_id}: {self.posts_in} rows in, {self.posts_scored} scored, {self.posts_rejected} rejected "
-            f"({self.shards_done} shards scored, {self.shards_skipped} already done)\n"
+            f"run {self.run_id}: {self.posts_in} rows in, {self.posts_scored} scored, {self.posts_rejected} rejected"
+            f"{not_posts if skipped else ''} ({self.shards_done} shards scored, {self.shards_skipped} already done)\n"
             f"model {self.model_version}; images: {mix}\nstages: {secs}; bound by {self.bound_by()}"
         )
 
@@ -185,21 +190,23 @@ def new_run_id() -> str:
 
 
 def prepare(dump: str, opts: RunOptions) -> Prepared:
-    """Validate the dump and cut it into shard files; rejected rows go to one file beside them."""
+    """Read and validate the dump (its files, as one) and cut it into shard files; rejected rows go to one
+    file beside them. The work folder is keyed by the files' bytes and by how they are read."""
     staging = Path(opts.out) / "_work" / "_downloads"
-    local = source.localise(dump, staging)
-    key = source.content_key(local)
+    files = source.resolve(dump, staging)
+    key = source.content_key(files, opts.reading)
     workdir = Path(opts.out) / "_work" / key
     remove_stale_tmp(workdir / "shards", *workdir.glob("done/*"), *Path(opts.out).glob("date=*"))
     shard_size = _shard_size(workdir, opts.shard_size)
-    shards, rejected, posts_in = [], [], 0
-    for shard in source.iter_shards(local, shard_size, dump_name=str(dump)):
+    shards, rejected, posts_in, not_posts = [], [], 0, Counter()
+    for shard in source.iter_shards(files, shard_size, dump_name=str(dump), options=opts.reading):
         path = workdir / "shards" / f"shard-{shard.index:05d}.parquet"
         shards.append(str(store.write_atomic(shard.posts, path)))
         rejected.extend(shard.rejected)
+        not_posts.update(shard.skipped)
         posts_in += shard.posts.num_rows + len(shard.rejected)
     store.write_text_atomic(workdir / "rejected.json", json.dumps(rejected))
-    return Prepared(str(dump), key, str(workdir), shards, posts_in, len(rejected))
+    return Prepared(str(dump), key, str(workdir), shards, posts_in, len(rejected), dict(not_posts))
 
 
 def _shard_size(workdir: Path, requested: int | None) -> int:
@@ -233,9 +240,10 @@ def _fetch_config(opts: RunOptions, image_size: int):
 def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> ShardResult:
     """Fetch the shard's images, run the model, write the shard's Parquet partitions, mark it done.
 
-    The images are fetched in the order the model takes the rows, and the model starts on its first
-    batches while the rest download: the run's first shard no longer keeps the model idle for its whole
-    fetch (1.4-1.8 s here, benchmarks/results/infer.md)."""
+    The model takes one row per (post, image), a post without images one text-only row; `combine` then
+    makes one prediction per post from its rows. The images are fetched in the order the model takes the
+    rows, and the model starts on its first batches while the rest download: the run's first shard no
+    longer keeps the model idle for its whole fetch (1.4-1.8 s here, benchmarks/results/infer.md)."""
     from mmsa.fetch import RETRYABLE, ImageCache, fetch_images
     from mmsa.infer import get_engine
     from mmsa.model import load_model
@@ -251,10 +259,12 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     posts = pq.read_table(shard_path)
-    texts = posts["text"].to_pylist()
+    post_texts, post_ids = posts["text"].to_pylist(), posts["post_id"].to_pylist()
+    rows = model_rows(posts["image_urls"].to_pylist())
+    texts = [post_texts[p] for p, _, _ in rows]
     engine = get_engine(model, opts.backend)
     order = engine.order(texts)
-    items = list(zip(posts["post_id"].to_pylist(), posts["image_url"].to_pylist()))
+    items = [(post_ids[p], url) for p, _, url in rows]
     arrivals = _Arrivals(len(items))
     with ThreadPoolExecutor(1, thread_name_prefix="mmsa-shard-infer") as infer:
         with _FETCHING:
@@ -278,14 +288,55 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
     seconds["infer_wait"] = pred.queued_s + arrivals.waited  # the other shard's batches, this one's images
     seconds["infer"] = t3 - t1 - seconds["infer_wait"]
 
-    table = scored_table(posts, [r.status for r in fetched], pred, model.version, run_id)
+    statuses, post_pred, images = combine(posts.num_rows, rows, [r.status for r in fetched], pred)
+    table = scored_table(posts, statuses, post_pred, model.version, run_id, images)
     files = store.write_partitions(table, Path(opts.out), f"{model.version}-{key}-{index:05d}")
     seconds["write"] = time.perf_counter() - t3
 
-    result = ShardResult(index, [str(f) for f in files], posts.num_rows, dict(Counter(r.status for r in fetched)), seconds)
+    result = ShardResult(index, [str(f) for f in files], posts.num_rows, dict(Counter(statuses)), seconds)
     retryable = sum(1 for r in fetched if r.status in RETRYABLE)
     store.write_text_atomic(marker, json.dumps({"result": asdict(result), "retryable": retryable}))
     return result
+
+
+def model_rows(image_urls: list[list[str] | None]) -> list[tuple[int, int, str | None]]:
+    """(post, image position, url) per model row: one per image of a post, one (url None) for a post
+    without images."""
+    return [(p, k, url) for p, urls in enumerate(image_urls) for k, url in enumerate(urls or [None])]
+
+
+def combine(n_posts: int, rows: list[tuple[int, int, str | None]], statuses: list[str], pred) -> tuple:
+    """One prediction per post from its model rows: (post statuses, Prediction per post, images per post).
+
+    A post's image side is the mean of the image branch's probabilities over its usable images, and its
+    fused prediction the mean of the fused probabilities of its rows with a usable image (each the text
+    with one picture); without a usable image, the text alone. Its status is ok when any image was
+    usable, no_image without images, else its first image's failure."""
+    from mmsa.model import Prediction
+
+    fused, text, image = (np.asarray(a, dtype=np.float64) for a in (pred.probs, pred.text_probs, pred.image_probs))
+    by_post: list[list[int]] = [[] for _ in range(n_posts)]
+    for r, (p, _, _) in enumerate(rows):
+        by_post[p].append(r)
+    probs = np.zeros((n_posts, 3))
+    text_probs = np.zeros((n_posts, 3))
+    image_probs = np.full((n_posts, 3), np.nan)
+    post_status: list[str] = []
+    images: list[list[dict]] = []
+    for p, members in enumerate(by_post):
+        usable = [r for r in members if statuses[r] == "ok" and not np.isnan(image[r]).any()]
+        text_probs[p] = text[members[0]]
+        probs[p] = fused[usable].mean(axis=0) if usable else fused[members[0]]
+        if usable:
+            image_probs[p] = image[usable].mean(axis=0)
+        first = statuses[members[0]]
+        post_status.append("ok" if usable else first)
+        images.append([
+            {"position": rows[r][1], "image_url": rows[r][2], "image_status": statuses[r],
+             **_prob_columns("image_", image[r:r + 1], scalar=True)}
+            for r in members if rows[r][2] is not None
+        ])
+    return post_status, Prediction(probs, text_probs, image_probs, getattr(pred, "queued_s", 0.0)), images
 
 
 class _Arrivals(Sequence):
@@ -328,15 +379,18 @@ def _labels(probs: np.ndarray) -> list[str | None]:
     return [None if np.isnan(row).any() else LABELS[int(row.argmax())] for row in probs]
 
 
-def _prob_columns(prefix: str, probs: np.ndarray) -> dict[str, list]:
+def _prob_columns(prefix: str, probs: np.ndarray, scalar: bool = False) -> dict[str, list]:
+    """{prefix}label and {prefix}p_* columns; with scalar, the values of probs' single row."""
     cols = {f"{prefix}label": _labels(probs)}
     for i, name in enumerate(LABELS):
         cols[f"{prefix}p_{name}"] = [None if np.isnan(v) else float(v) for v in probs[:, i]]
-    return cols
+    return {k: v[0] for k, v in cols.items()} if scalar else cols
 
 
-def scored_table(posts: pa.Table, statuses: list[str], pred, model_version: str, run_id: str) -> pa.Table:
-    """Join posts, image statuses and predictions into rows of SCORED_SCHEMA."""
+def scored_table(posts: pa.Table, statuses: list[str], pred, model_version: str, run_id: str,
+                 images: list[list[dict]] | None = None) -> pa.Table:
+    """Join posts, their image statuses, predictions and per-image rows (`combine`) into rows of
+    SCORED_SCHEMA; images None: no per-image rows."""
     probs = np.asarray(pred.probs, dtype=np.float64)
     cols = {name: posts[name] for name in posts.column_names}
     cols["image_status"] = statuses
@@ -345,6 +399,7 @@ def scored_table(posts: pa.Table, statuses: list[str], pred, model_version: str,
     cols.update(_prob_columns("text_", np.asarray(pred.text_probs, dtype=np.float64)))
     cols.update(_prob_columns("image_", np.asarray(pred.image_probs, dtype=np.float64)))
     n = posts.num_rows
+    cols["images"] = images if images is not None else [[] for _ in range(n)]
     cols["model_version"] = [model_version] * n
     cols["run_id"] = [run_id] * n
     cols["scored_at"] = pa.array([store.now_utc()] * n, type=pa.timestamp("us", tz="UTC"))
@@ -386,6 +441,7 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
             image_status=dict(status),
             stage_seconds={k: round(v, 3) for k, v in stage_seconds.items()},
             shards=shards,
+            not_posts=dict(prepared.not_posts),
         )
         con.execute("BEGIN")  # a run's statistics appear whole: its runs row with its run_shards rows
         _record_shards(con, shards)
@@ -402,6 +458,7 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
                 "posts_rejected": summary.posts_rejected,
                 "image_status": summary.image_status,
                 "stage_seconds": summary.stage_seconds,
+                "not_posts": summary.not_posts,
             },
         )
         con.execute("COMMIT")

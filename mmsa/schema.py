@@ -11,18 +11,24 @@ import pyarrow as pa
 LABELS: tuple[str, ...] = ("positive", "neutral", "negative")
 
 # Input post fields. post_id and created_at are required; the rest may be missing or null.
+# Input may also name one image `image_url` and one brand `brand`; they join the lists.
 REQUIRED_FIELDS = ("post_id", "created_at")
-TEXT_FIELDS = ("text", "image_url", "brand", "source", "lang", "author")
+TEXT_FIELDS = ("text", "source", "lang", "author")
+LIST_FIELDS = ("image_urls", "brands")
 COUNT_FIELDS = ("likes", "shares", "replies")
-KNOWN_FIELDS = REQUIRED_FIELDS + TEXT_FIELDS + COUNT_FIELDS
+KNOWN_FIELDS = REQUIRED_FIELDS + TEXT_FIELDS + LIST_FIELDS + COUNT_FIELDS + ("image_url", "brand")
 
 # A validated post as it travels between stages (shard files). Unknown input columns are
-# kept, as one JSON object, in `extra`.
+# kept, as one JSON object, in `extra`. image_urls: in the post's order, at most the cap;
+# brands: the dump's own brand and those the brand rules found, each once (empty: untagged).
 POST_SCHEMA = pa.schema(
     [
         ("post_id", pa.string()),
         ("created_at", pa.timestamp("us", tz="UTC")),
-        *[(name, pa.string()) for name in TEXT_FIELDS],
+        ("text", pa.string()),
+        ("image_urls", pa.list_(pa.string())),
+        ("brands", pa.list_(pa.string())),
+        *[(name, pa.string()) for name in TEXT_FIELDS[1:]],
         *[(name, pa.int64()) for name in COUNT_FIELDS],
         ("extra", pa.string()),
     ]
@@ -33,8 +39,22 @@ def _probs(prefix: str) -> list[tuple[str, pa.DataType]]:
     return [(f"{prefix}p_{label}", pa.float64()) for label in LABELS]
 
 
-# One scored post: the post, what happened to its image, the fused prediction and the
+# One image of a scored post: where it sits in the post, what happened to it, and the image
+# branch's prediction on it alone (null unless its status is ok).
+IMAGE_TYPE = pa.struct(
+    [
+        ("position", pa.int32()),
+        ("image_url", pa.string()),
+        ("image_status", pa.string()),
+        ("image_label", pa.string()),
+        *_probs("image_"),
+    ]
+)
+
+# One scored post: the post, what happened to its images, the fused prediction and the
 # per-modality predictions beside it (null where that modality was not available).
+# image_status summarises the post: ok when any image was usable, no_image without images,
+# else the first image's failure. image_* is the mean over the post's usable images.
 SCORED_SCHEMA = pa.schema(
     [
         *POST_SCHEMA,
@@ -46,6 +66,7 @@ SCORED_SCHEMA = pa.schema(
         *_probs("text_"),
         ("image_label", pa.string()),
         *_probs("image_"),
+        ("images", pa.list_(IMAGE_TYPE)),
         ("model_version", pa.string()),
         ("run_id", pa.string()),
         ("scored_at", pa.timestamp("us", tz="UTC")),
@@ -61,5 +82,6 @@ REJECTED_SCHEMA = pa.schema(
         ("line", pa.int64()),
         ("run_id", pa.string()),
         ("rejected_at", pa.timestamp("us", tz="UTC")),
+        ("file", pa.string()),  # the file of a many-file dump the row came from (line is within it)
     ]
 )

@@ -1,19 +1,33 @@
-"""Read a post dump (JSONL, CSV or Parquet; local path or http(s) URL) and validate it row by row.
+"""Read a post dump and validate it row by row: the source stage.
 
-Rows are streamed, never loaded whole, so memory stays flat however large the dump is. A row
-that fails validation becomes a rejected row with a reason; it never stops the run.
+A dump is one file, a folder of files or a glob of them (read as one dump, files in name order), or
+an http(s) URL of one file. Files are JSONL, CSV or Parquet; JSONL and CSV may be compressed with
+gzip (`.gz`) or zstd (`.zst`, long windows allowed, as Reddit dumps need). Records are streamed, never
+loaded whole, so memory stays flat however large the dump is (but for the set of post ids seen, which
+makes a post that two overlapping files both hold count once).
+
+Each record is read by its platform's reader (mmsa.readers: X API v2, Reddit, Bluesky Jetstream,
+Mastodon, the flat contract, or a field mapping), then validated, and tagged with brands. A record
+that fails becomes a rejected row with a reason; one that is not a post (a like, a comment) is
+skipped and counted; neither ever stops the run.
 """
 
 from __future__ import annotations
 
 import csv
+import glob
+import gzip
 import hashlib
+import io
 import json
+import re
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -21,32 +35,130 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import requests
 
+from mmsa import readers
+from mmsa.brands import BrandTagger, load_rules
+from mmsa.readers import Skip
+from mmsa.readers.flat import mapped, parse_mapping
 from mmsa.schema import COUNT_FIELDS, KNOWN_FIELDS, POST_SCHEMA, TEXT_FIELDS
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 DUMP_DOWNLOAD_TIMEOUT = (10, 60)
+# zstd frames of Reddit's monthly dumps use windows up to 2 GiB; the decoder refuses them unless allowed.
+ZSTD_MAX_WINDOW = 2**31
+DEFAULT_MAX_IMAGES = 4
+_EPOCH = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")
+_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass
+class ReadOptions:
+    """How records become posts; plain data (it crosses processes, and keys the dump's work folder)."""
+
+    source_format: str | None = None  # a mmsa.readers name; None: each record's shape decides
+    mapping: dict[str, str] = field(default_factory=dict)  # {flat field: path in the record}, for "flat"
+    brand_rules: dict | None = None  # parsed brands file (mmsa.brands)
+    max_images: int = DEFAULT_MAX_IMAGES  # images kept per post, in the post's order
+
+    @classmethod
+    def build(cls, source_format: str | None = None, mapping: dict[str, str] | None = None,
+              brands: str | Path | None = None, max_images: int = DEFAULT_MAX_IMAGES) -> ReadOptions:
+        """From command-line values; every mistake in them is a ValueError said before any reading."""
+        if source_format is not None:
+            readers.reader(source_format)
+        if mapping:
+            if source_format not in (None, "flat"):
+                raise ValueError(f"--map applies to the flat format, not to {source_format!r}")
+            parse_mapping(mapping)
+        if max_images < 1:
+            raise ValueError("max_images must be at least 1")
+        rules = None
+        if brands is not None:
+            if not Path(brands).is_file():
+                raise FileNotFoundError(f"brands file not found: {brands}")
+            rules = load_rules(brands)
+        return cls(source_format, dict(mapping or {}), rules, max_images)
+
+    def is_default(self) -> bool:
+        return self == ReadOptions()
+
+    def reader(self):
+        if self.mapping:
+            return mapped(parse_mapping(self.mapping))
+        return readers.reader(self.source_format) if self.source_format else readers.auto
 
 
 def is_url(src: str | Path) -> bool:
     return urlparse(str(src)).scheme in ("http", "https")
 
 
+def file_kind(name: str) -> tuple[str, str | None]:
+    """(format, compression) from a file name: `x.jsonl.zst` -> ("jsonl", "zstd"). A compressed file
+    with no format before the compression's suffix (Reddit's `RS_2023-01.zst`) is JSONL."""
+    suffixes = [s.lower() for s in Path(urlparse(name).path).suffixes]
+    compression = COMPRESSIONS.get(suffixes[-1]) if suffixes else None
+    if compression:
+        suffixes = suffixes[:-1]
+    suffix = suffixes[-1] if suffixes else ""
+    if suffix in FORMATS:
+        fmt = FORMATS[suffix]
+    elif compression:
+        fmt = "jsonl"
+    else:
+        raise ValueError(f"cannot tell the format of {name!r}: expected one of {', '.join(FORMATS)}"
+                         f" (optionally compressed: {', '.join(COMPRESSIONS)})")
+    if fmt == "parquet" and compression:
+        raise ValueError(f"{name!r}: Parquet compresses inside the file; {compression} around it is not read")
+    return fmt, compression
+
+
 def dump_format(name: str) -> str:
-    suffix = Path(urlparse(name).path).suffix.lower()
-    if suffix not in FORMATS:
-        raise ValueError(f"cannot tell the format of {name!r}: expected one of {', '.join(FORMATS)}")
-    return FORMATS[suffix]
+    return file_kind(name)[0]
+
+
+def _is_pattern(src: str) -> bool:
+    return any(c in src for c in "*?[")
+
+
+def resolve(src: str | Path, workdir: Path) -> list[Path]:
+    """The dump's local files, in name order: a URL is downloaded (streamed) into `workdir`; a folder
+    gives its readable files; a glob its matches."""
+    if is_url(src):
+        return [localise(src, workdir)]
+    text = str(src)
+    if _is_pattern(text) and not Path(text).exists():
+        files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+        if not files:
+            raise FileNotFoundError(f"dump not found: no file matches {text}")
+        return files
+    path = Path(src)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and _readable(p.name))
+        if not files:
+            raise FileNotFoundError(f"dump not found: no JSONL, CSV or Parquet file in {path}")
+        return files
+    if not path.is_file():
+        raise FileNotFoundError(f"dump not found: {path}")
+    return [path]
+
+
+def _readable(name: str) -> bool:
+    try:
+        file_kind(name)
+    except ValueError:
+        return False
+    return True
 
 
 def localise(src: str | Path, workdir: Path) -> Path:
-    """Return a local path for the dump, downloading it (streamed) if it is a URL."""
+    """Return a local path for one dump file, downloading it (streamed) if it is a URL."""
     if not is_url(src):
         path = Path(src)
         if not path.is_file():
             raise FileNotFoundError(f"dump not found: {path}")
         return path
     workdir.mkdir(parents=True, exist_ok=True)
-    target = workdir / ("dump" + Path(urlparse(str(src)).path).suffix.lower())
+    target = workdir / ("dump" + "".join(Path(urlparse(str(src)).path).suffixes[-2:]).lower())
     with requests.get(str(src), stream=True, timeout=DUMP_DOWNLOAD_TIMEOUT) as resp:
         resp.raise_for_status()
         with tempfile.NamedTemporaryFile(dir=workdir, delete=False) as tmp:
@@ -55,19 +167,46 @@ def localise(src: str | Path, workdir: Path) -> Path:
     return target
 
 
-def content_key(path: Path) -> str:
-    """A short content hash: the same dump always maps to the same work folder and file names."""
+def content_key(path: Path | list[Path], options: ReadOptions | None = None) -> str:
+    """A short hash of the files' bytes and of how they are read: the same dump read the same way always
+    maps to the same work folder and file names. (A single file read the default way keeps its plain
+    content hash, the key runs before multi-file dumps used.)"""
+    paths = [path] if isinstance(path, Path) else list(path)
     digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    for p in paths:
+        if len(paths) > 1:
+            digest.update(f"\0{p.name}\0".encode())
+        with p.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    if options is not None and not options.is_default():
+        digest.update(json.dumps(asdict(options), sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 
-def _raw_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict | str]]:
-    """(line number, row dict) per row, or (line number, error text) for an unreadable row."""
+@contextmanager
+def _open_text(path: Path, compression: str | None):
+    if compression == "gzip":
+        with gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="") as fh:
+            yield fh
+    elif compression == "zstd":
+        import zstandard
+
+        with path.open("rb") as raw:
+            reader = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(raw, read_size=1 << 20)
+            with io.TextIOWrapper(io.BufferedReader(reader, 1 << 20), encoding="utf-8", errors="replace", newline="") as fh:
+                yield fh
+    else:
+        with path.open(encoding="utf-8", errors="replace", newline="") as fh:
+            yield fh
+
+
+def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict | str]]:
+    """(line number, record) per record, or (line number, error text) for an unreadable one. A JSONL line
+    holding an array of objects (a saved API response) gives each of them, under the same line."""
+    fmt, compression = file_kind(name or path.name)
     if fmt == "jsonl":
-        with path.open(encoding="utf-8", errors="replace") as fh:
+        with _open_text(path, compression) as fh:
             for n, line in enumerate(fh, start=1):
                 if not line.strip():
                     continue
@@ -76,9 +215,13 @@ def _raw_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict | str]]:
                 except json.JSONDecodeError as exc:
                     yield n, f"invalid JSON: {exc.msg}"
                     continue
+                if isinstance(row, list) and row and all(isinstance(r, dict) for r in row):
+                    for item in row:
+                        yield n, item
+                    continue
                 yield (n, row) if isinstance(row, dict) else (n, "invalid JSON: not an object")
     elif fmt == "csv":
-        with path.open(encoding="utf-8", errors="replace", newline="") as fh:
+        with _open_text(path, compression) as fh:
             for n, row in enumerate(csv.DictReader(fh), start=2):
                 yield n, {k: (v if v != "" else None) for k, v in row.items() if k is not None}
     else:
@@ -89,7 +232,21 @@ def _raw_rows(path: Path, fmt: str) -> Iterator[tuple[int, dict | str]]:
                 yield n, row
 
 
-def _timestamp(value: object) -> datetime:
+def parse_time(value: object) -> datetime:
+    """A UTC datetime from ISO-8601 (`Z`, `+00:00`, `+0000`, or no offset = UTC) or an epoch time in
+    seconds, milliseconds or microseconds (a number or a numeric string; its size says which)."""
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a time")
+    if isinstance(value, str) and _EPOCH.match(value):
+        value = float(value) if "." in value else int(value)
+    if isinstance(value, (int, float)):
+        magnitude = abs(value)
+        per_unit = 1_000_000 if magnitude < 1e11 else 1_000 if magnitude < 1e14 else 1 if magnitude < 1e17 else None
+        if per_unit is None:
+            raise ValueError("epoch time out of range")
+        # Whole microseconds from an int: a float of microseconds since 1970 would lose the last digit.
+        micros = value * per_unit if isinstance(value, int) else round(value * per_unit)
+        return _UNIX_EPOCH + timedelta(microseconds=micros)
     if isinstance(value, datetime):
         ts = value
     elif isinstance(value, date):
@@ -97,7 +254,7 @@ def _timestamp(value: object) -> datetime:
     elif isinstance(value, str):
         ts = datetime.fromisoformat(value.strip())
     else:
-        raise ValueError("not an ISO-8601 string")
+        raise ValueError("not a time")
     return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
 
 
@@ -114,8 +271,18 @@ def _count(value: object) -> int | None:
     return number
 
 
-def validate(row: dict) -> dict:
-    """Turn one raw row into a post (POST_SCHEMA fields) or raise ValueError with the reason."""
+def _strings(value: object) -> list[str]:
+    """A list of non-blank strings from a string, a list, or nothing."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    out: list[str] = []
+    for item in items:
+        if isinstance(item, str) and item.strip() and item.strip() not in out:
+            out.append(item.strip())
+    return out
+
+
+def validate(row: dict, max_images: int = DEFAULT_MAX_IMAGES, tagger: BrandTagger | None = None) -> dict:
+    """Turn one flat row into a post (POST_SCHEMA fields) or raise ValueError with the reason."""
     post_id = row.get("post_id")
     if post_id is None or isinstance(post_id, (float, bool)) or not str(post_id).strip():
         raise ValueError("missing post_id")
@@ -123,59 +290,98 @@ def validate(row: dict) -> dict:
     if row.get("created_at") in (None, ""):
         raise ValueError("missing created_at")
     try:
-        post["created_at"] = _timestamp(row["created_at"])
-    except (ValueError, TypeError):
-        raise ValueError(f"created_at is not ISO-8601: {str(row['created_at'])[:40]!r}") from None
+        post["created_at"] = parse_time(row["created_at"])
+    except (ValueError, TypeError, OverflowError, OSError):
+        raise ValueError(f"created_at is not ISO-8601 or an epoch time: {str(row['created_at'])[:40]!r}") from None
     for name in TEXT_FIELDS:
         value = row.get(name)
         post[name] = None if value is None or (isinstance(value, str) and not value.strip()) else str(value)
+    urls = _strings(row.get("image_urls")) + [u for u in _strings(row.get("image_url")) if u not in _strings(row.get("image_urls"))]
+    post["image_urls"] = urls[:max_images]
+    brands = _strings(row.get("brands")) + _strings(row.get("brand"))
+    if tagger is not None:
+        brands += tagger.tag(post["text"])
+    post["brands"] = list(dict.fromkeys(brands))
     for name in COUNT_FIELDS:
         try:
             post[name] = _count(row.get(name))
         except (ValueError, TypeError):
             raise ValueError(f"{name} is not a non-negative integer: {str(row.get(name))[:20]!r}") from None
-    if post["text"] is None and post["image_url"] is None:
-        raise ValueError("nothing to score: no text and no image_url")
-    extra = {k: v for k, v in row.items() if k not in KNOWN_FIELDS}
+    if post["text"] is None and not post["image_urls"]:
+        raise ValueError("nothing to score: no text and no image")
+    extra = {k: v for k, v in row.items() if k not in KNOWN_FIELDS and v is not None}
+    if len(urls) > max_images:
+        extra["images_dropped"] = len(urls) - max_images
     post["extra"] = json.dumps(extra, default=str, ensure_ascii=False) if extra else None
     return post
 
 
 @dataclass
 class Shard:
-    """A run's unit of work: consecutive accepted posts, plus the rows rejected on the way to them."""
+    """A run's unit of work: consecutive accepted posts, plus the records rejected or skipped on the way."""
 
     index: int
     posts: pa.Table
     rejected: list[dict] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)  # records that are not posts, by reason
 
 
-def iter_shards(path: Path, shard_size: int, dump_name: str | None = None) -> Iterator[Shard]:
-    """Stream a local dump as validated shards. Every input row lands in exactly one shard,
-    as a post or as a rejected row (duplicates of an earlier post_id are rejected)."""
+def iter_shards(paths: Path | list[Path], shard_size: int, dump_name: str | None = None,
+                options: ReadOptions | None = None) -> Iterator[Shard]:
+    """Stream a local dump (one file or several, read as one) as validated shards. Every input record
+    lands in exactly one shard: as posts, as a rejected row, or counted as skipped (duplicates of an
+    earlier post_id, also from another file, are rejected)."""
     if shard_size < 1:
         raise ValueError("shard_size must be at least 1")
-    fmt = dump_format(dump_name or path.name)
-    seen: dict[str, int] = {}
+    options = options or ReadOptions()
+    files = [paths] if isinstance(paths, Path) else list(paths)
+    names = [dump_name if dump_name and len(files) == 1 and not Path(dump_name).is_dir() else str(f) for f in files]
+    for name in names:
+        file_kind(name)  # an unreadable name fails before anything is read
+    read = options.reader()
+    tagger = BrandTagger(options.brand_rules) if options.brand_rules else None
+    seen: dict[str, tuple[int, int]] = {}  # post_id -> (file number, line)
     posts: list[dict] = []
     rejected: list[dict] = []
+    skipped: Counter = Counter()
     index = 0
-    for line, row in _raw_rows(path, fmt):
-        try:
-            if isinstance(row, str):
-                raise ValueError(row)
-            post = validate(row)
-            if post["post_id"] in seen:
-                raise ValueError(f"duplicate post_id (first seen at row {seen[post['post_id']]})")
-        except ValueError as exc:
-            raw = row if isinstance(row, str) else json.dumps(row, default=str, ensure_ascii=False)
-            pid = row.get("post_id") if isinstance(row, dict) else None
-            rejected.append({"post_id": None if pid is None else str(pid), "reason": str(exc), "raw": raw[:2000], "line": line})
-            continue
-        seen[post["post_id"]] = line
-        posts.append(post)
-        if len(posts) == shard_size:
-            yield Shard(index, pa.Table.from_pylist(posts, schema=POST_SCHEMA), rejected)
-            index, posts, rejected = index + 1, [], []
-    if posts or rejected or index == 0:
-        yield Shard(index, pa.Table.from_pylist(posts, schema=POST_SCHEMA), rejected)
+    for number, (path, name) in enumerate(zip(files, names)):
+        where = path.name if len(files) > 1 else None
+        for line, record in _raw_rows(path, name):
+            for item in _read(read, record):
+                if isinstance(item, Skip):
+                    skipped[item.reason] += 1
+                    continue
+                try:
+                    if isinstance(item, str):
+                        raise ValueError(item)
+                    post = validate(item, options.max_images, tagger)
+                    if post["post_id"] in seen:
+                        first_file, first_line = seen[post["post_id"]]
+                        at = f"{files[first_file].name} line {first_line}" if len(files) > 1 else f"row {first_line}"
+                        raise ValueError(f"duplicate post_id (first seen at {at})")
+                except ValueError as exc:
+                    raw = (record if isinstance(record, str) else
+                           json.dumps(record if isinstance(item, str) else item, default=str, ensure_ascii=False))
+                    pid = item.get("post_id") if isinstance(item, dict) else None
+                    rejected.append({"post_id": None if pid is None else str(pid), "reason": str(exc),
+                                     "raw": raw[:2000], "line": line, "file": where})
+                    continue
+                seen[post["post_id"]] = (number, line)
+                posts.append(post)
+                if len(posts) == shard_size:
+                    yield Shard(index, pa.Table.from_pylist(posts, schema=POST_SCHEMA), rejected, skipped)
+                    index, posts, rejected, skipped = index + 1, [], [], Counter()
+    if posts or rejected or skipped or index == 0:
+        yield Shard(index, pa.Table.from_pylist(posts, schema=POST_SCHEMA), rejected, skipped)
+
+
+def _read(read, record: dict | str) -> Iterator[dict | Skip | str]:
+    """The reader's rows for a record; an unreadable record is one error text (its rejection reason)."""
+    if isinstance(record, str):
+        yield record
+        return
+    try:
+        yield from list(read(record))
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        yield f"unreadable record: {exc}"

@@ -22,14 +22,23 @@ from mmsa.schema import REJECTED_SCHEMA, SCORED_SCHEMA
 
 _DUCK_TYPES = {
     pa.string(): "VARCHAR",
+    pa.int32(): "INTEGER",
     pa.int64(): "BIGINT",
     pa.float64(): "DOUBLE",
     pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
 }
 
 
+def _duck_type(t: pa.DataType) -> str:
+    if pa.types.is_list(t):
+        return f"{_duck_type(t.value_type)}[]"
+    if pa.types.is_struct(t):
+        return "STRUCT(" + ", ".join(f"{f.name} {_duck_type(f.type)}" for f in t) + ")"
+    return _DUCK_TYPES[t]
+
+
 def _columns(schema: pa.Schema) -> str:
-    return ",\n  ".join(f"{f.name} {_DUCK_TYPES[f.type]}" for f in schema)
+    return ",\n  ".join(f"{f.name} {_duck_type(f.type)}" for f in schema)
 
 
 DDL = f"""
@@ -57,9 +66,23 @@ CREATE TABLE IF NOT EXISTS run_shards (
   run_id VARCHAR, shard INTEGER, skipped BOOLEAN, posts BIGINT, image_status JSON, stage_seconds JSON,
   posts_per_s DOUBLE, PRIMARY KEY (run_id, shard)
 );
--- day = the post's UTC date whatever the reader's TimeZone setting (and cheaper than a cast).
+-- Columns added since a database was created (a no-op on a new one).
+ALTER TABLE rejected_posts ADD COLUMN IF NOT EXISTS file VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS not_posts JSON;  -- records that were not posts, by reason
+-- One row per post and brand: a post that mentions two brands counts once for each, an untagged
+-- post once with brand NULL. day = the post's UTC date whatever the reader's TimeZone setting
+-- (and cheaper than a cast).
 CREATE OR REPLACE VIEW post_sentiment AS
-  SELECT *, DATE '1970-01-01' + CAST(epoch_us(created_at) // 86400000000 AS INTEGER) AS day FROM scored_posts;
+  SELECT * EXCLUDE (brands, images),
+         unnest(CASE WHEN coalesce(len(brands), 0) = 0 THEN [NULL::VARCHAR] ELSE brands END) AS brand,
+         DATE '1970-01-01' + CAST(epoch_us(created_at) // 86400000000 AS INTEGER) AS day
+  FROM scored_posts;
+-- One row per image of a post (none for a post without images).
+CREATE OR REPLACE VIEW post_images AS
+  SELECT post_id, model_version, run_id, created_at,
+         DATE '1970-01-01' + CAST(epoch_us(created_at) // 86400000000 AS INTEGER) AS day,
+         unnest(images, recursive := true)
+  FROM scored_posts;
 """
 
 
@@ -116,8 +139,33 @@ def connect(db: str | Path) -> duckdb.DuckDBPyConnection:
             con.execute(DDL)
         os.replace(tmp, db)
     con = duckdb.connect(str(db))
+    _migrate_scored_posts(con)
     con.execute(DDL)
     return con
+
+
+def _migrate_scored_posts(con: duckdb.DuckDBPyConnection) -> None:
+    """Bring a scored_posts table of one image and one brand per post (image_url, brand) to the lists
+    (image_urls, brands, images), in one transaction; a current table is left alone."""
+    cols = {r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'scored_posts'").fetchall()}
+    if not cols or "brands" in cols:
+        return
+    image = ", ".join(f"{c}: {c}" for c in ("image_url", "image_status", "image_label", "image_p_positive",
+                                            "image_p_neutral", "image_p_negative"))
+    converted = {
+        "image_urls": "CASE WHEN image_url IS NULL THEN [] ELSE [image_url] END",
+        "brands": "CASE WHEN brand IS NULL THEN [] ELSE [brand] END",
+        "images": f"CASE WHEN image_url IS NULL THEN [] ELSE [{{position: 0, {image}}}] END",
+    }
+    select = ", ".join(converted.get(name, name) for name in SCORED_SCHEMA.names)
+    con.execute("BEGIN")
+    con.execute("DROP VIEW IF EXISTS post_sentiment")
+    con.execute("ALTER TABLE scored_posts RENAME TO scored_posts_v1")
+    con.execute(DDL.split("CREATE TABLE IF NOT EXISTS rejected_posts")[0])
+    con.execute(f"INSERT INTO scored_posts SELECT {select} FROM scored_posts_v1")
+    con.execute("DROP TABLE scored_posts_v1")
+    con.execute("COMMIT")
 
 
 def load_scored(con: duckdb.DuckDBPyConnection, files: Iterable[Path]) -> int:
@@ -147,7 +195,7 @@ def load_rejected(con: duckdb.DuckDBPyConnection, rows: list[dict], dump: str, r
             [{**r, "dump": dump, "run_id": run_id, "rejected_at": at} for r in rows], schema=REJECTED_SCHEMA
         )
         con.register("new_rejected", table)
-        con.execute("INSERT INTO rejected_posts SELECT * FROM new_rejected")
+        con.execute("INSERT INTO rejected_posts BY NAME SELECT * FROM new_rejected")
         con.unregister("new_rejected")
     con.execute("COMMIT")
     return len(rows)
@@ -158,6 +206,8 @@ def record_run(con: duckdb.DuckDBPyConnection, stats: dict) -> None:
     row = dict(stats)
     row["image_status"] = json.dumps(row["image_status"])
     row["stage_seconds"] = json.dumps(row["stage_seconds"])
+    if "not_posts" in row:
+        row["not_posts"] = json.dumps(row["not_posts"])
     cols = ", ".join(row)
     params = ", ".join(f"${k}" for k in row)
     con.execute(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({params})", row)

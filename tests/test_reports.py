@@ -267,6 +267,38 @@ def test_image_status_mix(db):
     assert mix[("acme", "fetch_error")]["share_of_brand_posts"] == pytest.approx(2 / 76)
     assert mix[("acme", "fetch_error")]["with_image_label"] == 0
     assert mix[("acme", "ok")]["with_image_label"] == 56
+    assert {k: r["images"] for k, r in mix.items()} == {  # one image per post here; no_image posts have none
+        ("acme", "ok"): 56, ("acme", "no_image"): 0, ("acme", "fetch_error"): 2, ("globex", "ok"): 35}
+
+
+def test_a_post_of_two_brands_counts_once_for_each_and_its_images_once_each(tmp_path):
+    """A post tagged acme and globex, with three images (two usable, one 404): every report counts it once per
+    brand, never twice within one; share of voice keeps both brands; the image report counts 3 images, 1 post."""
+    db = reportdata.build(tmp_path / "two.duckdb")
+    before = {name: rows(name, db, **WEEK2) for name in ("share_of_voice", "daily_brand_sentiment", "image_status_mix")}
+    image = "{position: %d, image_url: 'https://img.example/both-%d.jpg', image_status: '%s', image_label: NULL, " \
+            "image_p_positive: NULL, image_p_neutral: NULL, image_p_negative: NULL}"
+    images = "[" + ", ".join(image % (k, k, st) for k, st in enumerate(("ok", "http_404", "ok"))) + "]"
+    with store.connect(db) as con:
+        con.execute("INSERT INTO scored_posts SELECT * REPLACE ('both-1' AS post_id, ['acme', 'globex'] AS brands, "
+                    f"{images} AS images, 'ok' AS image_status) "
+                    "FROM scored_posts WHERE post_id = 'acme-0317-00' AND model_version = 'v2'")
+        assert con.sql("SELECT count(*) FROM post_images WHERE post_id = 'both-1'").fetchall() == [(3,)]
+    sov = by(rows("share_of_voice", db, **WEEK2), "brand")
+    old = by(before["share_of_voice"], "brand")
+    assert {b: sov[b]["mentions"] - old[b]["mentions"] for b in ("acme", "globex")} == {"acme": 1, "globex": 1}
+    assert sum(r["share_of_voice"] for r in sov.values()) == pytest.approx(1.0)
+    daily = by(rows("daily_brand_sentiment", db, **WEEK2), "brand", "day")
+    old_daily = by(before["daily_brand_sentiment"], "brand", "day")
+    day = date(2024, 3, 17)
+    assert [daily[(b, day)]["posts"] - old_daily[(b, day)]["posts"] for b in ("acme", "globex")] == [1, 1]
+    mix = by(rows("image_status_mix", db, **WEEK2), "brand", "image_status")
+    old_mix = by(before["image_status_mix"], "brand", "image_status")
+    for brand in ("acme", "globex"):
+        assert mix[(brand, "ok")]["posts"] - old_mix[(brand, "ok")]["posts"] == 1
+        assert mix[(brand, "ok")]["images"] - old_mix[(brand, "ok")]["images"] == 2
+        assert mix[(brand, "http_404")]["images"] == 1 and mix[(brand, "http_404")]["posts"] == 0
+    assert by(rows("model_versions", db), "model_version")["v2"]["posts"] == 76 + 35 + 1
 
 
 def test_rejected_rows_per_run_and_reason_with_brand_from_raw_json(db):
@@ -297,7 +329,7 @@ def test_posts_without_a_brand_are_their_own_group_not_dropped(tmp_path):
     """A post with no brand shows up as a NULL-brand group; joins inside reports keep it."""
     db = reportdata.build(tmp_path / "nobrand.duckdb")
     with store.connect(db) as con:
-        con.execute("INSERT INTO scored_posts SELECT * REPLACE ('nobrand-1' AS post_id, NULL AS brand) "
+        con.execute("INSERT INTO scored_posts SELECT * REPLACE ('nobrand-1' AS post_id, []::VARCHAR[] AS brands) "
                     "FROM scored_posts WHERE post_id = 'acme-0317-00' AND model_version = 'v2'")
     for name in ("daily_brand_sentiment", "weekly_brand_sentiment", "share_of_voice", "breakdown_by_source",
                  "modality_disagreement", "period_over_period"):

@@ -49,7 +49,7 @@ def test_score_writes_one_row_per_accepted_post(prefect_harness, site, tmp_path)
         assert label in ("positive", "neutral", "negative") and text_label in ("positive", "neutral", "negative")
         assert abs(total - 1) < 1e-6 and abs(score - diff) < 1e-12
         assert (image_label is None) == (st != "ok")
-    assert [r[1].split(" (")[0] for r in rejected] == ["created_at is not ISO-8601: 'last tuesday'", "duplicate post_id",
+    assert [r[1].split(" (")[0] for r in rejected] == ["created_at is not ISO-8601 or an epoch time: 'last tuesday'", "duplicate post_id",
                                                       "invalid JSON: Expecting value"]
     assert runs == [(23, 20, 3)]
 

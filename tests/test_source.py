@@ -2,7 +2,9 @@
 
 import json
 
-import polars as pl
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
 
 from mmsa import source
@@ -59,10 +61,10 @@ def test_values_are_normalised(tmp_path):
 
 def test_csv_and_parquet_give_the_same_posts(tmp_path):
     _, expected, _ = _all(_write_jsonl(tmp_path / "d.jsonl", GOOD))
-    frame = pl.DataFrame([{k: (None if r.get(k) is None else str(r.get(k))) for k in
-                           ("post_id", "created_at", "text", "image_url", "brand", "likes", "shares")} for r in GOOD])
-    frame.write_csv(tmp_path / "d.csv")
-    frame.write_parquet(tmp_path / "d.parquet")
+    frame = pa.Table.from_pylist([{k: (None if r.get(k) is None else str(r.get(k))) for k in
+                                   ("post_id", "created_at", "text", "image_url", "brand", "likes", "shares")} for r in GOOD])
+    pacsv.write_csv(frame, tmp_path / "d.csv")
+    pq.write_table(frame, tmp_path / "d.parquet")
     for name in ("d.csv", "d.parquet"):
         _, posts, rejected = _all(tmp_path / name)
         assert rejected == []

@@ -1,5 +1,8 @@
 -- image_status_mix: data quality: per brand, what happened to the posts' images (ok, no image, fetch errors, ...).
 -- Answers: "how much of brand X's sentiment was judged without the image?"
+-- posts: posts whose summary status is image_status (ok when any of its images was usable; no_image
+-- without images; else its first image's failure). images: the images of the brand's posts with
+-- that status, each counted once (a post has up to --max-images of them).
 -- Parameters (NULL = no filter): $brand, $date_from, $date_to (inclusive days, UTC),
 --   $model_version (NULL = the most recently used model version).
 WITH posts AS (
@@ -9,13 +12,29 @@ WITH posts AS (
       AND ($brand IS NULL OR brand = $brand)
       AND ($date_from IS NULL OR day >= CAST($date_from AS DATE))
       AND ($date_to IS NULL OR day <= CAST($date_to AS DATE))
+),
+per_post AS (
+    SELECT
+        brand,
+        image_status,
+        count(*)            AS posts,
+        count(image_label)  AS with_image_label
+    FROM posts
+    GROUP BY brand, image_status
+),
+per_image AS (
+    SELECT p.brand, i.image_status, count(*) AS images
+    FROM posts p JOIN post_images i USING (post_id, model_version)
+    GROUP BY p.brand, i.image_status
 )
 SELECT
-    brand,
-    image_status,
-    count(*)                                            AS posts,
-    count(*) / sum(count(*)) OVER (PARTITION BY brand)  AS share_of_brand_posts,
-    count(image_label)                                  AS with_image_label
-FROM posts
-GROUP BY brand, image_status
-ORDER BY brand, posts DESC, image_status;
+    coalesce(per_post.brand, per_image.brand)                                   AS brand,
+    coalesce(per_post.image_status, per_image.image_status)                     AS image_status,
+    coalesce(per_post.posts, 0)                                                 AS posts,
+    coalesce(per_post.posts, 0)
+        / sum(coalesce(per_post.posts, 0)) OVER (PARTITION BY coalesce(per_post.brand, per_image.brand))  AS share_of_brand_posts,
+    coalesce(per_post.with_image_label, 0)                                      AS with_image_label,
+    coalesce(per_image.images, 0)                                               AS images
+FROM per_post FULL JOIN per_image
+  ON per_post.brand IS NOT DISTINCT FROM per_image.brand AND per_post.image_status = per_image.image_status
+ORDER BY brand, posts DESC, images DESC, image_status;

@@ -1,5 +1,6 @@
 -- model_versions: data quality: the posts each model version has scored, and which version the other reports use.
 -- Answers: "which model do these numbers come from, and does it cover the whole history?"
+-- posts counts each post once, whatever its number of brands.
 -- The other reports read one model version at a time (never two scorings of one post): the
 -- most recently used one (is_default) unless --param model_version=... picks another.
 -- Parameters (NULL = no filter): $brand, $date_from, $date_to (inclusive days, UTC, of the posts),
@@ -7,7 +8,7 @@
 SELECT
     model_version,
     model_version = (SELECT arg_max(model_version, scored_at) FROM scored_posts)   AS is_default,
-    count(*)                        AS posts,
+    count(DISTINCT post_id)         AS posts,  -- post_sentiment has a row per brand of a post
     count(DISTINCT brand)           AS brands,
     min(day)                        AS first_day,
     max(day)                        AS last_day,

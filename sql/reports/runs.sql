@@ -7,7 +7,7 @@
 WITH stored AS (
     SELECT run_id, count(*) AS stored_posts
     FROM scored_posts
-    WHERE $brand IS NULL OR brand = $brand
+    WHERE $brand IS NULL OR list_contains(brands, $brand)
     GROUP BY run_id
 )
 SELECT

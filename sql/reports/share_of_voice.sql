@@ -1,5 +1,6 @@
 -- share_of_voice: each brand's share of all mentions, and of the positive and negative ones, over a period.
 -- Answers: "who owns the conversation between these brands, and who owns the praise?"
+-- A post that mentions several brands is a mention of each (once); untagged posts are brand NULL.
 -- Parameters (NULL = no filter): $brand (shares stay relative to ALL brands), $date_from,
 --   $date_to (inclusive days, UTC), $model_version (NULL = the most recently used model).
 WITH posts AS (
