@@ -4,19 +4,21 @@
 Only the creation of a post (`app.bsky.feed.post`, operation `create`) is a post; every other event
 (likes, reposts, follows, deletes, identity and account events) is skipped and counted. The data
 carries no image URL, only each picture's blob CID: the picture is read from Bluesky's CDN,
-`https://cdn.bsky.app/img/feed_fullsize/plain/{did}/{cid}@jpeg`. Pictures sit in an
+`https://cdn.bsky.app/img/feed_fullsize/plain/{did}/{cid}@jpeg` (`$MMSA_BLUESKY_CDN` replaces everything
+before `/{did}`: a caching mirror, or a test server). Pictures sit in an
 `app.bsky.embed.images` embed, or in the `media` of an `app.bsky.embed.recordWithMedia` (a quote
 post with pictures). The post id is its AT URI, `at://{did}/app.bsky.feed.post/{rkey}`.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 from mmsa.readers import Skip, dedupe
 
 POST = "app.bsky.feed.post"
-CDN = "https://cdn.bsky.app/img/feed_fullsize/plain/{did}/{cid}@jpeg"
+CDN = "https://cdn.bsky.app/img/feed_fullsize/plain"
 
 
 def read(record: dict) -> Iterator[dict | Skip]:
@@ -39,11 +41,12 @@ def read(record: dict) -> Iterator[dict | Skip]:
         raise ValueError("Jetstream post create without a `record` object")
     did, rkey = record.get("did"), commit.get("rkey")
     langs = post.get("langs")
+    cdn = os.environ.get("MMSA_BLUESKY_CDN", CDN).rstrip("/")
     yield {
         "post_id": f"at://{did}/{POST}/{rkey}" if did and rkey else None,
         "created_at": post.get("createdAt") or record.get("time_us"),
         "text": post.get("text"),
-        "image_urls": dedupe([CDN.format(did=did, cid=cid) for cid in _image_cids(post.get("embed"))]),
+        "image_urls": dedupe([f"{cdn}/{did}/{cid}@jpeg" for cid in _image_cids(post.get("embed"))]),
         "source": "bluesky",
         "lang": langs[0] if isinstance(langs, list) and langs else None,
         "author": did,

@@ -1,0 +1,227 @@
+"""Platform readers, field mappings, brand rules, times, compression and many-file dumps (no model, no network)."""
+
+import gzip
+import json
+from datetime import datetime, timezone
+
+import pytest
+import zstandard
+
+from mmsa import readers, source
+from mmsa.brands import BrandTagger
+from mmsa.cli import FORMAT_NAMES
+from mmsa.readers import Skip, bluesky, flat, mastodon, reddit, x_v2
+
+
+def _one(read, record):
+    (row,) = list(read(record))
+    return row
+
+
+def test_x_page_links_photos_video_previews_and_authors():
+    page = {
+        "data": [
+            {"id": "1", "text": "Fish &amp; chips &lt;3", "created_at": "2026-11-20T10:00:00.000Z", "lang": "en",
+             "author_id": "u1", "attachments": {"media_keys": ["3_a", "7_v", "3_a"]},
+             "public_metrics": {"like_count": 5, "retweet_count": 2, "quote_count": 1, "reply_count": 3}},
+            {"id": "2", "text": "short", "note_tweet": {"text": "the long version"}, "created_at": "2026-11-20T11:00:00Z",
+             "author_id": "u9"},
+        ],
+        "includes": {"media": [{"media_key": "3_a", "type": "photo", "url": "https://pbs.twimg.com/media/a.jpg"},
+                               {"media_key": "7_v", "type": "video", "preview_image_url": "https://pbs.twimg.com/v.jpg"}],
+                     "users": [{"id": "u1", "username": "alice"}]},
+    }
+    first, second = list(x_v2.read(page))
+    assert first["text"] == "Fish & chips <3"
+    assert first["image_urls"] == ["https://pbs.twimg.com/media/a.jpg", "https://pbs.twimg.com/v.jpg"]
+    assert (first["author"], first["likes"], first["shares"], first["replies"]) == ("alice", 5, 3, 3)
+    assert (second["text"], second["author"], second["image_urls"]) == ("the long version", "u9", [])
+    assert list(x_v2.read({"errors": [{"title": "Not Found"}]})) == [Skip("x-v2: error page")]
+    with pytest.raises(ValueError, match="no `data` list"):
+        list(x_v2.read({"includes": {}}))
+
+
+def test_reddit_gallery_order_escapes_previews_and_comments():
+    gallery = {
+        "id": "g1", "created_utc": "1763632800", "title": "Haul &amp; more", "selftext": "[removed]", "score": -4,
+        "num_comments": 7, "is_gallery": True,
+        "media_metadata": {"b": {"status": "valid", "s": {"u": "https://preview.redd.it/b.jpg?w=1&amp;s=2"}},
+                           "a": {"status": "valid", "s": {"u": "https://preview.redd.it/a.jpg?w=1&amp;s=1"}},
+                           "x": {"status": "failed"}},
+        "gallery_data": {"items": [{"media_id": "a"}, {"media_id": "x"}, {"media_id": "b"}]},
+    }
+    row = _one(reddit.read, gallery)
+    assert row["post_id"] == "t3_g1" and row["text"] == "Haul & more"
+    assert row["image_urls"] == ["https://preview.redd.it/a.jpg?w=1&s=1", "https://preview.redd.it/b.jpg?w=1&s=2"]
+    assert (row["likes"], row["replies"], row["score"]) == (0, 7, -4)
+    linked = {"id": "l1", "created_utc": 1763632800, "title": "pic", "selftext": "body", "url": "https://i.redd.it/p.png",
+              "preview": {"images": [{"source": {"url": "https://preview.redd.it/p.png?auto=webp&amp;s=9"}}]}}
+    row = _one(reddit.read, linked)
+    assert row["image_urls"] == ["https://i.redd.it/p.png"]  # its preview is the same picture
+    assert row["text"] == "pic\n\nbody"
+    article = {**linked, "url": "https://news.example/story", "post_hint": "link"}
+    assert _one(reddit.read, article)["image_urls"] == ["https://preview.redd.it/p.png?auto=webp&s=9"]
+    assert list(reddit.read({"id": "c1", "body": "a comment", "created_utc": 1})) == [Skip("reddit: comment")]
+
+
+def test_jetstream_posts_images_and_skipped_events(monkeypatch):
+    monkeypatch.delenv("MMSA_BLUESKY_CDN", raising=False)
+    post = {"did": "did:plc:abc", "time_us": 1763632800123456, "kind": "commit",
+            "commit": {"collection": "app.bsky.feed.post", "operation": "create", "rkey": "3k",
+                       "record": {"text": "hello", "langs": ["de"],
+                                  "embed": {"$type": "app.bsky.embed.recordWithMedia",
+                                            "media": {"$type": "app.bsky.embed.images",
+                                                      "images": [{"image": {"ref": {"$link": "bafy1"}}, "alt": ""},
+                                                                 {"image": {"cid": "bafy2"}}]}}}}}
+    row = _one(bluesky.read, post)
+    assert row["post_id"] == "at://did:plc:abc/app.bsky.feed.post/3k"
+    assert row["created_at"] == 1763632800123456 and row["lang"] == "de"  # no createdAt: the event's time
+    assert row["image_urls"] == ["https://cdn.bsky.app/img/feed_fullsize/plain/did:plc:abc/bafy1@jpeg",
+                                 "https://cdn.bsky.app/img/feed_fullsize/plain/did:plc:abc/bafy2@jpeg"]
+    like = {"did": "d", "kind": "commit", "commit": {"collection": "app.bsky.feed.like", "operation": "create"}}
+    delete = {"did": "d", "kind": "commit", "commit": {"collection": "app.bsky.feed.post", "operation": "delete"}}
+    assert [next(bluesky.read(r)) for r in (like, delete, {"did": "d", "kind": "identity"})] == [
+        Skip("bluesky: like"), Skip("bluesky: post delete"), Skip("bluesky: identity event")]
+
+
+def test_mastodon_html_boosts_and_media_types():
+    original = {"id": "9", "uri": "https://mstdn.example/users/bob/statuses/9", "created_at": "2026-11-20T10:00:00.000Z",
+                "content": '<p>Hi <a href="https://x" class="mention">@<span>acmecorp</span></a> &amp; co</p><p>line<br>two '
+                           '<a href="https://example.com/a/long/path"><span class="invisible">https://</span>'
+                           '<span class="ellipsis">example.com/a/lo</span><span class="invisible">ng/path</span></a></p>',
+                "language": "en", "account": {"acct": "bob@mstdn.example"}, "favourites_count": 4, "reblogs_count": 1,
+                "replies_count": 0,
+                "media_attachments": [{"type": "image", "url": "https://files.example/1.png"},
+                                      {"type": "gifv", "url": "https://files.example/2.mp4", "preview_url": "https://files.example/2.png"},
+                                      {"type": "audio", "url": "https://files.example/3.mp3"}]}
+    row = _one(mastodon.read, original)
+    assert row["text"] == "Hi @acmecorp & co\nline\ntwo example.com/a/lo"
+    assert row["image_urls"] == ["https://files.example/1.png", "https://files.example/2.png"]
+    assert (row["post_id"], row["author"], row["likes"], row["shares"]) == (original["uri"], "bob@mstdn.example", 4, 1)
+    boost = {"id": "10", "created_at": "2026-11-21T00:00:00Z", "content": "", "account": {"acct": "carol"}, "reblog": original}
+    boosted = _one(mastodon.read, boost)
+    assert boosted["post_id"] == original["uri"] and boosted["boosted_by"] == "carol" and boosted["author"] == "bob@mstdn.example"
+
+
+def test_detection_by_shape_and_every_reader_named_on_the_command_line():
+    assert readers.detect({"post_id": 1}) == "flat"
+    assert readers.detect({"data": [], "includes": {}}) == "x-v2"
+    assert readers.detect({"did": "d", "kind": "commit"}) == "bluesky-jetstream"
+    assert readers.detect({"id": "a", "subreddit": "pics"}) == "reddit"
+    assert readers.detect({"id": "1", "content": "<p>x</p>", "account": {}}) == "mastodon"
+    assert readers.detect({"id": "1", "body": "?"}) == "flat"
+    assert FORMAT_NAMES == readers.FORMATS
+    with pytest.raises(ValueError, match="unknown source format 'tiktok'"):
+        readers.reader("tiktok")
+
+
+def test_field_mapping_paths():
+    mapping = flat.parse_mapping(["post_id=id", "text=full_text", "image_urls=media[].url", "author=user.name",
+                                  "likes=stats[0]"])
+    row = _one(flat.mapped(mapping), {"id": 7, "full_text": "hi", "media": [{"url": "u1"}, {"kind": "x"}, {"url": "u2"}],
+                                      "user": {"name": "al"}, "stats": [3, 4], "created_at": "2026-11-20", "kept": 1})
+    assert row == {"post_id": 7, "text": "hi", "image_urls": ["u1", "u2"], "author": "al", "likes": 3,
+                   "created_at": "2026-11-20", "kept": 1}
+    with pytest.raises(ValueError, match="cannot map onto colour"):
+        flat.parse_mapping(["colour=c"])
+    with pytest.raises(ValueError, match="FIELD=PATH|TARGET=PATH"):
+        flat.parse_mapping(["text"])
+
+
+def test_brand_rules_match_words_tags_handles_and_regexes_ignoring_case():
+    tagger = BrandTagger({"acme": {"keywords": ["acme", "acme corp"], "hashtags": ["#acme"], "handles": ["@acmecorp"],
+                                   "regexes": [r"\bacme ?(one|pro)\b"]},
+                          "globex": {"keywords": ["Globex"]}})
+    cases = {"ACME rocks": ["acme"], "acmes and acmecorp": [], "#AcmeForever": [], "love #ACME!": ["acme"],
+             "hi @AcmeCorp": ["acme"], "my acmepro": ["acme"], "globex vs acme": ["acme", "globex"],
+             "GLOBEX.": ["globex"], "": [], None: []}
+    assert {text: tagger.tag(text) for text in cases} == cases
+    with pytest.raises(ValueError, match="bad regex"):
+        BrandTagger({"x": {"regexes": ["("]}})
+    with pytest.raises(ValueError, match="keys from"):
+        BrandTagger({"x": {"words": ["x"]}})
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("2026-11-20T10:00:00Z", "2026-11-20T10:00:00+00:00"),
+    ("2026-11-20T12:00:00+02:00", "2026-11-20T10:00:00+00:00"),
+    ("2026-11-20T05:00:00-0500", "2026-11-20T10:00:00+00:00"),
+    ("2026-11-20 10:00:00", "2026-11-20T10:00:00+00:00"),
+    (1763632800, "2025-11-20T10:00:00+00:00"),
+    (1763632800.5, "2025-11-20T10:00:00.500000+00:00"),
+    ("1763632800", "2025-11-20T10:00:00+00:00"),
+    (1763632800123, "2025-11-20T10:00:00.123000+00:00"),
+    ("1763632800123456", "2025-11-20T10:00:00.123456+00:00"),
+])
+def test_times_iso_and_epoch_to_utc(value, expected):
+    assert source.parse_time(value).isoformat() == expected
+
+
+def test_bad_times_are_rejected_with_their_reason():
+    for bad in ("yesterday", True, 10**20, [1]):
+        with pytest.raises(ValueError, match="created_at is not ISO-8601 or an epoch time"):
+            source.validate({"post_id": "p", "created_at": bad, "text": "x"})
+
+
+def _zst(path, text, window_log=None):
+    params = zstandard.ZstdCompressionParameters.from_level(3, window_log=window_log, enable_ldm=True) if window_log else None
+    compressor = zstandard.ZstdCompressor(compression_params=params) if params else zstandard.ZstdCompressor()
+    with path.open("wb") as fh, compressor.stream_writer(fh) as writer:
+        writer.write(text.encode())
+    return path
+
+
+def _lines(records):
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+def test_compressed_folders_globs_and_overlapping_files_are_one_dump(tmp_path):
+    """gz and zst (a 2 GiB window, as Reddit's dumps declare), files in name order, a post in two files once;
+    every record accounted for exactly once: a post, a rejected row, or a skipped non-post."""
+    posts = [{"id": f"s{n}", "created_utc": 1763632800 + n, "title": f"post {n} about acme"} for n in range(6)]
+    comment = {"id": "c1", "body": "a comment", "created_utc": 1763632800}
+    folder = tmp_path / "dumps"
+    folder.mkdir()
+    _zst(folder / "RS_2026-10.zst", _lines(posts[:4] + [comment]), window_log=31)
+    with gzip.open(folder / "RS_2026-11.jsonl.gz", "wt") as fh:
+        fh.write(_lines(posts[3:] + [{"id": "bad", "title": "no time"}]))
+    (folder / "notes.txt").write_text("not a dump")
+    with pytest.raises(zstandard.ZstdError):  # the decoder's default limit refuses such a window
+        zstandard.ZstdDecompressor().stream_reader((folder / "RS_2026-10.zst").open("rb")).read()
+    options = source.ReadOptions(source_format="reddit", brand_rules={"acme": {"keywords": ["acme"]}})
+    for dump in (folder, str(folder / "RS_2026-1*")):
+        files = source.resolve(dump, tmp_path / "dl")
+        assert [f.name for f in files] == ["RS_2026-10.zst", "RS_2026-11.jsonl.gz"]
+        shards = list(source.iter_shards(files, 4, options=options))
+        got = [p for s in shards for p in s.posts.to_pylist()]
+        rejected = [r for s in shards for r in s.rejected]
+        skipped = sum((s.skipped for s in shards), start=type(shards[0].skipped)())
+        assert [p["post_id"] for p in got] == [f"t3_s{n}" for n in range(6)]
+        assert all(p["brands"] == ["acme"] for p in got)
+        assert got[0]["created_at"] == datetime(2025, 11, 20, 10, tzinfo=timezone.utc)
+        assert [(r["reason"], r["file"], r["line"]) for r in rejected] == [
+            ("duplicate post_id (first seen at RS_2026-10.zst line 4)", "RS_2026-11.jsonl.gz", 1),
+            ("missing created_at", "RS_2026-11.jsonl.gz", 4)]
+        assert dict(skipped) == {"reddit: comment": 1}
+        assert len(got) + len(rejected) + sum(skipped.values()) == 4 + 1 + 3 + 1
+    key = source.content_key(files, options)
+    assert key != source.content_key(files, source.ReadOptions(source_format="reddit"))  # brands change the posts
+
+
+def test_image_cap_brand_field_and_mapping_in_validation(tmp_path):
+    row = {"post_id": "p", "created_at": 0, "text": "globex", "brand": "acme",
+           "image_urls": [f"https://i.example/{n}.jpg" for n in range(6)], "image_url": "https://i.example/0.jpg"}
+    post = source.validate(row, max_images=4, tagger=BrandTagger({"globex": {"keywords": ["globex"]}}))
+    assert post["image_urls"] == [f"https://i.example/{n}.jpg" for n in range(4)]
+    assert post["brands"] == ["acme", "globex"]
+    assert json.loads(post["extra"]) == {"images_dropped": 2}
+    with pytest.raises(ValueError, match="nothing to score"):
+        source.validate({"post_id": "p", "created_at": 0, "image_urls": [" "]})
+    with pytest.raises(ValueError, match="--map applies to the flat format"):
+        source.ReadOptions.build("reddit", {"text": "body"})
+    brands = tmp_path / "brands.json"
+    brands.write_text(json.dumps({"acme": {"hashtags": ["#acme"]}}))
+    assert source.ReadOptions.build(brands=brands).brand_rules == {"acme": {"hashtags": ["#acme"]}}
+    brands.write_text("acme: [unclosed")
+    with pytest.raises(ValueError, match="not YAML or JSON"):
+        source.ReadOptions.build(brands=brands)
