@@ -84,3 +84,54 @@ def test_a_run_killed_while_creating_the_database_leaves_no_unopenable_file(tmp_
     with store.connect(db) as con:  # the rerun replaces the leftover and builds the schema
         assert con.execute("SELECT count(*) FROM scored_posts").fetchone() == (0,)
     assert [p.name for p in tmp_path.iterdir()] == ["m.duckdb"]
+
+
+OLD_SCORED_POSTS = """
+CREATE TABLE scored_posts (post_id VARCHAR, created_at TIMESTAMPTZ, text VARCHAR, image_url VARCHAR, brand VARCHAR,
+  source VARCHAR, lang VARCHAR, author VARCHAR, likes BIGINT, shares BIGINT, replies BIGINT, extra VARCHAR,
+  image_status VARCHAR, label VARCHAR, p_positive DOUBLE, p_neutral DOUBLE, p_negative DOUBLE, sentiment_score DOUBLE,
+  text_label VARCHAR, text_p_positive DOUBLE, text_p_neutral DOUBLE, text_p_negative DOUBLE,
+  image_label VARCHAR, image_p_positive DOUBLE, image_p_neutral DOUBLE, image_p_negative DOUBLE,
+  model_version VARCHAR, run_id VARCHAR, scored_at TIMESTAMPTZ, PRIMARY KEY (post_id, model_version));
+CREATE VIEW post_sentiment AS SELECT * FROM scored_posts;
+CREATE TABLE rejected_posts (post_id VARCHAR, reason VARCHAR, raw VARCHAR, dump VARCHAR, line BIGINT, run_id VARCHAR,
+  rejected_at TIMESTAMPTZ);
+INSERT INTO scored_posts VALUES
+  ('a', TIMESTAMPTZ '2026-11-20 10:00:00+00', 'hi', 'https://i.example/a.jpg', 'acme', NULL, NULL, NULL, 1, 0, 0, NULL,
+   'ok', 'positive', 0.8, 0.1, 0.1, 0.7, 'positive', 0.7, 0.2, 0.1, 'positive', 0.9, 0.05, 0.05, 'm1', 'r1', now()),
+  ('b', TIMESTAMPTZ '2026-11-20 11:00:00+00', 'yo', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+   'no_image', 'neutral', 0.2, 0.6, 0.2, 0.0, 'neutral', 0.2, 0.6, 0.2, NULL, NULL, NULL, NULL, 'm1', 'r1', now());
+"""
+
+
+def test_a_database_of_one_image_and_one_brand_per_post_is_converted_on_connect(tmp_path):
+    db = tmp_path / "old.duckdb"
+    with duckdb.connect(str(db)) as con:
+        con.execute(OLD_SCORED_POSTS)
+    for _ in range(2):  # the second connect finds it current and leaves it alone
+        store.connect(db).close()
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.sql("SELECT post_id, image_urls, brands, image_status, label FROM scored_posts ORDER BY 1").fetchall() == [
+            ("a", ["https://i.example/a.jpg"], ["acme"], "ok", "positive"), ("b", [], [], "no_image", "neutral")]
+        assert con.sql("SELECT post_id, brand FROM post_sentiment ORDER BY 1").fetchall() == [("a", "acme"), ("b", None)]
+        assert con.sql("SELECT post_id, position, image_url, image_status, image_label, image_p_positive FROM post_images"
+                       ).fetchall() == [("a", 0, "https://i.example/a.jpg", "ok", "positive", 0.9)]
+        assert "file" in [r[0] for r in con.sql("DESCRIBE rejected_posts").fetchall()]
+
+
+def test_combine_averages_a_posts_usable_images_and_falls_back_to_its_text():
+    rows = pipeline.model_rows([["u1", "u2"], ["u3", "u4"], [], ["u5"]])
+    assert rows == [(0, 0, "u1"), (0, 1, "u2"), (1, 0, "u3"), (1, 1, "u4"), (2, 0, None), (3, 0, "u5")]
+    text = np.tile([0.5, 0.3, 0.2], (6, 1))
+    fused = np.array([[0.9, 0.05, 0.05], [0.5, 0.3, 0.2], [0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.5, 0.3, 0.2], [0.5, 0.3, 0.2]])
+    image = np.array([[0.8, 0.1, 0.1], [0.4, 0.4, 0.2], [np.nan] * 3, [0.0, 0.2, 0.8], [np.nan] * 3, [np.nan] * 3])
+    statuses = ["ok", "ok", "http_404", "ok", "no_image", "timeout"]
+    post_status, pred, images = pipeline.combine(4, rows, statuses, Prediction(fused, text, image))
+    assert post_status == ["ok", "ok", "no_image", "timeout"]
+    np.testing.assert_allclose(pred.probs, [[0.7, 0.175, 0.125], [0.1, 0.1, 0.8], [0.5, 0.3, 0.2], [0.5, 0.3, 0.2]])
+    np.testing.assert_allclose(pred.image_probs[:2], [[0.6, 0.25, 0.15], [0.0, 0.2, 0.8]])
+    assert np.isnan(pred.image_probs[2:]).all()
+    np.testing.assert_allclose(pred.text_probs, np.tile([0.5, 0.3, 0.2], (4, 1)))
+    assert [[(i["position"], i["image_url"], i["image_status"], i["image_label"]) for i in post] for post in images] == [
+        [(0, "u1", "ok", "positive"), (1, "u2", "ok", "positive")],
+        [(0, "u3", "http_404", None), (1, "u4", "ok", "negative")], [], [(0, "u5", "timeout", None)]]
