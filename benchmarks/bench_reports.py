@@ -64,11 +64,19 @@ probs AS (
         CASE WHEN status <> 'ok' THEN NULL WHEN u_agree < 0.85 THEN lbl
              ELSE (['positive', 'neutral', 'negative'])[1 + CAST(floor(u_agree * 1000) AS INTEGER) % 3] END AS img
     FROM labelled
+),
+images AS (
+    SELECT
+        *,
+        CASE img WHEN 'positive' THEN 0.8 WHEN 'neutral' THEN 0.1 WHEN 'negative' THEN 0.05 END AS ip,
+        CASE img WHEN 'positive' THEN 0.15 WHEN 'neutral' THEN 0.8 WHEN 'negative' THEN 0.15 END AS in_,
+        CASE img WHEN 'positive' THEN 0.05 WHEN 'neutral' THEN 0.1 WHEN 'negative' THEN 0.8 END AS ig
+    FROM probs
 )
 SELECT
     'p' || i, created_at, 'post ' || i || ' about ' || brand,
-    CASE WHEN status <> 'no_image' THEN 'https://cdn.example/' || i || '.jpg' END,
-    brand,
+    CASE WHEN status <> 'no_image' THEN ['https://cdn.example/' || i || '.jpg'] ELSE [] END,
+    [brand],
     (['twitter', 'instagram', 'reddit', 'tiktok', 'facebook'])[1 + i % 5],
     (['en', 'en', 'en', 'de', 'fr', 'es'])[1 + i % 6],
     'user' || (i % 100000),
@@ -78,12 +86,11 @@ SELECT
     NULL,
     status, lbl, pp, pn, pg, pp - pg,
     lbl, pp, pn, pg,
-    img,
-    CASE img WHEN 'positive' THEN 0.8 WHEN 'neutral' THEN 0.1 WHEN 'negative' THEN 0.05 END,
-    CASE img WHEN 'positive' THEN 0.15 WHEN 'neutral' THEN 0.8 WHEN 'negative' THEN 0.15 END,
-    CASE img WHEN 'positive' THEN 0.05 WHEN 'neutral' THEN 0.1 WHEN 'negative' THEN 0.8 END,
+    img, ip, in_, ig,
+    CASE WHEN status = 'no_image' THEN [] ELSE [{position: 0, image_url: 'https://cdn.example/' || i || '.jpg',
+        image_status: status, image_label: img, image_p_positive: ip, image_p_neutral: in_, image_p_negative: ig}] END,
     'v2', 'run-' || strftime(created_at, '%Y%m%d'), created_at + INTERVAL 1 DAY
-FROM probs
+FROM images
 ORDER BY created_at;
 -- An older model version on 1% of the posts: the reports must skip it by default.
 INSERT INTO scored_posts
@@ -91,10 +98,10 @@ SELECT * REPLACE ('v1' AS model_version, 'run-v1' AS run_id, scored_at - INTERVA
 FROM scored_posts WHERE hash(post_id) % 100 = 0;
 INSERT INTO runs
 SELECT run_id, 'dump-' || run_id || '.jsonl', any_value(model_version), min(scored_at) - INTERVAL 20 MINUTE,
-       min(scored_at), count(*) + 30, count(*), 30, '{"ok": 1}', '{"infer": 60.0}'
+       min(scored_at), count(*) + 30, count(*), 30, '{"ok": 1}', '{"infer": 60.0}', NULL
 FROM scored_posts GROUP BY run_id;
 INSERT INTO rejected_posts
-SELECT NULL, 'missing post_id', '{"brand": "acme"}', 'dump-' || run_id || '.jsonl', n, run_id, finished_at
+SELECT NULL, 'missing post_id', '{"brand": "acme"}', 'dump-' || run_id || '.jsonl', n, run_id, finished_at, NULL
 FROM runs, range(30) t(n);
 CHECKPOINT;
 """
@@ -128,7 +135,10 @@ def fmt(times: list[float]) -> str:
 LAST_WEEK = "2025-12-25"  # the generated year ends 2025-12-31: `--from` for the last 7 days
 EPOCH_DAY_VIEW = """
 CREATE OR REPLACE VIEW post_sentiment AS
-SELECT *, DATE '1970-01-01' + CAST(epoch_us(created_at) // 86400000000 AS INTEGER) AS day FROM scored_posts
+SELECT * EXCLUDE (brands, images),
+       unnest(CASE WHEN coalesce(len(brands), 0) = 0 THEN [NULL::VARCHAR] ELSE brands END) AS brand,
+       DATE '1970-01-01' + CAST(epoch_us(created_at) // 86400000000 AS INTEGER) AS day
+FROM scored_posts
 """
 
 
