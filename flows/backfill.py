@@ -57,6 +57,10 @@ def backfill_flow(
     backend: str | None = None,
     runner: str = "threads",
     dask_address: str | None = None,
+    source_format: str | None = None,
+    mapping: dict[str, str] | None = None,
+    brands: str | None = None,
+    max_images: int = 4,
 ) -> dict[str, str]:
     """Score the dump of every day from `start` to `end` (inclusive; default: yesterday in `timezone`).
 
@@ -78,6 +82,7 @@ def backfill_flow(
         state = scorer.with_options(flow_run_name=f"score-{day}")(
             dump=dump, db=db, out=out, cache=cache, model=model, shard_size=shard_size,
             allow_hosts=allow_hosts, force=force, retry_failed=retry_failed, backend=backend, return_state=True,
+            source_format=source_format, mapping=mapping, brands=brands, max_images=max_images,
         )
         outcome[str(day)] = "scored" if state.is_completed() else "failed"
         if not state.is_completed():

@@ -99,6 +99,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _cmd_backfill(args: argparse.Namespace) -> int:
     from flows.api import LocalAPI, imports_without_gc
 
+    from mmsa.source import ReadOptions
+
+    reading = ReadOptions.build(args.source_format, _mapping(args), args.brands, args.max_images)
     api = LocalAPI()
     with imports_without_gc():
         from flows.backfill import backfill_flow
@@ -108,7 +111,8 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
             dump_template=args.dump_template, db=args.db, out=args.out, start=args.date_from, end=args.date_to,
             timezone=args.timezone, model=args.model, shard_size=args.shard_size, cache=args.cache,
             allow_hosts=args.allow_hosts, force=args.force, retry_failed=args.retry_failed, backend=args.backend,
-            runner=args.runner, dask_address=args.dask_address,
+            runner=args.runner, dask_address=args.dask_address, source_format=args.source_format,
+            mapping=reading.mapping or None, brands=args.brands, max_images=args.max_images,
         )
     print("\n".join(f"{day}  {what}" for day, what in outcome.items()))
     return 0
@@ -123,6 +127,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     else:
         serve.serve(overrides, args.cron)
     return 0
+
+
+def _add_reading_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source-format", choices=FORMAT_NAMES, default=None,
+                   help="the platform format of the records (default: told by each record's shape)")
+    p.add_argument("--map", action="append", default=[], metavar="FIELD=PATH",
+                   help="take a flat field from another path of each record, e.g. text=full_text, image_urls=media[].url")
+    p.add_argument("--map-file", metavar="FILE", help="the --map pairs as a YAML/JSON object {FIELD: PATH}")
+    p.add_argument("--brands", metavar="FILE", help="brand rules (YAML/JSON): keywords, hashtags, handles, regexes per brand")
+    p.add_argument("--max-images", type=int, default=4, metavar="N", help="images per post, in its order (default 4)")
 
 
 def _add_runner_options(p: argparse.ArgumentParser) -> None:
@@ -253,13 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="score a post dump into Parquet + DuckDB (Prefect flow)")
     p.add_argument("dump", help="JSONL/CSV/Parquet file (.gz/.zst too), a folder or a quoted glob of them, or an http(s) URL")
-    p.add_argument("--source-format", choices=FORMAT_NAMES, default=None,
-                   help="the platform format of the records (default: told by each record's shape)")
-    p.add_argument("--map", action="append", default=[], metavar="FIELD=PATH",
-                   help="take a flat field from another path of each record, e.g. text=full_text, image_urls=media[].url")
-    p.add_argument("--map-file", metavar="FILE", help="the --map pairs as a YAML/JSON object {FIELD: PATH}")
-    p.add_argument("--brands", metavar="FILE", help="brand rules (YAML/JSON): keywords, hashtags, handles, regexes per brand")
-    p.add_argument("--max-images", type=int, default=4, metavar="N", help="images per post, in its order (default 4)")
+    _add_reading_options(p)
     p.add_argument("--db", required=True, help="DuckDB database file to write")
     p.add_argument("--out", required=True, help="folder for hive-partitioned Parquet results")
     p.add_argument("--cache", help="image cache folder (default: OUT/_cache)")
@@ -303,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="re-score days already scored by this model")
     p.add_argument("--retry-failed", action="store_true",
                    help="revisit scored days: re-fetch their retryable image failures and re-score those shards")
+    _add_reading_options(p)
     _add_runner_options(p)
     p.set_defaults(func=_cmd_backfill)
 

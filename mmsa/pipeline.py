@@ -154,7 +154,9 @@ class RunSummary:
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
             f"| {self.dump} | {self.model_version} | {self.posts_in} | {self.posts_scored} | {self.posts_rejected} "
             f"| {self.shards_done} | {self.shards_skipped} | {rate} |", "",
-            f"Images: {mix}. Stages: {secs}. Bound by: {self.bound_by()}.", "",
+            f"Images: {mix}. Stages: {secs}. Bound by: {self.bound_by()}.",
+            "Records that were not posts: " + (", ".join(f"{k} {v}" for k, v in sorted(self.not_posts.items())) or "none") + ".",
+            "",
             "| shard | skipped | posts | images | fetch s | infer s | write s | posts/s |",
             "| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |",
         ]
