@@ -79,9 +79,6 @@ class ReadOptions:
             rules = load_rules(brands)
         return cls(source_format, dict(mapping or {}), rules, max_images)
 
-    def is_default(self) -> bool:
-        return self == ReadOptions()
-
     def reader(self):
         if self.mapping:
             return mapped(parse_mapping(self.mapping))
@@ -168,19 +165,18 @@ def localise(src: str | Path, workdir: Path) -> Path:
 
 
 def content_key(path: Path | list[Path], options: ReadOptions | None = None) -> str:
-    """A short hash of the files' bytes and of how they are read: the same dump read the same way always
-    maps to the same work folder and file names. (A single file read the default way keeps its plain
-    content hash, the key runs before multi-file dumps used.)"""
+    """A short hash of the files' bytes, of how they are read and of the shards' schema: the same dump read
+    the same way always maps to the same work folder and file names, and shards or results written with
+    another schema are never picked up."""
     paths = [path] if isinstance(path, Path) else list(path)
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(str(POST_SCHEMA).encode())
     for p in paths:
         if len(paths) > 1:
             digest.update(f"\0{p.name}\0".encode())
         with p.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
-    if options is not None and not options.is_default():
-        digest.update(json.dumps(asdict(options), sort_keys=True).encode())
+    digest.update(json.dumps(asdict(options or ReadOptions()), sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 
@@ -335,7 +331,8 @@ def iter_shards(paths: Path | list[Path], shard_size: int, dump_name: str | None
         raise ValueError("shard_size must be at least 1")
     options = options or ReadOptions()
     files = [paths] if isinstance(paths, Path) else list(paths)
-    names = [dump_name if dump_name and len(files) == 1 and not Path(dump_name).is_dir() else str(f) for f in files]
+    # A file's own name tells its format; dump_name only for a single file whose name cannot (a temporary copy).
+    names = [str(f) if _readable(f.name) or not dump_name or len(files) > 1 else dump_name for f in files]
     for name in names:
         file_kind(name)  # an unreadable name fails before anything is read
     read = options.reader()
