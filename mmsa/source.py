@@ -380,5 +380,7 @@ def _read(read, record: dict | str) -> Iterator[dict | Skip | str]:
         return
     try:
         yield from list(read(record))
-    except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        yield f"unreadable record: {exc}"
+    except ValueError as exc:  # the reader's own words
+        yield str(exc)
+    except (TypeError, AttributeError, KeyError) as exc:  # a field of an unexpected type or shape
+        yield f"unparseable record: {type(exc).__name__}: {exc}"

@@ -37,7 +37,7 @@ def test_x_page_links_photos_video_previews_and_authors():
     assert (first["author"], first["likes"], first["shares"], first["replies"]) == ("alice", 5, 3, 3)
     assert (second["text"], second["author"], second["image_urls"]) == ("the long version", "u9", [])
     assert list(x_v2.read({"errors": [{"title": "Not Found"}]})) == [Skip("x-v2: error page")]
-    with pytest.raises(ValueError, match="no `data` list"):
+    with pytest.raises(ValueError, match="unknown format: not an X API v2 page"):
         list(x_v2.read({"includes": {}}))
 
 
@@ -62,6 +62,8 @@ def test_reddit_gallery_order_escapes_previews_and_comments():
     article = {**linked, "url": "https://news.example/story", "post_hint": "link"}
     assert _one(reddit.read, article)["image_urls"] == ["https://preview.redd.it/p.png?auto=webp&s=9"]
     assert list(reddit.read({"id": "c1", "body": "a comment", "created_utc": 1})) == [Skip("reddit: comment")]
+    with pytest.raises(ValueError, match="unknown format: not a Reddit submission"):
+        list(reddit.read({"id": "q", "created_utc": 1}))
 
 
 def test_jetstream_posts_images_and_skipped_events(monkeypatch):
@@ -225,3 +227,23 @@ def test_image_cap_brand_field_and_mapping_in_validation(tmp_path):
     brands.write_text("acme: [unclosed")
     with pytest.raises(ValueError, match="not YAML or JSON"):
         source.ReadOptions.build(brands=brands)
+
+
+def test_records_a_reader_cannot_read_are_rejected_with_the_reason_and_the_rest_goes_on(tmp_path):
+    dump = tmp_path / "mixed.jsonl"
+    dump.write_text(_lines([
+        {"did": "d", "time_us": 1763632800000000, "kind": "commit",
+         "commit": {"collection": "app.bsky.feed.post", "operation": "create", "rkey": "a", "record": {"text": "ok"}}},
+        {"did": "d", "time_us": 1},  # no kind
+        {"did": "d", "kind": "commit", "commit": "not an object"},
+        {"did": "d", "kind": "commit", "commit": {"collection": "app.bsky.feed.post", "operation": "create", "rkey": "b",
+                                                 "record": {"text": "x", "embed": {"$type": "app.bsky.embed.images",
+                                                                                   "images": "nope"}}}},
+    ]))
+    (shard,) = source.iter_shards(dump, 10, options=source.ReadOptions(source_format="bluesky-jetstream"))
+    assert shard.posts["post_id"].to_pylist() == ["at://d/app.bsky.feed.post/a"]
+    reasons = [r["reason"] for r in shard.rejected]
+    assert reasons[0] == "unknown format: not a Jetstream event (no kind)"
+    assert reasons[1] == "Jetstream commit event without a `commit` object"
+    assert reasons[2].startswith("unparseable record: AttributeError")
+    assert [r["line"] for r in shard.rejected] == [2, 3, 4]

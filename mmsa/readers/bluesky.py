@@ -23,8 +23,10 @@ CDN = "https://cdn.bsky.app/img/feed_fullsize/plain"
 
 def read(record: dict) -> Iterator[dict | Skip]:
     kind = record.get("kind")
+    if not kind:
+        raise ValueError("unknown format: not a Jetstream event (no kind)")
     if kind != "commit":
-        yield Skip(f"bluesky: {kind or 'unknown'} event")
+        yield Skip(f"bluesky: {kind} event")
         return
     commit = record.get("commit")
     if not isinstance(commit, dict):

@@ -17,8 +17,7 @@ from mmsa.readers import Skip, dedupe, html_to_text, unescape
 def read(record: dict) -> Iterator[dict | Skip]:
     status = record.get("reblog") if isinstance(record.get("reblog"), dict) else record
     if "content" not in status and "media_attachments" not in status:
-        yield Skip("mastodon: not a status")
-        return
+        raise ValueError("unknown format: not a Mastodon status (no content, no media_attachments)")
     urls = []
     for media in status.get("media_attachments") or []:
         if not isinstance(media, dict):

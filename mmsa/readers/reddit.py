@@ -25,7 +25,9 @@ _GONE = ("[removed]", "[deleted]", "")
 
 def read(record: dict) -> Iterator[dict | Skip]:
     if "title" not in record:
-        yield Skip("reddit: comment" if "body" in record else "reddit: not a submission")
+        if "body" not in record:
+            raise ValueError("unknown format: not a Reddit submission or comment (no title, no body)")
+        yield Skip("reddit: comment")
         return
     raw_id = record.get("id")
     name = record.get("name")

@@ -22,7 +22,7 @@ def read(record: dict) -> Iterator[dict | Skip]:
         if "errors" in record:
             yield Skip("x-v2: error page")
             return
-        raise ValueError("not an X API v2 page: no `data` list")
+        raise ValueError("unknown format: not an X API v2 page (no `data` list)")
     if not data:
         yield Skip("x-v2: empty page")
         return
