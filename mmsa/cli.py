@@ -129,13 +129,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_reading_options(p: argparse.ArgumentParser) -> None:
+def _add_reading_options(p: argparse.ArgumentParser, brands: bool = True) -> None:
     p.add_argument("--source-format", choices=FORMAT_NAMES, default=None,
                    help="the platform format of the records (default: told by each record's shape)")
     p.add_argument("--map", action="append", default=[], metavar="FIELD=PATH",
                    help="take a flat field from another path of each record, e.g. text=full_text, image_urls=media[].url")
     p.add_argument("--map-file", metavar="FILE", help="the --map pairs as a YAML/JSON object {FIELD: PATH}")
-    p.add_argument("--brands", metavar="FILE", help="brand rules (YAML/JSON): keywords, hashtags, handles, regexes per brand")
+    if brands:
+        p.add_argument("--brands", metavar="FILE", help="brand rules (YAML/JSON): keywords, hashtags, handles, regexes per brand")
     p.add_argument("--max-images", type=int, default=4, metavar="N", help="images per post, in its order (default 4)")
 
 
@@ -150,6 +151,7 @@ def _add_runner_options(p: argparse.ArgumentParser) -> None:
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
     from mmsa import fetch
+    from mmsa.source import ReadOptions
 
     config = fetch.FetchConfig(
         allow_hosts=tuple(args.allow_hosts),
@@ -159,7 +161,8 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
         per_host=args.per_host,
     )
     summary = fetch.fetch_dump(
-        args.dump, args.cache, config, status_path=args.status, retry_failed=args.retry_failed, progress=not args.quiet
+        args.dump, args.cache, config, status_path=args.status, retry_failed=args.retry_failed, progress=not args.quiet,
+        options=ReadOptions.build(args.source_format, _mapping(args), None, args.max_images),
     )
     print(summary.describe())
     return 0
@@ -326,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("fetch", help="download a dump's images into the cache, checking that they decode; write a status table")
-    p.add_argument("dump", help="JSONL/CSV/Parquet file, local path or http(s) URL")
+    p.add_argument("dump", help="JSONL/CSV/Parquet file (.gz/.zst too), a folder or a quoted glob of them, or an http(s) URL")
     p.add_argument("--cache", required=True, help="image cache folder (shared with `score --cache`)")
     p.add_argument("--status", help="status table to write (default: CACHE/status/<dump name>.parquet)")
     p.add_argument("--retry-failed", action="store_true", help="fetch again the URLs whose last status was retryable")
@@ -337,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-hosts", nargs="*", default=[], metavar="HOST_OR_CIDR",
                    help="hosts or CIDRs exempt from the private-address block (tests, private CDNs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_reading_options(p, brands=False)
     p.set_defaults(func=_cmd_fetch)
 
     p = sub.add_parser("report", help="run one SQL report from sql/reports and print it (or `all --html`)")

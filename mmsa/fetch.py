@@ -304,12 +304,14 @@ def fetch_dump(
     retry_failed: bool = False,
     progress: bool = False,
     batch_size: int = 50_000,
+    options=None,
 ) -> FetchSummary:
     """Fetch the images of every post in `dump` into the cache and write the status table.
 
     The table (Parquet, STATUS_TABLE_SCHEMA) goes to `status_path`, by default
     CACHE/status/<dump name>.parquet, replaced atomically. Posts are fetched in batches of
-    `batch_size`, so memory stays flat for any dump; the URL index makes a re-run resume.
+    `batch_size`, so memory stays flat for any dump; the URL index makes a re-run resume. `options`: how
+    records become posts (mmsa.source.ReadOptions; default: each record's shape tells its format).
     """
     from mmsa import source
 
@@ -335,7 +337,7 @@ def fetch_dump(
         batch.clear()
 
     with pq.ParquetWriter(tmp, STATUS_TABLE_SCHEMA) as writer:
-        for shard in source.iter_shards(files, min(batch_size, 10_000), dump_name=str(dump)):
+        for shard in source.iter_shards(files, min(batch_size, 10_000), dump_name=str(dump), options=options):
             rejected += len(shard.rejected)
             batch.extend((post_id, url) for post_id, urls in zip(shard.posts["post_id"].to_pylist(),
                                                                  shard.posts["image_urls"].to_pylist())

@@ -42,3 +42,19 @@ def test_fetch_command_writes_one_row_per_post_and_retries_only_retryable(image_
     assert again["status"].to_pylist() == ["ok", "http_404", "ok", "no_image", "unsupported_scheme"]
     assert image_server.hits[hits_before:] == ["/flaky"]
     assert ImageCache(cache_dir).load(again["image_key"][2].as_py()) == flaky_png
+
+
+def test_fetch_reads_other_exports_through_a_mapping_one_row_per_image(image_server, tmp_path):
+    """`mmsa fetch --map ...`: a post's images each get their own row, in the post's order, up to the cap."""
+    for name in ("a.jpg", "b.jpg"):
+        (image_server.root / name).write_bytes(encode(textured_image(64, 48), "JPEG"))
+    rows = [{"id": "x1", "ts": 1763632800, "body": "two", "media": [{"src": image_server.url(n)} for n in ("a.jpg", "gone.jpg", "b.jpg")]},
+            {"id": "x2", "ts": 1763632800, "body": "none", "media": []}]
+    dump = tmp_path / "export.jsonl"
+    dump.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert main(["fetch", str(dump), "--cache", str(tmp_path / "c"), "--allow-hosts", "127.0.0.1", "--quiet",
+                 "--map", "post_id=id", "--map", "created_at=ts", "--map", "text=body", "--map", "image_urls=media[].src",
+                 "--max-images", "2"]) == 0
+    table = pq.read_table(tmp_path / "c" / "status" / "export.parquet")
+    assert list(zip(table["post_id"].to_pylist(), table["status"].to_pylist())) == [
+        ("x1", "ok"), ("x1", "http_404"), ("x2", "no_image")]
