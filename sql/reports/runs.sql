@@ -22,7 +22,8 @@ SELECT
     posts_rejected,
     posts_rejected / nullif(posts_in, 0)        AS rejected_rate,
     coalesce(stored.stored_posts, 0)            AS stored_posts,
-    image_status
+    image_status,
+    not_posts                                   -- records skipped as not posts (likes, comments), by reason
 FROM runs
 LEFT JOIN stored USING (run_id)
 WHERE ($model_version IS NULL OR model_version = $model_version)
