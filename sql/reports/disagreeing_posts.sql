@@ -13,7 +13,7 @@ SELECT
     text_p_positive - text_p_negative                               AS text_score,
     image_p_positive - image_p_negative                             AS image_score,
     coalesce(likes, 0) + coalesce(shares, 0) + coalesce(replies, 0) AS engagement,
-    image_urls,
+    array_to_string(image_urls, ' ')                              AS image_urls,  -- space-separated, for CSV and tables
     text
 FROM post_sentiment
 WHERE model_version = coalesce($model_version, (SELECT arg_max(model_version, scored_at) FROM scored_posts))
