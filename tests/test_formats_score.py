@@ -226,7 +226,8 @@ def test_any_export_through_a_field_mapping(prefect_harness, image_server, tmp_p
     dump = _zst(tmp_path / "export.jsonl.zst", rows)
     mapping = tmp_path / "mapping.yaml"
     mapping.write_text("post_id: id\ntext: full_text\n")
-    with _score(dump, tmp_path, "--map-file", str(mapping), "--map", "image_urls=media[].url", "--map", "created_at=ts",
+    with _score(dump, tmp_path, "--source-format", "flat", "--map-file", str(mapping), "--map", "image_urls=media[].url",
+                "--map", "created_at=ts",
                 "--map", "author=user.screen_name") as con:
         _check(con, {
             "1": (utc(2025, 11, 20, 10), "acme and globex, both", ["initech", "acme", "globex"],
