@@ -34,6 +34,7 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.parquet as pq
 import requests
+import zstandard
 
 from mmsa import readers
 from mmsa.brands import BrandTagger, load_rules
@@ -180,17 +181,53 @@ def content_key(path: Path | list[Path], options: ReadOptions | None = None) -> 
     return digest.hexdigest()[:16]
 
 
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of a file of zstd frames, one after another, read as they are needed.
+
+    zstandard's stream_reader ends quietly when a file stops inside a frame (a cut download would pass
+    for a shorter dump); here that raises ZstdError. Windows up to ZSTD_MAX_WINDOW are accepted."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
+        self.frame = self.dctx.decompressobj()
+        self.in_frame = False
+        self.out = b""
+        self.pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self.pos >= len(self.out):
+            data = self.raw.read(1 << 20)
+            if not data:
+                if self.in_frame:
+                    raise zstandard.ZstdError("the file ends inside a zstd frame (truncated?)")
+                return 0
+            parts = []
+            while data:
+                self.in_frame = True
+                parts.append(self.frame.decompress(data))
+                data = b""
+                if self.frame.eof:  # the next frame, if any, starts in what this one left over
+                    data, self.frame, self.in_frame = self.frame.unused_data, self.dctx.decompressobj(), False
+            self.out, self.pos = b"".join(parts), 0
+        n = min(len(buffer), len(self.out) - self.pos)
+        buffer[:n] = self.out[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+
 @contextmanager
 def _open_text(path: Path, compression: str | None):
     if compression == "gzip":
         with gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="") as fh:
             yield fh
     elif compression == "zstd":
-        import zstandard
-
         with path.open("rb") as raw:
-            reader = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(raw, read_size=1 << 20)
-            with io.TextIOWrapper(io.BufferedReader(reader, 1 << 20), encoding="utf-8", errors="replace", newline="") as fh:
+            with io.TextIOWrapper(io.BufferedReader(_ZstdFrames(raw), 1 << 20), encoding="utf-8", errors="replace",
+                                  newline="") as fh:
                 yield fh
     else:
         with path.open(encoding="utf-8", errors="replace", newline="") as fh:
@@ -199,33 +236,38 @@ def _open_text(path: Path, compression: str | None):
 
 def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict | str]]:
     """(line number, record) per record, or (line number, error text) for an unreadable one. A JSONL line
-    holding an array of objects (a saved API response) gives each of them, under the same line."""
+    holding an array of objects (a saved API response) gives each of them, under the same line. A file
+    that breaks off (a truncated download, a corrupt frame) ends with one error row after the records
+    read before the break, so the dump's other files are still read."""
     fmt, compression = file_kind(name or path.name)
-    if fmt == "jsonl":
-        with _open_text(path, compression) as fh:
-            for n, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield n, f"invalid JSON: {exc.msg}"
-                    continue
-                if isinstance(row, list) and row and all(isinstance(r, dict) for r in row):
-                    for item in row:
-                        yield n, item
-                    continue
-                yield (n, row) if isinstance(row, dict) else (n, "invalid JSON: not an object")
-    elif fmt == "csv":
-        with _open_text(path, compression) as fh:
-            for n, row in enumerate(csv.DictReader(fh), start=2):
-                yield n, {k: (v if v != "" else None) for k, v in row.items() if k is not None}
-    else:
-        n = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
-            for row in batch.to_pylist():
-                n += 1
-                yield n, row
+    n = 0
+    try:
+        if fmt == "jsonl":
+            with _open_text(path, compression) as fh:
+                for n, line in enumerate(fh, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        yield n, f"invalid JSON: {exc.msg}"
+                        continue
+                    if isinstance(row, list) and row and all(isinstance(r, dict) for r in row):
+                        for item in row:
+                            yield n, item
+                        continue
+                    yield (n, row) if isinstance(row, dict) else (n, "invalid JSON: not an object")
+        elif fmt == "csv":
+            with _open_text(path, compression) as fh:
+                for n, row in enumerate(csv.DictReader(fh), start=2):
+                    yield n, {k: (v if v != "" else None) for k, v in row.items() if k is not None}
+        else:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+                for row in batch.to_pylist():
+                    n += 1
+                    yield n, row
+    except (OSError, EOFError, ValueError, csv.Error, pa.ArrowException, zstandard.ZstdError) as exc:
+        yield n + 1, f"unreadable file from here: {type(exc).__name__}: {exc}"[:300]
 
 
 def parse_time(value: object) -> datetime:
@@ -337,7 +379,7 @@ def iter_shards(paths: Path | list[Path], shard_size: int, dump_name: str | None
         file_kind(name)  # an unreadable name fails before anything is read
     read = options.reader()
     tagger = BrandTagger(options.brand_rules) if options.brand_rules else None
-    seen: dict[str, tuple[int, int]] = {}  # post_id -> (file number, line)
+    seen: dict[str, int] = {}  # post_id -> file number << 40 | line (an int: the dict's only per-post memory)
     posts: list[dict] = []
     rejected: list[dict] = []
     skipped: Counter = Counter()
@@ -354,7 +396,7 @@ def iter_shards(paths: Path | list[Path], shard_size: int, dump_name: str | None
                         raise ValueError(item)
                     post = validate(item, options.max_images, tagger)
                     if post["post_id"] in seen:
-                        first_file, first_line = seen[post["post_id"]]
+                        first_file, first_line = divmod(seen[post["post_id"]], 1 << 40)
                         at = f"{files[first_file].name} line {first_line}" if len(files) > 1 else f"row {first_line}"
                         raise ValueError(f"duplicate post_id (first seen at {at})")
                 except ValueError as exc:
@@ -364,7 +406,7 @@ def iter_shards(paths: Path | list[Path], shard_size: int, dump_name: str | None
                     rejected.append({"post_id": None if pid is None else str(pid), "reason": str(exc),
                                      "raw": raw[:2000], "line": line, "file": where})
                     continue
-                seen[post["post_id"]] = (number, line)
+                seen[post["post_id"]] = number << 40 | line
                 posts.append(post)
                 if len(posts) == shard_size:
                     yield Shard(index, pa.Table.from_pylist(posts, schema=POST_SCHEMA), rejected, skipped)

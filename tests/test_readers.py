@@ -247,3 +247,19 @@ def test_records_a_reader_cannot_read_are_rejected_with_the_reason_and_the_rest_
     assert reasons[1] == "Jetstream commit event without a `commit` object"
     assert reasons[2].startswith("unparseable record: AttributeError")
     assert [r["line"] for r in shard.rejected] == [2, 3, 4]
+
+
+def test_a_file_that_breaks_off_keeps_its_records_and_the_next_file_is_read(tmp_path):
+    rng = __import__("random").Random(0)  # text that does not compress away, so half a file holds whole records
+    posts = [{"post_id": f"p{n}", "created_at": 1763632800, "text": "".join(rng.choices("abcdefgh ", k=300))}
+             for n in range(2000)]  # 128 KB zstd blocks: several of them, so the first half of the file decodes
+    whole = zstandard.ZstdCompressor(level=1).compress(_lines(posts[:1500]).encode())
+    (tmp_path / "a.jsonl.zst").write_bytes(whole[: len(whole) // 2])  # a download cut in the middle
+    (tmp_path / "b.jsonl.gz").write_bytes(gzip.compress(_lines(posts[1500:]).encode())[:-12])  # its trailer lost
+    (tmp_path / "c.jsonl").write_text(_lines([{"post_id": "last", "created_at": 0, "text": "read"}]))
+    (shard,) = source.iter_shards(source.resolve(tmp_path, tmp_path / "dl"), 5000)
+    ids = shard.posts["post_id"].to_pylist()
+    reasons = [(r["file"], r["reason"]) for r in shard.rejected]
+    assert ids[0] == "p0" and ids[-1] == "last" and 500 < ids.index("p1500") < 1500
+    assert [f for f, reason in reasons if reason.startswith("unreadable file from here")] == ["a.jsonl.zst", "b.jsonl.gz"]
+    assert all(reason.startswith("invalid JSON") for _, reason in reasons if not reason.startswith("unreadable"))
