@@ -1,12 +1,14 @@
 -- image_status_mix: data quality: per brand, what happened to the posts' images (ok, no image, fetch errors, ...).
 -- Answers: "how much of brand X's sentiment was judged without the image?"
 -- Parameters (NULL = no filter): $brand, $date_from, $date_to (inclusive days, UTC),
---   $model_version (NULL = the most recently used model version).
+--   $model_version (NULL = the most recently used model version), $source, $lang (a platform, a language).
 WITH posts AS (
     SELECT *
     FROM post_sentiment
     WHERE model_version = coalesce($model_version, (SELECT arg_max(model_version, scored_at) FROM scored_posts))
       AND ($brand IS NULL OR brand = $brand)
+      AND ($source IS NULL OR source = $source)
+      AND ($lang IS NULL OR lang = $lang)
       AND ($date_from IS NULL OR day >= CAST($date_from AS DATE))
       AND ($date_to IS NULL OR day <= CAST($date_to AS DATE))
 )
