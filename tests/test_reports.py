@@ -408,6 +408,10 @@ def test_html_summary_is_one_offline_page_with_every_report_and_chart(db, tmp_pa
     assert "http://" not in page.replace("https://img.example/", "")  # only data values, no assets
     for name, _ in report.list_reports():
         assert f'<h2 id="{name}">' in page
+    # It leads with the brand overview and the spikes, not with the alphabet; data quality comes last.
+    order = sorted((page.index(f'<h2 id="{name}">'), name) for name, _ in report.list_reports())
+    assert [name for _, name in order][:2] == ["daily_brand_sentiment", "sentiment_spikes"]
+    assert [name for _, name in order][-1] == "model_versions"
     assert "acme-0314-09" in page and "date_from=2024-03-04" in page
 
 
