@@ -312,9 +312,11 @@ class Dashboard:
                      ["brand", "period_start", "posts", "positive", "neutral", "negative", "net_sentiment",
                       "net_low", "net_high", "mean_sentiment_score"], "sql/dashboard/trend.sql")
 
-    def table_brands(self, con, f: Filters) -> Table:
+    def table_brands(self, con, f: Filters, trend: Table | None = None) -> Table:
+        """Each brand's totals over the selected days, summed from the trend's rows (`trend`, when the
+        caller has it, saves running its query twice)."""
         totals: dict = {}
-        for r in self.table_trend(con, f).rows:
+        for r in (trend or self.table_trend(con, f)).rows:
             t = totals.setdefault(r["brand"], {"brand": r["brand"], "posts": 0, "positive": 0, "neutral": 0, "negative": 0})
             for key in ("posts", *LABELS):
                 t[key] += r[key]
@@ -397,7 +399,8 @@ class Dashboard:
                       "posts_rejected", "rejected_rate", "stored_posts", "image_status"], "sql/reports/runs.sql")
 
     def table_models(self, con, f: Filters) -> Table:
-        rows = run_query(con, "model_versions", f, self.default_model(con))
+        unfiltered = not (f.brand or f.date_from or f.date_to or f.model_version)
+        rows = self.model_versions(con) if unfiltered else run_query(con, "model_versions", f, self.default_model(con))
         return Table("models", "Model versions", rows,
                      ["model_version", "is_default", "posts", "brands", "first_day", "last_day", "runs", "last_scored_at"],
                      "sql/reports/model_versions.sql")
@@ -523,7 +526,7 @@ class Dashboard:
         trend = self.table_trend(con, f)
         model = self.default_model(con)
         period = self.period(con, f, model)
-        brands = self.table_brands(con, f)
+        brands = self.table_brands(con, f, trend)
         first, last = self._span(con, f, model)
         panels = []
         if trend.rows and first and last:
@@ -794,7 +797,7 @@ def trend_svg(brand: str | None, rows: dict, periods: list[date], period: str, l
         h = vol_h * r["posts"] / vmax
         tip = (f"{brand} {p} ({period}): {r['posts']:,} posts, {r['positive']:,} positive, {r['negative']:,} negative; "
                f"net sentiment {_fmt(r['net_sentiment'], 2)} (95%: {_fmt(r['net_low'], 2)} to {_fmt(r['net_high'], 2)})")
-        parts.append(f'<a href="{esc(link(p))}" data-period="{p}" aria-label="{esc(tip)}"><rect class="bar" '
+        parts.append(f'<a href="{esc(link(p))}" data-period="{p}"><rect class="bar" '
                      f'x="{x(i) - bar_w / 2:.1f}" y="{vol_top + vol_h - h:.1f}" width="{bar_w:.1f}" height="{max(h, 0.5):.1f}">'
                      f'<title>{esc(tip)}</title></rect></a>')
         if r["net_low"] is not None:
