@@ -268,6 +268,7 @@ def test_browser_overview_brand_filter_then_the_spike_day_and_its_posts(server, 
     first = posts.first.inner_text()
     assert "negative post 9 about acme" in first and "engagement 801" in first
     # The thumbnails came from the dashboard (its image cache) and decoded in the browser.
+    page.wait_for_function("() => [...document.querySelectorAll('article.post img')].every(i => i.complete)")
     widths = page.eval_on_selector_all("article.post img", "imgs => imgs.map(i => i.naturalWidth)")
     assert len(widths) == 10 and all(0 < w <= 240 for w in widths)
 
