@@ -224,7 +224,7 @@ def run_query(con: duckdb.DuckDBPyConnection, name: str, f: Filters, model_versi
     return report.run_report(name, con, **bound).to_pylist()
 
 
-def applies(name: str) -> list[str]:
+def filters_not_taken(name: str) -> list[str]:
     """The dashboard filters query NAME does not take (said under its table)."""
     own = (SQL_DIR / f"{name}.sql").is_file()
     names = report.sql_parameters(_sql(name)) if own else report.parameters(name)
@@ -242,7 +242,6 @@ class Table:
     rows: list[dict]
     columns: list[str]
     query: str  # the SQL file it comes from
-    note: str = ""
 
 
 def _with_interval(rows: list[dict], k: str, n: str, prefix: str) -> None:
@@ -512,14 +511,13 @@ class Dashboard:
         columns = columns or table.columns
         shown = table.rows[:HTML_ROWS]
         more = f" (first {HTML_ROWS} of {len(table.rows):,} shown; the CSV has all)" if len(table.rows) > HTML_ROWS else ""
-        missing = applies(Path(table.query).stem)
+        missing = filters_not_taken(Path(table.query).stem)
         note = f" Not filtered by: {', '.join(missing)}." if missing else ""
         head = "".join(f"<th>{esc(c)}</th>" for c in columns)
         body = "".join("<tr>" + "".join(f"<td>{esc(_cell(r.get(c)))}</td>" for c in columns) + "</tr>" for r in shown)
         return (f'<section class="table" id="table-{table.name}"><h3>{esc(table.title)}</h3>'
                 f'<p class="meta">{len(table.rows):,} rows{more}, from <code>{esc(table.query)}</code>.{esc(note)} '
-                f'<a class="csv" href="/csv/{table.name}?{esc(f.query(extra=True))}">CSV</a>'
-                f'{(" " + table.note) if table.note else ""}</p>'
+                f'<a class="csv" href="/csv/{table.name}?{esc(f.query(extra=True))}">CSV</a></p>'
                 f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div></section>')
 
     def page_overview(self, con, f: Filters, query) -> str:
