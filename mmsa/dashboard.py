@@ -534,7 +534,9 @@ class Dashboard:
                 by_brand.setdefault(r["brand"], {})[r["period_start"]] = r
             busiest = [b["brand"] for b in brands.rows][:MAX_PANELS]
             for brand in busiest:
-                def link(start: date, brand=brand) -> str:
+                def link(start: date, brand=brand) -> str | None:
+                    if brand is None:  # posts without a brand cannot be filtered for: no link
+                        return None
                     end = start + timedelta(days=6) if period == "week" else start
                     end = min(end, last)
                     return "/posts?" + f.query(brand=brand, date_from=max(start, first).isoformat(), date_to=end.isoformat())
@@ -795,9 +797,10 @@ def trend_svg(brand: str | None, rows: dict, periods: list[date], period: str, l
         h = vol_h * r["posts"] / vmax
         tip = (f"{brand} {p} ({period}): {r['posts']:,} posts, {r['positive']:,} positive, {r['negative']:,} negative; "
                f"net sentiment {_fmt(r['net_sentiment'], 2)} (95%: {_fmt(r['net_low'], 2)} to {_fmt(r['net_high'], 2)})")
-        parts.append(f'<a href="{esc(link(p))}" data-period="{p}"><rect class="bar" '
-                     f'x="{x(i) - bar_w / 2:.1f}" y="{vol_top + vol_h - h:.1f}" width="{bar_w:.1f}" height="{max(h, 0.5):.1f}">'
-                     f'<title>{esc(tip)}</title></rect></a>')
+        bar = (f'<rect class="bar" x="{x(i) - bar_w / 2:.1f}" y="{vol_top + vol_h - h:.1f}" width="{bar_w:.1f}" '
+               f'height="{max(h, 0.5):.1f}"><title>{esc(tip)}</title></rect>')
+        href = link(p)
+        parts.append(f'<a href="{esc(href)}" data-period="{p}">{bar}</a>' if href else bar)
         if r["net_low"] is not None:
             current.append((i, r))
             points.append((i, r))

@@ -24,7 +24,8 @@ from mmsa import dashboard, publish, store
 from mmsa.cli import build_parser
 
 VIEWS = ["/", "/spikes", "/voice", "/disagreement", "/quality",
-         "/posts?date_from=2024-03-15&date_to=2024-03-15"]
+         "/posts?date_from=2024-03-15&date_to=2024-03-15",
+         "/spikes?threshold=1"]  # a low threshold makes 03-15 a spike, the <script> post its top driver
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +146,8 @@ def test_hostile_text_author_link_and_brand_are_escaped_in_every_view(server):
     assert 'href="https://social.example/p/evil-formula" rel="noopener noreferrer nofollow"' in page
     _, _, body = get(server, "/")
     assert "&lt;b onmouseover=alert(4)&gt;evil&lt;/b&gt;" in body.decode()
+    _, _, body = get(server, "/spikes?threshold=1")
+    assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt; hostile post" in body.decode()
 
 
 def test_csv_export_defuses_spreadsheet_formulas(server):
