@@ -30,6 +30,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import duckdb
+import pyarrow as pa
 
 from mmsa import report
 from mmsa.publish import snapshot_path
@@ -210,7 +211,7 @@ def _sql(name: str) -> str:
     return (SQL_DIR / f"{name}.sql").read_text()
 
 
-def run_query(con: duckdb.DuckDBPyConnection, name: str, f: Filters, model_version: str, **params) -> list[dict]:
+def query_table(con: duckdb.DuckDBPyConnection, name: str, f: Filters, model_version: str, **params) -> pa.Table:
     """Run sql/dashboard/NAME.sql, or the report NAME, with the filters it takes."""
     own = (SQL_DIR / f"{name}.sql").is_file()
     sql = _sql(name) if own else None
@@ -220,8 +221,13 @@ def run_query(con: duckdb.DuckDBPyConnection, name: str, f: Filters, model_versi
         bound.pop("model_version", None)  # the report's own default: its latest version, or every run
     bound.update(params)
     if own:
-        return report.run_sql(sql, con, f"query {name!r}", **bound).to_pylist()
-    return report.run_report(name, con, **bound).to_pylist()
+        return report.run_sql(sql, con, f"query {name!r}", **bound)
+    return report.run_report(name, con, **bound)
+
+
+def run_query(con: duckdb.DuckDBPyConnection, name: str, f: Filters, model_version: str, **params) -> list[dict]:
+    """query_table's rows."""
+    return query_table(con, name, f, model_version, **params).to_pylist()
 
 
 def filters_not_taken(name: str) -> list[str]:
@@ -344,8 +350,8 @@ class Dashboard:
 
     def table_posts(self, con, f: Filters) -> Table:
         model = self.default_model(con)
-        rows = run_query(con, "posts", f, model, label=f.extra.get("label"), limit=f.extra.get("limit", 50))
-        return Table("posts", "Posts", rows, list(rows[0]) if rows else ["post_id"], "sql/dashboard/posts.sql")
+        table = query_table(con, "posts", f, model, label=f.extra.get("label"), limit=f.extra.get("limit", 50))
+        return Table("posts", "Posts", table.to_pylist(), table.column_names, "sql/dashboard/posts.sql")
 
     def table_voice(self, con, f: Filters) -> Table:
         model = self.default_model(con)
@@ -369,9 +375,9 @@ class Dashboard:
 
     def table_gallery(self, con, f: Filters) -> Table:
         model = self.default_model(con)
-        rows = run_query(con, "posts", f, model, opposite=True, limit=f.extra.get("limit", 24))
-        return Table("gallery", "Posts whose text and image point opposite ways, most engaging first", rows,
-                     list(rows[0]) if rows else ["post_id"], "sql/dashboard/posts.sql")
+        table = query_table(con, "posts", f, model, opposite=True, limit=f.extra.get("limit", 24))
+        return Table("gallery", "Posts whose text and image point opposite ways, most engaging first",
+                     table.to_pylist(), table.column_names, "sql/dashboard/posts.sql")
 
     def table_image_status(self, con, f: Filters) -> Table:
         rows = run_query(con, "image_status_mix", f, self.default_model(con))
@@ -719,7 +725,7 @@ def to_csv(table: Table) -> str:
     (it starts with = + - @ or a tab) gets a leading apostrophe: post text is untrusted."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    columns = list(table.rows[0]) if table.rows else table.columns
+    columns = list(table.rows[0]) if table.rows else table.columns  # every column the query and the intervals gave
     writer.writerow(columns)
     for row in table.rows:
         cells = []

@@ -111,6 +111,8 @@ def test_posts_behind_a_day_most_engaging_first_with_every_prediction(server):
     assert [r["label"] for r in negatives] == ["negative"] * 3
     gallery = csv_rows(server, "/csv/gallery")
     assert len(gallery) == 8 and gallery[0]["post_id"] == reportdata.SARCASM_TOP
+    _, _, body = get(server, "/csv/posts?brand=nobody")  # no rows: still every column's name
+    assert body.decode().splitlines() == [",".join(rows[0])]
 
 
 def test_spikes_view_lists_the_spike_with_z_scores_and_history(server):
