@@ -961,7 +961,11 @@ class DashboardServer(ThreadingHTTPServer):
 
 def serve(db: str | Path, host: str = "127.0.0.1", port: int = 8765, cache: str | Path | None = None) -> None:
     """Run the dashboard until interrupted."""
-    server = DashboardServer(Dashboard(db, cache), host, port, verbose=True)
+    app = Dashboard(db, cache)
+    try:
+        server = DashboardServer(app, host, port, verbose=True)
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     print(f"mmsa dashboard on {server.url} over {db} (read-only); Ctrl-C stops it.", file=sys.stderr)
     if server.loopback:
         print("Only this machine can open it. To reach it from another, tunnel it (ssh -L PORT:127.0.0.1:PORT host) "
