@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: install run test test-slow clean
+.PHONY: install browser run test test-slow clean
 
 install: $(STAMP)
 
@@ -20,13 +20,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The dashboard's tests drive Debian's Chromium through Playwright (whose own browser download needs the
+# internet): installed with apt when missing, which needs root (CI runs as root).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else echo "chromium is missing and only root can install it: sudo apt-get install chromium" >&2; exit 1; fi; }
+
 run: install
 	$(VENV)/bin/mmsa demo --workdir demo_output
 
-test: install
+test: install browser
 	$(VENV)/bin/pytest -q
 
-test-slow: install
+test-slow: install browser
 	$(VENV)/bin/pytest -q -m slow
 
 clean:

@@ -1,14 +1,18 @@
-"""Time every SQL report (and the HTML summary and headline) over a generated scored_posts table.
+"""Time every SQL report, the HTML summary, the headline and each dashboard view over a generated scored_posts table.
 
 The table is generated inside DuckDB (range() and random() seeded by setseed): N posts over one year stored in time order (as nightly loads leave them), 10 brands with
 skewed volume, one planted negative spike,
 80% with an image, heavy-tailed engagement, a second (older) model version on 1% of the posts,
 one run per day and some rejected rows. Each report runs 3 times through a fresh read-only
 connection each (as the CLI does) and 3 times on one open connection; medians are recorded,
-with the HTML summary, the headline, a chart and the analyst snapshot's publishing.
+with the HTML summary, the headline, a chart and the analyst snapshot's publishing. Each dashboard
+view is requested through mmsa.dashboard.Dashboard.handle (its queries and its HTML, no socket) on the
+published snapshot: once first, which also fills what the dashboard keeps per snapshot (model versions,
+filter options), then 3 more times; the time inside its SQL queries is counted apart.
 
     .venv/bin/python benchmarks/bench_reports.py                 # 10M rows -> benchmarks/results/reports.md
     .venv/bin/python benchmarks/bench_reports.py --rows 1000000 --out /tmp/r.md
+    .venv/bin/python benchmarks/bench_reports.py --views-only    # only the dashboard section of the results
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import duckdb
 
-from mmsa import charts, publish, report, store
+from mmsa import charts, dashboard, publish, report, store
 
 GENERATE = """
 SELECT setseed(0.42);
@@ -142,12 +148,110 @@ FROM scored_posts
 """
 
 
+# The dashboard's views as an analyst opens them: the whole year, one brand, one day, filters.
+VIEWS = [
+    ("overview, all brands, the year (auto: per week)", "/"),
+    ("overview, all brands, the year per day", "/?period=day"),
+    ("overview, acme, December per day", "/?brand=acme&date_from=2025-12-01&date_to=2025-12-31"),
+    ("overview, reddit posts in German", "/?source=reddit&lang=de"),
+    ("spikes, all brands, the year", "/spikes"),
+    ("spikes, acme", "/spikes?brand=acme"),
+    ("posts of a day (acme, the spike day)", "/posts?brand=acme&date_from=2025-06-15&date_to=2025-06-15"),
+    ("share of voice, the year per week", "/voice"),
+    ("text vs image: rates and gallery", "/disagreement"),
+    ("data quality", "/quality"),
+    ("CSV of the daily trend, all brands", "/csv/trend?period=day"),
+]
+
+
+class QueryClock:
+    """Seconds spent inside report.run_sql (every query of the dashboard goes through it)."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._run_sql = report.run_sql
+
+    def __enter__(self):
+        def timed_run_sql(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return self._run_sql(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
+
+        report.run_sql = timed_run_sql
+        return self
+
+    def __exit__(self, *exc):
+        report.run_sql = self._run_sql
+
+
+def time_views(snapshot: Path) -> list[str]:
+    """One table row per dashboard view: first request, median of 3 more, CPU, time in SQL, page size."""
+    lines = []
+    t0, c0 = time.perf_counter(), time.process_time()
+    app = dashboard.Dashboard(snapshot)
+    with QueryClock() as clock:
+        first = app.handle("/", {})
+    assert first.status == 200, first.body[:500]
+    lines.append(f"| opening the snapshot + first overview (fills the per-snapshot lists) | {time.perf_counter() - t0:.2f} "
+                 f"| | {time.process_time() - c0:.2f} | {clock.seconds:.2f} | {len(first.body) / 1024:.0f} | |")
+    print(lines[-1], flush=True)
+    for label, url in VIEWS:
+        path, _, query = url.partition("?")
+        params = parse_qs(query)
+        t0 = time.perf_counter()
+        response = app.handle(path, params)
+        once = time.perf_counter() - t0
+        assert response.status == 200, (url, response.body[:500])
+        with QueryClock() as clock:
+            median, times, cpu, response = timed(lambda: app.handle(path, params))
+        lines.append(f"| {label}: `{url}` | {once:.2f} | {median:.2f} | {cpu:.2f} | {clock.seconds / 3:.2f} "
+                     f"| {len(response.body) / 1024:.0f} | {fmt(times)} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def views_section(lines: list[str], total: int, load: tuple[float, float], command: str) -> list[str]:
+    return [
+        "## Dashboard views (`mmsa dashboard`)",
+        "",
+        f"- What: each view of the dashboard on the published snapshot of the same {total:,} rows.",
+        f"- Machine: {machine()}; DuckDB {duckdb.__version__}, Python {platform.python_version()}; "
+        f"{datetime.now(timezone.utc):%Y-%m-%d}.",
+        f"- Command: `{command}`",
+        f"- Load average (1 min) before / after: {load[0]:.1f} / {load[1]:.1f} on {os.cpu_count()} cores (shared machine).",
+        "- Method: each view through `Dashboard.handle` (its SQL and its HTML, no socket). *first*: one",
+        "  request; *median*: of 3 more (the runs beside it); *CPU s*: their median CPU seconds (all DuckDB",
+        "  threads of this process); *in SQL*: mean seconds of those 3 spent in the view's queries.",
+        "",
+        "| view | first | median | CPU s | in SQL | KiB | runs |",
+        "|---|---:|---:|---:|---:|---:|---|",
+        *lines,
+    ]
+
+
+def replace_section(path: Path, heading: str, section: list[str]) -> str:
+    """The file's text with the `## heading...` section (to the next `## `) replaced by `section`, or appended."""
+    text = path.read_text() if path.is_file() else ""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(heading)), None)
+    if start is None:
+        return text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n"
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "\n".join(lines[:start] + section + ([""] + lines[end:] if end < len(lines) else [])) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "reports.md")
+    parser.add_argument("--views-only", action="store_true",
+                        help="time only the dashboard views; replace only their section of --out")
     args = parser.parse_args()
     names = [name for name, _ in report.list_reports()]
+    command = f"{Path(sys.executable).name} benchmarks/bench_reports.py" + (
+        f" --rows {args.rows}" if args.rows != 10_000_000 else "")
 
     with tempfile.TemporaryDirectory(prefix="mmsa-bench-") as tmp:
         db = Path(tmp) / "bench.duckdb"
@@ -158,6 +262,15 @@ def main() -> int:
             (total,) = con.execute("SELECT count(*) FROM scored_posts").fetchone()
         generate_s = time.perf_counter() - t0
         print(f"generated {total:,} rows in {generate_s:.1f} s ({db.stat().st_size / 2**30:.2f} GiB)", flush=True)
+
+        if args.views_only:
+            snapshot = publish.publish_snapshot(db)
+            load_before = os.getloadavg()
+            view_lines = time_views(snapshot)
+            section = views_section(view_lines, total, (load_before[0], os.getloadavg()[0]), command + " --views-only")
+            args.out.write_text(replace_section(args.out, "## Dashboard views", section))
+            print(f"wrote {args.out}")
+            return 0
 
         load_before = os.getloadavg()
         lines = []
@@ -180,6 +293,10 @@ def main() -> int:
             print(lines[-1], flush=True)
         load_after = os.getloadavg()
 
+        view_load = os.getloadavg()[0]
+        view_lines = time_views(publish.snapshot_path(db))  # published above, by the publish_snapshot timing
+        view_load = (view_load, os.getloadavg()[0])
+
         with duckdb.connect(str(db)) as con:
             con.execute(EPOCH_DAY_VIEW)
         epoch_lines = []
@@ -189,8 +306,6 @@ def main() -> int:
                 epoch_lines.append(f"| {name} | {warm:.2f} | {warm_cpu:.2f} | {fmt(warm_times)} |")
                 print(epoch_lines[-1], flush=True)
 
-    command = f"{Path(sys.executable).name} benchmarks/bench_reports.py" + (
-        f" --rows {args.rows}" if args.rows != 10_000_000 else "")
     text = [
         "# Report timings over a generated table",
         "",
@@ -219,6 +334,8 @@ def main() -> int:
         "| report | warm, all days | warm CPU s | warm runs |",
         "|---|---:|---:|---|",
         *epoch_lines,
+        "",
+        *views_section(view_lines, total, view_load, command),
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(text) + "\n")

@@ -26,6 +26,18 @@ CHARTS = ("daily_brand_sentiment", "weekly_brand_sentiment", "share_of_voice", "
 MAX_BRANDS = 8  # more lines than this on one axis stop being readable; the busiest brands are drawn
 HTML_MAX_ROWS = 50
 ANNOTATED_SPIKES = 3  # per brand, the strongest; every spike day is still circled
+# The summary's order: the questions in the order an analyst asks them (how is the brand doing, what
+# happened, against whom, why), data quality last; reports not named here follow alphabetically.
+SUMMARY_ORDER = ("daily_brand_sentiment", "sentiment_spikes", "period_over_period", "weekly_brand_sentiment",
+                 "share_of_voice", "top_posts", "breakdown_by_source", "breakdown_by_language",
+                 "modality_disagreement", "disagreeing_posts", "image_status_mix", "rejected_rows", "runs",
+                 "model_versions")
+
+
+def summary_order() -> list[str]:
+    """Every report, in the summary's order."""
+    names = [name for name, _ in report.list_reports()]
+    return [n for n in SUMMARY_ORDER if n in names] + [n for n in names if n not in SUMMARY_ORDER]
 
 
 def _by_brand(rows: list[dict], limit: int = MAX_BRANDS) -> dict[str, list[dict]]:
@@ -198,14 +210,15 @@ nav a { margin-right: 1em; }
 
 def html_summary(db: str | Path, out: str | Path, **filters: object) -> Path:
     """Run every report with `filters` (brand, date_from, date_to, model_version) and write one
-    self-contained HTML page: each report's header, its table (first rows) and its chart."""
+    self-contained HTML page, the brand trend and spikes first: each report's header, its table
+    (first rows) and its chart."""
     bad = sorted(set(filters) - set(report.FILTERS))
     if bad:
         raise ValueError(f"the summary takes only the filters {', '.join(report.FILTERS)}, not {', '.join(bad)}")
     shown = ", ".join(f"{k}={v}" for k, v in filters.items() if v is not None) or "none"
     sections, done = [], {}
     with report.connect(db) as con:
-        for name, _ in report.list_reports():
+        for name in summary_order():
             table = report.run_report(name, con, **filters)
             done[name] = table.to_pylist()
             rows = done[name][:HTML_MAX_ROWS]
@@ -217,7 +230,7 @@ def html_summary(db: str | Path, out: str | Path, **filters: object) -> Path:
             more = f" (first {HTML_MAX_ROWS} shown)" if table.num_rows > HTML_MAX_ROWS else ""
             parts.append(f"<p>{table.num_rows} rows{more}</p>" + _html_table(rows, table.column_names))
             sections.append("\n".join(parts))
-    nav = " ".join(f'<a href="#{n}">{n}</a>' for n, _ in report.list_reports())
+    nav = " ".join(f'<a href="#{n}">{n}</a>' for n in summary_order())
     page = (
         "<!doctype html>\n<html><head><meta charset='utf-8'><title>mmsa brand sentiment summary</title>"
         f"<style>{STYLE}</style></head><body>\n<h1>Brand sentiment summary</h1>\n"

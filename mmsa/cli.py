@@ -202,6 +202,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from mmsa import dashboard
+
+    dashboard.serve(args.db, host=args.host, port=args.port, cache=args.cache)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mmsa import demo
 
@@ -356,6 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chart", metavar="OUT.png", help="also draw the report's chart (trend, share of voice, spikes)")
     p.add_argument("--html", metavar="OUT.html", help="with `all`: the offline HTML summary of every report")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("dashboard", help="a local web dashboard over the analyst snapshot (read-only, offline)")
+    p.add_argument("--db", required=True, help="the analyst snapshot, <db stem>.analyst.duckdb")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; the dashboard has no login)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    p.add_argument("--cache", help="the pipeline's image cache (OUT/_cache), for thumbnails; never fetched from the web")
+    p.set_defaults(func=_cmd_dashboard)
 
     p = sub.add_parser("demo", help="generate a small dump with images, serve it on 127.0.0.1, score it, report")
     p.add_argument("--workdir", default="demo_output", help="where the demo writes its dump, Parquet and DuckDB")

@@ -1,7 +1,9 @@
 """Metrics on a labelled JSONL and their printout (`mmsa evaluate`).
 
 Accuracy alone flatters a model on MVSA (59.6% by always answering positive), so weighted and
-macro F1/precision/recall, per-class recall and the confusion matrix are always reported.
+macro F1/precision/recall, per-class recall and the confusion matrix are always reported; a few
+hundred posts cannot tell models a point apart, so each headline metric carries a bootstrap 95%
+interval, and the probabilities' expected calibration error is reported beside the labels.
 """
 
 from __future__ import annotations
@@ -44,6 +46,54 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     }
 
 
+CI_METRICS = ("accuracy", "weighted_f1", "macro_f1", "macro_recall")
+
+
+def _metrics_from_confusions(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Headline metrics of a stack of confusion matrices (..., k, k), vectorised for the bootstrap."""
+    cm = cm.astype(float)
+    support, predicted, tp = cm.sum(-1), cm.sum(-2), np.diagonal(cm, axis1=-2, axis2=-1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=(precision + recall) > 0)
+    n = support.sum(-1, keepdims=True)
+    out = {
+        "accuracy": tp.sum(-1) / n[..., 0],
+        "weighted_f1": (f1 * support / n).sum(-1),
+        "macro_f1": f1.mean(-1),
+        "macro_recall": recall.mean(-1),
+    }
+    out.update({f"recall_{lab}": recall[..., i] for i, lab in enumerate(LABELS)})
+    return out
+
+
+def bootstrap_intervals(y_true: np.ndarray, y_pred: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Percentile 95% intervals of the headline metrics and per-class recalls over posts resampled
+    with replacement (seeded, so a rerun prints the same interval)."""
+    k = len(LABELS)
+    codes = np.asarray(y_true) * k + np.asarray(y_pred)
+    rng = np.random.default_rng(seed)
+    cms = np.zeros((n_boot, k * k))
+    for s in range(0, n_boot, 100):  # bounded memory on large sets
+        draw = codes[rng.integers(0, len(codes), size=(min(100, n_boot - s), len(codes)))]
+        cms[s : s + len(draw)] = np.stack([np.bincount(row, minlength=k * k) for row in draw])
+    metrics = _metrics_from_confusions(cms.reshape(n_boot, k, k))
+    return {name: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for name, v in metrics.items()}
+
+
+def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int = 15) -> float:
+    """Top-label ECE: the gap between confidence and accuracy, averaged over equal-width confidence
+    bins weighted by their share of rows."""
+    probs, y_true = np.asarray(probs, dtype=float), np.asarray(y_true)
+    if len(y_true) == 0:
+        return float("nan")
+    conf, correct = probs.max(1), (probs.argmax(1) == y_true).astype(float)
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    gaps = [abs(conf[which == b].mean() - correct[which == b].mean()) * (which == b).mean()
+            for b in range(bins) if (which == b).any()]
+    return float(sum(gaps))
+
+
 def evaluate_file(path: str | Path, model="default", batch_size: int = 32, backend: str | None = None) -> dict:
     """Score every row of a labelled JSONL with `model` (a SentimentModel or a name/folder).
 
@@ -69,41 +119,51 @@ def evaluate_file(path: str | Path, model="default", batch_size: int = 32, backe
     text_probs = np.concatenate([p.text_probs for p in preds])
     image_probs = np.concatenate([p.image_probs for p in preds])
     has = ~np.isnan(image_probs).any(1)
-    out = classification_metrics(ds.labels, probs.argmax(1))
+    out = _scored(ds.labels, probs)
     out.update(
         model=m.version,
         data=str(path),
         n_with_image=int(has.sum()),
         ms_per_post=1000 * seconds / max(len(ds), 1),
         batch_size=batch_size,
-        text_only=_brief(classification_metrics(ds.labels, text_probs.argmax(1))),
-        image_only=_brief(classification_metrics(ds.labels[has], image_probs[has].argmax(1))) if has.any() else None,
+        text_only=_brief(_scored(ds.labels, text_probs)),
+        image_only=_brief(_scored(ds.labels[has], image_probs[has])) if has.any() else None,
     )
     return out
 
 
+def _scored(y_true: np.ndarray, probs: np.ndarray) -> dict:
+    m = classification_metrics(y_true, probs.argmax(1))
+    m["ci95"] = bootstrap_intervals(y_true, probs.argmax(1))
+    m["ece"] = expected_calibration_error(probs, y_true)
+    return m
+
+
 def _brief(m: dict) -> dict:
-    return {k: m[k] for k in ("n", "accuracy", "weighted_f1", "macro_f1", "macro_recall")}
+    return {k: m[k] for k in ("n", "accuracy", "weighted_f1", "macro_f1", "macro_recall", "per_class_recall", "ci95", "ece")}
+
+
+def _with_ci(m: dict, name: str) -> str:
+    lo, hi = m["ci95"][name]
+    return f"{name}={m[name]:.4f} [{lo:.3f}, {hi:.3f}]"
 
 
 def format_metrics(m: dict) -> str:
     lines = [
         f"model {m.get('model', '?')}  data {m.get('data', '?')}",
-        f"n={m['n']}  accuracy={m['accuracy']:.4f}  weighted_f1={m['weighted_f1']:.4f}  "
-        f"macro_f1={m['macro_f1']:.4f}  macro_recall={m['macro_recall']:.4f}",
+        f"n={m['n']}  " + "  ".join(_with_ci(m, k) for k in CI_METRICS) + "  (bootstrap 95% intervals)",
         f"precision weighted={m['weighted_precision']:.4f} macro={m['macro_precision']:.4f}  "
         f"recall weighted={m['weighted_recall']:.4f} macro={m['macro_recall']:.4f}",
         "per-class recall: " + "  ".join(f"{k}={v:.4f}" for k, v in m["per_class_recall"].items()),
+        f"expected calibration error: {m['ece']:.4f}",
         "confusion (rows true, cols predicted: " + ", ".join(LABELS) + ")",
         *("  " + f"{lab:>9s} " + " ".join(f"{c:5d}" for c in row) for lab, row in zip(LABELS, m["confusion"])),
     ]
     for branch in ("text_only", "image_only"):
         b = m.get(branch)
         if b:
-            lines.append(
-                f"{branch}: n={b['n']} accuracy={b['accuracy']:.4f} weighted_f1={b['weighted_f1']:.4f} "
-                f"macro_f1={b['macro_f1']:.4f}"
-            )
+            lines.append(f"{branch}: n={b['n']}  " + "  ".join(_with_ci(b, k) for k in CI_METRICS)
+                         + f"  ece={b['ece']:.4f}")
     if "ms_per_post" in m:
         lines.append(f"{m['ms_per_post']:.1f} ms/post model time (batch size {m['batch_size']}, decoding excluded)")
     return "\n".join(lines)

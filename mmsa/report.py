@@ -57,10 +57,15 @@ def describe(name: str) -> str:
     return "\n".join(_header(_path(name).read_text()))
 
 
+def sql_parameters(sql: str) -> list[str]:
+    """The `$name` parameters an SQL text binds (comments ignored), sorted."""
+    code = re.sub(r"--[^\n]*", "", sql)
+    return sorted(set(re.findall(r"\$([A-Za-z_]\w*)", code)))
+
+
 def parameters(name: str) -> list[str]:
     """The `$name` parameters the report's SQL binds (comments ignored), sorted."""
-    code = re.sub(r"--[^\n]*", "", _path(name).read_text())
-    return sorted(set(re.findall(r"\$([A-Za-z_]\w*)", code)))
+    return sql_parameters(_path(name).read_text())
 
 
 def connect(db: str | Path) -> duckdb.DuckDBPyConnection:
@@ -84,11 +89,16 @@ def run_report(name: str, db: str | Path | duckdb.DuckDBPyConnection, **params: 
 
     Parameters the report does not use raise ValueError when set (a typo must not silently
     mean "no filter"); the ones left out are bound as NULL."""
-    sql = _path(name).read_text()
-    wanted = parameters(name)
+    return run_sql(_path(name).read_text(), db, f"report {name!r}", **params)
+
+
+def run_sql(sql: str, db: str | Path | duckdb.DuckDBPyConnection, what: str, **params: object) -> pa.Table:
+    """Run one SQL text the way run_report runs a report (`what` names it in errors); for the
+    queries of other readers of the pack, such as the dashboard's sql/dashboard/."""
+    wanted = sql_parameters(sql)
     unknown = sorted(k for k, v in params.items() if v is not None and k not in wanted)
     if unknown:
-        raise ValueError(f"report {name!r} has no parameter {', '.join(unknown)}; it takes: {', '.join(wanted)}")
+        raise ValueError(f"{what} has no parameter {', '.join(unknown)}; it takes: {', '.join(wanted)}")
     bound = {key: params.get(key) for key in wanted}
     try:
         if isinstance(db, duckdb.DuckDBPyConnection):
@@ -96,7 +106,7 @@ def run_report(name: str, db: str | Path | duckdb.DuckDBPyConnection, **params: 
         with connect(db) as con:
             return con.sql(sql, params=bound).to_arrow_table()
     except duckdb.ConversionException as exc:  # a parameter value of the wrong type, e.g. --from 2024-13-01
-        raise ValueError(f"report {name!r}: bad parameter value: {str(exc).splitlines()[0]}") from exc
+        raise ValueError(f"{what}: bad parameter value: {str(exc).splitlines()[0]}") from exc
 
 
 def cell(value: object, precise: bool) -> str:

@@ -172,6 +172,7 @@ def test_spikes_find_only_the_planted_day_with_its_z_scores_and_driving_posts(db
     share_window = [1 / 4, 1 / 6] * 5
     first = got[0]
     assert first["kind"] == "volume+negative_share"
+    assert first["history_days"] == 10
     assert first["mean_posts"] == pytest.approx(statistics.mean(volume_window))
     assert first["posts_z"] == pytest.approx((10 - statistics.mean(volume_window)) / statistics.stdev(volume_window))
     assert first["negative_share_z"] == pytest.approx((0.8 - statistics.mean(share_window)) / statistics.stdev(share_window))
@@ -194,6 +195,19 @@ def test_spike_parameters_threshold_window_top_and_dates(db):
     assert short[0]["posts_z"] == pytest.approx((10 - 16 / 3) / statistics.stdev([6, 4, 6]))
     # min_posts above the day's 10 posts silences the negative-share spike.
     assert {r["kind"] for r in rows("sentiment_spikes", db, min_posts=11)} == {"volume"}
+    # source / lang judge that platform's or language's own series: acme's twitter posts have no spike
+    # (the spike day's posts are all on reddit, where acme has no history to judge it on).
+    assert rows("sentiment_spikes", db, source="twitter") == []
+    assert rows("sentiment_spikes", db, source="reddit") == []
+    assert {r["day"] for r in rows("sentiment_spikes", db, lang="en")} == {SPIKE_DAY}
+
+
+def test_source_and_language_filters_of_the_disagreement_and_image_reports(db):
+    """The dashboard's source and language filters reach the reports it reuses."""
+    german = by(rows("modality_disagreement", db, lang="de"), "brand")
+    assert list(german) == ["globex"] and (german["globex"]["posts"], german["globex"]["disagreeing"]) == (14, 0)
+    reddit = by(rows("image_status_mix", db, source="reddit"), "brand", "image_status")
+    assert {k: r["posts"] for k, r in reddit.items()} == {("acme", "ok"): 10}
 
 
 # --- breakdowns and posts ------------------------------------------------------------------
@@ -426,6 +440,10 @@ def test_html_summary_is_one_offline_page_with_every_report_and_chart(db, tmp_pa
     assert "http://" not in page.replace("https://img.example/", "")  # only data values, no assets
     for name, _ in report.list_reports():
         assert f'<h2 id="{name}">' in page
+    # It leads with the brand overview and the spikes, not with the alphabet; data quality comes last.
+    order = sorted((page.index(f'<h2 id="{name}">'), name) for name, _ in report.list_reports())
+    assert [name for _, name in order][:2] == ["daily_brand_sentiment", "sentiment_spikes"]
+    assert [name for _, name in order][-1] == "model_versions"
     assert "acme-0314-09" in page and "date_from=2024-03-04" in page
 
 

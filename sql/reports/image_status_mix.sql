@@ -4,12 +4,14 @@
 -- without images; else its first image's failure). images: the images of the brand's posts with
 -- that status, each counted once (a post has up to --max-images of them).
 -- Parameters (NULL = no filter): $brand, $date_from, $date_to (inclusive days, UTC),
---   $model_version (NULL = the most recently used model version).
+--   $model_version (NULL = the most recently used model version), $source, $lang (a platform, a language).
 WITH posts AS (
     SELECT *
     FROM post_sentiment
     WHERE model_version = coalesce($model_version, (SELECT arg_max(model_version, scored_at) FROM scored_posts))
       AND ($brand IS NULL OR brand = $brand)
+      AND ($source IS NULL OR source = $source)
+      AND ($lang IS NULL OR lang = $lang)
       AND ($date_from IS NULL OR day >= CAST($date_from AS DATE))
       AND ($date_to IS NULL OR day <= CAST($date_to AS DATE))
 ),

@@ -3,12 +3,14 @@
 -- Counted over posts with both a text and an image label. disagreeing = labels differ at all;
 -- opposite = one positive and the other negative.
 -- Parameters (NULL = no filter): $brand, $date_from, $date_to (inclusive days, UTC),
---   $model_version (NULL = the most recently used model version).
+--   $model_version (NULL = the most recently used model version), $source, $lang (a platform, a language).
 WITH posts AS (
     SELECT *
     FROM post_sentiment
     WHERE model_version = coalesce($model_version, (SELECT arg_max(model_version, scored_at) FROM scored_posts))
       AND ($brand IS NULL OR brand = $brand)
+      AND ($source IS NULL OR source = $source)
+      AND ($lang IS NULL OR lang = $lang)
       AND ($date_from IS NULL OR day >= CAST($date_from AS DATE))
       AND ($date_to IS NULL OR day <= CAST($date_to AS DATE))
 ),

@@ -6,12 +6,14 @@
 -- gives no z-score.
 -- Parameters: $brand, $date_from, $date_to (days judged, inclusive, UTC; the window may reach
 --   before $date_from), $model_version (NULL = the most recently used model),
+--   $source, $lang (NULL = every platform / language; else the series of that platform / language only),
 --   $window    trailing days (default 28),
 --   $threshold z-score that makes a spike (default 3),
 --   $min_posts posts a day needs before its negative share can spike (default 5),
 --   $top       driving posts listed per spike (default 3): by engagement, negative posts first
 --              when the negative share spiked.
--- One row per (spike, driving post); the spike's columns repeat on its rows.
+-- One row per (spike, driving post); the spike's columns repeat on its rows. history_days = the days
+-- the z-scores were computed over (the window, or fewer at the start of the data).
 WITH settings AS (
     SELECT
         least(coalesce(CAST($window AS INTEGER), 28), 7)  AS min_history,
@@ -24,6 +26,8 @@ posts AS NOT MATERIALIZED (  -- read twice from the table rather than copied
     FROM post_sentiment
     WHERE model_version = coalesce($model_version, (SELECT arg_max(model_version, scored_at) FROM scored_posts))
       AND ($brand IS NULL OR brand = $brand)
+      AND ($source IS NULL OR source = $source)
+      AND ($lang IS NULL OR lang = $lang)
       AND ($date_to IS NULL OR day <= CAST($date_to AS DATE))
 ),
 daily AS (
@@ -56,6 +60,7 @@ judged AS (
     SELECT
         brand,
         day,
+        history_days,
         posts,
         mean_posts,
         (posts - mean_posts) / nullif(sd_posts, 0)                                  AS posts_z,
@@ -93,6 +98,7 @@ SELECT
     brand,
     day,
     concat_ws('+', CASE WHEN volume_spike THEN 'volume' END, CASE WHEN negative_spike THEN 'negative_share' END) AS kind,
+    history_days,
     posts,
     mean_posts,
     posts_z,

@@ -1,0 +1,318 @@
+"""`mmsa dashboard`: a real HTTP server on 127.0.0.1 over a real snapshot file (tests/dashboarddata.py),
+read over HTTP and driven in headless Chromium (Playwright, the system's chromium)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import dashboarddata
+import pytest
+import reportdata
+from browser import CHROMIUM_ARGS, chromium_path
+from dashboarddata import FORMULA_TEXT, IMG_AUTHOR, JS_LINK, MARKUP_BRAND, SCRIPT_TEXT
+
+from mmsa import dashboard, publish, store
+from mmsa.cli import build_parser
+
+VIEWS = ["/", "/spikes", "/voice", "/disagreement", "/quality",
+         "/posts?date_from=2024-03-15&date_to=2024-03-15",
+         "/spikes?threshold=1"]  # a low threshold makes 03-15 a spike, the <script> post its top driver
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> tuple[Path, Path]:
+    return dashboarddata.build(tmp_path_factory.mktemp("dashboard"))
+
+
+@pytest.fixture(scope="module")
+def server(planted):
+    snapshot, cache = planted
+    srv = dashboard.DashboardServer(dashboard.Dashboard(snapshot, cache), port=0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def get(server, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    request = urllib.request.Request(server.url.rstrip("/") + path, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def csv_rows(server, path: str) -> list[dict]:
+    status, headers, body = get(server, path)
+    assert status == 200 and headers["Content-Type"].startswith("text/csv"), body[:300]
+    return list(csv.DictReader(io.StringIO(body.decode())))
+
+
+# --- numbers -----------------------------------------------------------------------------------
+
+
+def test_wilson_interval_matches_worked_values():
+    """Known Wilson 95% intervals (e.g. 0 of 10: 0 to 0.2775; 5 of 10: 0.2366 to 0.7634); no posts, no interval."""
+    assert dashboard.wilson(0, 10) == (0.0, pytest.approx(0.27754, abs=1e-4))
+    assert dashboard.wilson(5, 10) == (pytest.approx(0.23659, abs=1e-4), pytest.approx(0.76341, abs=1e-4))
+    assert dashboard.wilson(80, 100) == (pytest.approx(0.71117, abs=1e-4), pytest.approx(0.86663, abs=1e-4))
+    assert dashboard.wilson(0, 0) == (None, None)
+    low, high = dashboard.net_interval(8, 2)  # p = 0.8 of 10: net 0.6
+    assert (low, high) == (pytest.approx(2 * 0.49016 - 1, abs=1e-4), pytest.approx(2 * 0.94332 - 1, abs=1e-4))
+    assert low < 0.6 < high
+
+
+def test_trend_csv_carries_the_planted_counts_and_their_intervals(server):
+    """The overview's table per week: acme's planted counts (plus week 2's two hostile posts) and Wilson bands."""
+    rows = csv_rows(server, "/csv/trend?brand=acme&period=week")
+    assert [(r["period_start"], r["posts"], r["positive"], r["negative"]) for r in rows] == [
+        ("2024-03-04", "34", "17", "7"), ("2024-03-11", "44", "19", "14")]
+    week1 = rows[0]
+    assert float(week1["net_sentiment"]) == pytest.approx(10 / 24)
+    low, high = dashboard.net_interval(17, 7)
+    assert (float(week1["net_low"]), float(week1["net_high"])) == (pytest.approx(low), pytest.approx(high))
+    daily = csv_rows(server, "/csv/trend?brand=globex&source=instagram&lang=de&period=day")
+    assert len(daily) == 7 and {r["posts"] for r in daily} == {"2"}  # globex's German week
+
+
+def test_share_of_voice_and_disagreement_rates_have_intervals(server):
+    """Shares of voice per week sum to 1 with each brand's interval around it; disagreement rates likewise."""
+    voice = csv_rows(server, "/csv/voice?period=week&date_to=2024-03-10")
+    assert [(r["brand"], r["mentions"], r["all_mentions"]) for r in voice] == [("acme", "34", "48"), ("globex", "14", "48")]
+    assert math.fsum(float(r["share_of_voice"]) for r in voice) == pytest.approx(1)
+    for r in voice:
+        assert float(r["share_low"]) < float(r["share_of_voice"]) < float(r["share_high"])
+    rates = {r["brand"]: r for r in csv_rows(server, "/csv/disagreement")}
+    assert (rates["globex"]["disagreeing"], rates["globex"]["posts_with_both"]) == ("7", "35")
+    assert float(rates["globex"]["disagreement_rate_low"]) == pytest.approx(dashboard.wilson(7, 35)[0])
+
+
+def test_posts_behind_a_day_most_engaging_first_with_every_prediction(server):
+    """The posts of the spike day, as the click on its bar lists them."""
+    rows = csv_rows(server, "/csv/posts?brand=acme&date_from=2024-03-14&date_to=2024-03-14")
+    assert len(rows) == 10
+    assert [r["post_id"] for r in rows[:3]] == ["acme-0314-09", "acme-0314-08", "acme-0314-07"]
+    first = rows[0]
+    assert (first["label"], first["text_label"], first["image_label"], first["engagement"]) == (
+        "negative", "negative", "negative", "801")
+    assert float(first["p_negative"]) == 0.8
+    negatives = csv_rows(server, "/csv/posts?brand=acme&date_from=2024-03-14&date_to=2024-03-14&label=negative&limit=3")
+    assert [r["label"] for r in negatives] == ["negative"] * 3
+    gallery = csv_rows(server, "/csv/gallery")
+    assert len(gallery) == 8 and gallery[0]["post_id"] == reportdata.SARCASM_TOP
+    _, _, body = get(server, "/csv/posts?brand=nobody")  # no rows: still every column's name
+    assert body.decode().splitlines() == [",".join(rows[0])]
+
+
+def test_spikes_view_lists_the_spike_with_z_scores_and_history(server):
+    """The spike page: the planted day, its z-scores and the days it was judged on."""
+    rows = csv_rows(server, "/csv/spikes?brand=acme")
+    assert {r["day"] for r in rows} == {"2024-03-14"} and rows[0]["history_days"] == "10"
+    assert float(rows[0]["posts_z"]) == pytest.approx(4.7434, abs=1e-3)
+    status, _, body = get(server, "/spikes?brand=acme")
+    page = body.decode()
+    assert status == 200 and "z = 4.74" in page and "over the 10 days before" in page
+    assert 'href="/posts?brand=acme&amp;date_from=2024-03-14&amp;date_to=2024-03-14"' in page
+    assert csv_rows(server, "/csv/spikes?brand=acme&threshold=20") == []
+
+
+# --- safety ------------------------------------------------------------------------------------
+
+
+def test_hostile_text_author_link_and_brand_are_escaped_in_every_view(server):
+    """No markup from a post reaches a page as markup; every page forbids scripts by its CSP."""
+    for path in VIEWS:
+        status, headers, body = get(server, path)
+        page = body.decode()
+        assert status == 200, path
+        assert "script-src" not in headers["Content-Security-Policy"]  # default-src 'none' covers scripts
+        assert headers["Content-Security-Policy"].startswith("default-src 'none'")
+        assert "<script" not in page and "<img src=x" not in page and "<b onmouseover" not in page, path
+        assert 'href="javascript:' not in page and 'src="javascript:' not in page, path
+    _, _, body = get(server, "/posts?date_from=2024-03-15&date_to=2024-03-15")
+    page = body.decode()
+    assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt; hostile post" in page
+    assert "&lt;img src=x onerror=&quot;window.__pwned = 2&quot;&gt;" in page
+    assert JS_LINK not in page  # a javascript: link is not shown as a link
+    assert 'href="https://social.example/p/evil-formula" rel="noopener noreferrer nofollow"' in page
+    _, _, body = get(server, "/")
+    assert "&lt;b onmouseover=alert(4)&gt;evil&lt;/b&gt;" in body.decode()
+    _, _, body = get(server, "/spikes?threshold=1")
+    assert "&lt;script&gt;window.__pwned = 1&lt;/script&gt; hostile post" in body.decode()
+
+
+def test_csv_export_defuses_spreadsheet_formulas(server):
+    """A post text starting with = is exported with a leading apostrophe; other values unchanged."""
+    rows = {r["post_id"]: r for r in csv_rows(server, "/csv/posts?date_from=2024-03-15&date_to=2024-03-15")}
+    assert rows["evil-formula"]["text"] == "'" + FORMULA_TEXT
+    assert rows["evil-script"]["text"] == SCRIPT_TEXT and rows["evil-script"]["author"] == IMG_AUTHOR
+    assert rows["evil-brand"]["brand"] == MARKUP_BRAND
+
+
+def test_thumbnails_come_only_from_the_image_cache(server):
+    """Cached images are served re-encoded as small JPEGs; anything else is a 404, never fetched."""
+    cached = "https://img.example/acme-0314-09.jpg"
+    status, headers, body = get(server, "/thumb?" + urllib.parse.urlencode({"url": cached}))
+    assert status == 200 and headers["Content-Type"] == "image/jpeg" and body[:2] == b"\xff\xd8"
+    from PIL import Image
+
+    assert max(Image.open(io.BytesIO(body)).size) <= 240
+    assert get(server, "/thumb?url=https://img.example/acme-0304-00.jpg")[0] == 404  # scored, not cached
+    assert get(server, "/thumb?url=javascript:alert(5)")[0] == 404
+    _, _, page = get(server, "/posts?brand=acme&date_from=2024-03-14&date_to=2024-03-14")
+    sources = [s.split('"')[0] for s in page.decode().split('<img src="')[1:]]
+    assert len(sources) == 10 and all(s.startswith("/thumb?url=https%3A%2F%2Fimg.example%2Facme-0314-") for s in sources)
+
+
+def test_binds_loopback_by_default_and_refuses_other_host_names(server):
+    """127.0.0.1 unless --host says otherwise; a request naming another host (DNS rebinding) is refused."""
+    assert build_parser().parse_args(["dashboard", "--db", "x"]).host == "127.0.0.1"
+    assert server.server_address[0] == "127.0.0.1"
+    assert get(server, "/", {"Host": "attacker.example:%d" % server.server_address[1]})[0] == 403
+    assert get(server, "/", {"Host": "localhost:%d" % server.server_address[1]})[0] == 200
+
+
+def test_refuses_the_pipeline_database_and_bad_filters(planted, server):
+    """The pipeline's own file is refused (a reader there would stop the next run); bad input is a 400."""
+    snapshot, _ = planted
+    with pytest.raises(ValueError, match="analyst snapshot"):
+        dashboard.Dashboard(snapshot.with_name("planted.duckdb"))
+    status, _, body = get(server, "/?date_from=2024-13-01")
+    assert status == 400 and b"date_from must be a date" in body
+    assert get(server, "/?period=month")[0] == 400
+    assert get(server, "/csv/nope")[0] == 404
+
+
+def test_a_newly_published_snapshot_is_read_at_the_next_page(tmp_path):
+    """The pipeline replaces the snapshot file; the running dashboard shows the new rows without a restart."""
+    db = reportdata.build(tmp_path / "p.duckdb")
+    snapshot = publish.publish_snapshot(db)
+    srv = dashboard.DashboardServer(dashboard.Dashboard(snapshot), port=0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        before = {r["brand"]: r["posts"] for r in csv_rows(srv, "/csv/brands")}
+        with store.connect(db) as con:
+            con.execute("INSERT INTO scored_posts SELECT * REPLACE ('acme-new' AS post_id) FROM scored_posts "
+                        "WHERE post_id = 'acme-0304-00' AND model_version = 'v2'")
+        publish.publish_snapshot(db)
+        after = {r["brand"]: r["posts"] for r in csv_rows(srv, "/csv/brands")}
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert (before["acme"], after["acme"]) == ("76", "77")
+
+
+def test_mmsa_dashboard_command_serves_the_snapshot(planted):
+    """`mmsa dashboard --db SNAPSHOT --port 0` in its own process: it says where it listens and serves there."""
+    snapshot, cache = planted
+    proc = subprocess.Popen([sys.executable, "-m", "mmsa.cli", "dashboard", "--db", str(snapshot), "--port", "0",
+                             "--cache", str(cache)], stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert "mmsa dashboard on http://127.0.0.1:" in line, line + proc.stderr.read()
+        url = line.split(" on ")[1].split()[0]
+        with urllib.request.urlopen(url + "spikes", timeout=30) as r:
+            assert r.status == 200 and b"acme-0314-09" in r.read()
+        assert "Only this machine can open it" in proc.stderr.readline()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+# --- in a real browser -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1100, "height": 900}, accept_downloads=True)
+        pg = context.new_page()
+        pg.hosts = set()  # every host the page asked for anything: only the dashboard's
+        pg.on("request", lambda request: pg.hosts.add(urllib.parse.urlsplit(request.url).netloc))
+        pg.errors = []
+        pg.on("pageerror", lambda exc: pg.errors.append(str(exc)))
+        yield pg
+        browser.close()
+
+
+def test_browser_overview_brand_filter_then_the_spike_day_and_its_posts(server, page):
+    """Load the overview, pick a brand in the filter, open Spikes, click the spike day, read its driving posts."""
+    page.goto(server.url)
+    assert page.locator("svg.trend").count() == 3  # acme, globex, the markup-named brand
+    page.select_option("select[name=brand]", "globex")
+    page.click("button[type=submit]")
+    assert "brand=globex" in page.url
+    assert [page.locator("svg.trend").nth(i).get_attribute("data-brand") for i in range(page.locator("svg.trend").count())] == ["globex"]
+    assert page.locator("#table-brands tbody tr").count() == 1
+
+    page.select_option("select[name=brand]", "acme")
+    page.click("button[type=submit]")
+    page.click("nav >> text=Spikes")
+    assert "brand=acme" in page.url
+    spike = page.locator("a.spike-day")
+    assert spike.count() == 1 and spike.inner_text() == "2024-03-14"
+    assert "z = 4.74" in page.locator("article.spike").inner_text()
+    spike.click()
+    assert "/posts?" in page.url and "date_from=2024-03-14" in page.url
+    posts = page.locator("article.post")
+    assert posts.count() == 10
+    assert [posts.nth(i).get_attribute("data-post-id") for i in range(3)] == ["acme-0314-09", "acme-0314-08", "acme-0314-07"]
+    first = posts.first.inner_text()
+    assert "negative post 9 about acme" in first and "engagement 801" in first
+    # The thumbnails came from the dashboard (its image cache) and decoded in the browser.
+    page.wait_for_function("() => [...document.querySelectorAll('article.post img')].every(i => i.complete)")
+    widths = page.eval_on_selector_all("article.post img", "imgs => imgs.map(i => i.naturalWidth)")
+    assert len(widths) == 10 and all(0 < w <= 240 for w in widths)
+
+    # A bar of the overview chart leads to the same posts.
+    page.goto(server.url + "?brand=acme&period=day")
+    page.click('svg.trend a[data-period="2024-03-14"]')
+    assert page.locator("article.post").count() == 10
+    assert page.hosts == {f"127.0.0.1:{server.server_address[1]}"}  # nothing fetched from anywhere else
+    assert page.errors == []
+
+
+def test_browser_hostile_post_renders_as_text(server, page):
+    """The <script> / <img onerror> post shows its markup as text; nothing of it runs or becomes an element."""
+    page.goto(server.url + "posts?date_from=2024-03-15&date_to=2024-03-15")
+    card = page.locator('article.post[data-post-id="evil-script"]')
+    assert card.locator("p.text").inner_text() == SCRIPT_TEXT
+    assert card.locator(".author").inner_text() == IMG_AUTHOR
+    assert page.locator("script").count() == 0
+    assert page.locator("main img:not([src^='/thumb'])").count() == 0
+    assert card.locator("a").count() == 0  # its javascript: link is not a link
+    assert page.evaluate("typeof window.__pwned") == "undefined"
+    page.goto(server.url)
+    assert MARKUP_BRAND in page.locator("svg.trend .panel-title").all_text_contents()
+    assert page.locator("b").count() == 0 and page.evaluate("typeof window.__pwned") == "undefined"
+
+
+def test_browser_every_view_renders_and_exports_its_table_as_csv(server, page):
+    """Each view opens from the navigation with its heading and tables; a CSV link downloads that table."""
+    page.goto(server.url)
+    for name, heading in [("Share of voice", "Share of voice"), ("Text vs image", "Text vs image"),
+                          ("Data quality", "Data quality"), ("Overview", "Brand overview")]:
+        page.click(f"nav >> text={name}")
+        assert page.locator("h2").first.inner_text() == heading
+        assert page.locator("a.csv").count() >= 1
+    page.click("nav >> text=Data quality")
+    assert page.locator("section.table").count() == 4
+    with page.expect_download() as download:
+        page.click("#table-runs a.csv")
+    text = Path(download.value.path()).read_text()
+    assert text.splitlines()[0].startswith("run_id,dump,model_version") and len(text.splitlines()) == 4
+    assert page.errors == []
