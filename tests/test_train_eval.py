@@ -171,7 +171,10 @@ def test_cli_evaluate_json(env, tmp_path, capsys):
     run(_cfg(env, head="text"), env["data"], tmp_path / "m", cache_dir=env["cache"], progress=False)
     assert cli.main(["evaluate", "--data", str(env["data"] / "dev.jsonl"), "--model", str(tmp_path / "m"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["n"] == 60 and {"accuracy", "weighted_f1", "macro_f1", "macro_recall"} <= set(out)
+    assert out["n"] == 60 and {"accuracy", "weighted_f1", "macro_f1", "macro_recall", "ci95", "ece"} <= set(out)
+    for block in (out, out["text_only"]):
+        lo, hi = block["ci95"]["accuracy"]
+        assert lo <= block["accuracy"] <= hi and 0 <= block["ece"] <= 1
 
 
 def test_shipped_default_model_honours_the_contract():
@@ -201,3 +204,27 @@ def test_feature_cache_follows_mmsa_cache(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "MMSA_CACHE": str(tmp_path)}).stdout.strip()
     assert out == str(tmp_path / "features")
+
+
+def test_bootstrap_intervals_bracket_the_metric_and_narrow_with_more_posts():
+    from mmsa.evaluate import bootstrap_intervals
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 400)
+    pred = np.where(rng.random(400) < 0.7, y, (y + 1) % 3)  # about 70% right
+    acc = float((pred == y).mean())
+    small, large = bootstrap_intervals(y[:100], pred[:100]), bootstrap_intervals(np.tile(y, 10), np.tile(pred, 10))
+    lo, hi = bootstrap_intervals(y, pred)["accuracy"]
+    assert lo < acc < hi and 0.05 < hi - lo < 0.12  # about +-1.96 * sqrt(.7 * .3 / 400)
+    assert large["accuracy"][1] - large["accuracy"][0] < small["accuracy"][1] - small["accuracy"][0]
+    assert bootstrap_intervals(y, pred) == bootstrap_intervals(y, pred)  # seeded
+
+
+def test_expected_calibration_error_is_zero_when_confidence_matches_accuracy():
+    from mmsa.evaluate import expected_calibration_error
+
+    y = np.array([0, 0, 0, 1] * 25)
+    honest = np.tile([0.75, 0.15, 0.10], (100, 1))  # says 75% and is right 75% of the time
+    overconfident = np.tile([0.99, 0.005, 0.005], (100, 1))
+    assert expected_calibration_error(honest, y) == pytest.approx(0.0, abs=1e-9)
+    assert expected_calibration_error(overconfident, y) == pytest.approx(0.24, abs=1e-6)
