@@ -17,17 +17,23 @@ import numpy as np
 from mmsa.schema import LABELS
 
 
+def _per_class(cm: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(support, true positives, precision, recall, F1) per class of one confusion matrix or a stack (..., k, k);
+    a class never predicted or never present scores 0, not NaN."""
+    cm = np.asarray(cm, dtype=float)
+    support, predicted, tp = cm.sum(-1), cm.sum(-2), np.diagonal(cm, axis1=-2, axis2=-1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=(precision + recall) > 0)
+    return support, tp, precision, recall, f1
+
+
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     """Rows of `confusion` are true labels, columns predicted, in LABELS order."""
     k = len(LABELS)
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     cm = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
-    support = cm.sum(1)
-    predicted = cm.sum(0)
-    tp = np.diag(cm).astype(float)
-    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
+    support, tp, precision, recall, f1 = _per_class(cm)
     n = int(cm.sum())
     w = support / max(n, 1)
     return {
@@ -51,11 +57,7 @@ CI_METRICS = ("accuracy", "weighted_f1", "macro_f1", "macro_recall")
 
 def _metrics_from_confusions(cm: np.ndarray) -> dict[str, np.ndarray]:
     """Headline metrics of a stack of confusion matrices (..., k, k), vectorised for the bootstrap."""
-    cm = cm.astype(float)
-    support, predicted, tp = cm.sum(-1), cm.sum(-2), np.diagonal(cm, axis1=-2, axis2=-1)
-    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=(precision + recall) > 0)
+    support, tp, _, recall, f1 = _per_class(cm)
     n = support.sum(-1, keepdims=True)
     out = {
         "accuracy": tp.sum(-1) / n[..., 0],
