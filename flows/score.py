@@ -78,10 +78,14 @@ def score_flow(
     mapping: dict[str, str] | None = None,
     brands: str | None = None,
     max_images: int = source.DEFAULT_MAX_IMAGES,
+    fetch_processes: int | None = 0,
+    gpu_decode: bool = False,
 ) -> pipeline.RunSummary:
     """Score one post dump (a file, folder or glob of files) into Parquet partitions under `out` and the
     DuckDB file `db`. source_format: a mmsa.readers name (None: each record's shape decides); mapping:
-    {flat field: path in the record}; brands: a brands file (mmsa.brands); max_images: per post.
+    {flat field: path in the record}; brands: a brands file (mmsa.brands); max_images: per post;
+    fetch_processes: image worker processes per machine scoring shards (mmsa.procfetch; 0: threads, None: by cores);
+    gpu_decode: JPEGs decoded on the GPU in batches where one is present (mmsa.gpudecode).
 
     The whole run holds `<db>.lock`: a second run against the same database is refused."""
     from mmsa.model import load_model
@@ -90,6 +94,7 @@ def score_flow(
         db=db, out=out, cache=cache, model=model, shard_size=shard_size, allow_local_files=allow_local_files,
         allow_hosts=tuple(allow_hosts or ()), force=force, retry_failed=retry_failed,
         backend=backend, reading=source.ReadOptions.build(source_format, mapping, brands, max_images),
+        fetch_processes=fetch_processes, gpu_decode=gpu_decode,
     )
     with pipeline.run_lock(db):
         run_id, started_at = pipeline.new_run_id(), now_utc()
@@ -114,10 +119,21 @@ def score_flow(
 @task(name="headline")
 def headline_task(db: str, run_id: str, out: str) -> list[str]:
     """Publish the analysts' headline (from the snapshot the load just published) with its charts."""
-    from mmsa import publish, report
+    import shutil
+    import tempfile
 
-    charts = Path(out) / "_reports" / run_id
+    from mmsa import publish, report, storage
+
+    remote = storage.is_remote(out)  # charts drawn in a local folder, then uploaded beside the Parquet
+    charts = Path(tempfile.mkdtemp(prefix="mmsa-charts-")) if remote else Path(out) / "_reports" / run_id
     headline = report.headline_markdown(publish.snapshot_path(db), run_id=run_id, chart_dir=charts)
-    links = "\n".join(f"- chart: `{path}`" for path in headline.charts)
+    paths = [str(path) for path in headline.charts]
+    if remote:
+        target = storage.path(out) / "_reports" / run_id
+        for path in headline.charts:
+            storage.upload(path, target / Path(path).name)
+        paths = [str(target / Path(path).name) for path in headline.charts]
+        shutil.rmtree(charts, ignore_errors=True)
+    links = "\n".join(f"- chart: `{path}`" for path in paths)
     create_markdown_artifact(key="headline", markdown=f"{headline.markdown}\n{links}\n", description="mmsa nightly headline")
-    return [str(p) for p in headline.charts]
+    return paths

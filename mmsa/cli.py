@@ -91,6 +91,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
             mapping=reading.mapping or None,
             brands=args.brands,
             max_images=args.max_images,
+            fetch_processes=args.fetch_processes,
+            gpu_decode=args.gpu_decode,
         )
     print(summary.describe())
     return 0
@@ -140,6 +142,24 @@ def _add_reading_options(p: argparse.ArgumentParser, brands: bool = True) -> Non
     p.add_argument("--max-images", type=int, default=4, metavar="N", help="images per post, in its order (default 4)")
 
 
+def _processes(value: str) -> int | None:
+    if value == "auto":
+        return None
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"a number of processes (0: threads) or auto, not {value!r}")
+    return int(value)
+
+
+def _add_fetch_processes(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fetch-processes", type=_processes, default=os.environ.get("MMSA_FETCH_PROCESSES", "auto"),
+                   metavar="N|auto",
+                   help="download + decode + resize images in N worker processes; 0: threads of this process; auto "
+                        "(default, or $MMSA_FETCH_PROCESSES): one per core on machines of more than 2 cores, else 0 "
+                        "(benchmarks/results/fetch_processes.md)")
+    p.add_argument("--gpu-decode", action="store_true",
+                   help="decode JPEGs on the GPU in batches (torchvision/nvJPEG) when one is present; no effect without")
+
+
 def _add_runner_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runner", choices=("threads", "dask"), default="threads",
                    help="where shards are scored: threads of this process, or Dask workers")
@@ -159,6 +179,8 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
         deadline=args.deadline,
         workers=args.workers,
         per_host=args.per_host,
+        processes=args.fetch_processes,
+        gpu_decode=args.gpu_decode,
     )
     summary = fetch.fetch_dump(
         args.dump, args.cache, config, status_path=args.status, retry_failed=args.retry_failed, progress=not args.quiet,
@@ -276,11 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("score", help="score a post dump into Parquet + DuckDB (Prefect flow)")
-    p.add_argument("dump", help="JSONL/CSV/Parquet file (.gz/.zst too), a folder or a quoted glob of them, or an http(s) URL")
+    p.add_argument("dump", help="JSONL/CSV/Parquet file (.gz/.zst too), a folder or a quoted glob of them, an http(s) "
+                                "URL, or an fsspec URL (s3://bucket/dumps/day.jsonl.zst; docs/operations.md)")
     _add_reading_options(p)
-    p.add_argument("--db", required=True, help="DuckDB database file to write")
-    p.add_argument("--out", required=True, help="folder for hive-partitioned Parquet results")
-    p.add_argument("--cache", help="image cache folder (default: OUT/_cache)")
+    p.add_argument("--db", required=True, help="DuckDB database file to write (local)")
+    p.add_argument("--out", required=True, help="folder for hive-partitioned Parquet results, or s3://bucket/prefix")
+    p.add_argument("--cache", help="image cache folder or s3://bucket/prefix (default: OUT/_cache)")
     p.add_argument("--model", default="default", help="model name or folder (default: shipped model)")
     p.add_argument("--shard-size", type=int, default=None,
                    help="posts per shard, the unit of work and resume (default: the size an earlier run cut this "
@@ -301,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="re-fetch retryable image failures and re-score their shards")
     _add_runner_options(p)
     p.add_argument("--dask-workers", type=int, default=2, help="worker processes of the temporary local Dask cluster")
+    _add_fetch_processes(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_score)
 
@@ -340,8 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", required=True, help="image cache folder (shared with `score --cache`)")
     p.add_argument("--status", help="status table to write (default: CACHE/status/<dump name>.parquet)")
     p.add_argument("--retry-failed", action="store_true", help="fetch again the URLs whose last status was retryable")
-    p.add_argument("--workers", type=int, default=16, help="concurrent downloads")
+    p.add_argument("--workers", type=int, default=16, help="concurrent downloads (per process, with --fetch-processes)")
     p.add_argument("--per-host", type=int, default=8, help="concurrent downloads from one host")
+    _add_fetch_processes(p)
     p.add_argument("--deadline", type=float, default=30.0, help="seconds allowed per image, retries included")
     p.add_argument("--allow-local-files", action="store_true", help="accept absolute paths and file: URLs as image_url")
     p.add_argument("--allow-hosts", nargs="*", default=[], metavar="HOST_OR_CIDR",

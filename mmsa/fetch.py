@@ -20,6 +20,7 @@ How it stays safe and bounded on untrusted input:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import json
@@ -28,6 +29,7 @@ import os
 import random
 import re
 import socket
+import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -123,6 +125,13 @@ class FetchConfig:
     per_host: int = 8  # concurrent downloads from one host
     user_agent: str = "mmsa-fetch/0.1 (+image sentiment research)"
     ca_bundle: str | None = None  # CA certificates file for HTTPS (a private CDN's CA); default: certifi
+    # Worker processes for download + decode + resize (mmsa.procfetch): 0 = threads of this process; None = one
+    # per core on machines of more than 2 cores, else 0. With N > 0, `workers` threads download in each
+    # process and `per_host` is split between them (mmsa.procfetch).
+    processes: int | None = 0
+    # Decode JPEGs on the GPU in batches (mmsa.gpudecode) where one is present; other formats, capped and odd
+    # images stay on the CPU path. No effect without a GPU.
+    gpu_decode: bool = False
 
 
 @dataclass
@@ -153,18 +162,22 @@ class ImageCache:
     preprocessed arrays: a model of any image size, and any later preprocessing, reuses them without
     downloading again, and they take a third to a twelfth of the disk and of the writes (`mmsa fetch`
     of 5,000 images: 10-22% less CPU; benchmarks/results/infer.md, "(b) eleventh CPU session"). Every
-    write goes to a temporary file then os.replace, so concurrent processes never see half a file.
+    write goes to a temporary file then os.replace, so concurrent processes never see half a file. The root
+    may be an fsspec URL (s3://bucket/cache, mmsa.storage): there each write is one upload, which appears whole.
     """
 
     def __init__(self, root: str | Path):
-        self.root = Path(root) / "src-v1"
+        from mmsa import storage
+
+        self.root = storage.path(root) / "src-v1"
 
     def load(self, key: str) -> bytes:
         """The image bytes stored under `key`."""
         return self._image_path(key).read_bytes()
 
     def has(self, key: str) -> bool:
-        return self._image_path(key).is_file()
+        path = self._image_path(key)
+        return path.is_file() if isinstance(path, Path) else path.exists()
 
     def store(self, key: str, data: bytes) -> None:
         _atomic_write(self._image_path(key), data)
@@ -190,6 +203,11 @@ class ImageCache:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    if not isinstance(path, Path):  # object storage (mmsa.storage): one upload, whole or not at all
+        from mmsa import storage
+
+        storage.write_bytes(path, data)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_bytes(data)
@@ -227,18 +245,17 @@ def fetch_images(
 
     ok = done = 0
     with (
-        _Fetcher(config, cache, keep_images) as fetcher,
-        ThreadPoolExecutor(config.workers, thread_name_prefix="mmsa-fetch") as pool,
+        _submitter(config, cache, keep_images, retry_failed) as (submit, capacity),
         _progress_bar(len(items), progress) as bar,
     ):
         bar.update(len(items) - sum(map(len, posts_by_url.values())))
         pending: dict = {}
         urls = iter(posts_by_url)
         while True:
-            # Keep at most 2 x workers URLs submitted: bounded memory for any dump size.
+            # Keep at most `capacity` (2 x workers per process) URLs submitted: bounded memory for any dump size.
             for url in urls:
-                pending[pool.submit(fetcher.fetch, url, retry_failed)] = url
-                if len(pending) >= 2 * config.workers:
+                pending[submit(url)] = url
+                if len(pending) >= capacity:
                     break
             if not pending:
                 break
@@ -255,6 +272,24 @@ def fetch_images(
                 bar.update(len(posts_by_url[url]))
                 bar.set_postfix_str(f"ok {100 * ok / done:.0f}%", refresh=False)
     return results  # type: ignore[return-value]
+
+
+@contextmanager
+def _submitter(config: FetchConfig, cache: ImageCache, keep_images: bool, retry_failed: bool):
+    """(submit(url) -> Future of its FetchResult, how many may be in flight): threads of this process, or
+    worker processes (mmsa.procfetch) when config.processes asks for them."""
+    from mmsa import procfetch
+
+    processes = procfetch.resolve_processes(config.processes)
+    if processes:
+        with procfetch.session(config, cache, keep_images, retry_failed, processes) as submitting:
+            yield submitting
+        return
+    with (
+        _Fetcher(config, cache, keep_images) as fetcher,
+        ThreadPoolExecutor(config.workers, thread_name_prefix="mmsa-fetch") as pool,
+    ):
+        yield (lambda url: pool.submit(fetcher.fetch, url, retry_failed)), 2 * config.workers
 
 
 # The status table written by `mmsa fetch`: one row per image of a post (one no_image row for a post without).
@@ -315,15 +350,19 @@ def fetch_dump(
     """
     from mmsa import source
 
+    from mmsa import storage
+
     started = time.monotonic()
-    cache_dir = Path(cache_dir)
-    files = source.resolve(dump, cache_dir / "dumps")
+    cache_dir = storage.path(cache_dir)  # local, or a bucket (mmsa.storage): downloads and the table stay local first
+    local_dir = cache_dir if isinstance(cache_dir, Path) else Path(tempfile.gettempdir()) / "mmsa-fetch"
+    files = source.resolve(dump, local_dir / "dumps")
     if status_path is None:
         stem = re.sub(r"[^\w.-]", "_", Path(urlsplit(str(dump)).path).stem)  # a glob's * and ? are no file names
         status_path = cache_dir / "status" / f"{stem}.parquet"
-    status_path = Path(status_path)
-    status_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = status_path.with_name(f".{status_path.name}.{os.getpid()}.tmp")
+    status_path = storage.path(status_path)
+    local_status = status_path if isinstance(status_path, Path) else local_dir / "status" / status_path.name
+    local_status.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local_status.with_name(f".{local_status.name}.{os.getpid()}.tmp")
     cache = ImageCache(cache_dir)
     counts: dict[str, int] = {}
     rejected = 0
@@ -346,7 +385,9 @@ def fetch_dump(
                 flush()
         if batch:
             flush()
-    os.replace(tmp, status_path)
+    os.replace(tmp, local_status)
+    if local_status is not status_path:
+        storage.upload(local_status, status_path)
     return FetchSummary(status_path, counts, rejected, time.monotonic() - started)
 
 
@@ -376,6 +417,14 @@ class _Fetcher:
         self._pool = _pool_manager(config)
         self._host_slots: dict[str, threading.BoundedSemaphore] = {}
         self._lock = threading.Lock()
+        self.gpu = None  # a mmsa.gpudecode.BatchDecoder with config.gpu_decode and a GPU
+        if config.gpu_decode and keep_images:
+            from mmsa import gpudecode
+
+            if gpudecode.available():
+                self.gpu = gpudecode.BatchDecoder()
+        # One decode at a time per core on the CPU; a thread waiting on the GPU's batch holds no core.
+        self._decode_slots = _DECODE_SLOTS if self.gpu is None else contextlib.nullcontext()
 
     def __enter__(self) -> _Fetcher:
         self.watchdog.start()
@@ -384,6 +433,8 @@ class _Fetcher:
     def __exit__(self, *exc: object) -> None:
         self.watchdog.stop()
         self._pool.clear()
+        if self.gpu is not None:
+            self.gpu.close()
 
     def fetch(self, url: str, retry_failed: bool) -> FetchResult:
         start = time.monotonic()
@@ -482,7 +533,7 @@ class _Fetcher:
         if not self.keep_images:
             return replace(known, url=url)
         try:
-            with _DECODE_SLOTS:
+            with self._decode_slots:
                 image = self._preprocess(self.cache.load(known.image_key), known.http_code)
         except _Failure as failure:  # a pixel cap lower than when the bytes were fetched
             return _failed(url, failure, 0, start, known.bytes)
@@ -494,7 +545,7 @@ class _Fetcher:
             failure = _Failure(ImageStatus.TOO_LARGE, f"over {self.config.max_bytes} bytes", code)
             return _failed(url, failure, attempts, start, len(data))
         image = None
-        with _DECODE_SLOTS:
+        with self._decode_slots:
             key = hashlib.sha256(data).hexdigest()
             stored = self.cache.has(key)  # bytes that decoded before, under another URL
             if self.keep_images or not stored:
@@ -518,7 +569,8 @@ class _Fetcher:
 
     def _preprocess(self, data: bytes, code: int | None) -> np.ndarray:
         try:
-            return imaging.preprocess(data, self.config.image_size, self.config.max_pixels)
+            decode = imaging.preprocess if self.gpu is None else self.gpu.preprocess
+            return decode(data, self.config.image_size, self.config.max_pixels)
         except imaging.ImageError as exc:
             status = {
                 imaging.NotAnImageError: ImageStatus.NOT_AN_IMAGE,

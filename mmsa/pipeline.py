@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import json
 import os
+import tempfile
 import threading
 import time
 import uuid
@@ -22,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from mmsa import publish, source, store
+from mmsa import publish, source, storage, store
 from mmsa.schema import LABELS, SCORED_SCHEMA
 
 # Posts per shard, the unit of work and of resume. 512 rather than 256: fewer per-shard costs (a task run,
@@ -99,10 +99,12 @@ class RunOptions:
     retry_failed: bool = False
     backend: str | None = None  # inference backend (mmsa.infer.BACKENDS); None = mmsa.infer.default_backend
     reading: source.ReadOptions = field(default_factory=source.ReadOptions)  # formats, mapping, brands, image cap
+    fetch_processes: int | None = 0  # image worker processes (mmsa.procfetch); 0: threads; None: by the cores
+    gpu_decode: bool = False  # JPEGs decoded on the GPU in batches where one is present (mmsa.gpudecode)
 
     @property
     def cache_dir(self) -> Path:
-        return Path(self.cache) if self.cache else Path(self.out) / "_cache"
+        return storage.path(self.cache) if self.cache else storage.path(self.out) / "_cache"
 
 
 @dataclass
@@ -194,11 +196,13 @@ def new_run_id() -> str:
 def prepare(dump: str, opts: RunOptions) -> Prepared:
     """Read and validate the dump (its files, as one) and cut it into shard files; rejected rows go to one
     file beside them. The work folder is keyed by the files' bytes and by how they are read."""
-    staging = Path(opts.out) / "_work" / "_downloads"
+    out = storage.path(opts.out)  # a local folder, or a bucket's prefix (mmsa.storage)
+    staging = (Path(opts.out) if not storage.is_remote(out) else Path(tempfile.gettempdir()) / "mmsa") / "_work" / "_downloads"
     files = source.resolve(dump, staging)
     key = source.content_key(files, opts.reading)
-    workdir = Path(opts.out) / "_work" / key
-    remove_stale_tmp(workdir / "shards", *workdir.glob("done/*"), *Path(opts.out).glob("date=*"))
+    workdir = out / "_work" / key
+    if not storage.is_remote(out):  # object storage has no temporary files: an upload appears whole or not at all
+        remove_stale_tmp(workdir / "shards", *workdir.glob("done/*"), *out.glob("date=*"))
     shard_size = _shard_size(workdir, opts.shard_size)
     shards, rejected, posts_in, not_posts = [], [], 0, Counter()
     for shard in source.iter_shards(files, shard_size, dump_name=str(dump), options=opts.reading):
@@ -229,14 +233,15 @@ def _shard_size(workdir: Path, requested: int | None) -> int:
 
 
 def _done_marker(shard_path: str, model_version: str) -> Path:
-    shard = Path(shard_path)
+    shard = storage.path(shard_path)
     return shard.parent.parent / "done" / model_version / f"{shard.stem}.json"
 
 
 def _fetch_config(opts: RunOptions, image_size: int):
     from mmsa.fetch import FetchConfig
 
-    return FetchConfig(image_size=image_size, allow_hosts=tuple(opts.allow_hosts), allow_local_files=opts.allow_local_files)
+    return FetchConfig(image_size=image_size, allow_hosts=tuple(opts.allow_hosts), allow_local_files=opts.allow_local_files,
+                       processes=opts.fetch_processes, gpu_decode=opts.gpu_decode)
 
 
 def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> ShardResult:
@@ -252,7 +257,7 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
 
     model = load_model(opts.model)
     marker = _done_marker(shard_path, model.version)
-    index = int(Path(shard_path).stem.split("-")[1])
+    index = int(storage.path(shard_path).stem.split("-")[1])
     if marker.exists() and not opts.force:
         done = json.loads(marker.read_text())
         if not (opts.retry_failed and done.get("retryable", 0)):
@@ -260,7 +265,7 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
 
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    posts = pq.read_table(shard_path)
+    posts = storage.read_table(shard_path)
     post_texts, post_ids = posts["text"].to_pylist(), posts["post_id"].to_pylist()
     rows = model_rows(posts["image_urls"].to_pylist())
     texts = [post_texts[p] for p, _, _ in rows]
@@ -292,7 +297,7 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
 
     statuses, post_pred, images = combine(posts.num_rows, rows, [r.status for r in fetched], pred)
     table = scored_table(posts, statuses, post_pred, model.version, run_id, images)
-    files = store.write_partitions(table, Path(opts.out), f"{model.version}-{key}-{index:05d}")
+    files = store.write_partitions(table, storage.path(opts.out), f"{model.version}-{key}-{index:05d}")
     seconds["write"] = time.perf_counter() - t3
 
     result = ShardResult(index, [str(f) for f in files], posts.num_rows, dict(Counter(statuses)), seconds)
@@ -412,7 +417,7 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
          started_at, stage_seconds: dict[str, float]) -> RunSummary:
     """Upsert every shard's rows and the rejected rows into DuckDB, and record the run."""
     t0 = time.perf_counter()
-    rejected = json.loads((Path(prepared.workdir) / "rejected.json").read_text())
+    rejected = json.loads((storage.path(prepared.workdir) / "rejected.json").read_text())
     con = store.connect(opts.db)
     try:
         scored = store.load_scored(con, [f for r in results for f in r.files])
