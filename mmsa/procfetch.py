@@ -6,8 +6,8 @@ interpreter lock caps download + decode + resize near one core's worth. With Fet
 
 - each worker runs the very same `_Fetcher.fetch` as the thread path (address policy on every hop, pinned
   connections, deadlines by watchdog, byte and pixel caps, retries, statuses, the cache's atomic writes), in
-  `FetchConfig.workers` threads of its own; the per-host cap is split between the workers
-  (per_host // N each, at least 1), so a host sees at most about `per_host` downloads at once;
+  `FetchConfig.workers` threads of its own; the per-host cap holds across the workers: its host slots are
+  counters in shared memory (one per hash bucket of host names), so a host sees at most `per_host` downloads;
 - the preprocessed images come back through a file in shared memory (/dev/shm), mapped by the parent and
   by every worker: one slot of image_size x image_size x 3 bytes per image in flight. The worker writes
   the slot, sends the small FetchResult (no pixels) through a queue, the parent copies the slot out and
@@ -27,13 +27,16 @@ be started: the thread path is used there, and a cluster gets its parallelism fr
 from __future__ import annotations
 
 import atexit
+import functools
 import itertools
 import multiprocessing as mp
 import os
 import queue
 import tempfile
 import threading
+import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -70,7 +73,11 @@ class _Pool:
         self.n = n
         self.results = ctx.Queue()
         self.tasks = [ctx.Queue() for _ in range(n)]
-        self.procs = [ctx.Process(target=_worker_main, args=(i, n, self.tasks[i], self.results), daemon=True,
+        # Downloads in flight per host (hashed into _HOST_BUCKETS), shared by the workers: the per-host cap holds
+        # across processes, as one semaphore per host does across threads.
+        # Kept referenced here: a semaphore collected in this process is unlinked, before a worker opened it.
+        self.hosts = (ctx.Array("i", _HOST_BUCKETS, lock=False), ctx.Condition())
+        self.procs = [ctx.Process(target=_worker_main, args=(i, n, self.tasks[i], self.results, self.hosts), daemon=True,
                                   name=f"mmsa-fetch-{i}") for i in range(n)]
         for proc in self.procs:
             proc.start()
@@ -115,11 +122,14 @@ class _Pool:
             if entry is None:
                 continue
             future, worker, session, slot = entry
-            if kind == "done":
+            try:
+                if kind != "done":
+                    raise RuntimeError(f"fetch worker failed: {payload}")
                 session.finished(worker, slot, future, payload)
-            else:
+            except Exception as exc:  # noqa: BLE001 - the caller gets it; this thread serves the other futures
                 session.release(worker, slot)
-                future.set_exception(RuntimeError(f"fetch worker failed: {payload}"))
+                if not future.done():
+                    future.set_exception(exc)
 
     def _fail_dead(self) -> None:
         dead = {i for i, p in enumerate(self.procs) if not p.is_alive()}
@@ -158,6 +168,9 @@ def _context():
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["mmsa.fetch", "mmsa.procfetch"])
     return ctx
+
+
+_HOST_BUCKETS = 1024  # hosts hashed into this many shared counters; two hosts sharing one share its cap
 
 
 _POOL: _Pool | None = None
@@ -215,7 +228,7 @@ class _Session:
             os.ftruncate(fd, self.capacity * int(np.prod(self.shape)))
             os.close(fd)
             self._images = np.memmap(self._path, dtype=np.uint8, mode="r+", shape=(self.capacity, *self.shape))
-        per_worker = replace(config, per_host=max(1, config.per_host // n), processes=0)
+        per_worker = replace(config, processes=0)
         self.pool.send_all(("job", self.job, per_worker, cache, keep_images, self._path, self.capacity))
 
     def submit(self, url: str) -> Future:
@@ -231,7 +244,7 @@ class _Session:
 
     def finished(self, worker: int, slot: int, future: Future, payload: tuple) -> None:
         result, has_image = payload
-        if has_image:
+        if has_image and self._images is not None:  # None: the call ended (it raised) before this came
             result = replace(result, image=np.array(self._images[slot]))
         self.release(worker, slot)
         future.set_result(result)
@@ -266,7 +279,24 @@ class session:
 # --- In the worker process ---------------------------------------------------------------------------
 
 
-def _worker_main(index: int, n: int, tasks, results) -> None:
+@contextmanager
+def _shared_host_slot(hosts, per_host: int, host: str):
+    """The per-host cap across processes: at most `per_host` downloads at once from `host`'s bucket."""
+    counts, cond = hosts
+    bucket = zlib.crc32(host.lower().encode("utf-8", "surrogatepass")) % _HOST_BUCKETS
+    with cond:
+        while counts[bucket] >= per_host:
+            cond.wait()
+        counts[bucket] += 1
+    try:
+        yield
+    finally:
+        with cond:
+            counts[bucket] -= 1
+            cond.notify_all()
+
+
+def _worker_main(index: int, n: int, tasks, results, hosts) -> None:
     import torch
 
     torch.set_num_threads(1)  # one core's share: the pool is the parallelism
@@ -300,6 +330,7 @@ def _worker_main(index: int, n: int, tasks, results) -> None:
                 shape = (capacity, config.image_size, config.image_size, 3)
                 images = np.memmap(path, dtype=np.uint8, mode="r+", shape=shape)
             fetcher = fetch._Fetcher(config, cache, keep_images).__enter__()
+            fetcher._host_slot = functools.partial(_shared_host_slot, hosts, config.per_host)
             jobs[job] = (fetcher, images, ThreadPoolExecutor(config.workers, thread_name_prefix="mmsa-fetch"))
         elif kind == "fetch":
             _, job, task, url, retry_failed, slot = message

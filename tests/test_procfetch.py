@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from imageserver import (
+    Concurrency,
     drip,
     encode,
     endless,
@@ -78,6 +79,16 @@ def test_processes_give_the_thread_paths_statuses_and_pixels(image_server, tmp_p
     # The cache the workers wrote is the one the thread path reads: a rerun downloads nothing.
     again = fetch_images(items[:2], config(), ImageCache(tmp_path / "p"))
     assert [r.status for r in again] == ["ok", "ok"] and image_server.hit_count("/a.jpg") <= 3
+
+
+def test_the_per_host_cap_holds_across_the_worker_processes(image_server, tmp_path):
+    """3 downloads at most from one host however many processes and threads (shared host slots)."""
+    probe = Concurrency(send(200, PNG, "image/png"), hold=0.15)
+    urls = [image_server.route(f"/cap{n}", probe) for n in range(12)]
+    results = fetch_images([(str(n), u) for n, u in enumerate(urls)], config(processes=2, workers=8, per_host=3),
+                           ImageCache(tmp_path / "c"))
+    assert all(r.status == "ok" for r in results)
+    assert probe.peak == 3
 
 
 def test_results_are_delivered_as_they_arrive(image_server, tmp_path):

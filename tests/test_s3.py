@@ -99,7 +99,7 @@ def test_fetch_reads_a_dump_from_a_bucket_and_caches_there(s3, tmp_path):
         dump = make_dump(site, base, n_posts=6)
         s3.put_file(str(dump), f"{BUCKET}/fetch-dumps/day.jsonl")
         assert cli.main(["fetch", f"s3://{BUCKET}/fetch-dumps/", "--cache", f"s3://{BUCKET}/fetch-cache",
-                         "--allow-hosts", "127.0.0.1", "--quiet", "--fetch-processes", "0"]) == 0
+                         "--allow-hosts", "127.0.0.1", "--quiet", "--fetch-processes", "2"]) == 0  # workers write the bucket
     status = pq.read_table(f"{BUCKET}/fetch-cache/status/fetch-dumps.parquet", filesystem=s3)
     assert status.num_rows >= 6 and "ok" in status["status"].to_pylist()
     assert s3.glob(f"{BUCKET}/fetch-cache/src-v1/img/*/*")
