@@ -7,11 +7,12 @@ thousand posts whose images are served from 127.0.0.1, with GPU utilisation (nvi
    HTTP/1.1 server in a process of its own.
 2. Model alone: the engine (torch backend; bf16 autocast on CUDA) over the posts' images decoded beforehand,
    called per 512-post shard from 2 threads as the flow calls it; median of 3 after a warm-up.
-3. `mmsa score` end to end against one running `prefect server start` (as deployments run; no server start per
+3. `mmsa fetch` alone with 1 worker process and with one per core (does the image work scale with the cores?).
+4. `mmsa score` end to end against one running `prefect server start` (as deployments run; no server start per
    run), fresh output and image cache per run, for: threads (--fetch-processes 0), one worker process per core
    (--fetch-processes auto), and that plus --gpu-decode. Posts/s by the command's wall clock and by the flow's
    own (the runs table: started to finished, without the interpreter's and Prefect's start).
-4. During each: nvidia-smi sampled every 200 ms (utilisation.gpu, memory.used) and the machine's CPU use from
+5. During each: nvidia-smi sampled every 200 ms (utilisation.gpu, memory.used) and the machine's CPU use from
    /proc/stat (cores busy on average).
 
 Stops starting new variants once --budget seconds have passed, and writes what it has. A CPU-only dry run
@@ -187,6 +188,21 @@ def prefect_server(env: dict) -> tuple[subprocess.Popen, str]:
             time.sleep(0.5)
 
 
+def fetch_alone(dump: Path, work: Path, processes: str, env: dict) -> dict:
+    cache = work / f"fetch-{processes}"
+    shutil.rmtree(cache, ignore_errors=True)
+    cmd = [PY, "-m", "mmsa.cli", "fetch", str(dump), "--cache", str(cache), "--allow-hosts", "127.0.0.1", "--quiet",
+           "--fetch-processes", processes]
+    with Sampler() as sampler:
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    shutil.rmtree(cache, ignore_errors=True)
+    return {"wall": wall, "sampler": sampler}
+
+
 def score(dump: Path, work: Path, name: str, extra: list[str], env: dict) -> dict:
     out = work / f"run-{name}"
     shutil.rmtree(out, ignore_errors=True)
@@ -245,6 +261,12 @@ def main() -> None:
                   f"| model alone | engine.predict per 512-post shard from 2 threads, in process (median of 3) "
                   f"| {statistics.median(walls):.2f} | **{alone:.0f}** | - | - | {sampler.gpu_text()} | {sampler.cores_busy:.1f} | - |"]
         print(lines[-1], flush=True)
+        for processes in ("1", "auto"):  # image work alone: does it scale with the cores?
+            r = fetch_alone(dump, args.workdir, processes, env)
+            lines.append(f"| mmsa fetch, --fetch-processes {processes} | `mmsa fetch DUMP --cache FRESH --allow-hosts 127.0.0.1 "
+                         f"--fetch-processes {processes}` | {r['wall']:.2f} | {args.posts / r['wall']:.0f} images/s | - | - "
+                         f"| {r['sampler'].gpu_text()} | {r['sampler'].cores_busy:.1f} | - |")
+            print(lines[-1], flush=True)
         api, url = prefect_server(env)
         env["PREFECT_API_URL"] = url
         variants = [("threads", ["--fetch-processes", "0"]), ("processes", ["--fetch-processes", "auto"]),
