@@ -256,7 +256,7 @@ def main() -> None:
         dump.write_text((site / "posts.template").read_text().replace("BASE", base))
         walls, sampler = model_alone(texts, site, args.device)
         alone = args.posts / statistics.median(walls)
-        lines += ["", "| what | command | wall s | posts/s (wall) | flow s | posts/s (flow) | GPU utilisation | CPU cores busy | images ok |",
+        lines += ["", "| what | command | wall s | posts/s (wall) | flow s | posts/s (flow) | GPU utilisation | CPU cores busy (whole machine, /proc/stat) | images ok |",
                   "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
                   f"| model alone | engine.predict per 512-post shard from 2 threads, in process (median of 3) "
                   f"| {statistics.median(walls):.2f} | **{alone:.0f}** | - | - | {sampler.gpu_text()} | {sampler.cores_busy:.1f} | - |"]
