@@ -234,7 +234,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from mmsa import stack
 
         cfg = stack.train_model(data, args.semeval or resolve_data_dir() / "semeval2017_4a" / "train.jsonl", args.out,
-                                base=args.base, weight=args.class_weight, seed=args.seed)
+                                base=args.base, weight=args.class_weight or stack.DEFAULT_WEIGHT, seed=args.seed)
         s, m = cfg["semeval_heldout"], cfg["mvsa_pool_out_of_fold"]
         print(f"SemEval held-out macro recall={s['macro_recall']:.4f} (neutral {s['per_class_recall']['neutral']:.4f}); "
               f"MVSA train+dev out-of-fold accuracy={m['accuracy']:.4f} weighted_f1={m['weighted_f1']:.4f} -> {args.out}")
@@ -251,7 +251,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         seed=args.seed,
-        class_weight=args.class_weight,
+        class_weight=args.class_weight or "none",
         folds=args.folds,
         members=args.members,
     )
@@ -409,8 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-layers", type=int, default=0, help="top text-encoder layers to fine-tune (0 = frozen)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--class-weight", default="none", choices=["none", "sqrt", "balanced"],
-                   help="prior weighting (stack: of the general text head; choose it with `mmsa compare`)")
+    p.add_argument("--class-weight", choices=["none", "sqrt", "balanced"],
+                   help="class weighting (default: none; stack: of the general text head, default the one "
+                        "`mmsa compare` chose)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folds", type=int, default=5, help="stratified folds of the training set (early stopping; never dev)")
     p.add_argument("--members", type=int, default=5, help="members, one per fold, probabilities averaged (1 = one model)")

@@ -82,30 +82,28 @@ def _mlp(mv: PooledSet, tr: np.ndarray, te: np.ndarray, seed: int, text_enc) -> 
 
 
 def run_fold(mv: PooledSet, g_probs: np.ndarray, g_head, tr: np.ndarray, te: np.ndarray, seed: int, text_enc) -> dict:
-    """Every candidate fitted on `tr`, scored on `te`: name -> (raw probabilities, calibrated probabilities)."""
+    """Every candidate fitted on `tr`, scored on `te`: name -> (raw probabilities, calibrated probabilities).
+    The branch heads are fitted once and shared by the candidates built from them."""
     y, t, i = mv.label, mv.t, mv.i
+    heads = {"text_post": stack.branch(t[tr], y[tr], seed), "image_post": stack.branch(i[tr], y[tr], seed),
+             "image_label": stack.branch(i[tr], mv.image_label[tr], seed)}
     out = {}
-    text = stack.fit_lr(t[tr], y[tr], seed=seed)
-    image = stack.fit_lr(i[tr], y[tr], seed=seed)
-    for name, head, x in (("text", text, t), ("image", image, i)):
-        temp = stack.fit_temperature(stack.out_of_fold(head, x[tr], y[tr], seed=seed), y[tr])
+    for name, x in (("text", t), ("image", i)):
+        head, oof = heads[f"{name}_post"]
         raw = head.predict_proba(x[te])
-        out[name] = (raw, stack.tempered(raw, temp))
-    raw = g_probs[te]
-    out["general_text"] = (raw, raw)
-    early = stack.fit_lr(np.concatenate([t, i], 1)[tr], y[tr], seed=seed)
-    raw = early.predict_proba(np.concatenate([t, i], 1)[te])
+        out[name] = (raw, stack.tempered(raw, stack.fit_temperature(oof, y[tr])))
+    out["general_text"] = (g_probs[te], g_probs[te])
+    ti = np.concatenate([t, i], 1)
+    raw = stack.fit_lr(ti[tr], y[tr], seed=seed).predict_proba(ti[te])
     out["early"] = (raw, raw)
-    tl = stack.fit_lr(t[tr], mv.text_label[tr], seed=seed)
-    il = stack.fit_lr(i[tr], mv.image_label[tr], seed=seed)
-    raw = stack.rule_combine(tl.predict_proba(t[te]), il.predict_proba(i[te]))
+    text_label = stack.fit_lr(t[tr], mv.text_label[tr], seed=seed)
+    raw = stack.rule_combine(text_label.predict_proba(t[te]), heads["image_label"][0].predict_proba(i[te]))
     out["rule"] = (raw, raw)
-    for name, targets, fixed in (
-        ("stack2", {"text_post": y[tr], "image_post": y[tr]}, None),
-        ("stack4", {"text_post": y[tr], "image_post": y[tr], "image_label": mv.image_label[tr]},
-         {"text_general": (g_head, g_probs[tr])}),
-    ):
-        fit, _ = stack.fit_stack(t[tr], i[tr], targets, y[tr], fixed, seed=seed)
+    for name, names in (("stack2", ("text_post", "image_post")), ("stack4", ("text_post", "image_post", "image_label"))):
+        branches = {n: heads[n] for n in names}
+        if name == "stack4":
+            branches["text_general"] = (g_head, g_probs[tr])
+        fit, _ = stack.fit_stack(branches, y[tr], seed)
         raw = fit.meta.predict_proba(fit.branch_logp(t[te], i[te], {"text_general": g_probs[te]}))
         out[name] = (raw, stack.tempered(raw, fit.t_fused))
     raw = _mlp(mv, tr, te, seed, text_enc)
@@ -138,7 +136,7 @@ def compare(mvsa_dir: str | Path, semeval: str | Path, out: str | Path | None, m
     semeval_rows = {}
     for w in SEMEVAL_WEIGHTS:
         head, _, _ = general_head(sem, sem_tr, w)
-        oof = stack.out_of_fold(head, sem.t[sem_tr], sem.label[sem_tr], seed=seed)
+        oof = stack.out_of_fold(head, sem.t[sem_tr], sem.label[sem_tr], folds=3, seed=seed)
         raw = head.predict_proba(sem.t[sem_ho])
         temp = stack.fit_temperature(oof, sem.label[sem_tr])
         semeval_rows[w] = {

@@ -28,7 +28,11 @@ from torch import nn
 
 from mmsa.schema import LABELS
 
-CS = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # inverse L2 strengths tried by every inner CV
+# Inverse L2 strengths tried by the inner CVs: branch heads read hundreds of standardised features and want
+# strong penalties; the meta head reads a dozen log-probabilities and wants weak ones.
+CS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+META_CS = (1e-3, 1e-2, 0.1, 1.0, 10.0)
+DEFAULT_WEIGHT = "sqrt"  # the general text head's class weighting chosen by `mmsa compare` (results/compare.md)
 K = len(LABELS)
 EPS = 1e-6
 
@@ -42,12 +46,12 @@ def class_weight(y: np.ndarray, mode: str) -> dict | None:
     return {c: float(w[c]) for c in range(K)}
 
 
-def fit_lr(X: np.ndarray, y: np.ndarray, weight: str = "none", inner: int = 3, seed: int = 0) -> Pipeline:
+def fit_lr(X: np.ndarray, y: np.ndarray, weight: str = "none", inner: int = 3, seed: int = 0, cs=CS) -> Pipeline:
     """Standardise, then a logistic regression whose C the inner stratified CV picks by log-loss."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # the weakest Cs of the grid converge slowly; lbfgs' answer is kept
         cv = StratifiedKFold(inner, shuffle=True, random_state=seed)
-        lr = LogisticRegressionCV(Cs=list(CS), cv=cv, scoring="neg_log_loss", max_iter=300,
+        lr = LogisticRegressionCV(Cs=list(cs), cv=cv, scoring="neg_log_loss", max_iter=300,
                                   class_weight=class_weight(y, weight), l1_ratios=(0.0,), use_legacy_attributes=False)
         return make_pipeline(StandardScaler(), lr).fit(X, y)
 
@@ -136,26 +140,21 @@ class StackFit:
         return tempered(self.meta.predict_proba(self.branch_logp(t, i, extra)), self.t_fused)
 
 
-def fit_stack(t: np.ndarray, i: np.ndarray, targets: dict[str, np.ndarray], y: np.ndarray,
-              fixed: dict[str, tuple[Pipeline, np.ndarray]] | None = None, seed: int = 0) -> tuple[StackFit, np.ndarray]:
-    """Branch heads (name -> its training labels), their out-of-fold log-probabilities, a meta head on those
-    and its temperature on the meta's own out-of-fold probabilities. `fixed` branches are already fitted on
-    other data (name -> (head, its probabilities on these rows)) and enter the meta head as they are.
-    Returns the fit and the meta head's out-of-fold probabilities (calibrated)."""
-    branches, cols = {}, []
-    for name, target in targets.items():
-        x = t if name.startswith("text") else i
-        head = fit_lr(x, target, seed=seed)
-        branches[name] = head
-        cols.append(logp(out_of_fold(head, x, target, seed=seed)))
-    for name, (head, p) in (fixed or {}).items():
-        branches[name] = head
-        cols.append(logp(p))
-    z = np.concatenate(cols, 1)
-    meta = fit_lr(z, y, seed=seed)
+def branch(x: np.ndarray, target: np.ndarray, seed: int = 0) -> tuple[Pipeline, np.ndarray]:
+    """A branch head fitted on all rows, and its out-of-fold probabilities on them (what a meta head learns from)."""
+    head = fit_lr(x, target, seed=seed)
+    return head, out_of_fold(head, x, target, seed=seed)
+
+
+def fit_stack(branches: dict[str, tuple[Pipeline, np.ndarray]], y: np.ndarray, seed: int = 0) -> tuple[StackFit, np.ndarray]:
+    """A meta head over the branches' out-of-sample probabilities (name -> (head, its probabilities on these
+    rows: out of fold, or from a head fitted on other data)) and its temperature, fitted on the meta head's
+    own out-of-fold probabilities. Returns the fit and those probabilities, calibrated."""
+    z = np.concatenate([logp(p) for _, p in branches.values()], 1)
+    meta = fit_lr(z, y, seed=seed, cs=META_CS)
     p_meta = out_of_fold(meta, z, y, seed=seed)
     temp = fit_temperature(p_meta, y)
-    return StackFit(branches, meta, temp), tempered(p_meta, temp)
+    return StackFit({n: h for n, (h, _) in branches.items()}, meta, temp), tempered(p_meta, temp)
 
 
 def build_head(fit: StackFit, general: Pipeline, t_general: float, t_image: float, dt: int, di: int):
@@ -181,7 +180,7 @@ def pooled_pool(m, mvsa_dir: str | Path, **kw):
 
 
 def train_model(mvsa_dir: str | Path, semeval: str | Path, out: str | Path, base: str | Path = "default",
-                weight: str = "sqrt", name: str | None = None, seed: int = 0, extra: dict | None = None,
+                weight: str = DEFAULT_WEIGHT, name: str | None = None, seed: int = 0, extra: dict | None = None,
                 cache_dir: Path | None = None) -> dict:
     """The shipped recipe (the `stack4` candidate of `mmsa compare`) fitted on all of MVSA train+dev and the
     SemEval training part, over `base`'s encoders; writes a model folder and returns its config.
@@ -208,9 +207,10 @@ def train_model(mvsa_dir: str | Path, semeval: str | Path, out: str | Path, base
     x, y = np.concatenate([sem.t[tr], mv.t]), np.concatenate([sem.label[tr], mv.text_label])
     general = fit_lr(x, y, weight=weight, seed=seed)
     t_general = fit_temperature(out_of_fold(general, x, y, seed=seed), y)
-    targets = {"text_post": mv.label, "image_post": mv.label, "image_label": mv.image_label}
-    fit, p_oof = fit_stack(mv.t, mv.i, targets, mv.label, {"text_general": (g_sem, g_sem.predict_proba(mv.t))}, seed=seed)
-    t_image = fit_temperature(out_of_fold(fit.branches["image_label"], mv.i, mv.image_label, seed=seed), mv.image_label)
+    image_label = branch(mv.i, mv.image_label, seed)
+    fit, p_oof = fit_stack({"text_post": branch(mv.t, mv.label, seed), "image_post": branch(mv.i, mv.label, seed),
+                            "image_label": image_label, "text_general": (g_sem, g_sem.predict_proba(mv.t))}, mv.label, seed)
+    t_image = fit_temperature(image_label[1], mv.image_label)
     module = build_head(fit, general, t_general, t_image, mv.t.shape[1], mv.i.shape[1])
 
     p_ho = tempered(general.predict_proba(sem.t[ho]), t_general)

@@ -48,8 +48,8 @@ def _toy(n=240, seed=0):
 def test_runtime_module_reproduces_the_fitted_heads():
     t, i, y, il = _toy()
     general = stack.fit_lr(t, y, weight="balanced")
-    fit, oof = stack.fit_stack(t, i, {"text_post": y, "image_post": y, "image_label": il}, y,
-                               {"text_general": (general, general.predict_proba(t))})
+    fit, oof = stack.fit_stack({"text_post": stack.branch(t, y), "image_post": stack.branch(i, y),
+                                "image_label": stack.branch(i, il), "text_general": (general, general.predict_proba(t))}, y)
     module = stack.build_head(fit, general, 1.5, 0.8, t.shape[1], i.shape[1])
     has = torch.tensor([True] * 200 + [False] * 40)
     with torch.no_grad():
