@@ -47,6 +47,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
+from mmsa import files
 from mmsa.data import default_cache_dir
 from mmsa.heads import Feats
 from mmsa.model import Prediction, SentimentModel, load_model
@@ -446,27 +447,23 @@ def export_onnx(model: SentimentModel, cache_dir: Path, int8_text: bool = False)
             _export(_ImageCore(model.image_encoder).eval(), (torch.zeros(2, size, size, 3, dtype=torch.uint8),), ["pixels"],
                     {"pixels": {0: "batch"}}, image_path)
         if not tok_path.exists():
-            tmp = folder / f".tokenizer.{os.getpid()}.json"
-            _backend_tokenizer(model.text_encoder.tokenizer).save(str(tmp))
-            tmp.replace(tok_path)
+            with files.atomic_path(tok_path) as tmp:
+                _backend_tokenizer(model.text_encoder.tokenizer).save(str(tmp))
         if int8_text:
             quant_path = folder / "text-int8.onnx"
             if not quant_path.exists():
                 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-                tmp = folder / f".text-int8.{os.getpid()}.onnx"
-                quantize_dynamic(str(text_path), str(tmp), per_channel=True, weight_type=QuantType.QUInt8,
-                                 op_types_to_quantize=["MatMul"])
-                tmp.replace(quant_path)
+                with files.atomic_path(quant_path) as tmp:
+                    quantize_dynamic(str(text_path), str(tmp), per_channel=True, weight_type=QuantType.QUInt8,
+                                     op_types_to_quantize=["MatMul"])
     return folder
 
 
 def _export(core: nn.Module, args: tuple, names: list[str], dynamic_axes: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
-    with torch.no_grad():
+    with files.atomic_path(path) as tmp, torch.no_grad():
         torch.onnx.export(core, args, str(tmp), input_names=names, output_names=["hidden", "pooled"],
                           dynamic_axes=dynamic_axes, opset_version=ONNX_OPSET, dynamo=False)
-    tmp.replace(path)
 
 
 # ---- one engine per worker ------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import threading
 import time
 import uuid
@@ -24,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mmsa import publish, source, store
+from mmsa import files, publish, source, store
 from mmsa.schema import LABELS, SCORED_SCHEMA
 
 # Posts per shard, the unit of work and of resume. 512 rather than 256: fewer per-shard costs (a task run,
@@ -60,28 +59,6 @@ def run_lock(db: str):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_tmp(*folders: Path) -> int:
-    """Delete `.NAME.PID.tmp` files (store.write_atomic) left by dead processes; returns how many."""
-    removed = 0
-    for folder in folders:
-        for tmp in folder.glob(".*.tmp"):
-            pid = tmp.name.rsplit(".", 2)[-2]
-            if pid.isdigit() and not _pid_alive(int(pid)):
-                tmp.unlink(missing_ok=True)
-                removed += 1
-    return removed
 
 
 @dataclass
@@ -195,19 +172,19 @@ def prepare(dump: str, opts: RunOptions) -> Prepared:
     """Read and validate the dump (its files, as one) and cut it into shard files; rejected rows go to one
     file beside them. The work folder is keyed by the files' bytes and by how they are read."""
     staging = Path(opts.out) / "_work" / "_downloads"
-    files = source.resolve(dump, staging)
-    key = source.content_key(files, opts.reading)
+    paths = source.resolve(dump, staging)
+    key = source.content_key(paths, opts.reading)
     workdir = Path(opts.out) / "_work" / key
-    remove_stale_tmp(workdir / "shards", *workdir.glob("done/*"), *Path(opts.out).glob("date=*"))
+    files.sweep_stale(workdir / "shards", *workdir.glob("done/*"), *Path(opts.out).glob("date=*"))
     shard_size = _shard_size(workdir, opts.shard_size)
     shards, rejected, posts_in, not_posts = [], [], 0, Counter()
-    for shard in source.iter_shards(files, shard_size, dump_name=str(dump), options=opts.reading):
+    for shard in source.iter_shards(paths, shard_size, dump_name=str(dump), options=opts.reading):
         path = workdir / "shards" / f"shard-{shard.index:05d}.parquet"
         shards.append(str(store.write_atomic(shard.posts, path)))
         rejected.extend(shard.rejected)
         not_posts.update(shard.skipped)
         posts_in += shard.posts.num_rows + len(shard.rejected)
-    store.write_text_atomic(workdir / "rejected.json", json.dumps(rejected))
+    files.write_text(workdir / "rejected.json", json.dumps(rejected))
     return Prepared(str(dump), key, str(workdir), shards, posts_in, len(rejected), dict(not_posts))
 
 
@@ -224,7 +201,7 @@ def _shard_size(workdir: Path, requested: int | None) -> int:
             )
         return earlier
     size = DEFAULT_SHARD_SIZE if requested is None else requested
-    store.write_text_atomic(manifest, json.dumps({"shard_size": size}))
+    files.write_text(manifest, json.dumps({"shard_size": size}))
     return size
 
 
@@ -292,12 +269,12 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
 
     statuses, post_pred, images = combine(posts.num_rows, rows, [r.status for r in fetched], pred)
     table = scored_table(posts, statuses, post_pred, model.version, run_id, images)
-    files = store.write_partitions(table, Path(opts.out), f"{model.version}-{key}-{index:05d}")
+    written = store.write_partitions(table, Path(opts.out), f"{model.version}-{key}-{index:05d}")
     seconds["write"] = time.perf_counter() - t3
 
-    result = ShardResult(index, [str(f) for f in files], posts.num_rows, dict(Counter(statuses)), seconds)
+    result = ShardResult(index, [str(f) for f in written], posts.num_rows, dict(Counter(statuses)), seconds)
     retryable = sum(1 for r in fetched if r.status in RETRYABLE)
-    store.write_text_atomic(marker, json.dumps({"result": asdict(result), "retryable": retryable}))
+    files.write_text(marker, json.dumps({"result": asdict(result), "retryable": retryable}))
     return result
 
 

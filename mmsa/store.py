@@ -7,7 +7,6 @@ INSERT OR REPLACE, so loading the same results twice never duplicates a row.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -18,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mmsa import files
 from mmsa.schema import REJECTED_SCHEMA, SCORED_SCHEMA
 
 _DUCK_TYPES = {
@@ -92,19 +92,8 @@ def now_utc() -> datetime:
 
 def write_atomic(table: pa.Table, path: Path) -> Path:
     """Write a Parquet file so that readers and crashes only ever see a whole file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write a small text file (a manifest entry) all at once or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with files.atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
     return path
 
 
@@ -128,16 +117,12 @@ def connect(db: str | Path) -> duckdb.DuckDBPyConnection:
     A new database is built under a temporary name and renamed into place once its schema is
     written: DuckDB creates the file before it writes the header, and a run killed in between
     would leave a file that no later run or reader can open. Callers hold pipeline.run_lock,
-    so one fixed temporary name suffices (a killed run's leftover is overwritten)."""
+    so a killed run's leftover belongs to a dead process and is swept here."""
     db = Path(db)
     if not db.exists():
-        db.parent.mkdir(parents=True, exist_ok=True)
-        tmp = db.with_name(f".{db.name}.new.tmp")
-        for leftover in (tmp, Path(f"{tmp}.wal")):
-            leftover.unlink(missing_ok=True)
-        with duckdb.connect(str(tmp)) as con:
+        files.sweep_stale(db.parent)
+        with files.atomic_path(db) as tmp, duckdb.connect(str(tmp)) as con:
             con.execute(DDL)
-        os.replace(tmp, db)
     con = duckdb.connect(str(db))
     _migrate_scored_posts(con)
     con.execute(DDL)
