@@ -114,10 +114,9 @@ def score_flow(
 @task(name="headline")
 def headline_task(db: str, run_id: str, out: str) -> list[str]:
     """Publish the analysts' headline (from the snapshot the load just published) with its charts."""
-    from mmsa import publish, report
+    from mmsa import charts, publish
 
-    charts = Path(out) / "_reports" / run_id
-    headline = report.headline_markdown(publish.snapshot_path(db), run_id=run_id, chart_dir=charts)
+    headline = charts.headline(publish.snapshot_path(db), Path(out) / "_reports" / run_id, run_id=run_id)
     links = "\n".join(f"- chart: `{path}`" for path in headline.charts)
     create_markdown_artifact(key="headline", markdown=f"{headline.markdown}\n{links}\n", description="mmsa nightly headline")
     return [str(p) for p in headline.charts]

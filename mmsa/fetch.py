@@ -114,7 +114,7 @@ class FetchConfig:
     read_timeout: float = 10.0  # seconds of silence tolerated while waiting for bytes
     deadline: float = 30.0  # total seconds per image (from its first request): attempts, redirects, back-off
     max_bytes: int = 20 * 2**20  # body size cap
-    max_pixels: int = 50_000_000  # width x height cap, checked before decoding
+    max_pixels: int = imaging.MAX_PIXELS  # width x height cap, checked before decoding
     max_redirects: int = 5
     retries: int = 2  # extra attempts for RETRYABLE statuses
     backoff: float = 0.5  # first back-off wait in seconds, doubled per retry, with +-50% jitter

@@ -68,6 +68,11 @@ def copy(src: str | os.PathLike, dest: str | os.PathLike, durable: bool = False)
     return Path(dest)
 
 
+def default_cache_dir() -> Path:
+    """$MMSA_CACHE, else ~/.cache/mmsa: exported ONNX graphs (onnx/) and training features (features/)."""
+    return Path(os.environ.get("MMSA_CACHE") or Path.home() / ".cache" / "mmsa")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -20,6 +20,7 @@ from PIL import Image, ImageOps
 
 # Bump when the output for the same bytes changes, so that cached training features are not reused.
 VERSION = 3
+MAX_PIXELS = 50_000_000  # width x height cap, checked before decoding (decompression bombs)
 
 _ORIENTATION = 0x0112  # the EXIF tag
 

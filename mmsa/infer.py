@@ -48,7 +48,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from mmsa import files
-from mmsa.data import default_cache_dir
+from mmsa.files import default_cache_dir
 from mmsa.heads import Feats
 from mmsa.model import Prediction, SentimentModel, load_model
 
