@@ -10,6 +10,7 @@ temporary files whose writer is dead, which only that naming makes possible.
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import itertools
 import os
 import re
@@ -66,6 +67,12 @@ def copy(src: str | os.PathLike, dest: str | os.PathLike, durable: bool = False)
     with atomic_path(dest, durable=durable) as tmp:
         shutil.copyfile(src, tmp)
     return Path(dest)
+
+
+def package_dir(package: str) -> Path:
+    """The folder of one of the data packages (mmsa.sql, mmsa.deployments), found by importlib.resources
+    in the installed package as in a checkout (a wheel installs unzipped, so it is a folder)."""
+    return Path(str(importlib.resources.files(package)))
 
 
 def default_cache_dir() -> Path:

@@ -7,8 +7,6 @@ same dump picks up where a killed one stopped: a shard whose done-marker exists 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import threading
 import time
@@ -16,49 +14,26 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mmsa import files, publish, source, store
+from mmsa.options import DEFAULT_SHARD_SIZE, RunParameters
 from mmsa.schema import LABELS, SCORED_SCHEMA
+from mmsa.store import RunLocked, run_lock  # noqa: F401  (the flows' and the CLI's names for them)
 
-# Posts per shard, the unit of work and of resume. 512 rather than 256: fewer per-shard costs (a task run,
-# a Parquet file, a caller's turn at the model) and fuller length buckets; a 2,000-post run took 68.7 / 68.7 s
-# against 72.8 / 70.2 s (benchmarks/results/infer.md, "(b) sixth CPU session").
-DEFAULT_SHARD_SIZE = 512
+if TYPE_CHECKING:
+    from mmsa.fetch import FetchConfig
 
-# A process fetches one shard at a time. Two at once (the flow scores two
-# shards in threads) finished the run's first shard, which the model waits for, only when both were done,
-# and doubled the downloads per host past FetchConfig.per_host. A shard's fetch still overlaps the
-# previous shard's inference (benchmarks/results/infer.md, "(b) seventh CPU session").
+# One shard's fetch at a time per process: the model waits for the run's first shard, which two fetches at
+# once would finish only when both were done, and two would double the downloads per host. A shard's fetch
+# still overlaps the model's run on the shard before it.
 _FETCHING = threading.Lock()
-
-
-class RunLocked(ValueError):
-    """Another run holds the database; a ValueError so the CLI reports it as an error, not a crash."""
-
-
-@contextlib.contextmanager
-def run_lock(db: str):
-    """Hold an exclusive, non-blocking lock on `<db>.lock` for a whole run.
-
-    The kernel drops the lock when the holder dies (even by SIGKILL), so a crashed run never
-    blocks its rerun; a concurrent run is refused before it touches anything."""
-    path = Path(f"{db}.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunLocked(f"another mmsa run holds {db} (lock file {path}); wait for it or stop it") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @dataclass
@@ -74,8 +49,21 @@ class RunOptions:
     allow_hosts: tuple[str, ...] = ()
     force: bool = False
     retry_failed: bool = False
-    backend: str | None = None  # inference backend (mmsa.infer.BACKENDS); None = mmsa.infer.default_backend
+    backend: str | None = None  # inference backend (mmsa.options.BACKENDS); None = mmsa.infer.default_backend
     reading: source.ReadOptions = field(default_factory=source.ReadOptions)  # formats, mapping, brands, image cap
+    # How to fetch (timeouts, caps, concurrency); None: FetchConfig's defaults. The image size and the
+    # address policy always come from the model and the fields above.
+    fetch: FetchConfig | None = None
+
+    @classmethod
+    def build(cls, params: RunParameters) -> RunOptions:
+        """From a run's parameters; a mistake in how to read the dump is a ValueError said before any work."""
+        return cls(
+            db=params.db, out=params.out, cache=params.cache, model=params.model, shard_size=params.shard_size,
+            allow_local_files=params.allow_local_files, allow_hosts=tuple(params.allow_hosts or ()),
+            force=params.force, retry_failed=params.retry_failed, backend=params.backend,
+            reading=source.ReadOptions.build(params.source_format, params.mapping, params.brands, params.max_images),
+        )
 
     @property
     def cache_dir(self) -> Path:
@@ -210,10 +198,11 @@ def _done_marker(shard_path: str, model_version: str) -> Path:
     return shard.parent.parent / "done" / model_version / f"{shard.stem}.json"
 
 
-def _fetch_config(opts: RunOptions, image_size: int):
+def _fetch_config(opts: RunOptions, image_size: int) -> FetchConfig:
     from mmsa.fetch import FetchConfig
 
-    return FetchConfig(image_size=image_size, allow_hosts=tuple(opts.allow_hosts), allow_local_files=opts.allow_local_files)
+    return replace(opts.fetch or FetchConfig(), image_size=image_size, allow_hosts=tuple(opts.allow_hosts),
+                   allow_local_files=opts.allow_local_files)
 
 
 def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> ShardResult:
@@ -422,8 +411,6 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
             shards=shards,
             not_posts=dict(prepared.not_posts),
         )
-        con.execute("BEGIN")  # a run's statistics appear whole: its runs row with its run_shards rows
-        _record_shards(con, shards)
         store.record_run(
             con,
             {
@@ -439,17 +426,10 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
                 "stage_seconds": summary.stage_seconds,
                 "not_posts": summary.not_posts,
             },
+            shards,
         )
-        con.execute("COMMIT")
         publish.publish_snapshot(opts.db, con)  # analysts read the snapshot, never the live file
     finally:
         con.close()
     return summary
 
-
-def _record_shards(con, shards: list[dict]) -> None:
-    """Store per-shard statistics in table run_shards (one row per run and shard)."""
-    for sh in shards:
-        row = {**sh, "image_status": json.dumps(sh["image_status"]), "stage_seconds": json.dumps(sh["stage_seconds"])}
-        con.execute("INSERT OR REPLACE INTO run_shards VALUES ($run_id, $shard, $skipped, $posts, $image_status, "
-                    "$stage_seconds, $posts_per_s)", row)

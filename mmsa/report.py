@@ -18,9 +18,10 @@ from typing import Callable, NamedTuple
 import duckdb
 import pyarrow as pa
 
+from mmsa.files import package_dir
 from mmsa.publish import snapshot_path
 
-REPORTS_DIR = Path(__file__).resolve().parent.parent / "sql" / "reports"
+REPORTS_DIR = package_dir("mmsa.sql") / "reports"
 # The filters every report accepts (CLI: --brand, --from, --to, --param model_version=...).
 FILTERS = ("brand", "date_from", "date_to", "model_version")
 FORMATS = ("table", "csv", "json")
