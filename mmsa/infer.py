@@ -51,10 +51,10 @@ from mmsa import files
 from mmsa.files import default_cache_dir
 from mmsa.heads import Feats
 from mmsa.model import Prediction, SentimentModel, load_model
+from mmsa.options import BACKENDS
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnx", "int8", "onnx-int8")
 ONNX_OPSET = 18
 GRAPHS = 2  # the exported cores' inputs and outputs: a change re-exports every cached graph
 

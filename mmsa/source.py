@@ -39,6 +39,7 @@ from mmsa import files, readers
 from mmsa.brands import BrandTagger, load_rules
 from mmsa.readers import Skip
 from mmsa.readers.flat import mapped, parse_mapping
+from mmsa.options import DEFAULT_MAX_IMAGES
 from mmsa.schema import COUNT_FIELDS, KNOWN_FIELDS, POST_SCHEMA, TEXT_FIELDS
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -46,7 +47,6 @@ COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 DUMP_DOWNLOAD_TIMEOUT = (10, 60)
 # zstd frames of Reddit's monthly dumps use windows up to 2 GiB; the decoder refuses them unless allowed.
 ZSTD_MAX_WINDOW = 2**31
-DEFAULT_MAX_IMAGES = 4
 _EPOCH = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
