@@ -49,6 +49,7 @@ from torch import nn
 
 from mmsa import files
 from mmsa.files import default_cache_dir
+from mmsa.encoders import fast_tokenizer, pad_ids, stack_images, token_ids, unpadded
 from mmsa.heads import Feats
 from mmsa.model import Prediction, SentimentModel, load_model
 from mmsa.options import BACKENDS
@@ -138,20 +139,8 @@ class _ImageCore(nn.Module):
         self.encoder = encoder
 
     def forward(self, pixels: torch.Tensor):
-        out = self.encoder((pixels.permute(0, 3, 1, 2).float() - self.encoder.mean) / self.encoder.std)
+        out = self.encoder(self.encoder.normalize(pixels))
         return out.hidden, out.pooled
-
-
-def _backend_tokenizer(hf_tokenizer) -> Tokenizer:
-    """A copy of the `tokenizers.Tokenizer` inside a transformers fast tokenizer, with its pad id and
-    truncation side recorded in its padding and truncation settings (the engine reads them, then turns
-    padding off, as it pads per batch itself, and truncates at the model's max_length)."""
-    if not getattr(hf_tokenizer, "is_fast", False):
-        raise ValueError(f"{type(hf_tokenizer).__name__} is not a fast tokenizer; the engine needs one")
-    tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
-    tokenizer.enable_padding(pad_id=hf_tokenizer.pad_token_id or 0, pad_token=hf_tokenizer.pad_token or "[PAD]")
-    tokenizer.enable_truncation(512, direction=hf_tokenizer.truncation_side)  # the length: the engine's own
-    return tokenizer
 
 
 class Engine:
@@ -206,9 +195,7 @@ class Engine:
         self._feed = threading.Lock()
         self.autocast = torch.float16 if self.device.type == "cuda" else None
         tokenizer, self._text, self._image = self._build(backend, Path(cache_dir) if cache_dir else default_cache_dir())
-        self.pad_id = tokenizer.padding["pad_id"]  # both recorded there by _backend_tokenizer
-        tokenizer.no_padding()
-        tokenizer.enable_truncation(self.max_length, direction=tokenizer.truncation["direction"])
+        self.pad_id = unpadded(tokenizer, self.max_length)
         self.tokenizer = tokenizer
 
     # ---- backends -------------------------------------------------------------------------------
@@ -227,14 +214,13 @@ class Engine:
         if backend == "int8":
             qconfig = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
             text_core = torch.ao.quantization.quantize_dynamic(copy.deepcopy(text_core), qconfig, dtype=torch.qint8)
-        return _backend_tokenizer(text.tokenizer), text_core, image_core
+        return fast_tokenizer(text.tokenizer), text_core, image_core
 
     # ---- batching -------------------------------------------------------------------------------
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids per text, truncated as the model was trained, unpadded (the fast tokenizer that
-        transformers' tokenizer wraps, called as it calls it)."""
-        return [e.ids for e in self.tokenizer.encode_batch([t or "" for t in texts])]
+        """Token ids per text, truncated as the model was trained, unpadded (mmsa.encoders.token_ids)."""
+        return token_ids(self.tokenizer, texts)
 
     def order(self, texts: Sequence[str]) -> np.ndarray:
         """The row positions in the order predict takes them: a caller that fetches images in this order
@@ -250,25 +236,15 @@ class Engine:
         """Batches of rows ordered by token length (when bucketing), padded to their own longest text.
         Reads `images[i]` only as row i's batch is built."""
         ids = self.tokenize(texts)
-        order, lengths = self._order(ids)
-        pad = self.pad_id
+        order, _ = self._order(ids)
         pin = self.device.type == "cuda"
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
-            width = int(lengths[idx].max())
-            if self.fixed_shapes:
-                width = -(-width // 8) * 8
-            input_ids = np.full((len(idx), width), pad, dtype=np.int64)
-            mask = np.zeros((len(idx), width), dtype=np.int64)
-            for r, i in enumerate(idx):
-                input_ids[r, : lengths[i]] = ids[i]
-                mask[r, : lengths[i]] = 1
+            input_ids, mask = pad_ids([ids[i] for i in idx], self.pad_id, multiple=8 if self.fixed_shapes else 1)
             has = np.array([images[i] is not None for i in idx], dtype=bool)
             pixels = None
             if has.any():
-                arr = np.stack([np.asarray(images[i], dtype=np.uint8) for i in idx[has]])
-                if arr.shape[1:] != (self.image_size, self.image_size, 3):
-                    raise ValueError(f"images must be {self.image_size}x{self.image_size}x3 uint8, got {arr.shape[1:]}")
+                arr = stack_images([images[i] for i in idx[has]], self.image_size)
                 if self.fixed_shapes and len(arr) < len(idx):
                     arr = np.concatenate([arr, np.zeros((len(idx) - len(arr), *arr.shape[1:]), np.uint8)])
                 pixels = self._to_device(torch.from_numpy(arr), pin)
@@ -448,7 +424,7 @@ def export_onnx(model: SentimentModel, cache_dir: Path, int8_text: bool = False)
                     {"pixels": {0: "batch"}}, image_path)
         if not tok_path.exists():
             with files.atomic_path(tok_path) as tmp:
-                _backend_tokenizer(model.text_encoder.tokenizer).save(str(tmp))
+                fast_tokenizer(model.text_encoder.tokenizer).save(str(tmp))
         if int8_text:
             quant_path = folder / "text-int8.onnx"
             if not quant_path.exists():
