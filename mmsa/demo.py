@@ -125,7 +125,7 @@ def run(workdir: str | Path = "demo_output", n_posts: int = 48) -> None:
         db = workdir / "mmsa.duckdb"
         make_dump(site, base_url, n_posts)
         print(f"demo: {n_posts} generated posts served from {base_url}; scoring them with the shipped model "
-              "(a first run also exports it to ONNX, about half a minute)", flush=True)
+              "(a first run also exports it to ONNX first)", flush=True)
         params = RunParameters(db=str(db), out=str(workdir / "parquet"), allow_hosts=["127.0.0.1"], force=True)
         summary = score_flow(dump=f"{base_url}/posts.jsonl", params=params, progress=True)
     print("\n" + summary.describe())
