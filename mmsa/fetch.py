@@ -97,9 +97,8 @@ _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _MAX_ADDRESSES_TRIED = 3
 _CHUNK = 64 * 1024
 
-# Decoding, resizing and storing are CPU work: more threads at it than this process has cores only
-# add GIL hand-offs and context switches (`mmsa fetch`: 14% more CPU with 16 at once on 2 cores,
-# benchmarks/results/infer.md). Shared by every fetch in the process; downloads keep `workers`.
+# Decoding, resizing and storing are CPU work: more threads at it than this process has cores only add
+# GIL hand-offs and context switches. Shared by every fetch in the process; downloads keep `workers`.
 _DECODE_SLOTS = threading.BoundedSemaphore(len(os.sched_getaffinity(0)))
 
 
@@ -151,8 +150,7 @@ class ImageCache:
 
     Layout under root/src-v1/: img/ab/<key> and url/ab/<sha256(url)>.json. The source bytes, not
     preprocessed arrays: a model of any image size, and any later preprocessing, reuses them without
-    downloading again, and they take a third to a twelfth of the disk and of the writes (`mmsa fetch`
-    of 5,000 images: 10-22% less CPU; benchmarks/results/infer.md, "(b) eleventh CPU session"). Writes are
+    downloading again, and they take a third to a twelfth of the disk and of the writes. Writes are
     atomic (mmsa.files), so concurrent processes never see half a file.
     """
 

@@ -5,12 +5,11 @@ backfills, benchmarks): texts are tokenized once and bucketed by token length so
 only to its own longest text; the image encoder runs only on the rows that have an image; batches are prepared
 one ahead in a thread on CUDA (tokenize, stack, pin, non-blocking copy) while the current one runs.
 Every forward runs on the engine's own thread, and on CUDA input shapes are kept few (text widths
-rounded up to 8, image rows padded to the batch's size): cuDNN builds its conv plans per thread and
-per shape, about 2 s each for the image encoder on an H100 (benchmarks/results/infer.md, GPU).
+rounded up to 8, image rows padded to the batch's size), because cuDNN builds its conv plans per thread
+and per shape, seconds each.
 
 Device: CUDA when present, else CPU, overridable. On CUDA the encoders run under fp16 autocast
-(on an H100: the fp32 labels on 450/450 dev posts and 1.3x fp32's speed at batch 512, where bf16
-changed 3 labels and cost 0.7 points of accuracy; benchmarks/results/infer.md), a batch that
+(fp32's labels at 1.3x its speed; bf16 changed labels), a batch that
 overflows fp16 is rerun in fp32, and an out-of-memory error halves the batch size and retries,
 so no post is lost. On CPU the engine uses the cores this process may use: with ONNX Runtime as
 that many single-threaded streams, each running a whole batch.
@@ -19,13 +18,14 @@ Backends (the text and image encoders; the small fusion head always runs in torc
 - "torch": the model's own modules; the default on CUDA.
 - "onnx": ONNX Runtime on graphs exported from the model's weights on first use into a cache folder
   (later runs load the graphs and the tokenizer only, not the encoders); fp32, the same probabilities
-  as "torch" to ~1e-5 and 2.6x its speed on this CPU (benchmarks/results/infer.md): the default on CPU.
+  as "torch" to ~1e-5 at 2.6x its speed: the default on CPU.
 - "int8": dynamic int8 quantisation (per channel) of the text encoder's Linear layers (torch.ao).
   The image encoder stays fp32: quantize_dynamic only covers Linear/RNN layers, not EfficientNet's
   convs. Lossy here: MiniLM's activations quantise badly (about 95% label agreement on the dev set).
 - "onnx-int8": "onnx" with the text graph's MatMuls dynamically quantised (per channel) by ORT;
   lossy like "int8".
-torch.compile was measured too (benchmarks/bench_infer.py) and is not offered: see the results.
+torch.compile is not offered: it did not finish compiling on a 2-core CPU. Figures for all of this:
+benchmarks/results/infer.md.
 """
 
 from __future__ import annotations
@@ -74,8 +74,8 @@ def default_backend(device: torch.device) -> str:
 
 
 def default_batch_size(device: torch.device) -> int:
-    """32 on CPU (the measured sweet spot: larger batches fall out of cache); 128 on a GPU, where
-    batch 32 leaves the device idle between kernel launches (benchmarks/results/infer.md)."""
+    """32 on CPU (larger batches fall out of cache); 128 on a GPU, where batch 32 leaves the device idle
+    between kernel launches."""
     return 32 if device.type == "cpu" else 128
 
 
@@ -167,10 +167,8 @@ class Engine:
         self.fits: int | None = None  # after an out-of-memory: the largest batch known to fit
         self.bucket = bucket
         self.threads = threads or cpu_threads()
-        # ONNX Runtime on CPU: single-threaded sessions, one batch per thread, `threads` batches at once.
-        # One session split over 2 threads waits at every op for the slower thread (spinning, or idle if
-        # the other was preempted by fetch): 36.4 against 44.3 posts/s for the default model here
-        # (benchmarks/results/infer.md, "(b) sixth CPU session").
+        # ONNX Runtime on CPU: single-threaded sessions, one batch per thread, `threads` batches at once,
+        # because one session split over threads waits at every op for the slowest of them.
         self.streams = self.threads if backend in ("onnx", "onnx-int8") and self.device.type == "cpu" else 1
         self.version = model.version
         if self.device.type == "cpu":
@@ -184,13 +182,11 @@ class Engine:
         if torch.device(model.device) != self.device:  # leave the cached model where it is
             self.bundle = copy.deepcopy(model.bundle).to(self.device).eval()
         self.prefetch = self.device.type == "cuda"
-        # On CUDA a new image batch shape costs about 2 s (cuDNN builds a plan per conv and shape) and
-        # a new text width about 0.1 s, so shapes are kept few: image rows padded to the batch's size
-        # (else each image count seen is a new shape), text widths rounded up to a multiple of 8.
+        # Few shapes on CUDA, as cuDNN plans every conv per shape: image rows padded to the batch's size
+        # (else each image count is a new shape), text widths rounded up to a multiple of 8.
         self.fixed_shapes = self.device.type == "cuda"
-        # Every predict runs on this one thread. PyTorch keeps cuDNN's execution plans per thread, so
-        # each new caller thread's first batch built them again: 1.7 s on an H100, 3.2 s each for two
-        # threads at once (benchmarks/results/infer.md, GPU). It also serialises concurrent callers.
+        # Every predict runs on this one thread, as PyTorch keeps cuDNN's plans per thread (a new caller
+        # thread would build them again); it also serialises concurrent callers.
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="mmsa-infer")
         self._streams = ThreadPoolExecutor(self.streams, thread_name_prefix="mmsa-stream") if self.streams > 1 else None
         self._feed = threading.Lock()
@@ -387,8 +383,7 @@ class _OrtRunner:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # No memory patterns: ORT plans one per input shape, and bucketed batches bring new shapes all
-        # through a run, each planned block page-faulted afresh (kernel CPU of a 1,000-post run: 10.1 s with
-        # them, 4.7 s without; benchmarks/results/infer.md, "(b) sixth CPU session").
+        # through a run, each planned block page-faulted afresh.
         opts.enable_mem_pattern = False
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]

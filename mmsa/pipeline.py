@@ -210,8 +210,8 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
 
     The model takes one row per (post, image), a post without images one text-only row; `combine` then
     makes one prediction per post from its rows. The images are fetched in the order the model takes the
-    rows, and the model starts on its first batches while the rest download: the run's first shard no
-    longer keeps the model idle for its whole fetch (1.4-1.8 s here, benchmarks/results/infer.md)."""
+    rows, and the model starts on its first batches while the rest download, so that it is not idle for
+    the run's first fetch."""
     from mmsa.fetch import RETRYABLE, ImageCache, fetch_images
     from mmsa.infer import get_engine
     from mmsa.model import load_model
