@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import re
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -153,3 +154,18 @@ def test_every_imported_package_is_declared():
 def test_every_module_is_in_a_layer():
     for module in modules():
         layer(module)
+
+
+def test_the_docs_name_every_module_and_folder():
+    """docs/architecture.md places every module in its layer table; the README's layout table names every
+    module of mmsa/ and every top-level folder of the repository."""
+    architecture = (ROOT / "docs" / "architecture.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):readme.index("## Data")]
+    tops = {".".join(m.split(".")[:2]) for m in modules() if m != "mmsa"}
+    assert not [t for t in sorted(tops) if f"`{t}" not in architecture], "modules missing from docs/architecture.md"
+    short = {t.split(".")[1] for t in tops} - {"flows"}
+    assert not [s for s in sorted(short) if f"`{s}`" not in layout and f"`{s}/`" not in layout], "modules missing from the README's layout"
+    folders = {p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".") and
+               subprocess.run(["git", "ls-files", "--error-unmatch", p.name], cwd=ROOT, capture_output=True).returncode == 0}
+    assert not [f for f in sorted(folders) if f"`{f}/" not in layout], "folders missing from the README's layout"
