@@ -223,6 +223,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from mmsa.data import resolve_data_dir
 
     train.set_threads(args.threads)
+    data = args.data or resolve_data_dir() / "mvsa_single"
+    if args.head == "stack":
+        from mmsa import stack
+
+        cfg = stack.train_model(data, args.semeval or resolve_data_dir() / "semeval2017_4a" / "train.jsonl", args.out,
+                                base=args.base, weight=args.class_weight, seed=args.seed)
+        s, m = cfg["semeval_heldout"], cfg["mvsa_pool_out_of_fold"]
+        print(f"SemEval held-out macro recall={s['macro_recall']:.4f} (neutral {s['per_class_recall']['neutral']:.4f}); "
+              f"MVSA train+dev out-of-fold accuracy={m['accuracy']:.4f} weighted_f1={m['weighted_f1']:.4f} -> {args.out}")
+        return 0
     cfg = train.TrainConfig(
         head=args.head,
         text_encoder=args.text_encoder,
@@ -239,8 +249,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         folds=args.folds,
         members=args.members,
     )
-    summary = train.run(cfg, args.data or resolve_data_dir() / "mvsa_single", args.out,
-                        cache_dir=args.cache or train.DEFAULT_CACHE)
+    summary = train.run(cfg, data, args.out, cache_dir=args.cache or train.DEFAULT_CACHE)
     d = summary["dev"]
     print(
         f"dev accuracy={d['accuracy']:.4f} weighted_f1={d['weighted_f1']:.4f} macro_f1={d['macro_f1']:.4f} "
@@ -251,17 +260,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from mmsa import train
+    from mmsa import crossval, train
     from mmsa.data import resolve_data_dir
 
     train.set_threads(args.threads)
-    base = train.TrainConfig(
-        pretrain_text=args.pretrain_text, pretrain_layers=args.pretrain_layers, pretrain_max=args.pretrain_max,
-        folds=args.folds, members=args.members,
-    )
-    data = args.data or resolve_data_dir() / "mvsa_single"
-    table = train.compare(data, args.heads, args.seeds, args.out, cache_dir=args.cache or train.DEFAULT_CACHE, base=base)
-    print(table)
+    result = crossval.compare(args.data or resolve_data_dir() / "mvsa_single",
+                              args.semeval or resolve_data_dir() / "semeval2017_4a" / "train.jsonl",
+                              args.out, model=args.model, k=args.folds, repeats=args.repeats, seed=args.seed,
+                              cache_dir=args.cache)
+    print(crossval.table(result))
     return 0
 
 
@@ -344,9 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="inference backend (default: $MMSA_BACKEND, else onnx on CPU, torch on GPU)")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("train", help="train a fusion head (frozen cached features, or fine-tune top text layers)")
+    p = sub.add_parser("train", help="train the shipped recipe (stack) or a paper fusion head")
     p.add_argument("--data", help="folder with train.jsonl + dev.jsonl (default: $MMSA_DATA/mvsa_single)")
-    p.add_argument("--head", default="native_combine", help="text|image|native_cat|native_combine|cmac|hstec|ote")
+    p.add_argument("--head", default="stack",
+                   help="stack (the default model's recipe: linear heads stacked over --base's encoders, fitted on "
+                        "train+dev and --semeval) | text|image|native_cat|native_combine|cmac|hstec|ote (dev held out)")
+    p.add_argument("--semeval", help="general tweets JSONL for the text path (default: $MMSA_DATA/semeval2017_4a/train.jsonl)")
+    p.add_argument("--base", default="default", help="stack: the model folder whose encoders are used")
     p.add_argument("--text-encoder", default="all-minilm-l6-v2", help="HF folder or cached hub name")
     p.add_argument("--image-encoder", default="efficientnet-lite0", help="efficientnet-lite0|resnet18:PTH|resnet50:PTH|HF folder")
     p.add_argument("--pretrain-text", help="labelled text-only JSONL (e.g. SemEval) to fine-tune the text side on first")
@@ -356,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-layers", type=int, default=0, help="top text-encoder layers to fine-tune (0 = frozen)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--class-weight", default="none", choices=["none", "sqrt", "balanced"])
+    p.add_argument("--class-weight", default="none", choices=["none", "sqrt", "balanced"],
+                   help="prior weighting (stack: of the general text head; choose it with `mmsa compare`)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folds", type=int, default=5, help="stratified folds of the training set (early stopping; never dev)")
     p.add_argument("--members", type=int, default=5, help="members, one per fold, probabilities averaged (1 = one model)")
@@ -365,17 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy shared machine)")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("compare", help="train every head x seeds on cached features; write (or resume) a markdown table")
+    p = sub.add_parser("compare", help="the selection protocol: repeated stratified CV over train+dev; writes the table")
     p.add_argument("--data", help="folder with train.jsonl + dev.jsonl (default: $MMSA_DATA/mvsa_single)")
-    p.add_argument("--heads", nargs="+", default=["text", "image", "native_cat", "native_combine", "ote", "cmac", "hstec"])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--folds", type=int, default=5, help="stratified folds of the training set (early stopping; never dev)")
-    p.add_argument("--members", type=int, default=5, help="members, one per fold, probabilities averaged (1 = one model)")
+    p.add_argument("--semeval", help="general tweets JSONL for the text path (default: $MMSA_DATA/semeval2017_4a/train.jsonl)")
+    p.add_argument("--model", default="default", help="model folder whose encoders give the features")
+    p.add_argument("--folds", type=int, default=5, help="stratified folds per repeat")
+    p.add_argument("--repeats", type=int, default=3, help="repeats of the k-fold split (different shuffles)")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", type=Path, help="feature cache folder (default: $MMSA_CACHE/features, else ~/.cache/mmsa/features)")
-    p.add_argument("--out", default="results/compare.md", help="markdown table to write")
-    p.add_argument("--pretrain-text", help="labelled text-only JSONL to fine-tune the text side on first (then frozen)")
-    p.add_argument("--pretrain-layers", type=int, default=3, help="top text layers trained in pre-training")
-    p.add_argument("--pretrain-max", type=int, default=45000, help="pre-training examples (default: all)")
+    p.add_argument("--out", default="results/compare.md", help="markdown table to write (per-fold JSON beside it)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy shared machine)")
     p.set_defaults(func=_cmd_compare)
 
