@@ -20,10 +20,11 @@ SOURCES = {"mmsa": ROOT / "mmsa", "mmsa.flows": ROOT / "flows"}
 # Top to bottom. A module imports its own layer or lower ones; a name matches itself and its submodules.
 LAYERS = [
     ("app", ["mmsa.cli", "mmsa.demo", "mmsa.dashboard", "mmsa.flows"]),
-    ("orchestration", ["mmsa.pipeline", "mmsa.train", "mmsa.evaluate"]),
+    ("orchestration", ["mmsa.pipeline", "mmsa.train", "mmsa.evaluate", "mmsa.stack", "mmsa.crossval"]),
     ("reports", ["mmsa.report", "mmsa.charts"]),
     ("store", ["mmsa.store", "mmsa.publish"]),
-    ("model", ["mmsa.infer", "mmsa.model", "mmsa.heads", "mmsa.encoders", "mmsa.data", "mmsa.synthetic"]),
+    ("model", ["mmsa.infer", "mmsa.model", "mmsa.heads", "mmsa.encoders", "mmsa.data", "mmsa.features",
+               "mmsa.synthetic"]),
     ("images", ["mmsa.fetch", "mmsa.imaging"]),
     ("source", ["mmsa.source", "mmsa.readers", "mmsa.brands"]),
     ("base", ["mmsa.options", "mmsa.files", "mmsa.schema", "mmsa.netpolicy", "mmsa"]),
