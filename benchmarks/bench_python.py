@@ -2,7 +2,7 @@
 beside the model: CPU seconds of
 
 - server: Prefect's API server start (import + create_app, what its ephemeral server runs);
-- client: the scoring command's own imports (flows.score, mmsa.infer);
+- client: the scoring command's own imports (mmsa.flows.score, mmsa.infer);
 - fetch: mmsa.fetch per image (download from 127.0.0.1, decode, resize, cache), one thread.
 
 Each measure runs in a fresh process of each interpreter, interleaved, and the median of --runs is
