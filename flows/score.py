@@ -14,10 +14,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from mmsa import pipeline, source
+from mmsa import pipeline
+from mmsa.options import RUNNERS, RunParameters
 from mmsa.store import now_utc
-
-RUNNERS = ("threads", "dask")
 
 
 def make_task_runner(runner: str = "threads", dask_address: str | None = None, dask_workers: int = 2):
@@ -61,36 +60,15 @@ def load_task(prepared, results, opts, run_id, model_version, started_at, stage_
 
 
 @flow(name="score-posts", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
-def score_flow(
-    dump: str,
-    db: str,
-    out: str,
-    cache: str | None = None,
-    model: str = "default",
-    shard_size: int | None = None,
-    allow_local_files: bool = False,
-    allow_hosts: list[str] | None = None,
-    force: bool = False,
-    retry_failed: bool = False,
-    backend: str | None = None,
-    progress: bool = False,
-    source_format: str | None = None,
-    mapping: dict[str, str] | None = None,
-    brands: str | None = None,
-    max_images: int = source.DEFAULT_MAX_IMAGES,
-) -> pipeline.RunSummary:
-    """Score one post dump (a file, folder or glob of files) into Parquet partitions under `out` and the
-    DuckDB file `db`. source_format: a mmsa.readers name (None: each record's shape decides); mapping:
-    {flat field: path in the record}; brands: a brands file (mmsa.brands); max_images: per post.
+def score_flow(dump: str, params: RunParameters, progress: bool = False) -> pipeline.RunSummary:
+    """Score one post dump (a file, folder or glob of files) into Parquet partitions under `params.out` and
+    the DuckDB file `params.db` (mmsa.options.RunParameters says what else a run is told).
 
     The whole run holds `<db>.lock`: a second run against the same database is refused."""
     from mmsa.model import load_model
 
-    opts = pipeline.RunOptions(
-        db=db, out=out, cache=cache, model=model, shard_size=shard_size, allow_local_files=allow_local_files,
-        allow_hosts=tuple(allow_hosts or ()), force=force, retry_failed=retry_failed,
-        backend=backend, reading=source.ReadOptions.build(source_format, mapping, brands, max_images),
-    )
+    opts = pipeline.RunOptions.build(params)
+    db, out, model = params.db, params.out, params.model
     with pipeline.run_lock(db):
         run_id, started_at = pipeline.new_run_id(), now_utc()
         t0 = started_at.timestamp()
@@ -114,10 +92,9 @@ def score_flow(
 @task(name="headline")
 def headline_task(db: str, run_id: str, out: str) -> list[str]:
     """Publish the analysts' headline (from the snapshot the load just published) with its charts."""
-    from mmsa import publish, report
+    from mmsa import charts, publish
 
-    charts = Path(out) / "_reports" / run_id
-    headline = report.headline_markdown(publish.snapshot_path(db), run_id=run_id, chart_dir=charts)
+    headline = charts.headline(publish.snapshot_path(db), Path(out) / "_reports" / run_id, run_id=run_id)
     links = "\n".join(f"- chart: `{path}`" for path in headline.charts)
     create_markdown_artifact(key="headline", markdown=f"{headline.markdown}\n{links}\n", description="mmsa nightly headline")
     return [str(p) for p in headline.charts]

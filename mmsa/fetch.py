@@ -47,7 +47,7 @@ import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from mmsa import imaging
+from mmsa import files, imaging
 from mmsa.netpolicy import AddressPolicy, BlockedAddressError, ResolveError
 
 
@@ -97,9 +97,8 @@ _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _MAX_ADDRESSES_TRIED = 3
 _CHUNK = 64 * 1024
 
-# Decoding, resizing and storing are CPU work: more threads at it than this process has cores only
-# add GIL hand-offs and context switches (`mmsa fetch`: 14% more CPU with 16 at once on 2 cores,
-# benchmarks/results/infer.md). Shared by every fetch in the process; downloads keep `workers`.
+# Decoding, resizing and storing are CPU work: more threads at it than this process has cores only add
+# GIL hand-offs and context switches. Shared by every fetch in the process; downloads keep `workers`.
 _DECODE_SLOTS = threading.BoundedSemaphore(len(os.sched_getaffinity(0)))
 
 
@@ -114,7 +113,7 @@ class FetchConfig:
     read_timeout: float = 10.0  # seconds of silence tolerated while waiting for bytes
     deadline: float = 30.0  # total seconds per image (from its first request): attempts, redirects, back-off
     max_bytes: int = 20 * 2**20  # body size cap
-    max_pixels: int = 50_000_000  # width x height cap, checked before decoding
+    max_pixels: int = imaging.MAX_PIXELS  # width x height cap, checked before decoding
     max_redirects: int = 5
     retries: int = 2  # extra attempts for RETRYABLE statuses
     backoff: float = 0.5  # first back-off wait in seconds, doubled per retry, with +-50% jitter
@@ -151,9 +150,8 @@ class ImageCache:
 
     Layout under root/src-v1/: img/ab/<key> and url/ab/<sha256(url)>.json. The source bytes, not
     preprocessed arrays: a model of any image size, and any later preprocessing, reuses them without
-    downloading again, and they take a third to a twelfth of the disk and of the writes (`mmsa fetch`
-    of 5,000 images: 10-22% less CPU; benchmarks/results/infer.md, "(b) eleventh CPU session"). Every
-    write goes to a temporary file then os.replace, so concurrent processes never see half a file.
+    downloading again, and they take a third to a twelfth of the disk and of the writes. Writes are
+    atomic (mmsa.files), so concurrent processes never see half a file.
     """
 
     def __init__(self, root: str | Path):
@@ -167,7 +165,7 @@ class ImageCache:
         return self._image_path(key).is_file()
 
     def store(self, key: str, data: bytes) -> None:
-        _atomic_write(self._image_path(key), data)
+        files.write_bytes(self._image_path(key), data)
 
     def lookup(self, url: str) -> FetchResult | None:
         """The result last recorded for `url` (post_id empty), or None."""
@@ -177,7 +175,7 @@ class ImageCache:
             return None
 
     def record(self, url: str, result: FetchResult) -> None:
-        _atomic_write(self._url_path(url), json.dumps({**result.row(), "post_id": ""}).encode())
+        files.write_bytes(self._url_path(url), json.dumps({**result.row(), "post_id": ""}).encode())
 
     def _image_path(self, key: str) -> Path:
         if not re.fullmatch(r"[0-9a-f]{64}", key):
@@ -187,13 +185,6 @@ class ImageCache:
     def _url_path(self, url: str) -> Path:
         digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
         return self.root / "url" / digest[:2] / f"{digest}.json"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def fetch_images(
@@ -317,13 +308,11 @@ def fetch_dump(
 
     started = time.monotonic()
     cache_dir = Path(cache_dir)
-    files = source.resolve(dump, cache_dir / "dumps")
+    paths = source.resolve(dump, cache_dir / "dumps")
     if status_path is None:
         stem = re.sub(r"[^\w.-]", "_", Path(urlsplit(str(dump)).path).stem)  # a glob's * and ? are no file names
         status_path = cache_dir / "status" / f"{stem}.parquet"
     status_path = Path(status_path)
-    status_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = status_path.with_name(f".{status_path.name}.{os.getpid()}.tmp")
     cache = ImageCache(cache_dir)
     counts: dict[str, int] = {}
     rejected = 0
@@ -336,8 +325,8 @@ def fetch_dump(
         writer.write_table(pa.Table.from_pylist([r.row() for r in results], schema=STATUS_TABLE_SCHEMA))
         batch.clear()
 
-    with pq.ParquetWriter(tmp, STATUS_TABLE_SCHEMA) as writer:
-        for shard in source.iter_shards(files, min(batch_size, 10_000), dump_name=str(dump), options=options):
+    with files.atomic_path(status_path) as tmp, pq.ParquetWriter(tmp, STATUS_TABLE_SCHEMA) as writer:
+        for shard in source.iter_shards(paths, min(batch_size, 10_000), dump_name=str(dump), options=options):
             rejected += len(shard.rejected)
             batch.extend((post_id, url) for post_id, urls in zip(shard.posts["post_id"].to_pylist(),
                                                                  shard.posts["image_urls"].to_pylist())
@@ -346,7 +335,6 @@ def fetch_dump(
                 flush()
         if batch:
             flush()
-    os.replace(tmp, status_path)
     return FetchSummary(status_path, counts, rejected, time.monotonic() - started)
 
 
