@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmsa import stack
+from mmsa import files, stack
 from mmsa.evaluate import classification_metrics, expected_calibration_error
 from mmsa.features import PooledSet, pooled_features
 from mmsa.schema import LABELS
@@ -175,9 +175,8 @@ def compare(mvsa_dir: str | Path, semeval: str | Path, out: str | Path | None, m
     }
     if out is not None:
         out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-        out.write_text(table(result))
+        files.write_text(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
+        files.write_text(out, table(result))
     return result
 
 

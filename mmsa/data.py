@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from mmsa import imaging
-from mmsa.files import default_cache_dir  # noqa: F401  (mmsa.train's import)
 from mmsa.schema import LABELS
 
 LABEL_TO_ID = {name: i for i, name in enumerate(LABELS)}

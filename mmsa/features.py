@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mmsa.data import LABEL_TO_ID, default_cache_dir, load_image
+from mmsa.data import LABEL_TO_ID, load_image
+from mmsa.files import atomic_path, default_cache_dir
 
 FEATURES_DIR = default_cache_dir() / "features"
 
@@ -100,9 +101,7 @@ def pooled_features(model, path: str | Path, with_images: bool = True, cache_dir
         if any(p is not None for p in paths):
             i = encode_pooled_images(model.image_encoder, paths)
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(cache.name + ".tmp.npz")
-            np.savez(tmp, t=t, i=i)
-            tmp.replace(cache)
+            with atomic_path(cache) as tmp, open(tmp, "wb") as fh:  # a handle: np.savez would append .npz to a name
+                np.savez(fh, t=t, i=i)
     has = np.array([bool(with_images and r.get("image")) for r in rows])
     return PooledSet(t, i, has, _labels(rows, "label"), _labels(rows, "text_label"), _labels(rows, "image_label"))

@@ -189,10 +189,9 @@ def train_model(mvsa_dir: str | Path, semeval: str | Path, out: str | Path, base
     MVSA's text labels with `weight`ed classes; the stack's own general-text input learns from SemEval
     alone, so its probabilities on MVSA posts are out of sample, as they were in cross-validation.
     """
-    import shutil
-
     from safetensors.torch import save_file
 
+    from mmsa import files
     from mmsa.evaluate import classification_metrics, expected_calibration_error
     from mmsa.features import pooled_features
     from mmsa.model import load_model
@@ -216,10 +215,11 @@ def train_model(mvsa_dir: str | Path, semeval: str | Path, out: str | Path, base
     p_ho = tempered(general.predict_proba(sem.t[ho]), t_general)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, out / "heads.safetensors")
+    with files.atomic_path(out / "heads.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, tmp)
     text_layers = m.config.get("text_layers")
     if text_layers and (m.folder / text_layers).resolve() != (out / text_layers).resolve():
-        shutil.copyfile(m.folder / text_layers, out / text_layers)
+        files.copy(m.folder / text_layers, out / text_layers)
     config = {
         "name": name or out.name,
         "labels": list(LABELS),
@@ -238,5 +238,5 @@ def train_model(mvsa_dir: str | Path, semeval: str | Path, out: str | Path, base
         "mvsa_pool_out_of_fold": classification_metrics(mv.label, p_oof.argmax(1)),
         **(extra or {}),
     }
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    files.write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
     return config

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from mmsa import imaging
-from mmsa.data import LabelledSet, default_cache_dir, load_image
+from mmsa.data import LabelledSet, load_image
 from mmsa.encoders import (
     DEFAULT_IMAGE_ENCODER,
     DEFAULT_TEXT_ENCODER,
@@ -39,6 +39,7 @@ from mmsa.encoders import (
     masked_mean,
 )
 from mmsa.evaluate import classification_metrics
+from mmsa.files import atomic_path, default_cache_dir
 from mmsa.heads import Bundle, Ensemble, Feats
 from mmsa.schema import LABELS
 
@@ -143,10 +144,8 @@ def cached(cache_dir: Path | None, key: str, compute: Callable[[], dict]) -> dic
     if path.exists():
         return load_file(path)
     feats = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in feats.items()}, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in feats.items()}, tmp)
     return feats
 
 
