@@ -1,9 +1,8 @@
 # One command to set up and run the demo, one to set up and run the tests.
 VENV   ?= .venv
 # The interpreter the venv is made from: the system's /usr/bin/python3 when it is 3.11 or newer and can
-# make a venv, else python3 from PATH. Debian's CPython runs this project's Python-heavy parts (Prefect's
-# API server start, the command's imports, image fetching) on 13-16% less CPU than pyenv's default build
-# (benchmarks/bench_python.py; benchmarks/results/infer.md, "(b) twelfth CPU session"). Override: PYTHON=...
+# make a venv (Debian's build runs the Python-heavy parts on less CPU than pyenv's default; figures in
+# benchmarks/results/infer.md), else python3 from PATH. Override: PYTHON=...
 PYTHON ?= $(shell /usr/bin/python3 -c 'import sys, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
             && echo /usr/bin/python3 || echo python3)
 PY     := $(VENV)/bin/python

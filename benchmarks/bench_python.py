@@ -1,8 +1,8 @@
 """Compare CPython builds on this project's Python-heavy work, which is what a 2-core run spends
 beside the model: CPU seconds of
 
-- server: Prefect's API server start (import + create_app, which flows.api.server_app wraps);
-- client: the scoring command's own imports (flows.score, mmsa.infer);
+- server: Prefect's API server start (import + create_app, what its ephemeral server runs);
+- client: the scoring command's own imports (mmsa.flows.score, mmsa.infer);
 - fetch: mmsa.fetch per image (download from 127.0.0.1, decode, resize, cache), one thread.
 
 Each measure runs in a fresh process of each interpreter, interleaved, and the median of --runs is
@@ -35,7 +35,7 @@ def child(what: str, base: str, cache: str) -> None:
 
         server.create_app(ephemeral=True)
     elif what == "client":
-        import flows.score  # noqa: F401
+        import mmsa.flows.score  # noqa: F401
         import mmsa.infer  # noqa: F401
     else:
         from mmsa.fetch import FetchConfig, ImageCache, _Fetcher

@@ -44,7 +44,8 @@ def main() -> None:
     from mmsa import pipeline, procfetch, store
     from mmsa.data import load_jsonl, resolve_data_dir
     from mmsa.demo import serve_folder
-    from mmsa.fetch import FetchConfig, ImageCache, fetch_images
+    from mmsa.fetch import FetchConfig, ImageCache
+    from mmsa.procfetch import fetch_images
     from mmsa.infer import get_engine
     from mmsa.model import load_model
 

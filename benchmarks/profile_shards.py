@@ -12,7 +12,6 @@ alone, and why" (benchmarks/results/infer.md, GPU section) without the start-up 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shutil
 import statistics
 import sys
@@ -39,17 +38,13 @@ from mmsa.model import load_model  # noqa: E402
 def run(dump_url: str, work: Path, threads: int, fetch_workers: int) -> dict:
     """One fresh run (new output and image cache) of every shard; its wall time and stage seconds."""
     shutil.rmtree(work, ignore_errors=True)
-    opts = pipeline.RunOptions(db=str(work / "db.duckdb"), out=str(work / "out"), allow_hosts=("127.0.0.1",), force=True)
-    base = pipeline._fetch_config
-    pipeline._fetch_config = lambda o, size: dataclasses.replace(base(o, size), workers=fetch_workers)
-    try:
-        t0 = time.perf_counter()
-        prepared = pipeline.prepare(dump_url, opts)
-        with GpuSampler() as gpu, ThreadPoolExecutor(threads) as pool:
-            results = list(pool.map(lambda s: pipeline.score_shard(s, opts, "profile", prepared.key), prepared.shards))
-        wall = time.perf_counter() - t0
-    finally:
-        pipeline._fetch_config = base
+    opts = pipeline.RunOptions(db=str(work / "db.duckdb"), out=str(work / "out"), allow_hosts=("127.0.0.1",), force=True,
+                               fetch=FetchConfig(workers=fetch_workers))
+    t0 = time.perf_counter()
+    prepared = pipeline.prepare(dump_url, opts)
+    with GpuSampler() as gpu, ThreadPoolExecutor(threads) as pool:
+        results = list(pool.map(lambda s: pipeline.score_shard(s, opts, "profile", prepared.key), prepared.shards))
+    wall = time.perf_counter() - t0
     return {"wall": wall, "posts": sum(r.posts for r in results), "gpu": gpu.summary(), "shards": prepared.shards,
             "per_shard": [r.seconds["infer"] for r in results],
             **{k: sum(r.seconds[k] for r in results) for k in ("fetch", "infer_wait", "infer", "write")}}

@@ -9,35 +9,19 @@ it scores yesterday in `timezone`: that is the nightly deployment.
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from prefect import flow
 
-from flows.score import make_task_runner, score_flow
-from mmsa import pipeline
+from mmsa.flows.score import make_task_runner, score_flow
+from mmsa.options import DEFAULT_MAX_IMAGES, RunParameters, parameter_names
+from mmsa.store import already_scored
 
 
 def days_between(start: date, end: date) -> list[date]:
     if end < start:
         raise ValueError(f"end {end} is before start {start}")
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
-
-
-def already_scored(db: str, dump: str, model_version: str) -> bool:
-    """True when `runs` holds a finished run of `dump` by `model_version`."""
-    import duckdb
-
-    if not Path(db).exists():
-        return False
-    with pipeline.run_lock(db), duckdb.connect(db, read_only=True) as con:
-        if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'runs'").fetchone()[0]:
-            return False
-        row = con.execute(
-            "SELECT count(*) FROM runs WHERE dump = $dump AND model_version = $mv AND finished_at IS NOT NULL",
-            {"dump": dump, "mv": model_version},
-        ).fetchone()
-    return row[0] > 0
 
 
 @flow(name="backfill-posts", log_prints=True)
@@ -51,6 +35,7 @@ def backfill_flow(
     model: str = "default",
     shard_size: int | None = None,
     cache: str | None = None,
+    allow_local_files: bool = False,
     allow_hosts: list[str] | None = None,
     force: bool = False,
     retry_failed: bool = False,
@@ -60,12 +45,18 @@ def backfill_flow(
     source_format: str | None = None,
     mapping: dict[str, str] | None = None,
     brands: str | None = None,
-    max_images: int = 4,
+    max_images: int = DEFAULT_MAX_IMAGES,
+    fetch_processes: int | None = None,
+    gpu_decode: bool = False,
 ) -> dict[str, str]:
     """Score the dump of every day from `start` to `end` (inclusive; default: yesterday in `timezone`).
+    The run parameters are mmsa.options.RunParameters', flat here as a deployment gives them.
 
     Returns {day: "scored" | "skipped"}; fails after trying every day if any day failed."""
     from mmsa.model import load_model
+
+    given = locals()
+    params = RunParameters(**{name: given[name] for name in parameter_names() if name in given})
 
     yesterday = datetime.now(ZoneInfo(timezone)).date() - timedelta(days=1)
     start = start or end or yesterday
@@ -79,11 +70,7 @@ def backfill_flow(
             outcome[str(day)] = "skipped"
             print(f"{day}: {dump} already scored by {model_version}, skipped")
             continue
-        state = scorer.with_options(flow_run_name=f"score-{day}")(
-            dump=dump, db=db, out=out, cache=cache, model=model, shard_size=shard_size,
-            allow_hosts=allow_hosts, force=force, retry_failed=retry_failed, backend=backend, return_state=True,
-            source_format=source_format, mapping=mapping, brands=brands, max_images=max_images,
-        )
+        state = scorer.with_options(flow_run_name=f"score-{day}")(dump=dump, params=params, return_state=True)
         outcome[str(day)] = "scored" if state.is_completed() else "failed"
         if not state.is_completed():
             failed.append(f"{day} ({state.message})")

@@ -14,10 +14,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from mmsa import pipeline, source
+from mmsa import pipeline
+from mmsa.options import RUNNERS, RunParameters
 from mmsa.store import now_utc
-
-RUNNERS = ("threads", "dask")
 
 
 def make_task_runner(runner: str = "threads", dask_address: str | None = None, dask_workers: int = 2):
@@ -61,41 +60,15 @@ def load_task(prepared, results, opts, run_id, model_version, started_at, stage_
 
 
 @flow(name="score-posts", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
-def score_flow(
-    dump: str,
-    db: str,
-    out: str,
-    cache: str | None = None,
-    model: str = "default",
-    shard_size: int | None = None,
-    allow_local_files: bool = False,
-    allow_hosts: list[str] | None = None,
-    force: bool = False,
-    retry_failed: bool = False,
-    backend: str | None = None,
-    progress: bool = False,
-    source_format: str | None = None,
-    mapping: dict[str, str] | None = None,
-    brands: str | None = None,
-    max_images: int = source.DEFAULT_MAX_IMAGES,
-    fetch_processes: int | None = 0,
-    gpu_decode: bool = False,
-) -> pipeline.RunSummary:
-    """Score one post dump (a file, folder or glob of files) into Parquet partitions under `out` and the
-    DuckDB file `db`. source_format: a mmsa.readers name (None: each record's shape decides); mapping:
-    {flat field: path in the record}; brands: a brands file (mmsa.brands); max_images: per post;
-    fetch_processes: image worker processes per machine scoring shards (mmsa.procfetch; 0: threads, None: by cores);
-    gpu_decode: JPEGs decoded on the GPU in batches where one is present (mmsa.gpudecode).
+def score_flow(dump: str, params: RunParameters, progress: bool = False) -> pipeline.RunSummary:
+    """Score one post dump (a file, folder or glob of files) into Parquet partitions under `params.out` and
+    the DuckDB file `params.db` (mmsa.options.RunParameters says what else a run is told).
 
     The whole run holds `<db>.lock`: a second run against the same database is refused."""
     from mmsa.model import load_model
 
-    opts = pipeline.RunOptions(
-        db=db, out=out, cache=cache, model=model, shard_size=shard_size, allow_local_files=allow_local_files,
-        allow_hosts=tuple(allow_hosts or ()), force=force, retry_failed=retry_failed,
-        backend=backend, reading=source.ReadOptions.build(source_format, mapping, brands, max_images),
-        fetch_processes=fetch_processes, gpu_decode=gpu_decode,
-    )
+    opts = pipeline.RunOptions.build(params)
+    db, out, model = params.db, params.out, params.model
     with pipeline.run_lock(db):
         run_id, started_at = pipeline.new_run_id(), now_utc()
         t0 = started_at.timestamp()
@@ -122,18 +95,18 @@ def headline_task(db: str, run_id: str, out: str) -> list[str]:
     import shutil
     import tempfile
 
-    from mmsa import publish, report, storage
+    from mmsa import charts, publish, storage
 
     remote = storage.is_remote(out)  # charts drawn in a local folder, then uploaded beside the Parquet
-    charts = Path(tempfile.mkdtemp(prefix="mmsa-charts-")) if remote else Path(out) / "_reports" / run_id
-    headline = report.headline_markdown(publish.snapshot_path(db), run_id=run_id, chart_dir=charts)
+    folder = Path(tempfile.mkdtemp(prefix="mmsa-charts-")) if remote else Path(out) / "_reports" / run_id
+    headline = charts.headline(publish.snapshot_path(db), folder, run_id=run_id)
     paths = [str(path) for path in headline.charts]
     if remote:
         target = storage.path(out) / "_reports" / run_id
         for path in headline.charts:
             storage.upload(path, target / Path(path).name)
         paths = [str(target / Path(path).name) for path in headline.charts]
-        shutil.rmtree(charts, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
     links = "\n".join(f"- chart: `{path}`" for path in paths)
     create_markdown_artifact(key="headline", markdown=f"{headline.markdown}\n{links}\n", description="mmsa nightly headline")
     return paths

@@ -1,5 +1,8 @@
 """`mmsa serve`: run the deployments of deployments/prefect.yaml from this one process (flow.serve),
-for a single machine without a work pool or worker. The yaml stays the one definition of them."""
+for a single machine without a work pool or worker. The yaml stays the one definition of them.
+
+Its entrypoints (`flows/score.py:...`) are relative to the folder above the yaml's: the repository root
+in a checkout, the installed mmsa package in a wheel (where flows/ is mmsa/flows/)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,9 @@ from pathlib import Path
 
 import yaml
 
-PREFECT_YAML = Path(__file__).resolve().parent.parent / "deployments" / "prefect.yaml"
+from mmsa.files import package_dir
+
+PREFECT_YAML = package_dir("mmsa.deployments") / "prefect.yaml"
 
 
 def load_deployments(path: Path = PREFECT_YAML) -> list[dict]:

@@ -20,7 +20,7 @@ import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from mmsa import report  # noqa: E402
+from mmsa import files, report  # noqa: E402
 
 CHARTS = ("daily_brand_sentiment", "weekly_brand_sentiment", "share_of_voice", "sentiment_spikes")
 MAX_BRANDS = 8  # more lines than this on one axis stop being readable; the busiest brands are drawn
@@ -177,14 +177,21 @@ def _png(fig: Figure) -> bytes:
 
 def render_chart(name: str, db: str | Path | duckdb.DuckDBPyConnection, out: str | Path, **params: object) -> Path:
     """Run report `name` (and what its chart needs) on `db` and write its chart as a PNG at `out`."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(db, duckdb.DuckDBPyConnection):
-        out.write_bytes(_png(_figure(name, db, params)))
-    else:
-        with report.connect(db) as con:
-            out.write_bytes(_png(_figure(name, con, params)))
-    return out
+        return files.write_bytes(out, _png(_figure(name, db, params)))
+    with report.connect(db) as con:
+        return files.write_bytes(out, _png(_figure(name, con, params)))
+
+
+def headline(db: str | Path, chart_dir: str | Path, run_id: str | None = None) -> report.Headline:
+    """report.headline_markdown with its trend and spike charts rendered into `chart_dir`."""
+    chart_dir = Path(chart_dir)
+
+    def draw() -> list[Path]:
+        return [render_chart("daily_brand_sentiment", db, chart_dir / "trend.png"),
+                render_chart("sentiment_spikes", db, chart_dir / "spikes.png")]
+
+    return report.headline_markdown(db, run_id=run_id, draw=draw)
 
 
 def _html_table(rows: list[dict], columns: list[str]) -> str:
@@ -237,7 +244,4 @@ def html_summary(db: str | Path, out: str | Path, **filters: object) -> Path:
         f"<p>Database <code>{html.escape(str(db))}</code>; filters: {html.escape(shown)}; generated "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.</p>\n<nav>{nav}</nav>\n" + "\n".join(sections) + "\n</body></html>\n"
     )
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
-    return out
+    return files.write_text(out, page)

@@ -1,4 +1,5 @@
-"""The `mmsa` command line. Each subcommand is a thin shell over one library module.
+"""The `mmsa` command line: the app layer's entry, beside mmsa.flows. Each subcommand is a thin shell
+over one library module or flow; nothing below the app layer imports this module.
 
 Heavy imports (torch, prefect) happen inside the command that needs them so that
 `mmsa --help` and light commands stay fast.
@@ -7,28 +8,25 @@ Heavy imports (torch, prefect) happen inside the command that needs them so that
 from __future__ import annotations
 
 import argparse
-import atexit
 import os
 import sys
 import threading
 from datetime import date
 from pathlib import Path
 
-# The mmsa.readers names, here so that `mmsa --help` imports nothing.
-FORMAT_NAMES = ("flat", "x-v2", "reddit", "bluesky-jetstream", "mastodon")
+from mmsa.options import BACKENDS, DEFAULT_MAX_IMAGES, RUNNERS, RunParameters, parameter_names
+from mmsa.readers import FORMATS
 
-# Prefect's ephemeral server can take 20-30 s to start on a small, busy machine (the default
-# timeout is 20 s); and the project never phones home.
+# Documented Prefect settings: its ephemeral server can take 20-30 s to start on a small, busy machine
+# (the default timeout is 20 s), and the project never phones home.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def _preload(model: str, backend: str | None) -> None:
-    """Load the model and its inference engine in a thread while the command imports the flow and the
-    API server starts; the flow's shards then find the engine in get_engine's cache. Then matplotlib,
-    which the run's last task needs: imported here it fits while the server boots, not after the last
-    shard (a 4-post run: 10.5 against 11.7 s, median of 4). Failures are left to the flow, which
-    reports them with its own error."""
+    """Load the model and its inference engine in a thread while the command imports Prefect and the flow;
+    the flow's shards then find the engine in get_engine's cache. A failure is left to the flow, which
+    reports it with its own error."""
 
     def load_engine() -> None:
         from mmsa.infer import get_engine
@@ -37,7 +35,6 @@ def _preload(model: str, backend: str | None) -> None:
             get_engine(model, backend).warm_up()
         except Exception:  # noqa: BLE001 - a bad model or backend fails in the flow, with its error
             pass
-        import mmsa.charts  # noqa: F401
 
     threading.Thread(target=load_engine, name="mmsa-preload", daemon=True).start()
 
@@ -60,68 +57,41 @@ def _mapping(args: argparse.Namespace) -> dict[str, str]:
     return mapping
 
 
-def _cmd_score(args: argparse.Namespace) -> int:
-    from flows.api import LocalAPI, imports_without_gc
-    from mmsa.source import ReadOptions
+def _run_parameters(args: argparse.Namespace) -> RunParameters:
+    """The run's parameters from the shared argument group (_add_run_options), checked before Prefect starts
+    so that a typo in an option costs no server start."""
+    from mmsa.pipeline import RunOptions
 
-    # Checked here, before Prefect starts, so a typo in an option costs no server start.
-    reading = ReadOptions.build(args.source_format, _mapping(args), args.brands, args.max_images)
-    api = LocalAPI()  # first: it boots in its own process while this one imports and loads
-    with imports_without_gc():
-        if args.runner == "threads":  # Dask workers load their own
-            _preload(args.model, args.backend)
-        from flows.score import make_task_runner, score_flow
+    params = RunParameters(**{name: getattr(args, name) for name in _RUN_OPTION_NAMES}, mapping=_mapping(args) or None)
+    RunOptions.build(params)
+    return params
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    params = _run_parameters(args)
+    if args.runner == "threads":  # Dask workers load their own
+        _preload(args.model, args.backend)
+    from mmsa.flows.score import make_task_runner, score_flow
 
     runner = make_task_runner(args.runner, args.dask_address, args.dask_workers)
-    with api:
-        summary = score_flow.with_options(task_runner=runner)(
-            dump=args.dump,
-            db=args.db,
-            out=args.out,
-            cache=args.cache,
-            model=args.model,
-            shard_size=args.shard_size,
-            allow_local_files=args.allow_local_files,
-            allow_hosts=args.allow_hosts,
-            force=args.force,
-            retry_failed=args.retry_failed,
-            backend=args.backend,
-            progress=not args.quiet,
-            source_format=args.source_format,
-            mapping=reading.mapping or None,
-            brands=args.brands,
-            max_images=args.max_images,
-            fetch_processes=args.fetch_processes,
-            gpu_decode=args.gpu_decode,
-        )
+    summary = score_flow.with_options(task_runner=runner)(dump=args.dump, params=params, progress=not args.quiet)
     print(summary.describe())
     return 0
 
 
 def _cmd_backfill(args: argparse.Namespace) -> int:
-    from flows.api import LocalAPI, imports_without_gc
+    params = _run_parameters(args)
+    from mmsa.flows.backfill import backfill_flow
 
-    from mmsa.source import ReadOptions
-
-    reading = ReadOptions.build(args.source_format, _mapping(args), args.brands, args.max_images)
-    api = LocalAPI()
-    with imports_without_gc():
-        from flows.backfill import backfill_flow
-
-    with api:
-        outcome = backfill_flow(
-            dump_template=args.dump_template, db=args.db, out=args.out, start=args.date_from, end=args.date_to,
-            timezone=args.timezone, model=args.model, shard_size=args.shard_size, cache=args.cache,
-            allow_hosts=args.allow_hosts, force=args.force, retry_failed=args.retry_failed, backend=args.backend,
-            runner=args.runner, dask_address=args.dask_address, source_format=args.source_format,
-            mapping=reading.mapping or None, brands=args.brands, max_images=args.max_images,
-        )
+    outcome = backfill_flow(dump_template=args.dump_template, start=args.date_from, end=args.date_to,
+                            timezone=args.timezone, runner=args.runner, dask_address=args.dask_address,
+                            **vars(params))
     print("\n".join(f"{day}  {what}" for day, what in outcome.items()))
     return 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from flows import serve
+    from mmsa.flows import serve
 
     overrides = {"dump_template": args.dump_template, "db": args.db, "out": args.out, "timezone": args.timezone}
     if args.register:
@@ -131,15 +101,51 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# The RunParameters fields that are flags of their own (mapping is built from --map and --map-file).
+_RUN_OPTION_NAMES = tuple(name for name in parameter_names() if name != "mapping")
+
+
 def _add_reading_options(p: argparse.ArgumentParser, brands: bool = True) -> None:
-    p.add_argument("--source-format", choices=FORMAT_NAMES, default=None,
+    p.add_argument("--source-format", choices=FORMATS, default=None,
                    help="the platform format of the records (default: told by each record's shape)")
     p.add_argument("--map", action="append", default=[], metavar="FIELD=PATH",
                    help="take a flat field from another path of each record, e.g. text=full_text, image_urls=media[].url")
     p.add_argument("--map-file", metavar="FILE", help="the --map pairs as a YAML/JSON object {FIELD: PATH}")
     if brands:
         p.add_argument("--brands", metavar="FILE", help="brand rules (YAML/JSON): keywords, hashtags, handles, regexes per brand")
-    p.add_argument("--max-images", type=int, default=4, metavar="N", help="images per post, in its order (default 4)")
+    p.add_argument("--max-images", type=int, default=DEFAULT_MAX_IMAGES, metavar="N",
+                   help=f"images per post, in its order (default {DEFAULT_MAX_IMAGES})")
+
+
+def _add_address_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-local-files", action="store_true",
+                   help="accept image_url values that are local file paths (off by default: dumps are untrusted)")
+    p.add_argument("--allow-hosts", nargs="*", default=[], metavar="HOST_OR_CIDR",
+                   help="hosts or CIDRs exempt from the private-address block (tests, private CDNs)")
+
+
+def _add_run_options(p: argparse.ArgumentParser, what: str) -> None:
+    """The argument group of mmsa.options.RunParameters, shared by `score` and `backfill` (`what`: what
+    --force and --retry-failed redo, in the help)."""
+    p.add_argument("--db", required=True, help="DuckDB database file to write (local)")
+    p.add_argument("--out", required=True, help="folder for hive-partitioned Parquet results, or s3://bucket/prefix")
+    p.add_argument("--cache", help="image cache folder or s3://bucket/prefix (default: OUT/_cache)")
+    p.add_argument("--model", default="default", help="model name or folder (default: shipped model)")
+    p.add_argument("--shard-size", type=int, default=None,
+                   help="posts per shard, the unit of work and resume (default: the size an earlier run cut the "
+                        "dump at, else 512)")
+    _add_address_options(p)
+    p.add_argument("--force", action="store_true", help=f"re-score {what} already scored by this model")
+    p.add_argument("--retry-failed", action="store_true",
+                   help=f"re-fetch retryable image failures and re-score the {what} that had them")
+    _add_reading_options(p)
+    p.add_argument("--runner", choices=RUNNERS, default="threads",
+                   help="where shards are scored: threads of this process, or Dask workers")
+    p.add_argument("--dask-address", metavar="tcp://HOST:8786",
+                   help="with --runner dask: an existing Dask scheduler (default: a temporary local cluster)")
+    p.add_argument("--backend", choices=BACKENDS,
+                   help="inference backend (default: $MMSA_BACKEND, else onnx on CPU, torch on GPU); see benchmarks/results/infer.md")
+    _add_image_work_options(p)
 
 
 def _processes(value: str) -> int | None:
@@ -150,7 +156,7 @@ def _processes(value: str) -> int | None:
     return int(value)
 
 
-def _add_fetch_processes(p: argparse.ArgumentParser) -> None:
+def _add_image_work_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fetch-processes", type=_processes, default=os.environ.get("MMSA_FETCH_PROCESSES", "auto"),
                    metavar="N|auto",
                    help="download + decode + resize images in N worker processes; 0: threads of this process; auto "
@@ -160,29 +166,15 @@ def _add_fetch_processes(p: argparse.ArgumentParser) -> None:
                    help="decode JPEGs on the GPU in batches (torchvision/nvJPEG) when one is present; no effect without")
 
 
-def _add_runner_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runner", choices=("threads", "dask"), default="threads",
-                   help="where shards are scored: threads of this process, or Dask workers")
-    p.add_argument("--dask-address", metavar="tcp://HOST:8786",
-                   help="with --runner dask: an existing Dask scheduler (default: a temporary local cluster)")
-    p.add_argument("--backend", choices=("torch", "onnx", "int8", "onnx-int8"),
-                   help="inference backend (default: $MMSA_BACKEND, else onnx on CPU, torch on GPU); see benchmarks/results/infer.md")
-
-
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    from mmsa import fetch
+    from mmsa import fetch, procfetch
     from mmsa.source import ReadOptions
 
-    config = fetch.FetchConfig(
-        allow_hosts=tuple(args.allow_hosts),
-        allow_local_files=args.allow_local_files,
-        deadline=args.deadline,
-        workers=args.workers,
-        per_host=args.per_host,
-        processes=args.fetch_processes,
-        gpu_decode=args.gpu_decode,
-    )
-    summary = fetch.fetch_dump(
+    tuned = {k: v for k, v in (("deadline", args.deadline), ("workers", args.workers), ("per_host", args.per_host))
+             if v is not None}
+    config = fetch.FetchConfig(allow_hosts=tuple(args.allow_hosts), allow_local_files=args.allow_local_files,
+                               processes=args.fetch_processes, gpu_decode=args.gpu_decode, **tuned)
+    summary = procfetch.fetch_dump(
         args.dump, args.cache, config, status_path=args.status, retry_failed=args.retry_failed, progress=not args.quiet,
         options=ReadOptions.build(args.source_format, _mapping(args), None, args.max_images),
     )
@@ -251,6 +243,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from mmsa.data import resolve_data_dir
 
     train.set_threads(args.threads)
+    data = args.data or resolve_data_dir() / "mvsa_single"
+    if args.head == "stack":
+        from mmsa import stack
+
+        cfg = stack.train_model(data, args.semeval or resolve_data_dir() / "semeval2017_4a" / "train.jsonl", args.out,
+                                base=args.base, weight=args.class_weight or stack.DEFAULT_WEIGHT, seed=args.seed)
+        s, m = cfg["semeval_heldout"], cfg["mvsa_pool_out_of_fold"]
+        print(f"SemEval held-out macro recall={s['macro_recall']:.4f} (neutral {s['per_class_recall']['neutral']:.4f}); "
+              f"MVSA train+dev out-of-fold accuracy={m['accuracy']:.4f} weighted_f1={m['weighted_f1']:.4f} -> {args.out}")
+        return 0
     cfg = train.TrainConfig(
         head=args.head,
         text_encoder=args.text_encoder,
@@ -263,12 +265,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         seed=args.seed,
-        class_weight=args.class_weight,
+        class_weight=args.class_weight or "none",
         folds=args.folds,
         members=args.members,
     )
-    summary = train.run(cfg, args.data or resolve_data_dir() / "mvsa_single", args.out,
-                        cache_dir=args.cache or train.DEFAULT_CACHE)
+    summary = train.run(cfg, data, args.out, cache_dir=args.cache or train.DEFAULT_CACHE)
     d = summary["dev"]
     print(
         f"dev accuracy={d['accuracy']:.4f} weighted_f1={d['weighted_f1']:.4f} macro_f1={d['macro_f1']:.4f} "
@@ -279,17 +280,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from mmsa import train
+    from mmsa import crossval, train
     from mmsa.data import resolve_data_dir
 
     train.set_threads(args.threads)
-    base = train.TrainConfig(
-        pretrain_text=args.pretrain_text, pretrain_layers=args.pretrain_layers, pretrain_max=args.pretrain_max,
-        folds=args.folds, members=args.members,
-    )
-    data = args.data or resolve_data_dir() / "mvsa_single"
-    table = train.compare(data, args.heads, args.seeds, args.out, cache_dir=args.cache or train.DEFAULT_CACHE, base=base)
-    print(table)
+    result = crossval.compare(args.data or resolve_data_dir() / "mvsa_single",
+                              args.semeval or resolve_data_dir() / "semeval2017_4a" / "train.jsonl",
+                              args.out, model=args.model, k=args.folds, repeats=args.repeats, seed=args.seed,
+                              cache_dir=args.cache)
+    print(crossval.table(result))
     return 0
 
 
@@ -300,31 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score a post dump into Parquet + DuckDB (Prefect flow)")
     p.add_argument("dump", help="JSONL/CSV/Parquet file (.gz/.zst too), a folder or a quoted glob of them, an http(s) "
                                 "URL, or an fsspec URL (s3://bucket/dumps/day.jsonl.zst; docs/operations.md)")
-    _add_reading_options(p)
-    p.add_argument("--db", required=True, help="DuckDB database file to write (local)")
-    p.add_argument("--out", required=True, help="folder for hive-partitioned Parquet results, or s3://bucket/prefix")
-    p.add_argument("--cache", help="image cache folder or s3://bucket/prefix (default: OUT/_cache)")
-    p.add_argument("--model", default="default", help="model name or folder (default: shipped model)")
-    p.add_argument("--shard-size", type=int, default=None,
-                   help="posts per shard, the unit of work and resume (default: the size an earlier run cut this "
-                        "dump at, else 512)")
-    p.add_argument(
-        "--allow-local-files",
-        action="store_true",
-        help="accept image_url values that are local file paths (off by default: dumps are untrusted)",
-    )
-    p.add_argument(
-        "--allow-hosts",
-        nargs="*",
-        default=[],
-        metavar="HOST_OR_CIDR",
-        help="hosts or CIDRs exempt from the private-address block (tests, private CDNs)",
-    )
-    p.add_argument("--force", action="store_true", help="re-score shards already scored by this model")
-    p.add_argument("--retry-failed", action="store_true", help="re-fetch retryable image failures and re-score their shards")
-    _add_runner_options(p)
+    _add_run_options(p, "shards")
     p.add_argument("--dask-workers", type=int, default=2, help="worker processes of the temporary local Dask cluster")
-    _add_fetch_processes(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_score)
 
@@ -334,19 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first day (default: yesterday)")
     p.add_argument("--to", dest="date_to", type=date.fromisoformat, metavar="YYYY-MM-DD", help="last day, inclusive")
     p.add_argument("--timezone", default="UTC", help="timezone that decides which day is yesterday")
-    p.add_argument("--db", required=True, help="DuckDB database file to write")
-    p.add_argument("--out", required=True, help="folder for hive-partitioned Parquet results")
-    p.add_argument("--cache", help="image cache folder (default: OUT/_cache)")
-    p.add_argument("--model", default="default", help="model name or folder (default: shipped model)")
-    p.add_argument("--shard-size", type=int, default=None,
-                   help="posts per shard (default: the size an earlier run cut a day's dump at, else 512)")
-    p.add_argument("--allow-hosts", nargs="*", default=[], metavar="HOST_OR_CIDR",
-                   help="hosts or CIDRs exempt from the private-address block")
-    p.add_argument("--force", action="store_true", help="re-score days already scored by this model")
-    p.add_argument("--retry-failed", action="store_true",
-                   help="revisit scored days: re-fetch their retryable image failures and re-score those shards")
-    _add_reading_options(p)
-    _add_runner_options(p)
+    _add_run_options(p, "days")
     p.set_defaults(func=_cmd_backfill)
 
     p = sub.add_parser("serve", help="serve the nightly, backfill and train deployments from this process (no work pool)")
@@ -361,16 +325,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fetch", help="download a dump's images into the cache, checking that they decode; write a status table")
     p.add_argument("dump", help="JSONL/CSV/Parquet file (.gz/.zst too), a folder or a quoted glob of them, or an http(s) URL")
-    p.add_argument("--cache", required=True, help="image cache folder (shared with `score --cache`)")
+    p.add_argument("--cache", required=True, help="image cache folder or s3://bucket/prefix (shared with `score --cache`)")
     p.add_argument("--status", help="status table to write (default: CACHE/status/<dump name>.parquet)")
     p.add_argument("--retry-failed", action="store_true", help="fetch again the URLs whose last status was retryable")
-    p.add_argument("--workers", type=int, default=16, help="concurrent downloads (per process, with --fetch-processes)")
-    p.add_argument("--per-host", type=int, default=8, help="concurrent downloads from one host")
-    _add_fetch_processes(p)
-    p.add_argument("--deadline", type=float, default=30.0, help="seconds allowed per image, retries included")
-    p.add_argument("--allow-local-files", action="store_true", help="accept absolute paths and file: URLs as image_url")
-    p.add_argument("--allow-hosts", nargs="*", default=[], metavar="HOST_OR_CIDR",
-                   help="hosts or CIDRs exempt from the private-address block (tests, private CDNs)")
+    p.add_argument("--workers", type=int,
+                   help="concurrent downloads (per process, with --fetch-processes; default: mmsa.fetch.FetchConfig's)")
+    p.add_argument("--per-host", type=int, help="concurrent downloads from one host (default: FetchConfig's)")
+    p.add_argument("--deadline", type=float, help="seconds allowed per image, retries included (default: FetchConfig's)")
+    _add_address_options(p)
+    _add_image_work_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_reading_options(p, brands=False)
     p.set_defaults(func=_cmd_fetch)
@@ -407,13 +370,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="default", help="model name or folder (default: shipped model)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", action="store_true", help="print all metrics as JSON")
-    p.add_argument("--backend", choices=("torch", "onnx", "int8", "onnx-int8"),
+    p.add_argument("--backend", choices=BACKENDS,
                    help="inference backend (default: $MMSA_BACKEND, else onnx on CPU, torch on GPU)")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("train", help="train a fusion head (frozen cached features, or fine-tune top text layers)")
+    p = sub.add_parser("train", help="train the shipped recipe (stack) or a paper fusion head")
     p.add_argument("--data", help="folder with train.jsonl + dev.jsonl (default: $MMSA_DATA/mvsa_single)")
-    p.add_argument("--head", default="native_combine", help="text|image|native_cat|native_combine|cmac|hstec|ote")
+    p.add_argument("--head", default="stack",
+                   help="stack (the default model's recipe: linear heads stacked over --base's encoders, fitted on "
+                        "train+dev and --semeval) | text|image|native_cat|native_combine|cmac|hstec|ote (dev held out)")
+    p.add_argument("--semeval", help="general tweets JSONL for the text path (default: $MMSA_DATA/semeval2017_4a/train.jsonl)")
+    p.add_argument("--base", default="default", help="stack: the model folder whose encoders are used")
     p.add_argument("--text-encoder", default="all-minilm-l6-v2", help="HF folder or cached hub name")
     p.add_argument("--image-encoder", default="efficientnet-lite0", help="efficientnet-lite0|resnet18:PTH|resnet50:PTH|HF folder")
     p.add_argument("--pretrain-text", help="labelled text-only JSONL (e.g. SemEval) to fine-tune the text side on first")
@@ -423,7 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-layers", type=int, default=0, help="top text-encoder layers to fine-tune (0 = frozen)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--class-weight", default="none", choices=["none", "sqrt", "balanced"])
+    p.add_argument("--class-weight", choices=["none", "sqrt", "balanced"],
+                   help="class weighting (default: none; stack: of the general text head, default the one "
+                        "`mmsa compare` chose)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--folds", type=int, default=5, help="stratified folds of the training set (early stopping; never dev)")
     p.add_argument("--members", type=int, default=5, help="members, one per fold, probabilities averaged (1 = one model)")
@@ -432,17 +401,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy shared machine)")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("compare", help="train every head x seeds on cached features; write (or resume) a markdown table")
+    p = sub.add_parser("compare", help="the selection protocol: repeated stratified CV over train+dev; writes the table")
     p.add_argument("--data", help="folder with train.jsonl + dev.jsonl (default: $MMSA_DATA/mvsa_single)")
-    p.add_argument("--heads", nargs="+", default=["text", "image", "native_cat", "native_combine", "ote", "cmac", "hstec"])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--folds", type=int, default=5, help="stratified folds of the training set (early stopping; never dev)")
-    p.add_argument("--members", type=int, default=5, help="members, one per fold, probabilities averaged (1 = one model)")
+    p.add_argument("--semeval", help="general tweets JSONL for the text path (default: $MMSA_DATA/semeval2017_4a/train.jsonl)")
+    p.add_argument("--model", default="default", help="model folder whose encoders give the features")
+    p.add_argument("--folds", type=int, default=5, help="stratified folds per repeat")
+    p.add_argument("--repeats", type=int, default=3, help="repeats of the k-fold split (different shuffles)")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", type=Path, help="feature cache folder (default: $MMSA_CACHE/features, else ~/.cache/mmsa/features)")
-    p.add_argument("--out", default="results/compare.md", help="markdown table to write")
-    p.add_argument("--pretrain-text", help="labelled text-only JSONL to fine-tune the text side on first (then frozen)")
-    p.add_argument("--pretrain-layers", type=int, default=3, help="top text layers trained in pre-training")
-    p.add_argument("--pretrain-max", type=int, default=45000, help="pre-training examples (default: all)")
+    p.add_argument("--out", default="results/compare.md", help="markdown table to write (per-fold JSON beside it)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy shared machine)")
     p.set_defaults(func=_cmd_compare)
 
@@ -459,24 +426,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The `mmsa` executable: main(), then exit without the interpreter's module teardown.
-
-    Tearing down torch's, transformers' and prefect's modules takes 1.5-3 s of CPU here after all the
-    work is done (benchmarks/results/infer.md). The handler registered here runs after every other
-    atexit handler (they run last-registered first), so Prefect still stops its server and flushes
-    its logs, and non-daemon threads are joined before any of them. When main raises, the exit is
-    Python's own. main() itself (called in-process by the tests) is unchanged."""
-    returned: list[int] = []
-
-    def skip_teardown() -> None:
-        if returned:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(returned[0])
-
-    atexit.register(skip_teardown)
-    returned.append(main())
-    sys.exit(returned[0])
+    """The `mmsa` executable."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from mmsa import imaging
-from mmsa.fetch import FetchConfig
 from mmsa.schema import LABELS
 
 LABEL_TO_ID = {name: i for i, name in enumerate(LABELS)}
@@ -24,11 +23,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def resolve_data_dir(data: str | os.PathLike | None = None) -> Path:
     """--data flag, else $MMSA_DATA, else ../shared/data next to the repo root."""
     return Path(data or os.environ.get("MMSA_DATA") or REPO_ROOT.parent / "shared" / "data")
-
-
-def default_cache_dir() -> Path:
-    """$MMSA_CACHE, else ~/.cache/mmsa: exported ONNX graphs (onnx/) and training features (features/)."""
-    return Path(os.environ.get("MMSA_CACHE") or Path.home() / ".cache" / "mmsa")
 
 
 @dataclass
@@ -72,4 +66,4 @@ def load_jsonl(path: str | os.PathLike, with_images: bool = True) -> LabelledSet
 
 def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
     """uint8 RGB size x size, exactly as `mmsa fetch` would preprocess the same file."""
-    return imaging.preprocess(Path(path).read_bytes(), size, max_pixels=FetchConfig.max_pixels)
+    return imaging.preprocess(Path(path).read_bytes(), size, max_pixels=imaging.MAX_PIXELS)

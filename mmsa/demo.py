@@ -114,19 +114,20 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
 def run(workdir: str | Path = "demo_output", n_posts: int = 48) -> None:
     """Generate, serve, score, and print the daily brand sentiment report."""
-    from flows.score import score_flow
     from mmsa import report
+    from mmsa.flows.score import score_flow
+    from mmsa.options import RunParameters
 
     workdir = Path(workdir).resolve()
     site = workdir / "site"
     site.mkdir(parents=True, exist_ok=True)
     with serve_folder(site) as base_url:
-        dump = make_dump(site, base_url, n_posts)
         db = workdir / "mmsa.duckdb"
-        summary = score_flow(
-            dump=f"{base_url}/posts.jsonl", db=str(db), out=str(workdir / "parquet"), allow_hosts=["127.0.0.1"],
-            force=True,
-        )
+        make_dump(site, base_url, n_posts)
+        print(f"demo: {n_posts} generated posts served from {base_url}; scoring them with the shipped model "
+              "(a first run also exports it to ONNX first)", flush=True)
+        params = RunParameters(db=str(db), out=str(workdir / "parquet"), allow_hosts=["127.0.0.1"], force=True)
+        summary = score_flow(dump=f"{base_url}/posts.jsonl", params=params, progress=True)
     print("\n" + summary.describe())
     print(f"\nParquet: {workdir / 'parquet'}\nDuckDB:  {db}  (view post_sentiment, table rejected_posts)\n")
     print("daily_brand_sentiment:")

@@ -15,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 from torch import nn
 
 DEFAULT_TEXT_ENCODER = "all-minilm-l6-v2"
@@ -30,6 +31,54 @@ class EncoderOutput:
     hidden: torch.Tensor
     mask: torch.Tensor
     pooled: torch.Tensor
+
+
+def fast_tokenizer(hf_tokenizer) -> Tokenizer:
+    """A copy of the `tokenizers.Tokenizer` inside a transformers fast tokenizer, with its pad id and
+    truncation side recorded in its padding and truncation settings (`unpadded` reads them back). Saved
+    beside the exported graphs, it lets mmsa.infer tokenize without loading transformers' tokenizer."""
+    if not getattr(hf_tokenizer, "is_fast", False):
+        raise ValueError(f"{type(hf_tokenizer).__name__} is not a fast tokenizer; the engine needs one")
+    tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
+    tokenizer.enable_padding(pad_id=hf_tokenizer.pad_token_id or 0, pad_token=hf_tokenizer.pad_token or "[PAD]")
+    tokenizer.enable_truncation(512, direction=hf_tokenizer.truncation_side)  # the length: unpadded's
+    return tokenizer
+
+
+def unpadded(tokenizer: Tokenizer, max_length: int) -> int:
+    """Set a `fast_tokenizer` to truncate at `max_length` and not to pad (batches pad to their own longest
+    text: `pad_ids`); returns its pad id."""
+    pad_id = tokenizer.padding["pad_id"]
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length, direction=tokenizer.truncation["direction"])
+    return pad_id
+
+
+def token_ids(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids per text (None: empty), truncated, unpadded: the one tokenisation of training
+    (TextEncoder.tokenize) and scoring (mmsa.infer), the fast tokenizer called as transformers calls it."""
+    return [e.ids for e in tokenizer.encode_batch([t or "" for t in texts])]
+
+
+def pad_ids(ids: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask), int64 (B, W): each row padded on the right to the batch's longest,
+    W rounded up to `multiple` (few shapes on a GPU)."""
+    width = max((len(x) for x in ids), default=0)
+    width = -(-width // multiple) * multiple
+    input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(ids), width), dtype=np.int64)
+    for r, row in enumerate(ids):
+        input_ids[r, : len(row)] = row
+        mask[r, : len(row)] = 1
+    return input_ids, mask
+
+
+def stack_images(images: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """uint8 (B, size, size, 3) from images as mmsa.imaging makes them; a wrong size is a ValueError."""
+    arr = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
+    if arr.shape[1:] != (size, size, 3):
+        raise ValueError(f"images must be {size}x{size}x3 uint8, got {arr.shape[1:]}")
+    return arr
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -48,15 +97,16 @@ class TextEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.dim = int(model.config.hidden_size)
+        self._fast: tuple[Tokenizer, int] | None = None  # (tokenizer, pad id), made on first use
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        return self.tokenizer(
-            [t or "" for t in texts],
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
+        """input_ids and attention_mask, padded to the batch's longest text (token_ids, pad_ids)."""
+        if self._fast is None:
+            fast = fast_tokenizer(self.tokenizer)
+            self._fast = fast, unpadded(fast, self.max_length)
+        tokenizer, pad_id = self._fast
+        input_ids, mask = pad_ids(token_ids(tokenizer, texts), pad_id)
+        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EncoderOutput:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -115,11 +165,13 @@ class ImageEncoder(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0)
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        arr = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
-        if arr.shape[1:] != (self.image_size, self.image_size, 3):
-            raise ValueError(f"images must be {self.image_size}x{self.image_size}x3 uint8, got {arr.shape[1:]}")
-        x = torch.from_numpy(arr).permute(0, 3, 1, 2).float()
-        return (x - self.mean) / self.std
+        return self.normalize(torch.from_numpy(stack_images(images, self.image_size)))
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (B,H,W,3) images, as batched, to the backbone's input: channels first, scaled by the
+        encoder's own mean and std. The one image normalisation of training (`encode`) and scoring
+        (mmsa.infer, inside its exported graph)."""
+        return (pixels.permute(0, 3, 1, 2).float() - self.mean) / self.std
 
     def forward(self, pixels: torch.Tensor) -> EncoderOutput:
         feats = self.backbone(pixels)

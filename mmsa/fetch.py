@@ -49,7 +49,7 @@ import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from mmsa import imaging
+from mmsa import files, imaging, storage
 from mmsa.netpolicy import AddressPolicy, BlockedAddressError, ResolveError
 
 
@@ -99,9 +99,8 @@ _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _MAX_ADDRESSES_TRIED = 3
 _CHUNK = 64 * 1024
 
-# Decoding, resizing and storing are CPU work: more threads at it than this process has cores only
-# add GIL hand-offs and context switches (`mmsa fetch`: 14% more CPU with 16 at once on 2 cores,
-# benchmarks/results/infer.md). Shared by every fetch in the process; downloads keep `workers`.
+# Decoding, resizing and storing are CPU work: more threads at it than this process has cores only add
+# GIL hand-offs and context switches. Shared by every fetch in the process; downloads keep `workers`.
 _DECODE_SLOTS = threading.BoundedSemaphore(len(os.sched_getaffinity(0)))
 
 
@@ -116,7 +115,7 @@ class FetchConfig:
     read_timeout: float = 10.0  # seconds of silence tolerated while waiting for bytes
     deadline: float = 30.0  # total seconds per image (from its first request): attempts, redirects, back-off
     max_bytes: int = 20 * 2**20  # body size cap
-    max_pixels: int = 50_000_000  # width x height cap, checked before decoding
+    max_pixels: int = imaging.MAX_PIXELS  # width x height cap, checked before decoding
     max_redirects: int = 5
     retries: int = 2  # extra attempts for RETRYABLE statuses
     backoff: float = 0.5  # first back-off wait in seconds, doubled per retry, with +-50% jitter
@@ -125,9 +124,9 @@ class FetchConfig:
     per_host: int = 8  # concurrent downloads from one host
     user_agent: str = "mmsa-fetch/0.1 (+image sentiment research)"
     ca_bundle: str | None = None  # CA certificates file for HTTPS (a private CDN's CA); default: certifi
-    # Worker processes for download + decode + resize (mmsa.procfetch): 0 = threads of this process; None = one
-    # per core on machines of more than 2 cores, else 0. With N > 0, `workers` threads download in each
-    # process and `per_host` is split between them (mmsa.procfetch).
+    # Worker processes for download + decode + resize, read by mmsa.procfetch (its fetch_images and fetch_dump):
+    # 0 = threads of this process; None = one per core on machines of more than 2 cores, else 0. With N > 0,
+    # `workers` threads download in each process and `per_host` holds across them.
     processes: int | None = 0
     # Decode JPEGs on the GPU in batches (mmsa.gpudecode) where one is present; other formats, capped and odd
     # images stay on the CPU path. No effect without a GPU.
@@ -160,15 +159,12 @@ class ImageCache:
 
     Layout under root/src-v1/: img/ab/<key> and url/ab/<sha256(url)>.json. The source bytes, not
     preprocessed arrays: a model of any image size, and any later preprocessing, reuses them without
-    downloading again, and they take a third to a twelfth of the disk and of the writes (`mmsa fetch`
-    of 5,000 images: 10-22% less CPU; benchmarks/results/infer.md, "(b) eleventh CPU session"). Every
-    write goes to a temporary file then os.replace, so concurrent processes never see half a file. The root
-    may be an fsspec URL (s3://bucket/cache, mmsa.storage): there each write is one upload, which appears whole.
+    downloading again, and they take a third to a twelfth of the disk and of the writes. Writes are
+    atomic (mmsa.files), so concurrent processes never see half a file. The root may be an fsspec URL
+    (s3://bucket/cache, mmsa.storage): there each write is one upload, which appears whole.
     """
 
     def __init__(self, root: str | Path):
-        from mmsa import storage
-
         self.root = storage.path(root) / "src-v1"
 
     def load(self, key: str) -> bytes:
@@ -180,7 +176,7 @@ class ImageCache:
         return path.is_file() if isinstance(path, Path) else path.exists()
 
     def store(self, key: str, data: bytes) -> None:
-        _atomic_write(self._image_path(key), data)
+        storage.write_bytes(self._image_path(key), data)
 
     def lookup(self, url: str) -> FetchResult | None:
         """The result last recorded for `url` (post_id empty), or None."""
@@ -190,7 +186,7 @@ class ImageCache:
             return None
 
     def record(self, url: str, result: FetchResult) -> None:
-        _atomic_write(self._url_path(url), json.dumps({**result.row(), "post_id": ""}).encode())
+        storage.write_bytes(self._url_path(url), json.dumps({**result.row(), "post_id": ""}).encode())
 
     def _image_path(self, key: str) -> Path:
         if not re.fullmatch(r"[0-9a-f]{64}", key):
@@ -202,18 +198,6 @@ class ImageCache:
         return self.root / "url" / digest[:2] / f"{digest}.json"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    if not isinstance(path, Path):  # object storage (mmsa.storage): one upload, whole or not at all
-        from mmsa import storage
-
-        storage.write_bytes(path, data)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def fetch_images(
     items: Iterable[tuple[str, str | None]],
     config: FetchConfig,
@@ -222,6 +206,7 @@ def fetch_images(
     retry_failed: bool = False,
     keep_images: bool = False,
     on_result: Callable[[int, FetchResult], None] | None = None,
+    submitter: Callable | None = None,
 ) -> list[FetchResult]:
     """Fetch the image of every (post_id, image_url); one FetchResult per item, in input order.
 
@@ -230,6 +215,9 @@ def fetch_images(
     RETRYABLE are. Never raises for a bad URL, server or image. With keep_images, every "ok" result
     carries its image preprocessed (cached bytes are decoded again): memory grows with the items, so
     pass a shard. on_result(index, result) is called, in this thread, as each item's result is known.
+    submitter(config, cache, keep_images, retry_failed): a context manager giving (submit(url) -> Future of its
+    FetchResult, how many URLs may be in flight); default: threads of this process (mmsa.procfetch passes its
+    worker processes' here).
     """
     items = list(items)
     results: list[FetchResult | None] = [None] * len(items)
@@ -245,7 +233,7 @@ def fetch_images(
 
     ok = done = 0
     with (
-        _submitter(config, cache, keep_images, retry_failed) as (submit, capacity),
+        (submitter or _threads)(config, cache, keep_images, retry_failed) as (submit, capacity),
         _progress_bar(len(items), progress) as bar,
     ):
         bar.update(len(items) - sum(map(len, posts_by_url.values())))
@@ -274,17 +262,9 @@ def fetch_images(
     return results  # type: ignore[return-value]
 
 
-@contextmanager
-def _submitter(config: FetchConfig, cache: ImageCache, keep_images: bool, retry_failed: bool):
-    """(submit(url) -> Future of its FetchResult, how many may be in flight): threads of this process, or
-    worker processes (mmsa.procfetch) when config.processes asks for them."""
-    from mmsa import procfetch
-
-    processes = procfetch.resolve_processes(config.processes)
-    if processes:
-        with procfetch.session(config, cache, keep_images, retry_failed, processes) as submitting:
-            yield submitting
-        return
+@contextlib.contextmanager
+def _threads(config: FetchConfig, cache: ImageCache, keep_images: bool, retry_failed: bool):
+    """fetch_images' default submitter: `workers` threads of this process."""
     with (
         _Fetcher(config, cache, keep_images) as fetcher,
         ThreadPoolExecutor(config.workers, thread_name_prefix="mmsa-fetch") as pool,
@@ -340,43 +320,41 @@ def fetch_dump(
     progress: bool = False,
     batch_size: int = 50_000,
     options=None,
+    submitter: Callable | None = None,
 ) -> FetchSummary:
     """Fetch the images of every post in `dump` into the cache and write the status table.
 
     The table (Parquet, STATUS_TABLE_SCHEMA) goes to `status_path`, by default
     CACHE/status/<dump name>.parquet, replaced atomically. Posts are fetched in batches of
     `batch_size`, so memory stays flat for any dump; the URL index makes a re-run resume. `options`: how
-    records become posts (mmsa.source.ReadOptions; default: each record's shape tells its format).
+    records become posts (mmsa.source.ReadOptions; default: each record's shape tells its format). The dump, the
+    cache and the table may be fsspec URLs (mmsa.storage). `submitter`: as for fetch_images.
     """
     from mmsa import source
 
-    from mmsa import storage
-
     started = time.monotonic()
-    cache_dir = storage.path(cache_dir)  # local, or a bucket (mmsa.storage): downloads and the table stay local first
+    cache_dir = storage.path(cache_dir)  # local, or a bucket: then the downloaded dump and the table stay local first
     local_dir = cache_dir if isinstance(cache_dir, Path) else Path(tempfile.gettempdir()) / "mmsa-fetch"
-    files = source.resolve(dump, local_dir / "dumps")
+    paths = source.resolve(dump, local_dir / "dumps")
     if status_path is None:
         stem = re.sub(r"[^\w.-]", "_", Path(urlsplit(str(dump)).path).stem)  # a glob's * and ? are no file names
         status_path = cache_dir / "status" / f"{stem}.parquet"
     status_path = storage.path(status_path)
     local_status = status_path if isinstance(status_path, Path) else local_dir / "status" / status_path.name
-    local_status.parent.mkdir(parents=True, exist_ok=True)
-    tmp = local_status.with_name(f".{local_status.name}.{os.getpid()}.tmp")
     cache = ImageCache(cache_dir)
     counts: dict[str, int] = {}
     rejected = 0
     batch: list[tuple[str, str | None]] = []
 
     def flush() -> None:
-        results = fetch_images(batch, config, cache, progress=progress, retry_failed=retry_failed)
+        results = fetch_images(batch, config, cache, progress=progress, retry_failed=retry_failed, submitter=submitter)
         for result in results:
             counts[result.status] = counts.get(result.status, 0) + 1
         writer.write_table(pa.Table.from_pylist([r.row() for r in results], schema=STATUS_TABLE_SCHEMA))
         batch.clear()
 
-    with pq.ParquetWriter(tmp, STATUS_TABLE_SCHEMA) as writer:
-        for shard in source.iter_shards(files, min(batch_size, 10_000), dump_name=str(dump), options=options):
+    with files.atomic_path(local_status) as tmp, pq.ParquetWriter(tmp, STATUS_TABLE_SCHEMA) as writer:
+        for shard in source.iter_shards(paths, min(batch_size, 10_000), dump_name=str(dump), options=options):
             rejected += len(shard.rejected)
             batch.extend((post_id, url) for post_id, urls in zip(shard.posts["post_id"].to_pylist(),
                                                                  shard.posts["image_urls"].to_pylist())
@@ -385,7 +363,6 @@ def fetch_dump(
                 flush()
         if batch:
             flush()
-    os.replace(tmp, local_status)
     if local_status is not status_path:
         storage.upload(local_status, status_path)
     return FetchSummary(status_path, counts, rejected, time.monotonic() - started)

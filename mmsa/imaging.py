@@ -5,8 +5,7 @@ allowed to open the sniffed format. Large JPEGs are decoded at reduced size (dra
 then every image gets one antialiased bicubic resize to size x size, squashed (the whole picture
 kept, no crop): the same preprocessing the models were trained with (mmsa.data uses this module too).
 Upright colour JPEGs, most images, are decoded by simplejpeg: the same libjpeg-turbo decode at the
-same draft scale, so the same pixels, straight into an array (Pillow's decode and copy out cost 1.8
-against 1.1 ms per image here; benchmarks/results/infer.md, "(b) eighth CPU session").
+same draft scale, so the same pixels, straight into an array, without Pillow's copy out.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from PIL import Image, ImageOps
 
 # Bump when the output for the same bytes changes, so that cached training features are not reused.
 VERSION = 3
+MAX_PIXELS = 50_000_000  # width x height cap, checked before decoding (decompression bombs)
 
 _ORIENTATION = 0x0112  # the EXIF tag
 
@@ -114,8 +114,7 @@ def _resize_rgb(rgb: np.ndarray, size: int) -> np.ndarray:
 
 def _resize(pixels: torch.Tensor, size: int) -> torch.Tensor:
     """Antialiased bicubic on uint8, as Pillow's BICUBIC resize computes it (a tenth of the values differ,
-    by 0.09 levels on average) at about a third of its CPU: 0.67 against 2.2-2.5 ms per image here, where
-    Pillow's resize had been a quarter of fetch's CPU (benchmarks/results/infer.md, "(b) seventh CPU session")."""
+    by 0.09 levels on average), at about a third of its CPU."""
     return torch.nn.functional.interpolate(pixels, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
 
 

@@ -5,12 +5,11 @@ backfills, benchmarks): texts are tokenized once and bucketed by token length so
 only to its own longest text; the image encoder runs only on the rows that have an image; batches are prepared
 one ahead in a thread on CUDA (tokenize, stack, pin, non-blocking copy) while the current one runs.
 Every forward runs on the engine's own thread, and on CUDA input shapes are kept few (text widths
-rounded up to 8, image rows padded to the batch's size): cuDNN builds its conv plans per thread and
-per shape, about 2 s each for the image encoder on an H100 (benchmarks/results/infer.md, GPU).
+rounded up to 8, image rows padded to the batch's size), because cuDNN builds its conv plans per thread
+and per shape, seconds each.
 
 Device: CUDA when present, else CPU, overridable. On CUDA the encoders run under fp16 autocast
-(on an H100: the fp32 labels on 450/450 dev posts and 1.3x fp32's speed at batch 512, where bf16
-changed 3 labels and cost 0.7 points of accuracy; benchmarks/results/infer.md), a batch that
+(fp32's labels at 1.3x its speed; bf16 changed labels), a batch that
 overflows fp16 is rerun in fp32, and an out-of-memory error halves the batch size and retries,
 so no post is lost. On CPU the engine uses the cores this process may use: with ONNX Runtime as
 that many single-threaded streams, each running a whole batch.
@@ -19,13 +18,14 @@ Backends (the text and image encoders; the small fusion head always runs in torc
 - "torch": the model's own modules; the default on CUDA.
 - "onnx": ONNX Runtime on graphs exported from the model's weights on first use into a cache folder
   (later runs load the graphs and the tokenizer only, not the encoders); fp32, the same probabilities
-  as "torch" to ~1e-5 and 2.6x its speed on this CPU (benchmarks/results/infer.md): the default on CPU.
+  as "torch" to ~1e-5 at 2.6x its speed: the default on CPU.
 - "int8": dynamic int8 quantisation (per channel) of the text encoder's Linear layers (torch.ao).
   The image encoder stays fp32: quantize_dynamic only covers Linear/RNN layers, not EfficientNet's
   convs. Lossy here: MiniLM's activations quantise badly (about 95% label agreement on the dev set).
 - "onnx-int8": "onnx" with the text graph's MatMuls dynamically quantised (per channel) by ORT;
   lossy like "int8".
-torch.compile was measured too (benchmarks/bench_infer.py) and is not offered: see the results.
+torch.compile is not offered: it did not finish compiling on a 2-core CPU. Figures for all of this:
+benchmarks/results/infer.md.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,13 +48,15 @@ import torch
 from tokenizers import Tokenizer
 from torch import nn
 
-from mmsa.data import default_cache_dir
+from mmsa import files
+from mmsa.files import default_cache_dir
+from mmsa.encoders import fast_tokenizer, pad_ids, stack_images, token_ids, unpadded
 from mmsa.heads import Feats
 from mmsa.model import Prediction, SentimentModel, load_model
+from mmsa.options import BACKENDS
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnx", "int8", "onnx-int8")
 ONNX_OPSET = 18
 GRAPHS = 2  # the exported cores' inputs and outputs: a change re-exports every cached graph
 
@@ -71,8 +74,8 @@ def default_backend(device: torch.device) -> str:
 
 
 def default_batch_size(device: torch.device) -> int:
-    """32 on CPU (the measured sweet spot: larger batches fall out of cache); 128 on a GPU, where
-    batch 32 leaves the device idle between kernel launches (benchmarks/results/infer.md)."""
+    """32 on CPU (larger batches fall out of cache); 128 on a GPU, where batch 32 leaves the device idle
+    between kernel launches."""
     return 32 if device.type == "cpu" else 128
 
 
@@ -137,20 +140,8 @@ class _ImageCore(nn.Module):
         self.encoder = encoder
 
     def forward(self, pixels: torch.Tensor):
-        out = self.encoder((pixels.permute(0, 3, 1, 2).float() - self.encoder.mean) / self.encoder.std)
+        out = self.encoder(self.encoder.normalize(pixels))
         return out.hidden, out.pooled
-
-
-def _backend_tokenizer(hf_tokenizer) -> Tokenizer:
-    """A copy of the `tokenizers.Tokenizer` inside a transformers fast tokenizer, with its pad id and
-    truncation side recorded in its padding and truncation settings (the engine reads them, then turns
-    padding off, as it pads per batch itself, and truncates at the model's max_length)."""
-    if not getattr(hf_tokenizer, "is_fast", False):
-        raise ValueError(f"{type(hf_tokenizer).__name__} is not a fast tokenizer; the engine needs one")
-    tokenizer = Tokenizer.from_str(hf_tokenizer.backend_tokenizer.to_str())
-    tokenizer.enable_padding(pad_id=hf_tokenizer.pad_token_id or 0, pad_token=hf_tokenizer.pad_token or "[PAD]")
-    tokenizer.enable_truncation(512, direction=hf_tokenizer.truncation_side)  # the length: the engine's own
-    return tokenizer
 
 
 class Engine:
@@ -176,10 +167,8 @@ class Engine:
         self.fits: int | None = None  # after an out-of-memory: the largest batch known to fit
         self.bucket = bucket
         self.threads = threads or cpu_threads()
-        # ONNX Runtime on CPU: single-threaded sessions, one batch per thread, `threads` batches at once.
-        # One session split over 2 threads waits at every op for the slower thread (spinning, or idle if
-        # the other was preempted by fetch): 36.4 against 44.3 posts/s for the default model here
-        # (benchmarks/results/infer.md, "(b) sixth CPU session").
+        # ONNX Runtime on CPU: single-threaded sessions, one batch per thread, `threads` batches at once,
+        # because one session split over threads waits at every op for the slowest of them.
         self.streams = self.threads if backend in ("onnx", "onnx-int8") and self.device.type == "cpu" else 1
         self.version = model.version
         if self.device.type == "cpu":
@@ -193,21 +182,17 @@ class Engine:
         if torch.device(model.device) != self.device:  # leave the cached model where it is
             self.bundle = copy.deepcopy(model.bundle).to(self.device).eval()
         self.prefetch = self.device.type == "cuda"
-        # On CUDA a new image batch shape costs about 2 s (cuDNN builds a plan per conv and shape) and
-        # a new text width about 0.1 s, so shapes are kept few: image rows padded to the batch's size
-        # (else each image count seen is a new shape), text widths rounded up to a multiple of 8.
+        # Few shapes on CUDA, as cuDNN plans every conv per shape: image rows padded to the batch's size
+        # (else each image count is a new shape), text widths rounded up to a multiple of 8.
         self.fixed_shapes = self.device.type == "cuda"
-        # Every predict runs on this one thread. PyTorch keeps cuDNN's execution plans per thread, so
-        # each new caller thread's first batch built them again: 1.7 s on an H100, 3.2 s each for two
-        # threads at once (benchmarks/results/infer.md, GPU). It also serialises concurrent callers.
+        # Every predict runs on this one thread, as PyTorch keeps cuDNN's plans per thread (a new caller
+        # thread would build them again); it also serialises concurrent callers.
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="mmsa-infer")
         self._streams = ThreadPoolExecutor(self.streams, thread_name_prefix="mmsa-stream") if self.streams > 1 else None
         self._feed = threading.Lock()
         self.autocast = torch.float16 if self.device.type == "cuda" else None
         tokenizer, self._text, self._image = self._build(backend, Path(cache_dir) if cache_dir else default_cache_dir())
-        self.pad_id = tokenizer.padding["pad_id"]  # both recorded there by _backend_tokenizer
-        tokenizer.no_padding()
-        tokenizer.enable_truncation(self.max_length, direction=tokenizer.truncation["direction"])
+        self.pad_id = unpadded(tokenizer, self.max_length)
         self.tokenizer = tokenizer
 
     # ---- backends -------------------------------------------------------------------------------
@@ -226,14 +211,13 @@ class Engine:
         if backend == "int8":
             qconfig = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
             text_core = torch.ao.quantization.quantize_dynamic(copy.deepcopy(text_core), qconfig, dtype=torch.qint8)
-        return _backend_tokenizer(text.tokenizer), text_core, image_core
+        return fast_tokenizer(text.tokenizer), text_core, image_core
 
     # ---- batching -------------------------------------------------------------------------------
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids per text, truncated as the model was trained, unpadded (the fast tokenizer that
-        transformers' tokenizer wraps, called as it calls it)."""
-        return [e.ids for e in self.tokenizer.encode_batch([t or "" for t in texts])]
+        """Token ids per text, truncated as the model was trained, unpadded (mmsa.encoders.token_ids)."""
+        return token_ids(self.tokenizer, texts)
 
     def order(self, texts: Sequence[str]) -> np.ndarray:
         """The row positions in the order predict takes them: a caller that fetches images in this order
@@ -249,25 +233,15 @@ class Engine:
         """Batches of rows ordered by token length (when bucketing), padded to their own longest text.
         Reads `images[i]` only as row i's batch is built."""
         ids = self.tokenize(texts)
-        order, lengths = self._order(ids)
-        pad = self.pad_id
+        order, _ = self._order(ids)
         pin = self.device.type == "cuda"
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
-            width = int(lengths[idx].max())
-            if self.fixed_shapes:
-                width = -(-width // 8) * 8
-            input_ids = np.full((len(idx), width), pad, dtype=np.int64)
-            mask = np.zeros((len(idx), width), dtype=np.int64)
-            for r, i in enumerate(idx):
-                input_ids[r, : lengths[i]] = ids[i]
-                mask[r, : lengths[i]] = 1
+            input_ids, mask = pad_ids([ids[i] for i in idx], self.pad_id, multiple=8 if self.fixed_shapes else 1)
             has = np.array([images[i] is not None for i in idx], dtype=bool)
             pixels = None
             if has.any():
-                arr = np.stack([np.asarray(images[i], dtype=np.uint8) for i in idx[has]])
-                if arr.shape[1:] != (self.image_size, self.image_size, 3):
-                    raise ValueError(f"images must be {self.image_size}x{self.image_size}x3 uint8, got {arr.shape[1:]}")
+                arr = stack_images([images[i] for i in idx[has]], self.image_size)
                 if self.fixed_shapes and len(arr) < len(idx):
                     arr = np.concatenate([arr, np.zeros((len(idx) - len(arr), *arr.shape[1:]), np.uint8)])
                 pixels = self._to_device(torch.from_numpy(arr), pin)
@@ -409,8 +383,7 @@ class _OrtRunner:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # No memory patterns: ORT plans one per input shape, and bucketed batches bring new shapes all
-        # through a run, each planned block page-faulted afresh (kernel CPU of a 1,000-post run: 10.1 s with
-        # them, 4.7 s without; benchmarks/results/infer.md, "(b) sixth CPU session").
+        # through a run, each planned block page-faulted afresh.
         opts.enable_mem_pattern = False
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
@@ -446,27 +419,27 @@ def export_onnx(model: SentimentModel, cache_dir: Path, int8_text: bool = False)
             _export(_ImageCore(model.image_encoder).eval(), (torch.zeros(2, size, size, 3, dtype=torch.uint8),), ["pixels"],
                     {"pixels": {0: "batch"}}, image_path)
         if not tok_path.exists():
-            tmp = folder / f".tokenizer.{os.getpid()}.json"
-            _backend_tokenizer(model.text_encoder.tokenizer).save(str(tmp))
-            tmp.replace(tok_path)
+            with files.atomic_path(tok_path) as tmp:
+                fast_tokenizer(model.text_encoder.tokenizer).save(str(tmp))
         if int8_text:
             quant_path = folder / "text-int8.onnx"
             if not quant_path.exists():
                 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-                tmp = folder / f".text-int8.{os.getpid()}.onnx"
-                quantize_dynamic(str(text_path), str(tmp), per_channel=True, weight_type=QuantType.QUInt8,
-                                 op_types_to_quantize=["MatMul"])
-                tmp.replace(quant_path)
+                with files.atomic_path(quant_path) as tmp:
+                    quantize_dynamic(str(text_path), str(tmp), per_channel=True, weight_type=QuantType.QUInt8,
+                                     op_types_to_quantize=["MatMul"])
     return folder
 
 
 def _export(core: nn.Module, args: tuple, names: list[str], dynamic_axes: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.onnx")
-    with torch.no_grad():
+    with files.atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter warns of traced Python conditions and of Slice ops it cannot fold: both
+        # harmless for these graphs, whose outputs the tests compare with torch's; a user cannot act on them.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
         torch.onnx.export(core, args, str(tmp), input_names=names, output_names=["hidden", "pooled"],
                           dynamic_axes=dynamic_axes, opset_version=ONNX_OPSET, dynamo=False)
-    tmp.replace(path)
 
 
 # ---- one engine per worker ------------------------------------------------------------------------

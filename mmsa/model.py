@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from mmsa.encoders import encoder_files, load_image_encoder, load_text_encoder
-from mmsa.heads import Bundle, Ensemble
+from mmsa.heads import from_config
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 
@@ -32,7 +32,7 @@ class Prediction:
 
 
 class SentimentModel:
-    """Text encoder + image encoder + an Ensemble of head bundles, fp32, eval mode; `mmsa.infer.Engine`
+    """Text encoder + image encoder + the head module of config.json (mmsa.heads.from_config), fp32, eval mode; `mmsa.infer.Engine`
     runs them. The encoders load on first use: an engine whose ONNX graphs are cached never needs them
     (nor the imports of transformers' models, about 5 s of CPU)."""
 
@@ -44,10 +44,7 @@ class SentimentModel:
         self.max_length = int(cfg["max_length"])
         self.image_size = int(cfg["image_size"])
         self.image_dim = int(cfg["image_dim"])
-        self.bundle = Ensemble([
-            Bundle(cfg["head"], cfg["text_dim"], cfg["image_dim"], cfg["hidden"], cfg["dropout"], **cfg.get("head_kwargs", {}))
-            for _ in range(cfg["members"])
-        ])
+        self.bundle = from_config(cfg)
         self.bundle.load_state_dict(load_file(str(folder / "heads.safetensors")))
         self.bundle.to(self.device).eval()
         weight_files = [folder / "heads.safetensors"] + ([folder / cfg["text_layers"]] if cfg.get("text_layers") else [])

@@ -7,10 +7,7 @@ same dump picks up where a killed one stopped: a shard whose done-marker exists 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
 import tempfile
 import threading
 import time
@@ -18,70 +15,25 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
-from mmsa import publish, source, storage, store
+from mmsa import files, publish, source, storage, store
+from mmsa.options import DEFAULT_SHARD_SIZE, RunParameters
 from mmsa.schema import LABELS, SCORED_SCHEMA
+from mmsa.store import RunLocked, run_lock  # noqa: F401  (the flows' and the CLI's names for them)
 
-# Posts per shard, the unit of work and of resume. 512 rather than 256: fewer per-shard costs (a task run,
-# a Parquet file, a caller's turn at the model) and fuller length buckets; a 2,000-post run took 68.7 / 68.7 s
-# against 72.8 / 70.2 s (benchmarks/results/infer.md, "(b) sixth CPU session").
-DEFAULT_SHARD_SIZE = 512
+if TYPE_CHECKING:
+    from mmsa.fetch import FetchConfig
 
-# A process fetches one shard at a time. Two at once (the flow scores two
-# shards in threads) finished the run's first shard, which the model waits for, only when both were done,
-# and doubled the downloads per host past FetchConfig.per_host. A shard's fetch still overlaps the
-# previous shard's inference (benchmarks/results/infer.md, "(b) seventh CPU session").
+# One shard's fetch at a time per process: the model waits for the run's first shard, which two fetches at
+# once would finish only when both were done, and two would double the downloads per host. A shard's fetch
+# still overlaps the model's run on the shard before it.
 _FETCHING = threading.Lock()
-
-
-class RunLocked(ValueError):
-    """Another run holds the database; a ValueError so the CLI reports it as an error, not a crash."""
-
-
-@contextlib.contextmanager
-def run_lock(db: str):
-    """Hold an exclusive, non-blocking lock on `<db>.lock` for a whole run.
-
-    The kernel drops the lock when the holder dies (even by SIGKILL), so a crashed run never
-    blocks its rerun; a concurrent run is refused before it touches anything."""
-    path = Path(f"{db}.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunLocked(f"another mmsa run holds {db} (lock file {path}); wait for it or stop it") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_tmp(*folders: Path) -> int:
-    """Delete `.NAME.PID.tmp` files (store.write_atomic) left by dead processes; returns how many."""
-    removed = 0
-    for folder in folders:
-        for tmp in folder.glob(".*.tmp"):
-            pid = tmp.name.rsplit(".", 2)[-2]
-            if pid.isdigit() and not _pid_alive(int(pid)):
-                tmp.unlink(missing_ok=True)
-                removed += 1
-    return removed
 
 
 @dataclass
@@ -97,13 +49,25 @@ class RunOptions:
     allow_hosts: tuple[str, ...] = ()
     force: bool = False
     retry_failed: bool = False
-    backend: str | None = None  # inference backend (mmsa.infer.BACKENDS); None = mmsa.infer.default_backend
+    backend: str | None = None  # inference backend (mmsa.options.BACKENDS); None = mmsa.infer.default_backend
     reading: source.ReadOptions = field(default_factory=source.ReadOptions)  # formats, mapping, brands, image cap
-    fetch_processes: int | None = 0  # image worker processes (mmsa.procfetch); 0: threads; None: by the cores
-    gpu_decode: bool = False  # JPEGs decoded on the GPU in batches where one is present (mmsa.gpudecode)
+    # How to fetch (timeouts, caps, concurrency); None: FetchConfig's defaults. The image size and the
+    # address policy always come from the model and the fields above.
+    fetch: FetchConfig | None = None
+
+    @classmethod
+    def build(cls, params: RunParameters) -> RunOptions:
+        """From a run's parameters; a mistake in how to read the dump is a ValueError said before any work."""
+        return cls(
+            db=params.db, out=params.out, cache=params.cache, model=params.model, shard_size=params.shard_size,
+            allow_local_files=params.allow_local_files, allow_hosts=tuple(params.allow_hosts or ()),
+            force=params.force, retry_failed=params.retry_failed, backend=params.backend,
+            reading=source.ReadOptions.build(params.source_format, params.mapping, params.brands, params.max_images),
+            fetch=_fetch_settings(params),
+        )
 
     @property
-    def cache_dir(self) -> Path:
+    def cache_dir(self) -> Path:  # a local folder, or an fsspec URL's UPath (mmsa.storage)
         return storage.path(self.cache) if self.cache else storage.path(self.out) / "_cache"
 
 
@@ -197,21 +161,21 @@ def prepare(dump: str, opts: RunOptions) -> Prepared:
     """Read and validate the dump (its files, as one) and cut it into shard files; rejected rows go to one
     file beside them. The work folder is keyed by the files' bytes and by how they are read."""
     out = storage.path(opts.out)  # a local folder, or a bucket's prefix (mmsa.storage)
-    staging = (Path(opts.out) if not storage.is_remote(out) else Path(tempfile.gettempdir()) / "mmsa") / "_work" / "_downloads"
-    files = source.resolve(dump, staging)
-    key = source.content_key(files, opts.reading)
+    local = out if isinstance(out, Path) else Path(tempfile.gettempdir()) / "mmsa"  # a bucket's dump is read locally
+    paths = source.resolve(dump, local / "_work" / "_downloads")
+    key = source.content_key(paths, opts.reading)
     workdir = out / "_work" / key
-    if not storage.is_remote(out):  # object storage has no temporary files: an upload appears whole or not at all
-        remove_stale_tmp(workdir / "shards", *workdir.glob("done/*"), *out.glob("date=*"))
+    if isinstance(out, Path):  # object storage has no temporary files: an upload appears whole or not at all
+        files.sweep_stale(workdir / "shards", *workdir.glob("done/*"), *out.glob("date=*"))
     shard_size = _shard_size(workdir, opts.shard_size)
     shards, rejected, posts_in, not_posts = [], [], 0, Counter()
-    for shard in source.iter_shards(files, shard_size, dump_name=str(dump), options=opts.reading):
+    for shard in source.iter_shards(paths, shard_size, dump_name=str(dump), options=opts.reading):
         path = workdir / "shards" / f"shard-{shard.index:05d}.parquet"
         shards.append(str(store.write_atomic(shard.posts, path)))
         rejected.extend(shard.rejected)
         not_posts.update(shard.skipped)
         posts_in += shard.posts.num_rows + len(shard.rejected)
-    store.write_text_atomic(workdir / "rejected.json", json.dumps(rejected))
+    storage.write_text(workdir / "rejected.json", json.dumps(rejected))
     return Prepared(str(dump), key, str(workdir), shards, posts_in, len(rejected), dict(not_posts))
 
 
@@ -228,7 +192,7 @@ def _shard_size(workdir: Path, requested: int | None) -> int:
             )
         return earlier
     size = DEFAULT_SHARD_SIZE if requested is None else requested
-    store.write_text_atomic(manifest, json.dumps({"shard_size": size}))
+    storage.write_text(manifest, json.dumps({"shard_size": size}))
     return size
 
 
@@ -237,11 +201,20 @@ def _done_marker(shard_path: str, model_version: str) -> Path:
     return shard.parent.parent / "done" / model_version / f"{shard.stem}.json"
 
 
-def _fetch_config(opts: RunOptions, image_size: int):
+def _fetch_settings(params: RunParameters) -> FetchConfig | None:
+    """The run's fetch settings that its parameters set: image worker processes, GPU decoding; None: defaults."""
     from mmsa.fetch import FetchConfig
 
-    return FetchConfig(image_size=image_size, allow_hosts=tuple(opts.allow_hosts), allow_local_files=opts.allow_local_files,
-                       processes=opts.fetch_processes, gpu_decode=opts.gpu_decode)
+    if params.fetch_processes == 0 and not params.gpu_decode:
+        return None
+    return FetchConfig(processes=params.fetch_processes, gpu_decode=params.gpu_decode)
+
+
+def _fetch_config(opts: RunOptions, image_size: int) -> FetchConfig:
+    from mmsa.fetch import FetchConfig
+
+    return replace(opts.fetch or FetchConfig(), image_size=image_size, allow_hosts=tuple(opts.allow_hosts),
+                   allow_local_files=opts.allow_local_files)
 
 
 def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> ShardResult:
@@ -249,9 +222,10 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
 
     The model takes one row per (post, image), a post without images one text-only row; `combine` then
     makes one prediction per post from its rows. The images are fetched in the order the model takes the
-    rows, and the model starts on its first batches while the rest download: the run's first shard no
-    longer keeps the model idle for its whole fetch (1.4-1.8 s here, benchmarks/results/infer.md)."""
-    from mmsa.fetch import RETRYABLE, ImageCache, fetch_images
+    rows, and the model starts on its first batches while the rest download, so that it is not idle for
+    the run's first fetch."""
+    from mmsa.fetch import RETRYABLE, ImageCache
+    from mmsa.procfetch import fetch_images
     from mmsa.infer import get_engine
     from mmsa.model import load_model
 
@@ -297,12 +271,12 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
 
     statuses, post_pred, images = combine(posts.num_rows, rows, [r.status for r in fetched], pred)
     table = scored_table(posts, statuses, post_pred, model.version, run_id, images)
-    files = store.write_partitions(table, storage.path(opts.out), f"{model.version}-{key}-{index:05d}")
+    written = store.write_partitions(table, storage.path(opts.out), f"{model.version}-{key}-{index:05d}")
     seconds["write"] = time.perf_counter() - t3
 
-    result = ShardResult(index, [str(f) for f in files], posts.num_rows, dict(Counter(statuses)), seconds)
+    result = ShardResult(index, [str(f) for f in written], posts.num_rows, dict(Counter(statuses)), seconds)
     retryable = sum(1 for r in fetched if r.status in RETRYABLE)
-    store.write_text_atomic(marker, json.dumps({"result": asdict(result), "retryable": retryable}))
+    storage.write_text(marker, json.dumps({"result": asdict(result), "retryable": retryable}))
     return result
 
 
@@ -450,8 +424,6 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
             shards=shards,
             not_posts=dict(prepared.not_posts),
         )
-        con.execute("BEGIN")  # a run's statistics appear whole: its runs row with its run_shards rows
-        _record_shards(con, shards)
         store.record_run(
             con,
             {
@@ -467,17 +439,10 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
                 "stage_seconds": summary.stage_seconds,
                 "not_posts": summary.not_posts,
             },
+            shards,
         )
-        con.execute("COMMIT")
         publish.publish_snapshot(opts.db, con)  # analysts read the snapshot, never the live file
     finally:
         con.close()
     return summary
 
-
-def _record_shards(con, shards: list[dict]) -> None:
-    """Store per-shard statistics in table run_shards (one row per run and shard)."""
-    for sh in shards:
-        row = {**sh, "image_status": json.dumps(sh["image_status"]), "stage_seconds": json.dumps(sh["stage_seconds"])}
-        con.execute("INSERT OR REPLACE INTO run_shards VALUES ($run_id, $shard, $skipped, $posts, $image_status, "
-                    "$stage_seconds, $posts_per_s)", row)

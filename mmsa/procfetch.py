@@ -2,7 +2,8 @@
 
 `mmsa fetch` and `mmsa score` fetch with threads of one process by default on small machines; there the
 interpreter lock caps download + decode + resize near one core's worth. With FetchConfig.processes = N
-(`--fetch-processes N`), `mmsa.fetch.fetch_images` hands each URL to one of N worker processes instead:
+(`--fetch-processes N`), this module's fetch_images and fetch_dump (what `mmsa fetch` and `mmsa score` call)
+hand each URL to one of N worker processes instead, through mmsa.fetch's own loop (its `submitter`):
 
 - each worker runs the very same `_Fetcher.fetch` as the thread path (address policy on every hop, pinned
   connections, deadlines by watchdog, byte and pixel caps, retries, statuses, the cache's atomic writes), in
@@ -41,6 +42,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
+from mmsa import fetch
 
 
 class WorkerDied(RuntimeError):
@@ -263,10 +266,12 @@ class _Session:
 
 
 class session:
-    """`with session(config, cache, keep_images, retry_failed, n) as (submit, capacity):` submit(url) gives a
-    Future of the URL's FetchResult (with its image, when kept); at most `capacity` may be in flight."""
+    """`with session(config, cache, keep_images, retry_failed) as (submit, capacity):` submit(url) gives a Future of
+    the URL's FetchResult (with its image, when kept); at most `capacity` may be in flight. The submitter that
+    fetch_images and fetch_dump of this module hand to mmsa.fetch's."""
 
-    def __init__(self, config, cache, keep_images: bool, retry_failed: bool, n: int):
+    def __init__(self, config, cache, keep_images: bool, retry_failed: bool, n: int | None = None):
+        n = n or resolve_processes(config.processes)
         self._session = _Session(config, cache, keep_images, retry_failed, n)
 
     def __enter__(self):
@@ -274,6 +279,22 @@ class session:
 
     def __exit__(self, *exc) -> None:
         self._session.close()
+
+
+def submitter(config):
+    """The submitter for `config`: this module's worker processes when config.processes asks for some (and this
+    process may have children), else None: mmsa.fetch's threads."""
+    return session if resolve_processes(config.processes) else None
+
+
+def fetch_images(items, config, cache, **kwargs):
+    """mmsa.fetch.fetch_images, in worker processes when config.processes asks for them (else threads)."""
+    return fetch.fetch_images(items, config, cache, submitter=submitter(config), **kwargs)
+
+
+def fetch_dump(dump, cache_dir, config, **kwargs):
+    """mmsa.fetch.fetch_dump, in worker processes when config.processes asks for them (else threads)."""
+    return fetch.fetch_dump(dump, cache_dir, config, submitter=submitter(config), **kwargs)
 
 
 # --- In the worker process ---------------------------------------------------------------------------
@@ -300,8 +321,6 @@ def _worker_main(index: int, n: int, tasks, results, hosts) -> None:
     import torch
 
     torch.set_num_threads(1)  # one core's share: the pool is the parallelism
-    from mmsa import fetch
-
     # Decoding slots per process: this process's share of the cores (the thread path's rule, per process).
     fetch._DECODE_SLOTS = threading.BoundedSemaphore(max(1, cores() // n))
     jobs: dict[int, tuple] = {}

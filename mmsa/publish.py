@@ -17,11 +17,11 @@ pipeline, and at the end of each run the pipeline publishes a copy beside it,
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import duckdb
+
+from mmsa import files
 
 
 def snapshot_path(db_path: str | Path) -> Path:
@@ -37,23 +37,13 @@ def publish_snapshot(db_path: str | Path, con: duckdb.DuckDBPyConnection | None 
     (DuckDB refuses a second connection with other settings in the same process)."""
     db_path = Path(db_path)
     dest = snapshot_path(db_path)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     own = con is None
     if own:
         con = duckdb.connect(str(db_path))
     try:
         con.execute("CHECKPOINT")
-        shutil.copyfile(db_path, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
+        files.copy(db_path, dest, durable=True)  # copied while the connection is held: no writer mid-copy
     finally:
         if own:
             con.close()
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(dest.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
     return dest

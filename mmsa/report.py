@@ -13,14 +13,15 @@ import json
 import re
 from datetime import date, datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import duckdb
 import pyarrow as pa
 
+from mmsa.files import package_dir
 from mmsa.publish import snapshot_path
 
-REPORTS_DIR = Path(__file__).resolve().parent.parent / "sql" / "reports"
+REPORTS_DIR = package_dir("mmsa.sql") / "reports"
 # The filters every report accepts (CLI: --brand, --from, --to, --param model_version=...).
 FILTERS = ("brand", "date_from", "date_to", "model_version")
 FORMATS = ("table", "csv", "json")
@@ -174,10 +175,12 @@ def _pp(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:+.1f} pp"
 
 
-def headline_markdown(db: str | Path, run_id: str | None = None, chart_dir: str | Path | None = None) -> Headline:
+def headline_markdown(db: str | Path, run_id: str | None = None,
+                      draw: Callable[[], list[Path]] | None = None) -> Headline:
     """The nightly headline as markdown: the run (latest unless `run_id`), each brand's last
     7 days against the 7 before, the spikes of those days and the text/image disagreement.
-    With `chart_dir`, also renders the trend and spike charts there and returns their paths."""
+    `draw` renders its charts when there is something to draw (mmsa.charts.headline passes it, so
+    that this module does not import the charts)."""
     with connect(db) as con:
         runs = run_report("runs", con).to_pylist()
         run = next((r for r in reversed(runs) if run_id in (None, r["run_id"])), None)
@@ -221,14 +224,7 @@ def headline_markdown(db: str | Path, run_id: str | None = None, chart_dir: str 
             f"({d['positive_text_negative_image']} positive text + negative image)"
             for d in disagreement
         ]
-    charts = []
-    if chart_dir is not None:
-        from mmsa import charts as charting
-
-        chart_dir = Path(chart_dir)
-        charts = [
-            charting.render_chart("daily_brand_sentiment", db, chart_dir / "trend.png"),
-            charting.render_chart("sentiment_spikes", db, chart_dir / "spikes.png"),
-        ]
+    charts = draw() if draw is not None else []
+    if charts:
         lines += ["", "Charts: " + ", ".join(f"`{p}`" for p in charts)]
     return Headline("\n".join(lines) + "\n", charts)

@@ -22,7 +22,6 @@ import io
 import json
 import re
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,10 +35,11 @@ import pyarrow.parquet as pq
 import requests
 import zstandard
 
-from mmsa import readers
+from mmsa import files, readers
 from mmsa.brands import BrandTagger, load_rules
 from mmsa.readers import Skip
 from mmsa.readers.flat import mapped, parse_mapping
+from mmsa.options import DEFAULT_MAX_IMAGES
 from mmsa.schema import COUNT_FIELDS, KNOWN_FIELDS, POST_SCHEMA, TEXT_FIELDS
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -47,7 +47,6 @@ COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 DUMP_DOWNLOAD_TIMEOUT = (10, 60)
 # zstd frames of Reddit's monthly dumps use windows up to 2 GiB; the decoder refuses them unless allowed.
 ZSTD_MAX_WINDOW = 2**31
-DEFAULT_MAX_IMAGES = 4
 _EPOCH = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -167,9 +166,8 @@ def localise(src: str | Path, workdir: Path) -> Path:
     target = workdir / ("dump" + "".join(Path(urlparse(str(src)).path).suffixes[-2:]).lower())
     with requests.get(str(src), stream=True, timeout=DUMP_DOWNLOAD_TIMEOUT) as resp:
         resp.raise_for_status()
-        with tempfile.NamedTemporaryFile(dir=workdir, delete=False) as tmp:
-            shutil.copyfileobj(resp.raw, tmp)
-    Path(tmp.name).replace(target)
+        with files.atomic_path(target) as tmp, tmp.open("wb") as fh:
+            shutil.copyfileobj(resp.raw, fh)
     return target
 
 

@@ -18,14 +18,13 @@ shard there; local files keep writing to a temporary name and renaming.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import threading
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from mmsa import files
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _LOCAL_SCHEMES = ("file", "local")
@@ -56,25 +55,27 @@ def path(location):
 
 
 def write_bytes(location, data: bytes) -> None:
-    """Write a file whole or not at all: a temporary name then a rename locally; one upload on object storage."""
+    """Write a file whole or not at all: mmsa.files' temporary name then a rename locally; one upload on object
+    storage."""
     target = path(location)
     if is_remote(target):
         target.fs.pipe_file(target.path, data)
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    files.write_bytes(target, data)
+
+
+def write_text(location, text: str):
+    """write_bytes for text (UTF-8); returns the location."""
+    write_bytes(location, text.encode("utf-8"))
+    return location
 
 
 def write_table(table: pa.Table, location) -> None:
     """A Parquet file written whole (see write_bytes); remote through fsspec."""
     target = path(location)
     if not is_remote(target):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, target)
+        with files.atomic_path(target) as tmp:
+            pq.write_table(table, tmp)
         return
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
@@ -94,21 +95,16 @@ def upload(local: Path, location) -> None:
     if is_remote(target):
         target.fs.put_file(str(local), target.path)
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
     if Path(local).resolve() != target.resolve():
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        shutil.copyfile(local, tmp)
-        os.replace(tmp, target)
+        files.copy(local, target)
 
 
 def download(location, folder: Path) -> Path:
     """Copy one remote file into `folder` (streamed, under its own name, renamed into place when whole)."""
     source = path(location)
-    folder.mkdir(parents=True, exist_ok=True)
     target = folder / source.name
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    source.fs.get_file(source.path, str(tmp))
-    os.replace(tmp, target)
+    with files.atomic_path(target) as tmp:
+        source.fs.get_file(source.path, str(tmp))
     return target
 
 

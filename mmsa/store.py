@@ -6,8 +6,9 @@ INSERT OR REPLACE, so loading the same results twice never duplicates a row.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
-import os
 import re
 from collections.abc import Iterable
 from datetime import datetime, timezone
@@ -18,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mmsa import storage
+from mmsa import files, storage
 from mmsa.schema import REJECTED_SCHEMA, SCORED_SCHEMA
 
 _DUCK_TYPES = {
@@ -87,6 +88,29 @@ CREATE OR REPLACE VIEW post_images AS
 """
 
 
+class RunLocked(ValueError):
+    """Another run holds the database; a ValueError so the CLI reports it as an error, not a crash."""
+
+
+@contextlib.contextmanager
+def run_lock(db: str):
+    """Hold an exclusive, non-blocking lock on `<db>.lock` for a whole run.
+
+    The kernel drops the lock when the holder dies (even by SIGKILL), so a crashed run never
+    blocks its rerun; a concurrent run is refused before it touches anything."""
+    path = Path(f"{db}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLocked(f"another mmsa run holds {db} (lock file {path}); wait for it or stop it") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def now_utc() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -97,22 +121,8 @@ def write_atomic(table: pa.Table, path: Path) -> Path:
     if storage.is_remote(path):
         storage.write_table(table, path)
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write a small text file (a manifest entry) all at once or not at all."""
-    if storage.is_remote(path):
-        storage.write_bytes(path, text.encode())
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with files.atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
     return path
 
 
@@ -135,17 +145,13 @@ def connect(db: str | Path) -> duckdb.DuckDBPyConnection:
 
     A new database is built under a temporary name and renamed into place once its schema is
     written: DuckDB creates the file before it writes the header, and a run killed in between
-    would leave a file that no later run or reader can open. Callers hold pipeline.run_lock,
-    so one fixed temporary name suffices (a killed run's leftover is overwritten)."""
+    would leave a file that no later run or reader can open. Callers hold run_lock,
+    so a killed run's leftover belongs to a dead process and is swept here."""
     db = Path(db)
     if not db.exists():
-        db.parent.mkdir(parents=True, exist_ok=True)
-        tmp = db.with_name(f".{db.name}.new.tmp")
-        for leftover in (tmp, Path(f"{tmp}.wal")):
-            leftover.unlink(missing_ok=True)
-        with duckdb.connect(str(tmp)) as con:
+        files.sweep_stale(db.parent)
+        with files.atomic_path(db) as tmp, duckdb.connect(str(tmp)) as con:
             con.execute(DDL)
-        os.replace(tmp, db)
     con = duckdb.connect(str(db))
     _migrate_scored_posts(con)
     con.execute(DDL)
@@ -196,15 +202,15 @@ def load_scored(con: duckdb.DuckDBPyConnection, files: Iterable[Path]) -> int:
     return n
 
 
-def _load_scored_remote(con: duckdb.DuckDBPyConnection, files: list) -> int:
+def _load_scored_remote(con: duckdb.DuckDBPyConnection, paths: list) -> int:
     """load_scored for files in a bucket: DuckDB's own S3 reader (httpfs) is an extension it downloads on first
     use, so each file is read through fsspec (mmsa.storage) into Arrow and upserted from there, in one
     transaction, one file in memory at a time."""
     cols = ", ".join(SCORED_SCHEMA.names)
     n = 0
     con.execute("BEGIN")
-    for f in files:
-        table = storage.read_table(f, columns=SCORED_SCHEMA.names)
+    for path in paths:
+        table = storage.read_table(path, columns=SCORED_SCHEMA.names)
         con.register("scored_file", table)
         con.execute(f"INSERT OR REPLACE INTO scored_posts ({cols}) SELECT {cols} FROM scored_file")
         con.unregister("scored_file")
@@ -229,8 +235,14 @@ def load_rejected(con: duckdb.DuckDBPyConnection, rows: list[dict], dump: str, r
     return len(rows)
 
 
-def record_run(con: duckdb.DuckDBPyConnection, stats: dict) -> None:
-    """Store one run's statistics (JSON columns hold the status mix and per-stage seconds)."""
+def record_run(con: duckdb.DuckDBPyConnection, stats: dict, shards: Iterable[dict] = ()) -> None:
+    """Store one run's statistics (JSON columns hold the status mix and per-stage seconds) and its shards'
+    (table run_shards, one row per run and shard), in one transaction: they appear whole."""
+    con.execute("BEGIN")
+    for sh in shards:
+        row = {**sh, "image_status": json.dumps(sh["image_status"]), "stage_seconds": json.dumps(sh["stage_seconds"])}
+        con.execute("INSERT OR REPLACE INTO run_shards VALUES ($run_id, $shard, $skipped, $posts, $image_status, "
+                    "$stage_seconds, $posts_per_s)", row)
     row = dict(stats)
     row["image_status"] = json.dumps(row["image_status"])
     row["stage_seconds"] = json.dumps(row["stage_seconds"])
@@ -239,3 +251,18 @@ def record_run(con: duckdb.DuckDBPyConnection, stats: dict) -> None:
     cols = ", ".join(row)
     params = ", ".join(f"${k}" for k in row)
     con.execute(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({params})", row)
+    con.execute("COMMIT")
+
+
+def already_scored(db: str | Path, dump: str, model_version: str) -> bool:
+    """True when table `runs` of `db` holds a finished run of `dump` by `model_version`."""
+    if not Path(db).exists():
+        return False
+    with run_lock(str(db)), duckdb.connect(str(db), read_only=True) as con:
+        if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'runs'").fetchone()[0]:
+            return False
+        (n,) = con.execute(
+            "SELECT count(*) FROM runs WHERE dump = $dump AND model_version = $mv AND finished_at IS NOT NULL",
+            {"dump": dump, "mv": model_version},
+        ).fetchone()
+    return n > 0

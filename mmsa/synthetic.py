@@ -25,17 +25,20 @@ TINTS = {"positive": (200, 120, 60), "neutral": (128, 128, 128), "negative": (40
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *FILLER, *(w for ws in CUE_WORDS.values() for w in ws)]
 
 
-def make_posts(n: int, rng: np.random.Generator, signal: float = 0.8) -> list[tuple[str, np.ndarray, str]]:
-    """(text, uint8 image 32x32, label) triples; labels skewed like MVSA (positive-heavy)."""
+def make_posts(n: int, rng: np.random.Generator, signal: float = 0.8) -> list[tuple[str, np.ndarray, str, str, str]]:
+    """(text, uint8 image 32x32, label, text_label, image_label); labels skewed like MVSA (positive-heavy).
+    A modality without its cue is labelled neutral, as an MVSA annotator would label it."""
     posts = []
     for _ in range(n):
         label = LABELS[rng.choice(3, p=[0.55, 0.15, 0.30])]
         words = list(rng.choice(FILLER, size=rng.integers(3, 9)))
-        if rng.random() < signal:
+        text_cue = rng.random() < signal
+        if text_cue:
             words.insert(int(rng.integers(len(words) + 1)), str(rng.choice(CUE_WORDS[label])))
-        tint = TINTS[label] if rng.random() < signal else TINTS[LABELS[rng.integers(3)]]
+        image_cue = rng.random() < signal
+        tint = TINTS[label] if image_cue else TINTS["neutral"]
         img = np.clip(rng.normal(0, 40, (32, 32, 3)) + np.array(tint), 0, 255).astype(np.uint8)
-        posts.append((" ".join(words), img, label))
+        posts.append((" ".join(words), img, label, label if text_cue else "neutral", label if image_cue else "neutral"))
     return posts
 
 
@@ -48,8 +51,8 @@ def write_dataset(
     rng = np.random.default_rng(seed)
     for split, n in (("train", n_train), ("dev", n_dev)):
         with (out / f"{split}.jsonl").open("w", encoding="utf-8") as fh:
-            for i, (text, img, label) in enumerate(make_posts(n, rng)):
-                row = {"id": f"{split}-{i}", "text": text, "label": label}
+            for i, (text, img, label, text_label, image_label) in enumerate(make_posts(n, rng)):
+                row = {"id": f"{split}-{i}", "text": text, "label": label, "text_label": text_label, "image_label": image_label}
                 if not (split == "dev" and text_only_every and i % text_only_every == 0):
                     Image.fromarray(img).save(out / "images" / f"{split}-{i}.png")
                     row["image"] = f"images/{split}-{i}.png"

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from mmsa import imaging
-from mmsa.data import LabelledSet, default_cache_dir, load_image
+from mmsa.data import LabelledSet, load_image
 from mmsa.encoders import (
     DEFAULT_IMAGE_ENCODER,
     DEFAULT_TEXT_ENCODER,
@@ -39,6 +39,7 @@ from mmsa.encoders import (
     masked_mean,
 )
 from mmsa.evaluate import classification_metrics
+from mmsa.files import atomic_path, default_cache_dir
 from mmsa.heads import Bundle, Ensemble, Feats
 from mmsa.schema import LABELS
 
@@ -143,10 +144,8 @@ def cached(cache_dir: Path | None, key: str, compute: Callable[[], dict]) -> dic
     if path.exists():
         return load_file(path)
     feats = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in feats.items()}, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in feats.items()}, tmp)
     return feats
 
 
@@ -566,96 +565,3 @@ def pretrained_text(cfg: TrainConfig, enc: TextEncoder, cache_dir: Path | None) 
         save_file({k: v.contiguous() for k, v in state.items()}, path)
         path.with_suffix(".json").write_text(json.dumps(pre["metrics"], indent=2))
     return pre
-
-
-def _mean_sd(xs: list[float]) -> str:
-    return f"{100 * np.mean(xs):.2f} ± {100 * np.std(xs, ddof=1) if len(xs) > 1 else 0.0:.2f}"
-
-
-def compare(
-    data_dir: str | Path,
-    heads: list[str],
-    seeds: list[int],
-    out: str | Path | None,
-    cache_dir: Path | None = DEFAULT_CACHE,
-    base: TrainConfig | None = None,
-    progress: bool = True,
-) -> str:
-    """Every head x seed (each a `base.members`-member model) on the same cached frozen features;
-    markdown table (+ JSON beside it).
-
-    Runs already in the JSON with the same settings (members aside) are kept and not repeated, so
-    a long comparison resumes after a stop and can be built up in parts (e.g. the slow heads with
-    fewer members). The table is rewritten after every run. Inference cost is the head alone on
-    cached features (batch 64); the encoders' cost is the same for every head (model card).
-    """
-    from mmsa.data import load_jsonl
-
-    base = base or TrainConfig()
-    data_dir = Path(data_dir)
-    train, dev = load_jsonl(data_dir / "train.jsonl"), load_jsonl(data_dir / "dev.jsonl")
-    settings = {k: v for k, v in asdict(base).items() if k not in ("head", "seed", "members")}
-    runs: list[dict] = []
-    if out is not None and Path(out).with_suffix(".json").exists():
-        saved = json.loads(Path(out).with_suffix(".json").read_text())
-        runs = saved["runs"] if saved.get("settings") == settings else []
-    prep = prepare(replace(base, finetune_layers=0), train, dev, cache_dir)
-    table = _compare_table(runs, base, data_dir, len(dev))
-    for head in heads:
-        for seed in seeds:
-            if any(r["head"] == head and r["seed"] == seed and r["members"] == base.members for r in runs):
-                continue
-            cfg = replace(base, head=head, seed=seed, finetune_layers=0)
-            start = time.perf_counter()
-            ensemble, fits = train_members(cfg, prep, progress)
-            train_seconds = time.perf_counter() - start
-            start = time.perf_counter()
-            predict_logits(ensemble, prep.text_enc, False, prep.dev_text, prep.dev_img)  # the model's own cost
-            ms = 1000 * (time.perf_counter() - start) / len(dev)
-            report = dev_report(cfg, prep, ensemble)
-            runs.append({"head": head, "seed": seed, "members": base.members,
-                         **{k: report["dev"][k] for k in ("accuracy", "weighted_f1", "macro_f1")},
-                         "member_accuracy": float(np.mean(report["dev_member_accuracy"])),
-                         "train_seconds": train_seconds, "best_epochs": [f["best_epoch"] for f in fits],
-                         "head_ms_per_post": ms})
-            table = _compare_table(runs, base, data_dir, len(dev))
-            if out is not None:
-                out = Path(out)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_text(table)
-                out.with_suffix(".json").write_text(json.dumps({"settings": settings, "runs": runs}, indent=2) + "\n")
-    return table
-
-
-def _compare_table(runs: list[dict], base: TrainConfig, data_dir: Path, n_dev: int) -> str:
-    lines = [
-        f"Dev set of {data_dir.name} (n={n_dev}), never used for training or early stopping; frozen encoders "
-        f"{base.text_encoder} + {base.image_encoder}"
-        + (f", text side first fine-tuned on {Path(base.pretrain_text).name} (top {base.pretrain_layers} layers, "
-           f"up to {base.pretrain_max} examples)" if base.pretrain_text else "")
-        + f". A model = `members` heads, each trained on {base.folds - 1} of {base.folds} stratified folds of the "
-        "training set and early-stopped on the remaining one, probabilities averaged. Mean ± sd over seeds.",
-        "",
-        "| head | members | seeds | accuracy | weighted F1 | macro F1 | one member's accuracy | train s | head ms/post | best epochs |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    groups: dict[tuple[str, int], list[dict]] = {}
-    for r in runs:
-        groups.setdefault((r["head"], r["members"]), []).append(r)
-    for (head, members), rs in groups.items():
-        lines.append(
-            f"| {head} | {members} | {', '.join(str(r['seed']) for r in rs)} | {_mean_sd([r['accuracy'] for r in rs])} | "
-            f"{_mean_sd([r['weighted_f1'] for r in rs])} | {_mean_sd([r['macro_f1'] for r in rs])} | "
-            f"{_mean_sd([r['member_accuracy'] for r in rs])} | {np.mean([r['train_seconds'] for r in rs]):.0f} | "
-            f"{np.mean([r['head_ms_per_post'] for r in rs]):.3f} | {' / '.join(','.join(map(str, r['best_epochs'])) for r in rs)} |"
-        )
-    for members in sorted({m for _, m in groups}):
-        acc = {h: float(np.mean([r["accuracy"] for r in rs])) for (h, m), rs in groups.items() if m == members}
-        singles = {h: a for h, a in acc.items() if h in ("text", "image")}
-        fused = {h: a for h, a in acc.items() if h not in ("text", "image")}
-        if singles and fused:
-            bs, bf = max(singles, key=singles.get), max(fused, key=fused.get)
-            lines += ["", f"**Modal synergy ({members} member{'s' if members > 1 else ''}):** best fusion head `{bf}` "
-                      f"{100 * fused[bf]:.2f}% vs best single modality `{bs}` {100 * singles[bs]:.2f}% accuracy: "
-                      f"{100 * (fused[bf] - singles[bs]):+.2f} points."]
-    return "\n".join(lines) + "\n"

@@ -25,7 +25,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def prefect_harness():
     """A real (temporary) Prefect API for tests that run flows; exported as $PREFECT_API_URL too, so the
-    commands those tests call use it rather than start a server of their own (flows.api.LocalAPI)."""
+    commands those tests call use it rather than start an ephemeral server of their own."""
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 

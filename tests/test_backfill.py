@@ -7,7 +7,7 @@ from datetime import date
 import duckdb
 import pytest
 
-from flows.backfill import backfill_flow
+from mmsa.flows.backfill import backfill_flow
 from mmsa import cli
 from test_deployments import latest_artifact
 

@@ -5,8 +5,8 @@ import sys
 
 
 def test_the_executable_exits_with_mains_code_after_every_atexit_handler(tmp_path):
-    """`mmsa` skips the interpreter's teardown: handlers registered while a command ran (Prefect's
-    server stop, log flushes) still run, printed output is not lost, and the exit code is main's."""
+    """`mmsa` ends the ordinary way: handlers registered while a command ran (Prefect's server stop, log
+    flushes) run, printed output is not lost, and the exit code is main's."""
     marker = tmp_path / "handler-ran"
     code = (
         "import atexit, pathlib\n"

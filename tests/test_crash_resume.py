@@ -120,12 +120,12 @@ def test_killed_runs_resume_with_their_own_ephemeral_prefect(tmp_path):
 
 
 def test_stale_tmp_files_of_dead_processes_are_removed(tmp_path):
-    """A killed writer's `.NAME.PID.tmp` goes at the next run; a live writer's file stays."""
+    """A killed writer's `.NAME.PID-SEQ.tmp` (mmsa.files) goes at the next run; a live writer's file stays."""
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     part = tmp_path / "out" / "date=2026-11-01"
     part.mkdir(parents=True)
-    stale = part / f".x.parquet.{dead.stdout.strip()}.tmp"
-    live = part / f".y.parquet.{os.getpid()}.tmp"
+    stale = part / f".x.parquet.{dead.stdout.strip()}-0.tmp"
+    live = part / f".y.parquet.{os.getpid()}-0.tmp"
     stale.write_bytes(b"partial")
     live.write_bytes(b"in progress")
     pipeline.prepare(str(write_dump(tmp_path / "d.jsonl")), pipeline.RunOptions(db="x", out=str(tmp_path / "out"), shard_size=SHARD))

@@ -4,7 +4,7 @@ they schedule runs (on synthetic data with tiny encoders) and publishes its metr
 import pytest
 from prefect.flows import load_flow_from_entrypoint
 
-from flows.serve import PREFECT_YAML, load_deployments, runner_deployments
+from mmsa.flows.serve import PREFECT_YAML, load_deployments, runner_deployments
 
 ROOT = PREFECT_YAML.parent.parent
 DEPLOYMENTS = load_deployments()
@@ -61,7 +61,7 @@ def test_serve_builds_the_yaml_deployments_with_local_paths():
 
 def test_train_flow_trains_evaluates_and_publishes_metrics(prefect_harness, tmp_path):
     """The train deployment's flow on synthetic posts with tiny random encoders: a model folder and a metrics artifact."""
-    from flows.train import train_flow
+    from mmsa.flows.train import train_flow
     from mmsa.synthetic import tiny_text_encoder, tiny_vit, write_dataset
 
     data = write_dataset(tmp_path / "data", n_train=48, n_dev=24)

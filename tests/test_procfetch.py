@@ -22,7 +22,8 @@ from imageserver import (
     textured_image,
 )
 from mmsa import cli, procfetch
-from mmsa.fetch import FetchConfig, ImageCache, fetch_images
+from mmsa.fetch import FetchConfig, ImageCache
+from mmsa.procfetch import fetch_images
 
 JPEG = encode(textured_image(640, 480), "JPEG", quality=85)
 PNG = encode(textured_image(300, 200, seed=1), "PNG")

@@ -9,7 +9,7 @@ import zstandard
 
 from mmsa import readers, source
 from mmsa.brands import BrandTagger
-from mmsa.cli import FORMAT_NAMES
+from mmsa.cli import build_parser
 from mmsa.readers import Skip, bluesky, flat, mastodon, reddit, x_v2
 
 
@@ -112,7 +112,9 @@ def test_detection_by_shape_and_every_reader_named_on_the_command_line():
     assert readers.detect({"id": "a", "subreddit": "pics"}) == "reddit"
     assert readers.detect({"id": "1", "content": "<p>x</p>", "account": {}}) == "mastodon"
     assert readers.detect({"id": "1", "body": "?"}) == "flat"
-    assert FORMAT_NAMES == readers.FORMATS
+    score = build_parser()._subparsers._group_actions[0].choices["score"]
+    assert [a.choices for a in score._actions if a.dest == "source_format"] == [readers.FORMATS]  # the CLI offers them all
+    assert set(readers.FORMATS) == {name for name in readers.FORMATS if readers.reader(name)}
     with pytest.raises(ValueError, match="unknown source format 'tiktok'"):
         readers.reader("tiktok")
 

@@ -449,7 +449,7 @@ def test_html_summary_is_one_offline_page_with_every_report_and_chart(db, tmp_pa
 
 def test_headline_markdown_for_the_latest_and_a_given_run(db, tmp_path):
     """The nightly headline: run counts, week-over-week per brand, the spike, disagreement."""
-    md, paths = report.headline_markdown(db, chart_dir=tmp_path)
+    md, paths = charts.headline(db, tmp_path)
     assert "run `run-2`" in md and "64 posts in, 63 scored, 1 rejected" in md
     assert "| acme | 42 | +23.5% | +0.10 | -0.32 | 33.3% | +12.7 pp |" in md
     assert "**acme** 2024-03-14: volume+negative_share (10 posts, 80% negative" in md

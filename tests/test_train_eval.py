@@ -20,7 +20,7 @@ from mmsa.heads import HEAD_NAMES
 from mmsa.infer import Engine, get_engine
 from mmsa.model import load_model
 from mmsa.synthetic import tiny_text_encoder, tiny_vit, write_dataset
-from mmsa.train import TrainConfig, compare, fold_ids, run
+from mmsa.train import TrainConfig, fold_ids, run
 
 torch.set_num_threads(1)  # tiny models: extra threads only add waiting on a shared 2-core machine
 
@@ -139,24 +139,6 @@ def test_text_pretraining_reports_held_out_metrics(env, tmp_path):
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["pretrain_metrics"]["n"] == 16  # 10% of 160 held out
     assert config["text_layers"] == "text_layers.safetensors"
-
-
-def test_compare_writes_table_with_synergy_row_and_resumes(env, tmp_path):
-    out = tmp_path / "compare.md"
-    table = compare(env["data"], ["text", "image", "native_combine"], [0, 1], out, env["cache"],
-                    base=_cfg(env, epochs=2, members=2), progress=False)
-    assert out.read_text() == table
-    rows = [line for line in table.splitlines() if line.startswith("| ") and "±" in line]
-    assert [r.split(" | ")[:3] for r in rows] == [["| text", "2", "0, 1"], ["| image", "2", "0, 1"], ["| native_combine", "2", "0, 1"]]
-    assert all(r.count("±") == 4 for r in rows) and "Modal synergy (2 members)" in table
-    saved = json.loads(out.with_suffix(".json").read_text())["runs"]
-    # Same settings again: nothing is retrained; one member per model adds rows beside the others.
-    assert compare(env["data"], ["text", "image", "native_combine"], [0, 1], out, env["cache"],
-                   base=_cfg(env, epochs=2, members=2), progress=False) == table
-    table = compare(env["data"], ["native_combine"], [0], out, env["cache"], base=_cfg(env, epochs=2), progress=False)
-    runs = json.loads(out.with_suffix(".json").read_text())["runs"]
-    assert runs[: len(saved)] == saved and [(r["head"], r["members"]) for r in runs[len(saved):]] == [("native_combine", 1)]
-    assert "| native_combine | 1 | 0 |" in table
 
 
 def test_metrics_match_hand_computed_values():

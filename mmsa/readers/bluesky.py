@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from mmsa.readers import Skip, dedupe
+from mmsa.readers.common import Skip, dedupe
 
 POST = "app.bsky.feed.post"
 CDN = "https://cdn.bsky.app/img/feed_fullsize/plain"

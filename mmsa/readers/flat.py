@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from mmsa.readers import Skip
+from mmsa.readers.common import Skip
 
 # Fields a mapping may fill: the flat contract's own.
 TARGETS = ("post_id", "created_at", "text", "image_urls", "image_url", "brand", "source", "lang", "author",

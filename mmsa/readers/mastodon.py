@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from mmsa.readers import Skip, dedupe, html_to_text, unescape
+from mmsa.readers.common import Skip, dedupe, html_to_text, unescape
 
 
 def read(record: dict) -> Iterator[dict | Skip]:

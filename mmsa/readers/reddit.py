@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
-from mmsa.readers import Skip, dedupe, unescape
+from mmsa.readers.common import Skip, dedupe, unescape
 
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp")
 _GONE = ("[removed]", "[deleted]", "")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from mmsa.readers import Skip, dedupe, unescape
+from mmsa.readers.common import Skip, dedupe, unescape
 
 
 def read(record: dict) -> Iterator[dict | Skip]:
