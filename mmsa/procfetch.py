@@ -35,6 +35,7 @@ import os
 import queue
 import tempfile
 import threading
+import time
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -106,12 +107,15 @@ class _Pool:
         return future
 
     def _read(self) -> None:
+        checked = time.monotonic()
         while True:
+            if time.monotonic() - checked > 0.5:  # twice a second, also while other workers' results flow
+                checked = time.monotonic()
+                if not self.broken and any(not p.is_alive() for p in self.procs):
+                    self._fail_dead()
             try:
                 message = self.results.get(timeout=0.5)
             except queue.Empty:
-                if any(not p.is_alive() for p in self.procs) and not self.broken:
-                    self._fail_dead()
                 if self.broken and not self._pending:
                     return
                 continue
