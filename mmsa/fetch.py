@@ -231,6 +231,8 @@ def fetch_images(
             if on_result is not None:
                 on_result(index, results[index])
 
+    if not posts_by_url:  # nothing to download: no threads or worker processes started
+        return results  # type: ignore[return-value]
     ok = done = 0
     with (
         (submitter or _threads)(config, cache, keep_images, retry_failed) as (submit, capacity),
