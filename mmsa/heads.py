@@ -208,28 +208,27 @@ class LinearStack(nn.Module):
     Each branch is one linear layer (standardisation folded in) read as log-probabilities; the meta layer
     maps the branches' log-probabilities to the post's logits. Outputs: "fused" = the meta head for posts
     with an image, the general text head for posts without one; "text" = the general text head (the text's
-    own sentiment, trained on general tweets); "image" = the image-label head (the image's own sentiment).
-    Temperatures (general, fused, image) are buffers, fitted out of fold.
+    own sentiment, trained on general tweets); "image" = the image head (the image's own sentiment, trained
+    on the image labels). Temperatures (text, fused, image) are buffers, fitted out of fold.
     """
 
     needs_hidden = False
     LOG_EPS = float(torch.log(torch.tensor(1e-6)))  # the fit clips probabilities at 1e-6 (mmsa.stack.logp)
 
-    def __init__(self, dt: int, di: int, branches: list[str], image_output: str = "image_label", **_):
+    def __init__(self, dt: int, di: int, branches: list[str], **_):
         super().__init__()
         self.general = nn.Linear(dt, N_CLASSES)
+        self.image = nn.Linear(di, N_CLASSES)
         self.branches = nn.ModuleDict({n: nn.Linear(dt if n.startswith("text") else di, N_CLASSES) for n in branches})
         self.meta = nn.Linear(N_CLASSES * len(branches), N_CLASSES)
-        self.image_output = image_output
         self.register_buffer("temperature", torch.ones(3))
 
     def forward(self, f: Feats, has_image: torch.Tensor) -> dict[str, torch.Tensor]:
-        logp = {n: lin(f.t_pooled if n.startswith("text") else f.i_pooled).log_softmax(-1).clamp_min(self.LOG_EPS)
-                for n, lin in self.branches.items()}
-        z = torch.cat([logp[n] for n in self.branches], -1)
+        z = torch.cat([lin(f.t_pooled if n.startswith("text") else f.i_pooled).log_softmax(-1).clamp_min(self.LOG_EPS)
+                       for n, lin in self.branches.items()], -1)
         text = self.general(f.t_pooled) / self.temperature[0]
         fused = torch.where(has_image.unsqueeze(-1), self.meta(z) / self.temperature[1], text)
-        return {"fused": fused, "text": text, "image": logp[self.image_output] / self.temperature[2]}
+        return {"fused": fused, "text": text, "image": self.image(f.i_pooled) / self.temperature[2]}
 
 
 def from_config(cfg: dict) -> nn.Module:

@@ -33,6 +33,13 @@ from mmsa.schema import LABELS
 CS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 META_CS = (1e-3, 1e-2, 0.1, 1.0, 10.0)
 DEFAULT_WEIGHT = "sqrt"  # the general text head's class weighting chosen by `mmsa compare` (results/compare.md)
+# The stacking candidates: name -> the branches the meta head reads ("text_general": the general text head
+# fitted on SemEval alone, out of sample on MVSA posts).
+RECIPES = {
+    "stack2": ("text_post", "image_post"),
+    "stack4": ("text_post", "image_post", "image_label", "text_general"),
+}
+DEFAULT_RECIPE = "stack2"  # the best fusion of `mmsa compare` (results/compare.md)
 K = len(LABELS)
 EPS = 1e-6
 
@@ -157,13 +164,14 @@ def fit_stack(branches: dict[str, tuple[Pipeline, np.ndarray]], y: np.ndarray, s
     return StackFit({n: h for n, (h, _) in branches.items()}, meta, temp), tempered(p_meta, temp)
 
 
-def build_head(fit: StackFit, general: Pipeline, t_general: float, t_image: float, dt: int, di: int):
+def build_head(fit: StackFit, general: Pipeline, t_general: float, image: Pipeline, t_image: float, dt: int, di: int):
     """The fitted heads as the runtime module (mmsa.heads.LinearStack) with the same outputs."""
     from mmsa.heads import LinearStack
 
     module = LinearStack(dt, di, list(fit.branches))
     with torch.no_grad():
         module.general.load_state_dict(to_linear(general).state_dict())
+        module.image.load_state_dict(to_linear(image).state_dict())
         for name, head in fit.branches.items():
             module.branches[name].load_state_dict(to_linear(head).state_dict())
         module.meta.load_state_dict(to_linear(fit.meta).state_dict())
@@ -180,14 +188,15 @@ def pooled_pool(m, mvsa_dir: str | Path, **kw):
 
 
 def train_model(mvsa_dir: str | Path, semeval: str | Path, out: str | Path, base: str | Path = "default",
-                weight: str = DEFAULT_WEIGHT, name: str | None = None, seed: int = 0, extra: dict | None = None,
-                cache_dir: Path | None = None) -> dict:
-    """The shipped recipe (the `stack4` candidate of `mmsa compare`) fitted on all of MVSA train+dev and the
-    SemEval training part, over `base`'s encoders; writes a model folder and returns its config.
+                weight: str = DEFAULT_WEIGHT, recipe: str = DEFAULT_RECIPE, name: str | None = None, seed: int = 0,
+                extra: dict | None = None, cache_dir: Path | None = None) -> dict:
+    """A `recipe` of `mmsa compare` fitted on all of MVSA train+dev and the SemEval training part, over `base`'s
+    encoders; writes a model folder and returns its config.
 
     The general text head (imageless posts, the text branch) learns from the SemEval training part plus
-    MVSA's text labels with `weight`ed classes; the stack's own general-text input learns from SemEval
-    alone, so its probabilities on MVSA posts are out of sample, as they were in cross-validation.
+    MVSA's text labels with `weight`ed classes; the image head from MVSA's image labels. A stack's own
+    general-text input ("text_general") learns from SemEval alone, so its probabilities on MVSA posts are out
+    of sample, as they were in cross-validation.
     """
     from safetensors.torch import save_file
 
@@ -202,37 +211,40 @@ def train_model(mvsa_dir: str | Path, semeval: str | Path, out: str | Path, base
     mv = pooled_pool(m, mvsa_dir, **kw)
     sem = pooled_features(m, semeval, with_images=False, **kw)
     tr, ho = holdout_split(len(sem))
-    g_sem = fit_lr(sem.t[tr], sem.label[tr], weight=weight, seed=seed)
     x, y = np.concatenate([sem.t[tr], mv.t]), np.concatenate([sem.label[tr], mv.text_label])
     general = fit_lr(x, y, weight=weight, seed=seed)
     t_general = fit_temperature(out_of_fold(general, x, y, seed=seed), y)
-    image_label = branch(mv.i, mv.image_label, seed)
-    fit, p_oof = fit_stack({"text_post": branch(mv.t, mv.label, seed), "image_post": branch(mv.i, mv.label, seed),
-                            "image_label": image_label, "text_general": (g_sem, g_sem.predict_proba(mv.t))}, mv.label, seed)
-    t_image = fit_temperature(image_label[1], mv.image_label)
-    module = build_head(fit, general, t_general, t_image, mv.t.shape[1], mv.i.shape[1])
+    image = branch(mv.i, mv.image_label, seed)
+    t_image = fit_temperature(image[1], mv.image_label)
+    available = {"text_post": lambda: branch(mv.t, mv.label, seed), "image_post": lambda: branch(mv.i, mv.label, seed),
+                 "image_label": lambda: image}
+    if "text_general" in RECIPES[recipe]:
+        g_sem = fit_lr(sem.t[tr], sem.label[tr], weight=weight, seed=seed)
+        available["text_general"] = lambda: (g_sem, g_sem.predict_proba(mv.t))
+    fit, p_oof = fit_stack({n: available[n]() for n in RECIPES[recipe]}, mv.label, seed)
+    module = build_head(fit, general, t_general, image[0], t_image, mv.t.shape[1], mv.i.shape[1])
 
     p_ho = tempered(general.predict_proba(sem.t[ho]), t_general)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     with files.atomic_path(out / "heads.safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in module.state_dict().items()}, tmp)
     text_layers = m.config.get("text_layers")
     if text_layers and (m.folder / text_layers).resolve() != (out / text_layers).resolve():
         files.copy(m.folder / text_layers, out / text_layers)
+    heads = {"general": general, "image": image[0], **fit.branches, "meta": fit.meta}
     config = {
         "name": name or out.name,
         "labels": list(LABELS),
         **{k: m.config[k] for k in ("text_encoder", "image_encoder", "max_length", "image_size")},
         "text_layers": text_layers,
         "head": "stack",
-        "head_kwargs": {"branches": list(fit.branches), "image_output": "image_label"},
+        "head_kwargs": {"branches": list(fit.branches)},
         "text_dim": int(mv.t.shape[1]),
         "image_dim": int(mv.i.shape[1]),
-        "train_config": {"recipe": "stack4", "mvsa": str(mvsa_dir), "semeval": str(semeval), "class_weight": weight,
+        "train_config": {"recipe": recipe, "mvsa": str(mvsa_dir), "semeval": str(semeval), "class_weight": weight,
                          "seed": seed, "n_mvsa": len(mv), "n_semeval_train": len(tr),
-                         "C": {n: chosen_c(h[-1]) for n, h in {"general": general, **fit.branches, "meta": fit.meta}.items()},
-                         "temperature": {"general": t_general, "fused": fit.t_fused, "image": t_image}},
+                         "C": {n: chosen_c(h[-1]) for n, h in heads.items()},
+                         "temperature": {"text": t_general, "fused": fit.t_fused, "image": t_image}},
         "semeval_heldout": {**classification_metrics(sem.label[ho], p_ho.argmax(1)),
                             "ece": expected_calibration_error(p_ho, sem.label[ho])},
         "mvsa_pool_out_of_fold": classification_metrics(mv.label, p_oof.argmax(1)),

@@ -48,9 +48,10 @@ def _toy(n=240, seed=0):
 def test_runtime_module_reproduces_the_fitted_heads():
     t, i, y, il = _toy()
     general = stack.fit_lr(t, y, weight="balanced")
+    image = stack.branch(i, il)
     fit, oof = stack.fit_stack({"text_post": stack.branch(t, y), "image_post": stack.branch(i, y),
-                                "image_label": stack.branch(i, il), "text_general": (general, general.predict_proba(t))}, y)
-    module = stack.build_head(fit, general, 1.5, 0.8, t.shape[1], i.shape[1])
+                                "image_label": image, "text_general": (general, general.predict_proba(t))}, y)
+    module = stack.build_head(fit, general, 1.5, image[0], 0.8, t.shape[1], i.shape[1])
     has = torch.tensor([True] * 200 + [False] * 40)
     with torch.no_grad():
         out = {k: v.softmax(-1).numpy() for k, v in module(Feats(torch.from_numpy(t), torch.from_numpy(i)), has).items()}
@@ -58,7 +59,7 @@ def test_runtime_module_reproduces_the_fitted_heads():
     np.testing.assert_allclose(out["fused"][:200], fit.predict(t, i)[:200], atol=1e-5)
     np.testing.assert_allclose(out["fused"][200:], p_general[200:], atol=1e-5)  # no image: the general text head
     np.testing.assert_allclose(out["text"], p_general, atol=1e-5)
-    np.testing.assert_allclose(out["image"], stack.tempered(fit.branches["image_label"].predict_proba(i), 0.8), atol=1e-5)
+    np.testing.assert_allclose(out["image"], stack.tempered(image[0].predict_proba(i), 0.8), atol=1e-5)
     assert oof.shape == (240, 3) and np.allclose(oof.sum(1), 1)
 
 
@@ -118,8 +119,9 @@ def test_compare_writes_the_cv_table(env, tmp_path):
 
 def test_stack_model_trains_loads_and_scores(env, tmp_path):
     config = stack.train_model(env["data"], env["tweets"], tmp_path / "m", base=env["base"], weight="sqrt",
-                               cache_dir=env["cache"])
+                               recipe="stack4", cache_dir=env["cache"])
     assert config["head"] == "stack" and config["semeval_heldout"]["n"] == 30
+    assert config["head_kwargs"]["branches"] == list(stack.RECIPES["stack4"])
     m = load_model(tmp_path / "m")
     assert m.version.startswith("m+")
     metrics = evaluate_file(env["data"] / "dev.jsonl", str(tmp_path / "m"), backend="torch")
