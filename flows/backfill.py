@@ -46,6 +46,8 @@ def backfill_flow(
     mapping: dict[str, str] | None = None,
     brands: str | None = None,
     max_images: int = DEFAULT_MAX_IMAGES,
+    fetch_processes: int | None = None,
+    gpu_decode: bool = False,
 ) -> dict[str, str]:
     """Score the dump of every day from `start` to `end` (inclusive; default: yesterday in `timezone`).
     The run parameters are mmsa.options.RunParameters', flat here as a deployment gives them.

@@ -127,9 +127,9 @@ def _add_address_options(p: argparse.ArgumentParser) -> None:
 def _add_run_options(p: argparse.ArgumentParser, what: str) -> None:
     """The argument group of mmsa.options.RunParameters, shared by `score` and `backfill` (`what`: what
     --force and --retry-failed redo, in the help)."""
-    p.add_argument("--db", required=True, help="DuckDB database file to write")
-    p.add_argument("--out", required=True, help="folder for hive-partitioned Parquet results")
-    p.add_argument("--cache", help="image cache folder (default: OUT/_cache)")
+    p.add_argument("--db", required=True, help="DuckDB database file to write (local)")
+    p.add_argument("--out", required=True, help="folder for hive-partitioned Parquet results, or s3://bucket/prefix")
+    p.add_argument("--cache", help="image cache folder or s3://bucket/prefix (default: OUT/_cache)")
     p.add_argument("--model", default="default", help="model name or folder (default: shipped model)")
     p.add_argument("--shard-size", type=int, default=None,
                    help="posts per shard, the unit of work and resume (default: the size an earlier run cut the "
@@ -145,16 +145,36 @@ def _add_run_options(p: argparse.ArgumentParser, what: str) -> None:
                    help="with --runner dask: an existing Dask scheduler (default: a temporary local cluster)")
     p.add_argument("--backend", choices=BACKENDS,
                    help="inference backend (default: $MMSA_BACKEND, else onnx on CPU, torch on GPU); see benchmarks/results/infer.md")
+    _add_image_work_options(p)
+
+
+def _processes(value: str) -> int | None:
+    if value == "auto":
+        return None
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"a number of processes (0: threads) or auto, not {value!r}")
+    return int(value)
+
+
+def _add_image_work_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fetch-processes", type=_processes, default=os.environ.get("MMSA_FETCH_PROCESSES", "auto"),
+                   metavar="N|auto",
+                   help="download + decode + resize images in N worker processes; 0: threads of this process; auto "
+                        "(default, or $MMSA_FETCH_PROCESSES): one per core on machines of more than 2 cores, else 0 "
+                        "(benchmarks/results/fetch_processes.md)")
+    p.add_argument("--gpu-decode", action="store_true",
+                   help="decode JPEGs on the GPU in batches (torchvision/nvJPEG) when one is present; no effect without")
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    from mmsa import fetch
+    from mmsa import fetch, procfetch
     from mmsa.source import ReadOptions
 
     tuned = {k: v for k, v in (("deadline", args.deadline), ("workers", args.workers), ("per_host", args.per_host))
              if v is not None}
-    config = fetch.FetchConfig(allow_hosts=tuple(args.allow_hosts), allow_local_files=args.allow_local_files, **tuned)
-    summary = fetch.fetch_dump(
+    config = fetch.FetchConfig(allow_hosts=tuple(args.allow_hosts), allow_local_files=args.allow_local_files,
+                               processes=args.fetch_processes, gpu_decode=args.gpu_decode, **tuned)
+    summary = procfetch.fetch_dump(
         args.dump, args.cache, config, status_path=args.status, retry_failed=args.retry_failed, progress=not args.quiet,
         options=ReadOptions.build(args.source_format, _mapping(args), None, args.max_images),
     )
@@ -277,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("score", help="score a post dump into Parquet + DuckDB (Prefect flow)")
-    p.add_argument("dump", help="JSONL/CSV/Parquet file (.gz/.zst too), a folder or a quoted glob of them, or an http(s) URL")
+    p.add_argument("dump", help="JSONL/CSV/Parquet file (.gz/.zst too), a folder or a quoted glob of them, an http(s) "
+                                "URL, or an fsspec URL (s3://bucket/dumps/day.jsonl.zst; docs/operations.md)")
     _add_run_options(p, "shards")
     p.add_argument("--dask-workers", type=int, default=2, help="worker processes of the temporary local Dask cluster")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -304,13 +325,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fetch", help="download a dump's images into the cache, checking that they decode; write a status table")
     p.add_argument("dump", help="JSONL/CSV/Parquet file (.gz/.zst too), a folder or a quoted glob of them, or an http(s) URL")
-    p.add_argument("--cache", required=True, help="image cache folder (shared with `score --cache`)")
+    p.add_argument("--cache", required=True, help="image cache folder or s3://bucket/prefix (shared with `score --cache`)")
     p.add_argument("--status", help="status table to write (default: CACHE/status/<dump name>.parquet)")
     p.add_argument("--retry-failed", action="store_true", help="fetch again the URLs whose last status was retryable")
-    p.add_argument("--workers", type=int, help="concurrent downloads (default: mmsa.fetch.FetchConfig's)")
+    p.add_argument("--workers", type=int,
+                   help="concurrent downloads (per process, with --fetch-processes; default: mmsa.fetch.FetchConfig's)")
     p.add_argument("--per-host", type=int, help="concurrent downloads from one host (default: FetchConfig's)")
     p.add_argument("--deadline", type=float, help="seconds allowed per image, retries included (default: FetchConfig's)")
     _add_address_options(p)
+    _add_image_work_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_reading_options(p, brands=False)
     p.set_defaults(func=_cmd_fetch)

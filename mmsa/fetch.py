@@ -20,6 +20,7 @@ How it stays safe and bounded on untrusted input:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import json
@@ -28,6 +29,7 @@ import os
 import random
 import re
 import socket
+import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -47,7 +49,7 @@ import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from mmsa import files, imaging
+from mmsa import files, imaging, storage
 from mmsa.netpolicy import AddressPolicy, BlockedAddressError, ResolveError
 
 
@@ -122,6 +124,13 @@ class FetchConfig:
     per_host: int = 8  # concurrent downloads from one host
     user_agent: str = "mmsa-fetch/0.1 (+image sentiment research)"
     ca_bundle: str | None = None  # CA certificates file for HTTPS (a private CDN's CA); default: certifi
+    # Worker processes for download + decode + resize, read by mmsa.procfetch (its fetch_images and fetch_dump):
+    # 0 = threads of this process; None = one per core on machines of more than 2 cores, else 0. With N > 0,
+    # `workers` threads download in each process and `per_host` holds across them.
+    processes: int | None = 0
+    # Decode JPEGs on the GPU in batches (mmsa.gpudecode) where one is present; other formats, capped and odd
+    # images stay on the CPU path. No effect without a GPU.
+    gpu_decode: bool = False
 
 
 @dataclass
@@ -151,21 +160,23 @@ class ImageCache:
     Layout under root/src-v1/: img/ab/<key> and url/ab/<sha256(url)>.json. The source bytes, not
     preprocessed arrays: a model of any image size, and any later preprocessing, reuses them without
     downloading again, and they take a third to a twelfth of the disk and of the writes. Writes are
-    atomic (mmsa.files), so concurrent processes never see half a file.
+    atomic (mmsa.files), so concurrent processes never see half a file. The root may be an fsspec URL
+    (s3://bucket/cache, mmsa.storage): there each write is one upload, which appears whole.
     """
 
     def __init__(self, root: str | Path):
-        self.root = Path(root) / "src-v1"
+        self.root = storage.path(root) / "src-v1"
 
     def load(self, key: str) -> bytes:
         """The image bytes stored under `key`."""
         return self._image_path(key).read_bytes()
 
     def has(self, key: str) -> bool:
-        return self._image_path(key).is_file()
+        path = self._image_path(key)
+        return path.is_file() if isinstance(path, Path) else path.exists()
 
     def store(self, key: str, data: bytes) -> None:
-        files.write_bytes(self._image_path(key), data)
+        storage.write_bytes(self._image_path(key), data)
 
     def lookup(self, url: str) -> FetchResult | None:
         """The result last recorded for `url` (post_id empty), or None."""
@@ -175,7 +186,7 @@ class ImageCache:
             return None
 
     def record(self, url: str, result: FetchResult) -> None:
-        files.write_bytes(self._url_path(url), json.dumps({**result.row(), "post_id": ""}).encode())
+        storage.write_bytes(self._url_path(url), json.dumps({**result.row(), "post_id": ""}).encode())
 
     def _image_path(self, key: str) -> Path:
         if not re.fullmatch(r"[0-9a-f]{64}", key):
@@ -195,6 +206,7 @@ def fetch_images(
     retry_failed: bool = False,
     keep_images: bool = False,
     on_result: Callable[[int, FetchResult], None] | None = None,
+    submitter: Callable | None = None,
 ) -> list[FetchResult]:
     """Fetch the image of every (post_id, image_url); one FetchResult per item, in input order.
 
@@ -203,6 +215,9 @@ def fetch_images(
     RETRYABLE are. Never raises for a bad URL, server or image. With keep_images, every "ok" result
     carries its image preprocessed (cached bytes are decoded again): memory grows with the items, so
     pass a shard. on_result(index, result) is called, in this thread, as each item's result is known.
+    submitter(config, cache, keep_images, retry_failed): a context manager giving (submit(url) -> Future of its
+    FetchResult, how many URLs may be in flight); default: threads of this process (mmsa.procfetch passes its
+    worker processes' here).
     """
     items = list(items)
     results: list[FetchResult | None] = [None] * len(items)
@@ -216,20 +231,21 @@ def fetch_images(
             if on_result is not None:
                 on_result(index, results[index])
 
+    if not posts_by_url:  # nothing to download: no threads or worker processes started
+        return results  # type: ignore[return-value]
     ok = done = 0
     with (
-        _Fetcher(config, cache, keep_images) as fetcher,
-        ThreadPoolExecutor(config.workers, thread_name_prefix="mmsa-fetch") as pool,
+        (submitter or _threads)(config, cache, keep_images, retry_failed) as (submit, capacity),
         _progress_bar(len(items), progress) as bar,
     ):
         bar.update(len(items) - sum(map(len, posts_by_url.values())))
         pending: dict = {}
         urls = iter(posts_by_url)
         while True:
-            # Keep at most 2 x workers URLs submitted: bounded memory for any dump size.
+            # Keep at most `capacity` (2 x workers per process) URLs submitted: bounded memory for any dump size.
             for url in urls:
-                pending[pool.submit(fetcher.fetch, url, retry_failed)] = url
-                if len(pending) >= 2 * config.workers:
+                pending[submit(url)] = url
+                if len(pending) >= capacity:
                     break
             if not pending:
                 break
@@ -246,6 +262,16 @@ def fetch_images(
                 bar.update(len(posts_by_url[url]))
                 bar.set_postfix_str(f"ok {100 * ok / done:.0f}%", refresh=False)
     return results  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _threads(config: FetchConfig, cache: ImageCache, keep_images: bool, retry_failed: bool):
+    """fetch_images' default submitter: `workers` threads of this process."""
+    with (
+        _Fetcher(config, cache, keep_images) as fetcher,
+        ThreadPoolExecutor(config.workers, thread_name_prefix="mmsa-fetch") as pool,
+    ):
+        yield (lambda url: pool.submit(fetcher.fetch, url, retry_failed)), 2 * config.workers
 
 
 # The status table written by `mmsa fetch`: one row per image of a post (one no_image row for a post without).
@@ -296,36 +322,40 @@ def fetch_dump(
     progress: bool = False,
     batch_size: int = 50_000,
     options=None,
+    submitter: Callable | None = None,
 ) -> FetchSummary:
     """Fetch the images of every post in `dump` into the cache and write the status table.
 
     The table (Parquet, STATUS_TABLE_SCHEMA) goes to `status_path`, by default
     CACHE/status/<dump name>.parquet, replaced atomically. Posts are fetched in batches of
     `batch_size`, so memory stays flat for any dump; the URL index makes a re-run resume. `options`: how
-    records become posts (mmsa.source.ReadOptions; default: each record's shape tells its format).
+    records become posts (mmsa.source.ReadOptions; default: each record's shape tells its format). The dump, the
+    cache and the table may be fsspec URLs (mmsa.storage). `submitter`: as for fetch_images.
     """
     from mmsa import source
 
     started = time.monotonic()
-    cache_dir = Path(cache_dir)
-    paths = source.resolve(dump, cache_dir / "dumps")
+    cache_dir = storage.path(cache_dir)  # local, or a bucket: then the downloaded dump and the table stay local first
+    local_dir = cache_dir if isinstance(cache_dir, Path) else Path(tempfile.gettempdir()) / "mmsa-fetch"
+    paths = source.resolve(dump, local_dir / "dumps")
     if status_path is None:
         stem = re.sub(r"[^\w.-]", "_", Path(urlsplit(str(dump)).path).stem)  # a glob's * and ? are no file names
         status_path = cache_dir / "status" / f"{stem}.parquet"
-    status_path = Path(status_path)
+    status_path = storage.path(status_path)
+    local_status = status_path if isinstance(status_path, Path) else local_dir / "status" / status_path.name
     cache = ImageCache(cache_dir)
     counts: dict[str, int] = {}
     rejected = 0
     batch: list[tuple[str, str | None]] = []
 
     def flush() -> None:
-        results = fetch_images(batch, config, cache, progress=progress, retry_failed=retry_failed)
+        results = fetch_images(batch, config, cache, progress=progress, retry_failed=retry_failed, submitter=submitter)
         for result in results:
             counts[result.status] = counts.get(result.status, 0) + 1
         writer.write_table(pa.Table.from_pylist([r.row() for r in results], schema=STATUS_TABLE_SCHEMA))
         batch.clear()
 
-    with files.atomic_path(status_path) as tmp, pq.ParquetWriter(tmp, STATUS_TABLE_SCHEMA) as writer:
+    with files.atomic_path(local_status) as tmp, pq.ParquetWriter(tmp, STATUS_TABLE_SCHEMA) as writer:
         for shard in source.iter_shards(paths, min(batch_size, 10_000), dump_name=str(dump), options=options):
             rejected += len(shard.rejected)
             batch.extend((post_id, url) for post_id, urls in zip(shard.posts["post_id"].to_pylist(),
@@ -335,6 +365,8 @@ def fetch_dump(
                 flush()
         if batch:
             flush()
+    if local_status is not status_path:
+        storage.upload(local_status, status_path)
     return FetchSummary(status_path, counts, rejected, time.monotonic() - started)
 
 
@@ -364,6 +396,14 @@ class _Fetcher:
         self._pool = _pool_manager(config)
         self._host_slots: dict[str, threading.BoundedSemaphore] = {}
         self._lock = threading.Lock()
+        self.gpu = None  # a mmsa.gpudecode.BatchDecoder with config.gpu_decode and a GPU
+        if config.gpu_decode and keep_images:
+            from mmsa import gpudecode
+
+            if gpudecode.available():
+                self.gpu = gpudecode.BatchDecoder()
+        # One decode at a time per core on the CPU; a thread waiting on the GPU's batch holds no core.
+        self._decode_slots = _DECODE_SLOTS if self.gpu is None else contextlib.nullcontext()
 
     def __enter__(self) -> _Fetcher:
         self.watchdog.start()
@@ -372,6 +412,8 @@ class _Fetcher:
     def __exit__(self, *exc: object) -> None:
         self.watchdog.stop()
         self._pool.clear()
+        if self.gpu is not None:
+            self.gpu.close()
 
     def fetch(self, url: str, retry_failed: bool) -> FetchResult:
         start = time.monotonic()
@@ -470,7 +512,7 @@ class _Fetcher:
         if not self.keep_images:
             return replace(known, url=url)
         try:
-            with _DECODE_SLOTS:
+            with self._decode_slots:
                 image = self._preprocess(self.cache.load(known.image_key), known.http_code)
         except _Failure as failure:  # a pixel cap lower than when the bytes were fetched
             return _failed(url, failure, 0, start, known.bytes)
@@ -482,7 +524,7 @@ class _Fetcher:
             failure = _Failure(ImageStatus.TOO_LARGE, f"over {self.config.max_bytes} bytes", code)
             return _failed(url, failure, attempts, start, len(data))
         image = None
-        with _DECODE_SLOTS:
+        with self._decode_slots:
             key = hashlib.sha256(data).hexdigest()
             stored = self.cache.has(key)  # bytes that decoded before, under another URL
             if self.keep_images or not stored:
@@ -506,7 +548,8 @@ class _Fetcher:
 
     def _preprocess(self, data: bytes, code: int | None) -> np.ndarray:
         try:
-            return imaging.preprocess(data, self.config.image_size, self.config.max_pixels)
+            decode = imaging.preprocess if self.gpu is None else self.gpu.preprocess
+            return decode(data, self.config.image_size, self.config.max_pixels)
         except imaging.ImageError as exc:
             status = {
                 imaging.NotAnImageError: ImageStatus.NOT_AN_IMAGE,

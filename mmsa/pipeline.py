@@ -8,6 +8,7 @@ same dump picks up where a killed one stopped: a shard whose done-marker exists 
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
 import uuid
@@ -20,9 +21,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from mmsa import files, publish, source, store
+from mmsa import files, publish, source, storage, store
 from mmsa.options import DEFAULT_SHARD_SIZE, RunParameters
 from mmsa.schema import LABELS, SCORED_SCHEMA
 from mmsa.store import RunLocked, run_lock  # noqa: F401  (the flows' and the CLI's names for them)
@@ -63,11 +63,12 @@ class RunOptions:
             allow_local_files=params.allow_local_files, allow_hosts=tuple(params.allow_hosts or ()),
             force=params.force, retry_failed=params.retry_failed, backend=params.backend,
             reading=source.ReadOptions.build(params.source_format, params.mapping, params.brands, params.max_images),
+            fetch=_fetch_settings(params),
         )
 
     @property
-    def cache_dir(self) -> Path:
-        return Path(self.cache) if self.cache else Path(self.out) / "_cache"
+    def cache_dir(self) -> Path:  # a local folder, or an fsspec URL's UPath (mmsa.storage)
+        return storage.path(self.cache) if self.cache else storage.path(self.out) / "_cache"
 
 
 @dataclass
@@ -159,11 +160,13 @@ def new_run_id() -> str:
 def prepare(dump: str, opts: RunOptions) -> Prepared:
     """Read and validate the dump (its files, as one) and cut it into shard files; rejected rows go to one
     file beside them. The work folder is keyed by the files' bytes and by how they are read."""
-    staging = Path(opts.out) / "_work" / "_downloads"
-    paths = source.resolve(dump, staging)
+    out = storage.path(opts.out)  # a local folder, or a bucket's prefix (mmsa.storage)
+    local = out if isinstance(out, Path) else Path(tempfile.gettempdir()) / "mmsa"  # a bucket's dump is read locally
+    paths = source.resolve(dump, local / "_work" / "_downloads")
     key = source.content_key(paths, opts.reading)
-    workdir = Path(opts.out) / "_work" / key
-    files.sweep_stale(workdir / "shards", *workdir.glob("done/*"), *Path(opts.out).glob("date=*"))
+    workdir = out / "_work" / key
+    if isinstance(out, Path):  # object storage has no temporary files: an upload appears whole or not at all
+        files.sweep_stale(workdir / "shards", *workdir.glob("done/*"), *out.glob("date=*"))
     shard_size = _shard_size(workdir, opts.shard_size)
     shards, rejected, posts_in, not_posts = [], [], 0, Counter()
     for shard in source.iter_shards(paths, shard_size, dump_name=str(dump), options=opts.reading):
@@ -172,7 +175,7 @@ def prepare(dump: str, opts: RunOptions) -> Prepared:
         rejected.extend(shard.rejected)
         not_posts.update(shard.skipped)
         posts_in += shard.posts.num_rows + len(shard.rejected)
-    files.write_text(workdir / "rejected.json", json.dumps(rejected))
+    storage.write_text(workdir / "rejected.json", json.dumps(rejected))
     return Prepared(str(dump), key, str(workdir), shards, posts_in, len(rejected), dict(not_posts))
 
 
@@ -189,13 +192,22 @@ def _shard_size(workdir: Path, requested: int | None) -> int:
             )
         return earlier
     size = DEFAULT_SHARD_SIZE if requested is None else requested
-    files.write_text(manifest, json.dumps({"shard_size": size}))
+    storage.write_text(manifest, json.dumps({"shard_size": size}))
     return size
 
 
 def _done_marker(shard_path: str, model_version: str) -> Path:
-    shard = Path(shard_path)
+    shard = storage.path(shard_path)
     return shard.parent.parent / "done" / model_version / f"{shard.stem}.json"
+
+
+def _fetch_settings(params: RunParameters) -> FetchConfig | None:
+    """The run's fetch settings that its parameters set: image worker processes, GPU decoding; None: defaults."""
+    from mmsa.fetch import FetchConfig
+
+    if params.fetch_processes == 0 and not params.gpu_decode:
+        return None
+    return FetchConfig(processes=params.fetch_processes, gpu_decode=params.gpu_decode)
 
 
 def _fetch_config(opts: RunOptions, image_size: int) -> FetchConfig:
@@ -212,13 +224,14 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
     makes one prediction per post from its rows. The images are fetched in the order the model takes the
     rows, and the model starts on its first batches while the rest download, so that it is not idle for
     the run's first fetch."""
-    from mmsa.fetch import RETRYABLE, ImageCache, fetch_images
+    from mmsa.fetch import RETRYABLE, ImageCache
+    from mmsa.procfetch import fetch_images
     from mmsa.infer import get_engine
     from mmsa.model import load_model
 
     model = load_model(opts.model)
     marker = _done_marker(shard_path, model.version)
-    index = int(Path(shard_path).stem.split("-")[1])
+    index = int(storage.path(shard_path).stem.split("-")[1])
     if marker.exists() and not opts.force:
         done = json.loads(marker.read_text())
         if not (opts.retry_failed and done.get("retryable", 0)):
@@ -226,7 +239,7 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
 
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    posts = pq.read_table(shard_path)
+    posts = storage.read_table(shard_path)
     post_texts, post_ids = posts["text"].to_pylist(), posts["post_id"].to_pylist()
     rows = model_rows(posts["image_urls"].to_pylist())
     texts = [post_texts[p] for p, _, _ in rows]
@@ -258,12 +271,12 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
 
     statuses, post_pred, images = combine(posts.num_rows, rows, [r.status for r in fetched], pred)
     table = scored_table(posts, statuses, post_pred, model.version, run_id, images)
-    written = store.write_partitions(table, Path(opts.out), f"{model.version}-{key}-{index:05d}")
+    written = store.write_partitions(table, storage.path(opts.out), f"{model.version}-{key}-{index:05d}")
     seconds["write"] = time.perf_counter() - t3
 
     result = ShardResult(index, [str(f) for f in written], posts.num_rows, dict(Counter(statuses)), seconds)
     retryable = sum(1 for r in fetched if r.status in RETRYABLE)
-    files.write_text(marker, json.dumps({"result": asdict(result), "retryable": retryable}))
+    storage.write_text(marker, json.dumps({"result": asdict(result), "retryable": retryable}))
     return result
 
 
@@ -378,7 +391,7 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
          started_at, stage_seconds: dict[str, float]) -> RunSummary:
     """Upsert every shard's rows and the rejected rows into DuckDB, and record the run."""
     t0 = time.perf_counter()
-    rejected = json.loads((Path(prepared.workdir) / "rejected.json").read_text())
+    rejected = json.loads((storage.path(prepared.workdir) / "rejected.json").read_text())
     con = store.connect(opts.db)
     try:
         scored = store.load_scored(con, [f for r in results for f in r.files])

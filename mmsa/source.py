@@ -119,9 +119,17 @@ def _is_pattern(src: str) -> bool:
 
 def resolve(src: str | Path, workdir: Path) -> list[Path]:
     """The dump's local files, in name order: a URL is downloaded (streamed) into `workdir`; a folder
-    gives its readable files; a glob its matches."""
+    gives its readable files; a glob its matches. An fsspec URL (s3://bucket/dumps/2026-01-01.jsonl.zst,
+    a folder or glob there) is listed the same way and its files downloaded into `workdir` (mmsa.storage)."""
+    from mmsa import storage
+
     if is_url(src):
         return [localise(src, workdir)]
+    if storage.is_remote(src):
+        found = [f for f in storage.list_files(src) if _readable(f.name)]
+        if not found:
+            raise FileNotFoundError(f"dump not found: no JSONL, CSV or Parquet file at {src}")
+        return [storage.download(f, workdir) for f in found]
     text = str(src)
     if _is_pattern(text) and not Path(text).exists():
         files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mmsa import files
+from mmsa import files, storage
 from mmsa.schema import REJECTED_SCHEMA, SCORED_SCHEMA
 
 _DUCK_TYPES = {
@@ -116,7 +116,11 @@ def now_utc() -> datetime:
 
 
 def write_atomic(table: pa.Table, path: Path) -> Path:
-    """Write a Parquet file so that readers and crashes only ever see a whole file."""
+    """Write a Parquet file so that readers and crashes only ever see a whole file (local, or on object
+    storage: mmsa.storage)."""
+    if storage.is_remote(path):
+        storage.write_table(table, path)
+        return path
     with files.atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return path
@@ -179,7 +183,10 @@ def _migrate_scored_posts(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def load_scored(con: duckdb.DuckDBPyConnection, files: Iterable[Path]) -> int:
-    """Upsert scored rows from Parquet files; returns the number of rows loaded."""
+    """Upsert scored rows from Parquet files (local, or on object storage); returns the number of rows loaded."""
+    files = list(files)
+    if any(storage.is_remote(f) for f in files):
+        return _load_scored_remote(con, files)
     files = [str(f) for f in files]
     if not files:
         return 0
@@ -191,6 +198,23 @@ def load_scored(con: duckdb.DuckDBPyConnection, files: Iterable[Path]) -> int:
         {"files": files},
     )
     (n,) = con.execute("SELECT count(*) FROM read_parquet($files, hive_partitioning = false)", {"files": files}).fetchone()
+    con.execute("COMMIT")
+    return n
+
+
+def _load_scored_remote(con: duckdb.DuckDBPyConnection, paths: list) -> int:
+    """load_scored for files in a bucket: DuckDB's own S3 reader (httpfs) is an extension it downloads on first
+    use, so each file is read through fsspec (mmsa.storage) into Arrow and upserted from there, in one
+    transaction, one file in memory at a time."""
+    cols = ", ".join(SCORED_SCHEMA.names)
+    n = 0
+    con.execute("BEGIN")
+    for path in paths:
+        table = storage.read_table(path, columns=SCORED_SCHEMA.names)
+        con.register("scored_file", table)
+        con.execute(f"INSERT OR REPLACE INTO scored_posts ({cols}) SELECT {cols} FROM scored_file")
+        con.unregister("scored_file")
+        n += table.num_rows
     con.execute("COMMIT")
     return n
 

@@ -25,9 +25,9 @@ LAYERS = [
     ("store", ["mmsa.store", "mmsa.publish"]),
     ("model", ["mmsa.infer", "mmsa.model", "mmsa.heads", "mmsa.encoders", "mmsa.data", "mmsa.features",
                "mmsa.synthetic"]),
-    ("images", ["mmsa.fetch", "mmsa.imaging"]),
+    ("images", ["mmsa.procfetch", "mmsa.fetch", "mmsa.gpudecode", "mmsa.imaging"]),
     ("source", ["mmsa.source", "mmsa.readers", "mmsa.brands"]),
-    ("base", ["mmsa.options", "mmsa.files", "mmsa.schema", "mmsa.netpolicy", "mmsa"]),
+    ("base", ["mmsa.options", "mmsa.files", "mmsa.storage", "mmsa.schema", "mmsa.netpolicy", "mmsa"]),
 ]
 APP_ONLY = ("prefect", "prefect_dask", "distributed", "dask")  # the orchestrator: the app layer's business
 
