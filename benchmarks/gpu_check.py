@@ -188,17 +188,23 @@ def prefect_server(env: dict) -> tuple[subprocess.Popen, str]:
             time.sleep(0.5)
 
 
-def fetch_alone(dump: Path, work: Path, processes: str, env: dict) -> dict:
-    cache = work / f"fetch-{processes}"
-    shutil.rmtree(cache, ignore_errors=True)
-    cmd = [PY, "-m", "mmsa.cli", "fetch", str(dump), "--cache", str(cache), "--allow-hosts", "127.0.0.1", "--quiet",
-           "--fetch-processes", processes]
+def timed(cmd: list[str], env: dict) -> tuple[float, "Sampler"]:
+    """Run one command under the CPU/GPU sampler: (wall seconds, the sampler); a failure raises with its output."""
     with Sampler() as sampler:
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return wall, sampler
+
+
+def fetch_alone(dump: Path, work: Path, processes: str, env: dict) -> dict:
+    cache = work / f"fetch-{processes}"
+    shutil.rmtree(cache, ignore_errors=True)
+    cmd = [PY, "-m", "mmsa.cli", "fetch", str(dump), "--cache", str(cache), "--allow-hosts", "127.0.0.1", "--quiet",
+           "--fetch-processes", processes]
+    wall, sampler = timed(cmd, env)
     shutil.rmtree(cache, ignore_errors=True)
     return {"wall": wall, "sampler": sampler}
 
@@ -208,12 +214,7 @@ def score(dump: Path, work: Path, name: str, extra: list[str], env: dict) -> dic
     shutil.rmtree(out, ignore_errors=True)
     cmd = [PY, "-m", "mmsa.cli", "score", str(dump), "--db", str(out / "db.duckdb"), "--out", str(out / "parquet"),
            "--allow-hosts", "127.0.0.1", "--quiet", *extra]
-    with Sampler() as sampler:
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    wall, sampler = timed(cmd, env)
     import duckdb
 
     with duckdb.connect(str(out / "db.duckdb"), read_only=True) as con:
