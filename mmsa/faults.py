@@ -41,12 +41,14 @@ def as_permanent(exc: BaseException, path: str | os.PathLike | None = None) -> P
         code = next((c for text, c in _OS_TEXTS.items() if text in str(exc)), None)
     if code is None:
         return None
-    where = Path(path or (exc.filename if isinstance(exc, OSError) else None) or "")
+    where = path or (exc.filename if isinstance(exc, OSError) else None)
     what, todo = _OS_FAULTS[code]
-    if code in (errno.ENOSPC, errno.EDQUOT) and str(where):
-        mount, free = _free_space(where)
+    if where is None:
+        return PermanentError(f"{what} ({exc}): {todo}")
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        mount, free = _free_space(Path(where))
         return PermanentError(f"{what} on {mount} ({_size(free)} free) writing {where}: {todo}")
-    return PermanentError(f"{what}: {where}: {todo}" if str(where) else f"{what} ({exc}): {todo}")
+    return PermanentError(f"{what}: {where}: {todo}")
 
 
 def is_permanent(exc: BaseException) -> bool:
