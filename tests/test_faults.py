@@ -242,6 +242,17 @@ def test_a_read_only_output_folder_is_one_line(prefect_harness, tmp_path, capsys
                      "folder, and run again", err), err
 
 
+def test_a_backfill_stops_at_the_first_day_that_fails_permanently(prefect_harness, tmp_path, capsys):
+    for day in ("2026-11-01", "2026-11-02"):
+        write_dump(tmp_path / f"{day}.jsonl", n=5)
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+        assert cli.main(["backfill", "--dump-template", str(tmp_path / "{date}.jsonl"), "--from", "2026-11-01",
+                         "--to", "2026-11-02", "--db", str(tmp_path / "m.duckdb"), "--out", str(ro / "out")]) == 1
+    err = capsys.readouterr().err
+    assert re.search(rf"mmsa backfill: error: 2026-11-01: read-only filesystem: {ro}/out/\S+: .*; 0 of 2 days are done$",
+                     err.strip()), err
+
+
 def test_what_cannot_be_retried_is_told_in_one_line_and_crosses_pickling():
     for exc, expected in [
         (PermissionError(errno.EACCES, "Permission denied", "/data/dump.jsonl"),
@@ -349,3 +360,16 @@ def test_a_growing_dump_rejects_its_half_line_then_scores_the_whole_file_once(pr
         assert con.execute("SELECT count(*) FROM rejected_posts").fetchone() == (0,)
         assert con.execute("SELECT posts_in, posts_scored, posts_rejected FROM runs ORDER BY finished_at").fetchall() \
             == [(13, 12, 1), (16, 16, 0)]
+
+
+@pytest.mark.slow  # a 2-process Dask LocalCluster: each worker imports torch
+def test_a_permanent_failure_on_a_dask_worker_is_the_same_one_line(prefect_harness, tmp_path):
+    """Every task runs on a worker: the read-only folder fails `prepare-dump` there, and the error that crosses
+    back is still the PermanentError, said in one line, not retried."""
+    dump = write_dump(tmp_path / "dump.jsonl", n=5)
+    with tmpfs(tmp_path / "ro", "ro,size=1m") as ro:
+        started = time.monotonic()
+        proc = mmsa_score(dump, tmp_path / "m.duckdb", ro / "out", "--runner", "dask", "--dask-workers", "2")
+        line = one_line(proc, "read-only filesystem")
+    assert time.monotonic() - started < 120  # retries would wait 5 s, then 30 s, on top of the cluster's start
+    assert f"read-only filesystem: {ro}/out/" in line
