@@ -11,7 +11,9 @@ Run on demand (not part of the test suite):
 4. Tunes each tool briefly (workers for mmsa; processes, threads and output format for
    img2dataset) on a subset, then times the best setting of each on all images, end to end (the command's wall clock),
    alternating the tools, fresh output folders every run; reports medians.
-5. Measures decode + resize alone: 1 thread, 2 threads, 2 processes, and JPEG draft mode on/off.
+5. Measures decode + resize alone: 1 thread, 2 threads, 2 processes, and JPEG draft mode on/off; and the image
+   cache's check on read (ImageCache.load: read the file, SHA-256 against its key) beside them.
+   `--decode-only` runs this part alone and prints it.
 
 Writes a markdown report to --out.
 """
@@ -19,6 +21,7 @@ Writes a markdown report to --out.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -27,6 +30,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
@@ -42,6 +46,7 @@ sys.path.insert(0, str(REPO))
 
 from imageserver import ImageServer, textured_image  # noqa: E402
 from mmsa import imaging  # noqa: E402
+from mmsa.fetch import ImageCache  # noqa: E402
 
 MMSA = REPO / ".venv" / "bin" / "mmsa"
 
@@ -113,12 +118,21 @@ def i2d_args(urls: Path, out: Path, setting: dict) -> list[str]:
     ]
 
 
+CHECK = "1 thread, cache check on read (file read + SHA-256)"
+
+
 def decode_benchmark(paths: list[Path], passes: int = 5) -> list[tuple[str, float]]:
-    """Images/s of decode + preprocess alone, from bytes in memory: median of interleaved passes."""
+    """Images/s of decode + preprocess alone, from bytes in memory, and of the cache's check on read (files in
+    the page cache, as a warm cache's are): median of interleaved passes."""
     blobs = [p.read_bytes() for p in paths]
+    cache = ImageCache(tempfile.mkdtemp(prefix="mmsa-bench-cache-"))
+    keys = [hashlib.sha256(b).hexdigest() for b in blobs]
+    for key, blob in zip(keys, blobs):
+        cache.store(key, blob)
     with ThreadPoolExecutor(2) as threads, ProcessPoolExecutor(2) as processes:
         list(processes.map(preprocess, blobs[:4]))  # start the workers before timing
         variants = {
+            CHECK: lambda: [cache.load(key) for key in keys],
             "1 thread, draft mode": lambda: [preprocess(b) for b in blobs],
             "1 thread, full decode (no draft)": lambda: [full_decode(b) for b in blobs],
             "2 threads, draft mode": lambda: list(threads.map(preprocess, blobs)),
@@ -130,6 +144,7 @@ def decode_benchmark(paths: list[Path], passes: int = 5) -> list[tuple[str, floa
                 started = time.perf_counter()
                 run()
                 rates[label].append(len(blobs) / (time.perf_counter() - started))
+    shutil.rmtree(cache.root.parent)
     return [(label, statistics.median(values)) for label, values in rates.items()]
 
 
@@ -146,6 +161,13 @@ def full_decode(blob: bytes) -> np.ndarray:
         return np.asarray(im.resize((224, 224), Image.Resampling.BICUBIC, box=box))
 
 
+def check_sentence(rates: dict[str, float]) -> str:
+    """The cache check's cost per image against a draft-mode decode's, both on one thread."""
+    share = rates["1 thread, draft mode"] / rates[CHECK]
+    return (f"The cache's check on read costs {1000 / rates[CHECK]:.2f} ms per image, {100 * share:.1f}% of a "
+            "draft-mode decode + resize of the same image.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=2000)
@@ -154,10 +176,17 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mmsa-bench"))
     parser.add_argument("--i2d-venv", type=Path, default=Path("/tmp/i2d-venv"))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "fetch.md")
+    parser.add_argument("--decode-only", action="store_true",
+                        help="only decode + resize and the cache check (200 images, --runs passes), printed; no report")
     args = parser.parse_args()
 
     work = args.workdir
     paths = make_images(work / "images", args.images)
+    if args.decode_only:
+        rows = decode_benchmark(paths[:200], passes=args.runs)
+        print("\n".join(f"| {label} | {rate:.0f} |" for label, rate in rows))
+        print(check_sentence(dict(rows)))
+        return
     exe = ensure_img2dataset(args.i2d_venv)
     mean_kb = statistics.mean(p.stat().st_size for p in paths) / 1024
     with ImageServer(work / "images") as server:
@@ -273,7 +302,7 @@ def write_report(args, mean_kb, tuning, best_workers, best_i2d, mmsa_runs, i2d_r
         "resizing, so threads can use every core, without pickling image bytes to worker processes or "
         "starting them. Draft mode (JPEG DCT scaling to the smallest size >= 224 on the shorter side) made "
         f"one thread {decode['1 thread, draft mode'] / decode['1 thread, full decode (no draft)']:.1f}x faster "
-        "than a full decode.",
+        "than a full decode. " + check_sentence(decode),
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 from prefect import flow
 
+from mmsa import faults
 from mmsa.flows.score import make_task_runner, score_flow
 from mmsa.options import DEFAULT_MAX_IMAGES, RunParameters, parameter_names
 from mmsa.store import already_scored
@@ -52,7 +53,8 @@ def backfill_flow(
     """Score the dump of every day from `start` to `end` (inclusive; default: yesterday in `timezone`).
     The run parameters are mmsa.options.RunParameters', flat here as a deployment gives them.
 
-    Returns {day: "scored" | "skipped"}; fails after trying every day if any day failed."""
+    Returns {day: "scored" | "skipped"}; fails after trying every day if any day failed, or at once on a day's
+    permanent failure (mmsa.faults)."""
     from mmsa.model import load_model
 
     given = locals()
@@ -73,6 +75,9 @@ def backfill_flow(
         state = scorer.with_options(flow_run_name=f"score-{day}")(dump=dump, params=params, return_state=True)
         outcome[str(day)] = "scored" if state.is_completed() else "failed"
         if not state.is_completed():
+            permanent = faults.as_permanent(state.result(raise_on_failure=False))
+            if permanent is not None:  # the days after it would meet the same disk, folder or database
+                raise faults.PermanentError(f"{day}: {permanent}; {len(outcome) - 1} of {len(days)} days are done")
             failed.append(f"{day} ({state.message})")
     print(", ".join(f"{d}: {o}" for d, o in outcome.items()))
     if failed:

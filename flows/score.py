@@ -14,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from mmsa import pipeline
+from mmsa import faults, pipeline
 from mmsa.options import RUNNERS, RunParameters
 from mmsa.store import now_utc
 
@@ -39,9 +39,10 @@ def make_task_runner(runner: str = "threads", dask_address: str | None = None, d
 
 
 def _retryable(task, task_run, state) -> bool:
-    """Retry what a retry can fix (network, I/O), not a missing dump or an unreadable one."""
+    """Retry what a retry can fix (network, S3 throttling, a server's 5xx), not a missing or unreadable dump, a
+    full disk, a denied or read-only path, a locked database or a damaged model (mmsa.faults)."""
     exc = state.result(raise_on_failure=False)
-    return not isinstance(exc, (FileNotFoundError, ValueError))
+    return not (isinstance(exc, (FileNotFoundError, ValueError)) or faults.is_permanent(exc))
 
 
 @task(name="prepare-dump", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=_retryable)
@@ -76,17 +77,39 @@ def score_flow(dump: str, params: RunParameters, progress: bool = False) -> pipe
         stage_seconds = {"read": now_utc().timestamp() - t0}
         model_version = load_model(model).version
         futures = [score_shard_task.submit(shard, opts, run_id, prepared.key) for shard in prepared.shards]
-        if progress:
-            from tqdm import tqdm
-
-            for _ in tqdm(as_completed(futures), total=len(futures), desc="shards", unit="shard"):
-                pass
-        results = [f.result() for f in futures]
-        summary = load_task(prepared, results, opts, run_id, model_version, started_at, stage_seconds)
+        results = _shard_results(futures, progress, out)
+        try:
+            summary = load_task(prepared, results, opts, run_id, model_version, started_at, stage_seconds)
+        except Exception as exc:
+            permanent = faults.as_permanent(exc, db)
+            if permanent is None:
+                raise
+            raise faults.PermanentError(f"{permanent}; the {len(results)} scored shards are kept and the next run "
+                                        "loads them") from exc
     create_markdown_artifact(key="score-run", markdown=summary.markdown(), description=f"mmsa scoring of {dump}")
     headline_task(db, run_id, out)
     print(summary.describe())
     return summary
+
+
+def _shard_results(futures: list, progress: bool, out: str) -> list[pipeline.ShardResult]:
+    """The shards' results, in order. Waits for them as they finish, so that a permanent failure (mmsa.faults) ends
+    the run at once, saying how many shards are kept for the rerun; any other failure is raised as it is."""
+    finished = as_completed(futures)
+    if progress:
+        from tqdm import tqdm
+
+        finished = tqdm(finished, total=len(futures), desc="shards", unit="shard")
+    for future in finished:
+        try:
+            future.result()
+        except Exception as exc:
+            permanent = faults.as_permanent(exc, out)
+            if permanent is None:
+                raise
+            kept = sum(f.state.is_completed() for f in futures)
+            raise faults.PermanentError(f"{permanent}; {kept} of {len(futures)} shards are kept") from exc
+    return [f.result() for f in futures]
 
 
 @task(name="headline")

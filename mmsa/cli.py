@@ -8,12 +8,14 @@ Heavy imports (torch, prefect) happen inside the command that needs them so that
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import threading
 from datetime import date
 from pathlib import Path
 
+from mmsa import faults
 from mmsa.options import BACKENDS, DEFAULT_MAX_IMAGES, RUNNERS, RunParameters, parameter_names
 from mmsa.readers import FORMATS
 
@@ -73,6 +75,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         _preload(args.model, args.backend)
     from mmsa.flows.score import make_task_runner, score_flow
 
+    _prefect_ready(args)
     runner = make_task_runner(args.runner, args.dask_address, args.dask_workers)
     summary = score_flow.with_options(task_runner=runner)(dump=args.dump, params=params, progress=not args.quiet)
     print(summary.describe())
@@ -83,6 +86,7 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
     params = _run_parameters(args)
     from mmsa.flows.backfill import backfill_flow
 
+    _prefect_ready(args)
     outcome = backfill_flow(dump_template=args.dump_template, start=args.date_from, end=args.date_to,
                             timezone=args.timezone, runner=args.runner, dask_address=args.dask_address,
                             **vars(params))
@@ -93,6 +97,7 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from mmsa.flows import serve
 
+    _prefect_ready(args)
     overrides = {"dump_template": args.dump_template, "db": args.db, "out": args.out, "timezone": args.timezone}
     if args.register:
         print("\n".join(serve.register(overrides, args.cron)))
@@ -413,16 +418,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy shared machine)")
     p.set_defaults(func=_cmd_compare)
 
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true",
+                             help="show the traceback of a failure (also MMSA_DEBUG=1); default: one line")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Bad input exits 2, a permanent failure (mmsa.faults: full disk, denied path, locked
+    database, unreachable Prefect, damaged model) 1, each with one line; tracebacks only with --debug."""
     args = build_parser().parse_args(argv)
+    args.debug = args.debug or os.environ.get("MMSA_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as exc:
+        if args.debug:
+            raise
         print(f"mmsa {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        permanent = faults.as_permanent(exc)
+        if args.debug or permanent is None:
+            raise
+        print(f"mmsa {args.command}: error: {permanent}", file=sys.stderr)
+        return 1
+
+
+class _PermanentFilter(logging.Filter):
+    """Keeps Prefect's console records of a permanent failure (mmsa.faults) off the console, tracebacks and
+    state lines alike: the command ends with that failure's one line. The records sent to a Prefect server stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not ((exc is not None and faults.is_permanent(exc))
+                    or faults.PermanentError.__name__ in record.getMessage())  # "Finished in state Failed(...)"
+
+
+def _prefect_ready(args: argparse.Namespace) -> None:
+    """Once a command has imported Prefect (which configures logging then): fit the root logger's console
+    handlers, where Prefect logs task and flow failures, with _PermanentFilter unless --debug; and when an API
+    is configured (PREFECT_API_URL), check that it answers, so that a server that is down costs one line, not
+    a run's worth of tracebacks."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    if not args.debug:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_PermanentFilter())
+    url = PREFECT_API_URL.value()
+    if not url:  # ephemeral mode: Prefect starts its own server
+        return
+    with get_client(sync_client=True) as client:
+        failure = client.api_healthcheck()
+    if failure is not None:
+        raise faults.PermanentError(
+            f"the Prefect API at {url} is unreachable ({type(failure).__name__}: {failure}): start that server "
+            "(prefect server start) or unset PREFECT_API_URL to run with a temporary one; nothing was started")
 
 
 def entry() -> None:

@@ -457,15 +457,17 @@ class Dashboard:
     def _thumbnail_bytes(self, url: str) -> bytes | None:
         from PIL import Image
 
-        result = self.images.lookup(url)
-        if result is None or result.status != "ok" or not result.image_key or not self.images.has(result.image_key):
-            return None
+        from mmsa.fetch import CacheDamaged
+
         out = io.BytesIO()
         try:
+            result = self.images.lookup(url)
+            if result is None or result.status != "ok":
+                return None
             with Image.open(io.BytesIO(self.images.load(result.image_key))) as img:
                 img.thumbnail((240, 240))
                 img.convert("RGB").save(out, format="JPEG", quality=80)  # re-encoded: never the dump's bytes as served
-        except (OSError, ValueError):  # bytes the fetcher kept but Pillow cannot draw: no thumbnail
+        except (OSError, ValueError, CacheDamaged):  # bytes Pillow cannot draw, or a damaged entry: no thumbnail
             return None
         return out.getvalue()
 

@@ -146,12 +146,18 @@ class FetchResult:
     error: str | None = None  # human-readable reason for a failure
     elapsed_s: float = 0.0
     image_key: str | None = None  # key into the ImageCache when status == "ok"
+    cache_repaired: bool = False  # a damaged cache entry was met, removed and the image fetched anew. Not in the row.
     # With keep_images and status "ok": the preprocessed image. Not part of the row.
     image: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def row(self) -> dict:
         """The fields of the status table and of the URL index: all but the image."""
         return {name: getattr(self, name) for name in STATUS_TABLE_SCHEMA.names}
+
+
+class CacheDamaged(Exception):
+    """A cache entry that no longer holds what its name says (a truncated or corrupted file, an index entry
+    that does not parse or names no stored image); the cache has removed it, the caller fetches anew."""
 
 
 class ImageCache:
@@ -162,14 +168,24 @@ class ImageCache:
     downloading again, and they take a third to a twelfth of the disk and of the writes. Writes are
     atomic (mmsa.files), so concurrent processes never see half a file. The root may be an fsspec URL
     (s3://bucket/cache, mmsa.storage): there each write is one upload, which appears whole.
+
+    Reads check themselves, since a disk, a copy or a hand can still damage a file after it was written: bytes
+    must hash to their key, an index entry must parse and an "ok" must name a stored image. A damaged entry is
+    removed and CacheDamaged raised, so that the image is fetched anew rather than scored wrong
+    (benchmarks/results/fetch.md: the check's cost against decoding).
     """
 
     def __init__(self, root: str | Path):
         self.root = storage.path(root) / "src-v1"
 
     def load(self, key: str) -> bytes:
-        """The image bytes stored under `key`."""
-        return self._image_path(key).read_bytes()
+        """The image bytes stored under `key`; CacheDamaged if they no longer hash to it."""
+        path = self._image_path(key)
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != key:
+            self._remove(path)
+            raise CacheDamaged(f"{path}: the bytes do not hash to their name")
+        return data
 
     def has(self, key: str) -> bool:
         path = self._image_path(key)
@@ -179,17 +195,34 @@ class ImageCache:
         storage.write_bytes(self._image_path(key), data)
 
     def lookup(self, url: str) -> FetchResult | None:
-        """The result last recorded for `url` (post_id empty), or None."""
+        """The result last recorded for `url` (post_id empty), or None; CacheDamaged if its entry does not parse
+        or is an "ok" whose image is not stored."""
+        path = self._url_path(url)
         try:
-            return FetchResult(**json.loads(self._url_path(url).read_text()))
-        except (FileNotFoundError, ValueError, TypeError):
+            text = path.read_text()
+        except FileNotFoundError:
             return None
+        try:
+            known = FetchResult(**json.loads(text))
+            if known.status == ImageStatus.OK and not self.has(known.image_key):
+                raise ValueError(f"no stored image {known.image_key}")
+        except (ValueError, TypeError) as exc:  # a cut or altered file: bad JSON, fields or key
+            self._remove(path)
+            raise CacheDamaged(f"{path}: {exc}") from exc
+        return known
 
     def record(self, url: str, result: FetchResult) -> None:
         storage.write_bytes(self._url_path(url), json.dumps({**result.row(), "post_id": ""}).encode())
 
+    @staticmethod
+    def _remove(path) -> None:
+        try:
+            path.unlink()
+        except FileNotFoundError:  # another reader removed it first
+            pass
+
     def _image_path(self, key: str) -> Path:
-        if not re.fullmatch(r"[0-9a-f]{64}", key):
+        if not isinstance(key, str) or not re.fullmatch(r"[0-9a-f]{64}", key):
             raise ValueError(f"not an image key: {key!r}")
         return self.root / "img" / key[:2] / key
 
@@ -298,6 +331,7 @@ class FetchSummary:
     counts: dict[str, int]  # posts per status
     rejected_rows: int  # dump rows that are not valid posts (see mmsa.source), not in the table
     seconds: float
+    cache_repaired: int = 0  # damaged cache entries met, removed and fetched anew (ImageCache)
 
     def describe(self) -> str:
         posts = sum(self.counts.values())
@@ -309,7 +343,8 @@ class FetchSummary:
         return (
             f"{posts} posts, {with_url} with an image_url, in {self.seconds:.1f} s ({rate:.0f} images/s); "
             f"ok {share}\n  {by_status}\n  {self.rejected_rows} dump rows rejected as invalid posts\n"
-            f"  status table: {self.status_path}"
+            f"  status table: {self.status_path}" + (f"\n  cache entries repaired: {self.cache_repaired}"
+                                                      if self.cache_repaired else "")
         )
 
 
@@ -345,13 +380,15 @@ def fetch_dump(
     local_status = status_path if isinstance(status_path, Path) else local_dir / "status" / status_path.name
     cache = ImageCache(cache_dir)
     counts: dict[str, int] = {}
-    rejected = 0
+    rejected = repaired = 0
     batch: list[tuple[str, str | None]] = []
 
     def flush() -> None:
         results = fetch_images(batch, config, cache, progress=progress, retry_failed=retry_failed, submitter=submitter)
+        nonlocal repaired
         for result in results:
             counts[result.status] = counts.get(result.status, 0) + 1
+        repaired += len({r.url for r in results if r.cache_repaired})
         writer.write_table(pa.Table.from_pylist([r.row() for r in results], schema=STATUS_TABLE_SCHEMA))
         batch.clear()
 
@@ -367,7 +404,7 @@ def fetch_dump(
             flush()
     if local_status is not status_path:
         storage.upload(local_status, status_path)
-    return FetchSummary(status_path, counts, rejected, time.monotonic() - started)
+    return FetchSummary(status_path, counts, rejected, time.monotonic() - started, repaired)
 
 
 @contextmanager
@@ -424,16 +461,17 @@ class _Fetcher:
             host = _check_url(url)
         except _Failure as failure:
             return _failed(url, failure, 0, start)
-        known = self.cache.lookup(url)
-        if known is not None and not (retry_failed and known.status in RETRYABLE):
-            if known.status != ImageStatus.OK:
-                return replace(known, url=url)
-            if self.cache.has(known.image_key):
-                return self._cached(url, known, start)
+        repaired = False
+        try:
+            known = self.cache.lookup(url)
+            if known is not None and not (retry_failed and known.status in RETRYABLE):
+                return replace(known, url=url) if known.status != ImageStatus.OK else self._cached(url, known, start)
+        except CacheDamaged:  # removed: a miss, fetched anew
+            repaired = True
         result = self._fetch_http(url, host, start)
         if result.status not in _CONFIG_DEPENDENT:
             self.cache.record(url, result)
-        return result
+        return replace(result, cache_repaired=result.cache_repaired or repaired)
 
     def _fetch_local(self, url: str, path: str, start: float) -> FetchResult:
         if not self.config.allow_local_files:
@@ -508,14 +546,16 @@ class _Fetcher:
         raise _Failure(ImageStatus.TOO_MANY_REDIRECTS, f"more than {config.max_redirects} redirects")
 
     def _cached(self, url: str, known: FetchResult, start: float) -> FetchResult:
-        """The URL index's "ok" for `url`, with the cached bytes preprocessed if images are kept."""
-        if not self.keep_images:
-            return replace(known, url=url)
-        try:
-            with self._decode_slots:
-                image = self._preprocess(self.cache.load(known.image_key), known.http_code)
-        except _Failure as failure:  # a pixel cap lower than when the bytes were fetched
-            return _failed(url, failure, 0, start, known.bytes)
+        """The URL index's "ok" for `url`, its cached bytes checked (CacheDamaged) and, if images are kept,
+        preprocessed."""
+        with self._decode_slots:
+            data = self.cache.load(known.image_key)
+            if not self.keep_images:
+                return replace(known, url=url)
+            try:
+                image = self._preprocess(data, known.http_code)
+            except _Failure as failure:  # a pixel cap lower than when the bytes were fetched
+                return _failed(url, failure, 0, start, known.bytes)
         return replace(known, url=url, image=image)
 
     def _store(self, url: str, data: bytes, code: int | None, attempts: int, start: float) -> FetchResult:
@@ -523,10 +563,15 @@ class _Fetcher:
         if len(data) > self.config.max_bytes:
             failure = _Failure(ImageStatus.TOO_LARGE, f"over {self.config.max_bytes} bytes", code)
             return _failed(url, failure, attempts, start, len(data))
-        image = None
+        image, repaired = None, False
         with self._decode_slots:
             key = hashlib.sha256(data).hexdigest()
             stored = self.cache.has(key)  # bytes that decoded before, under another URL
+            if stored:
+                try:
+                    self.cache.load(key)
+                except CacheDamaged:  # removed: stored again below
+                    stored, repaired = False, True
             if self.keep_images or not stored:
                 try:
                     image = self._preprocess(data, code)
@@ -543,6 +588,7 @@ class _Fetcher:
             attempts=attempts,
             elapsed_s=round(time.monotonic() - start, 4),
             image_key=key,
+            cache_repaired=repaired,
             image=image if self.keep_images else None,
         )
 

@@ -18,6 +18,8 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from mmsa import faults
+
 _SEQ = itertools.count()
 # The temporary name of a target and anything a writer adds to it (DuckDB's `.wal`).
 _TEMP = re.compile(r"^\..+\.(?P<pid>\d+)-\d+\.tmp(\..*)?$")
@@ -31,24 +33,31 @@ def temp_path(path: Path) -> Path:
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write; when the block ends without an error it replaces `path`,
-    else it is removed. `durable`: fsync the file and the rename too (a published snapshot)."""
+    else it is removed. `durable`: fsync the file and the rename too (a published snapshot). A full disk, a
+    folder without write access or a read-only filesystem raises mmsa.faults.PermanentError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
     try:
-        yield tmp
-        if durable:
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    if durable:
-        folder = os.open(path.parent, os.O_RDONLY)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_path(path)
         try:
-            os.fsync(folder)
+            yield tmp
+            if durable:
+                with open(tmp, "rb") as fh:
+                    os.fsync(fh.fileno())
+            os.replace(tmp, path)
         finally:
-            os.close(folder)
+            tmp.unlink(missing_ok=True)
+        if durable:
+            folder = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+    except OSError as exc:  # pyarrow's write errors name no file: the target is what the user must know
+        permanent = faults.as_permanent(exc, path)
+        if permanent is None:
+            raise
+        raise permanent from exc
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from mmsa.encoders import encoder_files, load_image_encoder, load_text_encoder
+from mmsa.faults import PermanentError
 from mmsa.heads import from_config
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -38,19 +40,24 @@ class SentimentModel:
 
     def __init__(self, folder: Path, device: str = "cpu"):
         self.folder = folder
-        cfg = json.loads((folder / "config.json").read_text())
-        self.config = cfg
         self.device = torch.device(device)
-        self.max_length = int(cfg["max_length"])
-        self.image_size = int(cfg["image_size"])
-        self.image_dim = int(cfg["image_dim"])
-        self.bundle = from_config(cfg)
-        self.bundle.load_state_dict(load_file(str(folder / "heads.safetensors")))
+        try:  # a folder that does not read whole fails the same way on every retry
+            cfg = json.loads((folder / "config.json").read_text())
+            self.config = cfg
+            self.max_length = int(cfg["max_length"])
+            self.image_size = int(cfg["image_size"])
+            self.image_dim = int(cfg["image_dim"])
+            self.bundle = from_config(cfg)
+            self.bundle.load_state_dict(load_file(str(folder / "heads.safetensors")))
+            weight_files = [folder / "heads.safetensors"] + ([folder / cfg["text_layers"]] if cfg.get("text_layers") else [])
+            h = hashlib.sha256()
+            for path in weight_files:
+                h.update(path.read_bytes())
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
+            raise PermanentError(f"model folder {folder} is damaged or incomplete ({type(exc).__name__}: "
+                                 f"{str(exc)[:200]}): restore it (reinstall mmsa, or train it again) or pass --model "
+                                 "with another") from exc
         self.bundle.to(self.device).eval()
-        weight_files = [folder / "heads.safetensors"] + ([folder / cfg["text_layers"]] if cfg.get("text_layers") else [])
-        h = hashlib.sha256()
-        for path in weight_files:
-            h.update(path.read_bytes())
         # Stable id stored with every scored row: model name + hash of the weights this folder adds.
         self.version = f"{cfg['name']}+{h.hexdigest()[:8]}"
         self._encoders = None

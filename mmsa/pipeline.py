@@ -90,6 +90,7 @@ class ShardResult:
     image_status: dict[str, int]
     seconds: dict[str, float]
     skipped: bool = False
+    cache_repaired: int = 0  # damaged image cache entries met, removed and fetched anew (mmsa.fetch.ImageCache)
 
 
 @dataclass
@@ -106,6 +107,7 @@ class RunSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     shards: list[dict] = field(default_factory=list)  # per shard: the rows of table run_shards
     not_posts: dict[str, int] = field(default_factory=dict)  # records skipped as not posts, by reason
+    cache_repaired: int = 0  # damaged image cache entries this run removed and fetched anew
 
     def markdown(self) -> str:
         """The run's statistics as markdown tables (run totals, then one row per shard)."""
@@ -120,7 +122,8 @@ class RunSummary:
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
             f"| {self.dump} | {self.model_version} | {self.posts_in} | {self.posts_scored} | {self.posts_rejected} "
             f"| {self.shards_done} | {self.shards_skipped} | {rate} |", "",
-            f"Images: {mix}. Stages: {secs}. Bound by: {self.bound_by()}.",
+            f"Images: {mix}. Damaged cache entries repaired: {self.cache_repaired}. Stages: {secs}. "
+            f"Bound by: {self.bound_by()}.",
             "Records that were not posts: " + (", ".join(f"{k} {v}" for k, v in sorted(self.not_posts.items())) or "none") + ".",
             "",
             "| shard | skipped | posts | images | fetch s | infer s | write s | posts/s |",
@@ -144,7 +147,9 @@ class RunSummary:
         return (
             f"run {self.run_id}: {self.posts_in} rows in, {self.posts_scored} scored, {self.posts_rejected} rejected"
             f"{not_posts if skipped else ''} ({self.shards_done} shards scored, {self.shards_skipped} already done)\n"
-            f"model {self.model_version}; images: {mix}\nstages: {secs}; bound by {self.bound_by()}"
+            f"model {self.model_version}; images: {mix}"
+            f"{f'; {self.cache_repaired} damaged cache entries repaired' if self.cache_repaired else ''}\n"
+            f"stages: {secs}; bound by {self.bound_by()}"
         )
 
     def bound_by(self) -> str:
@@ -274,7 +279,8 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
     written = store.write_partitions(table, storage.path(opts.out), f"{model.version}-{key}-{index:05d}")
     seconds["write"] = time.perf_counter() - t3
 
-    result = ShardResult(index, [str(f) for f in written], posts.num_rows, dict(Counter(statuses)), seconds)
+    result = ShardResult(index, [str(f) for f in written], posts.num_rows, dict(Counter(statuses)), seconds,
+                         cache_repaired=len({r.url for r in fetched if r.cache_repaired}))
     retryable = sum(1 for r in fetched if r.status in RETRYABLE)
     storage.write_text(marker, json.dumps({"result": asdict(result), "retryable": retryable}))
     return result
@@ -432,6 +438,7 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
             stage_seconds={k: round(v, 3) for k, v in stage_seconds.items()},
             shards=shards,
             not_posts=dict(prepared.not_posts),
+            cache_repaired=sum(r.cache_repaired for r in results if not r.skipped),
         )
         store.record_run(
             con,
@@ -447,6 +454,7 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
                 "image_status": summary.image_status,
                 "stage_seconds": summary.stage_seconds,
                 "not_posts": summary.not_posts,
+                "cache_repaired": summary.cache_repaired,
             },
             shards,
         )

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from mmsa import fetch
+from mmsa.faults import PermanentError, as_permanent
 
 
 class WorkerDied(RuntimeError):
@@ -131,7 +132,7 @@ class _Pool:
             future, worker, session, slot = entry
             try:
                 if kind != "done":
-                    raise RuntimeError(f"fetch worker failed: {payload}")
+                    raise payload if isinstance(payload, PermanentError) else RuntimeError(f"fetch worker failed: {payload}")
                 session.finished(worker, slot, future, payload)
             except Exception as exc:  # noqa: BLE001 - the caller gets it; this thread serves the other futures
                 session.release(worker, slot)
@@ -339,7 +340,8 @@ def _worker_main(index: int, n: int, tasks, results, hosts) -> None:
                 result = replace(result, image=None)
             results.put(("done", task, (result, has_image)))
         except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
-            results.put(("error", task, f"{type(exc).__name__}: {exc}"))
+            # A permanent failure goes as itself (it pickles), so the run stops with its one line (mmsa.faults).
+            results.put(("error", task, as_permanent(exc) or f"{type(exc).__name__}: {exc}"))
 
     while True:
         message = tasks.get()

@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mmsa import files, storage
+from mmsa import files, publish, storage
+from mmsa.faults import PermanentError
 from mmsa.schema import LABELS, REJECTED_SCHEMA, SCORED_SCHEMA
 
 _DUCK_TYPES = {
@@ -71,6 +72,7 @@ CREATE TABLE IF NOT EXISTS run_shards (
 -- Columns added since a database was created (a no-op on a new one).
 ALTER TABLE rejected_posts ADD COLUMN IF NOT EXISTS file VARCHAR;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS not_posts JSON;  -- records that were not posts, by reason
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS cache_repaired BIGINT;  -- damaged image cache entries fetched anew
 ALTER TABLE scored_posts ADD COLUMN IF NOT EXISTS brand_scores {_duck_type(SCORED_SCHEMA.field("brand_scores").type)};
 -- One row per post and brand: a post that mentions two brands counts once for each, with the sentiment
 -- toward that brand (brand_label, brand_p_*; the two lists are zipped by position), an untagged post once
@@ -158,10 +160,27 @@ def connect(db: str | Path) -> duckdb.DuckDBPyConnection:
         files.sweep_stale(db.parent)
         with files.atomic_path(db) as tmp, duckdb.connect(str(tmp)) as con:
             con.execute(DDL)
-    con = duckdb.connect(str(db))
+    con = _open(db)
     _migrate_scored_posts(con)
     con.execute(DDL)
     return con
+
+
+# DuckDB's word for a database file another process holds (one process may write it, or many read it).
+_LOCK_HOLDER = re.compile(r"Conflicting lock is held in (?P<program>.+?) \(PID (?P<pid>\d+)\)")
+
+
+def _open(db: Path, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+    """duckdb.connect; a file that another process holds is a PermanentError naming that process."""
+    try:
+        return duckdb.connect(str(db), read_only=read_only)
+    except duckdb.IOException as exc:
+        holder = _LOCK_HOLDER.search(str(exc))
+        if holder is None:
+            raise
+        raise PermanentError(
+            f"{db} is locked by PID {holder['pid']} ({Path(holder['program']).name}): close that session or point "
+            f"analysts at the snapshot {publish.snapshot_path(db)}") from exc
 
 
 def _migrate_scored_posts(con: duckdb.DuckDBPyConnection) -> None:
@@ -265,7 +284,7 @@ def already_scored(db: str | Path, dump: str, model_version: str) -> bool:
     """True when table `runs` of `db` holds a finished run of `dump` by `model_version`."""
     if not Path(db).exists():
         return False
-    with run_lock(str(db)), duckdb.connect(str(db), read_only=True) as con:
+    with run_lock(str(db)), _open(Path(db), read_only=True) as con:
         if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'runs'").fetchone()[0]:
             return False
         (n,) = con.execute(

@@ -27,7 +27,7 @@ LAYERS = [
                "mmsa.synthetic"]),
     ("images", ["mmsa.procfetch", "mmsa.fetch", "mmsa.gpudecode", "mmsa.imaging"]),
     ("source", ["mmsa.source", "mmsa.readers", "mmsa.brands"]),
-    ("base", ["mmsa.options", "mmsa.files", "mmsa.storage", "mmsa.schema", "mmsa.netpolicy", "mmsa"]),
+    ("base", ["mmsa.options", "mmsa.files", "mmsa.faults", "mmsa.storage", "mmsa.schema", "mmsa.netpolicy", "mmsa"]),
 ]
 APP_ONLY = ("prefect", "prefect_dask", "distributed", "dask")  # the orchestrator: the app layer's business
 
