@@ -292,6 +292,35 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quantify_compare(args: argparse.Namespace) -> int:
+    import shlex
+
+    import numpy as np
+
+    from mmsa import crossval, train
+    from mmsa.data import resolve_data_dir
+
+    train.set_threads(args.threads)
+    if args.probs:
+        with np.load(args.probs) as z:
+            if "probs" not in z or "labels" not in z:
+                raise ValueError(f"{args.probs}: needs the arrays probs (N, 3) and labels (N,)")
+            probs, labels = z["probs"], z["labels"]
+        source = f"`{args.probs}`"
+    else:
+        semeval = args.semeval or resolve_data_dir() / "semeval2017_4a" / "train.jsonl"
+        probs, labels = crossval.general_text_oof(semeval, args.model, args.seed, args.cache)
+        source = (f"the shipped recipe's general text head on `{semeval}` ({args.model} encoders), out of fold "
+                  "(5 folds), temperature-calibrated")
+    given = {"probs": args.probs, "semeval": args.semeval, "model": args.model, "folds": args.folds, "bags": args.bags,
+             "seed": args.seed, "out": args.out}
+    command = " ".join(["mmsa quantify-compare", *(f"--{k} {shlex.quote(str(v))}" for k, v in given.items() if v is not None)])
+    result = crossval.quantification_compare(probs, labels, args.out, source, command,
+                                             folds=args.folds, bags=args.bags, seed=args.seed)
+    print(crossval.quantification_table(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmsa", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -412,6 +441,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results/compare.md", help="markdown table to write (per-fold JSON beside it)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy shared machine)")
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("quantify-compare",
+                       help="the artificial-prevalence protocol: share error of each quantification method; writes the table")
+    p.add_argument("--probs", help="an .npz of calibrated out-of-fold probabilities `probs` (N, 3) and true `labels` (N,) "
+                                   "(default: the shipped recipe's general text head on --semeval)")
+    p.add_argument("--semeval", help="general tweets JSONL (default: $MMSA_DATA/semeval2017_4a/train.jsonl)")
+    p.add_argument("--model", default="default", help="model folder whose encoders give the features")
+    p.add_argument("--folds", type=int, default=5, help="stratified folds: statistics from the others, bags from one")
+    p.add_argument("--bags", type=int, default=4, help="bags per fold, negative share, positive part and bag size")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", type=Path, help="feature cache folder (default: $MMSA_CACHE/features, else ~/.cache/mmsa/features)")
+    p.add_argument("--out", default="results/quantification.md", help="markdown table to write (its numbers as JSON beside it)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy shared machine)")
+    p.set_defaults(func=_cmd_quantify_compare)
 
     return parser
 
