@@ -191,7 +191,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         return 0
     if not args.db:
         raise ValueError("--db is required to run a report")
-    params = {"brand": args.brand, "date_from": args.date_from, "date_to": args.date_to}
+    params = {"brand": args.brand, "date_from": args.date_from, "date_to": args.date_to, "per": args.per}
     for item in args.param:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -374,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--brand", help="only this brand")
     p.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD", help="first day, inclusive (UTC)")
     p.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD", help="last day, inclusive (UTC)")
+    p.add_argument("--per", choices=("day", "week", "month", "total"),
+                   help="the period of reports that take one (brand_prevalence; default week)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="report parameter, e.g. window=14, threshold=2.5, limit=10, model_version=...")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")

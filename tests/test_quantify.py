@@ -6,32 +6,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.optimize import minimize
+from quantdata import NEG, NEU, POS, draw
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_predict
 
+import quantdata
 from mmsa import quantify
 from mmsa.schema import LABELS
 
-NEG, NEU, POS = LABELS.index("negative"), LABELS.index("neutral"), LABELS.index("positive")
-# Class-conditional feature distributions that overlap as real sentiment does (neutral sits between).
-CENTRES = {POS: (1.2, 0.0), NEU: (0.0, 0.5), NEG: (-1.2, 0.0)}
-
-
-def draw(counts: dict[int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    x = np.concatenate([rng.normal(CENTRES[c], 1.0, size=(n, 2)) for c, n in counts.items()])
-    y = np.concatenate([np.full(n, c) for c, n in counts.items()])
-    return x, y
 
 
 @pytest.fixture(scope="module")
 def classifier():
-    """A logistic regression trained on a general-tweet mix (40% positive, 44% neutral, 16% negative), its
-    statistics from its out-of-fold probabilities, as the model's would be."""
-    rng = np.random.default_rng(1)
-    x, y = draw({POS: 2000, NEU: 2200, NEG: 800}, rng)
-    model = LogisticRegression().fit(x, y)
-    oof = cross_val_predict(LogisticRegression(), x, y, cv=5, method="predict_proba")
-    return model, quantify.quantification_stats(oof, y)
+    return quantdata.classifier()
 
 
 def test_stats_describe_the_classifier(classifier):
