@@ -191,7 +191,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
         return 0
     if not args.db:
         raise ValueError("--db is required to run a report")
-    params = {"brand": args.brand, "date_from": args.date_from, "date_to": args.date_to, "per": args.per}
+    params = {"brand": args.brand, "date_from": args.date_from, "date_to": args.date_to}
+    if args.per:
+        params["per"] = args.per
     for item in args.param:
         key, sep, value = item.partition("=")
         if not sep or not key:
