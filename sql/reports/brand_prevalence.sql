@@ -9,7 +9,8 @@
 -- NULL (e.g. in a language the model does not cover).
 -- Parameters: $per   day | week | month | total (default week; weeks start on Monday),
 --   $brand, $date_from, $date_to (inclusive days, UTC; a period cut by them counts only its days
---   inside), $model_version (NULL = the most recently used model).
+--   inside), $model_version (NULL = the most recently used model),
+--   $source, $lang (NULL = every platform / language; else the posts of that platform / language only).
 -- net_sentiment = positive_share - negative_share, from the estimates (-1 to +1), with its interval;
 -- counted_net_sentiment is the same from the counted labels.
 WITH settings AS (
@@ -30,6 +31,8 @@ posts AS (
       AND brand IS NOT NULL
       AND brand_label IS NOT NULL
       AND ($brand IS NULL OR brand = $brand)
+      AND ($source IS NULL OR source = $source)
+      AND ($lang IS NULL OR lang = $lang)
       AND ($date_from IS NULL OR day >= CAST($date_from AS DATE))
       AND ($date_to IS NULL OR day <= CAST($date_to AS DATE))
 )
