@@ -323,6 +323,15 @@ def _cmd_quantify_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_protocol_options(p: argparse.ArgumentParser) -> None:
+    """The data, encoders, seed and threads of the selection protocols (`compare`, `quantify-compare`)."""
+    p.add_argument("--semeval", help="general tweets JSONL for the text path (default: $MMSA_DATA/semeval2017_4a/train.jsonl)")
+    p.add_argument("--model", default="default", help="model folder whose encoders give the features")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", type=Path, help="feature cache folder (default: $MMSA_CACHE/features, else ~/.cache/mmsa/features)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy shared machine)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmsa", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -436,28 +445,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="the selection protocol: repeated stratified CV over train+dev; writes the table")
     p.add_argument("--data", help="folder with train.jsonl + dev.jsonl (default: $MMSA_DATA/mvsa_single)")
-    p.add_argument("--semeval", help="general tweets JSONL for the text path (default: $MMSA_DATA/semeval2017_4a/train.jsonl)")
-    p.add_argument("--model", default="default", help="model folder whose encoders give the features")
+    _add_protocol_options(p)
     p.add_argument("--folds", type=int, default=5, help="stratified folds per repeat")
     p.add_argument("--repeats", type=int, default=3, help="repeats of the k-fold split (different shuffles)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", type=Path, help="feature cache folder (default: $MMSA_CACHE/features, else ~/.cache/mmsa/features)")
     p.add_argument("--out", default="results/compare.md", help="markdown table to write (per-fold JSON beside it)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy shared machine)")
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("quantify-compare",
                        help="the artificial-prevalence protocol: share error of each quantification method; writes the table")
     p.add_argument("--probs", help="an .npz of calibrated out-of-fold probabilities `probs` (N, 3) and true `labels` (N,) "
                                    "(default: the shipped recipe's general text head on --semeval)")
-    p.add_argument("--semeval", help="general tweets JSONL (default: $MMSA_DATA/semeval2017_4a/train.jsonl)")
-    p.add_argument("--model", default="default", help="model folder whose encoders give the features")
+    _add_protocol_options(p)
     p.add_argument("--folds", type=int, default=5, help="stratified folds: statistics from the others, bags from one")
     p.add_argument("--bags", type=int, default=4, help="bags per fold, negative share, positive part and bag size")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", type=Path, help="feature cache folder (default: $MMSA_CACHE/features, else ~/.cache/mmsa/features)")
     p.add_argument("--out", default="results/quantification.md", help="markdown table to write (its numbers as JSON beside it)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy shared machine)")
     p.set_defaults(func=_cmd_quantify_compare)
 
     return parser

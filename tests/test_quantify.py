@@ -3,6 +3,8 @@ scoring a bag that is 80% negative, as brand streams are; the estimators, their 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from scipy.optimize import minimize
@@ -123,3 +125,22 @@ def test_the_protocol_ranks_the_corrections_above_counting(classifier):
     assert result["best"] != "cc"
     cov = result["coverage"]["by_bag_size"]
     assert set(cov) == {"100", "1000"} and cov["100"]["negative_interval_width"] > cov["1000"]["negative_interval_width"]
+
+
+def test_the_protocol_writes_its_table_and_numbers_with_the_command(tmp_path):
+    from mmsa import crossval
+
+    x, y = draw({POS: 600, NEU: 700, NEG: 300}, np.random.default_rng(7))
+    probs = cross_val_predict(LogisticRegression(), x, y, cv=5, method="predict_proba")
+    out = tmp_path / "quantification.md"
+    result = crossval.quantification_compare(probs, y, out, "synthetic", "mmsa quantify-compare --probs p.npz",
+                                             folds=2, bags=1, bag_sizes=(50, 500), negative_shares=(0.1, 0.8),
+                                             positive_parts=(None,), resamples=30)
+    text = out.read_text()
+    assert "Made by `mmsa quantify-compare --probs p.npz`" in text and "synthetic (n=1,600" in text
+    assert f"| **{result['best']}** (best) |" in text
+    for method in ("cc", "pcc", "acc", "pacc", "sld", "sld_bcts"):
+        assert f"\n**{method}**\n" in text
+    assert "| 50 | 4 |" in text  # 2 folds x 2 negative shares x 1 bag of 50 posts had intervals
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved["overall"] == result["overall"] and saved["command"] == "mmsa quantify-compare --probs p.npz"
