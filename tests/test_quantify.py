@@ -30,6 +30,10 @@ def test_stats_describe_the_classifier(classifier):
     for matrix in (stats["confusion"], stats["mean_probs"]):
         assert np.allclose(np.sum(matrix, 1), 1)  # each true class's row is a distribution
         assert all(row[c] > 1 / 3 for c, row in enumerate(matrix))  # better than chance on every class
+    # A well-calibrated classifier needs almost no recalibration; its estimates stay within a few points.
+    assert stats["calibration"]["temperature"] == pytest.approx(1, abs=0.1)
+    assert np.abs(stats["calibration"]["bias"]).max() < 0.2
+    assert 0 < stats["systematic_error"]["share"] < 0.03 and 0 < stats["systematic_error"]["net"] < 0.05
     with pytest.raises(ValueError, match="every class"):
         quantify.quantification_stats(np.full((4, 3), 1 / 3), np.array([0, 0, 1, 1]))
 
@@ -38,8 +42,8 @@ def test_an_80_percent_negative_bag_is_estimated_within_its_interval_where_count
     model, stats = classifier
     x, y = draw({POS: 50, NEU: 50, NEG: 400}, np.random.default_rng(2))
     probs = model.predict_proba(x)
-    est = quantify.shares_with_intervals(probs, stats, "sld")
-    assert est["method"] == "sld"
+    est = quantify.shares_with_intervals(probs, stats)
+    assert est["method"] == quantify.DEFAULT_METHOD == "sld_bcts"
     truth = np.bincount(y, minlength=3) / len(y)
     assert est["negative_share_low"] <= truth[NEG] <= est["negative_share_high"]
     assert abs(est["negative_share"] - 0.8) < 0.06
