@@ -10,11 +10,17 @@ kept in the model folder's config.json under "quantification" and in DuckDB's ta
 - ACC / PACC: the counted (or mean-probability) shares are P(predicted | true) @ true shares; the 3x3 system
   is solved by least squares on the simplex (the shares are non-negative and sum to one);
 - SLD (Saerens, Latinne & Decaestecker 2002, a.k.a. EMQ): EM re-estimates the group's prior, rescaling every
-  post's probabilities by new prior / training prior until the mean of the rescaled probabilities is the prior.
+  post's probabilities by new prior / training prior until the mean of the rescaled probabilities is the prior;
+- SLD_BCTS, the default: SLD after bias-corrected temperature scaling (Alexandari et al. 2020) fitted on the
+  same labelled posts, since SLD needs probabilities calibrated at the training prior, and a class-weighted
+  head's are not.
 
-QuaPy implements the same estimators; it is not a dependency because its install pulls pandas, xlrd, a dataset
-downloader and an sdist-only package that scoring never uses. results/quantification.md shows the estimators
-here agree with QuaPy's to within its convergence tolerance.
+Intervals: percentiles over bootstrap resamples of the group's posts, never narrower than the chance variation
+of that many posts, and widened by the default method's systematic error measured with the statistics.
+
+QuaPy implements CC to SLD; it is not a dependency because its install pulls pandas, xlrd, a dataset
+downloader and an sdist-only package that scoring never uses. results/quantification_quapy.md shows that the
+estimators here agree with QuaPy's (benchmarks/quapy_agreement.py).
 
 Estimators take probabilities (N, 3) in LABELS order. Bootstrap resamples are weights (B, N) of how often each
 post was drawn, so every estimator runs over all resamples at once as matrix products.
