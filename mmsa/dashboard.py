@@ -365,11 +365,10 @@ class Dashboard:
         model = self.default_model(con)
         rows = run_query(con, "sentiment_spikes", f, model, **self._spike_settings(f))
         estimates = {}
-        if rows:  # the spike days' estimated shares, beside their counted negative share
-            days = replace(f, date_from=min(r["day"] for r in rows).isoformat(),
-                           date_to=max(r["day"] for r in rows).isoformat(), extra={})
-            estimates = {(e["brand"], e["period_start"]): e
-                         for e in run_query(con, "brand_prevalence", days, model, per="day")}
+        for day in sorted({r["day"] for r in rows}):  # each spike day's estimated shares (only those days: cheap)
+            on_day = replace(f, date_from=day.isoformat(), date_to=day.isoformat(), extra={})
+            estimates |= {(e["brand"], e["period_start"]): e
+                          for e in run_query(con, "brand_prevalence", on_day, model, per="day")}
         for r in rows:
             _with_estimate(r, estimates.get((r["brand"], r["day"])))
         return Table("spikes", "Spikes and the posts that drove them", rows,

@@ -43,6 +43,7 @@ METHODS = ("cc", "pcc", "acc", "pacc", "sld", "sld_bcts")
 DEFAULT_METHOD = "sld_bcts"
 FALLBACK = "pcc"  # needs no statistics of the classifier
 RESAMPLES = 300
+BOOTSTRAP_MAX = 20_000
 SEED = 0
 EM_TOL = 1e-6
 EM_MAX_ITER = 1000
@@ -229,9 +230,15 @@ def shares_with_intervals(probs: np.ndarray, stats: dict | None, method: str = D
         for name in (*(f"{lab}_share" for lab in LABELS), "net_sentiment"):
             out[name] = out[f"{name}_low"] = out[f"{name}_high"] = None
         return out
-    weights = np.concatenate([np.ones((1, len(probs))),
-                              bootstrap_weights(len(probs), resamples, np.random.default_rng(seed))])
-    shares = estimate_many(probs, weights, used, stats)
+    rng = np.random.default_rng(seed)
+    point = estimate(probs, used, stats)
+    # A large group is resampled through a subsample of BOOTSTRAP_MAX posts, its spread scaled by sqrt(m / n)
+    # (the estimate's spread shrinks as 1 / sqrt(n)): a year of a big brand stays seconds and megabytes.
+    sub = probs if len(probs) <= BOOTSTRAP_MAX else probs[rng.choice(len(probs), BOOTSTRAP_MAX, replace=False)]
+    resampled = estimate_many(sub, bootstrap_weights(len(sub), resamples, rng), used, stats)
+    if len(sub) < len(probs):
+        resampled = point + (resampled - estimate(sub, used, stats)) * np.sqrt(len(sub) / len(probs))
+    shares = np.concatenate([point[None], resampled])
     contrasts = {f"{lab}_share": np.eye(K)[k] for k, lab in enumerate(LABELS)}
     contrasts["net_sentiment"] = np.eye(K)[LABELS.index("positive")] - np.eye(K)[LABELS.index("negative")]
     systematic = (stats or {}).get("systematic_error") if used == DEFAULT_METHOD else None

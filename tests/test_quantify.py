@@ -148,3 +148,16 @@ def test_the_protocol_writes_its_table_and_numbers_with_the_command(tmp_path):
     assert "| 50 | 4 |" in text  # 2 folds x 2 negative shares x 1 bag of 50 posts had intervals
     saved = json.loads(out.with_suffix(".json").read_text())
     assert saved["overall"] == result["overall"] and saved["command"] == "mmsa quantify-compare --probs p.npz"
+
+
+def test_a_large_group_is_resampled_through_a_subsample_with_the_same_spread(classifier, monkeypatch):
+    model, stats = classifier
+    x, y = draw({POS: 400, NEU: 400, NEG: 1200}, np.random.default_rng(8))
+    probs = model.predict_proba(x)
+    whole = quantify.shares_with_intervals(probs, stats, "pacc")
+    monkeypatch.setattr(quantify, "BOOTSTRAP_MAX", 500)  # a quarter of the posts stand for the group
+    sub = quantify.shares_with_intervals(probs, stats, "pacc")
+    assert sub["negative_share"] == whole["negative_share"]  # the point estimate still reads every post
+    width = {k: e["negative_share_high"] - e["negative_share_low"] for k, e in (("whole", whole), ("sub", sub))}
+    assert width["sub"] == pytest.approx(width["whole"], rel=0.25)
+    assert sub["negative_share_low"] < sub["negative_share"] < sub["negative_share_high"]
