@@ -28,7 +28,7 @@ HTML_MAX_ROWS = 50
 ANNOTATED_SPIKES = 3  # per brand, the strongest; every spike day is still circled
 # The summary's order: the questions in the order an analyst asks them (how is the brand doing, what
 # happened, against whom, why), data quality last; reports not named here follow alphabetically.
-SUMMARY_ORDER = ("daily_brand_sentiment", "sentiment_spikes", "period_over_period", "weekly_brand_sentiment",
+SUMMARY_ORDER = ("daily_brand_sentiment", "sentiment_spikes", "brand_prevalence", "period_over_period", "weekly_brand_sentiment",
                  "share_of_voice", "top_posts", "breakdown_by_source", "breakdown_by_language",
                  "modality_disagreement", "disagreeing_posts", "image_status_mix", "rejected_rows", "runs",
                  "model_versions")

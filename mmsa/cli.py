@@ -197,6 +197,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if not args.db:
         raise ValueError("--db is required to run a report")
     params = {"brand": args.brand, "date_from": args.date_from, "date_to": args.date_to}
+    if args.per:
+        params["per"] = args.per
     for item in args.param:
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -297,6 +299,44 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quantify_compare(args: argparse.Namespace) -> int:
+    import shlex
+
+    import numpy as np
+
+    from mmsa import crossval, train
+    from mmsa.data import resolve_data_dir
+
+    train.set_threads(args.threads)
+    if args.probs:
+        with np.load(args.probs) as z:
+            if "probs" not in z or "labels" not in z:
+                raise ValueError(f"{args.probs}: needs the arrays probs (N, 3) and labels (N,)")
+            probs, labels = z["probs"], z["labels"]
+        source = f"`{args.probs}`"
+    else:
+        semeval = args.semeval or resolve_data_dir() / "semeval2017_4a" / "train.jsonl"
+        probs, labels = crossval.general_text_oof(semeval, args.model, args.seed, args.cache)
+        source = (f"the shipped recipe's general text head on `{semeval}` ({args.model} encoders), out of fold "
+                  "(5 folds), temperature-calibrated")
+    given = {"probs": args.probs, "semeval": args.semeval, "model": args.model, "folds": args.folds, "bags": args.bags,
+             "seed": args.seed, "out": args.out}
+    command = " ".join(["mmsa quantify-compare", *(f"--{k} {shlex.quote(str(v))}" for k, v in given.items() if v is not None)])
+    result = crossval.quantification_compare(probs, labels, args.out, source, command,
+                                             folds=args.folds, bags=args.bags, seed=args.seed)
+    print(crossval.quantification_table(result))
+    return 0
+
+
+def _add_protocol_options(p: argparse.ArgumentParser) -> None:
+    """The data, encoders, seed and threads of the selection protocols (`compare`, `quantify-compare`)."""
+    p.add_argument("--semeval", help="general tweets JSONL for the text path (default: $MMSA_DATA/semeval2017_4a/train.jsonl)")
+    p.add_argument("--model", default="default", help="model folder whose encoders give the features")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache", type=Path, help="feature cache folder (default: $MMSA_CACHE/features, else ~/.cache/mmsa/features)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy shared machine)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmsa", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -350,6 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--brand", help="only this brand")
     p.add_argument("--from", dest="date_from", metavar="YYYY-MM-DD", help="first day, inclusive (UTC)")
     p.add_argument("--to", dest="date_to", metavar="YYYY-MM-DD", help="last day, inclusive (UTC)")
+    p.add_argument("--per", choices=("day", "week", "month", "total"),
+                   help="the period of reports that take one (brand_prevalence; default week)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="report parameter, e.g. window=14, threshold=2.5, limit=10, model_version=...")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -408,15 +450,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="the selection protocol: repeated stratified CV over train+dev; writes the table")
     p.add_argument("--data", help="folder with train.jsonl + dev.jsonl (default: $MMSA_DATA/mvsa_single)")
-    p.add_argument("--semeval", help="general tweets JSONL for the text path (default: $MMSA_DATA/semeval2017_4a/train.jsonl)")
-    p.add_argument("--model", default="default", help="model folder whose encoders give the features")
+    _add_protocol_options(p)
     p.add_argument("--folds", type=int, default=5, help="stratified folds per repeat")
     p.add_argument("--repeats", type=int, default=3, help="repeats of the k-fold split (different shuffles)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", type=Path, help="feature cache folder (default: $MMSA_CACHE/features, else ~/.cache/mmsa/features)")
     p.add_argument("--out", default="results/compare.md", help="markdown table to write (per-fold JSON beside it)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy shared machine)")
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("quantify-compare",
+                       help="the artificial-prevalence protocol: share error of each quantification method; writes the table")
+    p.add_argument("--probs", help="an .npz of calibrated out-of-fold probabilities `probs` (N, 3) and true `labels` (N,) "
+                                   "(default: the shipped recipe's general text head on --semeval)")
+    _add_protocol_options(p)
+    p.add_argument("--folds", type=int, default=5, help="stratified folds: statistics from the others, bags from one")
+    p.add_argument("--bags", type=int, default=4, help="bags per fold, negative share, positive part and bag size")
+    p.add_argument("--out", default="results/quantification.md", help="markdown table to write (its numbers as JSON beside it)")
+    p.set_defaults(func=_cmd_quantify_compare)
 
     for command in sub.choices.values():
         command.add_argument("--debug", action="store_true",

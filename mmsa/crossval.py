@@ -242,3 +242,83 @@ def table(result: dict) -> str:
                      + " | ".join(f"{100 * pr[lab]:.1f}" for lab in LABELS)
                      + f" | {100 * h['accuracy']:.2f} | {100 * s['ece_raw']:.2f} | {100 * s['ece_calibrated']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def general_text_oof(semeval: str | Path, model="default", seed: int = 0, cache_dir=None) -> tuple[np.ndarray, np.ndarray]:
+    """The shipped recipe's general text head (class weighting stack.DEFAULT_WEIGHT) on SemEval: calibrated
+    out-of-fold probabilities for every tweet (the temperature fitted on them) and the labels."""
+    from mmsa.model import load_model
+
+    m = load_model(model) if isinstance(model, (str, Path)) else model
+    sem = pooled_features(m, semeval, with_images=False, **({} if cache_dir is None else {"cache_dir": cache_dir}))
+    head = stack.fit_lr(sem.t, sem.label, weight=stack.DEFAULT_WEIGHT, seed=seed)
+    oof = stack.out_of_fold(head, sem.t, sem.label, seed=seed)
+    return stack.tempered(oof, stack.fit_temperature(oof, sem.label)), sem.label
+
+
+def quantification_compare(probs: np.ndarray, labels: np.ndarray, out: str | Path | None, source: str, command: str,
+                           **protocol) -> dict:
+    """The artificial-prevalence protocol (mmsa.quantify.app_table) over (probs, labels); writes its tables to
+    `out` (markdown, the numbers as JSON beside it). `source` says where the probabilities came from."""
+    from mmsa import quantify
+
+    started = time.perf_counter()
+    result = quantify.app_table(probs, labels, **protocol)
+    result |= {"source": source, "command": command, "seconds": time.perf_counter() - started}
+    if out is not None:
+        out = Path(out)
+        files.write_text(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
+        files.write_text(out, quantification_table(result))
+    return result
+
+
+def quantification_table(result: dict) -> str:
+    """results/quantification.md: share error by method x negative share and x bag size, and the coverage."""
+    cells, methods = result["cells"], result["methods"]
+    shares = sorted({c["negative_share"] for c in cells})
+    sizes = sorted({c["bag_size"] for c in cells})
+
+    def mean(method: str, key: str, **where) -> float:
+        return 100 * float(np.mean([c[key] for c in cells if c["method"] == method
+                                    and all(c[k] == v for k, v in where.items())]))
+
+    best = result["best"]
+    prior = ", ".join(f"{lab} {100 * p:.0f}%" for lab, p in zip(LABELS, result["prior"]))
+    lines = [
+        "# Quantification: the artificial-prevalence protocol",
+        "",
+        f"Made by `{result['command']}` ({result['seconds'] / 60:.0f} min on 2 CPU cores). Probabilities: "
+        f"{result['source']} (n={result['n']:,}; {prior}).",
+        "",
+        f"The posts are split into {result['folds']} stratified folds. Each method takes its statistics (training "
+        "prior, confusion and mean probability per true class) from the other folds and estimates bags drawn from "
+        f"the held-out fold at each negative share x bag size, {result['bags_per_cell']} bags per fold and cell "
+        "(the rest split positive : neutral at " + ", ".join(f"{p:.2f}" for p in result["positive_parts"])
+        + " positive); a class is drawn with replacement when the fold has fewer of it than the bag needs. "
+        "Error: |estimated − true share of the bag| in points; *mean* = over the three classes, *max* = the largest "
+        "of the three (what an analyst misreads at worst). Averaged over bags.",
+        "",
+        "| method | what | mean error | max error | " + " | ".join(f"neg {100 * s:.0f}%" for s in shares)
+        + " | " + " | ".join(f"n={n:,}" for n in sizes) + " |",
+        "|---|---|---|---|" + "---|" * (len(shares) + len(sizes)),
+    ]
+    for m, what in methods.items():
+        name = f"**{m}** (best)" if m == best else m
+        lines.append(f"| {name} | {what} | {mean(m, 'mean_abs_error'):.2f} | {mean(m, 'max_abs_error'):.2f} | "
+                     + " | ".join(f"{mean(m, 'max_abs_error', negative_share=s):.1f}" for s in shares) + " | "
+                     + " | ".join(f"{mean(m, 'max_abs_error', bag_size=n):.1f}" for n in sizes) + " |")
+    lines += ["", "Columns after *max error*: the max error per negative share (all bag sizes), then per bag size "
+              "(all shares).", "", "## Max error by negative share and bag size", ""]
+    for m in methods:
+        lines += [f"**{m}**", "", "| negative share | " + " | ".join(f"n={n:,}" for n in sizes) + " |",
+                  "|---|" + "---|" * len(sizes)]
+        lines += [f"| {100 * s:.0f}% | " + " | ".join(f"{mean(m, 'max_abs_error', negative_share=s, bag_size=n):.1f}"
+                                                     for n in sizes) + " |" for s in shares]
+        lines.append("")
+    cov = result["coverage"]
+    lines += [f"## 95% bootstrap intervals of `{cov['method']}` ({cov['resamples']} resamples of the bag's posts)", "",
+              "Coverage: the share of (bag, class) pairs whose true share lies inside the interval.", "",
+              "| bag size | bags | coverage | mean width of the negative share's interval (points) |", "|---|---|---|---|"]
+    for n, c in sorted(cov["by_bag_size"].items(), key=lambda kv: int(kv[0])):
+        lines.append(f"| {int(n):,} | {c['bags']} | {100 * c['coverage']:.1f}% | {100 * c['negative_interval_width']:.1f} |")
+    return "\n".join(lines) + "\n"

@@ -59,6 +59,13 @@ NET_DEFINITION = (
     "of that share. They measure how much a figure could move by chance with this many posts, taking the "
     "model's labels as given: they do not include the model's own errors."
 )
+ESTIMATE_DEFINITION = (
+    "Estimated shares: what share of the posts toward a brand is positive, neutral and negative, estimated from "
+    "the model's probabilities and corrected for the model having learnt on another mix of classes (counted "
+    "labels drift toward that mix: docs/analysts.md). Estimated net = positive − negative share, from −1 to +1. "
+    "Their 95% intervals come from resampling the period's posts (report brand_prevalence): a few posts give a "
+    "wide one. The counted figures stand beside them."
+)
 
 
 def wilson(k: int | None, n: int | None, z: float = Z95) -> tuple[float | None, float | None]:
@@ -260,6 +267,20 @@ def _with_net_interval(rows: list[dict]) -> None:
         r["net_low"], r["net_high"] = net_interval(r["positive"], r["negative"])
 
 
+# The brand_prevalence columns a view shows, prefixed: its counted figures keep their own names.
+ESTIMATE_COLUMNS = [f"estimated_{name}{end}" for name in ("positive_share", "neutral_share", "negative_share", "net")
+                    for end in ("", "_low", "_high")]
+
+
+def _with_estimate(row: dict, estimate: dict | None) -> None:
+    """The brand_prevalence row's estimates (None: no labelled post toward the brand) into `row`."""
+    for name in ("positive_share", "neutral_share", "negative_share", "net_sentiment"):
+        short = "net" if name == "net_sentiment" else name
+        for end in ("", "_low", "_high"):
+            row[f"estimated_{short}{end}"] = None if estimate is None else estimate[f"{name}{end}"]
+    row["method"] = None if estimate is None else estimate["method"]
+
+
 class Dashboard:
     """The pages, tables and thumbnails, independent of HTTP (benchmarks call handle() directly)."""
 
@@ -332,15 +353,27 @@ class Dashboard:
             t["negative_share"] = t["negative"] / t["posts"]
         _with_net_interval(rows)
         _with_interval(rows, "negative", "posts", "negative_share")
-        return Table("brands", "Per brand over the selected days", rows,
-                     ["brand", "posts", "positive", "neutral", "negative", "net_sentiment", "net_low", "net_high",
-                      "negative_share", "negative_share_low", "negative_share_high"], "sql/dashboard/trend.sql")
+        estimates = {r["brand"]: r for r in run_query(con, "brand_prevalence", f, self.default_model(con), per="total")}
+        for t in rows:
+            _with_estimate(t, estimates.get(t["brand"]))
+        return Table("brands", "Per brand over the selected days: estimated shares (95% intervals) and counted labels",
+                     rows, ["brand", "posts", *ESTIMATE_COLUMNS, "method", "positive", "neutral", "negative",
+                            "negative_share", "negative_share_low", "negative_share_high", "net_sentiment", "net_low",
+                            "net_high"], "sql/dashboard/trend.sql")
 
     def table_spikes(self, con, f: Filters) -> Table:
         model = self.default_model(con)
         rows = run_query(con, "sentiment_spikes", f, model, **self._spike_settings(f))
+        estimates = {}
+        for day in sorted({r["day"] for r in rows}):  # each spike day's estimated shares (only those days: cheap)
+            on_day = replace(f, date_from=day.isoformat(), date_to=day.isoformat(), extra={})
+            estimates |= {(e["brand"], e["period_start"]): e
+                          for e in run_query(con, "brand_prevalence", on_day, model, per="day")}
+        for r in rows:
+            _with_estimate(r, estimates.get((r["brand"], r["day"])))
         return Table("spikes", "Spikes and the posts that drove them", rows,
                      ["brand", "day", "kind", "history_days", "posts", "mean_posts", "posts_z", "negative_share",
+                      "estimated_negative_share", "estimated_negative_share_low", "estimated_negative_share_high",
                       "mean_negative_share", "negative_share_z", "rank", "post_id", "label", "engagement", "text"],
                      "sql/reports/sentiment_spikes.sql")
 
@@ -552,7 +585,9 @@ class Dashboard:
             if len(brands.rows) > MAX_PANELS:
                 panels.append(f"<p class='meta'>The {MAX_PANELS} brands with most posts are drawn; pick a brand to see another.</p>")
         body = (
-            f"<h2>Brand overview</h2><p class='definition'>{esc(NET_DEFINITION)}</p>"
+            f"<h2>Brand overview</h2><p class='definition'>{esc(ESTIMATE_DEFINITION)}</p>"
+            + (estimates_svg(brands.rows) if brands.rows else "")
+            + f"<p class='definition'>{esc(NET_DEFINITION)}</p>"
             f"<p class='meta'>Bars: posts per {esc(period)} (click one to read its posts). Line: net sentiment, "
             "its 95% band shaded. Days are UTC.</p>"
             + ("".join(panels) if panels else "<p>No posts match these filters.</p>")
@@ -587,7 +622,8 @@ class Dashboard:
                 f'<article class="spike"><h3>{esc(brand)} · <a class="spike-day" href="{esc(link)}">{esc(day)}</a> · {esc(s["kind"])}</h3>'
                 f'<p>{s["posts"]:,} posts against a mean of {_fmt(s["mean_posts"], 1)} over the {s["history_days"]} days before '
                 f'(z = {_fmt(s["posts_z"], 2)}); negative share {_pct(s["negative_share"])} against {_pct(s["mean_negative_share"])} '
-                f'(z = {_fmt(s["negative_share_z"], 2)}).</p>'
+                f'(z = {_fmt(s["negative_share_z"], 2)}), counted from labels.</p>'
+                + _estimate_sentence(s)
                 + sparkline_svg([history.get((brand, d), 0) for d in window_days], f"{brand}: posts per day, the "
                                 f"{s['history_days']} days judged on and {day}")
                 + f"<p class='meta'>Driving posts (negative first when the negative share spiked, then by engagement):</p><ol>{drivers}</ol>"
@@ -714,6 +750,15 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0%}"
 
 
+def _estimate_sentence(row: dict) -> str:
+    """A spike day's estimated negative share with its interval, in words (brand_prevalence)."""
+    if row["estimated_negative_share"] is None:
+        return "<p class='estimate'>No post of the day has a label toward the brand: no estimate.</p>"
+    return (f"<p class='estimate'>Estimated negative share {_pct(row['estimated_negative_share'])} (95%: "
+            f"{_pct(row['estimated_negative_share_low'])} to {_pct(row['estimated_negative_share_high'])}; "
+            f"{esc(row['method'])}).</p>")
+
+
 def _range(f: Filters) -> str:
     if f.date_from and f.date_from == f.date_to:
         return f.date_from
@@ -833,6 +878,41 @@ def trend_svg(brand: str | None, rows: dict, periods: list[date], period: str, l
     parts.append(_ticks(periods, x, net_top + net_h))
     return (f'<svg class="chart trend" role="img" viewBox="0 0 {W} {height}" width="{W}" height="{height}" '
             f'data-brand="{esc(brand)}"><title>{esc(brand)}: posts and net sentiment per {period}</title>{"".join(parts)}</svg>')
+
+
+def estimates_svg(rows: list[dict]) -> str:
+    """Per brand, one bar of the estimated positive / neutral / negative shares, the negative share's 95%
+    interval as a whisker and the counted negative share as a dashed tick; the estimated and counted net
+    sentiment (positive − negative share) beside it."""
+    rows = [r for r in rows if r["estimated_negative_share"] is not None][:MAX_PANELS]
+    x0, width, row_h, top = 190, 520, 28, 22
+    height = top + row_h * len(rows) + 8
+    parts = [f'<text class="tick" x="{x0}" y="12">0%</text>',
+             f'<text class="tick" x="{x0 + width}" y="12" text-anchor="end">100%</text>']
+    for i, r in enumerate(rows):
+        y = top + i * row_h
+        x = x0
+        for label in LABELS:
+            share = r[f"estimated_{label}_share"]
+            tip = (f"{r['brand']}: estimated {label} share {_pct(share)} (95%: {_pct(r[f'estimated_{label}_share_low'])} "
+                   f"to {_pct(r[f'estimated_{label}_share_high'])}); counted {_pct(r[label] / r['posts'])}")
+            parts.append(f'<rect class="p-{label}" x="{x:.1f}" y="{y}" width="{width * share:.1f}" height="16">'
+                         f'<title>{esc(tip)}</title></rect>')
+            x += width * share
+        # the negative segment ends at 100%, so its share's bounds sit at 1 - high .. 1 - low
+        low, high = (x0 + width * (1 - r[f"estimated_negative_share_{end}"]) for end in ("high", "low"))
+        counted = x0 + width * (1 - r["negative"] / r["posts"])
+        counted_net = (r["positive"] - r["negative"]) / r["posts"]
+        parts += [f'<line class="whisker" x1="{low:.1f}" x2="{high:.1f}" y1="{y + 8}" y2="{y + 8}"/>',
+                  f'<line class="whisker" x1="{low:.1f}" x2="{low:.1f}" y1="{y + 3}" y2="{y + 13}"/>',
+                  f'<line class="whisker" x1="{high:.1f}" x2="{high:.1f}" y1="{y + 3}" y2="{y + 13}"/>',
+                  f'<line class="counted" x1="{counted:.1f}" x2="{counted:.1f}" y1="{y - 2}" y2="{y + 18}"/>',
+                  f'<text class="panel-title" x="{x0 - 8}" y="{y + 13}" text-anchor="end">{esc(r["brand"])}</text>',
+                  f'<text class="tick" x="{x0 + width + 8}" y="{y + 12}">net {_fmt(r["estimated_net"], 2)} (95%: '
+                  f'{_fmt(r["estimated_net_low"], 2)} to {_fmt(r["estimated_net_high"], 2)}); counted {counted_net:.2f}</text>']
+    return (f'<svg class="chart estimates" role="img" viewBox="0 0 {W} {height}" width="{W}" height="{height}">'
+            f'<title>Estimated shares per brand with the negative share\'s 95% interval; counted negative share dashed'
+            f'</title>{"".join(parts)}</svg>')
 
 
 def voice_svg(rows: list[dict], periods: list[date]) -> str:

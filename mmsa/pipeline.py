@@ -402,6 +402,13 @@ def scored_table(posts: pa.Table, statuses: list[str], pred, model_version: str,
     return pa.table({name: cols[name] for name in SCORED_SCHEMA.names}, schema=SCORED_SCHEMA)
 
 
+def _quantification(model: str) -> dict | None:
+    """The model's quantification statistics (config.json), which the brand_prevalence report estimates with."""
+    from mmsa.model import load_model
+
+    return load_model(model).config.get("quantification")
+
+
 def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_id: str, model_version: str,
          started_at, stage_seconds: dict[str, float]) -> RunSummary:
     """Upsert every shard's rows and the rejected rows into DuckDB, and record the run."""
@@ -458,6 +465,7 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
             },
             shards,
         )
+        store.record_model(con, model_version, _quantification(opts.model))
         publish.publish_snapshot(opts.db, con)  # analysts read the snapshot, never the live file
     finally:
         con.close()

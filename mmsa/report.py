@@ -3,6 +3,12 @@
 Each report is one .sql file whose header comment says what it answers and its parameters.
 Parameters are bound by DuckDB (`$name`), never pasted into the SQL text; a parameter left out
 is bound as NULL, which every report reads as "no filter" or "the default".
+
+A report whose SQL returns the column `probabilities` (one row per group of posts, each post's class
+probabilities in LABELS order) and `quantification` (the model's statistics, JSON) is finished here: the
+two columns become the group's estimated shares with their 95% intervals and the `method` (mmsa.quantify),
+since a bootstrap is no SQL aggregate. The SQL chooses the rows and the groups; the estimate is the same
+for every such report.
 """
 
 from __future__ import annotations
@@ -16,10 +22,13 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
+from mmsa import quantify
 from mmsa.files import package_dir
 from mmsa.publish import snapshot_path
+from mmsa.schema import LABELS
 
 REPORTS_DIR = package_dir("mmsa.sql") / "reports"
 # The filters every report accepts (CLI: --brand, --from, --to, --param model_version=...).
@@ -103,11 +112,37 @@ def run_sql(sql: str, db: str | Path | duckdb.DuckDBPyConnection, what: str, **p
     bound = {key: params.get(key) for key in wanted}
     try:
         if isinstance(db, duckdb.DuckDBPyConnection):
-            return db.sql(sql, params=bound).to_arrow_table()
-        with connect(db) as con:
-            return con.sql(sql, params=bound).to_arrow_table()
+            table = db.sql(sql, params=bound).to_arrow_table()
+        else:
+            with connect(db) as con:
+                table = con.sql(sql, params=bound).to_arrow_table()
     except duckdb.ConversionException as exc:  # a parameter value of the wrong type, e.g. --from 2024-13-01
         raise ValueError(f"{what}: bad parameter value: {str(exc).splitlines()[0]}") from exc
+    except duckdb.InvalidInputException as exc:  # the SQL's own error(): a parameter outside its choices
+        raise ValueError(f"{what}: {str(exc).splitlines()[0].removeprefix('Invalid Input Error: ')}") from exc
+    return estimate_shares(table) if "probabilities" in table.column_names else table
+
+
+# The columns that replace `probabilities`, in order; `method` goes last.
+ESTIMATE_COLUMNS = [f"{name}{end}" for name in (*(f"{lab}_share" for lab in LABELS), "net_sentiment")
+                    for end in ("", "_low", "_high")]
+
+
+def estimate_shares(table: pa.Table) -> pa.Table:
+    """Each row's `probabilities` and `quantification` replaced by the estimated shares (and net sentiment)
+    with their 95% bootstrap intervals (mmsa.quantify.shares_with_intervals), `method` appended."""
+    stats_col = table.column("quantification").to_pylist() if "quantification" in table.column_names else None
+    estimates = []
+    for i, probs in enumerate(table.column("probabilities").to_pylist()):
+        stats = quantify.stats_from_json(stats_col[i]) if stats_col else None
+        estimates.append(quantify.shares_with_intervals(np.array(probs or [], dtype=float).reshape(-1, len(LABELS)), stats))
+    names = table.column_names
+    at = names.index("probabilities")
+    columns = {c: table.column(c) for c in names[:at] if c != "quantification"}
+    columns |= {c: pa.array([e[c] for e in estimates], pa.float64()) for c in ESTIMATE_COLUMNS}
+    columns |= {c: table.column(c) for c in names[at + 1:] if c != "quantification"}
+    columns["method"] = pa.array([e["method"] for e in estimates], pa.string())
+    return pa.table(columns)
 
 
 def cell(value: object, precise: bool) -> str:

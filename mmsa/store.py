@@ -69,6 +69,9 @@ CREATE TABLE IF NOT EXISTS run_shards (
   run_id VARCHAR, shard INTEGER, skipped BOOLEAN, posts BIGINT, image_status JSON, stage_seconds JSON,
   posts_per_s DOUBLE, PRIMARY KEY (run_id, shard)
 );
+-- What reports need to know of each model: its quantification statistics (mmsa.quantify.quantification_stats,
+-- from its config.json; NULL when it has none), written by each run that scores with it.
+CREATE TABLE IF NOT EXISTS models (model_version VARCHAR PRIMARY KEY, quantification JSON);
 -- Columns added since a database was created (a no-op on a new one).
 ALTER TABLE rejected_posts ADD COLUMN IF NOT EXISTS file VARCHAR;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS not_posts JSON;  -- records that were not posts, by reason
@@ -278,6 +281,12 @@ def record_run(con: duckdb.DuckDBPyConnection, stats: dict, shards: Iterable[dic
     params = ", ".join(f"${k}" for k in row)
     con.execute(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({params})", row)
     con.execute("COMMIT")
+
+
+def record_model(con: duckdb.DuckDBPyConnection, model_version: str, quantification: dict | None) -> None:
+    """Store what reports need to know of the model a run scored with (its config.json's "quantification")."""
+    con.execute("INSERT OR REPLACE INTO models VALUES ($v, $q)",
+                {"v": model_version, "q": None if quantification is None else json.dumps(quantification)})
 
 
 def already_scored(db: str | Path, dump: str, model_version: str) -> bool:

@@ -112,6 +112,9 @@ def _row(brand: str, i: int, day: date, n: int, label: str, model: str, run: str
             "position": 0, "image_url": f"https://img.example/{post_id}.jpg", "image_status": status,
             "image_label": image, "image_p_positive": image_probs[0], "image_p_neutral": image_probs[1],
             "image_p_negative": image_probs[2]}],
+        # The sentiment toward the brand: the post's own (as before the target-aware head).
+        "brand_scores": [{"brand": brand, "brand_label": label,
+                          **{f"brand_p_{lab}": x for lab, x in zip(("positive", "neutral", "negative"), probs)}}],
         "model_version": model,
         "run_id": run,
         "scored_at": RUN_AT[run],

@@ -24,7 +24,7 @@ LAYERS = [
     ("reports", ["mmsa.report", "mmsa.charts"]),
     ("store", ["mmsa.store", "mmsa.publish"]),
     ("model", ["mmsa.infer", "mmsa.model", "mmsa.heads", "mmsa.encoders", "mmsa.data", "mmsa.features",
-               "mmsa.synthetic"]),
+               "mmsa.synthetic", "mmsa.quantify"]),
     ("images", ["mmsa.procfetch", "mmsa.fetch", "mmsa.gpudecode", "mmsa.imaging"]),
     ("source", ["mmsa.source", "mmsa.readers", "mmsa.brands"]),
     ("base", ["mmsa.options", "mmsa.files", "mmsa.faults", "mmsa.storage", "mmsa.schema", "mmsa.netpolicy", "mmsa"]),

@@ -86,6 +86,36 @@ def test_trend_csv_carries_the_planted_counts_and_their_intervals(server):
     assert len(daily) == 7 and {r["posts"] for r in daily} == {"2"}  # globex's German week
 
 
+def test_brands_table_has_estimated_shares_with_intervals_beside_the_counts(server):
+    """Each brand's estimated shares over the selected days (report brand_prevalence, per total) with 95%
+    intervals; the counted labels beside them. The planted snapshot has no quantification statistics: PCC."""
+    brands = {r["brand"]: r for r in csv_rows(server, "/csv/brands?date_to=2024-03-10")}
+    acme = brands["acme"]
+    assert (acme["posts"], acme["positive"], acme["negative"]) == ("34", "17", "7")
+    assert acme["method"] == "pcc (model has no quantification statistics)"
+    shares = {lab: float(acme[f"estimated_{lab}_share"]) for lab in ("positive", "neutral", "negative")}
+    assert math.fsum(shares.values()) == pytest.approx(1)
+    # PCC = the mean probability: 17 posts at 0.8 / 0.15 / 0.05, 10 at 0.2 / 0.6 / 0.2, 7 at 0.05 / 0.15 / 0.8
+    # (the most positive post, 0.96 / 0.03 / 0.01, is one of the 17).
+    assert shares["negative"] == pytest.approx((16 * 0.05 + 0.01 + 10 * 0.2 + 7 * 0.8) / 34)
+    for name in ("positive_share", "neutral_share", "negative_share", "net"):
+        low, mid, high = (float(acme[f"estimated_{name}{end}"]) for end in ("_low", "", "_high"))
+        assert low < mid < high
+    assert float(acme["estimated_net"]) == pytest.approx(shares["positive"] - shares["negative"])
+    status, _, body = get(server, "/?date_to=2024-03-10")
+    page = body.decode()
+    assert status == 200 and '<svg class="chart estimates"' in page and "Estimated shares" in page
+    assert page.count('class="whisker"') == 3 * 2 and page.count('class="counted"') == 2  # acme and globex
+
+
+def test_spike_cards_show_the_estimated_negative_share_with_its_interval(server):
+    rows = csv_rows(server, "/csv/spikes?brand=acme")
+    low, est, high = (float(rows[0][f"estimated_negative_share{end}"]) for end in ("_low", "", "_high"))
+    assert low < est < high and float(rows[0]["negative_share"]) == 0.8
+    page = get(server, "/spikes?brand=acme")[2].decode()
+    assert f"Estimated negative share {est:.0%} (95%: {low:.0%} to {high:.0%}; pcc" in page
+
+
 def test_share_of_voice_and_disagreement_rates_have_intervals(server):
     """Shares of voice per week sum to 1 with each brand's interval around it; disagreement rates likewise."""
     voice = csv_rows(server, "/csv/voice?period=week&date_to=2024-03-10")
@@ -258,6 +288,8 @@ def test_browser_overview_brand_filter_then_the_spike_day_and_its_posts(server, 
     assert "brand=globex" in page.url
     assert [page.locator("svg.trend").nth(i).get_attribute("data-brand") for i in range(page.locator("svg.trend").count())] == ["globex"]
     assert page.locator("#table-brands tbody tr").count() == 1
+    assert page.locator("svg.estimates rect").count() == 3  # globex's three estimated shares
+    assert "net" in page.locator("svg.estimates").text_content()
 
     page.select_option("select[name=brand]", "acme")
     page.click("button[type=submit]")

@@ -44,7 +44,7 @@ def by(rows_: list[dict], *keys: str) -> dict:
 def test_every_report_documents_what_it_answers_and_takes_the_common_filters():
     """Analysts read the header to pick a report; every report must filter by brand and dates."""
     names = [name for name, _ in report.list_reports()]
-    assert len(names) == 14
+    assert len(names) == 15
     for name in names:
         header = report.describe(name)
         assert header.startswith(f"{name}: "), name
@@ -442,7 +442,12 @@ def test_html_summary_is_one_offline_page_with_every_report_and_chart(db, tmp_pa
         assert f'<h2 id="{name}">' in page
     # It leads with the brand overview and the spikes, not with the alphabet; data quality comes last.
     order = sorted((page.index(f'<h2 id="{name}">'), name) for name, _ in report.list_reports())
-    assert [name for _, name in order][:2] == ["daily_brand_sentiment", "sentiment_spikes"]
+    assert [name for _, name in order][:3] == ["daily_brand_sentiment", "sentiment_spikes", "brand_prevalence"]
+    # The estimated shares with their intervals and the counted ones beside them, per brand and week.
+    section = page[page.index('<h2 id="brand_prevalence">'):page.index('<h2 id="period_over_period">')]
+    for column in ("negative_share_low", "net_sentiment_high", "counted_negative_share", "method"):
+        assert f"<th>{column}</th>" in section
+    assert "<td>acme</td><td>2024-03-04</td><td>2024-03-10</td><td>34</td>" in section
     assert [name for _, name in order][-1] == "model_versions"
     assert "acme-0314-09" in page and "date_from=2024-03-04" in page
 

@@ -12,6 +12,7 @@ from mmsa import cli, pipeline, report
 from mmsa.demo import make_dump, serve_folder
 from mmsa.fetch import FetchConfig
 from mmsa.infer import Engine
+from mmsa.model import load_model
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,12 @@ def test_score_writes_one_row_per_accepted_post(prefect_harness, site, tmp_path)
                        " p_positive - p_negative, text_label, image_label FROM post_sentiment ORDER BY post_id").fetchall()
         rejected = con.sql("SELECT post_id, reason FROM rejected_posts ORDER BY line").fetchall()
         runs = con.sql("SELECT posts_in, posts_scored, posts_rejected FROM runs").fetchall()
+        models = con.sql("SELECT model_version, quantification FROM models").fetchall()
     assert [r[0] for r in rows] == [f"demo-{i:03d}" for i in range(20)]
+    # The model's quantification statistics travel from its config.json to the reports' table.
+    shipped = load_model("default")
+    stats = shipped.config.get("quantification")
+    assert models == [(shipped.version, None if stats is None else json.dumps(stats))]
     status = {r[0]: r[1] for r in rows}
     assert status["demo-003"] == "http_404" and status["demo-005"] == "no_image"
     assert sum(s == "ok" for s in status.values()) == 18
