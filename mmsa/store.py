@@ -71,6 +71,8 @@ CREATE TABLE IF NOT EXISTS run_shards (
 -- Columns added since a database was created (a no-op on a new one).
 ALTER TABLE rejected_posts ADD COLUMN IF NOT EXISTS file VARCHAR;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS not_posts JSON;  -- records that were not posts, by reason
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS not_covered JSON;  -- posts stored unscored, by language
+ALTER TABLE scored_posts ADD COLUMN IF NOT EXISTS unscored_reason VARCHAR;
 -- One row per post and brand: a post that mentions two brands counts once for each, an untagged
 -- post once with brand NULL. day = the post's UTC date whatever the reader's TimeZone setting
 -- (and cheaper than a cast).
@@ -171,6 +173,7 @@ def _migrate_scored_posts(con: duckdb.DuckDBPyConnection) -> None:
         "image_urls": "CASE WHEN image_url IS NULL THEN [] ELSE [image_url] END",
         "brands": "CASE WHEN brand IS NULL THEN [] ELSE [brand] END",
         "images": f"CASE WHEN image_url IS NULL THEN [] ELSE [{{position: 0, {image}}}] END",
+        "unscored_reason": "NULL",  # every post was scored then
     }
     select = ", ".join(converted.get(name, name) for name in SCORED_SCHEMA.names)
     con.execute("BEGIN")
@@ -246,8 +249,9 @@ def record_run(con: duckdb.DuckDBPyConnection, stats: dict, shards: Iterable[dic
     row = dict(stats)
     row["image_status"] = json.dumps(row["image_status"])
     row["stage_seconds"] = json.dumps(row["stage_seconds"])
-    if "not_posts" in row:
-        row["not_posts"] = json.dumps(row["not_posts"])
+    for key in ("not_posts", "not_covered"):
+        if key in row:
+            row[key] = json.dumps(row[key])
     cols = ", ".join(row)
     params = ", ".join(f"${k}" for k in row)
     con.execute(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({params})", row)
