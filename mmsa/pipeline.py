@@ -283,7 +283,7 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
     seconds["infer"] = t3 - t1 - seconds["infer_wait"]
 
     statuses, post_pred, images = combine(posts.num_rows, rows, [r.status for r in fetched], pred)
-    table = scored_table(posts, statuses, post_pred, model.version, run_id, images, reasons)
+    table = scored_table(posts, statuses, post_pred, model.version, run_id, images, reasons=reasons)
     written = store.write_partitions(table, storage.path(opts.out), f"{model.version}-{key}-{index:05d}")
     seconds["write"] = time.perf_counter() - t3
 
@@ -396,10 +396,18 @@ def _prob_columns(prefix: str, probs: np.ndarray, scalar: bool = False) -> dict[
     return {k: v[0] for k, v in cols.items()} if scalar else cols
 
 
+def _brand_scores(brands: list[list[str] | None], probs: list[np.ndarray]) -> list[list[dict]]:
+    """Per post, one brand_scores entry per brand it names, from that brand's (3,) probabilities."""
+    return [[{"brand": b, **_prob_columns("brand_", probs[p][k:k + 1], scalar=True)} for k, b in enumerate(names or [])]
+            for p, names in enumerate(brands)]
+
+
 def scored_table(posts: pa.Table, statuses: list[str | None], pred, model_version: str, run_id: str,
-                 images: list[list[dict]] | None = None, reasons: list[str | None] | None = None) -> pa.Table:
+                 images: list[list[dict]] | None = None, brand_probs: list[np.ndarray] | None = None,
+                 reasons: list[str | None] | None = None) -> pa.Table:
     """Join posts, their image statuses, predictions and per-image rows (`combine`) into rows of
-    SCORED_SCHEMA; images None: no per-image rows. A post with a reason (`unscored_reasons`) is stored with
+    SCORED_SCHEMA; images None: no per-image rows; brand_probs: per post, (brands, 3) probabilities toward
+    each brand it names (None: the post's own). A post with a reason (`unscored_reasons`) is stored with
     it and NULL in every prediction column (all but UNSCORED_KEEPS, so a column added later is covered)."""
     probs = np.asarray(pred.probs, dtype=np.float64)
     cols = {name: posts[name] for name in posts.column_names}
@@ -411,6 +419,8 @@ def scored_table(posts: pa.Table, statuses: list[str | None], pred, model_versio
     cols.update(_prob_columns("image_", np.asarray(pred.image_probs, dtype=np.float64)))
     n = posts.num_rows
     cols["images"] = images if images is not None else [[] for _ in range(n)]
+    cols["brand_scores"] = _brand_scores(posts["brands"].to_pylist(), brand_probs if brand_probs is not None else
+                                         [np.repeat(probs[p:p + 1], len(b or []), 0) for p, b in enumerate(posts["brands"].to_pylist())])
     cols["model_version"] = [model_version] * n
     cols["run_id"] = [run_id] * n
     cols["scored_at"] = pa.array([store.now_utc()] * n, type=pa.timestamp("us", tz="UTC"))

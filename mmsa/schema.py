@@ -54,6 +54,9 @@ IMAGE_TYPE = pa.struct(
 # Why a post is stored without a prediction; NULL for a scored post.
 UNSUPPORTED_LANGUAGE = "unsupported_language"  # its lang is not one its model covers (config.json "languages")
 
+# The sentiment toward one brand the post names (mmsa.targeted), in the order of the post's `brands`.
+BRAND_TYPE = pa.struct([("brand", pa.string()), ("brand_label", pa.string()), *_probs("brand_")])
+
 # One scored post: the post, what happened to its images, the fused prediction and the
 # per-modality predictions beside it (null where that modality was not available).
 # image_status summarises the post: ok when any image was usable, no_image without images,
@@ -72,6 +75,7 @@ SCORED_SCHEMA = pa.schema(
         ("image_label", pa.string()),
         *_probs("image_"),
         ("images", pa.list_(IMAGE_TYPE)),
+        ("brand_scores", pa.list_(BRAND_TYPE)),
         ("model_version", pa.string()),
         ("run_id", pa.string()),
         ("scored_at", pa.timestamp("us", tz="UTC")),

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mmsa import files, storage
-from mmsa.schema import REJECTED_SCHEMA, SCORED_SCHEMA
+from mmsa.schema import LABELS, REJECTED_SCHEMA, SCORED_SCHEMA
 
 _DUCK_TYPES = {
     pa.string(): "VARCHAR",
@@ -73,14 +73,20 @@ ALTER TABLE rejected_posts ADD COLUMN IF NOT EXISTS file VARCHAR;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS not_posts JSON;  -- records that were not posts, by reason
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS not_covered JSON;  -- posts stored unscored, by language
 ALTER TABLE scored_posts ADD COLUMN IF NOT EXISTS unscored_reason VARCHAR;
--- One row per post and brand: a post that mentions two brands counts once for each, an untagged
--- post once with brand NULL. day = the post's UTC date whatever the reader's TimeZone setting
+ALTER TABLE scored_posts ADD COLUMN IF NOT EXISTS brand_scores {_duck_type(SCORED_SCHEMA.field("brand_scores").type)};
+-- One row per post and brand: a post that mentions two brands counts once for each, with the sentiment
+-- toward that brand (brand_label, brand_p_*; the two lists are zipped by position), an untagged post once
+-- with brand and brand_label NULL. day = the post's UTC date whatever the reader's TimeZone setting
 -- (and cheaper than a cast).
 CREATE OR REPLACE VIEW post_sentiment AS
-  SELECT * EXCLUDE (brands, images),
-         unnest(CASE WHEN coalesce(len(brands), 0) = 0 THEN [NULL::VARCHAR] ELSE brands END) AS brand,
-         DATE '1970-01-01' + CAST(epoch_us(created_at) // 86400000000 AS INTEGER) AS day
-  FROM scored_posts;
+  SELECT * EXCLUDE (bs, day), bs.brand_label, {", ".join(f"bs.brand_p_{x}" for x in LABELS)}, day
+  FROM (
+    SELECT * EXCLUDE (brands, images, brand_scores),
+           unnest(CASE WHEN coalesce(len(brands), 0) = 0 THEN [NULL::VARCHAR] ELSE brands END) AS brand,
+           unnest(CASE WHEN coalesce(len(brand_scores), 0) = 0 THEN [NULL] ELSE brand_scores END) AS bs,
+           DATE '1970-01-01' + CAST(epoch_us(created_at) // 86400000000 AS INTEGER) AS day
+    FROM scored_posts
+  );
 -- One row per image of a post (none for a post without images).
 CREATE OR REPLACE VIEW post_images AS
   SELECT post_id, model_version, run_id, created_at,
@@ -174,6 +180,7 @@ def _migrate_scored_posts(con: duckdb.DuckDBPyConnection) -> None:
         "brands": "CASE WHEN brand IS NULL THEN [] ELSE [brand] END",
         "images": f"CASE WHEN image_url IS NULL THEN [] ELSE [{{position: 0, {image}}}] END",
         "unscored_reason": "NULL",  # every post was scored then
+        "brand_scores": "[]",
     }
     select = ", ".join(converted.get(name, name) for name in SCORED_SCHEMA.names)
     con.execute("BEGIN")

@@ -138,9 +138,11 @@ def test_an_uncovered_language_is_stored_unscored_with_its_reason(scored):
         posts = {r[0]: r[1:] for r in con.sql(
             "SELECT post_id, lang, unscored_reason, label, p_positive, p_neutral, p_negative, sentiment_score, text_label,"
             " text_p_positive, image_label, image_p_negative, image_status, len(images) FROM scored_posts").fetchall()}
-        brand_rows = con.execute("SELECT count(*), count(label) FROM post_sentiment WHERE brand = 'acme'").fetchone()
+        brand_rows = con.execute("SELECT count(*), count(label), count(brand_label), count(brand_p_positive) + "
+                                 "count(brand_p_neutral) + count(brand_p_negative) FROM post_sentiment "
+                                 "WHERE brand = 'acme'").fetchone()
         not_covered, run_images = con.execute("SELECT not_covered, image_status FROM runs").fetchone()
-    assert len(posts) == 10 and brand_rows == (10, 5)
+    assert len(posts) == 10 and brand_rows == (10, 5, 5, 15)  # the brand-level prediction too: English only
     for post_id, (lang, reason, *predictions, image_status, n_images) in posts.items():
         if post_id.startswith("en-"):
             assert lang == "en" and reason is None and predictions[0] in ("positive", "neutral", "negative")
