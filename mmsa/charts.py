@@ -30,7 +30,7 @@ ANNOTATED_SPIKES = 3  # per brand, the strongest; every spike day is still circl
 # happened, against whom, why), data quality last; reports not named here follow alphabetically.
 SUMMARY_ORDER = ("daily_brand_sentiment", "sentiment_spikes", "brand_prevalence", "period_over_period", "weekly_brand_sentiment",
                  "share_of_voice", "top_posts", "breakdown_by_source", "breakdown_by_language",
-                 "modality_disagreement", "disagreeing_posts", "image_status_mix", "rejected_rows", "runs",
+                 "modality_disagreement", "disagreeing_posts", "image_status_mix", "unscored_posts", "rejected_rows", "runs",
                  "model_versions")
 
 

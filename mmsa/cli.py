@@ -26,14 +26,16 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def _preload(model: str, backend: str | None) -> None:
-    """Load the model and its inference engine in a thread while the command imports Prefect and the flow;
-    the flow's shards then find the engine in get_engine's cache. A failure is left to the flow, which
-    reports it with its own error."""
+    """Load the language identifier, the model and its inference engine in a thread while the command imports
+    Prefect and the flow; the flow's reading then finds the identifier loaded, its shards the engine in
+    get_engine's cache. A failure is left to the flow, which reports it with its own error."""
 
     def load_engine() -> None:
+        from mmsa import language
         from mmsa.infer import get_engine
 
         try:
+            language.load()
             get_engine(model, backend).warm_up()
         except Exception:  # noqa: BLE001 - a bad model or backend fails in the flow, with its error
             pass

@@ -350,14 +350,15 @@ class Dashboard:
         for t in rows:
             t["net_sentiment"] = (t["positive"] - t["negative"]) / (t["positive"] + t["negative"]) \
                 if t["positive"] + t["negative"] else None
-            t["negative_share"] = t["negative"] / t["posts"]
+            t["labelled"] = sum(t[key] for key in LABELS)  # posts in a language the model does not cover have none
+            t["negative_share"] = t["negative"] / t["labelled"] if t["labelled"] else None
         _with_net_interval(rows)
-        _with_interval(rows, "negative", "posts", "negative_share")
+        _with_interval(rows, "negative", "labelled", "negative_share")
         estimates = {r["brand"]: r for r in run_query(con, "brand_prevalence", f, self.default_model(con), per="total")}
         for t in rows:
             _with_estimate(t, estimates.get(t["brand"]))
         return Table("brands", "Per brand over the selected days: estimated shares (95% intervals) and counted labels",
-                     rows, ["brand", "posts", *ESTIMATE_COLUMNS, "method", "positive", "neutral", "negative",
+                     rows, ["brand", "posts", "labelled", *ESTIMATE_COLUMNS, "method", "positive", "neutral", "negative",
                             "negative_share", "negative_share_low", "negative_share_high", "net_sentiment", "net_low",
                             "net_high"], "sql/dashboard/trend.sql")
 
@@ -424,6 +425,12 @@ class Dashboard:
                      ["brand", "image_status", "posts", "share_of_brand_posts", "share_low", "share_high",
                       "with_image_label"], "sql/reports/image_status_mix.sql")
 
+    def table_unscored(self, con, f: Filters) -> Table:
+        rows = run_query(con, "unscored_posts", f, self.default_model(con))
+        return Table("unscored", "Posts not scored, per language (left out of every share and net sentiment)", rows,
+                     ["brand", "unscored_reason", "lang", "posts", "share_of_brand_posts", "first_day", "last_day"],
+                     "sql/reports/unscored_posts.sql")
+
     def table_rejected(self, con, f: Filters) -> Table:
         rows = run_query(con, "rejected_rows", f, self.default_model(con))
         return Table("rejected", "Input rows refused, per run and reason", rows,
@@ -434,7 +441,7 @@ class Dashboard:
         rows = run_query(con, "runs", f, self.default_model(con))
         return Table("runs", "Scoring runs", rows,
                      ["run_id", "dump", "model_version", "started_at", "seconds", "posts_in", "posts_scored",
-                      "posts_rejected", "rejected_rate", "stored_posts", "image_status"], "sql/reports/runs.sql")
+                      "posts_rejected", "rejected_rate", "stored_posts", "image_status", "not_covered"], "sql/reports/runs.sql")
 
     def table_models(self, con, f: Filters) -> Table:
         unfiltered = not (f.brand or f.date_from or f.date_to or f.model_version)
@@ -443,7 +450,7 @@ class Dashboard:
                      ["model_version", "is_default", "posts", "brands", "first_day", "last_day", "runs", "last_scored_at"],
                      "sql/reports/model_versions.sql")
 
-    TABLES = ("trend", "brands", "spikes", "posts", "voice", "disagreement", "gallery", "image_status", "rejected",
+    TABLES = ("trend", "brands", "spikes", "posts", "voice", "disagreement", "gallery", "image_status", "unscored", "rejected",
               "runs", "models")
 
     # --- requests ----------------------------------------------------------------------------
@@ -660,7 +667,8 @@ class Dashboard:
         if self.images is not None and p["image_status"] == "ok" and p["image_url"]:
             thumb = f'<img src="/thumb?{esc(urlencode({"url": p["image_url"]}))}" alt="image of {esc(p["post_id"])}" loading="lazy">'
         else:
-            why = p["image_status"] if p["image_status"] != "ok" else "not in the image cache (start with --cache)"
+            why = (f"not scored ({p['unscored_reason']}: {p['lang']})" if p["unscored_reason"] else
+                   p["image_status"] if p["image_status"] != "ok" else "not in the image cache (start with --cache)")
             thumb = f"<div class='noimage'>no image: {esc(why)}</div>"
         link = _safe_link(p["link"])
         original = (f' · <a href="{esc(link)}" rel="noopener noreferrer nofollow" target="_blank">original post</a>'
@@ -713,9 +721,11 @@ class Dashboard:
 
     def page_quality(self, con, f: Filters, query) -> str:
         body = ("<h2>Data quality</h2><p class='definition'>What the numbers rest on: what happened to the images "
-                "(a post whose image failed was scored on its text alone), input rows refused, each run, and the "
+                "(a post whose image failed was scored on its text alone), posts not scored because the model does "
+                "not cover their language, input rows refused, each run, and the "
                 "model versions (the views read one version at a time).</p>"
                 + self._table_html(self.table_image_status(con, f), f)
+                + self._table_html(self.table_unscored(con, f), f)
                 + self._table_html(self.table_rejected(con, f), f)
                 + self._table_html(self.table_runs(con, f), f)
                 + self._table_html(self.table_models(con, f), f))

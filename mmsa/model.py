@@ -23,6 +23,9 @@ from mmsa.faults import PermanentError
 from mmsa.heads import from_config
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
+# The languages (ISO 639-1) a model covers when its config.json lists none: every recipe here trains on
+# English data (SemEval, MVSA), and so did every model folder written before the list existed.
+DEFAULT_LANGUAGES = ("en",)
 
 
 @dataclass
@@ -47,6 +50,8 @@ class SentimentModel:
             self.max_length = int(cfg["max_length"])
             self.image_size = int(cfg["image_size"])
             self.image_dim = int(cfg["image_dim"])
+            # Posts in other languages are not scored (mmsa.pipeline): a model guesses outside what it learnt.
+            self.languages = frozenset(cfg.get("languages", DEFAULT_LANGUAGES))
             self.bundle = from_config(cfg)
             self.bundle.load_state_dict(load_file(str(folder / "heads.safetensors")))
             weight_files = [folder / "heads.safetensors"] + ([folder / cfg["text_layers"]] if cfg.get("text_layers") else [])

@@ -21,10 +21,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mmsa import files, publish, source, storage, store
 from mmsa.options import DEFAULT_SHARD_SIZE, RunParameters
-from mmsa.schema import LABELS, SCORED_SCHEMA
+from mmsa.schema import LABELS, SCORED_SCHEMA, UNSCORED_KEEPS, UNSUPPORTED_LANGUAGE
 from mmsa.store import RunLocked, run_lock  # noqa: F401  (the flows' and the CLI's names for them)
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ class ShardResult:
     seconds: dict[str, float]
     skipped: bool = False
     cache_repaired: int = 0  # damaged image cache entries met, removed and fetched anew (mmsa.fetch.ImageCache)
+    not_covered: dict[str, int] = field(default_factory=dict)  # posts left unscored, by language
 
 
 @dataclass
@@ -108,6 +110,7 @@ class RunSummary:
     shards: list[dict] = field(default_factory=list)  # per shard: the rows of table run_shards
     not_posts: dict[str, int] = field(default_factory=dict)  # records skipped as not posts, by reason
     cache_repaired: int = 0  # damaged image cache entries this run removed and fetched anew
+    not_covered: dict[str, int] = field(default_factory=dict)  # posts in languages the model does not cover
 
     def markdown(self) -> str:
         """The run's statistics as markdown tables (run totals, then one row per shard)."""
@@ -125,6 +128,7 @@ class RunSummary:
             f"Images: {mix}. Damaged cache entries repaired: {self.cache_repaired}. Stages: {secs}. "
             f"Bound by: {self.bound_by()}.",
             "Records that were not posts: " + (", ".join(f"{k} {v}" for k, v in sorted(self.not_posts.items())) or "none") + ".",
+            self.languages_line(),
             "",
             "| shard | skipped | posts | images | fetch s | infer s | write s | posts/s |",
             "| ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |",
@@ -149,8 +153,16 @@ class RunSummary:
             f"{not_posts if skipped else ''} ({self.shards_done} shards scored, {self.shards_skipped} already done)\n"
             f"model {self.model_version}; images: {mix}"
             f"{f'; {self.cache_repaired} damaged cache entries repaired' if self.cache_repaired else ''}\n"
-            f"stages: {secs}; bound by {self.bound_by()}"
+            f"stages: {secs}; bound by {self.bound_by()}\n{self.languages_line()}"
         )
+
+    def languages_line(self) -> str:
+        """The posts stored unscored because the model does not cover their language, most first."""
+        if not self.not_covered:
+            return "Every post is in a language the model covers."
+        by_count = sorted(self.not_covered.items(), key=lambda kv: (-kv[1], kv[0]))
+        return (f"{sum(self.not_covered.values()):,} posts in {len(by_count)} languages not covered (stored unscored): "
+                + ", ".join(f"{lang} {n:,}" for lang, n in by_count))
 
     def bound_by(self) -> str:
         """The stage that took the most seconds (stages overlap across shards; totals don't add up)."""
@@ -246,7 +258,8 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
     t0 = time.perf_counter()
     posts = storage.read_table(shard_path)
     post_texts, post_ids = posts["text"].to_pylist(), posts["post_id"].to_pylist()
-    rows = model_rows(posts["image_urls"].to_pylist())
+    reasons = unscored_reasons(posts["lang"].to_pylist(), model.languages)
+    rows = model_rows(posts["image_urls"].to_pylist(), [r is None for r in reasons])
     texts = [post_texts[p] for p, _, _ in rows]
     engine = get_engine(model, opts.backend)
     order = engine.order(texts)
@@ -275,21 +288,31 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
     seconds["infer"] = t3 - t1 - seconds["infer_wait"]
 
     statuses, post_pred, images = combine(posts.num_rows, rows, [r.status for r in fetched], pred)
-    table = scored_table(posts, statuses, post_pred, model.version, run_id, images)
+    table = scored_table(posts, statuses, post_pred, model.version, run_id, images, reasons=reasons)
     written = store.write_partitions(table, storage.path(opts.out), f"{model.version}-{key}-{index:05d}")
     seconds["write"] = time.perf_counter() - t3
 
-    result = ShardResult(index, [str(f) for f in written], posts.num_rows, dict(Counter(statuses)), seconds,
-                         cache_repaired=len({r.url for r in fetched if r.cache_repaired}))
+    not_covered = Counter(lang for lang, r in zip(posts["lang"].to_pylist(), reasons) if r == UNSUPPORTED_LANGUAGE)
+    result = ShardResult(index, [str(f) for f in written], posts.num_rows,
+                         dict(Counter(s for s in statuses if s is not None)), seconds,
+                         cache_repaired=len({r.url for r in fetched if r.cache_repaired}), not_covered=dict(not_covered))
     retryable = sum(1 for r in fetched if r.status in RETRYABLE)
     storage.write_text(marker, json.dumps({"result": asdict(result), "retryable": retryable}))
     return result
 
 
-def model_rows(image_urls: list[list[str] | None]) -> list[tuple[int, int, str | None]]:
+def unscored_reasons(langs: list[str | None], covered: frozenset[str]) -> list[str | None]:
+    """Per post, why it is not scored, or None to score it: a post in a language the model does not cover
+    is not guessed at. One without a language (no letters in its text: emoji, links, or an image alone) is
+    scored, as the model reads emoji and pictures whatever the language."""
+    return [UNSUPPORTED_LANGUAGE if lang is not None and lang not in covered else None for lang in langs]
+
+
+def model_rows(image_urls: list[list[str] | None], scored: list[bool] | None = None) -> list[tuple[int, int, str | None]]:
     """(post, image position, url) per model row: one per image of a post, one (url None) for a post
-    without images."""
-    return [(p, k, url) for p, urls in enumerate(image_urls) for k, url in enumerate(urls or [None])]
+    without images; none for a post that `scored` leaves out (its images are not fetched either)."""
+    return [(p, k, url) for p, urls in enumerate(image_urls) if scored is None or scored[p]
+            for k, url in enumerate(urls or [None])]
 
 
 def combine(n_posts: int, rows: list[tuple[int, int, str | None]], statuses: list[str], pred) -> tuple:
@@ -298,19 +321,24 @@ def combine(n_posts: int, rows: list[tuple[int, int, str | None]], statuses: lis
     A post's image side is the mean of the image branch's probabilities over its usable images, and its
     fused prediction the mean of the fused probabilities of its rows with a usable image (each the text
     with one picture); without a usable image, the text alone. Its status is ok when any image was
-    usable, no_image without images, else its first image's failure."""
+    usable, no_image without images, else its first image's failure. A post without rows (not scored) has
+    status None, NaN probabilities and no images."""
     from mmsa.model import Prediction
 
     fused, text, image = (np.asarray(a, dtype=np.float64) for a in (pred.probs, pred.text_probs, pred.image_probs))
     by_post: list[list[int]] = [[] for _ in range(n_posts)]
     for r, (p, _, _) in enumerate(rows):
         by_post[p].append(r)
-    probs = np.zeros((n_posts, 3))
-    text_probs = np.zeros((n_posts, 3))
+    probs = np.full((n_posts, 3), np.nan)
+    text_probs = np.full((n_posts, 3), np.nan)
     image_probs = np.full((n_posts, 3), np.nan)
-    post_status: list[str] = []
+    post_status: list[str | None] = []
     images: list[list[dict]] = []
     for p, members in enumerate(by_post):
+        if not members:
+            post_status.append(None)
+            images.append([])
+            continue
         usable = [r for r in members if statuses[r] == "ok" and not np.isnan(image[r]).any()]
         text_probs[p] = text[members[0]]
         probs[p] = fused[usable].mean(axis=0) if usable else fused[members[0]]
@@ -380,16 +408,19 @@ def _brand_scores(brands: list[list[str] | None], probs: list[np.ndarray]) -> li
             for p, names in enumerate(brands)]
 
 
-def scored_table(posts: pa.Table, statuses: list[str], pred, model_version: str, run_id: str,
-                 images: list[list[dict]] | None = None, brand_probs: list[np.ndarray] | None = None) -> pa.Table:
+def scored_table(posts: pa.Table, statuses: list[str | None], pred, model_version: str, run_id: str,
+                 images: list[list[dict]] | None = None, brand_probs: list[np.ndarray] | None = None,
+                 reasons: list[str | None] | None = None) -> pa.Table:
     """Join posts, their image statuses, predictions and per-image rows (`combine`) into rows of
     SCORED_SCHEMA; images None: no per-image rows; brand_probs: per post, (brands, 3) probabilities toward
-    each brand it names (None: the post's own)."""
+    each brand it names (None: the post's own). A post with a reason (`unscored_reasons`) is stored with
+    it and NULL in every prediction column (all but UNSCORED_KEEPS, so a column added later is covered)."""
     probs = np.asarray(pred.probs, dtype=np.float64)
     cols = {name: posts[name] for name in posts.column_names}
     cols["image_status"] = statuses
     cols.update(_prob_columns("", probs))
-    cols["sentiment_score"] = (probs[:, 0] - probs[:, 2]).tolist()
+    score = probs[:, 0] - probs[:, 2]
+    cols["sentiment_score"] = [None if np.isnan(v) else float(v) for v in score]
     cols.update(_prob_columns("text_", np.asarray(pred.text_probs, dtype=np.float64)))
     cols.update(_prob_columns("image_", np.asarray(pred.image_probs, dtype=np.float64)))
     n = posts.num_rows
@@ -399,7 +430,15 @@ def scored_table(posts: pa.Table, statuses: list[str], pred, model_version: str,
     cols["model_version"] = [model_version] * n
     cols["run_id"] = [run_id] * n
     cols["scored_at"] = pa.array([store.now_utc()] * n, type=pa.timestamp("us", tz="UTC"))
-    return pa.table({name: cols[name] for name in SCORED_SCHEMA.names}, schema=SCORED_SCHEMA)
+    cols["unscored_reason"] = reasons if reasons is not None else [None] * n
+    table = pa.table({name: cols[name] for name in SCORED_SCHEMA.names}, schema=SCORED_SCHEMA)
+    if not any(cols["unscored_reason"]):
+        return table
+    scored = pa.array([r is None for r in cols["unscored_reason"]])
+    for i, f in enumerate(SCORED_SCHEMA):
+        if f.name not in UNSCORED_KEEPS:
+            table = table.set_column(i, f, pc.if_else(scored, table[f.name], pa.nulls(n, f.type)))
+    return table
 
 
 def _quantification(model: str) -> dict | None:
@@ -418,9 +457,10 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
     try:
         scored = store.load_scored(con, [f for r in results for f in r.files])
         store.load_rejected(con, rejected, prepared.dump, run_id)
-        status = Counter()
+        status, not_covered = Counter(), Counter()
         for r in results:
             status.update(r.image_status)
+            not_covered.update(r.not_covered)
         shards = []
         for r in results:  # a skipped shard's seconds belong to the run that scored it
             seconds = {} if r.skipped else {k: round(v, 3) for k, v in r.seconds.items()}
@@ -446,6 +486,7 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
             shards=shards,
             not_posts=dict(prepared.not_posts),
             cache_repaired=sum(r.cache_repaired for r in results if not r.skipped),
+            not_covered=dict(not_covered),
         )
         store.record_run(
             con,
@@ -462,6 +503,7 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
                 "stage_seconds": summary.stage_seconds,
                 "not_posts": summary.not_posts,
                 "cache_repaired": summary.cache_repaired,
+                "not_covered": summary.not_covered,
             },
             shards,
         )

@@ -229,6 +229,10 @@ def headline_markdown(db: str | Path, run_id: str | None = None,
             f"{run['posts_scored']} scored, {run['posts_rejected']} rejected, in {run['seconds']:.0f} s. "
             f"Images: {', '.join(f'{k}={v}' for k, v in sorted(json.loads(run['image_status'] or '{}').items()))}.",
         ]
+        not_covered = sorted(json.loads(run["not_covered"] or "{}").items(), key=lambda kv: (-kv[1], kv[0]))
+        if not_covered:  # stored unlabelled, left out of the sentiment figures below
+            lines[-1] += (f" Not scored, in languages the model does not cover: "
+                          f"{', '.join(f'{lang} {n}' for lang, n in not_covered)}.")
         if not pop:
             return Headline("\n".join(lines + ["", "No scored posts yet."]) + "\n", [])
         week = {"date_from": pop[0]["period_from"], "date_to": pop[0]["period_to"]}
@@ -247,8 +251,8 @@ def headline_markdown(db: str | Path, run_id: str | None = None,
         spikes = [s for s in run_report("sentiment_spikes", con, **week).to_pylist() if s["rank"] == 1]
         lines += ["", "## Spikes", ""]
         lines += [
-            f"- **{s['brand']}** {s['day']}: {s['kind']} ({s['posts']} posts, {s['negative_share']:.0%} negative; "
-            f"usually {s['mean_posts']:.1f} posts, {s['mean_negative_share']:.0%} negative). "
+            f"- **{s['brand']}** {s['day']}: {s['kind']} ({s['posts']} posts, {s['negative_share'] or 0:.0%} negative; "
+            f"usually {s['mean_posts']:.1f} posts, {s['mean_negative_share'] or 0:.0%} negative). "
             f"Top post `{s['post_id']}`: \"{(s['text'] or '')[:80]}\""
             for s in spikes
         ] or ["None."]

@@ -51,17 +51,22 @@ IMAGE_TYPE = pa.struct(
     ]
 )
 
+# Why a post is stored without a prediction; NULL for a scored post.
+UNSUPPORTED_LANGUAGE = "unsupported_language"  # its lang is not one its model covers (config.json "languages")
+
 # The sentiment toward one brand the post names (mmsa.targeted), in the order of the post's `brands`.
 BRAND_TYPE = pa.struct([("brand", pa.string()), ("brand_label", pa.string()), *_probs("brand_")])
 
 # One scored post: the post, what happened to its images, the fused prediction and the
 # per-modality predictions beside it (null where that modality was not available).
 # image_status summarises the post: ok when any image was usable, no_image without images,
-# else the first image's failure. image_* is the mean over the post's usable images.
+# else the first image's failure; NULL for a post not scored (its images are not fetched).
+# image_* is the mean over the post's usable images.
 SCORED_SCHEMA = pa.schema(
     [
         *POST_SCHEMA,
         ("image_status", pa.string()),
+        ("unscored_reason", pa.string()),
         ("label", pa.string()),
         *_probs(""),
         ("sentiment_score", pa.float64()),
@@ -75,6 +80,12 @@ SCORED_SCHEMA = pa.schema(
         ("run_id", pa.string()),
         ("scored_at", pa.timestamp("us", tz="UTC")),
     ]
+)
+
+# The columns a post not scored keeps: the post, what happened to it, provenance. Every other column of
+# SCORED_SCHEMA is a prediction, and NULL for such a post (mmsa.pipeline.scored_table).
+UNSCORED_KEEPS = frozenset(
+    [*POST_SCHEMA.names, "image_status", "unscored_reason", "images", "model_version", "run_id", "scored_at"]
 )
 
 REJECTED_SCHEMA = pa.schema(

@@ -7,7 +7,8 @@ loaded whole, so memory stays flat however large the dump is (but for the set of
 makes a post that two overlapping files both hold count once).
 
 Each record is read by its platform's reader (mmsa.readers: X API v2, Reddit, Bluesky Jetstream,
-Mastodon, the flat contract, or a field mapping), then validated, and tagged with brands. A record
+Mastodon, the flat contract, or a field mapping), then validated, tagged with its language (mmsa.language: the
+dump's tag, else identified from the text) and with brands. A record
 that fails becomes a rejected row with a reason; one that is not a post (a like, a comment) is
 skipped and counted; neither ever stops the run.
 """
@@ -35,7 +36,7 @@ import pyarrow.parquet as pq
 import requests
 import zstandard
 
-from mmsa import files, readers
+from mmsa import files, language, readers
 from mmsa.brands import BrandTagger, load_rules
 from mmsa.readers import Skip
 from mmsa.readers.flat import mapped, parse_mapping
@@ -172,11 +173,11 @@ def localise(src: str | Path, workdir: Path) -> Path:
 
 
 def content_key(path: Path | list[Path], options: ReadOptions | None = None) -> str:
-    """A short hash of the files' bytes, of how they are read and of the shards' schema: the same dump read
-    the same way always maps to the same work folder and file names, and shards or results written with
-    another schema are never picked up."""
+    """A short hash of the files' bytes, of how they are read, of the shards' schema and of the language
+    rules: the same dump read the same way always maps to the same work folder and file names, and shards
+    or results written with another schema or other languages are never picked up."""
     paths = [path] if isinstance(path, Path) else list(path)
-    digest = hashlib.sha256(str(POST_SCHEMA).encode())
+    digest = hashlib.sha256((str(POST_SCHEMA) + language.KEY).encode())
     for p in paths:
         if len(paths) > 1:
             digest.update(f"\0{p.name}\0".encode())
@@ -340,6 +341,7 @@ def validate(row: dict, max_images: int = DEFAULT_MAX_IMAGES, tagger: BrandTagge
     for name in TEXT_FIELDS:
         value = row.get(name)
         post[name] = None if value is None or (isinstance(value, str) and not value.strip()) else str(value)
+    post["lang"] = language.post_language(post["lang"], post["text"])
     urls = _strings(row.get("image_urls")) + [u for u in _strings(row.get("image_url")) if u not in _strings(row.get("image_urls"))]
     post["image_urls"] = urls[:max_images]
     brands = _strings(row.get("brands")) + _strings(row.get("brand"))

@@ -203,7 +203,7 @@ def train_model(mvsa_dir: str | Path, semeval: str | Path, out: str | Path, base
     from mmsa import files
     from mmsa.evaluate import classification_metrics, expected_calibration_error
     from mmsa.features import pooled_features
-    from mmsa.model import load_model
+    from mmsa.model import DEFAULT_LANGUAGES, load_model
     from mmsa.train import holdout_split
 
     m = load_model(base)
@@ -236,6 +236,7 @@ def train_model(mvsa_dir: str | Path, semeval: str | Path, out: str | Path, base
         "name": name or out.name,
         "labels": list(LABELS),
         **{k: m.config[k] for k in ("text_encoder", "image_encoder", "max_length", "image_size")},
+        "languages": list(DEFAULT_LANGUAGES),
         "text_layers": text_layers,
         "head": "stack",
         "head_kwargs": {"branches": list(fit.branches)},

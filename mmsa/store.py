@@ -76,6 +76,8 @@ CREATE TABLE IF NOT EXISTS models (model_version VARCHAR PRIMARY KEY, quantifica
 ALTER TABLE rejected_posts ADD COLUMN IF NOT EXISTS file VARCHAR;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS not_posts JSON;  -- records that were not posts, by reason
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS cache_repaired BIGINT;  -- damaged image cache entries fetched anew
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS not_covered JSON;  -- posts stored unscored, by language
+ALTER TABLE scored_posts ADD COLUMN IF NOT EXISTS unscored_reason VARCHAR;
 ALTER TABLE scored_posts ADD COLUMN IF NOT EXISTS brand_scores {_duck_type(SCORED_SCHEMA.field("brand_scores").type)};
 -- One row per post and brand: a post that mentions two brands counts once for each, with the sentiment
 -- toward that brand (brand_label, brand_p_*; the two lists are zipped by position), an untagged post once
@@ -199,6 +201,7 @@ def _migrate_scored_posts(con: duckdb.DuckDBPyConnection) -> None:
         "image_urls": "CASE WHEN image_url IS NULL THEN [] ELSE [image_url] END",
         "brands": "CASE WHEN brand IS NULL THEN [] ELSE [brand] END",
         "images": f"CASE WHEN image_url IS NULL THEN [] ELSE [{{position: 0, {image}}}] END",
+        "unscored_reason": "NULL",  # every post was scored then
         "brand_scores": "[]",
     }
     select = ", ".join(converted.get(name, name) for name in SCORED_SCHEMA.names)
@@ -275,8 +278,9 @@ def record_run(con: duckdb.DuckDBPyConnection, stats: dict, shards: Iterable[dic
     row = dict(stats)
     row["image_status"] = json.dumps(row["image_status"])
     row["stage_seconds"] = json.dumps(row["stage_seconds"])
-    if "not_posts" in row:
-        row["not_posts"] = json.dumps(row["not_posts"])
+    for key in ("not_posts", "not_covered"):
+        if key in row:
+            row[key] = json.dumps(row[key])
     cols = ", ".join(row)
     params = ", ".join(f"${k}" for k in row)
     con.execute(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({params})", row)

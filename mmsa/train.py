@@ -41,6 +41,7 @@ from mmsa.encoders import (
 from mmsa.evaluate import classification_metrics
 from mmsa.files import atomic_path, default_cache_dir
 from mmsa.heads import Bundle, Ensemble, Feats
+from mmsa.model import DEFAULT_LANGUAGES
 from mmsa.schema import LABELS
 
 DEFAULT_CACHE = default_cache_dir() / "features"
@@ -401,6 +402,7 @@ def save_model(out: str | Path, cfg: TrainConfig, prep: Prepared, ensemble: Ense
         "labels": list(LABELS),
         "text_encoder": cfg.text_encoder,
         "image_encoder": cfg.image_encoder,
+        "languages": list(DEFAULT_LANGUAGES),
         "text_layers": text_layers,
         "max_length": cfg.max_length,
         "image_size": prep.image_size,

@@ -26,7 +26,7 @@ LAYERS = [
     ("model", ["mmsa.infer", "mmsa.model", "mmsa.heads", "mmsa.encoders", "mmsa.data", "mmsa.features",
                "mmsa.synthetic", "mmsa.quantify"]),
     ("images", ["mmsa.procfetch", "mmsa.fetch", "mmsa.gpudecode", "mmsa.imaging"]),
-    ("source", ["mmsa.source", "mmsa.readers", "mmsa.brands"]),
+    ("source", ["mmsa.source", "mmsa.readers", "mmsa.brands", "mmsa.language"]),
     ("base", ["mmsa.options", "mmsa.files", "mmsa.faults", "mmsa.storage", "mmsa.schema", "mmsa.netpolicy", "mmsa"]),
 ]
 APP_ONLY = ("prefect", "prefect_dask", "distributed", "dask")  # the orchestrator: the app layer's business

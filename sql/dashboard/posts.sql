@@ -19,6 +19,7 @@ SELECT
              json_extract_string(extra, '$.link'))                       AS link,
     image_urls[1]                                                       AS image_url,
     image_status,
+    unscored_reason,
     label,
     p_positive,
     p_neutral,

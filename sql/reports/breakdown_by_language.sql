@@ -2,6 +2,8 @@
 -- Answers: "does brand X land differently in different languages?"
 -- Parameters (NULL = no filter): $brand, $date_from, $date_to (inclusive days, UTC),
 --   $model_version (NULL = the most recently used model version).
+-- negative_share and net_sentiment are of the labelled posts: a post left unscored (unscored_reason: a language
+-- its model does not cover) counts in posts, not in labelled.
 WITH posts AS (
     SELECT *
     FROM post_sentiment
@@ -15,6 +17,7 @@ counts AS (
         brand,
         lang,
         count(*)                             AS posts,
+        count(label)                         AS labelled,
         count(*) FILTER (label = 'positive') AS positive,
         count(*) FILTER (label = 'neutral')  AS neutral,
         count(*) FILTER (label = 'negative') AS negative,
@@ -27,10 +30,11 @@ SELECT
     lang,
     posts,
     posts / sum(posts) OVER (PARTITION BY brand)            AS share_of_brand_posts,
+    labelled,
     positive,
     neutral,
     negative,
-    negative / posts                                        AS negative_share,
+    negative / nullif(labelled, 0)                          AS negative_share,
     (positive - negative) / nullif(positive + negative, 0)  AS net_sentiment,
     mean_sentiment_score
 FROM counts

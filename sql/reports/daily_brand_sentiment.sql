@@ -3,6 +3,8 @@
 -- Parameters (NULL = no filter): $brand, $date_from, $date_to (inclusive days, UTC),
 --   $model_version (NULL = the most recently used model version).
 -- net_sentiment = (positive - negative) / (positive + negative); NULL on a day with neither.
+-- Shares and net sentiment are of the labelled posts: a post left unscored (unscored_reason: a language
+-- its model does not cover) counts in posts, not in labelled.
 WITH posts AS (
     SELECT *
     FROM post_sentiment
@@ -16,6 +18,7 @@ counts AS (
         brand,
         day,
         count(*)                             AS posts,
+        count(label)                         AS labelled,
         count(*) FILTER (label = 'positive') AS positive,
         count(*) FILTER (label = 'neutral')  AS neutral,
         count(*) FILTER (label = 'negative') AS negative,
@@ -27,12 +30,13 @@ SELECT
     brand,
     day,
     posts,
+    labelled,
     positive,
     neutral,
     negative,
-    positive / posts                                            AS positive_share,
-    neutral / posts                                             AS neutral_share,
-    negative / posts                                            AS negative_share,
+    positive / nullif(labelled, 0)                              AS positive_share,
+    neutral / nullif(labelled, 0)                               AS neutral_share,
+    negative / nullif(labelled, 0)                              AS negative_share,
     (positive - negative) / nullif(positive + negative, 0)      AS net_sentiment,
     mean_sentiment_score
 FROM counts

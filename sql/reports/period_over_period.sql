@@ -26,7 +26,7 @@ per_period AS (
         brand,
         day >= period_from                                    AS is_current,
         count(*)                                              AS posts,
-        count(*) FILTER (label = 'negative') / count(*)       AS negative_share,
+        count(*) FILTER (label = 'negative') / nullif(count(label), 0) AS negative_share,  -- of the labelled posts
         (count(*) FILTER (label = 'positive') - count(*) FILTER (label = 'negative'))
             / nullif(count(*) FILTER (label IN ('positive', 'negative')), 0) AS net_sentiment,
         avg(sentiment_score)                                  AS mean_sentiment_score

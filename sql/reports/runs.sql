@@ -23,7 +23,8 @@ SELECT
     posts_rejected / nullif(posts_in, 0)        AS rejected_rate,
     coalesce(stored.stored_posts, 0)            AS stored_posts,
     image_status,
-    not_posts                                   -- records skipped as not posts (likes, comments), by reason
+    not_posts,                                  -- records skipped as not posts (likes, comments), by reason
+    not_covered                                 -- posts stored unscored: their language is not the model's, by language
 FROM runs
 LEFT JOIN stored USING (run_id)
 WHERE ($model_version IS NULL OR model_version = $model_version)

@@ -31,7 +31,8 @@ posts AS NOT MATERIALIZED (  -- read twice from the table rather than copied
       AND ($date_to IS NULL OR day <= CAST($date_to AS DATE))
 ),
 daily AS (
-    SELECT brand, day, count(*) AS posts, count(*) FILTER (label = 'negative') / count(*) AS negative_share
+    SELECT brand, day, count(*) AS posts, count(label) AS labelled,
+           count(*) FILTER (label = 'negative') / nullif(count(label), 0) AS negative_share  -- of the labelled posts
     FROM posts
     GROUP BY brand, day
 ),
@@ -41,7 +42,7 @@ calendar AS (
     GROUP BY brand
 ),
 series AS (
-    SELECT c.brand, c.day, coalesce(d.posts, 0) AS posts, d.negative_share
+    SELECT c.brand, c.day, coalesce(d.posts, 0) AS posts, coalesce(d.labelled, 0) AS labelled, d.negative_share
     FROM calendar c LEFT JOIN daily d ON c.brand IS NOT DISTINCT FROM d.brand AND c.day = d.day
 ),
 history AS (
@@ -62,6 +63,7 @@ judged AS (
         day,
         history_days,
         posts,
+        labelled,
         mean_posts,
         (posts - mean_posts) / nullif(sd_posts, 0)                                  AS posts_z,
         negative_share,
@@ -75,7 +77,7 @@ spikes AS (
     SELECT
         judged.*,
         coalesce(posts_z >= threshold, false)                                        AS volume_spike,
-        coalesce(negative_share_z >= threshold AND posts >= min_posts, false)        AS negative_spike
+        coalesce(negative_share_z >= threshold AND labelled >= min_posts, false)     AS negative_spike
     FROM judged, settings
 ),
 drivers AS (

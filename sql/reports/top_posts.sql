@@ -43,4 +43,5 @@ rankings AS (
 SELECT brand, ranking, rank, post_id, day, label, sentiment_score, engagement, likes, shares, replies, source, text
 FROM rankings
 WHERE rank <= coalesce(CAST($limit AS INTEGER), 5)
+  AND (ranking = 'engagement' OR sentiment_score IS NOT NULL)  -- an unscored post is neither most positive nor negative
 ORDER BY brand, ranking, rank;

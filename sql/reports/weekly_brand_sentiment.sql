@@ -3,6 +3,8 @@
 -- Parameters (NULL = no filter): $brand, $date_from, $date_to (inclusive days, UTC; a week cut
 --   by them counts only its days inside), $model_version (NULL = the most recently used model).
 -- net_sentiment = (positive - negative) / (positive + negative); NULL for a week with neither.
+-- Shares and net sentiment are of the labelled posts: a post left unscored (unscored_reason: a language
+-- its model does not cover) counts in posts, not in labelled.
 WITH posts AS (
     SELECT *
     FROM post_sentiment
@@ -17,6 +19,7 @@ counts AS (
         CAST(date_trunc('week', day) AS DATE) AS week,
         count(DISTINCT day)                   AS days_with_posts,
         count(*)                              AS posts,
+        count(label)                          AS labelled,
         count(*) FILTER (label = 'positive')  AS positive,
         count(*) FILTER (label = 'neutral')   AS neutral,
         count(*) FILTER (label = 'negative')  AS negative,
@@ -29,12 +32,13 @@ SELECT
     week,
     days_with_posts,
     posts,
+    labelled,
     positive,
     neutral,
     negative,
-    positive / posts                                            AS positive_share,
-    neutral / posts                                             AS neutral_share,
-    negative / posts                                            AS negative_share,
+    positive / nullif(labelled, 0)                              AS positive_share,
+    neutral / nullif(labelled, 0)                               AS neutral_share,
+    negative / nullif(labelled, 0)                              AS negative_share,
     (positive - negative) / nullif(positive + negative, 0)      AS net_sentiment,
     mean_sentiment_score
 FROM counts

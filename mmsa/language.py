@@ -1,0 +1,127 @@
+"""The language of a post, as an ISO 639-1 code: the dump's own tag where it has one, else identified
+from the text (py3langid, whose model ships inside its wheel as numpy arrays; nothing is downloaded).
+
+Choices measured on XLM-T's tweets (benchmarks/results/language.md): mentions, links and `RT` are
+removed before identifying, as they read as no language or as English; dialect codes fold into their
+ISO 639-1 macrolanguage (Egyptian Arabic `arz` is `ar`); regional varieties and pidgins that in short
+posts mostly claim their neighbour's text (Galician for Portuguese, Nigerian Pidgin for English) are not
+offered; a prior of where posts are written decides what a short text alone cannot; and Hindi written
+in Latin letters, which the identifier never learnt, is told by its function words. A text with no
+letters left (emoji, links, mentions only), or a single word in Latin letters ("ok", "wow", "merci": the
+script of dozens of languages, and one word a coin toss between them: 44% right on XLM-T's one-word
+German tweets), has no language: None.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+from importlib.metadata import version
+
+# A dump's tag that says nothing: X's undetermined / no-linguistic-content codes and its private q-codes
+# (qme: media only, qht: hashtags only, ...). The text is identified instead.
+_UNTAGGED = re.compile(r"^(und|zxx|mul|q[a-t][a-z])$")
+# BCP 47 (en-US, pt_BR, zh-Hant-TW): the primary subtag is the language.
+_TAG = re.compile(r"^([a-z]{2,3})(?:[-_][a-z0-9]{1,8})*$")
+# Codes X and old Java locales still use for languages that were renamed in ISO 639-1.
+_RENAMED = {"in": "id", "iw": "he", "ji": "yi"}
+# Identifier labels without an ISO 639-1 code whose macrolanguage has one.
+_MACRO = {"arz": "ar", "ary": "ar", "wuu": "zh", "yue": "zh", "uzs": "uz", "gug": "gn"}
+# Labels not offered: each, on XLM-T's training tweets, claimed posts of a major neighbour (gl: 25
+# Portuguese, pcm: 12 English, lb: 21 German ...) far more often than a post of its own is likely in a
+# brand stream; zxx ("no linguistic content") would hide a language the text does have.
+_NOT_OFFERED = frozenset({
+    "pcm", "lb", "gl", "an", "ext", "oc", "lij", "vec", "wa", "la", "eo", "ltg", "fuv", "bcl", "ln", "st", "sn",
+    "xh", "vo", "gcf", "gcr", "zxx",
+})
+# The prior: rough shares (%) of public posts by language on the large platforms; any other language gets
+# _RARE. Its log, added to the identifier's class prior (a naive Bayes model: the prior of its training
+# corpus, then, times where posts are written), decides the short posts the text alone cannot: English fragments of SemEval tweets cut to 2, 3, 4 words
+# are identified as English 88%, 94%, 97% of the time with it, 58%, 79%, 89% without; XLM-T's tweets as
+# before (each language within 1.6 points; Portuguese +2).
+_SHARE = {"en": 34, "ja": 15, "es": 11, "pt": 6, "ar": 6, "id": 4, "ko": 3, "fr": 3, "tr": 3, "th": 3, "ru": 2,
+          "tl": 1, "it": 1, "de": 1, "hi": 1, "fa": 1, "pl": 0.5, "nl": 0.5, "zh": 0.5, "ms": 0.5, "ur": 0.5}
+_RARE = 0.05
+_NOISE = re.compile(r"https?://\S+|www\.\S+|\bhttp\b|@\w+|\bRT\b|&(?:amp|lt|gt);")
+_LETTER = re.compile(r"[^\W\d_]")
+_WORD = re.compile(r"[a-z]+")
+_ANY_WORD = re.compile(r"[^\W\d_]{2,}")  # a word, in any script: two letters or more
+_NOT_LATIN = re.compile(r"[^\W\d_\u0000-\u024f]")  # a letter outside the Latin blocks
+# Romanised Hindi's commonest function words and verbs, less those that are common words of English,
+# French, German, Italian, Portuguese or Spanish too (mein is German, se Spanish; hai, Italian too, stays:
+# one word alone flags no post the identifier calls one of those): on XLM-T's training tweets two of
+# these in a post flag 47% of the Hindi ones and 0.1% of the others.
+_HINDI_WORDS = frozenset("""
+hai hain hoga hogi hote hota hoti tha thi thay ka ki ke ko mujhe mera meri mere tera teri tere apna apni apne
+nahi nahin nhi kya kyu kyun kyon kaise kaisa kahan kaha kab jab tab abhi bhi bhai yaar yar aur toh ye yeh vo
+woh kuch koi sabse bahut bohot kar karo karna karne karte kiya kiye diya liya gaya gayi gya gye raha rahe
+rahi rha rhe hua hue agar lekin phir fir sirf sath saath liye wala wale wali aisa aise itna uske uska unka
+iska isko usko hum tum aap log ji accha acha achha dekh dekho dekhna pata chal chalo chahiye sakta sakte
+sakti tujhe tumhe hamara tumhara kal aaj
+""".split())
+# Languages whose own words a post of Hindi function words shares least: the identifier calling a post one
+# of these while it holds a Hindi word keeps its answer, unless two or more such words make a tenth of it.
+_LATIN_MAJOR = frozenset({"en", "fr", "de", "it", "pt", "es"})
+
+_identifier = None
+_lock = threading.Lock()
+
+
+def load():
+    """The identifier, loaded once per process (0.7 s of CPU: its model is LZMA-compressed); `mmsa score`
+    loads it while Prefect starts."""
+    global _identifier
+    with _lock:
+        if _identifier is None:
+            import numpy as np
+            from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
+            from py3langid.modelio import load_model
+
+            ptc, pc, classes, nextmove, row, output = load_model(MODEL_DIR / MODEL_FILE)
+            prior = np.log([_SHARE.get(lang, _RARE) for lang in classes]).astype(pc.dtype)
+            ident = LanguageIdentifier(ptc, pc + prior, classes, nextmove, output, tk_row=row)
+            ident.set_languages([lang for lang in ident.labels if lang not in _NOT_OFFERED])
+            _identifier = ident
+        return _identifier
+
+
+def normalise(tag: str | None) -> str | None:
+    """A dump's language tag as ISO 639-1 (`en-US` -> `en`, `in` -> `id`); None when it says nothing or is
+    not a language tag, so the text is identified instead. A three-letter code stays as it is (languages
+    without a two-letter code have one)."""
+    if not isinstance(tag, str):
+        return None
+    tag = tag.strip().lower()
+    match = _TAG.match(tag)
+    if not match or _UNTAGGED.match(match.group(1)):
+        return None
+    code = match.group(1)
+    return _RENAMED.get(code, code)
+
+
+def identify(text: str | None) -> str | None:
+    """The language of a post's text, or None when it has no letters to go on."""
+    if not text:
+        return None
+    cleaned = _NOISE.sub(" ", text).replace("#", " ")
+    if not _LETTER.search(cleaned) or (len(_ANY_WORD.findall(cleaned)) < 2 and not _NOT_LATIN.search(cleaned)):
+        return None
+    lang, _ = load().classify(cleaned)
+    lang = _MACRO.get(lang, lang)
+    words = _WORD.findall(cleaned.lower())
+    hindi = sum(w in _HINDI_WORDS for w in words)
+    if (hindi >= 2 and hindi >= 0.1 * len(words)) or (hindi and lang not in _LATIN_MAJOR):
+        return "hi"
+    return lang
+
+
+def post_language(tag: str | None, text: str | None) -> str | None:
+    """What `lang` a post is stored with: its dump's tag, normalised, else its text's language."""
+    return normalise(tag) or identify(text)
+
+
+# Changes with the identifier's version and with the rules above: a dump's shards (which hold `lang`) are
+# cut again when either changes (mmsa.source.content_key).
+KEY = hashlib.sha256(repr((version("py3langid"), sorted(_NOT_OFFERED), sorted(_MACRO.items()), sorted(_HINDI_WORDS),
+                           sorted(_SHARE.items()), _RARE, _NOISE.pattern)).encode()).hexdigest()[:12]
