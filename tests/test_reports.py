@@ -44,7 +44,7 @@ def by(rows_: list[dict], *keys: str) -> dict:
 def test_every_report_documents_what_it_answers_and_takes_the_common_filters():
     """Analysts read the header to pick a report; every report must filter by brand and dates."""
     names = [name for name, _ in report.list_reports()]
-    assert len(names) == 15
+    assert len(names) == 16
     for name in names:
         header = report.describe(name)
         assert header.startswith(f"{name}: "), name
