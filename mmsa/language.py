@@ -7,7 +7,7 @@ ISO 639-1 macrolanguage (Egyptian Arabic `arz` is `ar`); regional varieties and 
 posts mostly claim their neighbour's text (Galician for Portuguese, Nigerian Pidgin for English) are not
 offered; a prior of where posts are written decides what a short text alone cannot; and Hindi written
 in Latin letters, which the identifier never learnt, is told by its function words and by a small model
-trained on XLM-T's tweets (benchmarks/train_language.py writes it, `language_hindi.npz` beside this module).
+trained on XLM-T's and SemEval's tweets (benchmarks/train_language.py writes it: `language_hindi.npz`).
 A text with no letters left (emoji, links, mentions only) has no language: None; so has a single word in
 Latin letters ("ok", "wow", "merci": the script of dozens of languages) unless the identifier is sure of it.
 """
