@@ -6,18 +6,21 @@ removed before identifying, as they read as no language or as English; dialect c
 ISO 639-1 macrolanguage (Egyptian Arabic `arz` is `ar`); regional varieties and pidgins that in short
 posts mostly claim their neighbour's text (Galician for Portuguese, Nigerian Pidgin for English) are not
 offered; a prior of where posts are written decides what a short text alone cannot; and Hindi written
-in Latin letters, which the identifier never learnt, is told by its function words. A text with no
-letters left (emoji, links, mentions only), or a single word in Latin letters ("ok", "wow", "merci": the
-script of dozens of languages, and one word a coin toss between them: 44% right on XLM-T's one-word
-German tweets), has no language: None.
+in Latin letters, which the identifier never learnt, is told by its function words and by a small model
+trained on XLM-T's and SemEval's tweets (benchmarks/train_language.py writes it: `language_hindi.npz`).
+A text with no letters left (emoji, links, mentions only) has no language: None; so has a single word in
+Latin letters ("ok", "wow", "merci": the script of dozens of languages) unless the identifier is sure of it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import math
 import re
 import threading
 from importlib.metadata import version
+from pathlib import Path
 
 # A dump's tag that says nothing: X's undetermined / no-linguistic-content codes and its private q-codes
 # (qme: media only, qht: hashtags only, ...). The text is identified instead.
@@ -43,7 +46,8 @@ _NOT_OFFERED = frozenset({
 _SHARE = {"en": 34, "ja": 15, "es": 11, "pt": 6, "ar": 6, "id": 4, "ko": 3, "fr": 3, "tr": 3, "th": 3, "ru": 2,
           "tl": 1, "it": 1, "de": 1, "hi": 1, "fa": 1, "pl": 0.5, "nl": 0.5, "zh": 0.5, "ms": 0.5, "ur": 0.5}
 _RARE = 0.05
-_NOISE = re.compile(r"https?://\S+|www\.\S+|\bhttp\b|@\w+|\bRT\b|&(?:amp|lt|gt);")
+# Links in any form (a cut `http…`, a corpus's `http/URL` placeholder) are no language either.
+_NOISE = re.compile(r"https?://\S+|www\.\S+|\bhttp\S*|@\w+|\bRT\b|&(?:amp|lt|gt);")
 _LETTER = re.compile(r"[^\W\d_]")
 _WORD = re.compile(r"[a-z]+")
 _ANY_WORD = re.compile(r"[^\W\d_]{2,}")  # a word, in any script: two letters or more
@@ -63,26 +67,115 @@ sakti tujhe tumhe hamara tumhara kal aaj
 # Languages whose own words a post of Hindi function words shares least: the identifier calling a post one
 # of these while it holds a Hindi word keeps its answer, unless two or more such words make a tenth of it.
 _LATIN_MAJOR = frozenset({"en", "fr", "de", "it", "pt", "es"})
+# A single Latin word gets the identifier's answer when its posterior (with the prior) is at least this: on
+# XLM-T's training tweets it names 31 of 53 one-word German ones (24 right, 5 English), 12 of 18 Italian
+# (10 right), and of 53 one-word MVSA posts 26, all English; a guess at every one was 44% right on German.
+_ONE_WORD_SURE = 0.9
+# The romanised-Hindi model: weights of a logistic regression over hindi_features, its intercept and the
+# logit above which a post is Hindi (benchmarks/train_language.py; chosen there by CV on XLM-T train).
+HINDI_MODEL = Path(__file__).resolve().parent / "language_hindi.npz"
+_NOT_LETTERS = re.compile(r"[\W\d_]+")
 
-_identifier = None
+
+class Identifier:
+    """py3langid with the rules above, and the romanised-Hindi model over the posts it reads as English or
+    as a minor language in Latin letters (where Hinglish lands)."""
+
+    def __init__(self, langid, hindi_weights: dict[str, float], hindi_bias: float, hindi_logit: float):
+        self.langid = langid
+        self.hindi_weights = hindi_weights
+        self.hindi_bias = hindi_bias
+        self.hindi_logit = hindi_logit
+        # A post's logit is a sum over its distinct words, and words repeat across posts: each word's share is
+        # worked out once (a post then costs a few µs, not the 300 of walking its n-grams).
+        self._word_score = functools.lru_cache(maxsize=1 << 17)(self._score_word)
+
+    def _score_word(self, word: str) -> float:
+        get = self.hindi_weights.get
+        return sum(get(f, 0.0) for f in _word_features(word))
+
+    def hindi_score(self, cleaned: str) -> float:
+        """The model's logit that a cleaned text (clean()) is romanised Hindi."""
+        return self.hindi_bias + sum(map(self._word_score, _words(cleaned)))
+
+    def identify(self, text: str | None) -> str | None:
+        cleaned = clean(text)
+        if not cleaned or not _LETTER.search(cleaned):
+            return None
+        latin = not _NOT_LATIN.search(cleaned)
+        if latin and len(_ANY_WORD.findall(cleaned)) < 2:
+            (lang, top), *rest = self.langid.rank(cleaned)
+            # the posterior of the best label: rank() gives log scores (norm_probs off)
+            if 1.0 / (1.0 + sum(math.exp(score - top) for _, score in rest)) < _ONE_WORD_SURE:
+                return None
+        else:
+            lang, _ = self.langid.classify(cleaned)
+        lang = _MACRO.get(lang, lang)
+        words = _WORD.findall(cleaned.lower())
+        hindi = sum(w in _HINDI_WORDS for w in words)
+        if (hindi >= 2 and hindi >= 0.1 * len(words)) or (hindi and lang not in _LATIN_MAJOR):
+            return "hi"
+        if latin and lang not in _LATIN_MAJOR - {"en"} and self.hindi_score(cleaned) > self.hindi_logit:
+            return "hi"
+        return lang
+
+
+def clean(text: str | None) -> str:
+    """A post's text without what is no language: mentions, links, `RT`, HTML entities, the `#` of a tag."""
+    return _NOISE.sub(" ", text).replace("#", " ") if text else ""
+
+
+def _words(cleaned: str) -> list[str]:
+    """A cleaned text's distinct words, lower-cased: case, digits, punctuation and spacing are left out, as
+    XLM-T's Hindi file holds English tweets in another corpus's lower-cased, space-tokenised form, and a model
+    that saw the form would learn it as Hindi."""
+    return list(dict.fromkeys(_NOT_LETTERS.sub(" ", cleaned.lower()).split()))
+
+
+def _word_features(word: str) -> list[str]:
+    edged = f" {word} "
+    return ["w:" + word] + [edged[i:i + n] for n in (2, 3, 4) for i in range(len(edged) - n + 1)]
+
+
+def hindi_features(cleaned: str) -> list[str]:
+    """The romanised-Hindi model's features, counted: each distinct word (`w:` and itself) and its character
+    2-4-grams with word edges."""
+    return [f for w in _words(cleaned) for f in _word_features(w)]
+
+
+def langid():
+    """py3langid's identifier with the prior and without the labels not offered (0.5 s: its model is
+    LZMA-compressed)."""
+    import numpy as np
+    from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
+    from py3langid.modelio import load_model
+
+    ptc, pc, classes, nextmove, row, output = load_model(MODEL_DIR / MODEL_FILE)
+    prior = np.log([_SHARE.get(lang, _RARE) for lang in classes]).astype(pc.dtype)
+    ident = LanguageIdentifier(ptc, pc + prior, classes, nextmove, output, tk_row=row)
+    ident.set_languages([lang for lang in ident.labels if lang not in _NOT_OFFERED])
+    return ident
+
+
+def read_hindi_model(path: Path = HINDI_MODEL) -> tuple[dict[str, float], float, float]:
+    """(weights by feature, intercept, decision logit) from the file benchmarks/train_language.py writes."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as z:
+        features = z["features"].tobytes().decode("utf-8").split("\n")
+        return dict(zip(features, z["weights"].astype(float).tolist())), float(z["bias"]), float(z["logit"])
+
+
+_identifier: Identifier | None = None
 _lock = threading.Lock()
 
 
-def load():
-    """The identifier, loaded once per process (0.7 s of CPU: its model is LZMA-compressed); `mmsa score`
-    loads it while Prefect starts."""
+def load() -> Identifier:
+    """The identifier, loaded once per process; `mmsa score` loads it while Prefect starts."""
     global _identifier
     with _lock:
         if _identifier is None:
-            import numpy as np
-            from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
-            from py3langid.modelio import load_model
-
-            ptc, pc, classes, nextmove, row, output = load_model(MODEL_DIR / MODEL_FILE)
-            prior = np.log([_SHARE.get(lang, _RARE) for lang in classes]).astype(pc.dtype)
-            ident = LanguageIdentifier(ptc, pc + prior, classes, nextmove, output, tk_row=row)
-            ident.set_languages([lang for lang in ident.labels if lang not in _NOT_OFFERED])
-            _identifier = ident
+            _identifier = Identifier(langid(), *read_hindi_model())
         return _identifier
 
 
@@ -101,19 +194,8 @@ def normalise(tag: str | None) -> str | None:
 
 
 def identify(text: str | None) -> str | None:
-    """The language of a post's text, or None when it has no letters to go on."""
-    if not text:
-        return None
-    cleaned = _NOISE.sub(" ", text).replace("#", " ")
-    if not _LETTER.search(cleaned) or (len(_ANY_WORD.findall(cleaned)) < 2 and not _NOT_LATIN.search(cleaned)):
-        return None
-    lang, _ = load().classify(cleaned)
-    lang = _MACRO.get(lang, lang)
-    words = _WORD.findall(cleaned.lower())
-    hindi = sum(w in _HINDI_WORDS for w in words)
-    if (hindi >= 2 and hindi >= 0.1 * len(words)) or (hindi and lang not in _LATIN_MAJOR):
-        return "hi"
-    return lang
+    """The language of a post's text, or None when it has too little to go on."""
+    return load().identify(text)
 
 
 def post_language(tag: str | None, text: str | None) -> str | None:
@@ -124,4 +206,5 @@ def post_language(tag: str | None, text: str | None) -> str | None:
 # Changes with the identifier's version and with the rules above: a dump's shards (which hold `lang`) are
 # cut again when either changes (mmsa.source.content_key).
 KEY = hashlib.sha256(repr((version("py3langid"), sorted(_NOT_OFFERED), sorted(_MACRO.items()), sorted(_HINDI_WORDS),
-                           sorted(_SHARE.items()), _RARE, _NOISE.pattern)).encode()).hexdigest()[:12]
+                           sorted(_SHARE.items()), _RARE, _NOISE.pattern, _ONE_WORD_SURE,
+                           hashlib.sha256(HINDI_MODEL.read_bytes()).hexdigest())).encode()).hexdigest()[:12]

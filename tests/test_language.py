@@ -43,7 +43,14 @@ def test_a_dump_without_lang_gets_each_posts_language(tmp_path):
     rows = [{"post_id": code, "created_at": "2026-11-20T10:00:00Z", "text": text} for code, text in CLEAR.items()]
     rows += [
         {"post_id": "one-word", "created_at": "2026-11-20T10:00:00Z", "text": "merci!"},  # a coin toss: no language
+        {"post_id": "one-word-sure", "created_at": "2026-11-20T10:00:00Z", "text": "Glückwunsch!"},
         {"post_id": "hinglish", "created_at": "2026-11-20T10:00:00Z", "text": "yaar ye phone bahut accha hai, mujhe pasand aaya"},
+        {"post_id": "hinglish-2", "created_at": "2026-11-20T10:00:00Z", "text": "sab theek ho jayega"},
+        # English in the lower-cased, tokenised form of XLM-T's Hindi file, and English about India, stay English
+        {"post_id": "en-tokenised", "created_at": "2026-11-20T10:00:00Z",
+         "text": "i want to watch the new movie tonight , anyone coming ?"},
+        {"post_id": "en-india", "created_at": "2026-11-20T10:00:00Z",
+         "text": "India won the match by six wickets in Mumbai, what a game!"},
         # mentions, links and RT are no language: English around them stays English, and nothing else is none
         {"post_id": "en-noisy", "created_at": "2026-11-20T10:00:00Z",
          "text": "RT @AcmeSupport @bob: thanks for the quick fix https://t.co/abc123 #acme"},
@@ -51,8 +58,21 @@ def test_a_dump_without_lang_gets_each_posts_language(tmp_path):
          "image_url": "https://img.example/1.jpg"},
     ]
     langs = _langs(_write(tmp_path / "flat.jsonl", rows))
-    assert langs == {**{code: code for code in CLEAR}, "hinglish": "hi", "en-noisy": "en", "no-letters": None,
-                     "one-word": None}
+    assert langs == {**{code: code for code in CLEAR}, "hinglish": "hi", "hinglish-2": "hi", "en-noisy": "en",
+                     "en-tokenised": "en", "en-india": "en", "no-letters": None, "one-word": None, "one-word-sure": "de"}
+
+
+# Romanised Hindi without the function words the rules know: py3langid alone calls them id, uz, en.
+HINGLISH_BEYOND_THE_WORDS = ["bilkul sahi baat boli", "dil se shukriya dost", "sab theek ho jayega"]
+
+
+def test_romanised_hindi_beyond_its_function_words_is_found_by_the_shipped_model():
+    rules_only = language.Identifier(language.load().langid, {}, float("-inf"), 0.0)
+    assert [rules_only.identify(t) for t in HINGLISH_BEYOND_THE_WORDS] == ["id", "uz", "en"]
+    assert [language.identify(t) for t in HINGLISH_BEYOND_THE_WORDS] == ["hi", "hi", "hi"]
+    weights, _, logit = language.read_hindi_model()
+    # small enough to ship in the package, and a real model: thousands of weights, a threshold above even odds
+    assert language.HINDI_MODEL.stat().st_size < 3_000_000 and len(weights) > 1000 and logit > 0
 
 
 def test_a_dumps_own_tag_is_kept_as_iso_639_1(tmp_path):
