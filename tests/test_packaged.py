@@ -133,6 +133,16 @@ def test_a_damaged_part_is_refused_naming_it(installed, site, tmp_path, damage):
     assert _left(tmp_path / "cache") == []  # no folder, whole or half, and no joined zip
 
 
+def test_a_file_that_does_not_match_its_pin_is_refused(installed, site, tmp_path):
+    """The parts pass their pins but a file inside does not (a pin changed without the parts): no folder."""
+    spec = installed[0]
+    files = tuple((rel, "0" * 64 if rel == "model.safetensors" else sha) for rel, sha in spec.files)
+    wrong = SplitZip(spec.name, spec.parts, files, spec.install)
+    with pytest.raises(PermanentError, match=r"^tiny-mpnet: model\.safetensors in the joined parts has sha256 "):
+        packaged.folder(wrong, tmp_path / "cache", path=[str(site)])
+    assert _left(tmp_path / "cache") == []
+
+
 def test_a_missing_part_says_to_install_the_large_model(installed, site, tmp_path):
     spec = installed[0]
     shutil.rmtree(next(site.glob("mmsa_tiny_part_003-*.dist-info")))
