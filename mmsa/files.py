@@ -100,13 +100,17 @@ def _alive(pid: int) -> bool:
 
 
 def sweep_stale(*folders: str | os.PathLike) -> int:
-    """Delete the temporary files (`atomic_path`'s) in `folders` whose writing process is dead; returns
-    how many. A live writer's file stays: it may be about to be renamed."""
+    """Delete the temporary files (`atomic_path`'s) and folders (`temp_path`'s, built whole before a rename:
+    mmsa.packaged) in `folders` whose writing process is dead; returns how many. A live writer's stays: it
+    may be about to be renamed."""
     removed = 0
     for folder in folders:
         for tmp in Path(folder).glob(".*.tmp*"):
             match = _TEMP.match(tmp.name)
             if match and not _alive(int(match["pid"])):
-                tmp.unlink(missing_ok=True)
+                if tmp.is_dir():
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    tmp.unlink(missing_ok=True)
                 removed += 1
     return removed

@@ -60,19 +60,23 @@ def write_dataset(
     return out
 
 
-def tiny_text_encoder(folder: str | Path, hidden: int = 24, layers: int = 2) -> Path:
-    """A randomly initialised tiny BERT + word-piece tokenizer over VOCAB, saved as an HF folder."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+def tiny_text_encoder(folder: str | Path, hidden: int = 24, layers: int = 2, arch: str = "bert") -> Path:
+    """A randomly initialised tiny BERT, or MPNet (`arch="mpnet"`: the large tier's architecture, its special
+    tokens first as in all-mpnet-base-v2's vocabulary), + its word-piece tokenizer over VOCAB, saved as an HF
+    folder."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast, MPNetConfig, MPNetModel, MPNetTokenizerFast
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
-    cfg = BertConfig(
-        vocab_size=len(VOCAB), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=2 * hidden, max_position_embeddings=64,
-    )
-    BertModel(cfg).save_pretrained(folder)
+    mpnet = arch == "mpnet"
+    vocab = ["<s>", "<pad>", "</s>", "[UNK]", "<mask>", *VOCAB[5:]] if mpnet else VOCAB
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (MPNetTokenizerFast if mpnet else BertTokenizerFast)(vocab=str(folder / "vocab.txt")).save_pretrained(folder)
+    Config, Model = (MPNetConfig, MPNetModel) if mpnet else (BertConfig, BertModel)
+    # MPNet numbers positions from its pad id + 1, as RoBERTa does: 64 tokens need 66 positions.
+    cfg = Config(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                 intermediate_size=2 * hidden, max_position_embeddings=66 if mpnet else 64)
+    Model(cfg).save_pretrained(folder)
     return folder
 
 

@@ -23,7 +23,7 @@ LAYERS = [
     ("orchestration", ["mmsa.pipeline", "mmsa.train", "mmsa.evaluate", "mmsa.stack", "mmsa.crossval"]),
     ("reports", ["mmsa.report", "mmsa.charts"]),
     ("store", ["mmsa.store", "mmsa.publish"]),
-    ("model", ["mmsa.infer", "mmsa.model", "mmsa.heads", "mmsa.encoders", "mmsa.data", "mmsa.features",
+    ("model", ["mmsa.infer", "mmsa.model", "mmsa.heads", "mmsa.encoders", "mmsa.packaged", "mmsa.data", "mmsa.features",
                "mmsa.synthetic", "mmsa.quantify"]),
     ("images", ["mmsa.procfetch", "mmsa.fetch", "mmsa.gpudecode", "mmsa.imaging"]),
     ("source", ["mmsa.source", "mmsa.readers", "mmsa.brands", "mmsa.language"]),

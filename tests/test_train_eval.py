@@ -130,6 +130,26 @@ def test_finetuned_text_layers_are_shipped_and_reloaded(env, tmp_path):
     assert abs(m["accuracy"] - summary["dev"]["accuracy"]) <= 1 / 60  # fp16 storage may flip one post
 
 
+def test_an_mpnet_text_side_fine_tunes_ships_and_scores_alike_through_onnx(env, tmp_path):
+    """The large tier's architecture (a tiny random MPNet here) through the same path as MiniLM: its top block
+    fine-tuned and shipped alone, reloaded over the backbone, and the ONNX graphs exported from it give the torch
+    engine's probabilities."""
+    mpnet = str(tiny_text_encoder(tmp_path / "mpnet", arch="mpnet"))
+    summary = run(_cfg(env, head="native_cat", text_encoder=mpnet, finetune_layers=1, lr_encoder=1e-3), env["data"],
+                  tmp_path / "m", cache_dir=env["cache"], progress=False)
+    layers = load_file(tmp_path / "m" / "text_layers.safetensors")
+    assert layers and all(k.startswith("encoder.layer.1.") for k in layers)
+    m = evaluate_file(env["data"] / "dev.jsonl", str(tmp_path / "m"))
+    assert m["n"] == 60 and abs(m["accuracy"] - summary["dev"]["accuracy"]) <= 1 / 60  # fp16 storage may flip one post
+    model = load_model(str(tmp_path / "m"))
+    assert model.text_encoder.model.config.model_type == "mpnet"
+    ds = load_jsonl(env["data"] / "dev.jsonl")
+    images = [load_image(p, model.image_size) if p else None for p in ds.images]
+    torch_probs = Engine(model, backend="torch").predict(ds.texts, images).probs
+    onnx_probs = Engine(model, backend="onnx", cache_dir=tmp_path / "onnx").predict(ds.texts, images).probs
+    np.testing.assert_allclose(onnx_probs, torch_probs, atol=1e-5)
+
+
 def test_text_pretraining_reports_held_out_metrics(env, tmp_path):
     rows = [json.loads(line) for line in (env["data"] / "train.jsonl").read_text().splitlines()]
     text_only = tmp_path / "tweets.jsonl"
