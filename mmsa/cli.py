@@ -258,8 +258,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         targeted = None if args.targeted == "none" else args.targeted or resolve_data_dir() / "targeted"
         cfg = stack.train_model(data, args.semeval or resolve_data_dir() / "semeval2017_4a" / "train.jsonl", args.out,
-                                base=args.base, weight=args.class_weight or stack.DEFAULT_WEIGHT, seed=args.seed,
-                                targeted=targeted)
+                                base=args.base, weight=args.class_weight or stack.DEFAULT_WEIGHT, seed=args.seed)
+        if targeted is not None:
+            from mmsa.targeted import add_target_head
+
+            cfg = add_target_head(args.out, targeted, seed=args.seed)
         s, m = cfg["semeval_heldout"], cfg["mvsa_pool_out_of_fold"]
         print(f"SemEval held-out macro recall={s['macro_recall']:.4f} (neutral {s['per_class_recall']['neutral']:.4f}); "
               f"MVSA train+dev out-of-fold accuracy={m['accuracy']:.4f} weighted_f1={m['weighted_f1']:.4f} -> {args.out}")
@@ -480,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="the targeted sets' folder (default: $MMSA_DATA/targeted)")
     _add_protocol_options(p)
     p.add_argument("--candidates", nargs="+", help="post, span_lr and/or block (default: all three)")
-    p.add_argument("--folds", type=int, default=5, help="folds, grouped by text")
+    p.add_argument("--folds", type=int, default=3, help="folds, grouped by text")
     p.add_argument("--out", default="results", help="folder for targeted.md, its JSON and the chosen candidate's "
                                                    "out-of-fold probabilities")
     p.set_defaults(func=_cmd_compare_targets)

@@ -189,16 +189,14 @@ def pooled_pool(m, mvsa_dir: str | Path, **kw):
 
 def train_model(mvsa_dir: str | Path, semeval: str | Path, out: str | Path, base: str | Path = "default",
                 weight: str = DEFAULT_WEIGHT, recipe: str = DEFAULT_RECIPE, name: str | None = None, seed: int = 0,
-                extra: dict | None = None, cache_dir: Path | None = None, targeted: str | Path | None = None) -> dict:
+                extra: dict | None = None, cache_dir: Path | None = None) -> dict:
     """A `recipe` of `mmsa compare` fitted on all of MVSA train+dev and the SemEval training part, over `base`'s
     encoders; writes a model folder and returns its config.
 
     The general text head (imageless posts, the text branch) learns from the SemEval training part plus
     MVSA's text labels with `weight`ed classes; the image head from MVSA's image labels. A stack's own
     general-text input ("text_general") learns from SemEval alone, so its probabilities on MVSA posts are out
-    of sample, as they were in cross-validation. With `targeted` (../shared/data/targeted), the model also gets
-    the target head (`mmsa.targeted.train_target_head`): the sentiment toward each brand, and the statistics
-    that brand shares are estimated with.
+    of sample, as they were in cross-validation.
     """
     from safetensors.torch import save_file
 
@@ -253,9 +251,5 @@ def train_model(mvsa_dir: str | Path, semeval: str | Path, out: str | Path, base
         "mvsa_pool_out_of_fold": classification_metrics(mv.label, p_oof.argmax(1)),
         **(extra or {}),
     }
-    if targeted is not None:
-        from mmsa.targeted import train_target_head
-
-        config.update(train_target_head(m, targeted, out, seed=seed, **kw))
     files.write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
     return config

@@ -148,7 +148,7 @@ def _length_batches(lengths: np.ndarray, size: int, rng: np.random.Generator) ->
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def fit_target_head(ds: TargetedSet, rows: np.ndarray, init: nn.Module | None = None, epochs: int = 3,
+def fit_target_head(ds: TargetedSet, rows: np.ndarray, init: nn.Module | None = None, epochs: int = 2,
                     lr: float = 1e-4, weight: str = "sqrt", seed: int = 0, progress: bool = True) -> TargetHead:
     """A TargetHead trained on `rows`: its block from `init` (the encoder's last block) when given, the
     marker and output layer from scratch at a higher rate, linear warm-up then decay."""
@@ -202,13 +202,13 @@ def group_folds(ds: TargetedSet, folds: int, seed: int) -> np.ndarray:
     return fold_of[ds.text]
 
 
-def cross_validate(model, ds: TargetedSet, candidates=CANDIDATES, folds: int = 5, seed: int = 0,
+def cross_validate(model, ds: TargetedSet, candidates=CANDIDATES, folds: int = 3, seed: int = 0,
                    cache_dir: Path | None = FEATURES_DIR, progress: bool = True) -> dict[str, np.ndarray]:
     """Out-of-fold probabilities of each candidate over every row, grouped by text:
     post = the model's general text head on the whole post (what every brand got before);
     span_lr = logistic regression over the frozen [span mean, post mean];
-    block = the TargetHead (`fit_target_head`, block from the encoder's last); its probabilities are cached
-    (an hour of CPU), so `mmsa compare-targets` and `mmsa train` share one run."""
+    block = the TargetHead (`fit_target_head`, block from the encoder's last). Each candidate's probabilities
+    are cached (the block's take most of an hour of CPU), so `mmsa compare-targets` and `mmsa train` share them."""
     fold = group_folds(ds, folds, seed)
     span, post = ds.pooled() if {"post", "span_lr"} & set(candidates) else (None, None)
     out = {}
@@ -220,7 +220,7 @@ def cross_validate(model, ds: TargetedSet, candidates=CANDIDATES, folds: int = 5
                 feats = Feats(torch.from_numpy(post), torch.zeros(len(post), model.image_dim))
                 p = model.bundle(feats, torch.zeros(len(post), dtype=torch.bool))["text"].softmax(-1).numpy()
         cache = Path(cache_dir) / f"target-oof-{name}-{ds.key}-{folds}-{seed}.npy" if cache_dir and ds.key else None
-        if name == "block" and cache is not None and cache.exists():
+        if cache is not None and cache.exists():
             out[name] = np.load(cache)
             continue
         for f in range(folds) if name != "post" else ():
@@ -232,7 +232,7 @@ def cross_validate(model, ds: TargetedSet, candidates=CANDIDATES, folds: int = 5
                 head = fit_target_head(ds, tr, model.text_encoder.layers()[-1], seed=seed, progress=progress)
                 p[te] = predict_targets(head, ds, te)
         out[name] = p
-        if name == "block" and cache is not None:
+        if cache is not None:
             with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, p)
         if progress:
@@ -254,7 +254,7 @@ WHAT = {"post": "the general text head on the whole post (every brand got the po
         "block": "TargetHead: one transformer block over the final states with the target marked (from the last block)"}
 
 
-def compare(model, data_dir: str | Path, out: str | Path | None, candidates=CANDIDATES, folds: int = 5,
+def compare(model, data_dir: str | Path, out: str | Path | None, candidates=CANDIDATES, folds: int = 3,
             seed: int = 0, cache_dir: Path | None = FEATURES_DIR) -> dict:
     """Cross-validate the candidates over every targeted set (grouped by text); write `out`/targeted.md and
     the chosen candidate's out-of-fold probabilities (`out`/targeted_oof.npz, for `mmsa quantify-compare`)."""
@@ -299,25 +299,52 @@ def table(result: dict) -> str:
             "are for the judged test splits, which no candidate saw.\n\n" + "\n".join(lines) + "\n")
 
 
-def train_target_head(model, data_dir: str | Path, out: str | Path, folds: int = 5, seed: int = 0,
-                      cache_dir: Path | None = FEATURES_DIR) -> dict:
-    """Fit the chosen candidate (block) on every targeted row and write it to `out`/target_head.safetensors
-    (fp16); returns config.json's entries: the file, the candidate's out-of-fold figures, and the
-    quantification statistics from its calibrated out-of-fold probabilities (brand shares are estimated
-    with them, `mmsa.quantify`)."""
+def final_head(model, ds: TargetedSet, seed: int = 0, cache_dir: Path | None = FEATURES_DIR) -> TargetHead:
+    """The chosen candidate fitted on every row (temperature 1), cached like the out-of-fold probabilities."""
+    from safetensors.torch import load_file, save_file
+
+    cache = Path(cache_dir) / f"target-head-{ds.key}-{seed}.safetensors" if cache_dir and ds.key else None
+    if cache is not None and cache.exists():
+        head = TargetHead(ds.states.shape[1])
+        head.load_state_dict(load_file(str(cache)))
+        return head.eval()
+    head = fit_target_head(ds, np.arange(len(ds)), model.text_encoder.layers()[-1], seed=seed)
+    if cache is not None:
+        with atomic_path(cache) as tmp:
+            save_file({k: v.contiguous() for k, v in head.state_dict().items()}, tmp)
+    return head
+
+
+def add_target_head(out: str | Path, data_dir: str | Path, folds: int = 3, seed: int = 0,
+                    cache_dir: Path | None = FEATURES_DIR) -> dict:
+    """Give the model folder `out` (written by `mmsa.stack.train_model`) the target head: the chosen candidate
+    (block) fitted on every targeted row, in target_head.safetensors (fp16), and in config.json the
+    candidate's out-of-fold figures and the quantification statistics from its calibrated out-of-fold
+    probabilities (brand shares are estimated with them, `mmsa.quantify`). Returns the new config."""
     from safetensors.torch import save_file
 
     from mmsa import files
+    from mmsa.model import SentimentModel
     from mmsa.quantify import quantification_stats
 
+    out = Path(out)
+    config = json.loads((out / "config.json").read_text())
+    config.pop("target_head", None)  # the encoders only: a head from an earlier fit must not load
+    files.write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
+    model = SentimentModel(out)
     ds = targeted_set(model, data_dir, cache_dir)
     oof = cross_validate(model, ds, ["block"], folds, seed, cache_dir)["block"]
     t = fit_temperature(oof, ds.label)
-    head = fit_target_head(ds, np.arange(len(ds)), model.text_encoder.layers()[-1], seed=seed)
+    head = final_head(model, ds, seed, cache_dir)
     head.temperature.fill_(t)
-    with files.atomic_path(Path(out) / "target_head.safetensors") as tmp:
+    with files.atomic_path(out / "target_head.safetensors") as tmp:
         save_file({k: v.half().contiguous() for k, v in head.state_dict().items()}, tmp)
-    return {"target_head": "target_head.safetensors",
-            "target_out_of_fold": {name: {k: sc[k] for k in ("n", "accuracy", "macro_recall", "macro_f1")}
-                                   for name, sc in scores_by_set(ds, oof).items()},
-            "quantification": quantification_stats(tempered(oof, t), ds.label, seed=seed)}
+    config.update({
+        "target_head": "target_head.safetensors",
+        "target_train": {"data": str(data_dir), "rows": len(ds), "folds": folds, "seed": seed, "temperature": t},
+        "target_out_of_fold": {name: {k: sc[k] for k in ("n", "accuracy", "macro_recall", "macro_f1")}
+                               for name, sc in scores_by_set(ds, oof).items()},
+        "quantification": quantification_stats(tempered(oof, t), ds.label, seed=seed),
+    })
+    files.write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
+    return config
