@@ -258,7 +258,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
         targeted = None if args.targeted == "none" else args.targeted or resolve_data_dir() / "targeted"
         cfg = stack.train_model(data, args.semeval or resolve_data_dir() / "semeval2017_4a" / "train.jsonl", args.out,
-                                base=args.base, weight=args.class_weight or stack.DEFAULT_WEIGHT, seed=args.seed)
+                                base=args.base, weight=args.class_weight or stack.DEFAULT_WEIGHT, seed=args.seed,
+                                name=args.name)
         if targeted is not None:
             from mmsa.targeted import add_target_head
 
@@ -343,7 +344,8 @@ def _cmd_compare_targets(args: argparse.Namespace) -> int:
     train.set_threads(args.threads)
     kw = {} if args.cache is None else {"cache_dir": args.cache}
     result = targeted.compare(load_model(args.model), args.data or resolve_data_dir() / "targeted", args.out,
-                              candidates=args.candidates or targeted.CANDIDATES, folds=args.folds, seed=args.seed, **kw)
+                              candidates=args.candidates or targeted.CANDIDATES, folds=args.folds, seed=args.seed,
+                              oof_path=args.oof, **kw)
     print(targeted.table(result))
     return 0
 
@@ -448,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "train+dev and --semeval) | text|image|native_cat|native_combine|cmac|hstec|ote (dev held out)")
     p.add_argument("--semeval", help="general tweets JSONL for the text path (default: $MMSA_DATA/semeval2017_4a/train.jsonl)")
     p.add_argument("--base", default="default", help="stack: the model folder whose encoders are used")
+    p.add_argument("--name", help="stack: the model's name in config.json and every scored row (default: the folder's)")
     p.add_argument("--targeted", help="stack: the targeted sets for the target head (sentiment toward each brand; "
                                       "default: $MMSA_DATA/targeted; 'none': no target head)")
     p.add_argument("--text-encoder", default="all-minilm-l6-v2", help="HF folder or cached hub name")
@@ -484,8 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_protocol_options(p)
     p.add_argument("--candidates", nargs="+", help="post, span_lr and/or block (default: all three)")
     p.add_argument("--folds", type=int, default=3, help="folds, grouped by text")
-    p.add_argument("--out", default="results", help="folder for targeted.md, its JSON and the chosen candidate's "
-                                                   "out-of-fold probabilities")
+    p.add_argument("--out", default="results", help="folder for targeted.md and its JSON")
+    p.add_argument("--oof", help="an .npz to write the chosen candidate's calibrated out-of-fold probabilities and "
+                                 "labels to (for `mmsa quantify-compare --probs`)")
     p.set_defaults(func=_cmd_compare_targets)
 
     p = sub.add_parser("quantify-compare",

@@ -36,7 +36,9 @@ TARGETED_SETS = {
     "dong2014": ("train",),
     "semeval2016_4c": ("train", "dev", "devtest", "test2016"),
 }
-CANDIDATES = ("post", "span_lr", "block")
+CANDIDATES = ("post", "span_lr", "block", "block_pairs")
+CHOSEN = "block_pairs"  # by `mmsa compare-targets` (results/targeted.md)
+PAIRS = 10_000  # pair texts made for block_pairs (two rows each)
 
 
 def read_targeted(path: str | Path) -> list[dict]:
@@ -55,6 +57,7 @@ class TargetedSet:
     label: np.ndarray
     source: np.ndarray  # the set each row came from
     key: str = ""  # changes with the encoder and the rows: names cached out-of-fold probabilities
+    parts: np.ndarray | None = None  # (N, 2) for made-up pair rows: the real texts (their `text` indices) joined
 
     def __len__(self) -> int:
         return len(self.label)
@@ -118,14 +121,21 @@ def token_states(model, texts: list[str], cache_dir: Path | None = FEATURES_DIR)
     return states, offsets
 
 
-def targeted_set(model, data_dir: str | Path, cache_dir: Path | None = FEATURES_DIR) -> TargetedSet:
-    """Every labelled row of TARGETED_SETS under `data_dir` (../shared/data/targeted)."""
-    rows, source = [], []
+def read_sets(data_dir: str | Path) -> list[dict]:
+    """Every labelled row of TARGETED_SETS under `data_dir` (../shared/data/targeted), with its `source`."""
+    rows = []
     for name, splits in TARGETED_SETS.items():
         for split in splits:
-            part = read_targeted(Path(data_dir) / name / f"{split}.jsonl")
-            rows += part
-            source += [name] * len(part)
+            rows += [{**r, "source": name} for r in read_targeted(Path(data_dir) / name / f"{split}.jsonl")]
+    return rows
+
+
+def targeted_set(model, data_dir: str | Path, cache_dir: Path | None = FEATURES_DIR) -> TargetedSet:
+    """Every labelled row of TARGETED_SETS under `data_dir`, over its texts' token states."""
+    return _over_states(model, read_sets(data_dir), cache_dir)
+
+
+def _over_states(model, rows: list[dict], cache_dir: Path | None, parts: np.ndarray | None = None) -> TargetedSet:
     texts = sorted({r["text"] for r in rows})
     where = {t: i for i, t in enumerate(texts)}
     states, offsets = token_states(model, texts, cache_dir)
@@ -134,7 +144,45 @@ def targeted_set(model, data_dir: str | Path, cache_dir: Path | None = FEATURES_
     spans = span_token_mask(tok, [r["text"] for r in rows], [target_spans(r) for r in rows])
     key = hashlib.sha256((encoder_key(model) + json.dumps([[r["text"], r["target"], r["label"]] for r in rows])).encode())
     return TargetedSet(states, offsets, np.array([where[r["text"]] for r in rows]), spans,
-                       np.array([LABEL_TO_ID[r["label"]] for r in rows]), np.array(source), key.hexdigest()[:16])
+                       np.array([LABEL_TO_ID[r["label"]] for r in rows]), np.array([r["source"] for r in rows]),
+                       key.hexdigest()[:16], parts)
+
+
+def pair_set(model, data_dir: str | Path, ds: TargetedSet, n: int = PAIRS, seed: int = 0,
+             cache_dir: Path | None = FEATURES_DIR) -> TargetedSet:
+    """Made-up rows that teach the head to read the target's own words: two real tweets, each naming its
+    target once, joined into one text, with a row toward each target labelled as its own tweet was (few real
+    tweets name two targets with different sentiments, so a head learns mostly to copy the post's). Only pairs
+    that fit in the encoder's length. `parts` holds the two real texts (`ds.text` indices), so that
+    cross-validation trains on a pair only when both of its tweets are in the training folds."""
+    rows = read_sets(data_dir)
+    texts = sorted({r["text"] for r in rows})
+    where = {t: i for i, t in enumerate(texts)}
+    single = [r for r, sp in zip(rows, map(target_spans, rows)) if len(sp) == 1]
+    lengths = np.diff(ds.offsets)
+    rng = np.random.default_rng(seed)
+    out, parts = [], []
+    while len(out) < 2 * n:
+        a, b = (single[i] for i in rng.integers(0, len(single), 2))
+        ta, tb = where[a["text"]], where[b["text"]]
+        if ta == tb or a["target"].lower() == b["target"].lower() or lengths[ta] + lengths[tb] - 2 > model.max_length:
+            continue
+        text = a["text"] + " " + b["text"]
+        (sa, _), (sb, _) = target_spans(a)[0], target_spans(b)[0]
+        out += [{"text": text, "target": a["target"], "target_start": sa, "label": a["label"], "source": "pairs"},
+                {"text": text, "target": b["target"], "target_start": len(a["text"]) + 1 + sb, "label": b["label"],
+                 "source": "pairs"}]
+        parts += [(ta, tb)] * 2
+    return _over_states(model, out, cache_dir, np.array(parts))
+
+
+def join(ds: TargetedSet, more: TargetedSet) -> TargetedSet:
+    """One set of ds's rows followed by more's (its texts after ds's)."""
+    return TargetedSet(np.concatenate([ds.states, more.states]),
+                       np.concatenate([ds.offsets[:-1], more.offsets + ds.offsets[-1]]),
+                       np.concatenate([ds.text, more.text + len(ds.offsets) - 1]), ds.spans + more.spans,
+                       np.concatenate([ds.label, more.label]), np.concatenate([ds.source, more.source]),
+                       ds.key + more.key)
 
 
 def _length_batches(lengths: np.ndarray, size: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -203,12 +251,14 @@ def group_folds(ds: TargetedSet, folds: int, seed: int) -> np.ndarray:
 
 
 def cross_validate(model, ds: TargetedSet, candidates=CANDIDATES, folds: int = 3, seed: int = 0,
-                   cache_dir: Path | None = FEATURES_DIR, progress: bool = True) -> dict[str, np.ndarray]:
+                   cache_dir: Path | None = FEATURES_DIR, progress: bool = True,
+                   pairs: TargetedSet | None = None) -> dict[str, np.ndarray]:
     """Out-of-fold probabilities of each candidate over every row, grouped by text:
     post = the model's general text head on the whole post (what every brand got before);
     span_lr = logistic regression over the frozen [span mean, post mean];
-    block = the TargetHead (`fit_target_head`, block from the encoder's last). Each candidate's probabilities
-    are cached (the block's take most of an hour of CPU), so `mmsa compare-targets` and `mmsa train` share them."""
+    block = the TargetHead (`fit_target_head`, block from the encoder's last); block_pairs = the same, also
+    trained on made-up pairs of tweets (`pair_set`). Each candidate's probabilities are cached (the blocks' take
+    most of an hour of CPU), so `mmsa compare-targets` and `mmsa train` share them; only real rows score."""
     fold = group_folds(ds, folds, seed)
     span, post = ds.pooled() if {"post", "span_lr"} & set(candidates) else (None, None)
     out = {}
@@ -219,7 +269,8 @@ def cross_validate(model, ds: TargetedSet, candidates=CANDIDATES, folds: int = 3
             with torch.no_grad():
                 feats = Feats(torch.from_numpy(post), torch.zeros(len(post), model.image_dim))
                 p = model.bundle(feats, torch.zeros(len(post), dtype=torch.bool))["text"].softmax(-1).numpy()
-        cache = Path(cache_dir) / f"target-oof-{name}-{ds.key}-{folds}-{seed}.npy" if cache_dir and ds.key else None
+        key = ds.key + (pairs.key if name == "block_pairs" else "")
+        cache = Path(cache_dir) / f"target-oof-{name}-{key}-{folds}-{seed}.npy" if cache_dir and ds.key else None
         if cache is not None and cache.exists():
             out[name] = np.load(cache)
             continue
@@ -228,9 +279,17 @@ def cross_validate(model, ds: TargetedSet, candidates=CANDIDATES, folds: int = 3
             if name == "span_lr":
                 x = np.concatenate([span, post], 1)
                 p[te] = fit_lr(x[tr], ds.label[tr], weight="sqrt", seed=seed).predict_proba(x[te])
-            else:
+            elif name == "block":
                 head = fit_target_head(ds, tr, model.text_encoder.layers()[-1], seed=seed, progress=progress)
                 p[te] = predict_targets(head, ds, te)
+            else:
+                both = join(ds, pairs)
+                text_fold = np.zeros(len(ds.offsets) - 1, np.int64)
+                text_fold[ds.text] = fold
+                usable = len(ds) + np.flatnonzero((text_fold[pairs.parts] != f).all(1))
+                head = fit_target_head(both, np.concatenate([tr, usable]), model.text_encoder.layers()[-1], seed=seed,
+                                       progress=progress)
+                p[te] = predict_targets(head, both, te)
         out[name] = p
         if cache is not None:
             with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
@@ -250,20 +309,23 @@ def scores_by_set(ds: TargetedSet, probs: np.ndarray) -> dict[str, dict]:
 BARS = {"twitter2015": ("accuracy", 72.0), "twitter2017": ("accuracy", 65.0), "dong2014": ("accuracy", 71.0),
         "semeval2016_4c": ("macro_recall", 68.0)}
 WHAT = {"post": "the general text head on the whole post (every brand got the post's label)",
+        "block_pairs": "the same block, also trained on 10,000 made-up pairs of tweets (two targets, two labels)",
         "span_lr": "logistic regression over frozen [target-span mean, post mean] of the final states",
         "block": "TargetHead: one transformer block over the final states with the target marked (from the last block)"}
 
 
 def compare(model, data_dir: str | Path, out: str | Path | None, candidates=CANDIDATES, folds: int = 3,
-            seed: int = 0, cache_dir: Path | None = FEATURES_DIR) -> dict:
+            seed: int = 0, cache_dir: Path | None = FEATURES_DIR, oof_path: str | Path | None = None) -> dict:
     """Cross-validate the candidates over every targeted set (grouped by text); write `out`/targeted.md and
-    the chosen candidate's out-of-fold probabilities (`out`/targeted_oof.npz, for `mmsa quantify-compare`)."""
+    its JSON, and with `oof_path` the chosen candidate's calibrated out-of-fold probabilities and the labels
+    (an .npz for `mmsa quantify-compare --probs`; labelled data, so not for the repository)."""
     unknown = set(candidates) - set(CANDIDATES)
     if unknown:
         raise ValueError(f"unknown candidates {sorted(unknown)}: expected some of {', '.join(CANDIDATES)}")
     t0 = time.perf_counter()
     ds = targeted_set(model, data_dir, cache_dir)
-    oof = cross_validate(model, ds, candidates, folds, seed, cache_dir)
+    pairs = pair_set(model, data_dir, ds, seed=seed, cache_dir=cache_dir) if "block_pairs" in candidates else None
+    oof = cross_validate(model, ds, candidates, folds, seed, cache_dir, pairs=pairs)
     result = {"n": len(ds), "texts": int(len(np.unique(ds.text))), "folds": folds, "seed": seed, "model": model.version,
               "minutes": round((time.perf_counter() - t0) / 60),
               "scores": {name: {**scores_by_set(ds, p), "all": classification_metrics(ds.label, p.argmax(1))}
@@ -273,9 +335,9 @@ def compare(model, data_dir: str | Path, out: str | Path | None, candidates=CAND
         out.mkdir(parents=True, exist_ok=True)
         (out / "targeted.md").write_text(table(result))
         (out / "targeted.json").write_text(json.dumps(result, indent=1) + "\n")
-        if "block" in oof:  # temperature-calibrated, as `mmsa quantify-compare --probs` takes them
-            p = tempered(oof["block"], fit_temperature(oof["block"], ds.label))
-            np.savez_compressed(out / "targeted_oof.npz", probs=p, labels=ds.label)
+    if oof_path is not None and CHOSEN in oof:
+        p = tempered(oof[CHOSEN], fit_temperature(oof[CHOSEN], ds.label))
+        np.savez_compressed(oof_path, probs=p, labels=ds.label)
     return result
 
 
@@ -300,7 +362,8 @@ def table(result: dict) -> str:
 
 
 def final_head(model, ds: TargetedSet, seed: int = 0, cache_dir: Path | None = FEATURES_DIR) -> TargetHead:
-    """The chosen candidate fitted on every row (temperature 1), cached like the out-of-fold probabilities."""
+    """A TargetHead fitted on every row of ds (the chosen candidate's: real rows and pairs joined), temperature
+    1, cached like the out-of-fold probabilities."""
     from safetensors.torch import load_file, save_file
 
     cache = Path(cache_dir) / f"target-head-{ds.key}-{seed}.safetensors" if cache_dir and ds.key else None
@@ -333,9 +396,10 @@ def add_target_head(out: str | Path, data_dir: str | Path, folds: int = 3, seed:
     files.write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
     model = SentimentModel(out)
     ds = targeted_set(model, data_dir, cache_dir)
-    oof = cross_validate(model, ds, ["block"], folds, seed, cache_dir)["block"]
+    pairs = pair_set(model, data_dir, ds, seed=seed, cache_dir=cache_dir)
+    oof = cross_validate(model, ds, [CHOSEN], folds, seed, cache_dir, pairs=pairs)[CHOSEN]
     t = fit_temperature(oof, ds.label)
-    head = final_head(model, ds, seed, cache_dir)
+    head = final_head(model, join(ds, pairs), seed, cache_dir)
     head.temperature.fill_(t)
     with files.atomic_path(out / "target_head.safetensors") as tmp:
         save_file({k: v.half().contiguous() for k, v in head.state_dict().items()}, tmp)

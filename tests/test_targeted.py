@@ -102,7 +102,8 @@ def test_engine_gives_probabilities_toward_each_target_and_none_without_targets(
     pred = engine.predict(texts, [None, None], targets=spans)
     assert [p.shape for p in pred.target_probs] == [(2, 3), (0, 3)]
     assert np.allclose(pred.target_probs[0].sum(1), 1)
-    assert pred.target_probs[0][0].argmax() == 0 and pred.target_probs[0][1].argmax() == 2  # positive, negative
+    assert not np.allclose(pred.target_probs[0][0], pred.target_probs[0][1], atol=1e-3)  # each target its own
+    assert not np.allclose(pred.target_probs[0][0], pred.text_probs[0], atol=1e-3)  # not the post's copied
     assert engine.predict(texts, [None, None]).target_probs is None
     # batch size 1 splits rows across batches: every row keeps its own targets
     one = engine.predict(texts, [None, None], batch_size=1, targets=spans)
@@ -123,10 +124,11 @@ def test_toward_brands_moves_a_named_brand_by_the_image_and_leaves_an_unnamed_on
     assert pipeline.toward_brands(pred, rows, None, spans) is None
 
 
-def test_a_post_praising_one_brand_and_panning_another_gets_two_brand_labels(prefect_harness, tmp_path):
+def test_mmsa_score_gives_each_named_brand_the_target_heads_probabilities(prefect_harness, tmp_path):
     dump = tmp_path / "posts.jsonl"
     posts = [{"post_id": "both", "created_at": "2026-11-20T10:00:00Z", "text": PRAISE_AND_PAN},
              {"post_id": "neither", "created_at": "2026-11-20T11:00:00Z", "text": "acme and globex both open at nine"}]
+    posts.append({"post_id": "field", "created_at": "2026-11-20T12:00:00Z", "text": "great day", "brand": "initech"})
     dump.write_text("".join(json.dumps(p) + "\n" for p in posts))
     brands = tmp_path / "brands.yaml"
     brands.write_text("acme:\n  keywords: [acme]\nglobex:\n  keywords: [globex]\n")
@@ -134,8 +136,38 @@ def test_a_post_praising_one_brand_and_panning_another_gets_two_brand_labels(pre
     assert main(["score", str(dump), "--db", str(db), "--out", str(tmp_path / "out"), "--brands", str(brands)]) == 0
     with duckdb.connect(str(db), read_only=True) as con:
         got = {(r[0], r[1]): r[2:] for r in con.sql(
-            "SELECT post_id, brand, brand_label, brand_p_positive + brand_p_neutral + brand_p_negative, label "
-            "FROM post_sentiment").fetchall()}
-    assert got[("both", "acme")][0] == "positive" and got[("both", "globex")][0] == "negative"
-    assert all(s == pytest.approx(1) for _, s, _ in got.values())
-    assert {got[("neither", b)][0] for b in ("acme", "globex")} == {"neutral"}
+            "SELECT post_id, brand, brand_p_positive, brand_p_negative, p_positive, p_negative, "
+            "brand_p_positive + brand_p_neutral + brand_p_negative FROM post_sentiment").fetchall()}
+    engine = get_engine("default")
+    spans = [find_spans(PRAISE_AND_PAN, b) for b in ("acme", "globex")]
+    want = engine.predict([PRAISE_AND_PAN], [None], targets=[spans]).target_probs[0]
+    for k, b in enumerate(("acme", "globex")):  # text only: the head's probabilities, unmoved
+        assert got[("both", b)][:2] == pytest.approx((want[k][0], want[k][2]), abs=1e-4)
+    assert got[("both", "acme")][:2] != pytest.approx(got[("both", "acme")][2:4], abs=1e-3)
+    assert got[("field", "initech")][:2] == pytest.approx(got[("field", "initech")][2:4])  # not named: the post's
+    assert all(r[4] == pytest.approx(1) for r in got.values())
+
+
+def test_evaluate_scores_rows_with_a_target_toward_it(tmp_path):
+    from mmsa import evaluate
+
+    rows = [{"text": PRAISE_AND_PAN, "target": "acme", "label": "positive"},
+            {"text": PRAISE_AND_PAN, "target": "globex", "label": "negative"},
+            {"text": "globex opened a new office in Leeds", "target": "globex", "target_start": 0, "label": "neutral"}]
+    data = tmp_path / "targets.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = evaluate.evaluate_file(data, "default", backend="torch")
+    assert m["toward_target"] is True and m["n"] == 3
+    engine = get_engine("default", "torch")
+    pred = engine.predict([r["text"] for r in rows], [None] * 3, targets=[[target_spans(r)] for r in rows])
+    labels = {"positive": 0, "neutral": 1, "negative": 2}
+    want = np.zeros((3, 3), int)
+    for r, t in zip(rows, pred.target_probs):
+        want[labels[r["label"]], int(t[0].argmax())] += 1
+    assert m["confusion"] == want.tolist()  # the head's label toward each row's target
+    assert m["text_only"]["n"] == 3  # the post's own text path, beside: one label for both targets
+    plain = tmp_path / "plain.jsonl"  # the same rows without their targets: one post label for both brands
+    plain.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "target"}) + "\n" for r in rows))
+    post = evaluate.evaluate_file(plain, "default", backend="torch")
+    assert post["toward_target"] is False
+    assert post["text_only"]["per_class_recall"] == m["text_only"]["per_class_recall"]  # the post side: the same
