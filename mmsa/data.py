@@ -33,6 +33,7 @@ class LabelledSet:
     texts: list[str]
     images: list[Path | None]
     labels: np.ndarray  # int64 indices into LABELS
+    targets: list[list[tuple[int, int]] | None] | None = None  # per row: the `target`'s spans, None without one
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -43,13 +44,14 @@ class LabelledSet:
             [self.texts[i] for i in idx],
             [self.images[i] for i in idx],
             self.labels[idx],
+            None if self.targets is None else [self.targets[i] for i in idx],
         )
 
 
 def load_jsonl(path: str | os.PathLike, with_images: bool = True) -> LabelledSet:
     """Read a labelled JSONL; `image` paths are relative to the file's folder."""
     path = Path(path)
-    texts, images, labels = [], [], []
+    texts, images, labels, targets = [], [], [], []
     with path.open(encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
@@ -61,7 +63,20 @@ def load_jsonl(path: str | os.PathLike, with_images: bool = True) -> LabelledSet
             img = row.get("image") if with_images else None
             images.append((path.parent / img) if img else None)
             labels.append(LABEL_TO_ID[row["label"]])
-    return LabelledSet(str(path), texts, images, np.asarray(labels, dtype=np.int64))
+            targets.append(target_spans(row) if row.get("target") else None)
+    return LabelledSet(str(path), texts, images, np.asarray(labels, dtype=np.int64),
+                       targets if any(t is not None for t in targets) else None)
+
+
+def target_spans(row: dict) -> list[tuple[int, int]]:
+    """A labelled row's `target` spans in its text: at `target_start` when the row gives it (a tweet can
+    name the same string twice, and the label is toward one), else every occurrence."""
+    from mmsa.brands import find_spans
+
+    text, target, start = row.get("text") or "", row["target"], row.get("target_start")
+    if start is not None and text[start : start + len(target)].lower() == target.lower():
+        return [(start, start + len(target))]
+    return find_spans(text, target)
 
 
 def load_image(path: str | os.PathLike, size: int) -> np.ndarray:

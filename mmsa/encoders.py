@@ -62,6 +62,20 @@ def token_ids(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return [e.ids for e in tokenizer.encode_batch([t or "" for t in texts])]
 
 
+def span_token_mask(tokenizer: Tokenizer, texts: Sequence[str | None],
+                    spans: Sequence[Sequence[tuple[int, int]]]) -> list[np.ndarray]:
+    """Per text, a bool mask over its tokens as `token_ids` gives them (truncated, unpadded) that is True on
+    the tokens overlapping any of its character spans; a span cut off by truncation marks nothing."""
+    out = []
+    for enc, sp in zip(tokenizer.encode_batch([t or "" for t in texts]), spans):
+        offsets = np.array(enc.offsets, dtype=np.int64).reshape(-1, 2)
+        mask = np.zeros(len(offsets), dtype=bool)
+        for a, b in sp:
+            mask |= (offsets[:, 0] < b) & (offsets[:, 1] > a)
+        out.append(mask & ~np.array(enc.special_tokens_mask, dtype=bool))
+    return out
+
+
 def pad_ids(ids: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """(input_ids, attention_mask), int64 (B, W): each row padded on the right to the batch's longest,
     W rounded up to `multiple` (few shapes on a GPU)."""

@@ -100,11 +100,13 @@ def evaluate_file(path: str | Path, model="default", batch_size: int = 32, backe
     """Score every row of a labelled JSONL with `model` (a SentimentModel or a name/folder).
 
     Rows without `image` are scored from text alone. Returns fused metrics plus the text-only and
-    image-only branches on the same rows (image: rows that have one).
+    image-only branches on the same rows (image: rows that have one). Rows with a `target` are scored toward
+    it, as `mmsa score` scores each brand a post names (`toward_target`: whether the model has a target head;
+    without one, or where the text does not contain the target, the post's own label stands).
     """
     from mmsa.data import load_image, load_jsonl
     from mmsa.infer import get_engine
-    from mmsa.model import load_model
+    from mmsa.model import load_model, toward_targets
 
     m = load_model(model) if isinstance(model, (str, Path)) else model
     engine = get_engine(m, backend)  # the same inference path as scoring
@@ -114,10 +116,16 @@ def evaluate_file(path: str | Path, model="default", batch_size: int = 32, backe
     for s in range(0, len(ds), 256):  # bounded memory for decoded images
         texts = ds.texts[s : s + 256]
         imgs = [load_image(p, m.image_size) if p else None for p in ds.images[s : s + 256]]
+        targets = None if ds.targets is None else [[sp] if sp else [] for sp in ds.targets[s : s + 256]]
         start = time.perf_counter()
-        preds.append(engine.predict(texts, imgs, batch_size=batch_size))
+        preds.append(engine.predict(texts, imgs, batch_size=batch_size, targets=targets))
         seconds += time.perf_counter() - start
     probs = np.concatenate([p.probs for p in preds])
+    toward = ds.targets is not None and m.target_head is not None
+    if toward:
+        target = [t for p in preds for t in p.target_probs]
+        text = np.concatenate([p.text_probs for p in preds])
+        probs = np.stack([toward_targets(f, x, t)[0] if len(t) else f for f, x, t in zip(probs, text, target)])
     text_probs = np.concatenate([p.text_probs for p in preds])
     image_probs = np.concatenate([p.image_probs for p in preds])
     has = ~np.isnan(image_probs).any(1)
@@ -126,6 +134,7 @@ def evaluate_file(path: str | Path, model="default", batch_size: int = 32, backe
         model=m.version,
         data=str(path),
         n_with_image=int(has.sum()),
+        toward_target=toward,
         ms_per_post=1000 * seconds / max(len(ds), 1),
         batch_size=batch_size,
         text_only=_brief(_scored(ds.labels, text_probs)),
@@ -152,7 +161,8 @@ def _with_ci(m: dict, name: str) -> str:
 
 def format_metrics(m: dict) -> str:
     lines = [
-        f"model {m.get('model', '?')}  data {m.get('data', '?')}",
+        f"model {m.get('model', '?')}  data {m.get('data', '?')}"
+        + ("  (toward each row's target)" if m.get("toward_target") else ""),
         f"n={m['n']}  " + "  ".join(_with_ci(m, k) for k in CI_METRICS) + "  (bootstrap 95% intervals)",
         f"precision weighted={m['weighted_precision']:.4f} macro={m['macro_precision']:.4f}  "
         f"recall weighted={m['weighted_recall']:.4f} macro={m['macro_recall']:.4f}",

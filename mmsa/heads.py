@@ -259,3 +259,39 @@ class Ensemble(nn.Module):
     def forward(self, f: Feats, has_image: torch.Tensor) -> dict[str, torch.Tensor]:
         outs = [m(f, has_image) for m in self.members]
         return {k: torch.stack([o[k].softmax(-1) for o in outs]).mean(0).log() for k in outs[0]}
+
+
+class TargetHead(nn.Module):
+    """Sentiment toward a target (a brand) from the post's final token states and the target's token span.
+
+    A learned vector marks the span's tokens; one transformer block over the marked states (initialised from
+    the encoder's last block, `from_bert_layer`) lets every token read the target, and a linear layer maps
+    [span mean, post mean] of its output to logits. It reruns one block, not the encoder, per (post, target),
+    and reads the states the post's own pass already made. `temperature` is fitted out of fold.
+    """
+
+    def __init__(self, dim: int, n_heads: int = 12, dropout: float = 0.1):
+        super().__init__()
+        self.marker = nn.Parameter(torch.zeros(dim))
+        self.block = nn.TransformerEncoderLayer(dim, _heads_for(dim, n_heads), 4 * dim, dropout, activation="gelu",
+                                                layer_norm_eps=1e-12, batch_first=True)
+        self.out = nn.Linear(2 * dim, N_CLASSES)
+        self.register_buffer("temperature", torch.ones(()))
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
+        """Logits (R, 3) for rows of states (R, L, D), real-token mask (R, L) and target-token mask (R, L)."""
+        x = self.block(hidden + span.unsqueeze(-1).to(hidden.dtype) * self.marker, src_key_padding_mask=~mask)
+        return self.out(torch.cat([masked_mean(x, span), masked_mean(x, mask)], -1)) / self.temperature
+
+    @torch.no_grad()
+    def from_bert_layer(self, layer: nn.Module) -> TargetHead:
+        """Copy a BERT-style block (Hugging Face `BertLayer`: q/k/v, output dense, two LayerNorms, FFN)."""
+        att, b = layer.attention, self.block
+        b.self_attn.in_proj_weight.copy_(torch.cat([att.self.query.weight, att.self.key.weight, att.self.value.weight]))
+        b.self_attn.in_proj_bias.copy_(torch.cat([att.self.query.bias, att.self.key.bias, att.self.value.bias]))
+        pairs = [(b.self_attn.out_proj, att.output.dense), (b.norm1, att.output.LayerNorm),
+                 (b.linear1, layer.intermediate.dense), (b.linear2, layer.output.dense), (b.norm2, layer.output.LayerNorm)]
+        for mine, theirs in pairs:
+            mine.weight.copy_(theirs.weight)
+            mine.bias.copy_(theirs.bias)
+        return self

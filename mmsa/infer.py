@@ -50,7 +50,7 @@ from torch import nn
 
 from mmsa import files
 from mmsa.files import default_cache_dir
-from mmsa.encoders import fast_tokenizer, pad_ids, stack_images, token_ids, unpadded
+from mmsa.encoders import fast_tokenizer, pad_ids, span_token_mask, stack_images, token_ids, unpadded
 from mmsa.heads import Feats
 from mmsa.model import Prediction, SentimentModel, load_model
 from mmsa.options import BACKENDS
@@ -88,7 +88,8 @@ def cpu_threads() -> int:
 class Batch:
     """One model input. `idx`: the rows' positions in the caller's lists; `pixels`: the images of
     the rows where `has` is True, in order, in its first `images` rows (on CUDA zero rows follow, up
-    to the batch's size); None when no row has an image."""
+    to the batch's size); None when no row has an image. `targets`: per row, one token mask per target
+    (`span_token_mask`), empty for a row without targets."""
 
     idx: np.ndarray
     input_ids: torch.Tensor
@@ -96,13 +97,14 @@ class Batch:
     has: torch.Tensor
     pixels: torch.Tensor | None
     images: int
+    targets: list[list[np.ndarray]]
 
     def rows(self, start: int, stop: int) -> "Batch":
         """Rows start..stop (the OOM back-off's smaller batches); image rows follow their posts."""
         first, last = int(self.has[:start].sum()), int(self.has[:stop].sum())
         pixels = None if self.pixels is None or first == last else self.pixels[first:last]
         return Batch(self.idx[start:stop], self.input_ids[start:stop], self.attention_mask[start:stop],
-                     self.has[start:stop], pixels, last - first)
+                     self.has[start:stop], pixels, last - first, self.targets[start:stop])
 
 
 def prefetch(items: Iterable, depth: int = 1) -> Iterator:
@@ -178,9 +180,10 @@ class Engine:
         self.max_length = model.max_length
         self.image_size = model.image_size
         self.image_dim = model.image_dim
-        self.bundle = model.bundle
+        self.bundle, self.target = model.bundle, model.target_head
         if torch.device(model.device) != self.device:  # leave the cached model where it is
             self.bundle = copy.deepcopy(model.bundle).to(self.device).eval()
+            self.target = copy.deepcopy(model.target_head).to(self.device).eval() if model.target_head is not None else None
         self.prefetch = self.device.type == "cuda"
         # Few shapes on CUDA, as cuDNN plans every conv per shape: image rows padded to the batch's size
         # (else each image count is a new shape), text widths rounded up to a multiple of 8.
@@ -229,9 +232,11 @@ class Engine:
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
         return (np.argsort(lengths, kind="stable") if self.bucket else np.arange(len(ids))), lengths
 
-    def batches(self, texts: Sequence[str], images: Sequence[np.ndarray | None], batch_size: int) -> Iterator[Batch]:
+    def batches(self, texts: Sequence[str], images: Sequence[np.ndarray | None], batch_size: int,
+                targets: Sequence[Sequence[Sequence[tuple[int, int]]]] | None = None) -> Iterator[Batch]:
         """Batches of rows ordered by token length (when bucketing), padded to their own longest text.
-        Reads `images[i]` only as row i's batch is built."""
+        Reads `images[i]` only as row i's batch is built. `targets`: per row, the character spans of each
+        target (a list of spans per target)."""
         ids = self.tokenize(texts)
         order, _ = self._order(ids)
         pin = self.device.type == "cuda"
@@ -245,6 +250,12 @@ class Engine:
                 if self.fixed_shapes and len(arr) < len(idx):
                     arr = np.concatenate([arr, np.zeros((len(idx) - len(arr), *arr.shape[1:]), np.uint8)])
                 pixels = self._to_device(torch.from_numpy(arr), pin)
+            marks = [[] for _ in idx]
+            if targets is not None and self.model.target_head is not None:
+                per_target = [(r, spans) for r, i in enumerate(idx) for spans in targets[i]]
+                masks = span_token_mask(self.tokenizer, [texts[idx[r]] for r, _ in per_target], [sp for _, sp in per_target])
+                for (r, _), m in zip(per_target, masks):
+                    marks[r].append(m)
             yield Batch(
                 idx,
                 self._to_device(torch.from_numpy(input_ids), pin),
@@ -252,6 +263,7 @@ class Engine:
                 self._to_device(torch.from_numpy(has), pin),
                 pixels,
                 int(has.sum()),
+                marks,
             )
 
     def _to_device(self, x: torch.Tensor, pin: bool) -> torch.Tensor:
@@ -281,11 +293,25 @@ class Engine:
             mask = b.attention_mask.bool()
             f = Feats(t_pooled.float(), i_pooled, t_hidden.float(), mask, i_hidden, i_mask)
         out = self.bundle(f, b.has)  # fp32, outside autocast
+        if any(b.targets):
+            out["target"] = self._toward_targets(f.t_hidden, mask, b.targets)
         probs = {k: v.softmax(-1).float().cpu().numpy() for k, v in out.items()}
         if autocast and not all(np.isfinite(p).all() for p in probs.values()):
             log.warning("non-finite probabilities under %s autocast; batch of %d run again in fp32", self.autocast, n)
             return self.forward(b, autocast=False)
         return probs
+
+    def _toward_targets(self, hidden: torch.Tensor, mask: torch.Tensor, targets: list[list[np.ndarray]]) -> torch.Tensor:
+        """Logits toward every target of the batch's rows, in row then target order: the target head over
+        each row's states with the target's tokens marked (a target no token covers: the whole text)."""
+        rows = [r for r, ms in enumerate(targets) for _ in ms]
+        span = torch.zeros(len(rows), hidden.shape[1], dtype=torch.bool)
+        for k, m in enumerate(m for ms in targets for m in ms):
+            span[k, : len(m)] = torch.from_numpy(m[: hidden.shape[1]])
+        span = span.to(self.device)
+        keep = mask[rows]
+        span = torch.where(span.any(1, keepdim=True), span, keep)
+        return self.target(hidden[rows], keep, span)
 
     def _run(self, b: Batch) -> Iterator[tuple[Batch, dict[str, np.ndarray]]]:
         """forward(b), or on CUDA out-of-memory: halve the batch size (kept for later batches) and go
@@ -311,9 +337,12 @@ class Engine:
             start += len(part.idx)
 
     def predict(
-        self, texts: Sequence[str], images: Sequence[np.ndarray | None], batch_size: int | None = None
+        self, texts: Sequence[str], images: Sequence[np.ndarray | None], batch_size: int | None = None,
+        targets: Sequence[Sequence[Sequence[tuple[int, int]]]] | None = None,
     ) -> Prediction:
-        """images: uint8 RGB image_size x image_size x 3 arrays or None, aligned with texts.
+        """images: uint8 RGB image_size x image_size x 3 arrays or None, aligned with texts. `targets`: per
+        row, the character spans of each target it names (brands); with a model that has a target head,
+        Prediction.target_probs holds each row's (targets, 3) probabilities toward them, from the text.
 
         Concurrent callers take turns (Prediction.queued_s: how long this one waited). With streams, the
         next caller's first batches are queued as soon as this one's last is, so the streams do not sit
@@ -322,8 +351,8 @@ class Engine:
             raise ValueError(f"{len(texts)} texts but {len(images)} images")
         called = time.perf_counter()
         if self._streams is not None:
-            return self._predict(texts, images, batch_size, called)
-        return self._worker.submit(self._predict, texts, images, batch_size, called).result()
+            return self._predict(texts, images, batch_size, called, targets)
+        return self._worker.submit(self._predict, texts, images, batch_size, called, targets).result()
 
     def warm_up(self) -> None:
         """On CUDA, score one full batch of blank posts with images, so that the first real batch
@@ -333,21 +362,26 @@ class Engine:
             self.predict(["warm up"] * self.batch_size, [blank] * self.batch_size)
 
     def _predict(self, texts: Sequence[str], images: Sequence[np.ndarray | None], batch_size: int | None,
-                 called: float) -> Prediction:
+                 called: float, targets=None) -> Prediction:
         n = len(texts)
         probs = np.zeros((n, 3), np.float32)
         text_probs = np.zeros((n, 3), np.float32)
         image_probs = np.full((n, 3), np.nan, np.float32)
+        target_probs = None if targets is None or self.target is None else [np.zeros((0, 3), np.float32)] * n
         if n == 0:  # a shard of only rejected rows; tokenizers fail on an empty list
-            return Prediction(probs, text_probs, image_probs)
+            return Prediction(probs, text_probs, image_probs, target_probs=target_probs)
 
         def fill(outs: list[tuple[Batch, dict[str, np.ndarray]]]) -> None:
             for b, out in outs:
                 probs[b.idx], text_probs[b.idx] = out["fused"], out["text"]
                 has = b.has.cpu().numpy()
                 image_probs[b.idx[has]] = out["image"][has]
+                if "target" in out:
+                    ends = np.cumsum([len(ms) for ms in b.targets])
+                    for r, (i, end) in enumerate(zip(b.idx, ends)):
+                        target_probs[i] = out["target"][end - len(b.targets[r]):end]
 
-        batches = self.batches(texts, images, batch_size or self.batch_size)
+        batches = self.batches(texts, images, batch_size or self.batch_size, targets)
         if self._streams is None:  # on the engine's own thread, one caller at a time
             queued = time.perf_counter() - called
             for batch in prefetch(batches) if self.prefetch else batches:
@@ -362,7 +396,7 @@ class Engine:
                         fill(pending.popleft().result())
             while pending:
                 fill(pending.popleft().result())
-        return Prediction(probs, text_probs, image_probs, queued)
+        return Prediction(probs, text_probs, image_probs, queued, target_probs)
 
     def _run_all(self, b: Batch) -> list[tuple[Batch, dict[str, np.ndarray]]]:
         with torch.inference_mode():  # a per-thread mode: set in the thread that runs the batch

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from mmsa.encoders import encoder_files, load_image_encoder, load_text_encoder
 from mmsa.faults import PermanentError
-from mmsa.heads import from_config
+from mmsa.heads import TargetHead, from_config
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 # The languages (ISO 639-1) a model covers when its config.json lists none: every recipe here trains on
@@ -34,6 +34,15 @@ class Prediction:
     text_probs: np.ndarray  # (N,3) text branch alone
     image_probs: np.ndarray  # (N,3) image branch alone; NaN rows where there was no image
     queued_s: float = 0.0  # seconds the call waited for other callers of the engine
+    target_probs: list[np.ndarray] | None = None  # per row, (its targets, 3) text probabilities toward each target
+
+
+def toward_targets(fused: np.ndarray, text: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """(k, 3) probabilities toward a post's k targets from the target head's (k, 3) text probabilities, moved
+    by the post's image as the post's own (3,) were: times fused / text, so a post without a usable image
+    (fused == text) keeps the head's."""
+    shifted = target * (fused / np.clip(text, 1e-6, None))
+    return shifted / shifted.sum(-1, keepdims=True)
 
 
 class SentimentModel:
@@ -54,7 +63,13 @@ class SentimentModel:
             self.languages = frozenset(cfg.get("languages", DEFAULT_LANGUAGES))
             self.bundle = from_config(cfg)
             self.bundle.load_state_dict(load_file(str(folder / "heads.safetensors")))
-            weight_files = [folder / "heads.safetensors"] + ([folder / cfg["text_layers"]] if cfg.get("text_layers") else [])
+            weight_files = [folder / "heads.safetensors"] + [folder / cfg[k] for k in ("text_layers", "target_head") if cfg.get(k)]
+            # The sentiment toward each brand a post names (mmsa.heads.TargetHead); None: the post's own.
+            self.target_head = None
+            if cfg.get("target_head"):
+                self.target_head = TargetHead(int(cfg["text_dim"]))
+                self.target_head.load_state_dict({k: v.float() for k, v in load_file(str(folder / cfg["target_head"])).items()})
+                self.target_head.to(self.device).eval()
             h = hashlib.sha256()
             for path in weight_files:
                 h.update(path.read_bytes())

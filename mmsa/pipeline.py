@@ -261,6 +261,8 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
     reasons = unscored_reasons(posts["lang"].to_pylist(), model.languages)
     rows = model_rows(posts["image_urls"].to_pylist(), [r is None for r in reasons])
     texts = [post_texts[p] for p, _, _ in rows]
+    spans = brand_spans(post_texts, posts["brands"].to_pylist(), opts.reading.brand_rules)
+    targets = [[sp for sp in spans[p] if sp] if k == 0 else [] for p, k, _ in rows]  # a post's first row only
     engine = get_engine(model, opts.backend)
     order = engine.order(texts)
     items = [(post_ids[p], url) for p, _, url in rows]
@@ -270,7 +272,7 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
             t1 = time.perf_counter()
             # Submitted only now, behind the other shard's fetch: the model then takes the shards in the
             # order they are fetched, not this one's rows first while their images wait on the other's.
-            predicting = infer.submit(engine.predict, texts, arrivals)
+            predicting = infer.submit(engine.predict, texts, arrivals, None, targets)
             try:
                 fetch_images([items[i] for i in order], _fetch_config(opts, model.image_size), ImageCache(opts.cache_dir),
                              retry_failed=opts.retry_failed, keep_images=True,
@@ -288,7 +290,8 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
     seconds["infer"] = t3 - t1 - seconds["infer_wait"]
 
     statuses, post_pred, images = combine(posts.num_rows, rows, [r.status for r in fetched], pred)
-    table = scored_table(posts, statuses, post_pred, model.version, run_id, images, reasons=reasons)
+    table = scored_table(posts, statuses, post_pred, model.version, run_id, images,
+                         toward_brands(post_pred, rows, pred.target_probs, spans), reasons)
     written = store.write_partitions(table, storage.path(opts.out), f"{model.version}-{key}-{index:05d}")
     seconds["write"] = time.perf_counter() - t3
 
@@ -306,6 +309,37 @@ def unscored_reasons(langs: list[str | None], covered: frozenset[str]) -> list[s
     is not guessed at. One without a language (no letters in its text: emoji, links, or an image alone) is
     scored, as the model reads emoji and pictures whatever the language."""
     return [UNSUPPORTED_LANGUAGE if lang is not None and lang not in covered else None for lang in langs]
+
+
+def brand_spans(texts: list[str | None], brands: list[list[str] | None], rules: dict | None) -> list[list[list]]:
+    """Per post, per brand it names, where the text names it: by the brands file's rules, else (a brand from the
+    dump's own field) by the brand's name; an empty list where the text does not name it."""
+    from mmsa.brands import BrandTagger, find_spans
+
+    tagger = BrandTagger(rules) if rules else None
+    return [[tagger.spans(t, b) if tagger else find_spans(t, b) for b in names or []] for t, names in zip(texts, brands)]
+
+
+def toward_brands(pred, rows: list[tuple[int, int, str | None]], target_probs: list[np.ndarray] | None,
+                  spans: list[list[list]]) -> list[np.ndarray] | None:
+    """Per post, (brands, 3) probabilities toward each brand it names; None where the model has no target head.
+
+    A brand the text names gets the sentiment toward it (`mmsa.model.toward_targets`); one the text does not
+    name (from the dump's own field), the post's own."""
+    from mmsa.model import toward_targets
+
+    if target_probs is None:
+        return None
+    first = {p: r for r, (p, k, _) in enumerate(rows) if k == 0}
+    out = []
+    for p, post_spans in enumerate(spans):
+        fused, text = pred.probs[p], pred.text_probs[p]
+        probs = np.repeat(fused[None], len(post_spans), 0)
+        named = [k for k, sp in enumerate(post_spans) if sp]
+        if named and p in first:
+            probs[named] = toward_targets(fused, text, target_probs[first[p]])
+        out.append(probs)
+    return out
 
 
 def model_rows(image_urls: list[list[str] | None], scored: list[bool] | None = None) -> list[tuple[int, int, str | None]]:

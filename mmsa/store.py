@@ -81,10 +81,11 @@ ALTER TABLE scored_posts ADD COLUMN IF NOT EXISTS unscored_reason VARCHAR;
 ALTER TABLE scored_posts ADD COLUMN IF NOT EXISTS brand_scores {_duck_type(SCORED_SCHEMA.field("brand_scores").type)};
 -- One row per post and brand: a post that mentions two brands counts once for each, with the sentiment
 -- toward that brand (brand_label, brand_p_*; the two lists are zipped by position), an untagged post once
--- with brand and brand_label NULL. day = the post's UTC date whatever the reader's TimeZone setting
+-- with brand NULL and its own label as brand_label (so do rows written before brand_scores existed). day = the post's UTC date whatever the reader's TimeZone setting
 -- (and cheaper than a cast).
 CREATE OR REPLACE VIEW post_sentiment AS
-  SELECT * EXCLUDE (bs, day), bs.brand_label, {", ".join(f"bs.brand_p_{x}" for x in LABELS)}, day
+  SELECT * EXCLUDE (bs, day), CASE WHEN bs IS NULL THEN label ELSE bs.brand_label END AS brand_label,
+         {", ".join(f"CASE WHEN bs IS NULL THEN p_{x} ELSE bs.brand_p_{x} END AS brand_p_{x}" for x in LABELS)}, day
   FROM (
     SELECT * EXCLUDE (brands, images, brand_scores),
            unnest(CASE WHEN coalesce(len(brands), 0) = 0 THEN [NULL::VARCHAR] ELSE brands END) AS brand,

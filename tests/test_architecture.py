@@ -20,7 +20,7 @@ SOURCES = {"mmsa": ROOT / "mmsa", "mmsa.flows": ROOT / "flows"}
 # Top to bottom. A module imports its own layer or lower ones; a name matches itself and its submodules.
 LAYERS = [
     ("app", ["mmsa.cli", "mmsa.demo", "mmsa.dashboard", "mmsa.flows"]),
-    ("orchestration", ["mmsa.pipeline", "mmsa.train", "mmsa.evaluate", "mmsa.stack", "mmsa.crossval"]),
+    ("orchestration", ["mmsa.pipeline", "mmsa.train", "mmsa.evaluate", "mmsa.stack", "mmsa.crossval", "mmsa.targeted"]),
     ("reports", ["mmsa.report", "mmsa.charts"]),
     ("store", ["mmsa.store", "mmsa.publish"]),
     ("model", ["mmsa.infer", "mmsa.model", "mmsa.heads", "mmsa.encoders", "mmsa.packaged", "mmsa.data", "mmsa.features",

@@ -1,4 +1,6 @@
 -- trend: per brand and day or ISO week, the volume and the sentiment counts behind net sentiment.
+-- Labels are the sentiment toward the brand (brand_label: a post that names two brands can praise one and pan
+-- the other); a post without a brand counts with its own label.
 -- Answers: "how did brand X's volume and net sentiment move, and on which days?" (the dashboard's overview)
 -- net_sentiment = (positive - negative) / (positive + negative), NULL with neither; the dashboard
 -- adds its 95% Wilson interval from these counts.
@@ -10,12 +12,12 @@ SELECT
     brand,
     CASE WHEN $period = 'week' THEN CAST(date_trunc('week', day) AS DATE) ELSE day END  AS period_start,
     count(*)                                                  AS posts,
-    count(*) FILTER (label = 'positive')                      AS positive,
-    count(*) FILTER (label = 'neutral')                       AS neutral,
-    count(*) FILTER (label = 'negative')                      AS negative,
-    (count(*) FILTER (label = 'positive') - count(*) FILTER (label = 'negative'))
-        / nullif(count(*) FILTER (label IN ('positive', 'negative')), 0)                  AS net_sentiment,
-    avg(sentiment_score)                                      AS mean_sentiment_score
+    count(*) FILTER (brand_label = 'positive')                      AS positive,
+    count(*) FILTER (brand_label = 'neutral')                       AS neutral,
+    count(*) FILTER (brand_label = 'negative')                      AS negative,
+    (count(*) FILTER (brand_label = 'positive') - count(*) FILTER (brand_label = 'negative'))
+        / nullif(count(*) FILTER (brand_label IN ('positive', 'negative')), 0)                  AS net_sentiment,
+    avg(brand_p_positive - brand_p_negative) AS mean_sentiment_score
 FROM post_sentiment
 WHERE model_version = $model_version
   AND ($brand IS NULL OR brand = $brand)

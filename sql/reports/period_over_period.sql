@@ -1,4 +1,6 @@
 -- period_over_period: per brand, the current period against the equally long period just before it.
+-- Labels are the sentiment toward the brand (brand_label: a post that names two brands can praise one and pan
+-- the other); a post without a brand counts with its own label.
 -- Answers: "how did brand X move this week compared with last week?"
 -- Parameters: $brand (NULL = every brand), $model_version (NULL = the most recently used model),
 --   $date_to   last day of the current period (NULL = the latest day with posts),
@@ -26,10 +28,10 @@ per_period AS (
         brand,
         day >= period_from                                    AS is_current,
         count(*)                                              AS posts,
-        count(*) FILTER (label = 'negative') / nullif(count(label), 0) AS negative_share,  -- of the labelled posts
-        (count(*) FILTER (label = 'positive') - count(*) FILTER (label = 'negative'))
-            / nullif(count(*) FILTER (label IN ('positive', 'negative')), 0) AS net_sentiment,
-        avg(sentiment_score)                                  AS mean_sentiment_score
+        count(*) FILTER (brand_label = 'negative') / nullif(count(brand_label), 0) AS negative_share,  -- of the labelled posts
+        (count(*) FILTER (brand_label = 'positive') - count(*) FILTER (brand_label = 'negative'))
+            / nullif(count(*) FILTER (brand_label IN ('positive', 'negative')), 0) AS net_sentiment,
+        avg(brand_p_positive - brand_p_negative) AS mean_sentiment_score
     FROM posts, periods
     WHERE day BETWEEN previous_from AND period_to
     GROUP BY ALL

@@ -1,4 +1,6 @@
 -- sentiment_spikes: brand-days whose volume or negative share is anomalous, with the posts that drove them.
+-- Labels are the sentiment toward the brand (brand_label: a post that names two brands can praise one and pan
+-- the other); a post without a brand counts with its own label.
 -- Answers: "when did something happen to brand X, and which posts drove it?"
 -- A day's z-score compares it with the $window days before it (days without posts count as
 -- volume 0); a day is a spike when a z-score reaches $threshold. A day is judged once it has
@@ -31,8 +33,8 @@ posts AS NOT MATERIALIZED (  -- read twice from the table rather than copied
       AND ($date_to IS NULL OR day <= CAST($date_to AS DATE))
 ),
 daily AS (
-    SELECT brand, day, count(*) AS posts, count(label) AS labelled,
-           count(*) FILTER (label = 'negative') / nullif(count(label), 0) AS negative_share  -- of the labelled posts
+    SELECT brand, day, count(*) AS posts, count(brand_label) AS labelled,
+           count(*) FILTER (brand_label = 'negative') / nullif(count(brand_label), 0) AS negative_share  -- of the labelled posts
     FROM posts
     GROUP BY brand, day
 ),

@@ -1,4 +1,6 @@
 -- share_of_voice: each brand's share of all mentions, and of the positive and negative ones, over a period.
+-- Labels are the sentiment toward the brand (brand_label: a post that names two brands can praise one and pan
+-- the other); a post without a brand counts with its own label.
 -- Answers: "who owns the conversation between these brands, and who owns the praise?"
 -- A post that mentions several brands is a mention of each (once); untagged posts are brand NULL.
 -- Parameters (NULL = no filter): $brand (shares stay relative to ALL brands), $date_from,
@@ -14,8 +16,8 @@ per_brand AS (
     SELECT
         brand,
         count(*)                             AS mentions,
-        count(*) FILTER (label = 'positive') AS positive_mentions,
-        count(*) FILTER (label = 'negative') AS negative_mentions
+        count(*) FILTER (brand_label = 'positive') AS positive_mentions,
+        count(*) FILTER (brand_label = 'negative') AS negative_mentions
     FROM posts
     GROUP BY brand
 )

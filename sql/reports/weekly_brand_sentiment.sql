@@ -1,4 +1,6 @@
 -- weekly_brand_sentiment: per brand and ISO week (Monday start), the volume and the sentiment mix.
+-- Labels are the sentiment toward the brand (brand_label: a post that names two brands can praise one and pan
+-- the other); a post without a brand counts with its own label.
 -- Answers: "how does brand X's sentiment trend week by week, without the day-to-day noise?"
 -- Parameters (NULL = no filter): $brand, $date_from, $date_to (inclusive days, UTC; a week cut
 --   by them counts only its days inside), $model_version (NULL = the most recently used model).
@@ -19,11 +21,11 @@ counts AS (
         CAST(date_trunc('week', day) AS DATE) AS week,
         count(DISTINCT day)                   AS days_with_posts,
         count(*)                              AS posts,
-        count(label)                          AS labelled,
-        count(*) FILTER (label = 'positive')  AS positive,
-        count(*) FILTER (label = 'neutral')   AS neutral,
-        count(*) FILTER (label = 'negative')  AS negative,
-        avg(sentiment_score)                  AS mean_sentiment_score
+        count(brand_label)                          AS labelled,
+        count(*) FILTER (brand_label = 'positive')  AS positive,
+        count(*) FILTER (brand_label = 'neutral')   AS neutral,
+        count(*) FILTER (brand_label = 'negative')  AS negative,
+        avg(brand_p_positive - brand_p_negative) AS mean_sentiment_score
     FROM posts
     GROUP BY ALL
 )

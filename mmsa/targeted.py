@@ -1,0 +1,414 @@
+"""Sentiment toward a target (a brand): the labelled targeted sets, their token states, the target head's fit
+and the cross-validation that chose it (`mmsa compare-targets`).
+
+The target head (`mmsa.heads.TargetHead`) reads the final token states that the post's own text pass makes,
+so it learns from those states computed once per distinct text and cached (fp16), not from the encoder:
+an epoch over the 46k targeted rows is one transformer block's work per row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from mmsa.data import LABEL_TO_ID, target_spans
+from mmsa.encoders import fast_tokenizer, pad_ids, span_token_mask, token_ids, unpadded
+from mmsa.evaluate import classification_metrics
+from mmsa.features import FEATURES_DIR, encoder_key
+from mmsa.files import atomic_path
+from mmsa.heads import Feats, TargetHead
+from mmsa.stack import class_weight, fit_lr, fit_temperature, tempered
+
+# The sets of ../shared/data/targeted/ and their files (test splits are kept apart for judging).
+TARGETED_SETS = {
+    "twitter2015": ("train", "dev"),
+    "twitter2017": ("train", "dev"),
+    "dong2014": ("train",),
+    "semeval2016_4c": ("train", "dev", "devtest", "test2016"),
+}
+CANDIDATES = ("post", "span_lr", "block", "block_pairs")
+CHOSEN = "block_pairs"  # by `mmsa compare-targets` (results/targeted.md)
+PAIRS = 10_000  # pair texts made for block_pairs (two rows each)
+
+
+def read_targeted(path: str | Path) -> list[dict]:
+    with Path(path).open(encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+@dataclass
+class TargetedSet:
+    """Labelled (text, target) rows over their texts' cached final token states."""
+
+    states: np.ndarray  # (tokens, D) fp16: every distinct text's states, one text after another
+    offsets: np.ndarray  # (texts + 1,): where each text's states start
+    text: np.ndarray  # (N,) each row's text index: rows of one tweet share it (the CV's groups)
+    spans: list[np.ndarray]  # per row, the target's token mask
+    label: np.ndarray
+    source: np.ndarray  # the set each row came from
+    key: str = ""  # changes with the encoder and the rows: names cached out-of-fold probabilities
+    parts: np.ndarray | None = None  # (N, 2) for made-up pair rows: the real texts (their `text` indices) joined
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    def lengths(self, rows: np.ndarray) -> np.ndarray:
+        return self.offsets[self.text[rows] + 1] - self.offsets[self.text[rows]]
+
+    def batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(states (R,L,D) fp32, token mask, target mask) of rows; a target no token covers: the whole text."""
+        lens = self.lengths(rows)
+        hidden = np.zeros((len(rows), int(lens.max()), self.states.shape[1]), np.float32)
+        mask = np.zeros(hidden.shape[:2], bool)
+        span = np.zeros(hidden.shape[:2], bool)
+        for r, (i, n) in enumerate(zip(rows, lens)):
+            a = self.offsets[self.text[i]]
+            hidden[r, :n] = self.states[a : a + n]
+            mask[r, :n] = True
+            span[r, : len(self.spans[i])] = self.spans[i][:n]
+        empty = ~span.any(1)
+        span[empty] = mask[empty]
+        return torch.from_numpy(hidden), torch.from_numpy(mask), torch.from_numpy(span)
+
+    def pooled(self) -> tuple[np.ndarray, np.ndarray]:
+        """(span mean, post mean) of the states per row: the frozen features of the linear candidates."""
+        post = np.stack([self.states[a:b].astype(np.float32).mean(0) for a, b in zip(self.offsets[:-1], self.offsets[1:])])
+        span = np.zeros((len(self), self.states.shape[1]), np.float32)
+        for r, (t, m) in enumerate(zip(self.text, self.spans)):
+            a = self.offsets[t]
+            span[r] = self.states[a : a + len(m)][m].astype(np.float32).mean(0) if m.any() else post[t]
+        return span, post[self.text]
+
+
+@torch.inference_mode()
+def token_states(model, texts: list[str], cache_dir: Path | None = FEATURES_DIR) -> tuple[np.ndarray, np.ndarray]:
+    """(states, offsets) of `texts` under `model`'s text encoder, as `TargetedSet` holds them, cached by the
+    encoder's weights and the texts."""
+    h = hashlib.sha256(b"states-v1" + encoder_key(model).encode())
+    h.update(json.dumps(texts).encode())
+    folder = Path(cache_dir) / f"states-{h.hexdigest()[:16]}" if cache_dir else None
+    if folder is not None and (folder / "offsets.npy").exists():
+        return np.load(folder / "states.npy", mmap_mode="r"), np.load(folder / "offsets.npy")
+    enc = model.text_encoder
+    tok = fast_tokenizer(enc.tokenizer)
+    pad = unpadded(tok, enc.max_length)
+    ids = token_ids(tok, texts)
+    lens = np.array([len(x) for x in ids])
+    offsets = np.concatenate([[0], np.cumsum(lens)])
+    states = np.zeros((int(offsets[-1]), enc.dim), np.float16)
+    order = np.argsort(lens, kind="stable")
+    for s in tqdm(range(0, len(texts), 128), desc="token states", leave=False):
+        idx = order[s : s + 128]
+        input_ids, mask = pad_ids([ids[i] for i in idx], pad)
+        hidden = enc(torch.from_numpy(input_ids), torch.from_numpy(mask)).hidden.float().numpy()
+        for r, i in enumerate(idx):
+            states[offsets[i] : offsets[i + 1]] = hidden[r, : lens[i]]
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, arr in (("states.npy", states), ("offsets.npy", offsets)):  # offsets last: it marks the whole
+            with atomic_path(folder / name) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, arr)
+    return states, offsets
+
+
+def read_sets(data_dir: str | Path) -> list[dict]:
+    """Every labelled row of TARGETED_SETS under `data_dir` (../shared/data/targeted), with its `source`."""
+    rows = []
+    for name, splits in TARGETED_SETS.items():
+        for split in splits:
+            rows += [{**r, "source": name} for r in read_targeted(Path(data_dir) / name / f"{split}.jsonl")]
+    return rows
+
+
+def targeted_set(model, data_dir: str | Path, cache_dir: Path | None = FEATURES_DIR) -> TargetedSet:
+    """Every labelled row of TARGETED_SETS under `data_dir`, over its texts' token states."""
+    return _over_states(model, read_sets(data_dir), cache_dir)
+
+
+def _over_states(model, rows: list[dict], cache_dir: Path | None, parts: np.ndarray | None = None) -> TargetedSet:
+    texts = sorted({r["text"] for r in rows})
+    where = {t: i for i, t in enumerate(texts)}
+    states, offsets = token_states(model, texts, cache_dir)
+    tok = fast_tokenizer(model.text_encoder.tokenizer)
+    unpadded(tok, model.max_length)
+    spans = span_token_mask(tok, [r["text"] for r in rows], [target_spans(r) for r in rows])
+    key = hashlib.sha256((encoder_key(model) + json.dumps([[r["text"], r["target"], r["label"]] for r in rows])).encode())
+    return TargetedSet(states, offsets, np.array([where[r["text"]] for r in rows]), spans,
+                       np.array([LABEL_TO_ID[r["label"]] for r in rows]), np.array([r["source"] for r in rows]),
+                       key.hexdigest()[:16], parts)
+
+
+def pair_set(model, data_dir: str | Path, ds: TargetedSet, n: int = PAIRS, seed: int = 0,
+             cache_dir: Path | None = FEATURES_DIR) -> TargetedSet:
+    """Made-up rows that teach the head to read the target's own words: two real tweets, each naming its
+    target once, joined into one text, with a row toward each target labelled as its own tweet was (few real
+    tweets name two targets with different sentiments, so a head learns mostly to copy the post's). Only pairs
+    that fit in the encoder's length. `parts` holds the two real texts (`ds.text` indices), so that
+    cross-validation trains on a pair only when both of its tweets are in the training folds."""
+    rows = read_sets(data_dir)
+    texts = sorted({r["text"] for r in rows})
+    where = {t: i for i, t in enumerate(texts)}
+    single = [r for r, sp in zip(rows, map(target_spans, rows)) if len(sp) == 1]
+    lengths = np.diff(ds.offsets)
+    rng = np.random.default_rng(seed)
+    out, parts = [], []
+    while len(out) < 2 * n:
+        a, b = (single[i] for i in rng.integers(0, len(single), 2))
+        ta, tb = where[a["text"]], where[b["text"]]
+        if ta == tb or a["target"].lower() == b["target"].lower() or lengths[ta] + lengths[tb] - 2 > model.max_length:
+            continue
+        text = a["text"] + " " + b["text"]
+        (sa, _), (sb, _) = target_spans(a)[0], target_spans(b)[0]
+        out += [{"text": text, "target": a["target"], "target_start": sa, "label": a["label"], "source": "pairs"},
+                {"text": text, "target": b["target"], "target_start": len(a["text"]) + 1 + sb, "label": b["label"],
+                 "source": "pairs"}]
+        parts += [(ta, tb)] * 2
+    return _over_states(model, out, cache_dir, np.array(parts))
+
+
+def join(ds: TargetedSet, more: TargetedSet) -> TargetedSet:
+    """One set of ds's rows followed by more's (its texts after ds's)."""
+    return TargetedSet(np.concatenate([ds.states, more.states]),
+                       np.concatenate([ds.offsets[:-1], more.offsets + ds.offsets[-1]]),
+                       np.concatenate([ds.text, more.text + len(ds.offsets) - 1]), ds.spans + more.spans,
+                       np.concatenate([ds.label, more.label]), np.concatenate([ds.source, more.source]),
+                       ds.key + more.key)
+
+
+def _length_batches(lengths: np.ndarray, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of similar length: little padding for a CPU-bound block."""
+    perm = rng.permutation(len(lengths))
+    batches = []
+    for s in range(0, len(perm), size * 50):
+        part = perm[s : s + size * 50]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i : i + size] for i in range(0, len(part), size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def fit_target_head(ds: TargetedSet, rows: np.ndarray, init: nn.Module | None = None, epochs: int = 2,
+                    lr: float = 1e-4, weight: str = "sqrt", seed: int = 0, progress: bool = True) -> TargetHead:
+    """A TargetHead trained on `rows`: its block from `init` (the encoder's last block) when given, the
+    marker and output layer from scratch at a higher rate, linear warm-up then decay."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    head = TargetHead(ds.states.shape[1])
+    if init is not None:
+        head.from_bert_layer(init)
+    cw = class_weight(ds.label[rows], weight)
+    w = torch.tensor([cw[c] for c in range(3)], dtype=torch.float32) if cw else None
+    fresh = [head.marker, *head.out.parameters()]
+    opt = torch.optim.AdamW([{"params": list(head.block.parameters()), "lr": lr}, {"params": fresh, "lr": 1e-3}],
+                            weight_decay=0.01)
+    size = 32
+    steps = epochs * math.ceil(len(rows) / size)
+    warm = min(100, steps // 10 + 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, 1 - s / steps))
+    y = torch.from_numpy(ds.label)
+    lengths = ds.lengths(rows)
+    bar = tqdm(total=steps, desc="target head", disable=not progress)
+    for _ in range(epochs):
+        head.train()
+        for b in _length_batches(lengths, size, rng):
+            idx = rows[b]
+            loss = F.cross_entropy(head(*ds.batch(idx)), y[idx], weight=w)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            bar.update(1)
+    bar.close()
+    return head.eval()
+
+
+@torch.inference_mode()
+def predict_targets(head: TargetHead, ds: TargetedSet, rows: np.ndarray) -> np.ndarray:
+    out = np.zeros((len(rows), 3), np.float32)
+    order = np.argsort(ds.lengths(rows), kind="stable")
+    for s in range(0, len(rows), 256):
+        o = order[s : s + 256]
+        out[o] = head(*ds.batch(rows[o])).softmax(-1).numpy()
+    return out
+
+
+def group_folds(ds: TargetedSet, folds: int, seed: int) -> np.ndarray:
+    """Fold number per row; every row of one text in one fold (a tweet naming two targets never straddles)."""
+    texts = np.unique(ds.text)
+    fold_of = np.empty(int(ds.text.max()) + 1, np.int64)
+    fold_of[np.random.default_rng(seed).permutation(texts)] = np.arange(len(texts)) % folds
+    return fold_of[ds.text]
+
+
+def cross_validate(model, ds: TargetedSet, candidates=CANDIDATES, folds: int = 3, seed: int = 0,
+                   cache_dir: Path | None = FEATURES_DIR, progress: bool = True,
+                   pairs: TargetedSet | None = None) -> dict[str, np.ndarray]:
+    """Out-of-fold probabilities of each candidate over every row, grouped by text:
+    post = the model's general text head on the whole post (what every brand got before);
+    span_lr = logistic regression over the frozen [span mean, post mean];
+    block = the TargetHead (`fit_target_head`, block from the encoder's last); block_pairs = the same, also
+    trained on made-up pairs of tweets (`pair_set`). Each candidate's probabilities are cached (the blocks' take
+    most of an hour of CPU), so `mmsa compare-targets` and `mmsa train` share them; only real rows score."""
+    fold = group_folds(ds, folds, seed)
+    span, post = ds.pooled() if {"post", "span_lr"} & set(candidates) else (None, None)
+    out = {}
+    for name in candidates:
+        p = np.zeros((len(ds), 3), np.float32)
+        t0 = time.perf_counter()
+        if name == "post":
+            with torch.no_grad():
+                feats = Feats(torch.from_numpy(post), torch.zeros(len(post), model.image_dim))
+                p = model.bundle(feats, torch.zeros(len(post), dtype=torch.bool))["text"].softmax(-1).numpy()
+        key = ds.key + (pairs.key if name == "block_pairs" else "")
+        cache = Path(cache_dir) / f"target-oof-{name}-{key}-{folds}-{seed}.npy" if cache_dir and ds.key else None
+        if cache is not None and cache.exists():
+            out[name] = np.load(cache)
+            continue
+        for f in range(folds) if name != "post" else ():
+            tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+            if name == "span_lr":
+                x = np.concatenate([span, post], 1)
+                p[te] = fit_lr(x[tr], ds.label[tr], weight="sqrt", seed=seed).predict_proba(x[te])
+            elif name == "block":
+                head = fit_target_head(ds, tr, model.text_encoder.layers()[-1], seed=seed, progress=progress)
+                p[te] = predict_targets(head, ds, te)
+            else:
+                both = join(ds, pairs)
+                text_fold = np.zeros(len(ds.offsets) - 1, np.int64)
+                text_fold[ds.text] = fold
+                usable = len(ds) + np.flatnonzero((text_fold[pairs.parts] != f).all(1))
+                head = fit_target_head(both, np.concatenate([tr, usable]), model.text_encoder.layers()[-1], seed=seed,
+                                       progress=progress)
+                p[te] = predict_targets(head, both, te)
+        out[name] = p
+        if cache is not None:
+            with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, p)
+        if progress:
+            print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
+    return out
+
+
+def scores_by_set(ds: TargetedSet, probs: np.ndarray) -> dict[str, dict]:
+    """classification_metrics per source set (accuracy, macro recall, ...) of argmax labels."""
+    return {name: classification_metrics(ds.label[ds.source == name], probs[ds.source == name].argmax(1))
+            for name in TARGETED_SETS}
+
+
+# The bars of issue 33 on the judged test splits, per set: (metric, value).
+BARS = {"twitter2015": ("accuracy", 72.0), "twitter2017": ("accuracy", 65.0), "dong2014": ("accuracy", 71.0),
+        "semeval2016_4c": ("macro_recall", 68.0)}
+WHAT = {"post": "the general text head on the whole post (every brand got the post's label)",
+        "block_pairs": "the same block, also trained on 10,000 made-up pairs of tweets (two targets, two labels)",
+        "span_lr": "logistic regression over frozen [target-span mean, post mean] of the final states",
+        "block": "TargetHead: one transformer block over the final states with the target marked (from the last block)"}
+
+
+def compare(model, data_dir: str | Path, out: str | Path | None, candidates=CANDIDATES, folds: int = 3,
+            seed: int = 0, cache_dir: Path | None = FEATURES_DIR, oof_path: str | Path | None = None) -> dict:
+    """Cross-validate the candidates over every targeted set (grouped by text); write `out`/targeted.md and
+    its JSON, and with `oof_path` the chosen candidate's calibrated out-of-fold probabilities and the labels
+    (an .npz for `mmsa quantify-compare --probs`; labelled data, so not for the repository)."""
+    unknown = set(candidates) - set(CANDIDATES)
+    if unknown:
+        raise ValueError(f"unknown candidates {sorted(unknown)}: expected some of {', '.join(CANDIDATES)}")
+    t0 = time.perf_counter()
+    ds = targeted_set(model, data_dir, cache_dir)
+    pairs = pair_set(model, data_dir, ds, seed=seed, cache_dir=cache_dir) if "block_pairs" in candidates else None
+    oof = cross_validate(model, ds, candidates, folds, seed, cache_dir, pairs=pairs)
+    result = {"n": len(ds), "texts": int(len(np.unique(ds.text))), "folds": folds, "seed": seed, "model": model.version,
+              "minutes": round((time.perf_counter() - t0) / 60),
+              "scores": {name: {**scores_by_set(ds, p), "all": classification_metrics(ds.label, p.argmax(1))}
+                         for name, p in oof.items()}}
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "targeted.md").write_text(table(result))
+        (out / "targeted.json").write_text(json.dumps(result, indent=1) + "\n")
+    if oof_path is not None and CHOSEN in oof:
+        p = tempered(oof[CHOSEN], fit_temperature(oof[CHOSEN], ds.label))
+        np.savez_compressed(oof_path, probs=p, labels=ds.label)
+    return result
+
+
+def table(result: dict) -> str:
+    sets = list(TARGETED_SETS)
+    head = "| candidate | what | " + " | ".join(f"{s} acc / macro recall" for s in sets) + " | all: macro recall |"
+    lines = [head, "|" + "---|" * (len(sets) + 3)]
+    for name, sc in result["scores"].items():
+        cells = [f"{100 * sc[s]['accuracy']:.1f} / {100 * sc[s]['macro_recall']:.1f}" for s in sets]
+        lines.append(f"| {name} | {WHAT[name]} | " + " | ".join(cells) + f" | {100 * sc['all']['macro_recall']:.1f} |")
+    bars = " | ".join(f"{'acc' if m == 'accuracy' else 'macro recall'} {v:.0f}" for m, v in BARS.values())
+    lines.append(f"| bar (judged test splits) | | {bars} | |")
+    return (f"# Sentiment toward a target: {result['folds']}-fold cross-validation grouped by text over the targeted sets\n\n"
+            f"Produced by `mmsa compare-targets` ({result['minutes']} min on 2 CPU cores) over "
+            f"{result['n']:,} (text, target) rows of ../shared/data/targeted/ ({result['texts']:,} distinct texts; "
+            f"Twitter-2015/2017 train+dev, Dong 2014 train, SemEval-2016 4C all four files), final token states of "
+            f"`{result['model']}`. The rows of one tweet (one per target, often with different labels) share a fold. "
+            "Each candidate is fitted on the training folds only; the held-out fold only scores.\n\n"
+            "Caveat: the encoder's top layers were fine-tuned on SemEval-2017 4A tweets, which overlap the 2016 4C "
+            "tweets (with post-level labels), so 4C figures lean optimistic for every candidate alike; the bars "
+            "are for the judged test splits, which no candidate saw.\n\n" + "\n".join(lines) + "\n")
+
+
+def final_head(model, ds: TargetedSet, seed: int = 0, cache_dir: Path | None = FEATURES_DIR) -> TargetHead:
+    """A TargetHead fitted on every row of ds (the chosen candidate's: real rows and pairs joined), temperature
+    1, cached like the out-of-fold probabilities."""
+    from safetensors.torch import load_file, save_file
+
+    cache = Path(cache_dir) / f"target-head-{ds.key}-{seed}.safetensors" if cache_dir and ds.key else None
+    if cache is not None and cache.exists():
+        head = TargetHead(ds.states.shape[1])
+        head.load_state_dict(load_file(str(cache)))
+        return head.eval()
+    head = fit_target_head(ds, np.arange(len(ds)), model.text_encoder.layers()[-1], seed=seed)
+    if cache is not None:
+        with atomic_path(cache) as tmp:
+            save_file({k: v.contiguous() for k, v in head.state_dict().items()}, tmp)
+    return head
+
+
+def add_target_head(out: str | Path, data_dir: str | Path, folds: int = 3, seed: int = 0,
+                    cache_dir: Path | None = FEATURES_DIR) -> dict:
+    """Give the model folder `out` (written by `mmsa.stack.train_model`) the target head: the chosen candidate
+    (block) fitted on every targeted row, in target_head.safetensors (fp16), and in config.json the
+    candidate's out-of-fold figures and the quantification statistics from its calibrated out-of-fold
+    probabilities (brand shares are estimated with them, `mmsa.quantify`). Returns the new config."""
+    from safetensors.torch import save_file
+
+    from mmsa import files
+    from mmsa.model import SentimentModel
+    from mmsa.quantify import quantification_stats
+
+    out = Path(out)
+    config = json.loads((out / "config.json").read_text())
+    config.pop("target_head", None)  # the encoders only: a head from an earlier fit must not load
+    files.write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
+    model = SentimentModel(out)
+    ds = targeted_set(model, data_dir, cache_dir)
+    pairs = pair_set(model, data_dir, ds, seed=seed, cache_dir=cache_dir)
+    oof = cross_validate(model, ds, [CHOSEN], folds, seed, cache_dir, pairs=pairs)[CHOSEN]
+    t = fit_temperature(oof, ds.label)
+    head = final_head(model, join(ds, pairs), seed, cache_dir)
+    head.temperature.fill_(t)
+    with files.atomic_path(out / "target_head.safetensors") as tmp:
+        save_file({k: v.half().contiguous() for k, v in head.state_dict().items()}, tmp)
+    config.update({
+        "target_head": "target_head.safetensors",
+        "target_train": {"data": str(data_dir), "rows": len(ds), "folds": folds, "seed": seed, "temperature": t},
+        "target_out_of_fold": {name: {k: sc[k] for k in ("n", "accuracy", "macro_recall", "macro_f1")}
+                               for name, sc in scores_by_set(ds, oof).items()},
+        "quantification": quantification_stats(tempered(oof, t), ds.label, seed=seed),
+    })
+    files.write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
+    return config

@@ -1,0 +1,173 @@
+"""Sentiment toward each brand a post names: the target spans, the target head, the engine's per-target
+probabilities and `mmsa score --brands` end to end on the shipped model."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig
+from transformers.models.bert.modeling_bert import BertLayer
+
+from mmsa import pipeline
+from mmsa.brands import BrandTagger, find_spans
+from mmsa.cli import main
+from mmsa.encoders import fast_tokenizer, span_token_mask, unpadded
+from mmsa.heads import TargetHead
+from mmsa.infer import get_engine
+from mmsa.model import Prediction, load_model
+from mmsa.data import target_spans
+from mmsa.targeted import TargetedSet, fit_target_head, group_folds, predict_targets
+
+PRAISE_AND_PAN = "acme's new phone is brilliant, I love it. globex support is a disgrace, never buying from them again"
+
+
+def test_brand_spans_come_from_the_rules_and_else_from_the_brand_name():
+    tagger = BrandTagger({"acme": {"keywords": ["acme"], "handles": ["@acmecorp"]}})
+    text = "@AcmeCorp your ACME kettle died; globex's works"
+    assert [text[a:b] for a, b in tagger.spans(text, "acme")] == ["@AcmeCorp", "ACME"]
+    assert [text[a:b] for a, b in tagger.spans(text, "globex")] == ["globex"]  # no rule: its name
+    assert tagger.spans(text, "initech") == [] and find_spans(None, "acme") == []
+
+
+def test_a_labelled_row_uses_its_target_start_when_the_target_repeats():
+    row = {"text": "apple pie beats apple phones", "target": "apple", "target_start": 16}
+    assert target_spans(row) == [(16, 21)]
+    assert target_spans({**row, "target_start": None}) == [(0, 5), (16, 21)]
+
+
+def test_span_token_mask_marks_the_brand_tokens_only():
+    tok = fast_tokenizer(load_model("default").text_encoder.tokenizer)
+    unpadded(tok, 64)
+    text = "I love acme but hate globex"
+    (mask,) = span_token_mask(tok, [text], [find_spans(text, "globex")])
+    enc = tok.encode(text)
+    assert [t for t, m in zip(enc.tokens, mask) if m] == [t for t, (a, b) in zip(enc.tokens, enc.offsets)
+                                                          if a >= text.index("globex") and b > a]
+    assert not mask[0] and not mask[-1]  # [CLS] / [SEP] never
+
+
+def test_target_head_copies_a_bert_block_exactly():
+    cfg = BertConfig(hidden_size=48, num_attention_heads=4, intermediate_size=192, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0)
+    layer = BertLayer(cfg).eval()
+    head = TargetHead(48, n_heads=4).from_bert_layer(layer).eval()
+    x = torch.randn(3, 9, 48)
+    mask = torch.ones(3, 9, dtype=torch.bool)
+    mask[1, 6:] = False
+    with torch.no_grad():
+        want = layer(x, attention_mask=(~mask[:, None, None, :]).float() * -1e9)
+        want = want[0] if isinstance(want, tuple) else want
+        got = head.block(x, src_key_padding_mask=~mask)
+    assert torch.allclose(got[mask], want[mask], atol=1e-5)
+
+
+def _toy_set(n: int, rng: np.random.Generator) -> TargetedSet:
+    """Texts of 6 random token states; each row's label is carried by its target token's state alone (the
+    post's mean says nothing), two targets per text with different labels."""
+    d, width = 16, 6
+    signs = np.eye(3, d) * 3
+    states, text, spans, labels = [], [], [], []
+    for t in range(n):
+        h = rng.normal(size=(width, d))
+        picks = rng.choice(width, 2, replace=False)
+        for pos, lab in zip(picks, rng.choice(3, 2, replace=False)):
+            h[pos] += signs[lab]
+            m = np.zeros(width, bool)
+            m[pos] = True
+            text.append(t), spans.append(m), labels.append(lab)
+        states.append(h)
+    return TargetedSet(np.concatenate(states).astype(np.float16), np.arange(n + 1) * width, np.array(text), spans,
+                       np.array(labels), np.array(["toy"] * len(labels)))
+
+
+def test_the_target_head_learns_sentiment_carried_by_the_target_tokens():
+    rng = np.random.default_rng(0)
+    ds = _toy_set(150, rng)
+    fold = group_folds(ds, 5, seed=0)
+    assert all(len(set(fold[ds.text == t])) == 1 for t in range(150))  # a text's targets share its fold
+    tr, te = np.flatnonzero(fold != 0), np.flatnonzero(fold == 0)
+    head = fit_target_head(ds, tr, epochs=15, lr=3e-3, seed=0, progress=False)
+    acc = (predict_targets(head, ds, te).argmax(1) == ds.label[te]).mean()
+    assert acc > 0.9  # chance is 1/3, and the post alone cannot tell its two targets apart
+
+
+def test_engine_gives_probabilities_toward_each_target_and_none_without_targets():
+    engine = get_engine("default", "torch")
+    texts = [PRAISE_AND_PAN, "nothing to see here"]
+    spans = [[find_spans(PRAISE_AND_PAN, "acme"), find_spans(PRAISE_AND_PAN, "globex")], []]
+    pred = engine.predict(texts, [None, None], targets=spans)
+    assert [p.shape for p in pred.target_probs] == [(2, 3), (0, 3)]
+    assert np.allclose(pred.target_probs[0].sum(1), 1)
+    assert not np.allclose(pred.target_probs[0][0], pred.target_probs[0][1], atol=1e-3)  # each target its own
+    assert not np.allclose(pred.target_probs[0][0], pred.text_probs[0], atol=1e-3)  # not the post's copied
+    assert engine.predict(texts, [None, None]).target_probs is None
+    # batch size 1 splits rows across batches: every row keeps its own targets
+    one = engine.predict(texts, [None, None], batch_size=1, targets=spans)
+    assert np.allclose(one.target_probs[0], pred.target_probs[0], atol=1e-5)
+
+
+def test_toward_brands_moves_a_named_brand_by_the_image_and_leaves_an_unnamed_one_with_the_post():
+    text = np.array([[0.2, 0.6, 0.2], [0.3, 0.4, 0.3]])
+    fused = np.array([[0.2, 0.6, 0.2], [0.6, 0.2, 0.2]])  # post 0 has no usable image: fused == text
+    pred = Prediction(fused, text, np.full((2, 3), np.nan))
+    rows = [(0, 0, None), (1, 0, "u1"), (1, 1, "u2")]
+    target = [np.array([[0.1, 0.1, 0.8]]), np.array([[0.5, 0.3, 0.2]]), np.zeros((0, 3))]
+    spans = [[[(0, 4)], []], [[(3, 8)]]]
+    out = pipeline.toward_brands(pred, rows, target, spans)
+    assert np.allclose(out[0][0], [0.1, 0.1, 0.8]) and np.allclose(out[0][1], fused[0])
+    shifted = np.array([0.5, 0.3, 0.2]) * fused[1] / text[1]
+    assert np.allclose(out[1][0], shifted / shifted.sum())
+    assert pipeline.toward_brands(pred, rows, None, spans) is None
+
+
+def test_mmsa_score_gives_each_named_brand_the_target_heads_probabilities(prefect_harness, tmp_path):
+    dump = tmp_path / "posts.jsonl"
+    posts = [{"post_id": "both", "created_at": "2026-11-20T10:00:00Z", "text": PRAISE_AND_PAN},
+             {"post_id": "neither", "created_at": "2026-11-20T11:00:00Z", "text": "acme and globex both open at nine"}]
+    posts.append({"post_id": "field", "created_at": "2026-11-20T12:00:00Z", "text": "great day", "brand": "initech"})
+    dump.write_text("".join(json.dumps(p) + "\n" for p in posts))
+    brands = tmp_path / "brands.yaml"
+    brands.write_text("acme:\n  keywords: [acme]\nglobex:\n  keywords: [globex]\n")
+    db = tmp_path / "m.duckdb"
+    assert main(["score", str(dump), "--db", str(db), "--out", str(tmp_path / "out"), "--brands", str(brands)]) == 0
+    with duckdb.connect(str(db), read_only=True) as con:
+        got = {(r[0], r[1]): r[2:] for r in con.sql(
+            "SELECT post_id, brand, brand_p_positive, brand_p_negative, p_positive, p_negative, "
+            "brand_p_positive + brand_p_neutral + brand_p_negative FROM post_sentiment").fetchall()}
+    engine = get_engine("default")
+    spans = [find_spans(PRAISE_AND_PAN, b) for b in ("acme", "globex")]
+    want = engine.predict([PRAISE_AND_PAN], [None], targets=[spans]).target_probs[0]
+    for k, b in enumerate(("acme", "globex")):  # text only: the head's probabilities, unmoved
+        assert got[("both", b)][:2] == pytest.approx((want[k][0], want[k][2]), abs=1e-4)
+    assert got[("both", "acme")][:2] != pytest.approx(got[("both", "acme")][2:4], abs=1e-3)
+    assert got[("field", "initech")][:2] == pytest.approx(got[("field", "initech")][2:4])  # not named: the post's
+    assert all(r[4] == pytest.approx(1) for r in got.values())
+
+
+def test_evaluate_scores_rows_with_a_target_toward_it(tmp_path):
+    from mmsa import evaluate
+
+    rows = [{"text": PRAISE_AND_PAN, "target": "acme", "label": "positive"},
+            {"text": PRAISE_AND_PAN, "target": "globex", "label": "negative"},
+            {"text": "globex opened a new office in Leeds", "target": "globex", "target_start": 0, "label": "neutral"}]
+    data = tmp_path / "targets.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = evaluate.evaluate_file(data, "default", backend="torch")
+    assert m["toward_target"] is True and m["n"] == 3
+    engine = get_engine("default", "torch")
+    pred = engine.predict([r["text"] for r in rows], [None] * 3, targets=[[target_spans(r)] for r in rows])
+    labels = {"positive": 0, "neutral": 1, "negative": 2}
+    want = np.zeros((3, 3), int)
+    for r, t in zip(rows, pred.target_probs):
+        want[labels[r["label"]], int(t[0].argmax())] += 1
+    assert m["confusion"] == want.tolist()  # the head's label toward each row's target
+    assert m["text_only"]["n"] == 3  # the post's own text path, beside: one label for both targets
+    plain = tmp_path / "plain.jsonl"  # the same rows without their targets: one post label for both brands
+    plain.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "target"}) + "\n" for r in rows))
+    post = evaluate.evaluate_file(plain, "default", backend="torch")
+    assert post["toward_target"] is False
+    assert post["text_only"]["per_class_recall"] == m["text_only"]["per_class_recall"]  # the post side: the same
