@@ -288,7 +288,7 @@ class Dashboard:
         self.snapshot = Snapshot(db)
         self.images = None
         if cache is not None:
-            from mmsa.fetch import ImageCache
+            from mmsa.images.cache import ImageCache
 
             self.images = ImageCache(cache)
         with self.snapshot.cursor():  # fail now, not on the first page, when the file cannot be opened
@@ -497,7 +497,7 @@ class Dashboard:
     def _thumbnail_bytes(self, url: str) -> bytes | None:
         from PIL import Image
 
-        from mmsa.fetch import CacheDamaged
+        from mmsa.images.cache import CacheDamaged
 
         out = io.BytesIO()
         try:

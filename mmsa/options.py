@@ -8,6 +8,8 @@ standard library, so that `mmsa --help` stays fast.
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass, fields
 
 BACKENDS = ("torch", "onnx", "int8", "onnx-int8")  # mmsa.infer's inference backends
@@ -42,3 +44,10 @@ class RunParameters:
 
 def parameter_names() -> tuple[str, ...]:
     return tuple(f.name for f in fields(RunParameters))
+
+
+@functools.cache
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, which honours taskset/cgroup cpusets): what the defaults
+    that depend on the machine divide (fetch worker processes and decode slots, inference threads). Read once."""
+    return len(os.sched_getaffinity(0))

@@ -20,12 +20,12 @@ SOURCES = {"mmsa": ROOT / "mmsa", "mmsa.flows": ROOT / "flows"}
 # Top to bottom. A module imports its own layer or lower ones; a name matches itself and its submodules.
 LAYERS = [
     ("app", ["mmsa.cli", "mmsa.demo", "mmsa.dashboard", "mmsa.flows"]),
-    ("orchestration", ["mmsa.pipeline", "mmsa.train", "mmsa.evaluate", "mmsa.stack", "mmsa.crossval"]),
+    ("orchestration", ["mmsa.pipeline", "mmsa.fetchdump", "mmsa.train", "mmsa.evaluate", "mmsa.stack", "mmsa.crossval"]),
     ("reports", ["mmsa.report", "mmsa.charts"]),
     ("store", ["mmsa.store", "mmsa.publish"]),
     ("model", ["mmsa.infer", "mmsa.model", "mmsa.heads", "mmsa.encoders", "mmsa.data", "mmsa.features",
                "mmsa.synthetic", "mmsa.quantify"]),
-    ("images", ["mmsa.procfetch", "mmsa.fetch", "mmsa.gpudecode", "mmsa.imaging"]),
+    ("images", ["mmsa.images"]),
     ("source", ["mmsa.source", "mmsa.readers", "mmsa.brands", "mmsa.language"]),
     ("base", ["mmsa.options", "mmsa.files", "mmsa.faults", "mmsa.storage", "mmsa.schema", "mmsa.netpolicy", "mmsa"]),
 ]
