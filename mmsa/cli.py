@@ -227,9 +227,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    from mmsa import dashboard
+    from mmsa.dashboard.server import serve
 
-    dashboard.serve(args.db, host=args.host, port=args.port, cache=args.cache)
+    serve(args.db, host=args.host, port=args.port, cache=args.cache)
     return 0
 
 
