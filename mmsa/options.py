@@ -36,10 +36,10 @@ class RunParameters:
     mapping: dict[str, str] | None = None  # {flat field: path in the record}
     brands: str | None = None  # brand rules file (mmsa.brands)
     max_images: int = DEFAULT_MAX_IMAGES
-    # Image worker processes (mmsa.procfetch): 0 = threads of one process; None = one per core on machines of
+    # Image worker processes (mmsa.images.processes): 0 = threads of one process; None = one per core on machines of
     # more than 2 cores, else threads.
     fetch_processes: int | None = None
-    gpu_decode: bool = False  # JPEGs decoded on the GPU in batches where one is present (mmsa.gpudecode)
+    gpu_decode: bool = False  # JPEGs decoded on the GPU in batches where one is present (mmsa.images.gpudecode)
 
 
 def parameter_names() -> tuple[str, ...]:
