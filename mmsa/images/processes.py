@@ -5,9 +5,9 @@ interpreter lock caps download + decode + resize near one core's worth. With Fet
 (`--fetch-processes N`), mmsa.images.fetch.fetch_images hands each URL to one of N worker processes instead,
 through this module's `session`:
 
-- each worker runs the very same `Fetcher.fetch` (mmsa.images.worker) as the thread path (address policy on every hop, pinned
-  connections, deadlines by watchdog, byte and pixel caps, retries, statuses, the cache's atomic writes), in
-  `FetchConfig.workers` threads of its own; the per-host cap holds across the workers: its host slots are
+- each worker runs the very same `Fetcher.fetch` (mmsa.images.worker) as the thread path (address policy on
+  every hop, pinned connections, deadlines by watchdog, byte and pixel caps, retries, statuses, the cache's
+  atomic writes), in `FetchConfig.workers` threads of its own, with its share of the cores as decode slots; the per-host cap holds across the workers: its host slots are
   counters in shared memory (one per hash bucket of host names), so a host sees at most `per_host` downloads;
 - the preprocessed images come back through a file in shared memory (/dev/shm), mapped by the parent and
   by every worker: one slot of image_size x image_size x 3 bytes per image in flight. The worker writes
@@ -18,8 +18,8 @@ through this module's `session`:
   images arrive, in whatever order they finish.
 
 The workers are started once per process and kept for later calls: forked from a fork server that imported
-mmsa.images.worker (and torch) once, since a fork of a process that runs threads is unsafe and a spawned worker would
-import torch itself, seconds of CPU per worker. A worker that dies fails its URLs' futures with
+mmsa.images.worker (and torch) once, since a fork of a process that runs threads is unsafe and a spawned worker
+would import torch itself, seconds of CPU per worker. A worker that dies fails its URLs' futures with
 WorkerDied (the shard's task then fails and is retried, as for any crash), and a new set of workers
 is started on the next call. Inside a daemon process (a Dask worker started by a nanny) no children can
 be started: the thread path is used there, and a cluster gets its parallelism from one Dask worker per core.
