@@ -45,8 +45,8 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
 from imageserver import ImageServer, textured_image  # noqa: E402
-from mmsa import imaging  # noqa: E402
-from mmsa.fetch import ImageCache  # noqa: E402
+from mmsa.images import decode  # noqa: E402
+from mmsa.images.cache import ImageCache  # noqa: E402
 
 MMSA = REPO / ".venv" / "bin" / "mmsa"
 
@@ -149,7 +149,7 @@ def decode_benchmark(paths: list[Path], passes: int = 5) -> list[tuple[str, floa
 
 
 def preprocess(blob: bytes) -> np.ndarray:
-    return imaging.preprocess(blob, 224, 50_000_000)
+    return decode.preprocess(blob, 224, 50_000_000)
 
 
 def full_decode(blob: bytes) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Benchmark `mmsa fetch` with worker processes (mmsa.procfetch) against today's threads, on the same URLs.
+"""Benchmark `mmsa fetch` with worker processes (mmsa.images.processes) against today's threads, on the same URLs.
 
 Run on demand (not part of the test suite):
 

@@ -3,7 +3,7 @@ beside the model: CPU seconds of
 
 - server: Prefect's API server start (import + create_app, what its ephemeral server runs);
 - client: the scoring command's own imports (mmsa.flows.score, mmsa.infer);
-- fetch: mmsa.fetch per image (download from 127.0.0.1, decode, resize, cache), one thread.
+- fetch: mmsa.images.worker per image (download from 127.0.0.1, decode, resize, cache), one thread.
 
 Each measure runs in a fresh process of each interpreter, interleaved, and the median of --runs is
 reported. Every interpreter must have the project installed: pass the venvs' pythons, e.g.
@@ -38,11 +38,13 @@ def child(what: str, base: str, cache: str) -> None:
         import mmsa.flows.score  # noqa: F401
         import mmsa.infer  # noqa: F401
     else:
-        from mmsa.fetch import FetchConfig, ImageCache, _Fetcher
+        from mmsa.images.cache import ImageCache
+        from mmsa.images.config import FetchConfig
+        from mmsa.images.worker import Fetcher
 
         urls = [f"{base}/images/img{i:06d}.jpg" for i in range(IMAGES)]
         config = FetchConfig(image_size=260, allow_hosts=("127.0.0.1",), workers=1)
-        with _Fetcher(config, ImageCache(cache), keep_images=True) as fetcher:
+        with Fetcher(config, ImageCache(cache), keep_images=True) as fetcher:
             for url in urls[:100]:
                 fetcher.fetch(url, False)
             c0 = time.thread_time()

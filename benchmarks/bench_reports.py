@@ -6,7 +6,7 @@ skewed volume, one planted negative spike,
 one run per day and some rejected rows. Each report runs 3 times through a fresh read-only
 connection each (as the CLI does) and 3 times on one open connection; medians are recorded,
 with the HTML summary, the headline, a chart and the analyst snapshot's publishing. Each dashboard
-view is requested through mmsa.dashboard.Dashboard.handle (its queries and its HTML, no socket) on the
+view is requested through mmsa.dashboard.server.Dashboard.handle (its queries and its HTML, no socket) on the
 published snapshot: once first, which also fills what the dashboard keeps per snapshot (model versions,
 filter options), then 3 more times; the time inside its SQL queries is counted apart.
 
@@ -30,7 +30,8 @@ from urllib.parse import parse_qs
 
 import duckdb
 
-from mmsa import charts, dashboard, publish, report, store
+from mmsa import charts, publish, report, store
+from mmsa.dashboard.server import Dashboard
 
 GENERATE = """
 SELECT setseed(0.42);
@@ -190,7 +191,7 @@ def time_views(snapshot: Path) -> list[str]:
     """One table row per dashboard view: first request, median of 3 more, CPU, time in SQL, page size."""
     lines = []
     t0, c0 = time.perf_counter(), time.process_time()
-    app = dashboard.Dashboard(snapshot)
+    app = Dashboard(snapshot)
     with QueryClock() as clock:
         first = app.handle("/", {})
     assert first.status == 200, first.body[:500]

@@ -41,11 +41,13 @@ def main() -> None:
 
     from bench_infer import make_dump
 
-    from mmsa import pipeline, procfetch, store
+    from mmsa import pipeline, store
     from mmsa.data import load_jsonl, resolve_data_dir
     from mmsa.demo import serve_folder
-    from mmsa.fetch import FetchConfig, ImageCache
-    from mmsa.procfetch import fetch_images
+    from mmsa.images import processes as procs
+    from mmsa.images.cache import ImageCache
+    from mmsa.images.config import FetchConfig
+    from mmsa.images.fetch import fetch_images
     from mmsa.infer import get_engine
     from mmsa.model import load_model
 
@@ -74,7 +76,7 @@ def main() -> None:
             fetched[name] = fetch_images(items, FetchConfig(image_size=model.image_size, allow_hosts=("127.0.0.1",),
                                                             processes=processes),
                                          ImageCache(run / f"cache-{processes}"), keep_images=True)
-            procfetch.shutdown()  # the workers' and the fork server's CPU, counted as children once they are waited for
+            procs.shutdown()  # the workers' and the fork server's CPU, counted as children once they are waited for
             rows[f"fetch: download, decode, resize, cache ({name})"] = cpu() - c
         images = [r.image for r in fetched["threads"]]
         c = cpu()

@@ -147,7 +147,7 @@ def _cpu_ticks() -> tuple[int, int]:
 
 
 def model_alone(texts: list[str], folder: Path, device: str, runs: int = 3) -> tuple[list[float], Sampler]:
-    from mmsa.imaging import preprocess
+    from mmsa.images.decode import preprocess
     from mmsa.infer import Engine
     from mmsa.model import load_model
     from mmsa.pipeline import DEFAULT_SHARD_SIZE as SHARD

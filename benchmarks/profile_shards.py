@@ -30,7 +30,9 @@ from bench_infer import GpuSampler, make_dump  # noqa: E402
 from mmsa import pipeline  # noqa: E402
 from mmsa.data import load_jsonl, resolve_data_dir  # noqa: E402
 from mmsa.demo import serve_folder  # noqa: E402
-from mmsa.fetch import FetchConfig, ImageCache, fetch_images  # noqa: E402
+from mmsa.images.cache import ImageCache  # noqa: E402
+from mmsa.images.config import FetchConfig  # noqa: E402
+from mmsa.images.fetch import fetch_images  # noqa: E402
 from mmsa.infer import get_engine  # noqa: E402
 from mmsa.model import load_model  # noqa: E402
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import dashboarddata  # noqa: E402
 from browser import CHROMIUM_ARGS, chromium_path  # noqa: E402
 
-from mmsa import dashboard  # noqa: E402
+from mmsa.dashboard.server import Dashboard, DashboardServer  # noqa: E402
 
 SHOTS = [
     ("overview", "/?period=day"),
@@ -41,7 +41,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         snapshot, cache = dashboarddata.build(Path(tmp))
-        server = dashboard.DashboardServer(dashboard.Dashboard(snapshot, cache), port=0)
+        server = DashboardServer(Dashboard(snapshot, cache), port=0)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
             with sync_playwright() as p:

@@ -58,7 +58,8 @@ def backfill_flow(
     from mmsa.model import load_model
 
     given = locals()
-    params = RunParameters(**{name: given[name] for name in parameter_names() if name in given})
+    # Every run parameter is an argument above (tests/test_options.py checks names and defaults): none is dropped.
+    params = RunParameters(**{name: given[name] for name in parameter_names()})
 
     yesterday = datetime.now(ZoneInfo(timezone)).date() - timedelta(days=1)
     start = start or end or yesterday

@@ -174,14 +174,15 @@ def _add_image_work_options(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:
-    from mmsa import fetch, procfetch
+    from mmsa.fetchdump import fetch_dump
+    from mmsa.images.config import FetchConfig
     from mmsa.source import ReadOptions
 
     tuned = {k: v for k, v in (("deadline", args.deadline), ("workers", args.workers), ("per_host", args.per_host))
              if v is not None}
-    config = fetch.FetchConfig(allow_hosts=tuple(args.allow_hosts), allow_local_files=args.allow_local_files,
-                               processes=args.fetch_processes, gpu_decode=args.gpu_decode, **tuned)
-    summary = procfetch.fetch_dump(
+    config = FetchConfig(allow_hosts=tuple(args.allow_hosts), allow_local_files=args.allow_local_files,
+                         processes=args.fetch_processes, gpu_decode=args.gpu_decode, **tuned)
+    summary = fetch_dump(
         args.dump, args.cache, config, status_path=args.status, retry_failed=args.retry_failed, progress=not args.quiet,
         options=ReadOptions.build(args.source_format, _mapping(args), None, args.max_images),
     )
@@ -226,9 +227,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    from mmsa import dashboard
+    from mmsa.dashboard.server import serve
 
-    dashboard.serve(args.db, host=args.host, port=args.port, cache=args.cache)
+    serve(args.db, host=args.host, port=args.port, cache=args.cache)
     return 0
 
 
@@ -396,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", help="status table to write (default: CACHE/status/<dump name>.parquet)")
     p.add_argument("--retry-failed", action="store_true", help="fetch again the URLs whose last status was retryable")
     p.add_argument("--workers", type=int,
-                   help="concurrent downloads (per process, with --fetch-processes; default: mmsa.fetch.FetchConfig's)")
+                   help="concurrent downloads (per process, with --fetch-processes; default: mmsa.images.config.FetchConfig's)")
     p.add_argument("--per-host", type=int, help="concurrent downloads from one host (default: FetchConfig's)")
     p.add_argument("--deadline", type=float, help="seconds allowed per image, retries included (default: FetchConfig's)")
     _add_address_options(p)

@@ -1,6 +1,6 @@
 """Labelled data sets (JSONL rows with `text`, optional `image`, `label`) and image loading.
 
-Images go through mmsa.imaging, the same preprocessing the fetch stage applies when scoring,
+Images go through mmsa.images.decode, the same preprocessing the fetch stage applies when scoring,
 so that training and scored images look alike.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmsa import imaging
+from mmsa.images import decode
 from mmsa.schema import LABELS
 
 LABEL_TO_ID = {name: i for i, name in enumerate(LABELS)}
@@ -81,4 +81,4 @@ def target_spans(row: dict) -> list[tuple[int, int]]:
 
 def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
     """uint8 RGB size x size, exactly as `mmsa fetch` would preprocess the same file."""
-    return imaging.preprocess(Path(path).read_bytes(), size, max_pixels=imaging.MAX_PIXELS)
+    return decode.preprocess(Path(path).read_bytes(), size, max_pixels=decode.MAX_PIXELS)

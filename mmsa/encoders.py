@@ -90,7 +90,7 @@ def pad_ids(ids: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> tup
 
 
 def stack_images(images: Sequence[np.ndarray], size: int) -> np.ndarray:
-    """uint8 (B, size, size, 3) from images as mmsa.imaging makes them; a wrong size is a ValueError."""
+    """uint8 (B, size, size, 3) from images as mmsa.images.decode makes them; a wrong size is a ValueError."""
     arr = np.stack([np.asarray(im, dtype=np.uint8) for im in images])
     if arr.shape[1:] != (size, size, 3):
         raise ValueError(f"images must be {size}x{size}x3 uint8, got {arr.shape[1:]}")

@@ -53,7 +53,7 @@ from mmsa.files import default_cache_dir
 from mmsa.encoders import fast_tokenizer, pad_ids, span_token_mask, stack_images, token_ids, unpadded
 from mmsa.heads import Feats
 from mmsa.model import Prediction, SentimentModel, load_model
-from mmsa.options import BACKENDS
+from mmsa.options import BACKENDS, usable_cores
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,8 @@ def default_batch_size(device: torch.device) -> int:
 
 
 def cpu_threads() -> int:
-    """Cores this process may run on (its affinity mask, which honours taskset/cgroup cpusets)."""
-    return len(os.sched_getaffinity(0))
+    """Cores this process may run on (mmsa.options.usable_cores)."""
+    return usable_cores()
 
 
 @dataclass

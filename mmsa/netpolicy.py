@@ -2,7 +2,7 @@
 
 A dump is untrusted input: an image_url must not make us talk to this machine, the local
 network or a cloud metadata service. Every address a host resolves to is checked, and the
-connection then goes to the checked address (see mmsa.fetch), so DNS rebinding between the
+connection then goes to the checked address (see mmsa.images.client), so DNS rebinding between the
 check and the connect cannot slip through.
 """
 

@@ -8,6 +8,8 @@ standard library, so that `mmsa --help` stays fast.
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass, fields
 
 BACKENDS = ("torch", "onnx", "int8", "onnx-int8")  # mmsa.infer's inference backends
@@ -34,11 +36,18 @@ class RunParameters:
     mapping: dict[str, str] | None = None  # {flat field: path in the record}
     brands: str | None = None  # brand rules file (mmsa.brands)
     max_images: int = DEFAULT_MAX_IMAGES
-    # Image worker processes (mmsa.procfetch): 0 = threads of one process; None = one per core on machines of
+    # Image worker processes (mmsa.images.processes): 0 = threads of one process; None = one per core on machines of
     # more than 2 cores, else threads.
     fetch_processes: int | None = None
-    gpu_decode: bool = False  # JPEGs decoded on the GPU in batches where one is present (mmsa.gpudecode)
+    gpu_decode: bool = False  # JPEGs decoded on the GPU in batches where one is present (mmsa.images.gpudecode)
 
 
 def parameter_names() -> tuple[str, ...]:
     return tuple(f.name for f in fields(RunParameters))
+
+
+@functools.cache
+def usable_cores() -> int:
+    """Cores this process may run on (its affinity mask, which honours taskset/cgroup cpusets): what the defaults
+    that depend on the machine divide (fetch worker processes and decode slots, inference threads). Read once."""
+    return len(os.sched_getaffinity(0))

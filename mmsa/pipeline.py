@@ -29,7 +29,7 @@ from mmsa.schema import LABELS, SCORED_SCHEMA, UNSCORED_KEEPS, UNSUPPORTED_LANGU
 from mmsa.store import RunLocked, run_lock  # noqa: F401  (the flows' and the CLI's names for them)
 
 if TYPE_CHECKING:
-    from mmsa.fetch import FetchConfig
+    from mmsa.images.config import FetchConfig
 
 # One shard's fetch at a time per process: the model waits for the run's first shard, which two fetches at
 # once would finish only when both were done, and two would double the downloads per host. A shard's fetch
@@ -91,7 +91,7 @@ class ShardResult:
     image_status: dict[str, int]
     seconds: dict[str, float]
     skipped: bool = False
-    cache_repaired: int = 0  # damaged image cache entries met, removed and fetched anew (mmsa.fetch.ImageCache)
+    cache_repaired: int = 0  # damaged image cache entries met, removed and fetched anew (mmsa.images.cache.ImageCache)
     not_covered: dict[str, int] = field(default_factory=dict)  # posts left unscored, by language
 
 
@@ -220,7 +220,7 @@ def _done_marker(shard_path: str, model_version: str) -> Path:
 
 def _fetch_settings(params: RunParameters) -> FetchConfig | None:
     """The run's fetch settings that its parameters set: image worker processes, GPU decoding; None: defaults."""
-    from mmsa.fetch import FetchConfig
+    from mmsa.images.config import FetchConfig
 
     if params.fetch_processes == 0 and not params.gpu_decode:
         return None
@@ -228,7 +228,7 @@ def _fetch_settings(params: RunParameters) -> FetchConfig | None:
 
 
 def _fetch_config(opts: RunOptions, image_size: int) -> FetchConfig:
-    from mmsa.fetch import FetchConfig
+    from mmsa.images.config import FetchConfig
 
     return replace(opts.fetch or FetchConfig(), image_size=image_size, allow_hosts=tuple(opts.allow_hosts),
                    allow_local_files=opts.allow_local_files)
@@ -241,8 +241,9 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
     makes one prediction per post from its rows. The images are fetched in the order the model takes the
     rows, and the model starts on its first batches while the rest download, so that it is not idle for
     the run's first fetch."""
-    from mmsa.fetch import RETRYABLE, ImageCache
-    from mmsa.procfetch import fetch_images
+    from mmsa.images.cache import ImageCache
+    from mmsa.images.fetch import fetch_images
+    from mmsa.images.status import RETRYABLE
     from mmsa.infer import get_engine
     from mmsa.model import load_model
 

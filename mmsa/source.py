@@ -110,10 +110,6 @@ def file_kind(name: str) -> tuple[str, str | None]:
     return fmt, compression
 
 
-def dump_format(name: str) -> str:
-    return file_kind(name)[0]
-
-
 def _is_pattern(src: str) -> bool:
     return any(c in src for c in "*?[")
 

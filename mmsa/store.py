@@ -93,6 +93,10 @@ CREATE OR REPLACE VIEW post_sentiment AS
            DATE '1970-01-01' + CAST(epoch_us(created_at) // 86400000000 AS INTEGER) AS day
     FROM scored_posts
   );
+-- The model version that scored most recently: what every report reads when it is given none
+-- (sql/reports: `coalesce($model_version, (SELECT model_version FROM latest_model_version))`), one rule in one place.
+CREATE OR REPLACE VIEW latest_model_version AS
+  SELECT arg_max(model_version, scored_at) AS model_version FROM scored_posts;
 -- One row per image of a post (none for a post without images).
 CREATE OR REPLACE VIEW post_images AS
   SELECT post_id, model_version, run_id, created_at,

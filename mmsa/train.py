@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from mmsa import imaging
+from mmsa.images import decode as imaging
 from mmsa.data import LabelledSet, load_image
 from mmsa.encoders import (
     DEFAULT_IMAGE_ENCODER,

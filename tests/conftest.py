@@ -17,7 +17,7 @@ _private_dir("PREFECT_HOME", "mmsa-prefect-")  # set before prefect is imported 
 _private_dir("MMSA_CACHE", "mmsa-cache-")  # exported ONNX graphs
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The same fetch path on every machine: `auto` would mean worker processes on more than 2 cores. The process
-# path has tests of its own (test_procfetch, test_s3); MMSA_FETCH_PROCESSES=2 runs the whole suite through it.
+# path has tests of its own (test_fetch_processes, test_s3); MMSA_FETCH_PROCESSES=2 runs the whole suite through it.
 os.environ.setdefault("MMSA_FETCH_PROCESSES", "0")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")

@@ -21,7 +21,8 @@ import reportdata
 
 from mmsa import publish, store
 from mmsa.demo import _image
-from mmsa.fetch import FetchResult, ImageCache
+from mmsa.images.cache import ImageCache
+from mmsa.images.status import FetchResult
 from mmsa.schema import SCORED_SCHEMA
 
 HOSTILE_DAY = "2024-03-15"

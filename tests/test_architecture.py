@@ -20,12 +20,13 @@ SOURCES = {"mmsa": ROOT / "mmsa", "mmsa.flows": ROOT / "flows"}
 # Top to bottom. A module imports its own layer or lower ones; a name matches itself and its submodules.
 LAYERS = [
     ("app", ["mmsa.cli", "mmsa.demo", "mmsa.dashboard", "mmsa.flows"]),
-    ("orchestration", ["mmsa.pipeline", "mmsa.train", "mmsa.evaluate", "mmsa.stack", "mmsa.crossval", "mmsa.targeted"]),
+    ("orchestration", ["mmsa.pipeline", "mmsa.fetchdump", "mmsa.train", "mmsa.evaluate", "mmsa.stack", "mmsa.crossval",
+                       "mmsa.targeted"]),
     ("reports", ["mmsa.report", "mmsa.charts"]),
     ("store", ["mmsa.store", "mmsa.publish"]),
     ("model", ["mmsa.infer", "mmsa.model", "mmsa.heads", "mmsa.encoders", "mmsa.packaged", "mmsa.data", "mmsa.features",
-               "mmsa.synthetic", "mmsa.quantify"]),
-    ("images", ["mmsa.procfetch", "mmsa.fetch", "mmsa.gpudecode", "mmsa.imaging"]),
+               "mmsa.quantify"]),
+    ("images", ["mmsa.images"]),
     ("source", ["mmsa.source", "mmsa.readers", "mmsa.brands", "mmsa.language"]),
     ("base", ["mmsa.options", "mmsa.files", "mmsa.faults", "mmsa.storage", "mmsa.schema", "mmsa.netpolicy", "mmsa"]),
 ]
@@ -158,8 +159,10 @@ def test_every_module_is_in_a_layer():
 
 
 def test_the_docs_name_every_module_and_folder():
-    """docs/architecture.md places every module in its layer table; the README's layout table names every
-    module of mmsa/ and every top-level folder of the repository."""
+    """docs/architecture.md places every module in its layer table, a subpackage's modules each by name unless
+    the table names them as a family (`mmsa.readers.*`: one module per platform); the README's layout table
+    names every module of mmsa/ (a subpackage's by their short names, or as the family) and every top-level
+    folder of the repository."""
     architecture = (ROOT / "docs" / "architecture.md").read_text()
     readme = (ROOT / "README.md").read_text()
     layout = readme[readme.index("## Layout"):readme.index("## Data")]
@@ -167,6 +170,12 @@ def test_the_docs_name_every_module_and_folder():
     assert not [t for t in sorted(tops) if f"`{t}" not in architecture], "modules missing from docs/architecture.md"
     short = {t.split(".")[1] for t in tops} - {"flows"}
     assert not [s for s in sorted(short) if f"`{s}`" not in layout and f"`{s}/`" not in layout], "modules missing from the README's layout"
+    inner = [m for m in modules() if m.count(".") == 2 and not m.startswith("mmsa.flows.")]
+    family = {m for m in inner if f"`{m.rpartition('.')[0]}.*`" in architecture}
+    assert not [m for m in inner if m not in family and f"`{m}`" not in architecture], \
+        "subpackage modules missing from docs/architecture.md"
+    assert not [m for m in inner if m not in family and f"`{m.rpartition('.')[2]}`" not in layout], \
+        "subpackage modules missing from the README's layout"
     folders = {p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".") and
                subprocess.run(["git", "ls-files", "--error-unmatch", p.name], cwd=ROOT, capture_output=True).returncode == 0}
     assert not [f for f in sorted(folders) if f"`{f}/" not in layout], "folders missing from the README's layout"

@@ -20,7 +20,9 @@ import reportdata
 from browser import CHROMIUM_ARGS, chromium_path
 from dashboarddata import FORMULA_TEXT, IMG_AUTHOR, JS_LINK, MARKUP_BRAND, SCRIPT_TEXT
 
-from mmsa import dashboard, publish, store
+from mmsa import publish, store
+from mmsa.dashboard.queries import net_interval, wilson
+from mmsa.dashboard.server import Dashboard, DashboardServer
 from mmsa.cli import build_parser
 
 VIEWS = ["/", "/spikes", "/voice", "/disagreement", "/quality",
@@ -36,7 +38,7 @@ def planted(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def server(planted):
     snapshot, cache = planted
-    srv = dashboard.DashboardServer(dashboard.Dashboard(snapshot, cache), port=0)
+    srv = DashboardServer(Dashboard(snapshot, cache), port=0)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv
@@ -64,11 +66,11 @@ def csv_rows(server, path: str) -> list[dict]:
 
 def test_wilson_interval_matches_worked_values():
     """Known Wilson 95% intervals (e.g. 0 of 10: 0 to 0.2775; 5 of 10: 0.2366 to 0.7634); no posts, no interval."""
-    assert dashboard.wilson(0, 10) == (0.0, pytest.approx(0.27754, abs=1e-4))
-    assert dashboard.wilson(5, 10) == (pytest.approx(0.23659, abs=1e-4), pytest.approx(0.76341, abs=1e-4))
-    assert dashboard.wilson(80, 100) == (pytest.approx(0.71117, abs=1e-4), pytest.approx(0.86663, abs=1e-4))
-    assert dashboard.wilson(0, 0) == (None, None)
-    low, high = dashboard.net_interval(8, 2)  # p = 0.8 of 10: net 0.6
+    assert wilson(0, 10) == (0.0, pytest.approx(0.27754, abs=1e-4))
+    assert wilson(5, 10) == (pytest.approx(0.23659, abs=1e-4), pytest.approx(0.76341, abs=1e-4))
+    assert wilson(80, 100) == (pytest.approx(0.71117, abs=1e-4), pytest.approx(0.86663, abs=1e-4))
+    assert wilson(0, 0) == (None, None)
+    low, high = net_interval(8, 2)  # p = 0.8 of 10: net 0.6
     assert (low, high) == (pytest.approx(2 * 0.49016 - 1, abs=1e-4), pytest.approx(2 * 0.94332 - 1, abs=1e-4))
     assert low < 0.6 < high
 
@@ -80,7 +82,7 @@ def test_trend_csv_carries_the_planted_counts_and_their_intervals(server):
         ("2024-03-04", "34", "17", "7"), ("2024-03-11", "44", "19", "14")]
     week1 = rows[0]
     assert float(week1["net_sentiment"]) == pytest.approx(10 / 24)
-    low, high = dashboard.net_interval(17, 7)
+    low, high = net_interval(17, 7)
     assert (float(week1["net_low"]), float(week1["net_high"])) == (pytest.approx(low), pytest.approx(high))
     daily = csv_rows(server, "/csv/trend?brand=globex&source=instagram&lang=de&period=day")
     assert len(daily) == 7 and {r["posts"] for r in daily} == {"2"}  # globex's German week
@@ -125,7 +127,7 @@ def test_share_of_voice_and_disagreement_rates_have_intervals(server):
         assert float(r["share_low"]) < float(r["share_of_voice"]) < float(r["share_high"])
     rates = {r["brand"]: r for r in csv_rows(server, "/csv/disagreement")}
     assert (rates["globex"]["disagreeing"], rates["globex"]["posts_with_both"]) == ("7", "35")
-    assert float(rates["globex"]["disagreement_rate_low"]) == pytest.approx(dashboard.wilson(7, 35)[0])
+    assert float(rates["globex"]["disagreement_rate_low"]) == pytest.approx(wilson(7, 35)[0])
 
 
 def test_posts_behind_a_day_most_engaging_first_with_every_prediction(server):
@@ -217,7 +219,7 @@ def test_refuses_the_pipeline_database_and_bad_filters(planted, server):
     """The pipeline's own file is refused (a reader there would stop the next run); bad input is a 400."""
     snapshot, _ = planted
     with pytest.raises(ValueError, match="analyst snapshot"):
-        dashboard.Dashboard(snapshot.with_name("planted.duckdb"))
+        Dashboard(snapshot.with_name("planted.duckdb"))
     status, _, body = get(server, "/?date_from=2024-13-01")
     assert status == 400 and b"date_from must be a date" in body
     assert get(server, "/?period=month")[0] == 400
@@ -228,7 +230,7 @@ def test_a_newly_published_snapshot_is_read_at_the_next_page(tmp_path):
     """The pipeline replaces the snapshot file; the running dashboard shows the new rows without a restart."""
     db = reportdata.build(tmp_path / "p.duckdb")
     snapshot = publish.publish_snapshot(db)
-    srv = dashboard.DashboardServer(dashboard.Dashboard(snapshot), port=0)
+    srv = DashboardServer(Dashboard(snapshot), port=0)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         before = {r["brand"]: r["posts"] for r in csv_rows(srv, "/csv/brands")}
@@ -258,6 +260,18 @@ def test_mmsa_dashboard_command_serves_the_snapshot(planted):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_thumbnails_are_served_without_importing_torch(planted):
+    """The dashboard reads the image cache (mmsa.images.cache) without the fetching code, and so without torch,
+    whose import alone costs over a second of the dashboard's start."""
+    snapshot, cache = planted
+    code = ("import sys\nfrom mmsa.dashboard.server import Dashboard\n"
+            f"app = Dashboard({str(snapshot)!r}, {str(cache)!r})\n"
+            "response = app.handle('/thumb', {'url': ['https://img.example/acme-0314-09.jpg']})\n"
+            "print(response.status, response.content_type, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["200", "image/jpeg", "False"], out.stdout + out.stderr
 
 
 # --- in a real browser -------------------------------------------------------------------------

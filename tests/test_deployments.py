@@ -62,7 +62,7 @@ def test_serve_builds_the_yaml_deployments_with_local_paths():
 def test_train_flow_trains_evaluates_and_publishes_metrics(prefect_harness, tmp_path):
     """The train deployment's flow on synthetic posts with tiny random encoders: a model folder and a metrics artifact."""
     from mmsa.flows.train import train_flow
-    from mmsa.synthetic import tiny_text_encoder, tiny_vit, write_dataset
+    from synthetic import tiny_text_encoder, tiny_vit, write_dataset
 
     data = write_dataset(tmp_path / "data", n_train=48, n_dev=24)
     rows = train_flow(data=str(data), out=str(tmp_path / "model"), text_encoder=str(tiny_text_encoder(tmp_path / "bert")),

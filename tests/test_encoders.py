@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmsa.encoders import load_image_encoder, load_text_encoder, masked_mean
-from mmsa.synthetic import tiny_text_encoder, tiny_vit
+from synthetic import tiny_text_encoder, tiny_vit
 
 
 @pytest.fixture(scope="module")

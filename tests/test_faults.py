@@ -24,7 +24,10 @@ from imageserver import encode, image_server, send, textured_image  # noqa: F401
 from mmsa import cli, faults, pipeline
 from mmsa.flows import score  # Prefect sets its console logging up on import: here, not inside a capsys test
 from mmsa.demo import make_dump, serve_folder
-from mmsa.fetch import CacheDamaged, FetchConfig, ImageCache, ImageStatus, fetch_images
+from mmsa.images.cache import CacheDamaged, ImageCache
+from mmsa.images.config import FetchConfig
+from mmsa.images.fetch import fetch_images
+from mmsa.images.status import ImageStatus
 
 N_POSTS, SHARD = 60, 10
 SHARDS = N_POSTS // SHARD

@@ -31,8 +31,11 @@ from imageserver import (
     textured_image,
     tls_files,
 )
-from mmsa import imaging
-from mmsa.fetch import RETRYABLE, FetchConfig, ImageCache, ImageStatus, fetch_images
+from mmsa.images import decode
+from mmsa.images.cache import ImageCache
+from mmsa.images.config import FetchConfig
+from mmsa.images.fetch import fetch_images
+from mmsa.images.status import RETRYABLE, ImageStatus
 
 DEADLINE = 1.5
 JPEG = encode(textured_image(640, 480), "JPEG", quality=85)
@@ -364,7 +367,7 @@ def test_kept_images_come_from_the_cached_bytes_at_any_size(image_server, cache)
         cached = fetch_one(url, cache, keep_images=True, image_size=size)
         assert cached.status == "ok" and cached.image.shape == (size, size, 3)
         assert np.array_equal(cached.image, fresh.image)
-        assert np.array_equal(cached.image, imaging.preprocess(PNG, size, 50_000_000))
+        assert np.array_equal(cached.image, decode.preprocess(PNG, size, 50_000_000))
     assert image_server.hits == ["/a.png"] * 3  # the first fetch and the two fresh caches
     capped = fetch_one(url, cache, keep_images=True, max_pixels=300 * 200 - 1)
     assert (capped.status, capped.image) == ("too_large", None)

@@ -6,7 +6,8 @@ import pyarrow.parquet as pq
 
 from imageserver import encode, image_server, send, textured_image  # noqa: F401  (fixture)
 from mmsa.cli import main
-from mmsa.fetch import STATUS_TABLE_SCHEMA, ImageCache
+from mmsa.images.cache import ImageCache
+from mmsa.images.status import STATUS_TABLE_SCHEMA
 
 
 def write_dump(path, urls):

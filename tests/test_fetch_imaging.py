@@ -5,8 +5,10 @@ import pytest
 from PIL import Image
 
 from imageserver import encode, image_server, send, textured_image  # noqa: F401  (fixture)
-from mmsa import imaging
-from mmsa.fetch import FetchConfig, ImageCache, fetch_images
+from mmsa.images import decode
+from mmsa.images.cache import ImageCache
+from mmsa.images.config import FetchConfig
+from mmsa.images.fetch import fetch_images
 
 SIZE = 64
 LIMIT = 50_000_000
@@ -60,7 +62,7 @@ def test_exif_orientation_is_applied():
     image.paste((0, 0, 0), (0, 0, 100, 100))  # stored: left half black
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
-    array = imaging.preprocess(encode(image, "JPEG", exif=exif, quality=95), SIZE, LIMIT)
+    array = decode.preprocess(encode(image, "JPEG", exif=exif, quality=95), SIZE, LIMIT)
     # Displayed upright it is 100 wide x 200 tall with the black half on top.
     assert array[: SIZE // 4].mean() < 30 and array[-SIZE // 4 :].mean() > 225
 
@@ -75,7 +77,7 @@ def test_transparency_is_composited_on_white(mode):
     elif mode == "P":
         image = image.convert("P", palette=Image.Palette.ADAPTIVE)
         image.info["transparency"] = image.getpixel((79, 0))
-    array = imaging.preprocess(encode(image, "PNG"), SIZE, LIMIT)
+    array = decode.preprocess(encode(image, "PNG"), SIZE, LIMIT)
     assert array[:, : SIZE // 4].mean() < 30
     assert array[:, -SIZE // 4 :].mean() > 225
 
@@ -84,7 +86,7 @@ def test_transparency_is_composited_on_white(mode):
 def test_every_mode_becomes_uint8_rgb(mode):
     """Grey, bilevel and palette images give the same shape and type as RGB ones."""
     image = textured_image(120, 90).convert(mode)
-    array = imaging.preprocess(encode(image, "PNG"), SIZE, LIMIT)
+    array = decode.preprocess(encode(image, "PNG"), SIZE, LIMIT)
     assert array.shape == (SIZE, SIZE, 3) and array.dtype == np.uint8
 
 
@@ -92,7 +94,7 @@ def test_resize_keeps_the_whole_picture_of_a_wide_image():
     """Squashed to SIZE x SIZE as in training: the thirds of a 3:1 image become thirds of the square."""
     image = solid("RGB", (300, 100), (255, 0, 0))
     image.paste((0, 255, 0), (100, 0, 200, 100))  # green middle third
-    array = imaging.preprocess(encode(image, "PNG"), SIZE, LIMIT).astype(int)
+    array = decode.preprocess(encode(image, "PNG"), SIZE, LIMIT).astype(int)
     third = SIZE // 3
     assert array[:, : third - 2, 0].mean() > 240 and array[:, : third - 2, 1].mean() < 15
     assert array[:, third + 2 : 2 * third - 2, 1].mean() > 240 and array[:, third + 2 : 2 * third - 2, 0].mean() < 15
@@ -104,7 +106,7 @@ def test_resize_matches_pillows_bicubic(width, height):
     """The resize computes what Pillow's antialiased bicubic resize (the one used before) computes, up to
     rounding: the cached arrays and the trained models stay comparable."""
     image = textured_image(width, height, seed=width)
-    ours = imaging.preprocess(encode(image, "PNG"), 260, LIMIT).astype(int)
+    ours = decode.preprocess(encode(image, "PNG"), 260, LIMIT).astype(int)
     pillows = np.asarray(image.resize((260, 260), Image.Resampling.BICUBIC)).astype(int)
     diff = np.abs(ours - pillows)
     assert diff.mean() < 0.4 and diff.max() <= 8  # Pillow's BILINEAR: 0.64-0.86 here
@@ -114,7 +116,7 @@ def test_resize_matches_pillows_bicubic(width, height):
 def test_draft_decoding_matches_full_decoding():
     """Reduced-size JPEG decoding must give nearly the same pixels as a full decode + resize."""
     data = encode(textured_image(1600, 1200, seed=5), "JPEG", quality=90)
-    fast = imaging.preprocess(data, 224, LIMIT).astype(int)
+    fast = decode.preprocess(data, 224, LIMIT).astype(int)
     with Image.open(__import__("io").BytesIO(data)) as full:
         reference = np.asarray(
             full.convert("RGB").resize((224, 224), Image.Resampling.BICUBIC)
@@ -128,29 +130,29 @@ def test_draft_decoding_matches_full_decoding():
 def test_colour_jpegs_decode_to_pillows_pixels(width, height, progressive, subsampling, monkeypatch):
     """Upright colour JPEGs go to simplejpeg; the model must get exactly the pixels of Pillow's decode at its draft
     scale (the one the models were trained on), for every size, scale and chroma subsampling."""
-    decoded, decode = [], imaging.simplejpeg.decode_jpeg
-    monkeypatch.setattr(imaging.simplejpeg, "decode_jpeg", lambda *a, **k: decoded.append(k) or decode(*a, **k))
+    decoded, real_decode = [], decode.simplejpeg.decode_jpeg
+    monkeypatch.setattr(decode.simplejpeg, "decode_jpeg", lambda *a, **k: decoded.append(k) or real_decode(*a, **k))
     data = encode(textured_image(width, height, seed=width), "JPEG", quality=85, progressive=progressive,
                   subsampling=subsampling)
     with Image.open(__import__("io").BytesIO(data)) as im:
         short = min(width, height)
         im.draft("RGB", (width * 260 // short, height * 260 // short))
-        reference = imaging._resize_rgb(np.array(im.convert("RGB")), 260)
-    assert np.array_equal(imaging.preprocess(data, 260, LIMIT), reference)
+        reference = decode._resize_rgb(np.array(im.convert("RGB")), 260)
+    assert np.array_equal(decode.preprocess(data, 260, LIMIT), reference)
     assert len(decoded) == 1
 
 
 @pytest.mark.parametrize(
     "data, error",
     [
-        (b"", imaging.NotAnImageError),
-        (b"GIF89a" + b"\0" * 5, imaging.DecodeError),
-        (b"\xff\xd8\xff\xe0" + b"\0" * 100, imaging.DecodeError),
-        (b"RIFF\0\0\0\0WEBPVP8 garbage", imaging.DecodeError),
-        (b"%PDF-1.4", imaging.NotAnImageError),
+        (b"", decode.NotAnImageError),
+        (b"GIF89a" + b"\0" * 5, decode.DecodeError),
+        (b"\xff\xd8\xff\xe0" + b"\0" * 100, decode.DecodeError),
+        (b"RIFF\0\0\0\0WEBPVP8 garbage", decode.DecodeError),
+        (b"%PDF-1.4", decode.NotAnImageError),
     ],
 )
 def test_bad_bytes_raise_only_image_errors(data, error):
     """Whatever the bytes, preprocess raises one of its own three errors, nothing else."""
     with pytest.raises(error):
-        imaging.preprocess(data, SIZE, LIMIT)
+        decode.preprocess(data, SIZE, LIMIT)

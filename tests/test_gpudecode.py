@@ -1,4 +1,4 @@
-"""The GPU JPEG path (mmsa.gpudecode) without a GPU: its batching and fallbacks run on torchvision's CPU decoder
+"""The GPU JPEG path (mmsa.images.gpudecode) without a GPU: its batching and fallbacks run on torchvision's CPU decoder
 (device="cpu"); `--gpu-decode` is plumbed to the fetch, and without a GPU it changes nothing."""
 
 import threading
@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 
 from imageserver import encode, image_server, textured_image  # noqa: F401  (fixture)
-from mmsa import cli, gpudecode, imaging
-from mmsa.fetch import FetchConfig, ImageCache, fetch_images
+from mmsa import cli
+from mmsa.images import decode, gpudecode
+from mmsa.images.cache import ImageCache
+from mmsa.images.config import FetchConfig
+from mmsa.images.fetch import fetch_images
 
 JPEGS = [encode(textured_image(400 + 10 * i, 300, seed=i), "JPEG", quality=90) for i in range(12)]
 PNG = encode(textured_image(300, 200, seed=1), "PNG")
@@ -29,7 +32,7 @@ def test_batches_from_many_threads_match_the_cpu_path_closely():
     decoder.close()
     assert decoder.images == len(JPEGS) and decoder.batches < len(JPEGS)  # gathered into batches
     for data, image in zip(JPEGS, out):
-        cpu = imaging.preprocess(data, 224, 50_000_000)
+        cpu = decode.preprocess(data, 224, 50_000_000)
         assert image.shape == cpu.shape == (224, 224, 3) and image.dtype == np.uint8
         # A full-size decode then one resize, against the CPU path's reduced-scale (draft) decode: close, not equal.
         assert np.abs(image.astype(int) - cpu.astype(int)).mean() < 6
@@ -38,12 +41,12 @@ def test_batches_from_many_threads_match_the_cpu_path_closely():
 def test_what_the_gpu_does_not_take_goes_the_cpu_way_with_its_statuses():
     decoder = gpudecode.BatchDecoder(device="cpu")
     try:
-        assert np.array_equal(decoder.preprocess(PNG, 64, 10**8), imaging.preprocess(PNG, 64, 10**8))
-        with pytest.raises(imaging.TooManyPixelsError):
+        assert np.array_equal(decoder.preprocess(PNG, 64, 10**8), decode.preprocess(PNG, 64, 10**8))
+        with pytest.raises(decode.TooManyPixelsError):
             decoder.preprocess(JPEGS[0], 64, 1000)
-        with pytest.raises(imaging.DecodeError):
+        with pytest.raises(decode.DecodeError):
             decoder.preprocess(JPEGS[0][: len(JPEGS[0]) // 2], 64, 10**8)
-        with pytest.raises(imaging.NotAnImageError):
+        with pytest.raises(decode.NotAnImageError):
             decoder.preprocess(b"<html>", 64, 10**8)
     finally:
         decoder.close()
@@ -59,7 +62,7 @@ def test_a_bad_image_in_a_batch_does_not_fail_the_others():
     def work(name):
         try:
             results[name] = decoder.preprocess(data[name], 32, 10**8)
-        except imaging.ImageError as exc:
+        except decode.ImageError as exc:
             results[name] = exc
 
     threads = [threading.Thread(target=work, args=(n,)) for n in data]
@@ -69,7 +72,7 @@ def test_a_bad_image_in_a_batch_does_not_fail_the_others():
         t.join()
     decoder.close()
     assert results["good"].shape == (32, 32, 3)
-    assert isinstance(results["bad"], (imaging.DecodeError, np.ndarray))  # libjpeg may pad a cut tail
+    assert isinstance(results["bad"], (decode.DecodeError, np.ndarray))  # libjpeg may pad a cut tail
 
 
 def test_gpu_decode_option_is_plumbed_and_falls_back_without_a_gpu(image_server, tmp_path, monkeypatch):

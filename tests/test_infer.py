@@ -333,7 +333,7 @@ def test_the_onnx_cache_key_follows_the_encoders_files(tmp_path):
     """A model whose encoder files change (here: one touched) gets a new key, so no stale graph is used;
     unchanged files give the same key without loading anything."""
     from mmsa.model import SentimentModel, resolve_model_dir
-    from mmsa.synthetic import tiny_text_encoder
+    from synthetic import tiny_text_encoder
 
     folder = tmp_path / "model"
     shutil.copytree(resolve_model_dir("default"), folder)

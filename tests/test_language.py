@@ -14,7 +14,8 @@ import pytest
 
 from mmsa import language, report, source
 from mmsa.cli import main
-from mmsa.dashboard import Dashboard, Filters
+from mmsa.dashboard.filters import Filters
+from mmsa.dashboard.server import Dashboard
 from mmsa.model import load_model
 
 CLEAR = {

@@ -22,7 +22,7 @@ from mmsa import packaged
 from mmsa.encoders import load_text_encoder, masked_mean
 from mmsa.faults import PermanentError
 from mmsa.packaged import Part, SplitZip
-from mmsa.synthetic import tiny_text_encoder
+from synthetic import tiny_text_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "tiny-mpnet"

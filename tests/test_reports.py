@@ -112,6 +112,17 @@ def test_reports_read_one_model_version_the_latest_unless_pinned(db):
     assert (versions["v1"]["is_default"], versions["v1"]["posts"], versions["v1"]["last_day"]) == (False, 14, date(2024, 3, 10))
 
 
+def test_the_latest_model_rule_lives_in_one_view(db):
+    """"The latest model's rows" is the store's view latest_model_version, which every report that defaults to it
+    reads; no report repeats the rule (arg_max of scored_at), so changing it is one edit."""
+    texts = {p.stem: p.read_text() for p in report.REPORTS_DIR.glob("*.sql")}
+    assert [name for name, text in texts.items() if "arg_max(model_version" in text] == []
+    readers = sorted(name for name, text in texts.items() if "latest_model_version" in text)
+    assert len(readers) >= 12 and {"daily_brand_sentiment", "brand_prevalence", "model_versions"} <= set(readers)
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT model_version FROM latest_model_version").fetchall() == [("v2",)]
+
+
 def test_weekly_brand_sentiment_per_iso_week(db):
     """Weeks start on Monday; the planted weekly totals come back exactly."""
     weekly = by(rows("weekly_brand_sentiment", db), "brand", "week")

@@ -10,7 +10,7 @@ import pytest
 from imageserver import Concurrency, encode, image_server, send, textured_image  # noqa: F401  (fixture)
 from mmsa import cli, pipeline, report
 from mmsa.demo import make_dump, serve_folder
-from mmsa.fetch import FetchConfig
+from mmsa.images.config import FetchConfig
 from mmsa.infer import Engine
 from mmsa.model import load_model
 
@@ -186,16 +186,16 @@ def test_the_model_starts_on_a_shards_first_batches_while_its_last_images_downlo
 def test_a_fetch_that_fails_midway_fails_the_shard_without_leaving_the_model_waiting(image_server, tmp_path, monkeypatch):
     """The model reads the shard's images as they arrive; if the fetch itself raises (a bug, not a bad image:
     those are per-row statuses), the shard fails with that error instead of waiting forever for the rest."""
-    import mmsa.fetch
+    import mmsa.images.fetch
 
-    fetch_images = mmsa.fetch.fetch_images
+    fetch_images = mmsa.images.fetch.fetch_images
 
     def breaks_after_half(items, *args, on_result, **kwargs):
         items = list(items)
         fetch_images(items[: len(items) // 2], *args, on_result=on_result, **kwargs)
         raise OSError("disk full")
 
-    monkeypatch.setattr(mmsa.fetch, "fetch_images", breaks_after_half)
+    monkeypatch.setattr(mmsa.images.fetch, "fetch_images", breaks_after_half)
     jpeg = send(200, encode(textured_image(80, 60), "JPEG"), "image/jpeg")
     dump = tmp_path / "posts.jsonl"
     dump.write_text("".join(json.dumps({"post_id": f"p{n}", "created_at": "2026-11-20", "text": f"nice day {n}",

@@ -17,7 +17,7 @@ from mmsa.features import pooled_features
 from mmsa.heads import Feats
 from mmsa.infer import Engine
 from mmsa.model import load_model
-from mmsa.synthetic import tiny_text_encoder, tiny_vit, write_dataset
+from synthetic import tiny_text_encoder, tiny_vit, write_dataset
 from mmsa.train import TrainConfig, run
 
 torch.set_num_threads(1)

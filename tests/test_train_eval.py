@@ -19,7 +19,7 @@ from mmsa.evaluate import classification_metrics, evaluate_file
 from mmsa.heads import HEAD_NAMES
 from mmsa.infer import Engine, get_engine
 from mmsa.model import load_model
-from mmsa.synthetic import tiny_text_encoder, tiny_vit, write_dataset
+from synthetic import tiny_text_encoder, tiny_vit, write_dataset
 from mmsa.train import TrainConfig, fold_ids, run
 
 torch.set_num_threads(1)  # tiny models: extra threads only add waiting on a shared 2-core machine

@@ -27,7 +27,7 @@ posts AS (
         [brand_p_positive, brand_p_neutral, brand_p_negative] AS p,
         model_version
     FROM post_sentiment, settings
-    WHERE model_version = coalesce($model_version, (SELECT arg_max(model_version, scored_at) FROM scored_posts))
+    WHERE model_version = coalesce($model_version, (SELECT model_version FROM latest_model_version))
       AND brand IS NOT NULL
       AND brand_label IS NOT NULL
       AND ($brand IS NULL OR brand = $brand)

@@ -7,7 +7,7 @@
 --   $model_version.
 SELECT
     model_version,
-    model_version = (SELECT arg_max(model_version, scored_at) FROM scored_posts)   AS is_default,
+    model_version = (SELECT model_version FROM latest_model_version)   AS is_default,
     count(DISTINCT post_id)         AS posts,  -- post_sentiment has a row per brand of a post
     count(DISTINCT brand)           AS brands,
     min(day)                        AS first_day,

@@ -9,7 +9,7 @@
 WITH posts AS (
     SELECT *
     FROM post_sentiment
-    WHERE model_version = coalesce($model_version, (SELECT arg_max(model_version, scored_at) FROM scored_posts))
+    WHERE model_version = coalesce($model_version, (SELECT model_version FROM latest_model_version))
       AND ($brand IS NULL OR brand = $brand)
 ),
 current_period AS (

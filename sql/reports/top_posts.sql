@@ -8,7 +8,7 @@
 WITH posts AS NOT MATERIALIZED (  -- read twice from the table rather than copied
     SELECT *, coalesce(likes, 0) + coalesce(shares, 0) + coalesce(replies, 0) AS engagement
     FROM post_sentiment
-    WHERE model_version = coalesce($model_version, (SELECT arg_max(model_version, scored_at) FROM scored_posts))
+    WHERE model_version = coalesce($model_version, (SELECT model_version FROM latest_model_version))
       AND ($brand IS NULL OR brand = $brand)
       AND ($date_from IS NULL OR day >= CAST($date_from AS DATE))
       AND ($date_to IS NULL OR day <= CAST($date_to AS DATE))

@@ -1,4 +1,4 @@
-"""Image work in worker processes (mmsa.procfetch): the same statuses, bytes and pixels as the thread path,
+"""Image work in worker processes (mmsa.images.processes): the same statuses, bytes and pixels as the thread path,
 for good images and hostile servers alike; images come back through shared memory; a dead worker fails its
 URLs (not the interpreter) and the next call gets fresh workers."""
 
@@ -21,9 +21,12 @@ from imageserver import (
     stall,
     textured_image,
 )
-from mmsa import cli, procfetch
-from mmsa.fetch import FetchConfig, ImageCache
-from mmsa.procfetch import fetch_images
+from mmsa import cli
+from mmsa.images import processes
+from mmsa.images.cache import ImageCache
+from mmsa.images.config import FetchConfig
+from mmsa.images.fetch import fetch_images
+from mmsa.options import usable_cores
 
 JPEG = encode(textured_image(640, 480), "JPEG", quality=85)
 PNG = encode(textured_image(300, 200, seed=1), "PNG")
@@ -39,7 +42,7 @@ def config(**overrides) -> FetchConfig:
 @pytest.fixture(scope="module", autouse=True)
 def _stop_workers():
     yield
-    procfetch.shutdown()
+    processes.shutdown()
 
 
 def hostile_items(server, run: str) -> list[tuple[str, str | None]]:
@@ -109,20 +112,20 @@ def test_a_dead_worker_fails_its_urls_and_the_next_call_starts_anew(image_server
     slow = image_server.route("/held", stall(8))
     cfg = config(processes=2, deadline=10, read_timeout=10)
     fetch_images([("warm", image_server.url("a.jpg"))], cfg, ImageCache(tmp_path / "c"))  # workers started
-    pids = [p.pid for p in procfetch._POOL.procs]
+    pids = processes.worker_pids()
     killer = threading.Timer(1.0, lambda: [os.kill(pid, signal.SIGKILL) for pid in pids])
     killer.start()
-    with pytest.raises(procfetch.WorkerDied):
+    with pytest.raises(processes.WorkerDied):
         fetch_images([("a", slow), ("b", slow + "?2")], cfg, ImageCache(tmp_path / "c"))
     killer.join()
     result = fetch_images([("again", image_server.url("a.jpg") + "?3")], cfg, ImageCache(tmp_path / "c"), keep_images=True)
     assert result[0].status == "ok" and result[0].image.shape == (224, 224, 3)
-    assert not set(pids) & {p.pid for p in procfetch._POOL.procs}
+    assert not set(pids) & set(processes.worker_pids())
 
 
 def test_process_count_option():
-    assert procfetch.resolve_processes(3) == 3 and procfetch.resolve_processes(0) == 0
-    assert procfetch.resolve_processes(None) == (procfetch.cores() if procfetch.cores() > 2 else 0)
+    assert processes.resolve_processes(3) == 3 and processes.resolve_processes(0) == 0
+    assert processes.resolve_processes(None) == (usable_cores() if usable_cores() > 2 else 0)
     parser = cli.build_parser()
     assert parser.parse_args(["fetch", "d.jsonl", "--cache", "c", "--fetch-processes", "2"]).fetch_processes == 2
     assert parser.parse_args(["fetch", "d.jsonl", "--cache", "c", "--fetch-processes", "auto"]).fetch_processes is None

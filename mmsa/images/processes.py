@@ -2,12 +2,12 @@
 
 `mmsa fetch` and `mmsa score` fetch with threads of one process by default on small machines; there the
 interpreter lock caps download + decode + resize near one core's worth. With FetchConfig.processes = N
-(`--fetch-processes N`), this module's fetch_images and fetch_dump (what `mmsa fetch` and `mmsa score` call)
-hand each URL to one of N worker processes instead, through mmsa.fetch's own loop (its `submitter`):
+(`--fetch-processes N`), mmsa.images.fetch.fetch_images hands each URL to one of N worker processes instead,
+through this module's `session`:
 
-- each worker runs the very same `_Fetcher.fetch` as the thread path (address policy on every hop, pinned
-  connections, deadlines by watchdog, byte and pixel caps, retries, statuses, the cache's atomic writes), in
-  `FetchConfig.workers` threads of its own; the per-host cap holds across the workers: its host slots are
+- each worker runs the very same `Fetcher.fetch` (mmsa.images.worker) as the thread path (address policy on
+  every hop, pinned connections, deadlines by watchdog, byte and pixel caps, retries, statuses, the cache's
+  atomic writes), in `FetchConfig.workers` threads of its own, with its share of the cores as decode slots; the per-host cap holds across the workers: its host slots are
   counters in shared memory (one per hash bucket of host names), so a host sees at most `per_host` downloads;
 - the preprocessed images come back through a file in shared memory (/dev/shm), mapped by the parent and
   by every worker: one slot of image_size x image_size x 3 bytes per image in flight. The worker writes
@@ -18,8 +18,8 @@ hand each URL to one of N worker processes instead, through mmsa.fetch's own loo
   images arrive, in whatever order they finish.
 
 The workers are started once per process and kept for later calls: forked from a fork server that imported
-mmsa.fetch (and torch) once, since a fork of a process that runs threads is unsafe and a spawned worker would
-import torch itself, seconds of CPU per worker. A worker that dies fails its URLs' futures with
+mmsa.images.worker (and torch) once, since a fork of a process that runs threads is unsafe and a spawned worker
+would import torch itself, seconds of CPU per worker. A worker that dies fails its URLs' futures with
 WorkerDied (the shard's task then fails and is retried, as for any crash), and a new set of workers
 is started on the next call. Inside a daemon process (a Dask worker started by a nanny) no children can
 be started: the thread path is used there, and a cluster gets its parallelism from one Dask worker per core.
@@ -44,23 +44,20 @@ from pathlib import Path
 
 import numpy as np
 
-from mmsa import fetch
 from mmsa.faults import PermanentError, as_permanent
+from mmsa.images.worker import Fetcher
+from mmsa.options import usable_cores
 
 
 class WorkerDied(RuntimeError):
     """A fetch worker process ended while it held URLs (killed, out of memory, a crash in a decoder)."""
 
 
-def cores() -> int:
-    return len(os.sched_getaffinity(0))
-
-
 def resolve_processes(requested: int | None) -> int:
     """The number of worker processes to use: `requested`, or for None one per core where there are more
     than 2 cores and 0 (threads of this process) on smaller machines; 0 too where this process cannot have
     children (a daemon process)."""
-    n = (cores() if cores() > 2 else 0) if requested is None else max(0, int(requested))
+    n = (usable_cores() if usable_cores() > 2 else 0) if requested is None else max(0, int(requested))
     if n and mp.current_process().daemon:
         return 0
     return n
@@ -70,7 +67,7 @@ def _shm_dir() -> str:
     return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
 
 
-class _Pool:
+class _Workers:
     """N worker processes, each with its own task queue, and one result queue read by a thread here."""
 
     def __init__(self, n: int):
@@ -101,7 +98,7 @@ class _Pool:
         future: Future = Future()
         with self._lock:
             if self.broken:
-                raise WorkerDied("a fetch worker process died; the pool is closed")
+                raise WorkerDied("a fetch worker process died; the workers are closed")
             task = next(self._ids)
             self._pending[task] = (future, worker, session, slot)
         self.tasks[worker].put(("fetch", session.job, task, url, retry_failed, slot))
@@ -171,41 +168,47 @@ class _Pool:
 
 def _context():
     """Workers forked from a fork server (a process that started with nothing but this module's imports, so a
-    fork of it is safe, unlike one of a process running threads) that imported mmsa.fetch, torch with it, once:
+    fork of it is safe, unlike one of a process running threads) that imported mmsa.images.worker, torch with it, once:
     a worker then starts in milliseconds instead of importing them itself (seconds of CPU each)."""
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["mmsa.fetch", "mmsa.procfetch"])
+    ctx.set_forkserver_preload(["mmsa.images.worker", "mmsa.images.processes"])
     return ctx
 
 
 _HOST_BUCKETS = 1024  # hosts hashed into this many shared counters; two hosts sharing one share its cap
 
 
-_POOL: _Pool | None = None
-_POOL_LOCK = threading.Lock()
+_WORKERS: _Workers | None = None
+_WORKERS_LOCK = threading.Lock()
 _JOBS = itertools.count()
 
 
-def _pool(n: int) -> _Pool:
+def _workers(n: int) -> _Workers:
     """This process's workers, started on first use (or anew after one died, or for another N)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is not None and (_POOL.broken or _POOL.n != n):
-            _POOL.close()
-            _POOL = None
-        if _POOL is None:
-            _POOL = _Pool(n)
-        return _POOL
+    global _WORKERS
+    with _WORKERS_LOCK:
+        if _WORKERS is not None and (_WORKERS.broken or _WORKERS.n != n):
+            _WORKERS.close()
+            _WORKERS = None
+        if _WORKERS is None:
+            _WORKERS = _Workers(n)
+        return _WORKERS
+
+
+def worker_pids() -> list[int]:
+    """The process ids of this process's fetch workers (none before the first fetch on them, or after shutdown)."""
+    with _WORKERS_LOCK:
+        return [] if _WORKERS is None else [p.pid for p in _WORKERS.procs]
 
 
 @atexit.register
 def shutdown() -> None:
     """Stop this process's workers (at exit, or to free their memory)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is not None:
-            _POOL.close()
-            _POOL = None
+    global _WORKERS
+    with _WORKERS_LOCK:
+        if _WORKERS is not None:
+            _WORKERS.close()
+            _WORKERS = None
             # And the fork server, waited for: it (and the workers it reaped) then count in this process's
             # children's CPU time, as spawned workers would (what a benchmark's wait4 reads).
             from multiprocessing import forkserver
@@ -217,10 +220,10 @@ def shutdown() -> None:
 
 
 class _Session:
-    """One fetch_images call on the pool: its config and cache sent to every worker once, its image slots."""
+    """One fetch_images call on the workers: its config and cache sent to every worker once, its image slots."""
 
     def __init__(self, config, cache, keep_images: bool, retry_failed: bool, n: int):
-        self.pool = _pool(n)
+        self.workers = _workers(n)
         self.job = next(_JOBS)
         self.retry_failed = retry_failed
         self.keep_images = keep_images
@@ -237,7 +240,7 @@ class _Session:
             os.close(fd)
             self._images = np.memmap(self._path, dtype=np.uint8, mode="r+", shape=(self.capacity, *self.shape))
         per_worker = replace(config, processes=0)
-        self.pool.send_all(("job", self.job, per_worker, cache, keep_images, self._path, self.capacity))
+        self.workers.send_all(("job", self.job, per_worker, cache, keep_images, self._path, self.capacity))
 
     def submit(self, url: str) -> Future:
         with self._lock:
@@ -245,7 +248,7 @@ class _Session:
             self._load[worker] += 1
             slot = self._free.pop()
         try:
-            return self.pool.submit(self, worker, url, self.retry_failed, slot)
+            return self.workers.submit(self, worker, url, self.retry_failed, slot)
         except BaseException:
             self.release(worker, slot)
             raise
@@ -263,8 +266,8 @@ class _Session:
             self._free.append(slot)
 
     def close(self) -> None:
-        if not self.pool.broken:
-            self.pool.send_all(("end", self.job))
+        if not self.workers.broken:
+            self.workers.send_all(("end", self.job))
         if self._path is not None:
             self._images = None
             Path(self._path).unlink(missing_ok=True)
@@ -272,8 +275,8 @@ class _Session:
 
 class session:
     """`with session(config, cache, keep_images, retry_failed) as (submit, capacity):` submit(url) gives a Future of
-    the URL's FetchResult (with its image, when kept); at most `capacity` may be in flight. The submitter that
-    fetch_images and fetch_dump of this module hand to mmsa.fetch's."""
+    the URL's FetchResult (with its image, when kept); at most `capacity` may be in flight. What
+    mmsa.images.fetch.fetch_images submits to when config.processes asks for worker processes."""
 
     def __init__(self, config, cache, keep_images: bool, retry_failed: bool, n: int | None = None):
         n = n or resolve_processes(config.processes)
@@ -284,22 +287,6 @@ class session:
 
     def __exit__(self, *exc) -> None:
         self._session.close()
-
-
-def submitter(config):
-    """The submitter for `config`: this module's worker processes when config.processes asks for some (and this
-    process may have children), else None: mmsa.fetch's threads."""
-    return session if resolve_processes(config.processes) else None
-
-
-def fetch_images(items, config, cache, **kwargs):
-    """mmsa.fetch.fetch_images, in worker processes when config.processes asks for them (else threads)."""
-    return fetch.fetch_images(items, config, cache, submitter=submitter(config), **kwargs)
-
-
-def fetch_dump(dump, cache_dir, config, **kwargs):
-    """mmsa.fetch.fetch_dump, in worker processes when config.processes asks for them (else threads)."""
-    return fetch.fetch_dump(dump, cache_dir, config, submitter=submitter(config), **kwargs)
 
 
 # --- In the worker process ---------------------------------------------------------------------------
@@ -325,9 +312,9 @@ def _shared_host_slot(hosts, per_host: int, host: str):
 def _worker_main(index: int, n: int, tasks, results, hosts) -> None:
     import torch
 
-    torch.set_num_threads(1)  # one core's share: the pool is the parallelism
+    torch.set_num_threads(1)  # one core's share: the worker processes are the parallelism
     # Decoding slots per process: this process's share of the cores (the thread path's rule, per process).
-    fetch._DECODE_SLOTS = threading.BoundedSemaphore(max(1, cores() // n))
+    decode_slots = threading.BoundedSemaphore(max(1, usable_cores() // n))
     jobs: dict[int, tuple] = {}
 
     def run(job: int, task: int, url: str, retry_failed: bool, slot: int) -> None:
@@ -354,8 +341,8 @@ def _worker_main(index: int, n: int, tasks, results, hosts) -> None:
             if path is not None:
                 shape = (capacity, config.image_size, config.image_size, 3)
                 images = np.memmap(path, dtype=np.uint8, mode="r+", shape=shape)
-            fetcher = fetch._Fetcher(config, cache, keep_images).__enter__()
-            fetcher._host_slot = functools.partial(_shared_host_slot, hosts, config.per_host)
+            fetcher = Fetcher(config, cache, keep_images, decode_slots=decode_slots,
+                              host_slot=functools.partial(_shared_host_slot, hosts, config.per_host)).__enter__()
             jobs[job] = (fetcher, images, ThreadPoolExecutor(config.workers, thread_name_prefix="mmsa-fetch"))
         elif kind == "fetch":
             _, job, task, url, retry_failed, slot = message

@@ -1,5 +1,5 @@
 """JPEG decoding on the GPU, in batches: `torchvision.io.decode_jpeg(..., device="cuda")` (nvJPEG), then the same
-antialiased bicubic resize as mmsa.imaging, on the GPU too.
+antialiased bicubic resize as mmsa.images.decode, on the GPU too.
 
 On a GPU machine the model scores thousands of posts a second while decoding + resizing on the CPU costs a few
 ms of CPU per image (benchmarks/results/infer.md): the GPU sat idle behind the CPU. With
@@ -10,7 +10,7 @@ one call and hands each thread back its array.
 What stays on the CPU, exactly as before: sniffing the format, the pixel cap (read from the JPEG's header before
 any decoding: a decompression bomb is refused the same way), every format other than JPEG, and any JPEG the GPU
 decoder refuses (CMYK, progressive ones nvJPEG does not take, corrupt bytes): those are decoded by
-mmsa.imaging.preprocess, which gives the statuses. A batch that fails is retried image by image.
+mmsa.images.decode.preprocess, which gives the statuses. A batch that fails is retried image by image.
 Without a GPU, or without `torchvision.io.decode_jpeg`, `available()` is False and the option does nothing.
 
 The GPU's pixels are not bit-identical to the CPU path's (nvJPEG's IDCT and upsampling, and a full-size decode
@@ -26,7 +26,7 @@ from concurrent.futures import Future
 
 import numpy as np
 
-from mmsa import imaging
+from mmsa.images import decode
 
 
 def available(device: str = "cuda") -> bool:
@@ -41,7 +41,7 @@ def available(device: str = "cuda") -> bool:
 
 class BatchDecoder:
     """Decode + resize JPEGs in batches on `device` for many threads; preprocess(data, size, max_pixels) is a
-    drop-in for mmsa.imaging.preprocess (same result shape and dtype, same exceptions)."""
+    drop-in for mmsa.images.decode.preprocess (same result shape and dtype, same exceptions)."""
 
     def __init__(self, device: str = "cuda", batch: int = 64, linger: float = 0.005):
         self.device, self.batch, self.linger = device, batch, linger
@@ -54,16 +54,16 @@ class BatchDecoder:
         self._thread.start()
 
     def preprocess(self, data: bytes, size: int, max_pixels: int) -> np.ndarray:
-        if imaging.sniff(data) != "JPEG" or not _plain_jpeg(data, max_pixels):
-            return imaging.preprocess(data, size, max_pixels)  # other formats, bombs, odd JPEGs: the CPU path
+        if decode.sniff(data) != "JPEG" or not _plain_jpeg(data, max_pixels):
+            return decode.preprocess(data, size, max_pixels)  # other formats, bombs, odd JPEGs: the CPU path
         future: Future = Future()
         with self._cond:
             if self._closed:
-                return imaging.preprocess(data, size, max_pixels)
+                return decode.preprocess(data, size, max_pixels)
             self._queue.append((data, size, future))
             self._cond.notify()
         image = future.result()
-        return image if image is not None else imaging.preprocess(data, size, max_pixels)
+        return image if image is not None else decode.preprocess(data, size, max_pixels)
 
     def close(self) -> None:
         with self._cond:
@@ -102,7 +102,7 @@ class BatchDecoder:
 
 
 def decode_resize(datas: list[bytes], sizes: list[int], device: str) -> list[np.ndarray]:
-    """Decode JPEG bytes on `device` in one call, resize each to size x size like mmsa.imaging; HWC uint8 arrays."""
+    """Decode JPEG bytes on `device` in one call, resize each to size x size like mmsa.images.decode; HWC uint8 arrays."""
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -111,10 +111,10 @@ def decode_resize(datas: list[bytes], sizes: list[int], device: str) -> list[np.
     out = []
     for chw, size in zip(decoded, sizes):
         pixels = chw.unsqueeze(0).contiguous(memory_format=torch.channels_last)
-        if pixels.device.type == "cpu":  # uint8 antialiased bicubic, as mmsa.imaging computes it
-            resized = imaging._resize(pixels, size)
+        if pixels.device.type == "cpu":  # uint8 antialiased bicubic, as mmsa.images.decode computes it
+            resized = decode.resize(pixels, size)
         else:  # on the GPU in float, rounded back to uint8
-            resized = imaging._resize(pixels.float(), size).round_().clamp_(0, 255).to(torch.uint8)
+            resized = decode.resize(pixels.float(), size).round_().clamp_(0, 255).to(torch.uint8)
         out.append(resized[0].permute(1, 2, 0).cpu().numpy())
     return out
 
@@ -127,6 +127,6 @@ def _plain_jpeg(data: bytes, max_pixels: int) -> bool:
     try:
         with Image.open(io.BytesIO(data), formats=["JPEG"]) as im:
             width, height = im.size
-            return width * height <= max_pixels and im.mode == "RGB" and im.getexif().get(imaging._ORIENTATION, 1) == 1
+            return width * height <= max_pixels and im.mode == "RGB" and im.getexif().get(decode.ORIENTATION, 1) == 1
     except Exception:  # noqa: BLE001
         return False
