@@ -251,7 +251,7 @@ class Engine:
                     arr = np.concatenate([arr, np.zeros((len(idx) - len(arr), *arr.shape[1:]), np.uint8)])
                 pixels = self._to_device(torch.from_numpy(arr), pin)
             marks = [[] for _ in idx]
-            if targets is not None and self.model.target_head is not None:
+            if targets is not None and self.target is not None:
                 per_target = [(r, spans) for r, i in enumerate(idx) for spans in targets[i]]
                 masks = span_token_mask(self.tokenizer, [texts[idx[r]] for r, _ in per_target], [sp for _, sp in per_target])
                 for (r, _), m in zip(per_target, masks):

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from mmsa.data import LABEL_TO_ID, target_spans
 from mmsa.encoders import fast_tokenizer, pad_ids, span_token_mask, token_ids, unpadded
 from mmsa.evaluate import classification_metrics
-from mmsa.features import FEATURES_DIR, encoder_key
+from mmsa.features import FEATURES_DIR, encoder_key, read_rows
 from mmsa.files import atomic_path
 from mmsa.heads import Feats, TargetHead
 from mmsa.stack import class_weight, fit_lr, fit_temperature, tempered
@@ -39,11 +39,6 @@ TARGETED_SETS = {
 CANDIDATES = ("post", "span_lr", "block", "block_pairs")
 CHOSEN = "block_pairs"  # by `mmsa compare-targets` (results/targeted.md)
 PAIRS = 10_000  # pair texts made for block_pairs (two rows each)
-
-
-def read_targeted(path: str | Path) -> list[dict]:
-    with Path(path).open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
 
 
 @dataclass
@@ -126,7 +121,7 @@ def read_sets(data_dir: str | Path) -> list[dict]:
     rows = []
     for name, splits in TARGETED_SETS.items():
         for split in splits:
-            rows += [{**r, "source": name} for r in read_targeted(Path(data_dir) / name / f"{split}.jsonl")]
+            rows += [{**r, "source": name} for r in read_rows(Path(data_dir) / name / f"{split}.jsonl")]
     return rows
 
 
@@ -261,6 +256,10 @@ def cross_validate(model, ds: TargetedSet, candidates=CANDIDATES, folds: int = 3
     most of an hour of CPU), so `mmsa compare-targets` and `mmsa train` share them; only real rows score."""
     fold = group_folds(ds, folds, seed)
     span, post = ds.pooled() if {"post", "span_lr"} & set(candidates) else (None, None)
+    if "block_pairs" in candidates:  # a pair trains only when both its tweets are in the training folds
+        both = join(ds, pairs)
+        text_fold = np.zeros(len(ds.offsets) - 1, np.int64)
+        text_fold[ds.text] = fold
     out = {}
     for name in candidates:
         p = np.zeros((len(ds), 3), np.float32)
@@ -283,9 +282,6 @@ def cross_validate(model, ds: TargetedSet, candidates=CANDIDATES, folds: int = 3
                 head = fit_target_head(ds, tr, model.text_encoder.layers()[-1], seed=seed, progress=progress)
                 p[te] = predict_targets(head, ds, te)
             else:
-                both = join(ds, pairs)
-                text_fold = np.zeros(len(ds.offsets) - 1, np.int64)
-                text_fold[ds.text] = fold
                 usable = len(ds) + np.flatnonzero((text_fold[pairs.parts] != f).all(1))
                 head = fit_target_head(both, np.concatenate([tr, usable]), model.text_encoder.layers()[-1], seed=seed,
                                        progress=progress)
