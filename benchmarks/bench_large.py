@@ -41,9 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mmsa import crossval  # noqa: E402
-from mmsa.data import load_image, resolve_data_dir  # noqa: E402
+from mmsa.data import load_image, read_rows, resolve_data_dir  # noqa: E402
 from mmsa.encoders import DEFAULT_TEXT_ENCODER, LARGE_TEXT_ENCODER  # noqa: E402
-from mmsa.features import read_rows  # noqa: E402
 from mmsa.heads import from_config  # noqa: E402
 from mmsa.infer import Engine  # noqa: E402
 from mmsa.model import load_model, resolve_model_dir  # noqa: E402
@@ -122,12 +121,12 @@ def cv(models: dict, repeats: int, semeval: Path) -> dict:
         encoded = time.perf_counter() - t0
         folds = []
         for tr, te in crossval.repeated_folds(mv.label, 5, repeats):
-            head = stack.fit_lr(mv.t[tr], mv.label[tr])
-            folds.append(classification_metrics(mv.label[te], head.predict(mv.t[te])))
+            head = stack.fit_lr(mv.text[tr], mv.label[tr])
+            folds.append(classification_metrics(mv.label[te], head.predict(mv.text[te])))
         sem_folds = []
         for tr, te in crossval.repeated_folds(sem.label, 5, 1):
-            head = stack.fit_lr(sem.t[tr], sem.label[tr], weight=stack.DEFAULT_WEIGHT)
-            sem_folds.append(classification_metrics(sem.label[te], head.predict(sem.t[te])))
+            head = stack.fit_lr(sem.text[tr], sem.label[tr], weight=stack.DEFAULT_WEIGHT)
+            sem_folds.append(classification_metrics(sem.label[te], head.predict(sem.text[te])))
         out[name] = {"mvsa": folds, "semeval": sem_folds, "n_mvsa": len(mv), "n_semeval": len(sem),
                      "encode_seconds": encoded, "seconds": time.perf_counter() - t0}
         print(f"cv {name}: {out[name]['seconds']:.0f}s", flush=True)

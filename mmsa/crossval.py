@@ -54,7 +54,7 @@ def semeval_split(n: int) -> tuple[np.ndarray, np.ndarray]:
 
 def general_head(sem: PooledSet, tr: np.ndarray, weight: str, extra: tuple[np.ndarray, np.ndarray] | None = None):
     """The imageless path's text head on SemEval rows `tr` (+ `extra` (vectors, labels) rows)."""
-    x, y = sem.t[tr], sem.label[tr]
+    x, y = sem.text[tr], sem.label[tr]
     if extra is not None:
         x, y = np.concatenate([x, extra[0]]), np.concatenate([y, extra[1]])
     return stack.fit_lr(x, y, weight=weight), x, y
@@ -67,14 +67,14 @@ def _mlp(mv: PooledSet, tr: np.ndarray, te: np.ndarray, seed: int, text_enc) -> 
     cfg = TrainConfig(head="native_combine", seed=seed)
 
     def feats(rows):
-        return ({"t_pooled": torch.from_numpy(mv.t[rows]), "t_mask": torch.ones(len(rows), 1, dtype=torch.bool)},
-                {"i_pooled": torch.from_numpy(mv.i[rows]), "has_image": torch.from_numpy(mv.has_image[rows])})
+        return ({"t_pooled": torch.from_numpy(mv.text[rows]), "t_mask": torch.ones(len(rows), 1, dtype=torch.bool)},
+                {"i_pooled": torch.from_numpy(mv.image[rows]), "has_image": torch.from_numpy(mv.has_image[rows])})
 
     inner = fold_ids(mv.label[tr], cfg.folds, seed)
     fit_rows, stop_rows = tr[inner != 0], tr[inner == 0]
     (ft, fi), (st, si) = feats(fit_rows), feats(stop_rows)
 
-    trainer = Trainer(cfg, text_enc, mv.i.shape[1], ft, st, fi, si, mv.label[fit_rows], mv.label[stop_rows])
+    trainer = Trainer(cfg, text_enc, mv.image.shape[1], ft, st, fi, si, mv.label[fit_rows], mv.label[stop_rows])
     torch.manual_seed(seed)
     trainer.fit(progress=False)
     tt, ti = feats(te)
@@ -84,7 +84,7 @@ def _mlp(mv: PooledSet, tr: np.ndarray, te: np.ndarray, seed: int, text_enc) -> 
 def run_fold(mv: PooledSet, g_probs: np.ndarray, g_head, tr: np.ndarray, te: np.ndarray, seed: int, text_enc) -> dict:
     """Every candidate fitted on `tr`, scored on `te`: name -> (raw probabilities, calibrated probabilities).
     The branch heads are fitted once and shared by the candidates built from them."""
-    y, t, i = mv.label, mv.t, mv.i
+    y, t, i = mv.label, mv.text, mv.image
     heads = {"text_post": stack.branch(t[tr], y[tr], seed), "image_post": stack.branch(i[tr], y[tr], seed),
              "image_label": stack.branch(i[tr], mv.image_label[tr], seed)}
     out = {}
@@ -135,8 +135,8 @@ def compare(mvsa_dir: str | Path, semeval: str | Path, out: str | Path | None, m
     semeval_rows = {}
     for w in SEMEVAL_WEIGHTS:
         head, _, _ = general_head(sem, sem_tr, w)
-        oof = stack.out_of_fold(head, sem.t[sem_tr], sem.label[sem_tr], folds=3, seed=seed)
-        raw = head.predict_proba(sem.t[sem_ho])
+        oof = stack.out_of_fold(head, sem.text[sem_tr], sem.label[sem_tr], folds=3, seed=seed)
+        raw = head.predict_proba(sem.text[sem_ho])
         temp = stack.fit_temperature(oof, sem.label[sem_tr])
         semeval_rows[w] = {
             "oof": classification_metrics(sem.label[sem_tr], oof.argmax(1)),
@@ -149,7 +149,7 @@ def compare(mvsa_dir: str | Path, semeval: str | Path, out: str | Path | None, m
     weight = max(SEMEVAL_WEIGHTS, key=lambda w: (round(min(semeval_rows[w]["oof"]["per_class_recall"].values()), 3),
                                                    semeval_rows[w]["oof"]["macro_recall"]))
     g_head = semeval_rows[weight]["head"]
-    g_probs = g_head.predict_proba(mv.t)
+    g_probs = g_head.predict_proba(mv.text)
 
     folds = repeated_folds(mv.label, k, repeats, seed)
     per_fold = []
@@ -251,8 +251,8 @@ def general_text_oof(semeval: str | Path, model="default", seed: int = 0, cache_
 
     m = load_model(model) if isinstance(model, (str, Path)) else model
     sem = pooled_features(m, semeval, with_images=False, **({} if cache_dir is None else {"cache_dir": cache_dir}))
-    head = stack.fit_lr(sem.t, sem.label, weight=stack.DEFAULT_WEIGHT, seed=seed)
-    oof = stack.out_of_fold(head, sem.t, sem.label, seed=seed)
+    head = stack.fit_lr(sem.text, sem.label, weight=stack.DEFAULT_WEIGHT, seed=seed)
+    oof = stack.out_of_fold(head, sem.text, sem.label, seed=seed)
     return stack.tempered(oof, stack.fit_temperature(oof, sem.label)), sem.label
 
 

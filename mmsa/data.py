@@ -17,7 +17,12 @@ from mmsa.images import decode
 from mmsa.schema import LABELS
 
 LABEL_TO_ID = {name: i for i, name in enumerate(LABELS)}
+OPTIONAL_LABELS = ("text_label", "image_label")  # MVSA's per-modality labels; other sets have none
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The sets under the data folder (`resolve_data_dir`) that training and the selection protocols read by default.
+MVSA = "mvsa_single"  # a folder: train.jsonl + dev.jsonl
+SEMEVAL = "semeval2017_4a/train.jsonl"
+TARGETED = "targeted"  # a folder of targeted sets (mmsa.targeted.TARGETED_SETS)
 
 
 def resolve_data_dir(data: str | os.PathLike | None = None) -> Path:
@@ -48,23 +53,38 @@ class LabelledSet:
         )
 
 
-def load_jsonl(path: str | os.PathLike, with_images: bool = True) -> LabelledSet:
-    """Read a labelled JSONL; `image` paths are relative to the file's folder."""
+def read_rows(path: str | os.PathLike) -> list[dict]:
+    """The rows of a labelled JSONL, checked: the one reader of labelled files, so a bad row fails the same way
+    wherever it is read. Every row's `label`, and its `text_label` / `image_label` when it has them, must be
+    one of LABELS; a bad one, or a line that is not JSON, is an error naming the file and line (a silently
+    dropped or relabelled row would move every figure trained or measured on the file)."""
     path = Path(path)
-    texts, images, labels, targets = [], [], [], []
+    rows = []
     with path.open(encoding="utf-8") as fh:
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
-            if row.get("label") not in LABEL_TO_ID:
-                raise ValueError(f"{path}:{line_no}: label must be one of {LABELS}, got {row.get('label')!r}")
-            texts.append(row.get("text") or "")
-            img = row.get("image") if with_images else None
-            images.append((path.parent / img) if img else None)
-            labels.append(LABEL_TO_ID[row["label"]])
-            targets.append(target_spans(row) if row.get("target") else None)
-    return LabelledSet(str(path), texts, images, np.asarray(labels, dtype=np.int64),
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{line_no}: not a JSON object ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{line_no}: not a JSON object")
+            for key in ("label", *(k for k in OPTIONAL_LABELS if k in row)):
+                if row.get(key) not in LABEL_TO_ID:
+                    raise ValueError(f"{path}:{line_no}: {key} must be one of {LABELS}, got {row.get(key)!r}")
+            rows.append(row)
+    return rows
+
+
+def load_jsonl(path: str | os.PathLike, with_images: bool = True) -> LabelledSet:
+    """Read a labelled JSONL (`read_rows`); `image` paths are relative to the file's folder."""
+    path = Path(path)
+    rows = read_rows(path)
+    images = [path.parent / r["image"] if with_images and r.get("image") else None for r in rows]
+    targets = [target_spans(r) if r.get("target") else None for r in rows]
+    return LabelledSet(str(path), [r.get("text") or "" for r in rows], images,
+                       np.asarray([LABEL_TO_ID[r["label"]] for r in rows], dtype=np.int64),
                        targets if any(t is not None for t in targets) else None)
 
 

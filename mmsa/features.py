@@ -1,9 +1,10 @@
-"""Pooled encoder features of a labelled set, cached on disk: what the linear heads of `mmsa.stack`
-train on and what `mmsa compare` cross-validates over.
+"""Encoder features of labelled sets, cached on disk: the one feature cache of training.
 
-Only the pooled vectors are kept (the linear heads read nothing else), so the 49k SemEval tweets cost
-73 MB rather than the hidden-state sequences' gigabytes. The key follows the encoders' weights
-(`encoder_key`) and the data file's bytes, never a reused name.
+Two kinds, both kept through `cached` under FEATURES_DIR: pooled vectors (`pooled_features`), what the
+linear heads of `mmsa.stack` train on and `mmsa compare` cross-validates over, so the 49k SemEval tweets
+cost 73 MB rather than the hidden-state sequences' gigabytes; and the padded hidden-state sequences
+(`text_features`, `image_features`) that the paper's fusion heads of `mmsa.train` read. Keys follow the
+encoders' weights (`encoder_key`, `fingerprint`) and the data, never a reused name.
 """
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
-from mmsa.data import LABEL_TO_ID, load_image
+from mmsa.data import LABEL_TO_ID, LabelledSet, load_image, read_rows
+from mmsa.encoders import ImageEncoder, TextEncoder
 from mmsa.files import atomic_path, default_cache_dir
+from mmsa.images import decode as imaging
 
 FEATURES_DIR = default_cache_dir() / "features"
 
@@ -28,8 +33,8 @@ class PooledSet:
     """Rows of one labelled JSONL: pooled text (N,Dt), pooled image (N,Di; zeros without an image) and the
     labels (int indices into LABELS; -1 where the file has no such column)."""
 
-    t: np.ndarray
-    i: np.ndarray
+    text: np.ndarray
+    image: np.ndarray
     has_image: np.ndarray
     label: np.ndarray
     text_label: np.ndarray
@@ -39,9 +44,19 @@ class PooledSet:
         return len(self.label)
 
 
-def read_rows(path: str | Path) -> list[dict]:
-    with Path(path).open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+def cached(cache_dir: Path | None, key: str, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """`compute()`'s arrays, kept as CACHE_DIR/key.npz: read back when the file is there, else computed and
+    written whole (atomically: a killed run leaves no half file to read later). `cache_dir` None: no cache."""
+    if cache_dir is None:
+        return compute()
+    path = Path(cache_dir) / f"{key}.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return {name: z[name] for name in z.files}
+    arrays = compute()
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a handle: np.savez would append .npz to a name
+        np.savez(fh, **arrays)
+    return arrays
 
 
 def _labels(rows: list[dict], key: str) -> np.ndarray:
@@ -90,18 +105,86 @@ def pooled_features(model, path: str | Path, with_images: bool = True, cache_dir
     rows = read_rows(path)
     h = hashlib.sha256(encoder_key(model).encode() + str(with_images).encode())
     h.update(path.read_bytes())
-    cache = Path(cache_dir) / f"pooled-{h.hexdigest()[:16]}.npz" if cache_dir else None
-    if cache is not None and cache.exists():
-        z = np.load(cache)
-        t, i = z["t"], z["i"]
-    else:
+    paths = [path.parent / r["image"] if with_images and r.get("image") else None for r in rows]
+
+    def encode() -> dict[str, np.ndarray]:
         t = encode_pooled_texts(model.text_encoder, [r.get("text") or "" for r in rows])
-        paths = [path.parent / r["image"] if with_images and r.get("image") else None for r in rows]
         i = np.zeros((len(rows), model.image_dim), np.float32)
         if any(p is not None for p in paths):
             i = encode_pooled_images(model.image_encoder, paths)
-        if cache is not None:
-            with atomic_path(cache) as tmp, open(tmp, "wb") as fh:  # a handle: np.savez would append .npz to a name
-                np.savez(fh, t=t, i=i)
-    has = np.array([bool(with_images and r.get("image")) for r in rows])
-    return PooledSet(t, i, has, _labels(rows, "label"), _labels(rows, "text_label"), _labels(rows, "image_label"))
+        return {"t": t, "i": i}  # the arrays' names in the .npz files already cached
+
+    z = cached(cache_dir, f"pooled-{h.hexdigest()[:16]}", encode)
+    return PooledSet(z["t"], z["i"], np.array([p is not None for p in paths]), _labels(rows, "label"),
+                     _labels(rows, "text_label"), _labels(rows, "image_label"))
+
+
+def fingerprint(module: nn.Module) -> str:
+    """sha256 of all weights: cache keys follow the weights, not a name that may be reused."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _set_key(ds: LabelledSet) -> str:
+    h = hashlib.sha256(ds.name.encode())
+    for t, im in zip(ds.texts, ds.images):
+        h.update(t.encode())
+        h.update(str(im).encode())
+    return h.hexdigest()[:16]
+
+
+@torch.inference_mode()
+def encode_texts(enc: TextEncoder, texts: list[str], batch_size: int = 64, desc: str = "text") -> dict:
+    """Hidden states padded to the longest text (fp16) + mask + fp32 pooled; sorted batches, order kept."""
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    out_h, out_m, out_p = [None] * len(texts), [None] * len(texts), [None] * len(texts)
+    for s in tqdm(range(0, len(texts), batch_size), desc=f"encode {desc}", leave=False):
+        idx = order[s : s + batch_size]
+        o = enc.encode([texts[i] for i in idx])
+        for j, i in enumerate(idx):
+            n = int(o.mask[j].sum())
+            out_h[i], out_m[i], out_p[i] = o.hidden[j, :n].half(), n, o.pooled[j]
+    L = max(out_m) if texts else 1
+    hidden = torch.zeros(len(texts), L, enc.dim, dtype=torch.float16)
+    mask = torch.zeros(len(texts), L, dtype=torch.bool)
+    for i, (h, n) in enumerate(zip(out_h, out_m)):
+        hidden[i, :n], mask[i, :n] = h, True
+    pooled = torch.stack(out_p) if texts else torch.zeros(0, enc.dim)
+    return {"t_hidden": hidden, "t_mask": mask, "t_pooled": pooled.float()}
+
+
+@torch.inference_mode()
+def encode_images(enc: ImageEncoder, paths: list, batch_size: int = 32, desc: str = "image") -> dict:
+    """Feature maps as sequences (fp16) + pooled; rows without an image are zeros, has_image False."""
+    has = torch.tensor([p is not None for p in paths], dtype=torch.bool)
+    probe = enc.encode([np.zeros((enc.image_size, enc.image_size, 3), np.uint8)])
+    L = probe.hidden.shape[1]
+    hidden = torch.zeros(len(paths), L, enc.dim, dtype=torch.float16)
+    pooled = torch.zeros(len(paths), enc.dim)
+    idx = [i for i, p in enumerate(paths) if p is not None]
+    for s in tqdm(range(0, len(idx), batch_size), desc=f"encode {desc}", leave=False):
+        chunk = idx[s : s + batch_size]
+        o = enc.encode([load_image(paths[i], enc.image_size) for i in chunk])
+        hidden[chunk], pooled[chunk] = o.hidden.half(), o.pooled
+    return {"i_hidden": hidden, "i_mask": torch.ones(len(paths), L, dtype=torch.bool), "i_pooled": pooled, "has_image": has}
+
+
+def _cached_tensors(cache_dir: Path | None, key: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """`cached` for a dict of tensors: stored as their numpy arrays, handed back as tensors."""
+    arrays = cached(cache_dir, key, lambda: {k: v.numpy() for k, v in compute().items()})
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+
+def text_features(enc: TextEncoder, ds: LabelledSet, cache_dir: Path | None) -> dict[str, torch.Tensor]:
+    """`encode_texts` of a set's texts, cached by the encoder's weights and the set."""
+    key = f"text-{fingerprint(enc.model)}-{enc.max_length}-{_set_key(ds)}"
+    return _cached_tensors(cache_dir, key, lambda: encode_texts(enc, ds.texts, desc=Path(ds.name).name))
+
+
+def image_features(enc: ImageEncoder, ds: LabelledSet, cache_dir: Path | None) -> dict[str, torch.Tensor]:
+    """`encode_images` of a set's images, cached by the encoder's weights, the preprocessing's version and the set."""
+    key = f"image-{fingerprint(enc)}-{enc.image_size}-v{imaging.VERSION}-{_set_key(ds)}"
+    return _cached_tensors(cache_dir, key, lambda: encode_images(enc, ds.images, desc=Path(ds.name).name))

@@ -27,6 +27,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from mmsa.schema import LABELS
+from mmsa.train import class_weight, holdout_split
 
 # Inverse L2 strengths tried by the inner CVs: branch heads read hundreds of standardised features and want
 # strong penalties; the meta head reads a dozen log-probabilities and wants weak ones.
@@ -42,15 +43,6 @@ RECIPES = {
 DEFAULT_RECIPE = "stack2"  # the best fusion of `mmsa compare` (results/compare.md)
 K = len(LABELS)
 EPS = 1e-6
-
-
-def class_weight(y: np.ndarray, mode: str) -> dict | None:
-    """none | sqrt | balanced: sample weights that move the fitted prior from the data's towards uniform."""
-    if mode == "none":
-        return None
-    counts = np.bincount(y, minlength=K).astype(float)
-    w = (len(y) / (K * counts.clip(min=1))) ** (0.5 if mode == "sqrt" else 1.0)
-    return {c: float(w[c]) for c in range(K)}
 
 
 def fit_lr(X: np.ndarray, y: np.ndarray, weight: str = "none", inner: int = 3, seed: int = 0, cs=CS) -> Pipeline:
@@ -204,27 +196,26 @@ def train_model(mvsa_dir: str | Path, semeval: str | Path, out: str | Path, base
     from mmsa.evaluate import classification_metrics, expected_calibration_error
     from mmsa.features import pooled_features
     from mmsa.model import DEFAULT_LANGUAGES, load_model
-    from mmsa.train import holdout_split
 
     m = load_model(base)
     kw = {} if cache_dir is None else {"cache_dir": cache_dir}
     mv = pooled_pool(m, mvsa_dir, **kw)
     sem = pooled_features(m, semeval, with_images=False, **kw)
     tr, ho = holdout_split(len(sem))
-    x, y = np.concatenate([sem.t[tr], mv.t]), np.concatenate([sem.label[tr], mv.text_label])
+    x, y = np.concatenate([sem.text[tr], mv.text]), np.concatenate([sem.label[tr], mv.text_label])
     general = fit_lr(x, y, weight=weight, seed=seed)
     t_general = fit_temperature(out_of_fold(general, x, y, seed=seed), y)
-    image = branch(mv.i, mv.image_label, seed)
+    image = branch(mv.image, mv.image_label, seed)
     t_image = fit_temperature(image[1], mv.image_label)
-    available = {"text_post": lambda: branch(mv.t, mv.label, seed), "image_post": lambda: branch(mv.i, mv.label, seed),
+    available = {"text_post": lambda: branch(mv.text, mv.label, seed), "image_post": lambda: branch(mv.image, mv.label, seed),
                  "image_label": lambda: image}
     if "text_general" in RECIPES[recipe]:
-        g_sem = fit_lr(sem.t[tr], sem.label[tr], weight=weight, seed=seed)
-        available["text_general"] = lambda: (g_sem, g_sem.predict_proba(mv.t))
+        g_sem = fit_lr(sem.text[tr], sem.label[tr], weight=weight, seed=seed)
+        available["text_general"] = lambda: (g_sem, g_sem.predict_proba(mv.text))
     fit, p_oof = fit_stack({n: available[n]() for n in RECIPES[recipe]}, mv.label, seed)
-    module = build_head(fit, general, t_general, image[0], t_image, mv.t.shape[1], mv.i.shape[1])
+    module = build_head(fit, general, t_general, image[0], t_image, mv.text.shape[1], mv.image.shape[1])
 
-    p_ho = tempered(general.predict_proba(sem.t[ho]), t_general)
+    p_ho = tempered(general.predict_proba(sem.text[ho]), t_general)
     out = Path(out)
     with files.atomic_path(out / "heads.safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in module.state_dict().items()}, tmp)
@@ -240,8 +231,8 @@ def train_model(mvsa_dir: str | Path, semeval: str | Path, out: str | Path, base
         "text_layers": text_layers,
         "head": "stack",
         "head_kwargs": {"branches": list(fit.branches)},
-        "text_dim": int(mv.t.shape[1]),
-        "image_dim": int(mv.i.shape[1]),
+        "text_dim": int(mv.text.shape[1]),
+        "image_dim": int(mv.image.shape[1]),
         "train_config": {"recipe": recipe, "mvsa": str(mvsa_dir), "semeval": str(semeval), "class_weight": weight,
                          "seed": seed, "n_mvsa": len(mv), "n_semeval_train": len(tr),
                          "C": {n: chosen_c(h[-1]) for n, h in heads.items()},

@@ -21,13 +21,14 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from mmsa.data import LABEL_TO_ID, target_spans
+from mmsa.data import LABEL_TO_ID, read_rows, target_spans
 from mmsa.encoders import fast_tokenizer, pad_ids, span_token_mask, token_ids, unpadded
 from mmsa.evaluate import classification_metrics
-from mmsa.features import FEATURES_DIR, encoder_key, read_rows
+from mmsa.features import FEATURES_DIR, encoder_key
 from mmsa.files import atomic_path
 from mmsa.heads import Feats, TargetHead
-from mmsa.stack import class_weight, fit_lr, fit_temperature, tempered
+from mmsa.stack import fit_lr, fit_temperature, tempered
+from mmsa.train import class_weight, length_batches
 
 # The sets of ../shared/data/targeted/ and their files (test splits are kept apart for judging).
 TARGETED_SETS = {
@@ -180,17 +181,6 @@ def join(ds: TargetedSet, more: TargetedSet) -> TargetedSet:
                        ds.key + more.key)
 
 
-def _length_batches(lengths: np.ndarray, size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Shuffled batches of similar length: little padding for a CPU-bound block."""
-    perm = rng.permutation(len(lengths))
-    batches = []
-    for s in range(0, len(perm), size * 50):
-        part = perm[s : s + size * 50]
-        part = part[np.argsort(lengths[part], kind="stable")]
-        batches += [part[i : i + size] for i in range(0, len(part), size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
-
-
 def fit_target_head(ds: TargetedSet, rows: np.ndarray, init: nn.Module | None = None, epochs: int = 2,
                     lr: float = 1e-4, weight: str = "sqrt", seed: int = 0, progress: bool = True) -> TargetHead:
     """A TargetHead trained on `rows`: its block from `init` (the encoder's last block) when given, the
@@ -214,7 +204,7 @@ def fit_target_head(ds: TargetedSet, rows: np.ndarray, init: nn.Module | None = 
     bar = tqdm(total=steps, desc="target head", disable=not progress)
     for _ in range(epochs):
         head.train()
-        for b in _length_batches(lengths, size, rng):
+        for b in length_batches(lengths, size, rng.permutation):
             idx = rows[b]
             loss = F.cross_entropy(head(*ds.batch(idx)), y[idx], weight=w)
             opt.zero_grad(set_to_none=True)

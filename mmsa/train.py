@@ -1,12 +1,17 @@
-"""Training: cached frozen features, a fold ensemble of heads, optional fine-tuning of top text layers.
+"""Training: the pieces every recipe shares, and the paper's fusion heads.
 
-Frozen-encoder features are cached on disk (fp16 safetensors keyed by encoder weights + data
-file) so that heads train in seconds and every head/seed of a comparison reuses one encoding
-pass. Fine-tuning keeps the image side cached and runs the text encoder in the loop.
+Shared, one home each: class weights (`class_weight`), the fixed hold-out of a text-only set
+(`holdout_split`), shuffled batches of similar length (`length_batches`), threads and seeds. The shipped
+model's recipe (stacked linear heads, then the target head) is `mmsa.recipe.train_default`, over
+`mmsa.stack` and `mmsa.targeted`.
 
-The dev set is never used to train or to stop: the training set is split into K stratified
-folds, and each member of the model is trained on K-1 of them and early-stopped on the one it
-did not see. The shipped model averages its members' probabilities (mmsa.heads.Ensemble).
+This module's own path trains the paper's fusion heads (`mmsa train --head NAME`, and `mmsa compare`'s
+`mlp` candidate) and fine-tunes the text encoder's top layers on labelled tweets first (`--pretrain-text`:
+how the shipped model's text layers were made). Frozen-encoder features come from `mmsa.features`' cache,
+so heads train in seconds and every head/seed of a comparison reuses one encoding pass; fine-tuning keeps
+the image side cached and runs the text encoder in the loop. The dev set is never used to train or to stop:
+the training set is split into K stratified folds, each member is trained on K-1 of them and early-stopped
+on the one it did not see, and the saved model averages its members' probabilities (mmsa.heads.Ensemble).
 """
 
 from __future__ import annotations
@@ -27,8 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from mmsa.images import decode as imaging
-from mmsa.data import LabelledSet, load_image
+from mmsa.data import LabelledSet
 from mmsa.encoders import (
     DEFAULT_IMAGE_ENCODER,
     DEFAULT_TEXT_ENCODER,
@@ -36,20 +40,22 @@ from mmsa.encoders import (
     TextEncoder,
     load_image_encoder,
     load_text_encoder,
-    masked_mean,
 )
 from mmsa.evaluate import classification_metrics
-from mmsa.files import atomic_path, default_cache_dir
+from mmsa.features import FEATURES_DIR, fingerprint, image_features, text_features
 from mmsa.heads import Bundle, Ensemble, Feats
 from mmsa.model import DEFAULT_LANGUAGES
 from mmsa.schema import LABELS
 
-DEFAULT_CACHE = default_cache_dir() / "features"
+K = len(LABELS)
 
 
 @dataclass
 class TrainConfig:
-    head: str = "native_combine"
+    """One run of the paper-head path; `head` is one of mmsa.heads.HEAD_NAMES (no default: the shipped
+    model is not one of them)."""
+
+    head: str
     text_encoder: str = DEFAULT_TEXT_ENCODER
     image_encoder: str = DEFAULT_IMAGE_ENCODER
     finetune_layers: int = 0  # top text-encoder layers trained; 0 = frozen encoders, cached features
@@ -67,7 +73,7 @@ class TrainConfig:
     dropout: float = 0.1
     hidden: int = 256
     patience: int = 4
-    class_weight: str = "none"  # none | sqrt | balanced (inverse frequency); none was best out-of-fold on MVSA
+    class_weight: str = "none"  # none | sqrt | balanced (`class_weight`); none was best out-of-fold for these heads on MVSA
     seed: int = 0
     max_length: int = 64
     head_kwargs: dict = field(default_factory=dict)
@@ -85,87 +91,39 @@ def set_threads(n: int) -> None:
     torch.set_num_threads(max(1, n))
 
 
-def fingerprint(module: nn.Module) -> str:
-    """sha256 of all weights: cache keys follow the weights, not a name that may be reused."""
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _set_key(ds: LabelledSet) -> str:
-    h = hashlib.sha256(ds.name.encode())
-    for t, im in zip(ds.texts, ds.images):
-        h.update(t.encode())
-        h.update(str(im).encode())
-    return h.hexdigest()[:16]
-
-
-@torch.inference_mode()
-def encode_texts(enc: TextEncoder, texts: list[str], batch_size: int = 64, desc: str = "text") -> dict:
-    """Hidden states padded to the longest text (fp16) + mask + fp32 pooled; sorted batches, order kept."""
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    out_h, out_m, out_p = [None] * len(texts), [None] * len(texts), [None] * len(texts)
-    for s in tqdm(range(0, len(texts), batch_size), desc=f"encode {desc}", leave=False):
-        idx = order[s : s + batch_size]
-        o = enc.encode([texts[i] for i in idx])
-        for j, i in enumerate(idx):
-            n = int(o.mask[j].sum())
-            out_h[i], out_m[i], out_p[i] = o.hidden[j, :n].half(), n, o.pooled[j]
-    L = max(out_m) if texts else 1
-    hidden = torch.zeros(len(texts), L, enc.dim, dtype=torch.float16)
-    mask = torch.zeros(len(texts), L, dtype=torch.bool)
-    for i, (h, n) in enumerate(zip(out_h, out_m)):
-        hidden[i, :n], mask[i, :n] = h, True
-    pooled = torch.stack(out_p) if texts else torch.zeros(0, enc.dim)
-    return {"t_hidden": hidden, "t_mask": mask, "t_pooled": pooled.float()}
-
-
-@torch.inference_mode()
-def encode_images(enc: ImageEncoder, paths: list, batch_size: int = 32, desc: str = "image") -> dict:
-    """Feature maps as sequences (fp16) + pooled; rows without an image are zeros, has_image False."""
-    has = torch.tensor([p is not None for p in paths], dtype=torch.bool)
-    probe = enc.encode([np.zeros((enc.image_size, enc.image_size, 3), np.uint8)])
-    L = probe.hidden.shape[1]
-    hidden = torch.zeros(len(paths), L, enc.dim, dtype=torch.float16)
-    pooled = torch.zeros(len(paths), enc.dim)
-    idx = [i for i, p in enumerate(paths) if p is not None]
-    for s in tqdm(range(0, len(idx), batch_size), desc=f"encode {desc}", leave=False):
-        chunk = idx[s : s + batch_size]
-        o = enc.encode([load_image(paths[i], enc.image_size) for i in chunk])
-        hidden[chunk], pooled[chunk] = o.hidden.half(), o.pooled
-    return {"i_hidden": hidden, "i_mask": torch.ones(len(paths), L, dtype=torch.bool), "i_pooled": pooled, "has_image": has}
-
-
-def cached(cache_dir: Path | None, key: str, compute: Callable[[], dict]) -> dict:
-    if cache_dir is None:
-        return compute()
-    path = Path(cache_dir) / f"{key}.safetensors"
-    if path.exists():
-        return load_file(path)
-    feats = compute()
-    with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in feats.items()}, tmp)
-    return feats
-
-
-def text_features(enc: TextEncoder, ds: LabelledSet, cache_dir: Path | None) -> dict:
-    key = f"text-{fingerprint(enc.model)}-{enc.max_length}-{_set_key(ds)}"
-    return cached(cache_dir, key, lambda: encode_texts(enc, ds.texts, desc=Path(ds.name).name))
-
-
-def image_features(enc: ImageEncoder, ds: LabelledSet, cache_dir: Path | None) -> dict:
-    key = f"image-{fingerprint(enc)}-{enc.image_size}-v{imaging.VERSION}-{_set_key(ds)}"
-    return cached(cache_dir, key, lambda: encode_images(enc, ds.images, desc=Path(ds.name).name))
-
-
-def class_weights(labels: np.ndarray, mode: str) -> torch.Tensor | None:
+def class_weight(y: np.ndarray, mode: str) -> dict[int, float] | None:
+    """none | sqrt | balanced: per-class weights that move the fitted prior from the data's towards uniform
+    (balanced: inverse frequency; sqrt: its square root), as scikit-learn's `class_weight` takes them."""
     if mode == "none":
         return None
-    counts = np.bincount(labels, minlength=len(LABELS)).astype(np.float64).clip(min=1)
-    w = (counts.sum() / counts) ** (0.5 if mode == "sqrt" else 1.0)
-    return torch.tensor(w / (w * counts / counts.sum()).sum(), dtype=torch.float32)
+    counts = np.bincount(y, minlength=K).astype(float)
+    w = (len(y) / (K * counts.clip(min=1))) ** (0.5 if mode == "sqrt" else 1.0)
+    return {c: float(w[c]) for c in range(K)}
+
+
+def loss_weight(y: np.ndarray, mode: str) -> torch.Tensor | None:
+    """`class_weight` as cross-entropy's `weight` tensor (its weighted mean makes their scale irrelevant)."""
+    w = class_weight(y, mode)
+    return None if w is None else torch.tensor([w[c] for c in range(K)], dtype=torch.float32)
+
+
+def length_batches(lengths: np.ndarray, size: int, permutation: Callable[[int], np.ndarray]) -> list[np.ndarray]:
+    """Shuffled batches of rows of similar length: far less padding for a CPU-bound encoder or block.
+    `permutation(n)` shuffles range(n), from the caller's own random source, so each caller keeps its stream."""
+    perm = permutation(len(lengths))
+    batches = []
+    for s in range(0, len(perm), size * 50):
+        part = perm[s : s + size * 50]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i : i + size] for i in range(0, len(part), size)]
+    return [batches[i] for i in permutation(len(batches))]
+
+
+def holdout_split(n: int, frac: float = 0.1, seed: int = 1234) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed (train, held-out) index split of a text-only set, independent of the training seed."""
+    perm = np.random.default_rng(seed).permutation(n)
+    k = int(round(n * frac))
+    return np.sort(perm[k:]), np.sort(perm[:k])
 
 
 def set_trainable_text_layers(enc: TextEncoder, k: int) -> list[nn.Parameter]:
@@ -262,7 +220,7 @@ class Trainer:
         if enc_params:
             groups.append({"params": enc_params, "lr": cfg.lr_encoder})
         opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-        weight = class_weights(self.y_train.numpy(), cfg.class_weight)
+        weight = loss_weight(self.y_train.numpy(), cfg.class_weight)
         gen = torch.Generator().manual_seed(cfg.seed)
         n = len(self.y_train)
         steps_per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
@@ -323,7 +281,7 @@ def tokenize_all(enc: TextEncoder, texts: list[str]) -> dict:
 
 
 @dataclass
-class Prepared:
+class EncodedSets:
     """Encoders applied to train and dev once: what every member of every run trains from."""
 
     text_enc: TextEncoder
@@ -339,14 +297,14 @@ class Prepared:
     pretrain_metrics: dict | None = None
 
 
-def prepare(
+def encode_sets(
     cfg: TrainConfig,
     train: LabelledSet,
     dev: LabelledSet,
-    cache_dir: Path | None = DEFAULT_CACHE,
+    cache_dir: Path | None = FEATURES_DIR,
     text_enc: TextEncoder | None = None,
     image_enc: ImageEncoder | None = None,
-) -> Prepared:
+) -> EncodedSets:
     """Load encoders, run the text pre-training, build (cached) features for train and dev."""
     text_enc = text_enc or load_text_encoder(cfg.text_encoder, max_length=cfg.max_length)
     pre = pretrained_text(cfg, text_enc, cache_dir) if cfg.pretrain_text else None
@@ -357,36 +315,38 @@ def prepare(
         tr_txt, dv_txt = tokenize_all(text_enc, train.texts), tokenize_all(text_enc, dev.texts)
     else:
         tr_txt, dv_txt = text_features(text_enc, train, cache_dir), text_features(text_enc, dev, cache_dir)
-    return Prepared(text_enc, image_enc.dim, image_enc.image_size, tr_txt, tr_img, dv_txt, dv_img, train.labels,
-                    dev.labels, pre["head"] if pre else None, pre["metrics"] if pre else None)
+    return EncodedSets(text_enc, image_enc.dim, image_enc.image_size, tr_txt, tr_img, dv_txt, dv_img, train.labels,
+                       dev.labels, pre["head"] if pre else None, pre["metrics"] if pre else None)
 
 
 def _rows(features: dict, rows: np.ndarray) -> dict:
     return {name: t[rows] for name, t in features.items()}
 
 
-def train_members(cfg: TrainConfig, prep: Prepared, progress: bool = True) -> tuple[Ensemble, list[dict]]:
+def train_members(cfg: TrainConfig, sets: EncodedSets, progress: bool = True) -> tuple[Ensemble, list[dict]]:
     """`cfg.members` bundles, member k trained on every fold but k and early-stopped on fold k."""
     if not 1 <= cfg.members <= cfg.folds or cfg.folds < 2:
         raise ValueError(f"need 2 <= folds and 1 <= members <= folds, got folds={cfg.folds} members={cfg.members}")
     if cfg.finetune_layers and cfg.members > 1:
         raise ValueError("fine-tuning text layers trains one text encoder per member: use members=1")
-    folds = fold_ids(prep.y_train, cfg.folds, cfg.seed)
+    folds = fold_ids(sets.y_train, cfg.folds, cfg.seed)
     bundles, fits = [], []
     for k in range(cfg.members):
         tr, va = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
-        trainer = Trainer(replace(cfg, seed=cfg.seed * 100 + k), prep.text_enc, prep.image_dim,
-                          _rows(prep.train_text, tr), _rows(prep.train_text, va), _rows(prep.train_img, tr),
-                          _rows(prep.train_img, va), prep.y_train[tr], prep.y_train[va])
-        if prep.text_head_init is not None:  # same label set: start the text branch from the SemEval classifier
-            trainer.bundle.text.load_state_dict(prep.text_head_init)
+        trainer = Trainer(replace(cfg, seed=cfg.seed * 100 + k), sets.text_enc, sets.image_dim,
+                          _rows(sets.train_text, tr), _rows(sets.train_text, va), _rows(sets.train_img, tr),
+                          _rows(sets.train_img, va), sets.y_train[tr], sets.y_train[va])
+        if sets.text_head_init is not None:  # same label set: start the text branch from the SemEval classifier
+            trainer.bundle.text.load_state_dict(sets.text_head_init)
         fits.append(trainer.fit(progress=progress))
         bundles.append(trainer.bundle)
     return Ensemble(bundles).eval(), fits
 
 
-def save_model(out: str | Path, cfg: TrainConfig, prep: Prepared, ensemble: Ensemble, extra: dict | None = None) -> Path:
-    """config.json + heads.safetensors (+ text_layers.safetensors, fp16, only the fine-tuned blocks)."""
+def save_model(out: str | Path, cfg: TrainConfig, sets: EncodedSets, ensemble: Ensemble, extra: dict | None = None,
+               name: str | None = None) -> Path:
+    """config.json + heads.safetensors (+ text_layers.safetensors, fp16, only the fine-tuned blocks); `name`
+    (default: the folder's) is the model's name in every scored row, as in mmsa.stack.train_model."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # fp16 on disk (loaded back into fp32): halves the repo's share of a many-member model.
@@ -394,46 +354,46 @@ def save_model(out: str | Path, cfg: TrainConfig, prep: Prepared, ensemble: Ense
     text_layers = None
     if cfg.finetune_layers or cfg.pretrain_text:
         k = max(cfg.finetune_layers, cfg.pretrain_layers if cfg.pretrain_text else 0)
-        state = {n: t.half().contiguous() for n, t in text_layer_state(prep.text_enc, k).items()}
+        state = {n: t.half().contiguous() for n, t in text_layer_state(sets.text_enc, k).items()}
         save_file(state, out / "text_layers.safetensors")
         text_layers = "text_layers.safetensors"
     config = {
-        "name": out.name if out.name != "default" else "mmsa-default-3",
+        "name": name or out.name,
         "labels": list(LABELS),
         "text_encoder": cfg.text_encoder,
         "image_encoder": cfg.image_encoder,
         "languages": list(DEFAULT_LANGUAGES),
         "text_layers": text_layers,
         "max_length": cfg.max_length,
-        "image_size": prep.image_size,
+        "image_size": sets.image_size,
         "head": cfg.head,
         "members": len(ensemble.members),
-        "text_dim": prep.text_enc.dim,
-        "image_dim": prep.image_dim,
+        "text_dim": sets.text_enc.dim,
+        "image_dim": sets.image_dim,
         "hidden": cfg.hidden,
         "dropout": cfg.dropout,
         "head_kwargs": cfg.head_kwargs,
         "train_config": asdict(cfg),
-        "pretrain_metrics": prep.pretrain_metrics,
+        "pretrain_metrics": sets.pretrain_metrics,
         **(extra or {}),
     }
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out
 
 
-def dev_report(cfg: TrainConfig, prep: Prepared, ensemble: Ensemble) -> dict:
+def dev_report(cfg: TrainConfig, sets: EncodedSets, ensemble: Ensemble) -> dict:
     """Dev metrics of the model (fused, text branch, image branch) and of each member alone."""
     finetune = bool(cfg.finetune_layers)
-    logits = predict_logits(ensemble, prep.text_enc, finetune, prep.dev_text, prep.dev_img)
+    logits = predict_logits(ensemble, sets.text_enc, finetune, sets.dev_text, sets.dev_img)
     member_acc = [
-        classification_metrics(prep.y_dev, predict_logits(m, prep.text_enc, finetune, prep.dev_text, prep.dev_img)["fused"]
+        classification_metrics(sets.y_dev, predict_logits(m, sets.text_enc, finetune, sets.dev_text, sets.dev_img)["fused"]
                                .argmax(-1).numpy())["accuracy"]
         for m in ensemble.members
     ]
     return {
-        "dev": classification_metrics(prep.y_dev, logits["fused"].argmax(-1).numpy()),
-        "dev_text_only": classification_metrics(prep.y_dev, logits["text"].argmax(-1).numpy()),
-        "dev_image_only": classification_metrics(prep.y_dev, logits["image"].argmax(-1).numpy()),
+        "dev": classification_metrics(sets.y_dev, logits["fused"].argmax(-1).numpy()),
+        "dev_text_only": classification_metrics(sets.y_dev, logits["text"].argmax(-1).numpy()),
+        "dev_image_only": classification_metrics(sets.y_dev, logits["image"].argmax(-1).numpy()),
         "dev_member_accuracy": member_acc,
     }
 
@@ -442,43 +402,25 @@ def run(
     cfg: TrainConfig,
     data_dir: str | Path,
     out: str | Path | None,
-    cache_dir: Path | None = DEFAULT_CACHE,
+    cache_dir: Path | None = FEATURES_DIR,
     progress: bool = True,
+    name: str | None = None,
 ) -> dict:
-    """Train on DATA/train.jsonl (folds inside it for early stopping), report on DATA/dev.jsonl, save to `out`."""
+    """Train on DATA/train.jsonl (folds inside it for early stopping), report on DATA/dev.jsonl, save to `out`
+    (named `name`, default the folder's)."""
     from mmsa.data import load_jsonl
 
     data_dir = Path(data_dir)
     train, dev = load_jsonl(data_dir / "train.jsonl"), load_jsonl(data_dir / "dev.jsonl")
-    prep = prepare(cfg, train, dev, cache_dir)
+    sets = encode_sets(cfg, train, dev, cache_dir)
     start = time.perf_counter()
-    ensemble, fits = train_members(cfg, prep, progress)
-    summary = {**dev_report(cfg, prep, ensemble), "best_epochs": [f["best_epoch"] for f in fits],
+    ensemble, fits = train_members(cfg, sets, progress)
+    summary = {**dev_report(cfg, sets, ensemble), "best_epochs": [f["best_epoch"] for f in fits],
                "train_seconds": time.perf_counter() - start, "members": fits}
     if out is not None:
-        save_model(out, cfg, prep, ensemble, {"dev_metrics": summary["dev"], "dev_member_accuracy": summary["dev_member_accuracy"],
-                                              "best_epochs": summary["best_epochs"]})
+        save_model(out, cfg, sets, ensemble, {"dev_metrics": summary["dev"], "dev_member_accuracy": summary["dev_member_accuracy"],
+                                              "best_epochs": summary["best_epochs"]}, name)
     return summary
-
-
-def holdout_split(n: int, frac: float = 0.1, seed: int = 1234) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed (train, held-out) index split of a text-only set, independent of the training seed."""
-    perm = np.random.default_rng(seed).permutation(n)
-    k = int(round(n * frac))
-    return np.sort(perm[k:]), np.sort(perm[:k])
-
-
-def _length_batches(lengths: np.ndarray, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
-    """Shuffled batches of similar length: far less padding for a CPU-bound encoder."""
-    perm = torch.randperm(len(lengths), generator=gen).numpy()
-    batches = []
-    chunk = batch_size * 50
-    for s in range(0, len(perm), chunk):
-        part = perm[s : s + chunk]
-        part = part[np.argsort(lengths[part], kind="stable")]
-        batches += [torch.from_numpy(part[i : i + batch_size]) for i in range(0, len(part), batch_size)]
-    order = torch.randperm(len(batches), generator=gen)
-    return [batches[i] for i in order]
 
 
 def pretrain_text_encoder(cfg: TrainConfig, enc: TextEncoder, path: str | Path, progress: bool = True) -> dict:
@@ -505,7 +447,7 @@ def pretrain_text_encoder(cfg: TrainConfig, enc: TextEncoder, path: str | Path, 
     gen = torch.Generator().manual_seed(cfg.seed)
     total = cfg.pretrain_epochs * ((len(tr_idx) + batch - 1) // batch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200) * max(0.0, 1 - s / total))
-    weight = class_weights(ds.labels[tr_idx], cfg.class_weight)
+    weight = loss_weight(ds.labels[tr_idx], cfg.class_weight)
     bar = tqdm(total=total, desc="pretrain text", disable=not progress)
 
     def run_batch(idx: torch.Tensor) -> torch.Tensor:
@@ -517,8 +459,8 @@ def pretrain_text_encoder(cfg: TrainConfig, enc: TextEncoder, path: str | Path, 
     for _ in range(cfg.pretrain_epochs):
         enc.train()
         head.train()
-        for b in _length_batches(lengths[tr_idx], batch, gen):
-            idx = tr[b]
+        for b in length_batches(lengths[tr_idx], batch, lambda n: torch.randperm(n, generator=gen).numpy()):
+            idx = tr[torch.from_numpy(b)]
             loss = F.cross_entropy(run_batch(idx), y[idx], weight=weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -20,7 +20,7 @@ from mmsa.heads import HEAD_NAMES
 from mmsa.infer import Engine, get_engine
 from mmsa.model import load_model
 from synthetic import tiny_text_encoder, tiny_vit, write_dataset
-from mmsa.train import TrainConfig, fold_ids, run
+from mmsa.train import TrainConfig, class_weight, fold_ids, length_batches, loss_weight, run
 
 torch.set_num_threads(1)  # tiny models: extra threads only add waiting on a shared 2-core machine
 
@@ -91,9 +91,10 @@ def test_fold_ensemble_never_looks_at_dev(env, tmp_path):
 
 def test_member_settings_are_validated(env, tmp_path):
     with pytest.raises(ValueError, match="members <= folds"):
-        run(_cfg(env, members=4), env["data"], None, cache_dir=env["cache"], progress=False)
+        run(_cfg(env, head="native_combine", members=4), env["data"], None, cache_dir=env["cache"], progress=False)
     with pytest.raises(ValueError, match="members=1"):
-        run(_cfg(env, members=2, finetune_layers=1), env["data"], None, cache_dir=env["cache"], progress=False)
+        run(_cfg(env, head="native_combine", members=2, finetune_layers=1), env["data"], None, cache_dir=env["cache"],
+            progress=False)
 
 
 def test_same_seed_same_model(env, tmp_path):
@@ -202,7 +203,7 @@ def test_shipped_default_model_dev_accuracy():
 
 def test_feature_cache_follows_mmsa_cache(tmp_path):
     """Training features go under $MMSA_CACHE/features, beside the engine's ONNX graphs ($MMSA_CACHE/onnx)."""
-    code = "from mmsa import train; print(train.DEFAULT_CACHE)"
+    code = "from mmsa import features; print(features.FEATURES_DIR)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "MMSA_CACHE": str(tmp_path)}).stdout.strip()
     assert out == str(tmp_path / "features")
@@ -230,3 +231,45 @@ def test_expected_calibration_error_is_zero_when_confidence_matches_accuracy():
     overconfident = np.tile([0.99, 0.005, 0.005], (100, 1))
     assert expected_calibration_error(honest, y) == pytest.approx(0.0, abs=1e-9)
     assert expected_calibration_error(overconfident, y) == pytest.approx(0.24, abs=1e-6)
+
+
+def test_a_bad_label_is_an_error_naming_its_file_and_line(tmp_path):
+    """One reader for every labelled file (training sets, pooled features, targeted sets): a label outside
+    LABELS, or a line that is not JSON, stops the read with the file and line, never a silent -1."""
+    from mmsa.data import read_rows
+
+    good = '{"text": "ok", "label": "positive", "text_label": "neutral"}\n'
+    cases = {"label": '{"text": "typo", "label": "postive"}', "image_label": '{"text": "x", "label": "neutral", "image_label": 2}',
+             "JSON object": '{"text": "cut off", "label": '}
+    for what, bad in cases.items():
+        path = tmp_path / f"{what}.jsonl"
+        path.write_text(good + "\n" + bad + "\n")  # the blank line counts: the bad row is on line 3
+        for read in (read_rows, load_jsonl):
+            with pytest.raises(ValueError, match=rf"{re.escape(str(path))}:3: .*{what}"):
+                read(path)
+    path = tmp_path / "fine.jsonl"
+    path.write_text(good + '{"text": "no modality labels", "label": "negative"}\n')
+    assert [r["label"] for r in read_rows(path)] == ["positive", "negative"]
+    assert load_jsonl(path).labels.tolist() == [0, 2]
+
+
+def test_one_class_weighting_for_linear_heads_and_neural_losses():
+    y = np.array([0] * 60 + [1] * 10 + [2] * 30)
+    assert class_weight(y, "none") is None and loss_weight(y, "none") is None
+    balanced, sqrt = class_weight(y, "balanced"), class_weight(y, "sqrt")
+    counts = np.bincount(y)
+    assert np.allclose([balanced[c] * counts[c] for c in range(3)], len(y) / 3)  # every class weighs the same
+    assert all(abs(np.log(sqrt[c])) == pytest.approx(abs(np.log(balanced[c])) / 2) for c in range(3))
+    assert torch.equal(loss_weight(y, "sqrt"), torch.tensor([sqrt[c] for c in range(3)], dtype=torch.float32))
+
+
+def test_length_batches_cover_every_row_once_in_batches_of_similar_length():
+    lengths = np.random.default_rng(0).integers(1, 200, 1000)
+    batches = length_batches(lengths, 10, np.random.default_rng(1).permutation)
+    rows = np.concatenate(batches)
+    assert sorted(rows.tolist()) == list(range(1000)) and max(len(b) for b in batches) == 10
+    assert np.mean([np.ptp(lengths[b]) for b in batches]) < 10  # random batches of 10 would spread over ~160
+    again = length_batches(lengths, 10, np.random.default_rng(1).permutation)  # the caller's stream decides
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again))
+    gen = torch.Generator().manual_seed(1)
+    assert len(length_batches(lengths, 10, lambda n: torch.randperm(n, generator=gen).numpy())) == 100
