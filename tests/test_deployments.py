@@ -1,5 +1,5 @@
 """The deployments in deployments/prefect.yaml load as a worker would load them, and the train flow
-they schedule runs (on synthetic data with tiny encoders) and publishes its metrics."""
+they schedule builds the shipped recipe (on synthetic data with tiny encoders) and publishes its figures."""
 
 import pytest
 from prefect.flows import load_flow_from_entrypoint
@@ -59,16 +59,63 @@ def test_serve_builds_the_yaml_deployments_with_local_paths():
     assert for_worker[0].job_variables["env"]["HF_HUB_OFFLINE"] == "1"
 
 
-def test_train_flow_trains_evaluates_and_publishes_metrics(prefect_harness, tmp_path):
-    """The train deployment's flow on synthetic posts with tiny random encoders: a model folder and a metrics artifact."""
-    from mmsa.flows.train import train_flow
-    from synthetic import tiny_text_encoder, tiny_vit, write_dataset
+def test_the_train_flow_and_deployment_take_the_recipe_functions_parameters_and_defaults():
+    """The flow is a thin wrapper of mmsa.recipe.train_default, the function `mmsa train` calls: every parameter
+    but `eval_data` is one of that function's, each defaulting to None (the function's own default), so neither
+    the flow nor the deployment can pick a different model; the deployment sets only where data and model lie."""
+    import inspect
 
-    data = write_dataset(tmp_path / "data", n_train=48, n_dev=24)
-    rows = train_flow(data=str(data), out=str(tmp_path / "model"), text_encoder=str(tiny_text_encoder(tmp_path / "bert")),
-                      image_encoder=f"hf:{tiny_vit(tmp_path / 'vit')}", epochs=2, eval_data=str(data / "dev.jsonl"))
-    assert (tmp_path / "model" / "config.json").exists()
-    assert rows["dev"]["n"] == rows["eval"]["n"] == 24
-    assert 0 <= rows["eval"]["accuracy"] <= 1
+    from mmsa import recipe
+    from mmsa.flows.train import train_flow
+
+    built = inspect.signature(recipe.train_default).parameters
+    flow_params = inspect.signature(train_flow.fn).parameters
+    assert set(flow_params) - {"eval_data"} <= set(built)
+    assert [n for n, p in flow_params.items() if p.default is not None] == ["out"]  # required, as in train_default
+    (spec,) = [d for d in DEPLOYMENTS if d["name"] == "train"]
+    assert set(spec["parameters"]) == {"out", "mvsa", "semeval", "targeted"}
+    assert built["recipe"].default == "stack2" and built["targeted"].default is None  # the target head by default
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread, as `mmsa train --threads` defaults to: on a shared 2-core machine more threads make the
+    target head's small steps many times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_train_flow_builds_the_shipped_recipe_and_publishes_its_figures(prefect_harness, tmp_path, one_thread):
+    """The train deployment's flow on synthetic posts and targeted rows with tiny random encoders: the stacked
+    heads of the shipped recipe, then the target head, in one model folder that loads; figures as an artifact."""
+    import json
+
+    from mmsa import stack
+    from mmsa.flows.train import train_flow
+    from mmsa.model import load_model
+    from mmsa.train import TrainConfig, run
+    from synthetic import tiny_text_encoder, tiny_vit, write_dataset, write_targeted
+
+    data = write_dataset(tmp_path / "data", n_train=120, n_dev=40)
+    rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
+    tweets = tmp_path / "tweets.jsonl"
+    tweets.write_text("".join(json.dumps({"text": r["text"], "label": r["text_label"]}) + "\n" for r in rows * 2))
+    base = TrainConfig(head="text", text_encoder=str(tiny_text_encoder(tmp_path / "bert", intermediate=96)),
+                       image_encoder=f"hf:{tiny_vit(tmp_path / 'vit')}", epochs=1, hidden=16, folds=3, members=1)
+    run(base, data, tmp_path / "base", cache_dir=tmp_path / "cache", progress=False)
+
+    out = tmp_path / "model"
+    got = train_flow(out=str(out), mvsa=str(data), semeval=str(tweets), targeted=str(write_targeted(tmp_path / "targeted")),
+                     base=str(tmp_path / "base"), cache_dir=str(tmp_path / "cache"), eval_data=str(data / "dev.jsonl"))
+    config = json.loads((out / "config.json").read_text())
+    assert config["head"] == "stack" and config["head_kwargs"]["branches"] == list(stack.RECIPES[stack.DEFAULT_RECIPE])
+    assert config["train_config"]["class_weight"] == stack.DEFAULT_WEIGHT
+    assert config["target_head"] == "target_head.safetensors" and config["target_train"]["rows"] == 9 * 40
+    assert load_model(out).target_head is not None
+    assert got["mvsa (out of fold)"]["n"] == 160 and got["eval"]["n"] == 40
     markdown = latest_artifact("train-metrics")
-    assert "| eval | 24 |" in markdown and "| dev | 24 |" in markdown
+    assert "| eval | 40 |" in markdown and "| target twitter2015 (out of fold) | 80 |" in markdown

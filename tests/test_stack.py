@@ -89,12 +89,12 @@ def test_held_out_fold_labels_are_never_read(env):
     m = load_model(env["base"])
     mv = stack.pooled_pool(m, env["data"], cache_dir=env["cache"])
     sem = pooled_features(m, env["tweets"], with_images=False, cache_dir=env["cache"])
-    g = stack.fit_lr(sem.t, sem.label)
+    g = stack.fit_lr(sem.text, sem.label)
     tr, te = crossval.repeated_folds(mv.label, 3, 1)[0]
-    a = crossval.run_fold(mv, g.predict_proba(mv.t), g, tr, te, 0, m.text_encoder)
+    a = crossval.run_fold(mv, g.predict_proba(mv.text), g, tr, te, 0, m.text_encoder)
     for labels in (mv.label, mv.text_label, mv.image_label):
         labels[te] = (labels[te] + 1) % 3
-    b = crossval.run_fold(mv, g.predict_proba(mv.t), g, tr, te, 0, m.text_encoder)
+    b = crossval.run_fold(mv, g.predict_proba(mv.text), g, tr, te, 0, m.text_encoder)
     assert set(a) == set(crossval.CANDIDATES)
     for name in a:
         np.testing.assert_allclose(a[name][1], b[name][1], atol=1e-6, err_msg=name)
@@ -136,3 +136,27 @@ def test_stack_model_trains_loads_and_scores(env, tmp_path):
     np.testing.assert_allclose(without.probs, without.text_probs, atol=1e-6)
     np.testing.assert_allclose(with_img.text_probs, without.text_probs, atol=1e-5)
     assert np.isnan(without.image_probs).all() and not np.allclose(with_img.probs, with_img.text_probs)
+
+
+def test_mmsa_train_builds_the_recipe_with_the_features_in_its_cache(env, tmp_path, capsys):
+    """`mmsa train` (its default head: the shipped recipe, through mmsa.recipe.train_default) keeps the pooled
+    features in --cache; a second build reads them back instead of encoding again, to the same heads."""
+    from safetensors.torch import load_file
+
+    from mmsa import cli
+
+    cache = tmp_path / "cache"
+    args = ["train", "--data", str(env["data"]), "--semeval", str(env["tweets"]), "--base", str(env["base"]),
+            "--targeted", "none", "--cache", str(cache), "--name", "candidate-7"]
+    assert cli.main([*args, "--out", str(tmp_path / "a")]) == 0
+    cached = sorted(p.name for p in cache.iterdir())
+    assert len(cached) == 3 and all(n.startswith("pooled-") and n.endswith(".npz") for n in cached)  # train, dev, tweets
+    stamps = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    assert cli.main([*args, "--out", str(tmp_path / "b")]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == stamps  # read, not written again
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["head"] == "stack" and config["name"] == "candidate-7" and "target_head" not in config
+    assert config["train_config"]["recipe"] == stack.DEFAULT_RECIPE
+    a, b = load_file(tmp_path / "a" / "heads.safetensors"), load_file(tmp_path / "b" / "heads.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "out-of-fold accuracy" in capsys.readouterr().out

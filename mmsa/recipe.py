@@ -1,0 +1,38 @@
+"""The shipped model's recipe, end to end: the one function that builds it (`train_default`), which `mmsa train`,
+the train flow and its deployment all call, so the nightly retrain and a hand-run build the same model.
+
+The recipe: the linear heads of `mmsa.stack` (the fusion `mmsa compare` chose, `stack.DEFAULT_RECIPE`, with
+the general text head's class weighting `stack.DEFAULT_WEIGHT`) fitted over a base model's encoders, then the
+target head of `mmsa.targeted` (sentiment toward each brand), which reads the new folder's own encoders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmsa import stack
+from mmsa.data import MVSA, SEMEVAL, TARGETED, resolve_data_dir
+from mmsa.features import FEATURES_DIR
+from mmsa.targeted import add_target_head
+
+NO_TARGET_HEAD = "none"  # as `targeted`: the stacked heads alone, without the target head
+
+
+def train_default(out: str | Path, mvsa: str | Path | None = None, semeval: str | Path | None = None,
+                  targeted: str | Path | None = None, base: str | Path = "default", weight: str = stack.DEFAULT_WEIGHT,
+                  recipe: str = stack.DEFAULT_RECIPE, name: str | None = None, seed: int = 0,
+                  cache_dir: str | Path | None = None) -> dict:
+    """Build the shipped recipe into the model folder `out` and return its config.json.
+
+    `mvsa`: a folder with MVSA's train.jsonl + dev.jsonl (both fitted on); `semeval`: general tweets for the
+    text path; `targeted`: the targeted sets' folder, or "none" for no target head; each None: its folder under
+    the data folder. `base`: the model folder whose encoders (and fine-tuned text layers) are used. `name`: the
+    model's name in every scored row (default: the folder's). `cache_dir`: the feature cache (default
+    FEATURES_DIR), for the stacked heads' pooled features and the target head's token states and fits alike."""
+    cache = Path(cache_dir) if cache_dir is not None else FEATURES_DIR
+    data = resolve_data_dir()
+    config = stack.train_model(mvsa or data / MVSA, semeval or data / SEMEVAL, out, base=base, weight=weight,
+                               recipe=recipe, name=name, seed=seed, cache_dir=cache)
+    if str(targeted) == NO_TARGET_HEAD:
+        return config
+    return add_target_head(out, targeted or data / TARGETED, seed=seed, cache_dir=cache)
