@@ -168,8 +168,8 @@ def part_times(engine: Engine, texts, images, runs: int, batch_size: int = 32) -
     batches = list(engine.batches(texts, images, batch_size))
     out = {"batching": timed(lambda: list(engine.batches(texts, images, batch_size)))}
     with torch.inference_mode(), torch.autocast(engine.device.type, dtype=engine.autocast, enabled=engine.autocast is not None):
-        out["text"] = timed(lambda: [engine._text(b.input_ids, b.attention_mask) for b in batches])
-        out["image"] = timed(lambda: [engine._image(b.pixels) for b in batches if b.pixels is not None])
+        out["text"] = timed(lambda: [engine.text_core(b.input_ids, b.attention_mask) for b in batches])
+        out["image"] = timed(lambda: [engine.image_core(b.pixels) for b in batches if b.pixels is not None])
     return {k: v / len(texts) for k, v in out.items()}
 
 
@@ -177,9 +177,7 @@ def compile_child(n_posts: int, runs: int) -> None:
     """In a subprocess (the parent enforces a time budget): torch.compile both encoders, report."""
     model = load_model("default")
     texts, images = dev_posts(model, n_posts)
-    engine = Engine(model)
-    engine._text = torch.compile(engine._text, dynamic=True)
-    engine._image = torch.compile(engine._image, dynamic=True)
+    engine = Engine(model, wrap_cores=lambda text, image: (torch.compile(text, dynamic=True), torch.compile(image, dynamic=True)))
     t0 = time.perf_counter()
     engine.predict(texts, images)
     first = time.perf_counter() - t0

@@ -41,7 +41,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -158,7 +158,10 @@ class Engine:
         cache_dir: str | Path | None = None,
         bucket: bool = True,
         threads: int | None = None,
+        wrap_cores: Callable[[Callable, Callable], tuple[Callable, Callable]] | None = None,
     ):
+        """`wrap_cores(text core, image core)` returns the pair the engine runs instead (each takes and gives
+        what the original does): torch.compile for a benchmark, an injected fault for a test."""
         self.device = pick_device(device)
         backend = backend or default_backend(self.device)
         if backend not in BACKENDS:
@@ -195,8 +198,20 @@ class Engine:
         self._feed = threading.Lock()
         self.autocast = torch.float16 if self.device.type == "cuda" else None
         tokenizer, self._text, self._image = self._build(backend, Path(cache_dir) if cache_dir else default_cache_dir())
+        if wrap_cores is not None:
+            self._text, self._image = wrap_cores(self._text, self._image)
         self.pad_id = unpadded(tokenizer, self.max_length)
         self.tokenizer = tokenizer
+
+    @property
+    def text_core(self) -> Callable:
+        """(input ids, attention mask) -> (hidden, pooled): the text encoder as this engine runs it."""
+        return self._text
+
+    @property
+    def image_core(self) -> Callable:
+        """pixels (uint8, B x H x W x 3) -> (hidden, pooled): the image encoder as this engine runs it."""
+        return self._image
 
     # ---- backends -------------------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ SOURCES = {"mmsa": ROOT / "mmsa", "mmsa.flows": ROOT / "flows"}
 LAYERS = [
     ("app", ["mmsa.cli", "mmsa.demo", "mmsa.dashboard", "mmsa.flows"]),
     ("orchestration", ["mmsa.pipeline", "mmsa.fetchdump", "mmsa.train", "mmsa.evaluate", "mmsa.stack", "mmsa.crossval",
-                       "mmsa.targeted"]),
+                       "mmsa.targeted", "mmsa.recipe"]),
     ("reports", ["mmsa.report", "mmsa.charts"]),
     ("store", ["mmsa.store", "mmsa.publish"]),
     ("model", ["mmsa.infer", "mmsa.model", "mmsa.heads", "mmsa.encoders", "mmsa.packaged", "mmsa.data", "mmsa.features",
@@ -179,3 +179,61 @@ def test_the_docs_name_every_module_and_folder():
     folders = {p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".") and
                subprocess.run(["git", "ls-files", "--error-unmatch", p.name], cwd=ROOT, capture_output=True).returncode == 0}
     assert not [f for f in sorted(folders) if f"`{f}/" not in layout], "folders missing from the README's layout"
+
+
+def private_assignments(source: str, filename: str = "<source>") -> list[str]:
+    """`file:line: what` for each place that sets a private attribute (`_name`, not a dunder) of anything but
+    `self` / `cls`: an assignment (`obj._x = …`, `+=`, unpacking) or a `setattr(obj, "_x", …)` call
+    (monkeypatch's too). Another module's or object's private state is its own business: a setting it needs is
+    passed in at construction, a test's fault goes through a public hook."""
+    def private(name: str) -> bool:
+        return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+    def owner_ok(node: ast.expr) -> bool:
+        return isinstance(node, ast.Name) and node.id in ("self", "cls")
+
+    def targets(node: ast.expr):
+        if isinstance(node, (ast.Tuple, ast.List)):
+            for elt in node.elts:
+                yield from targets(elt)
+        elif isinstance(node, ast.Starred):
+            yield from targets(node.value)
+        else:
+            yield node
+
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, ast.Assign):
+            assigned = [t for target in node.targets for t in targets(target)]
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            assigned = list(targets(node.target))
+        elif isinstance(node, ast.Call) and (
+                (isinstance(node.func, ast.Name) and node.func.id == "setattr")
+                or (isinstance(node.func, ast.Attribute) and node.func.attr in ("setattr", "__setattr__"))):
+            args = node.args
+            if len(args) >= 2 and isinstance(args[1], ast.Constant) and isinstance(args[1].value, str):
+                if private(args[1].value) and not owner_ok(args[0]):
+                    found.append(f"{filename}:{node.lineno}: {ast.unparse(node)[:100]}")
+            elif args and isinstance(args[0], ast.Constant) and isinstance(args[0].value, str):  # "module.name"
+                if private(args[0].value.rpartition(".")[2]):
+                    found.append(f"{filename}:{node.lineno}: {ast.unparse(node)[:100]}")
+            continue
+        else:
+            continue
+        found += [f"{filename}:{node.lineno}: {ast.unparse(node)[:100]}" for t in assigned
+                  if isinstance(t, ast.Attribute) and private(t.attr) and not owner_ok(t.value)]
+    return found
+
+
+def test_no_module_sets_another_objects_private_attributes():
+    """Over the package, the flows, the tests and the benchmarks: no code sets a private attribute of another
+    module or object (the checker itself is shown to catch each form first)."""
+    caught = private_assignments("m._X = 1\nengine._text, ok = f, 2\no._n += 1\nsetattr(o, '_y', 1)\n"
+                                 "monkeypatch.setattr(Engine, '_run', f)\nmonkeypatch.setattr('mmsa.fetch._SLOTS', 1)\n"
+                                 "self._a = 1\ncls._b = 2\nobject.__setattr__(self, '_c', 3)\no.public = 4\n")
+    assert [line.split(":")[1] for line in caught] == ["1", "2", "3", "4", "5", "6"]
+    found = []
+    for folder in ("mmsa", "flows", "tests", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            found += private_assignments(path.read_text(), str(path.relative_to(ROOT)))
+    assert not found, "private attributes set from outside their object:\n" + "\n".join(found)

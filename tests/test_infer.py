@@ -127,21 +127,23 @@ def test_oom_backoff_scores_every_post(model, posts, reference, monkeypatch, fix
 def test_half_precision_overflow_is_rerun_in_fp32(model, posts, reference):
     """A batch whose autocast run gives non-finite outputs (an fp16 overflow, simulated here on the
     CPU) is scored again without autocast: the answers are the fp32 ones, for every post."""
-    engine = Engine(model, batch_size=8, backend="torch")
-    engine.autocast = torch.bfloat16  # CPU autocast; the wrappers below keep the math itself in fp32
-    text, image, autocast_seen = engine._text, engine._image, []
+    autocast_seen = []
 
-    def overflowing_text(ids, mask):
-        autocast_seen.append(torch.is_autocast_enabled("cpu"))
-        with torch.autocast("cpu", enabled=False):
-            hidden, pooled = text(ids, mask)
-        return hidden, pooled * float("inf") if autocast_seen[-1] else pooled
+    def overflowing(text, image):
+        def overflowing_text(ids, mask):
+            autocast_seen.append(torch.is_autocast_enabled("cpu"))
+            with torch.autocast("cpu", enabled=False):
+                hidden, pooled = text(ids, mask)
+            return hidden, pooled * float("inf") if autocast_seen[-1] else pooled
 
-    def fp32_image(pixels):
-        with torch.autocast("cpu", enabled=False):
-            return image(pixels)
+        def fp32_image(pixels):
+            with torch.autocast("cpu", enabled=False):
+                return image(pixels)
 
-    engine._text, engine._image = overflowing_text, fp32_image
+        return overflowing_text, fp32_image
+
+    engine = Engine(model, batch_size=8, backend="torch", wrap_cores=overflowing)
+    engine.autocast = torch.bfloat16  # CPU autocast; the wrappers above keep the math itself in fp32
     got = engine.predict(*posts)
     assert autocast_seen == [True, False] * 3  # 24 posts in 3 batches, each rerun once
     assert_same(got, reference)
@@ -196,16 +198,16 @@ def test_onnx_streams_take_turns_without_a_gap(model, posts, reference, tmp_path
     shards. Every batch runs on a stream; every answer equals the reference."""
     engine = Engine(model, batch_size=4, backend="onnx", cache_dir=tmp_path, threads=2)
     assert engine.streams == 2
-    real, events = engine._run_all, []
+    real, events = engine.forward, []
 
-    def run_all(b):
+    def forward(b, *args, **kwargs):
         start = time.perf_counter()
         time.sleep(0.05)  # long enough that the second caller is waiting before the first one is done
-        out = real(b)
+        out = real(b, *args, **kwargs)
         events.append((threading.current_thread().name, threading.get_ident(), start, time.perf_counter()))
         return out
 
-    monkeypatch.setattr(engine, "_run_all", run_all)
+    monkeypatch.setattr(engine, "forward", forward)
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(engine.predict, *posts)
         time.sleep(0.02)

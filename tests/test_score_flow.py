@@ -154,8 +154,8 @@ def test_the_model_starts_on_a_shards_first_batches_while_its_last_images_downlo
     the longest text (the shard's first post, but the model's last batch), which the server holds back until
     the model has scored a batch, holds up neither the first batch nor any post."""
     scored = threading.Event()
-    run_all = Engine._run_all
-    monkeypatch.setattr(Engine, "_run_all", lambda self, b: (run_all(self, b), scored.set())[0])
+    forward = Engine.forward
+    monkeypatch.setattr(Engine, "forward", lambda self, *a, **k: (forward(self, *a, **k), scored.set())[0])
     seen = []
 
     def held(request):
