@@ -1,5 +1,5 @@
 """The shipped model's recipe, end to end: the one function that builds it (`train_default`), which `mmsa train`,
-the train flow and its deployment all call, so the nightly retrain and a hand-run build the same model.
+the train flow and its deployment all call, so a retrain by the deployment and one by hand build the same model.
 
 The recipe: the linear heads of `mmsa.stack` (the fusion `mmsa compare` chose, `stack.DEFAULT_RECIPE`, with
 the general text head's class weighting `stack.DEFAULT_WEIGHT`) fitted over a base model's encoders, then the
