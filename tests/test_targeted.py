@@ -50,19 +50,27 @@ def test_span_token_mask_marks_the_brand_tokens_only():
     assert not mask[0] and not mask[-1]  # [CLS] / [SEP] never
 
 
-def test_target_head_copies_a_bert_block_exactly():
+def test_target_head_copies_bert_blocks_exactly():
+    """Before training (marker zero) the head's blocks reproduce the encoder's top blocks: the head starts
+    from exactly the states the post-level path reads."""
     cfg = BertConfig(hidden_size=48, num_attention_heads=4, intermediate_size=192, hidden_dropout_prob=0.0,
                      attention_probs_dropout_prob=0.0)
-    layer = BertLayer(cfg).eval()
-    head = TargetHead(48, n_heads=4).from_bert_layer(layer).eval()
+    layers = [BertLayer(cfg).eval() for _ in range(2)]
+    head = TargetHead(48, blocks=2, n_heads=4).from_bert_layers(layers).eval()
     x = torch.randn(3, 9, 48)
     mask = torch.ones(3, 9, dtype=torch.bool)
     mask[1, 6:] = False
     with torch.no_grad():
-        want = layer(x, attention_mask=(~mask[:, None, None, :]).float() * -1e9)
-        want = want[0] if isinstance(want, tuple) else want
-        got = head.block(x, src_key_padding_mask=~mask)
+        want = x
+        for layer in layers:
+            want = layer(want, attention_mask=(~mask[:, None, None, :]).float() * -1e9)
+            want = want[0] if isinstance(want, tuple) else want
+        got = x + head.marker
+        for block in head.blocks:
+            got = block(got, src_key_padding_mask=~mask)
     assert torch.allclose(got[mask], want[mask], atol=1e-5)
+    with pytest.raises(ValueError, match="2 blocks"):
+        head.from_bert_layers(layers[:1])
 
 
 def _toy_set(n: int, rng: np.random.Generator) -> TargetedSet:
