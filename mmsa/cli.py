@@ -340,7 +340,7 @@ def _cmd_compare_targets(args: argparse.Namespace) -> int:
     train.set_threads(args.threads)
     kw = {} if args.cache is None else {"cache_dir": args.cache}
     result = targeted.compare(load_model(args.model), args.data or resolve_data_dir() / TARGETED, args.out,
-                              candidates=args.candidates or targeted.CANDIDATES, folds=args.folds, seed=args.seed,
+                              candidates=args.candidates or tuple(targeted.CANDIDATES), folds=args.folds, seed=args.seed,
                               oof_path=args.oof, **kw)
     print(targeted.table(result))
     return 0
@@ -481,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sentiment toward a target: grouped CV of the target-head candidates; writes the table")
     p.add_argument("--data", help="the targeted sets' folder (default: $MMSA_DATA/targeted)")
     _add_protocol_options(p)
-    p.add_argument("--candidates", nargs="+", help="post, span_lr and/or block (default: all three)")
+    p.add_argument("--candidates", nargs="+", help="some of post, span_lr, top1, top2 (default: all)")
     p.add_argument("--folds", type=int, default=3, help="folds, grouped by text")
     p.add_argument("--out", default="results", help="folder for targeted.md and its JSON")
     p.add_argument("--oof", help="an .npz to write the chosen candidate's calibrated out-of-fold probabilities and "

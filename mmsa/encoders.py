@@ -28,11 +28,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class EncoderOutput:
-    """hidden (B,L,D), mask (B,L) bool (True = real token/patch), pooled (B,D)."""
+    """hidden (B,L,D), mask (B,L) bool (True = real token/patch), pooled (B,D); tapped: the states at an
+    earlier layer when asked for (a target head's input)."""
 
     hidden: torch.Tensor
     mask: torch.Tensor
     pooled: torch.Tensor
+    tapped: torch.Tensor | None = None
 
 
 def fast_tokenizer(hf_tokenizer) -> Tokenizer:
@@ -124,10 +126,12 @@ class TextEncoder(nn.Module):
         input_ids, mask = pad_ids(token_ids(tokenizer, texts), pad_id)
         return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> EncoderOutput:
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.bool()
-        return EncoderOutput(hidden, mask, masked_mean(hidden, mask))
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, tap: int | None = None) -> EncoderOutput:
+        """`tap`: also the states after that many blocks (a Hugging Face `hidden_states` index; -2: the input
+        of the last block)."""
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=tap is not None)
+        hidden, mask = out.last_hidden_state, attention_mask.bool()
+        return EncoderOutput(hidden, mask, masked_mean(hidden, mask), None if tap is None else out.hidden_states[tap])
 
     def encode(self, texts: Sequence[str]) -> EncoderOutput:
         tok = self.tokenize(texts)

@@ -8,6 +8,7 @@ the probabilities of bundles trained on different folds of the training set.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -262,36 +263,45 @@ class Ensemble(nn.Module):
 
 
 class TargetHead(nn.Module):
-    """Sentiment toward a target (a brand) from the post's final token states and the target's token span.
+    """Sentiment toward a target (a brand) from the post's token states before the text encoder's top `blocks`
+    blocks, and the target's token span.
 
-    A learned vector marks the span's tokens; one transformer block over the marked states (initialised from
-    the encoder's last block, `from_bert_layer`) lets every token read the target, and a linear layer maps
-    [span mean, post mean] of its output to logits. It reruns one block, not the encoder, per (post, target),
-    and reads the states the post's own pass already made. `temperature` is fitted out of fold.
+    A learned vector marks the span's tokens; the encoder's own top blocks, copied (`from_bert_layers`) and
+    fine-tuned, run again over the marked states, so every token reads the post knowing the target; a linear
+    layer maps [span mean, post mean] of their output to logits. Copying the blocks that made the post's own
+    final states means that, before training, the head sees exactly what the post-level path sees. It reruns
+    `blocks` blocks, not the encoder, per (post, target). `temperature` is fitted out of fold.
     """
 
-    def __init__(self, dim: int, n_heads: int = 12, dropout: float = 0.1):
+    def __init__(self, dim: int, blocks: int = 1, n_heads: int = 12, dropout: float = 0.1):
         super().__init__()
         self.marker = nn.Parameter(torch.zeros(dim))
-        self.block = nn.TransformerEncoderLayer(dim, _heads_for(dim, n_heads), 4 * dim, dropout, activation="gelu",
-                                                layer_norm_eps=1e-12, batch_first=True)
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(dim, _heads_for(dim, n_heads), 4 * dim, dropout, activation="gelu",
+                                       layer_norm_eps=1e-12, batch_first=True) for _ in range(blocks))
         self.out = nn.Linear(2 * dim, N_CLASSES)
         self.register_buffer("temperature", torch.ones(()))
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
         """Logits (R, 3) for rows of states (R, L, D), real-token mask (R, L) and target-token mask (R, L)."""
-        x = self.block(hidden + span.unsqueeze(-1).to(hidden.dtype) * self.marker, src_key_padding_mask=~mask)
+        x = hidden + span.unsqueeze(-1).to(hidden.dtype) * self.marker
+        for block in self.blocks:
+            x = block(x, src_key_padding_mask=~mask)
         return self.out(torch.cat([masked_mean(x, span), masked_mean(x, mask)], -1)) / self.temperature
 
     @torch.no_grad()
-    def from_bert_layer(self, layer: nn.Module) -> TargetHead:
-        """Copy a BERT-style block (Hugging Face `BertLayer`: q/k/v, output dense, two LayerNorms, FFN)."""
-        att, b = layer.attention, self.block
-        b.self_attn.in_proj_weight.copy_(torch.cat([att.self.query.weight, att.self.key.weight, att.self.value.weight]))
-        b.self_attn.in_proj_bias.copy_(torch.cat([att.self.query.bias, att.self.key.bias, att.self.value.bias]))
-        pairs = [(b.self_attn.out_proj, att.output.dense), (b.norm1, att.output.LayerNorm),
-                 (b.linear1, layer.intermediate.dense), (b.linear2, layer.output.dense), (b.norm2, layer.output.LayerNorm)]
-        for mine, theirs in pairs:
-            mine.weight.copy_(theirs.weight)
-            mine.bias.copy_(theirs.bias)
+    def from_bert_layers(self, layers: Sequence[nn.Module]) -> TargetHead:
+        """Copy BERT-style blocks (Hugging Face `BertLayer`: q/k/v, output dense, two LayerNorms, FFN), one per
+        block, in order."""
+        if len(layers) != len(self.blocks):
+            raise ValueError(f"{len(layers)} layers for a head of {len(self.blocks)} blocks")
+        for layer, b in zip(layers, self.blocks):
+            att = layer.attention
+            b.self_attn.in_proj_weight.copy_(torch.cat([att.self.query.weight, att.self.key.weight, att.self.value.weight]))
+            b.self_attn.in_proj_bias.copy_(torch.cat([att.self.query.bias, att.self.key.bias, att.self.value.bias]))
+            pairs = [(b.self_attn.out_proj, att.output.dense), (b.norm1, att.output.LayerNorm),
+                     (b.linear1, layer.intermediate.dense), (b.linear2, layer.output.dense), (b.norm2, layer.output.LayerNorm)]
+            for mine, theirs in pairs:
+                mine.weight.copy_(theirs.weight)
+                mine.bias.copy_(theirs.bias)
         return self

@@ -58,7 +58,7 @@ from mmsa.options import BACKENDS, usable_cores
 log = logging.getLogger(__name__)
 
 ONNX_OPSET = 18
-GRAPHS = 2  # the exported cores' inputs and outputs: a change re-exports every cached graph
+GRAPHS = 3  # the exported cores' inputs and outputs: a change re-exports every cached graph
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -121,15 +121,17 @@ def prefetch(items: Iterable, depth: int = 1) -> Iterator:
 
 
 class _TextCore(nn.Module):
-    """(input_ids, attention_mask) -> (hidden, pooled): the exportable part of a TextEncoder."""
+    """(input_ids, attention_mask) -> (hidden, pooled), and with `tap` the states the model's target head
+    reads: the exportable part of a TextEncoder."""
 
-    def __init__(self, encoder):
+    def __init__(self, encoder, tap: int | None = None):
         super().__init__()
         self.encoder = encoder
+        self.tap = tap
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        out = self.encoder(input_ids, attention_mask)
-        return out.hidden, out.pooled
+        out = self.encoder(input_ids, attention_mask, self.tap)
+        return (out.hidden, out.pooled) if self.tap is None else (out.hidden, out.pooled, out.tapped)
 
 
 class _ImageCore(nn.Module):
@@ -225,7 +227,7 @@ class Engine:
         text, image = self.model.text_encoder, self.model.image_encoder
         if torch.device(self.model.device) != self.device:
             text, image = (copy.deepcopy(m).to(self.device).eval() for m in (text, image))
-        text_core, image_core = _TextCore(text).eval(), _ImageCore(image).eval()
+        text_core, image_core = _TextCore(text, self.model.target_tap).eval(), _ImageCore(image).eval()
         if backend == "int8":
             qconfig = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
             text_core = torch.ao.quantization.quantize_dynamic(copy.deepcopy(text_core), qconfig, dtype=torch.qint8)
@@ -292,7 +294,7 @@ class Engine:
         n = len(b.idx)
         autocast = autocast and self.autocast is not None
         with torch.autocast(self.device.type, dtype=self.autocast, enabled=autocast):
-            t_hidden, t_pooled = self._text(b.input_ids, b.attention_mask)
+            t_hidden, t_pooled, *tapped = self._text(b.input_ids, b.attention_mask)
             i_pooled = torch.zeros(n, self.image_dim, device=self.device)
             i_hidden, i_mask = None, None
             if b.pixels is not None:
@@ -309,7 +311,7 @@ class Engine:
             f = Feats(t_pooled.float(), i_pooled, t_hidden.float(), mask, i_hidden, i_mask)
         out = self.bundle(f, b.has)  # fp32, outside autocast
         if any(b.targets):
-            out["target"] = self._toward_targets(f.t_hidden, mask, b.targets)
+            out["target"] = self._toward_targets(tapped[0].float(), mask, b.targets)
         probs = {k: v.softmax(-1).float().cpu().numpy() for k, v in out.items()}
         if autocast and not all(np.isfinite(p).all() for p in probs.values()):
             log.warning("non-finite probabilities under %s autocast; batch of %d run again in fp32", self.autocast, n)
@@ -422,7 +424,7 @@ class Engine:
 
 
 class _OrtRunner:
-    """An ONNX Runtime session called like the torch cores: tensors in, (hidden, pooled) tensors out."""
+    """An ONNX Runtime session called like the torch cores: tensors in, (hidden, pooled[, tapped]) tensors out."""
 
     def __init__(self, path: Path):
         import onnxruntime as ort
@@ -437,10 +439,9 @@ class _OrtRunner:
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
 
-    def __call__(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         feeds = {name: t.contiguous().numpy() for name, t in zip(self.inputs, tensors)}
-        hidden, pooled = self.session.run(None, feeds)
-        return torch.from_numpy(hidden), torch.from_numpy(pooled)
+        return tuple(torch.from_numpy(out) for out in self.session.run(None, feeds))
 
 
 _EXPORT_LOCK = threading.Lock()
@@ -461,7 +462,7 @@ def export_onnx(model: SentimentModel, cache_dir: Path, int8_text: bool = False)
         folder.mkdir(parents=True, exist_ok=True)
         if not text_path.exists():
             ids = torch.ones(2, 16, dtype=torch.int64)
-            _export(_TextCore(model.text_encoder).eval(), (ids, torch.ones_like(ids)), ["input_ids", "attention_mask"],
+            _export(_TextCore(model.text_encoder, model.target_tap).eval(), (ids, torch.ones_like(ids)), ["input_ids", "attention_mask"],
                     {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}, text_path)
         if not image_path.exists():
             size = model.image_size
@@ -487,7 +488,8 @@ def _export(core: nn.Module, args: tuple, names: list[str], dynamic_axes: dict, 
         # harmless for these graphs, whose outputs the tests compare with torch's; a user cannot act on them.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
-        torch.onnx.export(core, args, str(tmp), input_names=names, output_names=["hidden", "pooled"],
+        outputs = ["hidden", "pooled"] + (["tapped"] if getattr(core, "tap", None) is not None else [])
+        torch.onnx.export(core, args, str(tmp), input_names=names, output_names=outputs,
                           dynamic_axes=dynamic_axes, opset_version=ONNX_OPSET, dynamo=False)
 
 

@@ -67,7 +67,7 @@ class SentimentModel:
             # The sentiment toward each brand a post names (mmsa.heads.TargetHead); None: the post's own.
             self.target_head = None
             if cfg.get("target_head"):
-                self.target_head = TargetHead(int(cfg["text_dim"]))
+                self.target_head = TargetHead(int(cfg["text_dim"]), int(cfg["target_blocks"]))
                 self.target_head.load_state_dict({k: v.float() for k, v in load_file(str(folder / cfg["target_head"])).items()})
                 self.target_head.to(self.device).eval()
             h = hashlib.sha256()
@@ -107,15 +107,32 @@ class SentimentModel:
                 self._encoders = tuple(m.to(self.device).eval() for m in (text, image))
             return self._encoders
 
+    @property
+    def target_tap(self) -> int | None:
+        """The encoder states the target head reads (a `hidden_states` index: the input of its blocks), or None."""
+        return None if self.target_head is None else -(len(self.target_head.blocks) + 1)
+
     def source_key(self) -> str:
-        """Changes whenever the backbones' files may have: a hash of the name, size and modification time of
-        every file the encoders load from, found without loading them (this folder's own weights, the
-        fine-tuned text layers among them, are in `version`)."""
+        """Changes whenever the backbones' files do: a hash of the name and contents of every file the
+        encoders load from, found without loading them (this folder's own weights, the fine-tuned text layers
+        among them, are in `version`). Contents, not paths, so that two installs share caches."""
         h = hashlib.sha256(json.dumps([self.config["text_encoder"], self.config["image_encoder"]]).encode())
         for path in encoder_files(self.config["text_encoder"], self.config["image_encoder"]):
-            st = path.stat()
-            h.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+            h.update(f"{path.name}|{file_digest(path)}".encode())
         return h.hexdigest()[:16]
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's bytes, remembered per (path, size, mtime) for the process: a backbone is read once."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        with open(path, "rb") as fh:
+            _DIGESTS[key] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return _DIGESTS[key]
 
 
 _CACHE: dict[tuple[str, str], SentimentModel] = {}

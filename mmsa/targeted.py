@@ -1,9 +1,9 @@
 """Sentiment toward a target (a brand): the labelled targeted sets, their token states, the target head's fit
 and the cross-validation that chose it (`mmsa compare-targets`).
 
-The target head (`mmsa.heads.TargetHead`) reads the final token states that the post's own text pass makes,
-so it learns from those states computed once per distinct text and cached (fp16), not from the encoder:
-an epoch over the 46k targeted rows is one transformer block's work per row.
+The target head (`mmsa.heads.TargetHead`) reads the token states that the post's own text pass makes before
+the encoder's top blocks, so it learns from those states computed once per distinct text and cached (fp16),
+not from the encoder: an epoch over the 46k targeted rows is the head's few blocks' work per row.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +38,10 @@ TARGETED_SETS = {
     "dong2014": ("train",),
     "semeval2016_4c": ("train", "dev", "devtest", "test2016"),
 }
-CANDIDATES = ("post", "span_lr", "block", "block_pairs")
-CHOSEN = "block_pairs"  # by `mmsa compare-targets` (results/targeted.md)
-PAIRS = 10_000  # pair texts made for block_pairs (two rows each)
+# Each candidate and the encoder's top blocks its head reruns (None: no head, the final states as they are).
+CANDIDATES = {"post": None, "span_lr": None, "top1": 1, "top2": 2}
+CHOSEN = "top2"  # by `mmsa compare-targets` (results/targeted.md)
+PAIRS = 10_000  # pair texts made for the head candidates (two rows each)
 
 
 @dataclass
@@ -87,34 +89,40 @@ class TargetedSet:
 
 
 @torch.inference_mode()
-def token_states(model, texts: list[str], cache_dir: Path | None = FEATURES_DIR) -> tuple[np.ndarray, np.ndarray]:
-    """(states, offsets) of `texts` under `model`'s text encoder, as `TargetedSet` holds them, cached by the
-    encoder's weights and the texts."""
-    h = hashlib.sha256(b"states-v1" + encoder_key(model).encode())
+def token_states(model, texts: list[str], layer: int, cache_dir: Path | None = FEATURES_DIR) -> tuple[np.ndarray, np.ndarray]:
+    """(states, offsets) of `texts` after the text encoder's `layer` blocks (a `hidden_states` index; its
+    block count: the final states), as `TargetedSet` holds them, cached by the encoder's weights and the texts.
+    One encoder pass caches the states of every candidate."""
+    h = hashlib.sha256(b"states-v2" + encoder_key(model).encode())
     h.update(json.dumps(texts).encode())
     folder = Path(cache_dir) / f"states-{h.hexdigest()[:16]}" if cache_dir else None
-    if folder is not None and (folder / "offsets.npy").exists():
-        return np.load(folder / "states.npy", mmap_mode="r"), np.load(folder / "offsets.npy")
+    if folder is not None and (folder / f"states-{layer}.npy").exists():
+        return np.load(folder / f"states-{layer}.npy", mmap_mode="r"), np.load(folder / "offsets.npy")
     enc = model.text_encoder
+    n = len(enc.layers())
+    taps = sorted({layer, *(n - (k or 0) for k in CANDIDATES.values())})  # one pass caches every candidate's
     tok = fast_tokenizer(enc.tokenizer)
     pad = unpadded(tok, enc.max_length)
     ids = token_ids(tok, texts)
     lens = np.array([len(x) for x in ids])
     offsets = np.concatenate([[0], np.cumsum(lens)])
-    states = np.zeros((int(offsets[-1]), enc.dim), np.float16)
+    states = {t: np.zeros((int(offsets[-1]), enc.dim), np.float16) for t in taps}
     order = np.argsort(lens, kind="stable")
     for s in tqdm(range(0, len(texts), 128), desc="token states", leave=False):
         idx = order[s : s + 128]
         input_ids, mask = pad_ids([ids[i] for i in idx], pad)
-        hidden = enc(torch.from_numpy(input_ids), torch.from_numpy(mask)).hidden.float().numpy()
-        for r, i in enumerate(idx):
-            states[offsets[i] : offsets[i + 1]] = hidden[r, : lens[i]]
+        hidden = enc.model(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(mask),
+                           output_hidden_states=True).hidden_states
+        for t in taps:
+            h_t = hidden[t].float().numpy()
+            for r, i in enumerate(idx):
+                states[t][offsets[i] : offsets[i + 1]] = h_t[r, : lens[i]]
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        for name, arr in (("states.npy", states), ("offsets.npy", offsets)):  # offsets last: it marks the whole
+        for name, arr in (("offsets.npy", offsets), *((f"states-{t}.npy", a) for t, a in states.items())):
             with atomic_path(folder / name) as tmp, open(tmp, "wb") as fh:
                 np.save(fh, arr)
-    return states, offsets
+    return states[layer], offsets
 
 
 def read_sets(data_dir: str | Path) -> list[dict]:
@@ -126,15 +134,16 @@ def read_sets(data_dir: str | Path) -> list[dict]:
     return rows
 
 
-def targeted_set(model, data_dir: str | Path, cache_dir: Path | None = FEATURES_DIR) -> TargetedSet:
-    """Every labelled row of TARGETED_SETS under `data_dir`, over its texts' token states."""
-    return _over_states(model, read_sets(data_dir), cache_dir)
+def targeted_set(model, data_dir: str | Path, layer: int, cache_dir: Path | None = FEATURES_DIR) -> TargetedSet:
+    """Every labelled row of TARGETED_SETS under `data_dir`, over its texts' token states after `layer`."""
+    return _over_states(model, read_sets(data_dir), layer, cache_dir)
 
 
-def _over_states(model, rows: list[dict], cache_dir: Path | None, parts: np.ndarray | None = None) -> TargetedSet:
+def _over_states(model, rows: list[dict], layer: int, cache_dir: Path | None,
+                 parts: np.ndarray | None = None) -> TargetedSet:
     texts = sorted({r["text"] for r in rows})
     where = {t: i for i, t in enumerate(texts)}
-    states, offsets = token_states(model, texts, cache_dir)
+    states, offsets = token_states(model, texts, layer, cache_dir)
     tok = fast_tokenizer(model.text_encoder.tokenizer)
     unpadded(tok, model.max_length)
     spans = span_token_mask(tok, [r["text"] for r in rows], [target_spans(r) for r in rows])
@@ -144,7 +153,7 @@ def _over_states(model, rows: list[dict], cache_dir: Path | None, parts: np.ndar
                        key.hexdigest()[:16], parts)
 
 
-def pair_set(model, data_dir: str | Path, ds: TargetedSet, n: int = PAIRS, seed: int = 0,
+def pair_set(model, data_dir: str | Path, ds: TargetedSet, layer: int, n: int = PAIRS, seed: int = 0,
              cache_dir: Path | None = FEATURES_DIR) -> TargetedSet:
     """Made-up rows that teach the head to read the target's own words: two real tweets, each naming its
     target once, joined into one text, with a row toward each target labelled as its own tweet was (few real
@@ -169,7 +178,7 @@ def pair_set(model, data_dir: str | Path, ds: TargetedSet, n: int = PAIRS, seed:
                 {"text": text, "target": b["target"], "target_start": len(a["text"]) + 1 + sb, "label": b["label"],
                  "source": "pairs"}]
         parts += [(ta, tb)] * 2
-    return _over_states(model, out, cache_dir, np.array(parts))
+    return _over_states(model, out, layer, cache_dir, np.array(parts))
 
 
 def join(ds: TargetedSet, more: TargetedSet) -> TargetedSet:
@@ -181,19 +190,20 @@ def join(ds: TargetedSet, more: TargetedSet) -> TargetedSet:
                        ds.key + more.key)
 
 
-def fit_target_head(ds: TargetedSet, rows: np.ndarray, init: nn.Module | None = None, epochs: int = 2,
+def fit_target_head(ds: TargetedSet, rows: np.ndarray, init: Sequence[nn.Module] | int = 1, epochs: int = 2,
                     lr: float = 1e-4, weight: str = "sqrt", seed: int = 0, progress: bool = True) -> TargetHead:
-    """A TargetHead trained on `rows`: its block from `init` (the encoder's last block) when given, the
-    marker and output layer from scratch at a higher rate, linear warm-up then decay."""
+    """A TargetHead trained on `rows`: its blocks copied from `init` (the encoder's top blocks, whose input
+    `ds` holds), or that many fresh blocks; the marker and output layer from scratch at a higher rate, linear
+    warm-up then decay."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    head = TargetHead(ds.states.shape[1])
-    if init is not None:
-        head.from_bert_layer(init)
+    head = TargetHead(ds.states.shape[1], init if isinstance(init, int) else len(init))
+    if not isinstance(init, int):
+        head.from_bert_layers(init)
     cw = class_weight(ds.label[rows], weight)
     w = torch.tensor([cw[c] for c in range(3)], dtype=torch.float32) if cw else None
     fresh = [head.marker, *head.out.parameters()]
-    opt = torch.optim.AdamW([{"params": list(head.block.parameters()), "lr": lr}, {"params": fresh, "lr": 1e-3}],
+    opt = torch.optim.AdamW([{"params": list(head.blocks.parameters()), "lr": lr}, {"params": fresh, "lr": 1e-3}],
                             weight_decay=0.01)
     size = 32
     steps = epochs * math.ceil(len(rows) / size)
@@ -235,46 +245,56 @@ def group_folds(ds: TargetedSet, folds: int, seed: int) -> np.ndarray:
     return fold_of[ds.text]
 
 
-def cross_validate(model, ds: TargetedSet, candidates=CANDIDATES, folds: int = 3, seed: int = 0,
-                   cache_dir: Path | None = FEATURES_DIR, progress: bool = True,
-                   pairs: TargetedSet | None = None) -> dict[str, np.ndarray]:
-    """Out-of-fold probabilities of each candidate over every row, grouped by text:
-    post = the model's general text head on the whole post (what every brand got before);
-    span_lr = logistic regression over the frozen [span mean, post mean];
-    block = the TargetHead (`fit_target_head`, block from the encoder's last); block_pairs = the same, also
-    trained on made-up pairs of tweets (`pair_set`). Each candidate's probabilities are cached (the blocks' take
-    most of an hour of CPU), so `mmsa compare-targets` and `mmsa train` share them; only real rows score."""
-    fold = group_folds(ds, folds, seed)
-    span, post = ds.pooled() if {"post", "span_lr"} & set(candidates) else (None, None)
-    if "block_pairs" in candidates:  # a pair trains only when both its tweets are in the training folds
-        both = join(ds, pairs)
-        text_fold = np.zeros(len(ds.offsets) - 1, np.int64)
-        text_fold[ds.text] = fold
+def candidate_sets(model, data_dir: str | Path, name: str, seed: int = 0,
+                   cache_dir: Path | None = FEATURES_DIR) -> tuple[TargetedSet, TargetedSet | None]:
+    """(the targeted rows, the made-up pairs or None) over the token states candidate `name` reads."""
+    n = len(model.text_encoder.layers())
+    blocks = CANDIDATES[name] or 0
+    ds = targeted_set(model, data_dir, n - blocks, cache_dir)
+    return ds, pair_set(model, data_dir, ds, n - blocks, seed=seed, cache_dir=cache_dir) if blocks else None
+
+
+def cross_validate(model, data_dir: str | Path, candidates=tuple(CANDIDATES), folds: int = 3, seed: int = 0,
+                   cache_dir: Path | None = FEATURES_DIR, progress: bool = True) -> tuple[TargetedSet, dict[str, np.ndarray]]:
+    """(the targeted rows over the final states, out-of-fold probabilities of each candidate over them), folds
+    grouped by text: post = the model's general text head on the whole post (what every brand got before);
+    span_lr = logistic regression over the frozen final [span mean, post mean]; topK = a TargetHead rerunning
+    the encoder's top K blocks (`fit_target_head`), trained on the rows and on made-up pairs of tweets
+    (`pair_set`; a pair trains only when both its tweets are in the training folds). Each candidate's
+    probabilities are cached (a head's take most of an hour of CPU), so `mmsa compare-targets` and
+    `mmsa train` share them; only real rows score."""
+    final, _ = candidate_sets(model, data_dir, "post", seed, cache_dir)
+    fold = group_folds(final, folds, seed)  # the rows and their texts are in the same order at every layer
+    text_fold = np.zeros(len(final.offsets) - 1, np.int64)
+    text_fold[final.text] = fold
     out = {}
     for name in candidates:
-        p = np.zeros((len(ds), 3), np.float32)
-        t0 = time.perf_counter()
-        if name == "post":
-            with torch.no_grad():
-                feats = Feats(torch.from_numpy(post), torch.zeros(len(post), model.image_dim))
-                p = model.bundle(feats, torch.zeros(len(post), dtype=torch.bool))["text"].softmax(-1).numpy()
-        key = ds.key + (pairs.key if name == "block_pairs" else "")
+        blocks = CANDIDATES[name]
+        ds, pairs = candidate_sets(model, data_dir, name, seed, cache_dir) if blocks else (final, None)
+        key = ds.key + (pairs.key if pairs is not None else "")
         cache = Path(cache_dir) / f"target-oof-{name}-{key}-{folds}-{seed}.npy" if cache_dir and ds.key else None
         if cache is not None and cache.exists():
             out[name] = np.load(cache)
             continue
-        for f in range(folds) if name != "post" else ():
-            tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
-            if name == "span_lr":
-                x = np.concatenate([span, post], 1)
+        t0 = time.perf_counter()
+        p = np.zeros((len(ds), 3), np.float32)
+        if name == "post":
+            _, post = ds.pooled()
+            with torch.no_grad():
+                feats = Feats(torch.from_numpy(post), torch.zeros(len(post), model.image_dim))
+                p = model.bundle(feats, torch.zeros(len(post), dtype=torch.bool))["text"].softmax(-1).numpy()
+        elif name == "span_lr":
+            x = np.concatenate(ds.pooled(), 1)
+            for f in range(folds):
+                tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
                 p[te] = fit_lr(x[tr], ds.label[tr], weight="sqrt", seed=seed).predict_proba(x[te])
-            elif name == "block":
-                head = fit_target_head(ds, tr, model.text_encoder.layers()[-1], seed=seed, progress=progress)
-                p[te] = predict_targets(head, ds, te)
-            else:
+        else:
+            both = join(ds, pairs)
+            for f in range(folds):
+                tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
                 usable = len(ds) + np.flatnonzero((text_fold[pairs.parts] != f).all(1))
-                head = fit_target_head(both, np.concatenate([tr, usable]), model.text_encoder.layers()[-1], seed=seed,
-                                       progress=progress)
+                head = fit_target_head(both, np.concatenate([tr, usable]), model.text_encoder.layers()[-blocks:],
+                                       seed=seed, progress=progress)
                 p[te] = predict_targets(head, both, te)
         out[name] = p
         if cache is not None:
@@ -282,7 +302,7 @@ def cross_validate(model, ds: TargetedSet, candidates=CANDIDATES, folds: int = 3
                 np.save(fh, p)
         if progress:
             print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
-    return out
+    return final, out
 
 
 def scores_by_set(ds: TargetedSet, probs: np.ndarray) -> dict[str, dict]:
@@ -295,12 +315,12 @@ def scores_by_set(ds: TargetedSet, probs: np.ndarray) -> dict[str, dict]:
 BARS = {"twitter2015": ("accuracy", 72.0), "twitter2017": ("accuracy", 65.0), "dong2014": ("accuracy", 71.0),
         "semeval2016_4c": ("macro_recall", 68.0)}
 WHAT = {"post": "the general text head on the whole post (every brand got the post's label)",
-        "block_pairs": "the same block, also trained on 10,000 made-up pairs of tweets (two targets, two labels)",
         "span_lr": "logistic regression over frozen [target-span mean, post mean] of the final states",
-        "block": "TargetHead: one transformer block over the final states with the target marked (from the last block)"}
+        "top1": "TargetHead: the encoder's last block rerun with the target marked, on rows + 10,000 made-up pairs",
+        "top2": "the same with the encoder's top two blocks"}
 
 
-def compare(model, data_dir: str | Path, out: str | Path | None, candidates=CANDIDATES, folds: int = 3,
+def compare(model, data_dir: str | Path, out: str | Path | None, candidates=tuple(CANDIDATES), folds: int = 3,
             seed: int = 0, cache_dir: Path | None = FEATURES_DIR, oof_path: str | Path | None = None) -> dict:
     """Cross-validate the candidates over every targeted set (grouped by text); write `out`/targeted.md and
     its JSON, and with `oof_path` the chosen candidate's calibrated out-of-fold probabilities and the labels
@@ -308,12 +328,8 @@ def compare(model, data_dir: str | Path, out: str | Path | None, candidates=CAND
     unknown = set(candidates) - set(CANDIDATES)
     if unknown:
         raise ValueError(f"unknown candidates {sorted(unknown)}: expected some of {', '.join(CANDIDATES)}")
-    t0 = time.perf_counter()
-    ds = targeted_set(model, data_dir, cache_dir)
-    pairs = pair_set(model, data_dir, ds, seed=seed, cache_dir=cache_dir) if "block_pairs" in candidates else None
-    oof = cross_validate(model, ds, candidates, folds, seed, cache_dir, pairs=pairs)
+    ds, oof = cross_validate(model, data_dir, candidates, folds, seed, cache_dir)
     result = {"n": len(ds), "texts": int(len(np.unique(ds.text))), "folds": folds, "seed": seed, "model": model.version,
-              "minutes": round((time.perf_counter() - t0) / 60),
               "scores": {name: {**scores_by_set(ds, p), "all": classification_metrics(ds.label, p.argmax(1))}
                          for name, p in oof.items()}}
     if out is not None:
@@ -337,9 +353,9 @@ def table(result: dict) -> str:
     bars = " | ".join(f"{'acc' if m == 'accuracy' else 'macro recall'} {v:.0f}" for m, v in BARS.values())
     lines.append(f"| bar (judged test splits) | | {bars} | |")
     return (f"# Sentiment toward a target: {result['folds']}-fold cross-validation grouped by text over the targeted sets\n\n"
-            f"Produced by `mmsa compare-targets` ({result['minutes']} min on 2 CPU cores) over "
+            f"Produced by `mmsa compare-targets` over "
             f"{result['n']:,} (text, target) rows of ../shared/data/targeted/ ({result['texts']:,} distinct texts; "
-            f"Twitter-2015/2017 train+dev, Dong 2014 train, SemEval-2016 4C all four files), final token states of "
+            f"Twitter-2015/2017 train+dev, Dong 2014 train, SemEval-2016 4C all four files), token states of "
             f"`{result['model']}`. The rows of one tweet (one per target, often with different labels) share a fold. "
             "Each candidate is fitted on the training folds only; the held-out fold only scores.\n\n"
             "Caveat: the encoder's top layers were fine-tuned on SemEval-2017 4A tweets, which overlap the 2016 4C "
@@ -347,17 +363,20 @@ def table(result: dict) -> str:
             "are for the judged test splits, which no candidate saw.\n\n" + "\n".join(lines) + "\n")
 
 
-def final_head(model, ds: TargetedSet, seed: int = 0, cache_dir: Path | None = FEATURES_DIR) -> TargetHead:
-    """A TargetHead fitted on every row of ds (the chosen candidate's: real rows and pairs joined), temperature
-    1, cached like the out-of-fold probabilities."""
+def final_head(model, name: str, data_dir: str | Path, seed: int = 0, cache_dir: Path | None = FEATURES_DIR) -> TargetHead:
+    """Candidate `name`'s TargetHead fitted on all its rows (real rows and pairs), temperature 1, cached like
+    the out-of-fold probabilities."""
     from safetensors.torch import load_file, save_file
 
-    cache = Path(cache_dir) / f"target-head-{ds.key}-{seed}.safetensors" if cache_dir and ds.key else None
+    blocks = CANDIDATES[name]
+    ds, pairs = candidate_sets(model, data_dir, name, seed, cache_dir)
+    both = join(ds, pairs)
+    cache = Path(cache_dir) / f"target-head-{name}-{both.key}-{seed}.safetensors" if cache_dir and both.key else None
     if cache is not None and cache.exists():
-        head = TargetHead(ds.states.shape[1])
+        head = TargetHead(ds.states.shape[1], blocks)
         head.load_state_dict(load_file(str(cache)))
         return head.eval()
-    head = fit_target_head(ds, np.arange(len(ds)), model.text_encoder.layers()[-1], seed=seed)
+    head = fit_target_head(both, np.arange(len(both)), model.text_encoder.layers()[-blocks:], seed=seed)
     if cache is not None:
         with atomic_path(cache) as tmp:
             save_file({k: v.contiguous() for k, v in head.state_dict().items()}, tmp)
@@ -367,9 +386,9 @@ def final_head(model, ds: TargetedSet, seed: int = 0, cache_dir: Path | None = F
 def add_target_head(out: str | Path, data_dir: str | Path, folds: int = 3, seed: int = 0,
                     cache_dir: Path | None = FEATURES_DIR) -> dict:
     """Give the model folder `out` (written by `mmsa.stack.train_model`) the target head: the chosen candidate
-    (block) fitted on every targeted row, in target_head.safetensors (fp16), and in config.json the
-    candidate's out-of-fold figures and the quantification statistics from its calibrated out-of-fold
-    probabilities (brand shares are estimated with them, `mmsa.quantify`). Returns the new config."""
+    fitted on every targeted row, in target_head.safetensors (fp16), and in config.json how many blocks it
+    reruns, the candidate's out-of-fold figures and the quantification statistics from its calibrated
+    out-of-fold probabilities (brand shares are estimated with them, `mmsa.quantify`). Returns the new config."""
     from safetensors.torch import save_file
 
     from mmsa import files
@@ -378,20 +397,22 @@ def add_target_head(out: str | Path, data_dir: str | Path, folds: int = 3, seed:
 
     out = Path(out)
     config = json.loads((out / "config.json").read_text())
-    config.pop("target_head", None)  # the encoders only: a head from an earlier fit must not load
+    for k in ("target_head", "target_blocks"):  # the encoders only: a head from an earlier fit must not load
+        config.pop(k, None)
     files.write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
     model = SentimentModel(out)
-    ds = targeted_set(model, data_dir, cache_dir)
-    pairs = pair_set(model, data_dir, ds, seed=seed, cache_dir=cache_dir)
-    oof = cross_validate(model, ds, [CHOSEN], folds, seed, cache_dir, pairs=pairs)[CHOSEN]
+    ds, oof = cross_validate(model, data_dir, [CHOSEN], folds, seed, cache_dir)
+    oof = oof[CHOSEN]
     t = fit_temperature(oof, ds.label)
-    head = final_head(model, join(ds, pairs), seed, cache_dir)
+    head = final_head(model, CHOSEN, data_dir, seed, cache_dir)
     head.temperature.fill_(t)
     with files.atomic_path(out / "target_head.safetensors") as tmp:
         save_file({k: v.half().contiguous() for k, v in head.state_dict().items()}, tmp)
     config.update({
         "target_head": "target_head.safetensors",
-        "target_train": {"data": str(data_dir), "rows": len(ds), "folds": folds, "seed": seed, "temperature": t},
+        "target_blocks": CANDIDATES[CHOSEN],
+        "target_train": {"data": str(data_dir), "candidate": CHOSEN, "rows": len(ds), "folds": folds, "seed": seed,
+                         "temperature": t},
         "target_out_of_fold": {name: {k: sc[k] for k in ("n", "accuracy", "macro_recall", "macro_f1")}
                                for name, sc in scores_by_set(ds, oof).items()},
         "quantification": quantification_stats(tempered(oof, t), ds.label, seed=seed),

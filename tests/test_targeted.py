@@ -23,6 +23,7 @@ from mmsa.data import target_spans
 from mmsa.targeted import TargetedSet, fit_target_head, group_folds, predict_targets
 
 PRAISE_AND_PAN = "acme's new phone is brilliant, I love it. globex support is a disgrace, never buying from them again"
+CONTRAST = "acme is amazing, globex is terrible"  # the head tells these apart; PRAISE_AND_PAN it does not yet
 
 
 def test_brand_spans_come_from_the_rules_and_else_from_the_brand_name():
@@ -50,19 +51,27 @@ def test_span_token_mask_marks_the_brand_tokens_only():
     assert not mask[0] and not mask[-1]  # [CLS] / [SEP] never
 
 
-def test_target_head_copies_a_bert_block_exactly():
+def test_target_head_copies_bert_blocks_exactly():
+    """Before training (marker zero) the head's blocks reproduce the encoder's top blocks: the head starts
+    from exactly the states the post-level path reads."""
     cfg = BertConfig(hidden_size=48, num_attention_heads=4, intermediate_size=192, hidden_dropout_prob=0.0,
                      attention_probs_dropout_prob=0.0)
-    layer = BertLayer(cfg).eval()
-    head = TargetHead(48, n_heads=4).from_bert_layer(layer).eval()
+    layers = [BertLayer(cfg).eval() for _ in range(2)]
+    head = TargetHead(48, blocks=2, n_heads=4).from_bert_layers(layers).eval()
     x = torch.randn(3, 9, 48)
     mask = torch.ones(3, 9, dtype=torch.bool)
     mask[1, 6:] = False
     with torch.no_grad():
-        want = layer(x, attention_mask=(~mask[:, None, None, :]).float() * -1e9)
-        want = want[0] if isinstance(want, tuple) else want
-        got = head.block(x, src_key_padding_mask=~mask)
+        want = x
+        for layer in layers:
+            want = layer(want, attention_mask=(~mask[:, None, None, :]).float() * -1e9)
+            want = want[0] if isinstance(want, tuple) else want
+        got = x + head.marker
+        for block in head.blocks:
+            got = block(got, src_key_padding_mask=~mask)
     assert torch.allclose(got[mask], want[mask], atol=1e-5)
+    with pytest.raises(ValueError, match="2 blocks"):
+        head.from_bert_layers(layers[:1])
 
 
 def _toy_set(n: int, rng: np.random.Generator) -> TargetedSet:
@@ -108,6 +117,8 @@ def test_engine_gives_probabilities_toward_each_target_and_none_without_targets(
     # batch size 1 splits rows across batches: every row keeps its own targets
     one = engine.predict(texts, [None, None], batch_size=1, targets=spans)
     assert np.allclose(one.target_probs[0], pred.target_probs[0], atol=1e-5)
+    onnx = get_engine("default", "onnx").predict(texts, [None, None], targets=spans)  # the exported graph's tap
+    assert np.allclose(onnx.target_probs[0], pred.target_probs[0], atol=1e-3)
 
 
 def test_toward_brands_moves_a_named_brand_by_the_image_and_leaves_an_unnamed_one_with_the_post():
@@ -129,6 +140,7 @@ def test_mmsa_score_gives_each_named_brand_the_target_heads_probabilities(prefec
     posts = [{"post_id": "both", "created_at": "2026-11-20T10:00:00Z", "text": PRAISE_AND_PAN},
              {"post_id": "neither", "created_at": "2026-11-20T11:00:00Z", "text": "acme and globex both open at nine"}]
     posts.append({"post_id": "field", "created_at": "2026-11-20T12:00:00Z", "text": "great day", "brand": "initech"})
+    posts.append({"post_id": "contrast", "created_at": "2026-11-20T13:00:00Z", "text": CONTRAST})
     dump.write_text("".join(json.dumps(p) + "\n" for p in posts))
     brands = tmp_path / "brands.yaml"
     brands.write_text("acme:\n  keywords: [acme]\nglobex:\n  keywords: [globex]\n")
@@ -146,6 +158,9 @@ def test_mmsa_score_gives_each_named_brand_the_target_heads_probabilities(prefec
     assert got[("both", "acme")][:2] != pytest.approx(got[("both", "acme")][2:4], abs=1e-3)
     assert got[("field", "initech")][:2] == pytest.approx(got[("field", "initech")][2:4])  # not named: the post's
     assert all(r[4] == pytest.approx(1) for r in got.values())
+    with duckdb.connect(str(db), read_only=True) as con:  # one post, two brands, two labels
+        labels = dict(con.sql("SELECT brand, brand_label FROM post_sentiment WHERE post_id = 'contrast'").fetchall())
+    assert labels == {"acme": "positive", "globex": "negative"}
 
 
 def test_evaluate_scores_rows_with_a_target_toward_it(tmp_path):
