@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from mmsa.data import load_image, load_jsonl, resolve_data_dir
 from mmsa.demo import PHRASES
@@ -133,8 +134,8 @@ def test_half_precision_overflow_is_rerun_in_fp32(model, posts, reference):
         def overflowing_text(ids, mask):
             autocast_seen.append(torch.is_autocast_enabled("cpu"))
             with torch.autocast("cpu", enabled=False):
-                hidden, pooled = text(ids, mask)
-            return hidden, pooled * float("inf") if autocast_seen[-1] else pooled
+                hidden, pooled, *tapped = text(ids, mask)  # tapped: the target head's input, when it has one
+            return hidden, pooled * float("inf") if autocast_seen[-1] else pooled, *tapped
 
         def fp32_image(pixels):
             with torch.autocast("cpu", enabled=False):
@@ -332,8 +333,9 @@ def test_cached_onnx_graphs_score_without_loading_the_encoders(model, tmp_path):
 
 
 def test_the_onnx_cache_key_follows_the_encoders_files(tmp_path):
-    """A model whose encoder files change (here: one touched) gets a new key, so no stale graph is used;
-    unchanged files give the same key without loading anything."""
+    """A model whose encoder files change (here: one rewritten) gets a new key, so no stale graph is used;
+    unchanged files give the same key without loading anything, even when touched (another install of the
+    same backbone shares the graphs)."""
     from mmsa.model import SentimentModel, resolve_model_dir
     from synthetic import tiny_text_encoder
 
@@ -346,5 +348,8 @@ def test_the_onnx_cache_key_follows_the_encoders_files(tmp_path):
     assert SentimentModel(folder).source_key() == first
     weights = next(text.glob("*.safetensors"))
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert SentimentModel(folder).source_key() == first
+    state = load_file(str(weights))
+    save_file({k: v + 1 for k, v in state.items()}, str(weights))
     changed = SentimentModel(folder)
     assert changed.source_key() != first and changed._encoders is None
