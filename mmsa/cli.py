@@ -270,6 +270,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         image_encoder=args.image_encoder,
         pretrain_text=args.pretrain_text,
         pretrain_layers=args.pretrain_layers,
+        pretrain_rank=args.pretrain_rank,
         pretrain_epochs=args.pretrain_epochs,
         pretrain_max=args.pretrain_max,
         finetune_layers=args.finetune_layers,
@@ -453,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-encoder", default="efficientnet-lite0", help="efficientnet-lite0|resnet18:PTH|resnet50:PTH|HF folder")
     p.add_argument("--pretrain-text", help="labelled text-only JSONL (e.g. SemEval) to fine-tune the text side on first")
     p.add_argument("--pretrain-layers", type=int, default=3, help="top text layers trained in pre-training")
+    p.add_argument("--pretrain-rank", type=int, default=0,
+                   help="train rank-r updates of those layers instead of the layers (LoRA; the large tier, `make install-large`)")
     p.add_argument("--pretrain-epochs", type=int, default=1)
     p.add_argument("--pretrain-max", type=int, default=45000, help="pre-training examples per epoch (default: all)")
     p.add_argument("--finetune-layers", type=int, default=0, help="top text-encoder layers to fine-tune (0 = frozen)")
