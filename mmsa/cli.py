@@ -299,7 +299,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     train.set_threads(args.threads)
     result = crossval.compare(args.data or resolve_data_dir() / MVSA, args.semeval or resolve_data_dir() / SEMEVAL,
                               args.out, model=args.model, k=args.folds, repeats=args.repeats, seed=args.seed,
-                              cache_dir=args.cache)
+                              cache_dir=args.cache, others=args.also)
     print(crossval.table(result))
     return 0
 
@@ -477,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_protocol_options(p)
     p.add_argument("--folds", type=int, default=5, help="stratified folds per repeat")
     p.add_argument("--repeats", type=int, default=3, help="repeats of the k-fold split (different shuffles)")
+    p.add_argument("--also", action="append", default=[],
+                   help="another model folder (e.g. large) whose candidates go through the same folds, in the same table")
     p.add_argument("--out", default="results/compare.md", help="markdown table to write (per-fold JSON beside it)")
     p.set_defaults(func=_cmd_compare)
 
