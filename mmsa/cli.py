@@ -486,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sentiment toward a target: grouped CV of the target-head candidates; writes the table")
     p.add_argument("--data", help="the targeted sets' folder (default: $MMSA_DATA/targeted)")
     _add_protocol_options(p)
-    p.add_argument("--candidates", nargs="+", help="some of post, span_lr, top1, top2 (default: all)")
+    p.add_argument("--candidates", nargs="+", help="some of post, span_lr, top1 ... top4 (mmsa.targeted.CANDIDATES; default: all)")
     p.add_argument("--folds", type=int, default=3, help="folds, grouped by text")
     p.add_argument("--out", default="results", help="folder for targeted.md and its JSON")
     p.add_argument("--oof", help="an .npz to write the chosen candidate's calibrated out-of-fold probabilities and "
