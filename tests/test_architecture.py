@@ -142,7 +142,8 @@ def test_every_imported_package_is_declared():
     """Third-party names imported by the project's code map to distributions its pyproject.toml requires."""
     _, external = graph()
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = {re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower().replace("_", "-") for req in project["dependencies"]}
+    reqs = project["dependencies"] + [r for extra in project.get("optional-dependencies", {}).values() for r in extra]
+    declared = {re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower().replace("_", "-") for req in reqs}
     providers = importlib.metadata.packages_distributions()
     missing = []
     for name in sorted(set().union(*external.values())):

@@ -104,7 +104,7 @@ def test_train_flow_builds_the_shipped_recipe_and_publishes_its_figures(prefect_
     rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
     tweets = tmp_path / "tweets.jsonl"
     tweets.write_text("".join(json.dumps({"text": r["text"], "label": r["text_label"]}) + "\n" for r in rows * 2))
-    base = TrainConfig(head="text", text_encoder=str(tiny_text_encoder(tmp_path / "bert", intermediate=96)),
+    base = TrainConfig(head="text", text_encoder=str(tiny_text_encoder(tmp_path / "bert", layers=4, intermediate=96)),
                        image_encoder=f"hf:{tiny_vit(tmp_path / 'vit')}", epochs=1, hidden=16, folds=3, members=1)
     run(base, data, tmp_path / "base", cache_dir=tmp_path / "cache", progress=False)
 

@@ -117,6 +117,22 @@ def test_compare_writes_the_cv_table(env, tmp_path):
     assert json.loads(out.with_suffix(".json").read_text())["folds"] == json.loads(json.dumps(result["folds"]))
 
 
+def test_compare_puts_another_models_candidates_through_the_same_folds(env, tmp_path):
+    """The large tier's rows sit in the default's table, paired fold by fold; the default's rows do not move."""
+    cfg = TrainConfig(head="text", text_encoder=str(tiny_text_encoder(tmp_path / "mpnet", arch="mpnet")),
+                      image_encoder=load_model(env["base"]).config["image_encoder"], epochs=1, hidden=16, folds=3, members=1)
+    run(cfg, env["data"], tmp_path / "large", cache_dir=env["cache"], progress=False)
+    kw = dict(k=3, repeats=1, cache_dir=env["cache"], progress=False)
+    alone = crossval.compare(env["data"], env["tweets"], None, model=env["base"], **kw)
+    both = crossval.compare(env["data"], env["tweets"], tmp_path / "c.md", model=env["base"], others=[tmp_path / "large"], **kw)
+    assert set(both["folds"][0]) == set(crossval.CANDIDATES) | {f"large {c}" for c in crossval.CANDIDATES}
+    assert [{c: f[c] for c in crossval.CANDIDATES} for f in both["folds"]] == alone["folds"]
+    assert both["folds"][0]["large text"] != both["folds"][0]["text"]
+    text = (tmp_path / "c.md").read_text()
+    assert "| large stack2 |" in text and "## The imageless path on SemEval-2017 tweets (large)" in text
+    assert set(both["others"]["large"]["semeval"]) == set(crossval.SEMEVAL_WEIGHTS)
+
+
 def test_stack_model_trains_loads_and_scores(env, tmp_path):
     config = stack.train_model(env["data"], env["tweets"], tmp_path / "m", base=env["base"], weight="sqrt",
                                recipe="stack4", cache_dir=env["cache"])

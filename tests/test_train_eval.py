@@ -20,7 +20,9 @@ from mmsa.heads import HEAD_NAMES
 from mmsa.infer import Engine, get_engine
 from mmsa.model import load_model
 from synthetic import tiny_text_encoder, tiny_vit, write_dataset
-from mmsa.train import TrainConfig, class_weight, fold_ids, length_batches, loss_weight, run
+from mmsa.encoders import load_text_encoder, overlay_text_layers
+from mmsa.train import (TrainConfig, add_low_rank, class_weight, fold_ids, length_batches, loss_weight, merge_low_rank,
+                        run)
 
 torch.set_num_threads(1)  # tiny models: extra threads only add waiting on a shared 2-core machine
 
@@ -151,15 +153,56 @@ def test_an_mpnet_text_side_fine_tunes_ships_and_scores_alike_through_onnx(env, 
     np.testing.assert_allclose(onnx_probs, torch_probs, atol=1e-5)
 
 
-def test_text_pretraining_reports_held_out_metrics(env, tmp_path):
+def _tweets(env, path):
     rows = [json.loads(line) for line in (env["data"] / "train.jsonl").read_text().splitlines()]
-    text_only = tmp_path / "tweets.jsonl"
-    text_only.write_text("".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in rows))
-    cfg = _cfg(env, head="text", pretrain_text=str(text_only), pretrain_layers=1)
+    path.write_text("".join(json.dumps({"text": r["text"], "label": r["label"]}) + "\n" for r in rows))
+    return str(path)
+
+
+def test_text_pretraining_reports_held_out_metrics(env, tmp_path):
+    cfg = _cfg(env, head="text", pretrain_text=_tweets(env, tmp_path / "tweets.jsonl"), pretrain_layers=1)
     run(cfg, env["data"], tmp_path / "m", cache_dir=env["cache"], progress=False)
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["pretrain_metrics"]["n"] == 16  # 10% of 160 held out
     assert config["text_layers"] == "text_layers.safetensors"
+
+
+def test_low_rank_updates_fold_into_the_weights_as_a_model_folder_loads_them(tmp_path):
+    texts = ["good day", "bad day at the office", "hello"]
+    enc = load_text_encoder(str(tiny_text_encoder(tmp_path / "mpnet", arch="mpnet")))
+    plain = enc.encode(texts).pooled
+    params = add_low_rank(enc, 1, 2)
+    for p in params:  # peft starts B at zero: make the update a real one
+        torch.nn.init.normal_(p, std=0.2)
+    with torch.no_grad():
+        adapted = enc.encode(texts).pooled
+    state = merge_low_rank(enc)
+    assert not torch.allclose(adapted, plain, atol=1e-3)
+    assert state and all(k.endswith((".lora_a", ".lora_b")) for k in state)
+    assert all(k.startswith("encoder.layer.1.") for k in state)  # the top block of two only
+    assert all(v.shape[0] == 2 for k, v in state.items() if k.endswith(".lora_a"))
+    with torch.no_grad():
+        torch.testing.assert_close(enc.encode(texts).pooled, adapted, atol=1e-5, rtol=0)
+        fresh = load_text_encoder(str(tmp_path / "mpnet"))
+        assert overlay_text_layers(fresh.model, state) == []
+        torch.testing.assert_close(fresh.encode(texts).pooled, adapted, atol=1e-5, rtol=0)
+    assert overlay_text_layers(fresh.model, {"encoder.layer.9.x.weight.lora_a": state[next(iter(state))]}) == [
+        "encoder.layer.9.x.weight.lora_a"]
+
+
+def test_low_rank_pretraining_keeps_only_the_updates_in_the_model_folder(env, tmp_path):
+    mpnet = str(tiny_text_encoder(tmp_path / "mpnet", arch="mpnet"))
+    cfg = _cfg(env, head="text", text_encoder=mpnet, pretrain_text=_tweets(env, tmp_path / "tweets.jsonl"),
+               pretrain_layers=1, pretrain_rank=2)
+    run(cfg, env["data"], tmp_path / "m", cache_dir=env["cache"], progress=False)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    layers = load_file(tmp_path / "m" / config["text_layers"])
+    assert config["pretrain_metrics"]["n"] == 16 and config["train_config"]["pretrain_rank"] == 2
+    assert layers and all(k.endswith((".lora_a", ".lora_b")) for k in layers)
+    block = sum(p.numel() for p in load_text_encoder(mpnet).layers()[-1].parameters())
+    assert sum(v.numel() for v in layers.values()) < block / 2
+    ds = load_jsonl(env["data"] / "dev.jsonl", with_images=False)
+    assert get_engine(str(tmp_path / "m")).predict(ds.texts[:4], [None] * 4).probs.shape == (4, 3)
 
 
 def test_metrics_match_hand_computed_values():
