@@ -273,6 +273,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         pretrain_rank=args.pretrain_rank,
         pretrain_epochs=args.pretrain_epochs,
         pretrain_max=args.pretrain_max,
+        pretrain_teacher=args.pretrain_teacher,
         finetune_layers=args.finetune_layers,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -458,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train rank-r updates of those layers instead of the layers (LoRA; the large tier, `make install-large`)")
     p.add_argument("--pretrain-epochs", type=int, default=1)
     p.add_argument("--pretrain-max", type=int, default=45000, help="pre-training examples per epoch (default: all)")
+    p.add_argument("--pretrain-teacher", metavar="MODEL",
+                   help="distil: half of the pre-training's target is this model's probabilities (e.g. large)")
     p.add_argument("--finetune-layers", type=int, default=0, help="top text-encoder layers to fine-tune (0 = frozen)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=16)

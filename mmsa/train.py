@@ -44,9 +44,9 @@ from mmsa.encoders import (
     overlay_text_layers,
 )
 from mmsa.evaluate import classification_metrics
-from mmsa.features import FEATURES_DIR, fingerprint, image_features, text_features
+from mmsa.features import FEATURES_DIR, fingerprint, image_features, pooled_features, text_features
 from mmsa.heads import Bundle, Ensemble, Feats
-from mmsa.model import DEFAULT_LANGUAGES
+from mmsa.model import DEFAULT_LANGUAGES, load_model
 from mmsa.schema import LABELS
 
 K = len(LABELS)
@@ -68,6 +68,7 @@ class TrainConfig:
     pretrain_rank: int = 0  # 0: the top blocks' weights are trained and saved; r: rank-r updates of them (a large backbone's few MB)
     pretrain_epochs: int = 1
     pretrain_max: int = 45000  # training examples used per epoch (45000 = all 44,536 SemEval tweets outside the hold-out)
+    pretrain_teacher: str | None = None  # a model (the large tier) whose text-path probabilities are half the target
     epochs: int = 20
     batch_size: int = 16
     lr_head: float = 1e-3
@@ -474,6 +475,7 @@ def pretrain_text_encoder(cfg: TrainConfig, enc: TextEncoder, path: str | Path, 
     tok = tokenize_all(enc, ds.texts)
     ids, am, y = tok["input_ids"], tok["attention_mask"], torch.from_numpy(ds.labels)
     lengths = am.sum(1).numpy()
+    soft = torch.from_numpy(teacher_probs(cfg.pretrain_teacher, path)) if cfg.pretrain_teacher else None
     head = TextHead(enc.dim, 0, cfg.hidden, cfg.dropout)
     if cfg.pretrain_rank:
         params, lr = add_low_rank(enc, cfg.pretrain_layers, cfg.pretrain_rank), 5e-4  # LoRA's usual rate: B starts at 0
@@ -500,7 +502,10 @@ def pretrain_text_encoder(cfg: TrainConfig, enc: TextEncoder, path: str | Path, 
         head.train()
         for b in length_batches(lengths[tr_idx], batch, lambda n: torch.randperm(n, generator=gen).numpy()):
             idx = tr[torch.from_numpy(b)]
-            loss = F.cross_entropy(run_batch(idx), y[idx], weight=weight)
+            logits = run_batch(idx)
+            loss = F.cross_entropy(logits, y[idx], weight=weight)
+            if soft is not None:  # distillation: the label and the teacher's probabilities, weighed equally
+                loss = (loss + F.cross_entropy(logits, soft[idx], weight=weight)) / 2
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(params + list(head.parameters()), 1.0)
@@ -523,6 +528,17 @@ def pretrain_text_encoder(cfg: TrainConfig, enc: TextEncoder, path: str | Path, 
     return {"layers": layers, "head": head.state_dict(), "metrics": metrics}
 
 
+def teacher_probs(teacher: str | Path, path: str | Path) -> np.ndarray:
+    """(N, 3) a teacher model's probabilities for the texts of the labelled JSONL `path`, from its path for posts
+    without an image (on a stacked model: its general text head, trained on general tweets), over its pooled
+    text vectors (mmsa.features' cache: the large tier's training already encoded SemEval)."""
+    m = load_model(teacher)
+    t = torch.from_numpy(pooled_features(m, path, with_images=False).text)
+    with torch.inference_mode():
+        out = m.bundle(Feats(t_pooled=t, i_pooled=torch.zeros(len(t), m.image_dim)), torch.zeros(len(t), dtype=torch.bool))
+    return out["fused"].softmax(-1).numpy()
+
+
 def pretrained_text(cfg: TrainConfig, enc: TextEncoder, cache_dir: Path | None) -> dict:
     """SemEval stage, cached on disk (keyed by encoder weights + data + settings), then applied to `enc`."""
     key = hashlib.sha256(
@@ -530,6 +546,7 @@ def pretrained_text(cfg: TrainConfig, enc: TextEncoder, cache_dir: Path | None) 
             [fingerprint(enc.model), str(Path(cfg.pretrain_text).resolve()), Path(cfg.pretrain_text).stat().st_size,
              cfg.pretrain_layers, cfg.pretrain_epochs, cfg.pretrain_max, cfg.hidden, cfg.class_weight, cfg.max_length]
             + ([cfg.pretrain_rank] if cfg.pretrain_rank else [])
+            + ([load_model(cfg.pretrain_teacher).version] if cfg.pretrain_teacher else [])
         ).encode()
     ).hexdigest()[:16]
     path = Path(cache_dir) / f"pretrain-{key}.safetensors" if cache_dir else None

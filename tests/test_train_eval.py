@@ -22,7 +22,7 @@ from mmsa.model import load_model
 from synthetic import tiny_text_encoder, tiny_vit, write_dataset
 from mmsa.encoders import load_text_encoder, overlay_text_layers
 from mmsa.train import (TrainConfig, add_low_rank, class_weight, fold_ids, length_batches, loss_weight, merge_low_rank,
-                        run)
+                        run, teacher_probs)
 
 torch.set_num_threads(1)  # tiny models: extra threads only add waiting on a shared 2-core machine
 
@@ -203,6 +203,24 @@ def test_low_rank_pretraining_keeps_only_the_updates_in_the_model_folder(env, tm
     assert sum(v.numel() for v in layers.values()) < block / 2
     ds = load_jsonl(env["data"] / "dev.jsonl", with_images=False)
     assert get_engine(str(tmp_path / "m")).predict(ds.texts[:4], [None] * 4).probs.shape == (4, 3)
+
+
+def test_distillation_reads_the_teacher_as_scoring_does_and_changes_the_student(env, tmp_path):
+    """--pretrain-teacher: the soft labels are the teacher's own probabilities for text-only posts, and they move
+    the pre-trained layers (half the target is theirs); the cached pre-training is not reused across teachers."""
+    tweets = _tweets(env, tmp_path / "tweets.jsonl")
+    run(_cfg(env, head="text"), env["data"], tmp_path / "teacher", cache_dir=env["cache"], progress=False)
+    texts = [json.loads(line)["text"] for line in open(tweets)]
+    soft = teacher_probs(str(tmp_path / "teacher"), tweets)
+    scored = Engine(load_model(str(tmp_path / "teacher")), backend="torch").predict(texts, [None] * len(texts)).probs
+    np.testing.assert_allclose(soft, scored, atol=1e-5)
+    plain = _cfg(env, head="text", pretrain_text=tweets, pretrain_layers=1)
+    run(plain, env["data"], tmp_path / "plain", cache_dir=env["cache"], progress=False)
+    taught = TrainConfig(**{**plain.__dict__, "pretrain_teacher": str(tmp_path / "teacher")})
+    run(taught, env["data"], tmp_path / "taught", cache_dir=env["cache"], progress=False)
+    a, b = (load_file(tmp_path / m / "text_layers.safetensors") for m in ("plain", "taught"))
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "taught" / "config.json").read_text())["train_config"]["pretrain_teacher"] == str(tmp_path / "teacher")
 
 
 def test_metrics_match_hand_computed_values():
