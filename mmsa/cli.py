@@ -100,7 +100,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from mmsa.flows import serve
 
     _prefect_ready(args)
-    overrides = {"dump_template": args.dump_template, "db": args.db, "out": args.out, "timezone": args.timezone}
+    overrides = {"dump_template": args.dump_template, "db": args.db, "out": args.out, "timezone": args.timezone,
+                 "model": args.model}
     if args.register:
         print("\n".join(serve.register(overrides, args.cron)))
     else:
@@ -386,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of serving, register the deployments on the server for a worker of their work pool")
     p.add_argument("--cron", help="nightly schedule (default: deployments/prefect.yaml's, 30 2 * * *)")
     p.add_argument("--timezone", help="timezone of the schedule and of `yesterday` (default: the yaml's)")
+    p.add_argument("--model", help="the scoring deployments' model: default, large (after `make install-large`) or a "
+                                   "folder (default: the yaml's)")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("fetch", help="download a dump's images into the cache, checking that they decode; write a status table")

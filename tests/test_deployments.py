@@ -46,13 +46,15 @@ def test_entrypoint_imports_and_parameters_validate(spec):
 def test_serve_builds_the_yaml_deployments_with_local_paths():
     """`mmsa serve` overrides where the scoring flows read and write, never the train flow's model folder."""
     built = {d.name: d for d in runner_deployments({"dump_template": "/x/{date}.csv", "db": "/x/m.duckdb", "out": "/x/o",
-                                                    "timezone": None}, cron="0 5 * * *")}
+                                                    "timezone": None, "model": "large"}, cron="0 5 * * *")}
     assert sorted(built) == ["backfill", "nightly", "train"]
     assert built["nightly"].parameters["dump_template"] == "/x/{date}.csv"
     assert built["nightly"].parameters["timezone"] == "Europe/Berlin"
     assert built["nightly"].schedules[0].schedule.cron == "0 5 * * *"
     assert built["backfill"].parameters["out"] == "/x/o" and not built["backfill"].schedules
     assert built["train"].parameters["out"] == "/data/mmsa/models/candidate"
+    assert built["nightly"].parameters["model"] == built["backfill"].parameters["model"] == "large"
+    assert "model" not in built["train"].parameters
     assert all(d.work_pool_name is None for d in built.values())
     for_worker = runner_deployments({}, for_worker=True)
     assert {d.work_pool_name for d in for_worker} == {"mmsa-process"}
