@@ -196,6 +196,7 @@ def train_model(mvsa_dir: str | Path, semeval: str | Path, out: str | Path, base
     from mmsa.evaluate import classification_metrics, expected_calibration_error
     from mmsa.features import pooled_features
     from mmsa.model import DEFAULT_LANGUAGES, load_model
+    from mmsa.quantify import quantification_stats
 
     m = load_model(base)
     kw = {} if cache_dir is None else {"cache_dir": cache_dir}
@@ -204,7 +205,8 @@ def train_model(mvsa_dir: str | Path, semeval: str | Path, out: str | Path, base
     tr, ho = holdout_split(len(sem))
     x, y = np.concatenate([sem.text[tr], mv.text]), np.concatenate([sem.label[tr], mv.text_label])
     general = fit_lr(x, y, weight=weight, seed=seed)
-    t_general = fit_temperature(out_of_fold(general, x, y, seed=seed), y)
+    oof_general = out_of_fold(general, x, y, seed=seed)
+    t_general = fit_temperature(oof_general, y)
     image = branch(mv.image, mv.image_label, seed)
     t_image = fit_temperature(image[1], mv.image_label)
     available = {"text_post": lambda: branch(mv.text, mv.label, seed), "image_post": lambda: branch(mv.image, mv.label, seed),
@@ -240,6 +242,8 @@ def train_model(mvsa_dir: str | Path, semeval: str | Path, out: str | Path, base
         "semeval_heldout": {**classification_metrics(sem.label[ho], p_ho.argmax(1)),
                             "ece": expected_calibration_error(p_ho, sem.label[ho])},
         "mvsa_pool_out_of_fold": classification_metrics(mv.label, p_oof.argmax(1)),
+        # brand shares while no target head replaces them: the statistics of the post's own text-path probabilities
+        "quantification": quantification_stats(tempered(oof_general, t_general), y, seed=seed),
         **(extra or {}),
     }
     files.write_text(out / "config.json", json.dumps(config, indent=2) + "\n")

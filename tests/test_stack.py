@@ -138,6 +138,9 @@ def test_stack_model_trains_loads_and_scores(env, tmp_path):
                                recipe="stack4", cache_dir=env["cache"])
     assert config["head"] == "stack" and config["semeval_heldout"]["n"] == 30
     assert config["head_kwargs"]["branches"] == list(stack.RECIPES["stack4"])
+    # brand shares of a model without a target head are corrected with its text path's own statistics
+    q, tc = config["quantification"], config["train_config"]
+    assert q["n"] == tc["n_semeval_train"] + tc["n_mvsa"] and sum(q["prior"]) == pytest.approx(1)
     m = load_model(tmp_path / "m")
     assert m.version.startswith("m+")
     metrics = evaluate_file(env["data"] / "dev.jsonl", str(tmp_path / "m"), backend="torch")
