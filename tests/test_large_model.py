@@ -37,8 +37,8 @@ def test_the_large_folder_fits_mpnet_base_and_scores(tmp_path, monkeypatch):
     assert overlay_text_layers(enc.model, state) == []  # every low-rank pair names a weight MPNet-base has
     after = enc.model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    top = int(large.config["train_config"]["pretrain_layers"])
-    assert changed and all(int(k.split(".")[2]) >= 12 - top for k in changed)  # only the tuned top blocks moved
+    tuned = {int(k.split(".")[2]) for k in state}  # encoder.layer.<i>.…: the top six of twelve blocks were tuned
+    assert tuned == set(range(6, 12)) and changed and {int(k.split(".")[2]) for k in changed} == tuned
 
     monkeypatch.setattr(model_mod, "load_text_encoder", lambda name, max_length: enc)
     monkeypatch.setattr(large, "_encoders", None)
