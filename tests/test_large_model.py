@@ -28,7 +28,7 @@ def _mpnet_base(tmp_path) -> TextEncoder:
 
 def test_the_large_folder_fits_mpnet_base_and_scores(tmp_path, monkeypatch):
     folder = resolve_model_dir("large")
-    large = SentimentModel(folder)  # heads.safetensors loads into the head its config.json names
+    large = SentimentModel(folder)  # heads.safetensors loads into the head its config.json names; encoders on first use
     assert large.config["text_encoder"] == LARGE_TEXT_ENCODER and large.config["text_dim"] == 768
 
     enc = _mpnet_base(tmp_path)
@@ -41,7 +41,6 @@ def test_the_large_folder_fits_mpnet_base_and_scores(tmp_path, monkeypatch):
     assert tuned == set(range(6, 12)) and changed and {int(k.split(".")[2]) for k in changed} == tuned
 
     monkeypatch.setattr(model_mod, "load_text_encoder", lambda name, max_length: enc)
-    monkeypatch.setattr(large, "_encoders", None)
     image = np.random.default_rng(0).integers(0, 256, (large.image_size, large.image_size, 3), np.uint8)
     pred = Engine(large, backend="torch", threads=1).predict(["great phone, love it", "worst service ever"], [None, image])
     np.testing.assert_allclose(pred.probs.sum(1), 1, atol=1e-5)
