@@ -141,6 +141,11 @@ class TextEncoder(nn.Module):
         """The transformer blocks (BERT-style `encoder.layer`), for partial fine-tuning."""
         return self.model.encoder.layer
 
+    def position_bias(self) -> nn.Embedding | None:
+        """MPNet's attention bias per bucket of relative position, which every block adds; None for BERT-style
+        encoders (their positions are in the embeddings)."""
+        return getattr(self.model.encoder, "relative_attention_bias", None)
+
 
 LOW_RANK = (".lora_a", ".lora_b")  # a text-layers file's key suffixes for a rank-r update B @ A of the weight named before it
 

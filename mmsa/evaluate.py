@@ -101,7 +101,7 @@ def evaluate_file(path: str | Path, model="default", batch_size: int = 32, backe
 
     Rows without `image` are scored from text alone. Returns fused metrics plus the text-only and
     image-only branches on the same rows (image: rows that have one). Rows with a `target` are scored toward
-    it, as `mmsa score` scores each brand a post names (`toward_target`: whether the model has a target head;
+    it, as `mmsa score` scores each brand a post names (`toward_target`: whether the model has a target head, its own or borrowed;
     without one, or where the text does not contain the target, the post's own label stands).
     """
     from mmsa.data import load_image, load_jsonl
@@ -121,7 +121,7 @@ def evaluate_file(path: str | Path, model="default", batch_size: int = 32, backe
         preds.append(engine.predict(texts, imgs, batch_size=batch_size, targets=targets))
         seconds += time.perf_counter() - start
     probs = np.concatenate([p.probs for p in preds])
-    toward = ds.targets is not None and m.target_head is not None
+    toward = ds.targets is not None and m.target_model is not None
     if toward:
         target = [t for p in preds for t in p.target_probs]
         text = np.concatenate([p.text_probs for p in preds])

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mmsa.encoders import masked_mean
@@ -266,40 +267,86 @@ class TargetHead(nn.Module):
     """Sentiment toward a target (a brand) from the post's token states before the text encoder's top `blocks`
     blocks, and the target's token span.
 
-    A learned vector marks the span's tokens; the encoder's own top blocks, copied (`from_bert_layers`) and
+    A learned vector marks the span's tokens; the encoder's own top blocks, copied (`from_layers`) and
     fine-tuned, run again over the marked states, so every token reads the post knowing the target; a linear
     layer maps [span mean, post mean] of their output to logits. Copying the blocks that made the post's own
     final states means that, before training, the head sees exactly what the post-level path sees. It reruns
     `blocks` blocks, not the encoder, per (post, target). `temperature` is fitted out of fold.
+    `position_buckets`: for an MPNet encoder, whose blocks add a learned bias per bucket of relative position
+    to their attention scores, the buckets of that bias (copied with the blocks; 0: BERT-style blocks, none).
     """
 
-    def __init__(self, dim: int, blocks: int = 1, n_heads: int = 12, dropout: float = 0.1):
+    def __init__(self, dim: int, blocks: int = 1, n_heads: int = 12, dropout: float = 0.1, position_buckets: int = 0):
         super().__init__()
         self.marker = nn.Parameter(torch.zeros(dim))
+        heads = _heads_for(dim, n_heads)
         self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(dim, _heads_for(dim, n_heads), 4 * dim, dropout, activation="gelu",
+            nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout, activation="gelu",
                                        layer_norm_eps=1e-12, batch_first=True) for _ in range(blocks))
+        self.position_bias = nn.Embedding(position_buckets, heads) if position_buckets else None
         self.out = nn.Linear(2 * dim, N_CLASSES)
         self.register_buffer("temperature", torch.ones(()))
 
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
         """Logits (R, 3) for rows of states (R, L, D), real-token mask (R, L) and target-token mask (R, L)."""
-        x = hidden + span.unsqueeze(-1).to(hidden.dtype) * self.marker
-        for block in self.blocks:
-            x = block(x, src_key_padding_mask=~mask)
+        x = self.states(hidden, mask, span)
         return self.out(torch.cat([masked_mean(x, span), masked_mean(x, mask)], -1)) / self.temperature
 
+    def states(self, hidden: torch.Tensor, mask: torch.Tensor, span: torch.Tensor) -> torch.Tensor:
+        """(R, L, D): the blocks' output over the states with the target's tokens marked."""
+        x = hidden + span.unsqueeze(-1).to(hidden.dtype) * self.marker
+        if self.position_bias is None:
+            for block in self.blocks:
+                x = block(x, src_key_padding_mask=~mask)
+            return x
+        bias = self._relative_bias(mask)
+        for block in self.blocks:
+            x = self._biased_block(block, x, bias)
+        return x
+
+    def _biased_block(self, b: nn.TransformerEncoderLayer, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Block `b` (post-LayerNorm, as BERT's and MPNet's) with an additive attention bias (R, heads, L, L),
+        spelled out: nn.TransformerEncoderLayer's inference fast path gives NaN with a per-head float mask."""
+        att = b.self_attn
+        rows, length, dim = x.shape
+        q, k, v = (t.view(rows, length, att.num_heads, -1).transpose(1, 2)
+                   for t in F.linear(x, att.in_proj_weight, att.in_proj_bias).chunk(3, -1))
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=att.dropout if self.training else 0.0)
+        a = att.out_proj(a.transpose(1, 2).reshape(rows, length, dim))
+        x = b.norm1(x + b.dropout1(a))
+        return b.norm2(x + b.dropout2(b.linear2(b.dropout(b.activation(b.linear1(x))))))
+
+    def _relative_bias(self, mask: torch.Tensor) -> torch.Tensor:
+        """(R, heads, L, L) additive attention scores for a real-token mask (R, L): MPNet's bias per relative
+        position (as its encoder computes it), -inf toward padding."""
+        from transformers.models.mpnet.modeling_mpnet import MPNetEncoder
+
+        rows, length = mask.shape
+        pos = torch.arange(length, device=mask.device)
+        bucket = MPNetEncoder.relative_position_bucket(pos[None, :] - pos[:, None], self.position_bias.num_embeddings)
+        bias = self.position_bias(bucket).permute(2, 0, 1)  # (heads, L, L)
+        return bias.unsqueeze(0).masked_fill(~mask[:, None, None, :], float("-inf"))  # (R, heads, L, L)
+
     @torch.no_grad()
-    def from_bert_layers(self, layers: Sequence[nn.Module]) -> TargetHead:
-        """Copy BERT-style blocks (Hugging Face `BertLayer`: q/k/v, output dense, two LayerNorms, FFN), one per
-        block, in order."""
+    def from_layers(self, layers: Sequence[nn.Module], position_bias: nn.Embedding | None = None) -> TargetHead:
+        """Copy an encoder's blocks, one per block, in order: Hugging Face `BertLayer`s (q/k/v, output dense, two
+        LayerNorms, FFN) or `MPNetLayer`s (the same under other names, with the encoder's shared
+        `relative_attention_bias` as `position_bias`)."""
         if len(layers) != len(self.blocks):
             raise ValueError(f"{len(layers)} layers for a head of {len(self.blocks)} blocks")
+        if (position_bias is None) != (self.position_bias is None):
+            raise ValueError("an MPNet encoder's blocks need its relative position bias, and only they have one")
+        if position_bias is not None:
+            self.position_bias.weight.copy_(position_bias.weight)
         for layer, b in zip(layers, self.blocks):
             att = layer.attention
-            b.self_attn.in_proj_weight.copy_(torch.cat([att.self.query.weight, att.self.key.weight, att.self.value.weight]))
-            b.self_attn.in_proj_bias.copy_(torch.cat([att.self.query.bias, att.self.key.bias, att.self.value.bias]))
-            pairs = [(b.self_attn.out_proj, att.output.dense), (b.norm1, att.output.LayerNorm),
+            if hasattr(att, "attn"):  # MPNetLayer
+                q, k, v, o, norm = att.attn.q, att.attn.k, att.attn.v, att.attn.o, att.LayerNorm
+            else:
+                q, k, v, o, norm = att.self.query, att.self.key, att.self.value, att.output.dense, att.output.LayerNorm
+            b.self_attn.in_proj_weight.copy_(torch.cat([q.weight, k.weight, v.weight]))
+            b.self_attn.in_proj_bias.copy_(torch.cat([q.bias, k.bias, v.bias]))
+            pairs = [(b.self_attn.out_proj, o), (b.norm1, norm),
                      (b.linear1, layer.intermediate.dense), (b.linear2, layer.output.dense), (b.norm2, layer.output.LayerNorm)]
             for mine, theirs in pairs:
                 mine.weight.copy_(theirs.weight)

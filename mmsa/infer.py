@@ -189,6 +189,12 @@ class Engine:
         if torch.device(model.device) != self.device:  # leave the cached model where it is
             self.bundle = copy.deepcopy(model.bundle).to(self.device).eval()
             self.target = copy.deepcopy(model.target_head).to(self.device).eval() if model.target_head is not None else None
+        # A model that borrows another's target head (SentimentModel.target_model) scores brands through
+        # that model's own engine (its encoder makes the states the head reads), built when first needed.
+        self._borrowed = (model.target_model, dict(device=device, batch_size=batch_size, backend=backend,
+                                                   cache_dir=cache_dir, bucket=bucket, threads=threads))
+        self._target_engine: Engine | None = None
+        self._target_engine_lock = threading.Lock()
         self.prefetch = self.device.type == "cuda"
         # Few shapes on CUDA, as cuDNN plans every conv per shape: image rows padded to the batch's size
         # (else each image count is a new shape), text widths rounded up to a multiple of 8.
@@ -358,8 +364,8 @@ class Engine:
         targets: Sequence[Sequence[Sequence[tuple[int, int]]]] | None = None,
     ) -> Prediction:
         """images: uint8 RGB image_size x image_size x 3 arrays or None, aligned with texts. `targets`: per
-        row, the character spans of each target it names (brands); with a model that has a target head,
-        Prediction.target_probs holds each row's (targets, 3) probabilities toward them, from the text.
+        row, the character spans of each target it names (brands); with a model that has a target head (its own
+        or borrowed), Prediction.target_probs holds each row's (targets, 3) probabilities toward them, from the text.
 
         Concurrent callers take turns (Prediction.queued_s: how long this one waited). With streams, the
         next caller's first batches are queued as soon as this one's last is, so the streams do not sit
@@ -368,8 +374,26 @@ class Engine:
             raise ValueError(f"{len(texts)} texts but {len(images)} images")
         called = time.perf_counter()
         if self._streams is not None:
-            return self._predict(texts, images, batch_size, called, targets)
-        return self._worker.submit(self._predict, texts, images, batch_size, called, targets).result()
+            pred = self._predict(texts, images, batch_size, called, targets)
+        else:
+            pred = self._worker.submit(self._predict, texts, images, batch_size, called, targets).result()
+        if targets is not None and self._borrowed[0] not in (None, self.model):
+            pred.target_probs = self._borrowed_targets(texts, targets, batch_size)
+        return pred
+
+    def _borrowed_targets(self, texts: Sequence[str], targets, batch_size: int | None) -> list[np.ndarray]:
+        """Per row, (its targets, 3) from the borrowed target head: the text of only the rows that name one."""
+        out = [np.zeros((0, 3), np.float32)] * len(texts)
+        named = [i for i, t in enumerate(targets) if len(t)]
+        if named:
+            with self._target_engine_lock:
+                if self._target_engine is None:
+                    self._target_engine = Engine(self._borrowed[0], **self._borrowed[1])
+            sub = self._target_engine.predict([texts[i] for i in named], [None] * len(named), batch_size,
+                                             [targets[i] for i in named])
+            for i, p in zip(named, sub.target_probs):
+                out[i] = p
+        return out
 
     def warm_up(self) -> None:
         """On CUDA, score one full batch of blank posts with images, so that the first real batch

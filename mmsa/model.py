@@ -68,9 +68,12 @@ class SentimentModel:
             # The sentiment toward each brand a post names (mmsa.heads.TargetHead); None: the post's own.
             self.target_head = None
             if cfg.get("target_head"):
-                self.target_head = TargetHead(int(cfg["text_dim"]), int(cfg["target_blocks"]))
+                self.target_head = TargetHead(int(cfg["text_dim"]), int(cfg["target_blocks"]),
+                                              position_buckets=int(cfg.get("target_position_buckets", 0)))
                 self.target_head.load_state_dict({k: v.float() for k, v in load_file(str(folder / cfg["target_head"])).items()})
                 self.target_head.to(self.device).eval()
+            if cfg.get("target_head") and cfg.get("target_model"):
+                raise ValueError("config.json names both a target_head and a target_model: one scores the brands")
             h = hashlib.sha256()
             for path in weight_files:
                 h.update(path.read_bytes())
@@ -79,7 +82,15 @@ class SentimentModel:
                                  f"{str(exc)[:200]}): restore it (reinstall mmsa, or train it again) or pass --model "
                                  "with another") from exc
         self.bundle.to(self.device).eval()
-        # Stable id stored with every scored row: model name + hash of the weights this folder adds.
+        # The model whose target head scores the brands a post names: this one, or the one config.json's
+        # `target_model` names (a model name or folder: a tier without its own head borrows another's, as the
+        # large tier borrows the default's), or None (every brand gets the post's label).
+        self.target_model = self if self.target_head is not None else None
+        if cfg.get("target_model"):
+            self.target_model = load_model(cfg["target_model"], device)
+            h.update(self.target_model.version.encode())
+        # Stable id stored with every scored row: model name + hash of the weights this folder adds (and of
+        # the model it borrows its target head from).
         self.version = f"{cfg['name']}+{h.hexdigest()[:8]}"
         self._encoders = None
         self._lock = threading.Lock()

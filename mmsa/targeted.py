@@ -191,15 +191,17 @@ def join(ds: TargetedSet, more: TargetedSet) -> TargetedSet:
 
 
 def fit_target_head(ds: TargetedSet, rows: np.ndarray, init: Sequence[nn.Module] | int = 1, epochs: int = 2,
-                    lr: float = 1e-4, weight: str = "sqrt", seed: int = 0, progress: bool = True) -> TargetHead:
+                    lr: float = 1e-4, weight: str = "sqrt", seed: int = 0, progress: bool = True,
+                    position_bias: nn.Embedding | None = None) -> TargetHead:
     """A TargetHead trained on `rows`: its blocks copied from `init` (the encoder's top blocks, whose input
-    `ds` holds), or that many fresh blocks; the marker and output layer from scratch at a higher rate, linear
-    warm-up then decay."""
+    `ds` holds; `position_bias`: an MPNet encoder's), or that many fresh blocks; the marker and output layer
+    from scratch at a higher rate, linear warm-up then decay."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    head = TargetHead(ds.states.shape[1], init if isinstance(init, int) else len(init))
+    head = TargetHead(ds.states.shape[1], init if isinstance(init, int) else len(init),
+                      position_buckets=0 if position_bias is None else position_bias.num_embeddings)
     if not isinstance(init, int):
-        head.from_bert_layers(init)
+        head.from_layers(init, position_bias)
     cw = class_weight(ds.label[rows], weight)
     w = torch.tensor([cw[c] for c in range(3)], dtype=torch.float32) if cw else None
     fresh = [head.marker, *head.out.parameters()]
@@ -294,7 +296,7 @@ def cross_validate(model, data_dir: str | Path, candidates=tuple(CANDIDATES), fo
                 tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
                 usable = len(ds) + np.flatnonzero((text_fold[pairs.parts] != f).all(1))
                 head = fit_target_head(both, np.concatenate([tr, usable]), model.text_encoder.layers()[-blocks:],
-                                       seed=seed, progress=progress)
+                                       seed=seed, progress=progress, position_bias=model.text_encoder.position_bias())
                 p[te] = predict_targets(head, both, te)
         out[name] = p
         if cache is not None:
@@ -365,6 +367,12 @@ def table(result: dict) -> str:
             "are for the judged test splits, which no candidate saw.\n\n" + "\n".join(lines) + "\n")
 
 
+def position_buckets(model) -> int:
+    """The buckets of the relative position bias a target head over `model`'s encoder copies (0: none)."""
+    bias = model.text_encoder.position_bias()
+    return 0 if bias is None else bias.num_embeddings
+
+
 def final_head(model, name: str, data_dir: str | Path, seed: int = 0, cache_dir: Path | None = FEATURES_DIR) -> TargetHead:
     """Candidate `name`'s TargetHead fitted on all its rows (real rows and pairs), temperature 1, cached like
     the out-of-fold probabilities."""
@@ -375,10 +383,11 @@ def final_head(model, name: str, data_dir: str | Path, seed: int = 0, cache_dir:
     both = join(ds, pairs)
     cache = Path(cache_dir) / f"target-head-{name}-{both.key}-{seed}.safetensors" if cache_dir and both.key else None
     if cache is not None and cache.exists():
-        head = TargetHead(ds.states.shape[1], blocks)
+        head = TargetHead(ds.states.shape[1], blocks, position_buckets=position_buckets(model))
         head.load_state_dict(load_file(str(cache)))
         return head.eval()
-    head = fit_target_head(both, np.arange(len(both)), model.text_encoder.layers()[-blocks:], seed=seed)
+    head = fit_target_head(both, np.arange(len(both)), model.text_encoder.layers()[-blocks:], seed=seed,
+                           position_bias=model.text_encoder.position_bias())
     if cache is not None:
         with atomic_path(cache) as tmp:
             save_file({k: v.contiguous() for k, v in head.state_dict().items()}, tmp)
@@ -399,7 +408,7 @@ def add_target_head(out: str | Path, data_dir: str | Path, folds: int = 3, seed:
 
     out = Path(out)
     config = json.loads((out / "config.json").read_text())
-    for k in ("target_head", "target_blocks"):  # the encoders only: a head from an earlier fit must not load
+    for k in ("target_head", "target_blocks", "target_position_buckets"):  # the encoders only: a head from an earlier fit must not load
         config.pop(k, None)
     files.write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
     model = SentimentModel(out)
@@ -413,6 +422,7 @@ def add_target_head(out: str | Path, data_dir: str | Path, folds: int = 3, seed:
     config.update({
         "target_head": "target_head.safetensors",
         "target_blocks": CANDIDATES[CHOSEN],
+        "target_position_buckets": position_buckets(model),
         "target_train": {"data": str(data_dir), "candidate": CHOSEN, "rows": len(ds), "folds": folds, "seed": seed,
                          "temperature": t},
         "target_out_of_fold": {name: {k: sc[k] for k in ("n", "accuracy", "macro_recall", "macro_f1")}

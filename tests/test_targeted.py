@@ -4,12 +4,14 @@ probabilities and `mmsa score --brands` end to end on the shipped model."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import duckdb
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig
+from torch import nn
+from transformers import BertConfig, MPNetConfig, MPNetModel
 from transformers.models.bert.modeling_bert import BertLayer
 
 from mmsa import pipeline
@@ -17,8 +19,9 @@ from mmsa.brands import BrandTagger, find_spans
 from mmsa.cli import main
 from mmsa.encoders import fast_tokenizer, span_token_mask, unpadded
 from mmsa.heads import TargetHead
-from mmsa.infer import get_engine
-from mmsa.model import Prediction, load_model
+from mmsa.faults import PermanentError
+from mmsa.infer import Engine, get_engine
+from mmsa.model import Prediction, SentimentModel, load_model, resolve_model_dir
 from mmsa.data import target_spans
 from mmsa.targeted import TargetedSet, fit_target_head, group_folds, predict_targets
 
@@ -57,7 +60,7 @@ def test_target_head_copies_bert_blocks_exactly():
     cfg = BertConfig(hidden_size=48, num_attention_heads=4, intermediate_size=192, hidden_dropout_prob=0.0,
                      attention_probs_dropout_prob=0.0)
     layers = [BertLayer(cfg).eval() for _ in range(2)]
-    head = TargetHead(48, blocks=2, n_heads=4).from_bert_layers(layers).eval()
+    head = TargetHead(48, blocks=2, n_heads=4).from_layers(layers).eval()
     x = torch.randn(3, 9, 48)
     mask = torch.ones(3, 9, dtype=torch.bool)
     mask[1, 6:] = False
@@ -66,12 +69,33 @@ def test_target_head_copies_bert_blocks_exactly():
         for layer in layers:
             want = layer(want, attention_mask=(~mask[:, None, None, :]).float() * -1e9)
             want = want[0] if isinstance(want, tuple) else want
-        got = x + head.marker
-        for block in head.blocks:
-            got = block(got, src_key_padding_mask=~mask)
+        got = head.states(x, mask, mask)
     assert torch.allclose(got[mask], want[mask], atol=1e-5)
     with pytest.raises(ValueError, match="2 blocks"):
-        head.from_bert_layers(layers[:1])
+        head.from_layers(layers[:1])
+
+
+def test_target_head_copies_mpnet_blocks_with_their_relative_position_bias():
+    """The large tier's encoder: MPNet's top blocks, rerun by the head over the states below them, give MPNet's
+    own final states (its relative position bias included); without the bias they would not."""
+    torch.manual_seed(0)
+    cfg = MPNetConfig(vocab_size=100, hidden_size=48, num_attention_heads=4, intermediate_size=192,
+                      num_hidden_layers=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    mpnet = MPNetModel(cfg).eval()
+    nn.init.normal_(mpnet.encoder.relative_attention_bias.weight)  # as large as a trained model's, not init's 0.02
+    ids = torch.randint(5, 100, (3, 12))
+    mask = torch.ones(3, 12, dtype=torch.bool)
+    mask[1, 7:] = False
+    with torch.no_grad():
+        hidden = mpnet(input_ids=ids, attention_mask=mask.long(), output_hidden_states=True).hidden_states
+        encoder = mpnet.encoder
+        head = TargetHead(48, blocks=2, n_heads=4, position_buckets=cfg.relative_attention_num_buckets)
+        got = head.from_layers(encoder.layer[1:], encoder.relative_attention_bias).eval().states(hidden[1], mask, mask)
+        assert torch.allclose(got[mask], hidden[3][mask], atol=1e-4)
+        plain = TargetHead(48, blocks=2, n_heads=4).from_layers(encoder.layer[1:]).eval().states(hidden[1], mask, mask)
+        assert not torch.allclose(plain[mask], hidden[3][mask], atol=1e-2)
+    with pytest.raises(ValueError, match="relative position bias"):
+        TargetHead(48, blocks=2, n_heads=4).from_layers(encoder.layer[1:], encoder.relative_attention_bias)
 
 
 def _toy_set(n: int, rng: np.random.Generator) -> TargetedSet:
@@ -119,6 +143,43 @@ def test_engine_gives_probabilities_toward_each_target_and_none_without_targets(
     assert np.allclose(one.target_probs[0], pred.target_probs[0], atol=1e-5)
     onnx = get_engine("default", "onnx").predict(texts, [None, None], targets=spans)  # the exported graph's tap
     assert np.allclose(onnx.target_probs[0], pred.target_probs[0], atol=1e-3)
+
+
+def _borrower(folder, **config):
+    """A copy of the shipped model's folder without its target head, config.json updated with `config`."""
+    shutil.copytree(resolve_model_dir("default"), folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    for k in ("target_head", "target_blocks"):
+        cfg.pop(k)
+    (folder / "target_head.safetensors").unlink()
+    (folder / "config.json").write_text(json.dumps({**cfg, **config}))
+    return folder
+
+
+def test_a_model_without_a_target_head_borrows_the_one_its_config_names(tmp_path):
+    """The large tier's way (config.json `target_model`): brands are scored by the lender's head over the lender's
+    own encoder states; rows without targets get none, and the borrower's version names the lender."""
+    lender = load_model("default")
+    borrower = SentimentModel(_borrower(tmp_path / "borrower", target_model=str(lender.folder)))
+    plain = SentimentModel(_borrower(tmp_path / "plain"))
+    assert borrower.target_model is lender and plain.target_model is None and lender.target_model is lender
+    assert borrower.version != plain.version
+
+    texts = [PRAISE_AND_PAN, "nothing to see here", CONTRAST]
+    spans = [[find_spans(PRAISE_AND_PAN, "acme"), find_spans(PRAISE_AND_PAN, "globex")], [],
+             [find_spans(CONTRAST, "globex")]]
+    pred = Engine(borrower, backend="torch", threads=1).predict(texts, [None] * 3, targets=spans)
+    own = get_engine("default", "torch").predict(texts, [None] * 3, targets=spans)
+    assert [p.shape for p in pred.target_probs] == [(2, 3), (0, 3), (1, 3)]
+    for mine, theirs in zip(pred.target_probs, own.target_probs):
+        np.testing.assert_allclose(mine, theirs, atol=1e-5)
+    assert Engine(plain, backend="torch", threads=1).predict(texts, [None] * 3, targets=spans).target_probs is None
+
+    with pytest.raises(PermanentError, match="both a target_head and a target_model"):
+        cfg = json.loads((lender.folder / "config.json").read_text())
+        shutil.copytree(lender.folder, tmp_path / "both")
+        (tmp_path / "both" / "config.json").write_text(json.dumps({**cfg, "target_model": "default"}))
+        SentimentModel(tmp_path / "both")
 
 
 def test_toward_brands_moves_a_named_brand_by_the_image_and_leaves_an_unnamed_one_with_the_post():
