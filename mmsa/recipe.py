@@ -8,14 +8,16 @@ target head of `mmsa.targeted` (sentiment toward each brand), which reads the ne
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from mmsa import stack
+from mmsa import files, stack
 from mmsa.data import MVSA, SEMEVAL, TARGETED, resolve_data_dir
 from mmsa.features import FEATURES_DIR
 from mmsa.targeted import add_target_head
 
 NO_TARGET_HEAD = "none"  # as `targeted`: the stacked heads alone, without the target head
+BORROW = "borrow:"  # as `targeted`, "borrow:MODEL": no head of its own, MODEL's scores the brands (config target_model)
 
 
 def train_default(out: str | Path, mvsa: str | Path | None = None, semeval: str | Path | None = None,
@@ -25,7 +27,8 @@ def train_default(out: str | Path, mvsa: str | Path | None = None, semeval: str 
     """Build the shipped recipe into the model folder `out` and return its config.json.
 
     `mvsa`: a folder with MVSA's train.jsonl + dev.jsonl (both fitted on); `semeval`: general tweets for the
-    text path; `targeted`: the targeted sets' folder, or "none" for no target head; each None: its folder under
+    text path; `targeted`: the targeted sets' folder, "none" for no target head, or "borrow:MODEL" for MODEL's
+    (a model name or folder); each None: its folder under
     the data folder. `base`: the model folder whose encoders (and fine-tuned text layers) are used. `name`: the
     model's name in every scored row (default: the folder's). `cache_dir`: the feature cache (default
     FEATURES_DIR), for the stacked heads' pooled features and the target head's token states and fits alike."""
@@ -35,4 +38,19 @@ def train_default(out: str | Path, mvsa: str | Path | None = None, semeval: str 
                                recipe=recipe, name=name, seed=seed, cache_dir=cache)
     if str(targeted) == NO_TARGET_HEAD:
         return config
+    if str(targeted).startswith(BORROW):
+        return borrow_target_head(out, str(targeted)[len(BORROW):])
     return add_target_head(out, targeted or data / TARGETED, seed=seed, cache_dir=cache)
+
+
+def borrow_target_head(out: str | Path, lender: str) -> dict:
+    """Make the model folder `out` score brands with model `lender`'s target head (config.json `target_model`),
+    checking that the lender loads and has a head of its own. Returns the new config."""
+    from mmsa.model import load_model
+
+    if load_model(lender).target_head is None:
+        raise ValueError(f"model {lender!r} has no target head to lend")
+    out = Path(out)
+    config = {**json.loads((out / "config.json").read_text()), "target_model": lender}
+    files.write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
+    return config

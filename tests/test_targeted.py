@@ -22,6 +22,7 @@ from mmsa.heads import TargetHead
 from mmsa.faults import PermanentError
 from mmsa.infer import Engine, get_engine
 from mmsa.model import Prediction, SentimentModel, load_model, resolve_model_dir
+from mmsa.recipe import borrow_target_head
 from mmsa.data import target_spans
 from mmsa.targeted import TargetedSet, fit_target_head, group_folds, predict_targets
 
@@ -145,14 +146,14 @@ def test_engine_gives_probabilities_toward_each_target_and_none_without_targets(
     assert np.allclose(onnx.target_probs[0], pred.target_probs[0], atol=1e-3)
 
 
-def _borrower(folder, **config):
-    """A copy of the shipped model's folder without its target head, config.json updated with `config`."""
+def _borrower(folder):
+    """A copy of the shipped model's folder without its target head."""
     shutil.copytree(resolve_model_dir("default"), folder)
     cfg = json.loads((folder / "config.json").read_text())
     for k in ("target_head", "target_blocks"):
         cfg.pop(k)
     (folder / "target_head.safetensors").unlink()
-    (folder / "config.json").write_text(json.dumps({**cfg, **config}))
+    (folder / "config.json").write_text(json.dumps(cfg))
     return folder
 
 
@@ -160,8 +161,11 @@ def test_a_model_without_a_target_head_borrows_the_one_its_config_names(tmp_path
     """The large tier's way (config.json `target_model`): brands are scored by the lender's head over the lender's
     own encoder states; rows without targets get none, and the borrower's version names the lender."""
     lender = load_model("default")
-    borrower = SentimentModel(_borrower(tmp_path / "borrower", target_model=str(lender.folder)))
     plain = SentimentModel(_borrower(tmp_path / "plain"))
+    borrow_target_head(_borrower(tmp_path / "borrower"), str(lender.folder))  # `mmsa train --targeted borrow:...`
+    borrower = SentimentModel(tmp_path / "borrower")
+    with pytest.raises(ValueError, match="no target head to lend"):
+        borrow_target_head(tmp_path / "borrower", str(plain.folder))
     assert borrower.target_model is lender and plain.target_model is None and lender.target_model is lender
     assert borrower.version != plain.version
 
