@@ -344,7 +344,7 @@ def _cmd_compare_targets(args: argparse.Namespace) -> int:
     kw = {} if args.cache is None else {"cache_dir": args.cache}
     result = targeted.compare(load_model(args.model), args.data or resolve_data_dir() / TARGETED, args.out,
                               candidates=args.candidates or tuple(targeted.CANDIDATES), folds=args.folds, seed=args.seed,
-                              oof_path=args.oof, **kw)
+                              oof_path=args.oof, lender=args.lender and load_model(args.lender), **kw)
     print(targeted.table(result))
     return 0
 
@@ -498,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results", help="folder for targeted.md and its JSON")
     p.add_argument("--oof", help="an .npz to write the chosen candidate's calibrated out-of-fold probabilities and "
                                  "labels to (for `mmsa quantify-compare --probs`)")
+    p.add_argument("--lender", help="a model with a target head (e.g. default): also score borrowing it (as "
+                                    "`mmsa train --targeted borrow:MODEL` does), in the same folds")
     p.set_defaults(func=_cmd_compare_targets)
 
     p = sub.add_parser("quantify-compare",

@@ -14,7 +14,7 @@ from pathlib import Path
 from mmsa import files, stack
 from mmsa.data import MVSA, SEMEVAL, TARGETED, resolve_data_dir
 from mmsa.features import FEATURES_DIR
-from mmsa.targeted import add_target_head
+from mmsa.targeted import add_target_head, borrow_config
 
 NO_TARGET_HEAD = "none"  # as `targeted`: the stacked heads alone, without the target head
 BORROW = "borrow:"  # as `targeted`, "borrow:MODEL": no head of its own, MODEL's scores the brands (config target_model)
@@ -39,18 +39,23 @@ def train_default(out: str | Path, mvsa: str | Path | None = None, semeval: str 
     if str(targeted) == NO_TARGET_HEAD:
         return config
     if str(targeted).startswith(BORROW):
-        return borrow_target_head(out, str(targeted)[len(BORROW):])
+        from mmsa.model import SentimentModel, load_model
+
+        lender = str(targeted)[len(BORROW):]
+        figures = borrow_config(SentimentModel(Path(out)), load_model(lender), data / TARGETED, seed=seed, cache_dir=cache)
+        return borrow_target_head(out, lender, figures)
     return add_target_head(out, targeted or data / TARGETED, seed=seed, cache_dir=cache)
 
 
-def borrow_target_head(out: str | Path, lender: str) -> dict:
-    """Make the model folder `out` score brands with model `lender`'s target head (config.json `target_model`),
+def borrow_target_head(out: str | Path, lender: str, figures: dict | None = None) -> dict:
+    """Make the model folder `out` score brands with model `lender`'s target head (config.json `target_model`,
+    and `figures`: `mmsa.targeted.borrow_config`'s shift, out-of-fold figures and quantification statistics),
     checking that the lender loads and has a head of its own. Returns the new config."""
     from mmsa.model import load_model
 
     if load_model(lender).target_head is None:
         raise ValueError(f"model {lender!r} has no target head to lend")
     out = Path(out)
-    config = {**json.loads((out / "config.json").read_text()), "target_model": lender}
+    config = {**json.loads((out / "config.json").read_text()), "target_model": lender, **(figures or {})}
     files.write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
     return config

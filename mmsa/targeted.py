@@ -273,7 +273,7 @@ def cross_validate(model, data_dir: str | Path, candidates=tuple(CANDIDATES), fo
     for name in candidates:
         blocks = CANDIDATES[name]
         ds, pairs = candidate_sets(model, data_dir, name, seed, cache_dir) if blocks else (final, None)
-        key = ds.key + (pairs.key if pairs is not None else "")
+        key = ds.key + (pairs.key if pairs is not None else "") + (model.version if name == "post" else "")  # post: the heads'
         cache = Path(cache_dir) / f"target-oof-{name}-{key}-{folds}-{seed}.npy" if cache_dir and ds.key else None
         if cache is not None and cache.exists():
             out[name] = np.load(cache)
@@ -307,6 +307,64 @@ def cross_validate(model, data_dir: str | Path, candidates=tuple(CANDIDATES), fo
     return final, out
 
 
+SHIFTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # the powers `borrowed` chooses among (0: the lent head's own)
+# Rows the shift is chosen on: not SemEval-2016 4C, whose tweets both text paths saw in training (as SemEval-2017
+# 4A, with post-level labels), so their post probabilities there are not out of sample.
+SHIFT_SOURCES = ("twitter2015", "twitter2017", "dong2014")
+
+
+def choose_shift(label: np.ndarray, target: np.ndarray, own: np.ndarray, lent: np.ndarray, rows: np.ndarray) -> float:
+    """The power in SHIFTS whose `toward_targets(own, lent, target, power)` has the least log-loss on `rows`."""
+    from mmsa.model import toward_targets
+
+    def loss(power: float) -> float:
+        p = toward_targets(own[rows], lent[rows], target[rows], power)
+        return float(-np.log(np.clip(p[np.arange(len(p)), label[rows]], 1e-12, None)).mean())
+
+    return min(SHIFTS, key=loss)
+
+
+def borrowed(model, lender, data_dir: str | Path, folds: int = 3, seed: int = 0,
+             cache_dir: Path | None = FEATURES_DIR) -> tuple[TargetedSet, dict[str, np.ndarray], float]:
+    """What `model` scores toward targets when it borrows `lender`'s target head (config.json `target_model`):
+    (the targeted rows, out-of-fold probabilities of "borrowed", the lender's chosen candidate as it ships
+    (temperature fitted out of fold), and of "borrowed_shift", those moved by how `model`'s text path reads the
+    whole post against the lender's (`mmsa.model.toward_targets` with a power chosen on the other folds' rows of
+    SHIFT_SOURCES), and the power chosen on all those rows, for config.json `target_shift`). Same folds as
+    `cross_validate`."""
+    from mmsa.model import toward_targets
+
+    ds, lent = cross_validate(lender, data_dir, ["post", CHOSEN], folds, seed, cache_dir)
+    own = cross_validate(model, data_dir, ["post"], folds, seed, cache_dir)[1]["post"]
+    target = tempered(lent[CHOSEN], fit_temperature(lent[CHOSEN], ds.label))
+    fold = group_folds(ds, folds, seed)
+    usable = np.isin(ds.source, SHIFT_SOURCES)
+    shifted = np.zeros_like(target)
+    for f in range(folds):
+        te = np.flatnonzero(fold == f)
+        power = choose_shift(ds.label, target, own, lent["post"], np.flatnonzero((fold != f) & usable))
+        shifted[te] = toward_targets(own[te], lent["post"][te], target[te], power)
+    return ds, {"borrowed": target, "borrowed_shift": shifted}, choose_shift(ds.label, target, own, lent["post"],
+                                                                            np.flatnonzero(usable))
+
+
+def borrow_config(model, lender, data_dir: str | Path, folds: int = 3, seed: int = 0,
+                  cache_dir: Path | None = FEATURES_DIR) -> dict:
+    """The config.json entries of `model` borrowing `lender`'s target head (`borrowed`): the shift, the
+    out-of-fold figures of the shifted probabilities and the quantification statistics from them (brand shares
+    are estimated with them, `mmsa.quantify`)."""
+    from mmsa.quantify import quantification_stats
+
+    ds, oof, shift = borrowed(model, lender, data_dir, folds, seed, cache_dir)
+    p = oof["borrowed_shift"]
+    return {"target_shift": shift,
+            "target_train": {"data": str(data_dir), "lender": lender.version, "rows": len(ds), "folds": folds,
+                             "seed": seed, "shift": shift},
+            "target_out_of_fold": {name: {k: sc[k] for k in ("n", "accuracy", "macro_recall", "macro_f1")}
+                                   for name, sc in scores_by_set(ds, p).items()},
+            "quantification": quantification_stats(p, ds.label, seed=seed)}
+
+
 def scores_by_set(ds: TargetedSet, probs: np.ndarray) -> dict[str, dict]:
     """classification_metrics per source set (accuracy, macro recall, ...) of argmax labels."""
     return {name: classification_metrics(ds.label[ds.source == name], probs[ds.source == name].argmax(1))
@@ -321,19 +379,27 @@ WHAT = {"post": "the general text head on the whole post (every brand got the po
         "top1": "TargetHead: the encoder's last block rerun with the target marked, on rows + 10,000 made-up pairs",
         "top2": "the same with the encoder's top two blocks",
         "top3": "the same with the encoder's top three blocks",
-        "top4": "the same with the encoder's top four blocks"}
+        "top4": "the same with the encoder's top four blocks",
+        "borrowed": f"the lender's target head as it ships (its {CHOSEN}), over the lender's encoder",
+        "borrowed_shift": "that, moved by this model's text path's reading of the post against the lender's "
+                          "(power chosen on the other folds)"}
 
 
 def compare(model, data_dir: str | Path, out: str | Path | None, candidates=tuple(CANDIDATES), folds: int = 3,
-            seed: int = 0, cache_dir: Path | None = FEATURES_DIR, oof_path: str | Path | None = None) -> dict:
+            seed: int = 0, cache_dir: Path | None = FEATURES_DIR, oof_path: str | Path | None = None,
+            lender=None) -> dict:
     """Cross-validate the candidates over every targeted set (grouped by text); write `out`/targeted.md and
     its JSON, and with `oof_path` the chosen candidate's calibrated out-of-fold probabilities and the labels
-    (an .npz for `mmsa quantify-compare --probs`; labelled data, so not for the repository)."""
+    (an .npz for `mmsa quantify-compare --probs`; labelled data, so not for the repository). With `lender` (a
+    model with a target head), also the candidates of borrowing its head (`borrowed`), in the same folds."""
     unknown = set(candidates) - set(CANDIDATES)
     if unknown:
         raise ValueError(f"unknown candidates {sorted(unknown)}: expected some of {', '.join(CANDIDATES)}")
     ds, oof = cross_validate(model, data_dir, candidates, folds, seed, cache_dir)
+    if lender is not None:
+        oof.update(borrowed(model, lender, data_dir, folds, seed, cache_dir)[1])
     result = {"n": len(ds), "texts": int(len(np.unique(ds.text))), "folds": folds, "seed": seed, "model": model.version,
+              "lender": None if lender is None else lender.version,
               "scores": {name: {**scores_by_set(ds, p), "all": classification_metrics(ds.label, p.argmax(1))}
                          for name, p in oof.items()}}
     if out is not None:
@@ -356,11 +422,12 @@ def table(result: dict) -> str:
         lines.append(f"| {name} | {WHAT[name]} | " + " | ".join(cells) + f" | {100 * sc['all']['macro_recall']:.1f} |")
     bars = " | ".join(f"{'acc' if m == 'accuracy' else 'macro recall'} {v:.0f}" for m, v in BARS.values())
     lines.append(f"| bar (judged test splits) | | {bars} | |")
+    lent = f" (lender: `{result['lender']}`)" if result.get("lender") else ""
     return (f"# Sentiment toward a target: {result['folds']}-fold cross-validation grouped by text over the targeted sets\n\n"
             f"Produced by `mmsa compare-targets` over "
             f"{result['n']:,} (text, target) rows of ../shared/data/targeted/ ({result['texts']:,} distinct texts; "
             f"Twitter-2015/2017 train+dev, Dong 2014 train, SemEval-2016 4C all four files), token states of "
-            f"`{result['model']}`. The rows of one tweet (one per target, often with different labels) share a fold. "
+            f"`{result['model']}`{lent}. The rows of one tweet (one per target, often with different labels) share a fold. "
             "Each candidate is fitted on the training folds only; the held-out fold only scores.\n\n"
             "Caveat: the encoder's top layers were fine-tuned on SemEval-2017 4A tweets, which overlap the 2016 4C "
             "tweets (with post-level labels), so 4C figures lean optimistic for every candidate alike; the bars "

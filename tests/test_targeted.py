@@ -10,6 +10,7 @@ import duckdb
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import BertConfig, MPNetConfig, MPNetModel
 from transformers.models.bert.modeling_bert import BertLayer
@@ -21,10 +22,10 @@ from mmsa.encoders import fast_tokenizer, span_token_mask, unpadded
 from mmsa.heads import TargetHead
 from mmsa.faults import PermanentError
 from mmsa.infer import Engine, get_engine
-from mmsa.model import Prediction, SentimentModel, load_model, resolve_model_dir
+from mmsa.model import Prediction, SentimentModel, load_model, resolve_model_dir, toward_targets
 from mmsa.recipe import borrow_target_head
 from mmsa.data import target_spans
-from mmsa.targeted import TargetedSet, fit_target_head, group_folds, predict_targets
+from mmsa.targeted import TargetedSet, choose_shift, fit_target_head, group_folds, predict_targets
 
 PRAISE_AND_PAN = "acme's new phone is brilliant, I love it. globex support is a disgrace, never buying from them again"
 CONTRAST = "acme is amazing, globex is terrible"  # the head tells these apart; PRAISE_AND_PAN it does not yet
@@ -162,12 +163,20 @@ def test_a_model_without_a_target_head_borrows_the_one_its_config_names(tmp_path
     own encoder states; rows without targets get none, and the borrower's version names the lender."""
     lender = load_model("default")
     plain = SentimentModel(_borrower(tmp_path / "plain"))
-    borrow_target_head(_borrower(tmp_path / "borrower"), str(lender.folder))  # `mmsa train --targeted borrow:...`
-    borrower = SentimentModel(tmp_path / "borrower")
+    folder = _borrower(tmp_path / "borrower")
+    heads = load_file(str(folder / "heads.safetensors"))  # its own text path: reads posts unlike the lender's
+    torch.manual_seed(0)
+    save_file({k: v + 0.3 * torch.randn_like(v) if v.is_floating_point() else v for k, v in heads.items()},
+              str(folder / "heads.safetensors"))
+    borrow_target_head(folder, str(lender.folder), {"target_shift": 1.0})  # as `mmsa train --targeted borrow:...`
+    borrower = SentimentModel(folder)
     with pytest.raises(ValueError, match="no target head to lend"):
         borrow_target_head(tmp_path / "borrower", str(plain.folder))
     assert borrower.target_model is lender and plain.target_model is None and lender.target_model is lender
-    assert borrower.version != plain.version
+    shutil.copytree(folder, tmp_path / "unborrowed")
+    cfg = json.loads((folder / "config.json").read_text())
+    (tmp_path / "unborrowed" / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "target_model"}))
+    assert borrower.version != SentimentModel(tmp_path / "unborrowed").version  # its rows name the head they used
 
     texts = [PRAISE_AND_PAN, "nothing to see here", CONTRAST]
     spans = [[find_spans(PRAISE_AND_PAN, "acme"), find_spans(PRAISE_AND_PAN, "globex")], [],
@@ -175,8 +184,11 @@ def test_a_model_without_a_target_head_borrows_the_one_its_config_names(tmp_path
     pred = Engine(borrower, backend="torch", threads=1).predict(texts, [None] * 3, targets=spans)
     own = get_engine("default", "torch").predict(texts, [None] * 3, targets=spans)
     assert [p.shape for p in pred.target_probs] == [(2, 3), (0, 3), (1, 3)]
-    for mine, theirs in zip(pred.target_probs, own.target_probs):
-        np.testing.assert_allclose(mine, theirs, atol=1e-5)
+    assert not np.allclose(pred.text_probs, own.text_probs, atol=1e-2)
+    for i in (0, 2):  # the lender's, moved by the borrower's reading of the post against the lender's
+        want = toward_targets(pred.text_probs[i], own.text_probs[i], own.target_probs[i], 1.0)
+        np.testing.assert_allclose(pred.target_probs[i], want, atol=1e-5)
+        assert not np.allclose(pred.target_probs[i], own.target_probs[i], atol=1e-3)
     assert Engine(plain, backend="torch", threads=1).predict(texts, [None] * 3, targets=spans).target_probs is None
 
     with pytest.raises(PermanentError, match="both a target_head and a target_model"):
@@ -184,6 +196,29 @@ def test_a_model_without_a_target_head_borrows_the_one_its_config_names(tmp_path
         shutil.copytree(lender.folder, tmp_path / "both")
         (tmp_path / "both" / "config.json").write_text(json.dumps({**cfg, "target_model": "default"}))
         SentimentModel(tmp_path / "both")
+
+
+def test_the_borrowed_heads_shift_is_chosen_where_the_borrowers_reading_of_the_post_helps():
+    """choose_shift: a borrower whose post probabilities know the label better than the lender's gets a positive
+    power, which lowers the log-loss; one that reads posts as the lender does, none."""
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 3000)
+    onehot = np.eye(3)[y]
+
+    def probs(signal: float) -> np.ndarray:
+        z = signal * onehot + rng.normal(size=(len(y), 3))
+        return np.exp(z) / np.exp(z).sum(1, keepdims=True)
+
+    lent, own, target = probs(0.5), probs(2.5), probs(1.0)
+    rows = np.arange(len(y))
+    power = choose_shift(y, target, own, lent, rows)
+    assert power > 0
+
+    def loss(p):
+        return -np.log(p[rows, y]).mean()
+
+    assert loss(toward_targets(own, lent, target, power)) < loss(target) - 0.05
+    assert choose_shift(y, target, lent, lent, rows) == 0.0
 
 
 def test_toward_brands_moves_a_named_brand_by_the_image_and_leaves_an_unnamed_one_with_the_post():
