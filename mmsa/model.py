@@ -3,7 +3,8 @@
 
 A model folder holds config.json and safetensors only (never pickles): the head bundle and,
 if the text encoder was fine-tuned, just its changed top layers (or their low-rank updates), overlaid on the
-packaged backbone.
+packaged backbone. A folder without a target head of its own may name a model whose head scores the brands
+its posts name (`target_model`: the large tier borrows the default's).
 """
 
 from __future__ import annotations
