@@ -93,6 +93,9 @@ class SentimentModel:
         self.target_shift = float(cfg.get("target_shift", 0.0))
         if cfg.get("target_model"):
             self.target_model = load_model(cfg["target_model"], device)
+            if self.target_model.target_head is None:  # a lender that borrows too could lead round a loop
+                raise PermanentError(f"{folder}/config.json: target_model {cfg['target_model']!r} has no target head "
+                                     "of its own to lend: name a model that has one (e.g. default)")
             h.update(f"{self.target_model.version}^{self.target_shift}".encode())
         # Stable id stored with every scored row: model name + hash of the weights this folder adds (and of
         # the model it borrows its target head from).
@@ -152,7 +155,7 @@ def file_digest(path: Path) -> str:
 
 
 _CACHE: dict[tuple[str, str], SentimentModel] = {}
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()  # re-entered: a model loads the model it borrows its target head from
 
 
 def load_model(name_or_path: str | Path = "default", device: str | None = None) -> SentimentModel:

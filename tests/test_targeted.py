@@ -169,7 +169,7 @@ def test_a_model_without_a_target_head_borrows_the_one_its_config_names(tmp_path
     save_file({k: v + 0.3 * torch.randn_like(v) if v.is_floating_point() else v for k, v in heads.items()},
               str(folder / "heads.safetensors"))
     borrow_target_head(folder, str(lender.folder), {"target_shift": 1.0})  # as `mmsa train --targeted borrow:...`
-    borrower = SentimentModel(folder)
+    borrower = load_model(folder)  # loads its lender through the same cache
     with pytest.raises(ValueError, match="no target head to lend"):
         borrow_target_head(tmp_path / "borrower", str(plain.folder))
     assert borrower.target_model is lender and plain.target_model is None and lender.target_model is lender
@@ -196,6 +196,11 @@ def test_a_model_without_a_target_head_borrows_the_one_its_config_names(tmp_path
         shutil.copytree(lender.folder, tmp_path / "both")
         (tmp_path / "both" / "config.json").write_text(json.dumps({**cfg, "target_model": "default"}))
         SentimentModel(tmp_path / "both")
+    with pytest.raises(PermanentError, match="no target head of its own"):  # borrowing from a borrower
+        shutil.copytree(folder, tmp_path / "second")
+        cfg = json.loads((folder / "config.json").read_text())
+        (tmp_path / "second" / "config.json").write_text(json.dumps({**cfg, "target_model": str(folder)}))
+        SentimentModel(tmp_path / "second")
 
 
 def test_the_borrowed_heads_shift_is_chosen_where_the_borrowers_reading_of_the_post_helps():
