@@ -92,10 +92,12 @@ class SentimentModel:
         # lender's (toward_targets' power; chosen out of fold, mmsa.targeted.borrowed).
         self.target_shift = float(cfg.get("target_shift", 0.0))
         if cfg.get("target_model"):
-            self.target_model = load_model(cfg["target_model"], device)
-            if self.target_model.target_head is None:  # a lender that borrows too could lead round a loop
+            lender = resolve_model_dir(cfg["target_model"])
+            # Checked before loading it: a lender that borrows too could lead the loading round a loop.
+            if not json.loads((lender / "config.json").read_text()).get("target_head"):
                 raise PermanentError(f"{folder}/config.json: target_model {cfg['target_model']!r} has no target head "
                                      "of its own to lend: name a model that has one (e.g. default)")
+            self.target_model = load_model(lender, device)
             h.update(f"{self.target_model.version}^{self.target_shift}".encode())
         # Stable id stored with every scored row: model name + hash of the weights this folder adds (and of
         # the model it borrows its target head from).
