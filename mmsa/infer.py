@@ -52,7 +52,7 @@ from mmsa import files
 from mmsa.files import default_cache_dir
 from mmsa.encoders import fast_tokenizer, pad_ids, span_token_mask, stack_images, token_ids, unpadded
 from mmsa.heads import Feats
-from mmsa.model import Prediction, SentimentModel, load_model, toward_targets
+from mmsa.model import Prediction, SentimentModel, blend_targets, load_model, toward_targets
 from mmsa.options import BACKENDS, usable_cores
 
 log = logging.getLogger(__name__)
@@ -378,14 +378,15 @@ class Engine:
         else:
             pred = self._worker.submit(self._predict, texts, images, batch_size, called, targets).result()
         if targets is not None and self._borrowed[0] not in (None, self.model):
-            pred.target_probs = self._borrowed_targets(texts, targets, batch_size, pred.text_probs)
+            pred.target_probs = self._borrowed_targets(texts, targets, batch_size, pred.text_probs, pred.target_probs)
         return pred
 
     def _borrowed_targets(self, texts: Sequence[str], targets, batch_size: int | None,
-                          text_probs: np.ndarray) -> list[np.ndarray]:
+                          text_probs: np.ndarray, own: list[np.ndarray] | None) -> list[np.ndarray]:
         """Per row, (its targets, 3) from the borrowed target head (the lender's engine over the text of only the
         rows that name one), moved by this model's text probabilities against the lender's
-        (`toward_targets` with power `target_shift`)."""
+        (`toward_targets` with power `target_shift`), then blended with this model's own head's `own`, if it
+        has one (`blend_targets` with weight `target_blend`)."""
         out = [np.zeros((0, 3), np.float32)] * len(texts)
         named = [i for i, t in enumerate(targets) if len(t)]
         if named:
@@ -395,7 +396,10 @@ class Engine:
             sub = self._target_engine.predict([texts[i] for i in named], [None] * len(named), batch_size,
                                              [targets[i] for i in named])
             for k, (i, p) in enumerate(zip(named, sub.target_probs)):
-                out[i] = toward_targets(text_probs[i], sub.text_probs[k], p, self.model.target_shift).astype(np.float32)
+                p = toward_targets(text_probs[i], sub.text_probs[k], p, self.model.target_shift)
+                if own is not None:
+                    p = blend_targets(p, own[i], self.model.target_blend)
+                out[i] = p.astype(np.float32)
         return out
 
     def warm_up(self) -> None:

@@ -3,8 +3,8 @@
 
 A model folder holds config.json and safetensors only (never pickles): the head bundle and,
 if the text encoder was fine-tuned, just its changed top layers (or their low-rank updates), overlaid on the
-packaged backbone. A folder without a target head of its own may name a model whose head scores the brands
-its posts name (`target_model`: the large tier borrows the default's).
+packaged backbone. A folder may name a model whose target head scores the brands its posts name
+(`target_model`: the large tier borrows the default's), blended with a head of its own if it has one.
 """
 
 from __future__ import annotations
@@ -48,6 +48,14 @@ def toward_targets(fused: np.ndarray, text: np.ndarray, target: np.ndarray, powe
     return shifted / shifted.sum(-1, keepdims=True)
 
 
+def blend_targets(lent: np.ndarray, own: np.ndarray, weight: float) -> np.ndarray:
+    """(k, 3) probabilities toward a post's targets from a borrowed head's and the model's own head's: their
+    geometric mean with `weight` on the own head's (two heads over different encoders err differently)."""
+    logp = (1 - weight) * np.log(np.clip(lent, 1e-9, 1.0)) + weight * np.log(np.clip(own, 1e-9, 1.0))
+    p = np.exp(logp - logp.max(-1, keepdims=True))
+    return p / p.sum(-1, keepdims=True)
+
+
 class SentimentModel:
     """Text encoder + image encoder + the head module of config.json (mmsa.heads.from_config), fp32, eval mode; `mmsa.infer.Engine`
     runs them. The encoders load on first use: an engine whose ONNX graphs are cached never needs them
@@ -74,8 +82,6 @@ class SentimentModel:
                                               position_buckets=int(cfg.get("target_position_buckets", 0)))
                 self.target_head.load_state_dict({k: v.float() for k, v in load_file(str(folder / cfg["target_head"])).items()})
                 self.target_head.to(self.device).eval()
-            if cfg.get("target_head") and cfg.get("target_model"):
-                raise ValueError("config.json names both a target_head and a target_model: one scores the brands")
             h = hashlib.sha256()
             for path in weight_files:
                 h.update(path.read_bytes())
@@ -89,16 +95,19 @@ class SentimentModel:
         # large tier borrows the default's), or None (every brand gets the post's label).
         self.target_model = self if self.target_head is not None else None
         # How far a borrowed head's probabilities move with this model's reading of the post against the
-        # lender's (toward_targets' power; chosen out of fold, mmsa.targeted.borrowed).
+        # lender's (toward_targets' power), and the weight of this model's own head, if any, in their blend
+        # with them (blend_targets); both chosen out of fold, mmsa.targeted.borrowed.
         self.target_shift = float(cfg.get("target_shift", 0.0))
+        self.target_blend = float(cfg.get("target_blend", 0.0)) if self.target_head is not None else 0.0
         if cfg.get("target_model"):
             lender = resolve_model_dir(cfg["target_model"])
             # Checked before loading it: a lender that borrows too could lead the loading round a loop.
-            if not json.loads((lender / "config.json").read_text()).get("target_head"):
+            lent = json.loads((lender / "config.json").read_text())
+            if not lent.get("target_head") or lent.get("target_model"):
                 raise PermanentError(f"{folder}/config.json: target_model {cfg['target_model']!r} has no target head "
-                                     "of its own to lend: name a model that has one (e.g. default)")
+                                     "of its own to lend (or borrows one itself): name a model that has one (e.g. default)")
             self.target_model = load_model(lender, device)
-            h.update(f"{self.target_model.version}^{self.target_shift}".encode())
+            h.update(f"{self.target_model.version}^{self.target_shift}^{self.target_blend}".encode())
         # Stable id stored with every scored row: model name + hash of the weights this folder adds (and of
         # the model it borrows its target head from).
         self.version = f"{cfg['name']}+{h.hexdigest()[:8]}"

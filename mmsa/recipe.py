@@ -17,7 +17,7 @@ from mmsa.features import FEATURES_DIR
 from mmsa.targeted import add_target_head, borrow_config
 
 NO_TARGET_HEAD = "none"  # as `targeted`: the stacked heads alone, without the target head
-BORROW = "borrow:"  # as `targeted`, "borrow:MODEL": no head of its own, MODEL's scores the brands (config target_model)
+BORROW = "borrow:"  # as `targeted`, "borrow:MODEL": MODEL's head scores the brands (config target_model), blended with a linear one of its own
 
 
 def train_default(out: str | Path, mvsa: str | Path | None = None, semeval: str | Path | None = None,
@@ -42,20 +42,29 @@ def train_default(out: str | Path, mvsa: str | Path | None = None, semeval: str 
         from mmsa.model import SentimentModel, load_model
 
         lender = str(targeted)[len(BORROW):]
-        figures = borrow_config(SentimentModel(Path(out)), load_model(lender), data / TARGETED, seed=seed, cache_dir=cache)
-        return borrow_target_head(out, lender, figures)
+        figures, head = borrow_config(SentimentModel(Path(out)), load_model(lender), data / TARGETED, seed=seed,
+                                      cache_dir=cache)
+        return borrow_target_head(out, lender, figures, head)
     return add_target_head(out, targeted or data / TARGETED, seed=seed, cache_dir=cache)
 
 
-def borrow_target_head(out: str | Path, lender: str, figures: dict | None = None) -> dict:
+def borrow_target_head(out: str | Path, lender: str, figures: dict | None = None, head=None) -> dict:
     """Make the model folder `out` score brands with model `lender`'s target head (config.json `target_model`,
-    and `figures`: `mmsa.targeted.borrow_config`'s shift, out-of-fold figures and quantification statistics),
-    checking that the lender loads and has a head of its own. Returns the new config."""
+    and `figures`: `mmsa.targeted.borrow_config`'s shift, blend weight, out-of-fold figures and quantification
+    statistics), blended with `head` (a TargetHead over `out`'s own encoder; None: none), checking that the
+    lender loads and has a head of its own. Returns the new config."""
+    from safetensors.torch import save_file
+
     from mmsa.model import load_model
 
     if load_model(lender).target_head is None:
         raise ValueError(f"model {lender!r} has no target head to lend")
     out = Path(out)
     config = {**json.loads((out / "config.json").read_text()), "target_model": lender, **(figures or {})}
+    if head is not None:
+        with files.atomic_path(out / "target_head.safetensors") as tmp:
+            save_file({k: v.contiguous() for k, v in head.state_dict().items()}, tmp)
+        config.update({"target_head": "target_head.safetensors", "target_blocks": len(head.blocks),
+                       "target_position_buckets": 0 if head.position_bias is None else head.position_bias.num_embeddings})
     files.write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
     return config

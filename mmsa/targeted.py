@@ -41,6 +41,7 @@ TARGETED_SETS = {
 # Each candidate and the encoder's top blocks its head reruns (None: no head, the final states as they are).
 CANDIDATES = {"post": None, "span_lr": None, "top1": 1, "top2": 2, "top3": 3, "top4": 4}
 CHOSEN = "top4"  # by `mmsa compare-targets` (results/targeted.md): the best of the candidates there
+OWN = "span_lr"  # a borrower's own head, blended with the lent one (results/large/targeted.md)
 PAIRS = 10_000  # pair texts made for the head candidates (two rows each)
 
 
@@ -308,61 +309,96 @@ def cross_validate(model, data_dir: str | Path, candidates=tuple(CANDIDATES), fo
 
 
 SHIFTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # the powers `borrowed` chooses among (0: the lent head's own)
-# Rows the shift is chosen on: not SemEval-2016 4C, whose tweets both text paths saw in training (as SemEval-2017
-# 4A, with post-level labels), so their post probabilities there are not out of sample.
+BLENDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)  # the weights of the borrower's own head `borrowed` chooses among
+# Rows the shift and blend are chosen on: not SemEval-2016 4C, whose tweets both text paths saw in training (as
+# SemEval-2017 4A, with post-level labels), so their post probabilities there are not out of sample.
 SHIFT_SOURCES = ("twitter2015", "twitter2017", "dong2014")
+
+
+def _log_loss(p: np.ndarray, label: np.ndarray) -> float:
+    return float(-np.log(np.clip(p[np.arange(len(p)), label], 1e-12, None)).mean())
 
 
 def choose_shift(label: np.ndarray, target: np.ndarray, own: np.ndarray, lent: np.ndarray, rows: np.ndarray) -> float:
     """The power in SHIFTS whose `toward_targets(own, lent, target, power)` has the least log-loss on `rows`."""
     from mmsa.model import toward_targets
 
-    def loss(power: float) -> float:
-        p = toward_targets(own[rows], lent[rows], target[rows], power)
-        return float(-np.log(np.clip(p[np.arange(len(p)), label[rows]], 1e-12, None)).mean())
+    return min(SHIFTS, key=lambda power: _log_loss(toward_targets(own[rows], lent[rows], target[rows], power), label[rows]))
 
-    return min(SHIFTS, key=loss)
+
+def choose_blend(label: np.ndarray, lent: np.ndarray, own: np.ndarray, rows: np.ndarray) -> float:
+    """The weight in BLENDS whose `blend_targets(lent, own, weight)` has the least log-loss on `rows`."""
+    from mmsa.model import blend_targets
+
+    return min(BLENDS, key=lambda weight: _log_loss(blend_targets(lent[rows], own[rows], weight), label[rows]))
 
 
 def borrowed(model, lender, data_dir: str | Path, folds: int = 3, seed: int = 0,
-             cache_dir: Path | None = FEATURES_DIR) -> tuple[TargetedSet, dict[str, np.ndarray], float]:
+             cache_dir: Path | None = FEATURES_DIR) -> tuple[TargetedSet, dict[str, np.ndarray], float, float]:
     """What `model` scores toward targets when it borrows `lender`'s target head (config.json `target_model`):
     (the targeted rows, out-of-fold probabilities of "borrowed", the lender's chosen candidate as it ships
-    (temperature fitted out of fold), and of "borrowed_shift", those moved by how `model`'s text path reads the
-    whole post against the lender's (`mmsa.model.toward_targets` with a power chosen on the other folds' rows of
-    SHIFT_SOURCES), and the power chosen on all those rows, for config.json `target_shift`). Same folds as
-    `cross_validate`."""
-    from mmsa.model import toward_targets
+    (temperature fitted out of fold); "borrowed_shift", those moved by how `model`'s text path reads the whole
+    post against the lender's (`mmsa.model.toward_targets`); "borrowed_blend", those blended with `model`'s own
+    span_lr (`mmsa.model.blend_targets`: a head over another encoder errs differently), power and weight chosen
+    on the other folds' rows of SHIFT_SOURCES; and the power and weight chosen on all those rows, for
+    config.json `target_shift` and `target_blend`). Same folds as `cross_validate`."""
+    from mmsa.model import blend_targets, toward_targets
 
     ds, lent = cross_validate(lender, data_dir, ["post", CHOSEN], folds, seed, cache_dir)
-    own = cross_validate(model, data_dir, ["post"], folds, seed, cache_dir)[1]["post"]
+    own = cross_validate(model, data_dir, ["post", OWN], folds, seed, cache_dir)[1]
     target = tempered(lent[CHOSEN], fit_temperature(lent[CHOSEN], ds.label))
+    span = tempered(own[OWN], fit_temperature(own[OWN], ds.label))
     fold = group_folds(ds, folds, seed)
     usable = np.isin(ds.source, SHIFT_SOURCES)
-    shifted = np.zeros_like(target)
+
+    def fit(rows: np.ndarray) -> tuple[float, float, np.ndarray]:
+        power = choose_shift(ds.label, target, own["post"], lent["post"], rows)
+        shifted = toward_targets(own["post"], lent["post"], target, power)
+        return power, choose_blend(ds.label, shifted, span, rows), shifted
+
+    shifted, blended = np.zeros_like(target), np.zeros_like(target)
     for f in range(folds):
-        te = np.flatnonzero(fold == f)
-        power = choose_shift(ds.label, target, own, lent["post"], np.flatnonzero((fold != f) & usable))
-        shifted[te] = toward_targets(own[te], lent["post"][te], target[te], power)
-    return ds, {"borrowed": target, "borrowed_shift": shifted}, choose_shift(ds.label, target, own, lent["post"],
-                                                                            np.flatnonzero(usable))
+        te = fold == f
+        power, weight, p = fit(np.flatnonzero((fold != f) & usable))
+        shifted[te] = p[te]
+        blended[te] = blend_targets(p[te], span[te], weight)
+    power, weight, _ = fit(np.flatnonzero(usable))
+    return ds, {"borrowed": target, "borrowed_shift": shifted, "borrowed_blend": blended}, power, weight
 
 
 def borrow_config(model, lender, data_dir: str | Path, folds: int = 3, seed: int = 0,
-                  cache_dir: Path | None = FEATURES_DIR) -> dict:
-    """The config.json entries of `model` borrowing `lender`'s target head (`borrowed`): the shift, the
-    out-of-fold figures of the shifted probabilities and the quantification statistics from them (brand shares
-    are estimated with them, `mmsa.quantify`)."""
+                  cache_dir: Path | None = FEATURES_DIR) -> tuple[dict, TargetHead]:
+    """The config.json entries of `model` borrowing `lender`'s target head blended with a head of its own
+    (`borrowed`): the shift and blend weight, the out-of-fold figures of the blended probabilities and the
+    quantification statistics from them (brand shares are estimated with them, `mmsa.quantify`); and that own
+    head (`span_head`), fitted on every row."""
     from mmsa.quantify import quantification_stats
 
-    ds, oof, shift = borrowed(model, lender, data_dir, folds, seed, cache_dir)
-    p = oof["borrowed_shift"]
-    return {"target_shift": shift,
+    ds, oof, shift, blend = borrowed(model, lender, data_dir, folds, seed, cache_dir)
+    p = oof["borrowed_blend"]
+    mine, own = cross_validate(model, data_dir, [OWN], folds, seed, cache_dir)  # the same rows over its own states
+    head = span_head(fit_lr(np.concatenate(mine.pooled(), 1), mine.label, weight="sqrt", seed=seed),
+                     fit_temperature(own[OWN], mine.label))
+    return {"target_shift": shift, "target_blend": blend,
             "target_train": {"data": str(data_dir), "lender": lender.version, "rows": len(ds), "folds": folds,
-                             "seed": seed, "shift": shift},
+                             "seed": seed, "shift": shift, "own": OWN, "blend": blend},
             "target_out_of_fold": {name: {k: sc[k] for k in ("n", "accuracy", "macro_recall", "macro_f1")}
                                    for name, sc in scores_by_set(ds, p).items()},
-            "quantification": quantification_stats(p, ds.label, seed=seed)}
+            "quantification": quantification_stats(p, ds.label, seed=seed)}, head
+
+
+def span_head(lr, temperature: float = 1.0) -> TargetHead:
+    """A TargetHead of no blocks that computes span_lr's fitted pipeline (a scaler, then a logistic regression
+    over [span mean, post mean] of the final states): the scaler folded into the linear layer, so that an engine
+    runs it as it runs any target head."""
+    scaler, reg = lr[0], lr[-1]
+    w = reg.coef_ / scaler.scale_
+    head = TargetHead(len(w[0]) // 2, 0)
+    with torch.no_grad():
+        head.out.weight.copy_(torch.from_numpy(w))
+        head.out.bias.copy_(torch.from_numpy(reg.intercept_ - w @ scaler.mean_))
+        head.temperature.fill_(temperature)
+    return head.eval()
 
 
 def scores_by_set(ds: TargetedSet, probs: np.ndarray) -> dict[str, dict]:
@@ -382,7 +418,8 @@ WHAT = {"post": "the general text head on the whole post (every brand got the po
         "top4": "the same with the encoder's top four blocks",
         "borrowed": f"the lender's target head as it ships (its {CHOSEN}), over the lender's encoder",
         "borrowed_shift": "that, moved by this model's text path's reading of the post against the lender's "
-                          "(power chosen on the other folds)"}
+                          "(power chosen on the other folds)",
+        "borrowed_blend": "that, blended with this model's span_lr (geometric; weight chosen on the other folds)"}
 
 
 def compare(model, data_dir: str | Path, out: str | Path | None, candidates=tuple(CANDIDATES), folds: int = 3,
