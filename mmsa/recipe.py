@@ -14,7 +14,7 @@ from pathlib import Path
 from mmsa import files, stack
 from mmsa.data import MVSA, SEMEVAL, TARGETED, resolve_data_dir
 from mmsa.features import FEATURES_DIR
-from mmsa.targeted import add_target_head, borrow_config
+from mmsa.targeted import add_target_head, borrow_config, write_target_head
 
 NO_TARGET_HEAD = "none"  # as `targeted`: the stacked heads alone, without the target head
 BORROW = "borrow:"  # as `targeted`, "borrow:MODEL": MODEL's head scores the brands (config target_model), blended with a linear one of its own
@@ -53,8 +53,6 @@ def borrow_target_head(out: str | Path, lender: str, figures: dict | None = None
     and `figures`: `mmsa.targeted.borrow_config`'s shift, blend weight, out-of-fold figures and quantification
     statistics), blended with `head` (a TargetHead over `out`'s own encoder; None: none), checking that the
     lender loads and has a head of its own. Returns the new config."""
-    from safetensors.torch import save_file
-
     from mmsa.model import load_model
 
     if load_model(lender).target_head is None:
@@ -62,9 +60,6 @@ def borrow_target_head(out: str | Path, lender: str, figures: dict | None = None
     out = Path(out)
     config = {**json.loads((out / "config.json").read_text()), "target_model": lender, **(figures or {})}
     if head is not None:
-        with files.atomic_path(out / "target_head.safetensors") as tmp:
-            save_file({k: v.contiguous() for k, v in head.state_dict().items()}, tmp)
-        config.update({"target_head": "target_head.safetensors", "target_blocks": len(head.blocks),
-                       "target_position_buckets": 0 if head.position_bias is None else head.position_bias.num_embeddings})
+        write_target_head(out, head, config)
     files.write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
     return config

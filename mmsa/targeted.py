@@ -28,7 +28,7 @@ from mmsa.evaluate import classification_metrics
 from mmsa.features import FEATURES_DIR, encoder_key
 from mmsa.files import atomic_path
 from mmsa.heads import Feats, TargetHead
-from mmsa.stack import fit_lr, fit_temperature, tempered
+from mmsa.stack import fit_lr, fit_temperature, logp, tempered
 from mmsa.train import class_weight, length_batches
 
 # The sets of ../shared/data/targeted/ and their files (test splits are kept apart for judging).
@@ -316,7 +316,7 @@ SHIFT_SOURCES = ("twitter2015", "twitter2017", "dong2014")
 
 
 def _log_loss(p: np.ndarray, label: np.ndarray) -> float:
-    return float(-np.log(np.clip(p[np.arange(len(p)), label], 1e-12, None)).mean())
+    return float(-logp(p)[np.arange(len(p)), label].mean())
 
 
 def choose_shift(label: np.ndarray, target: np.ndarray, own: np.ndarray, lent: np.ndarray, rows: np.ndarray) -> float:
@@ -498,14 +498,25 @@ def final_head(model, name: str, data_dir: str | Path, seed: int = 0, cache_dir:
     return head
 
 
+def write_target_head(out: Path, head: TargetHead, config: dict, dtype: torch.dtype = torch.float32) -> None:
+    """Save `head` in the model folder `out` as target_head.safetensors (`dtype`) and name it, with the shape
+    SentimentModel rebuilds it from, in `config` (the folder's config.json entries, updated in place)."""
+    from safetensors.torch import save_file
+
+    from mmsa import files
+
+    with files.atomic_path(out / "target_head.safetensors") as tmp:
+        save_file({k: v.to(dtype).contiguous() for k, v in head.state_dict().items()}, tmp)
+    config.update({"target_head": "target_head.safetensors", "target_blocks": len(head.blocks),
+                   "target_position_buckets": 0 if head.position_bias is None else head.position_bias.num_embeddings})
+
+
 def add_target_head(out: str | Path, data_dir: str | Path, folds: int = 3, seed: int = 0,
                     cache_dir: Path | None = FEATURES_DIR) -> dict:
     """Give the model folder `out` (written by `mmsa.stack.train_model`) the target head: the chosen candidate
     fitted on every targeted row, in target_head.safetensors (fp16), and in config.json how many blocks it
     reruns, the candidate's out-of-fold figures and the quantification statistics from its calibrated
     out-of-fold probabilities (brand shares are estimated with them, `mmsa.quantify`). Returns the new config."""
-    from safetensors.torch import save_file
-
     from mmsa import files
     from mmsa.model import SentimentModel
     from mmsa.quantify import quantification_stats
@@ -521,12 +532,8 @@ def add_target_head(out: str | Path, data_dir: str | Path, folds: int = 3, seed:
     t = fit_temperature(oof, ds.label)
     head = final_head(model, CHOSEN, data_dir, seed, cache_dir)
     head.temperature.fill_(t)
-    with files.atomic_path(out / "target_head.safetensors") as tmp:
-        save_file({k: v.half().contiguous() for k, v in head.state_dict().items()}, tmp)
+    write_target_head(out, head, config, torch.float16)
     config.update({
-        "target_head": "target_head.safetensors",
-        "target_blocks": CANDIDATES[CHOSEN],
-        "target_position_buckets": position_buckets(model),
         "target_train": {"data": str(data_dir), "candidate": CHOSEN, "rows": len(ds), "folds": folds, "seed": seed,
                          "temperature": t},
         "target_out_of_fold": {name: {k: sc[k] for k in ("n", "accuracy", "macro_recall", "macro_f1")}
