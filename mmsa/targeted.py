@@ -89,6 +89,12 @@ class TargetedSet:
         return span, post[self.text]
 
 
+def _save_array(path: Path, a: np.ndarray) -> None:
+    """np.save, atomically: a killed run leaves no half file to load later."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a handle: np.save would append .npy to a name
+        np.save(fh, a)
+
+
 @torch.inference_mode()
 def token_states(model, texts: list[str], layer: int, cache_dir: Path | None = FEATURES_DIR) -> tuple[np.ndarray, np.ndarray]:
     """(states, offsets) of `texts` after the text encoder's `layer` blocks (a `hidden_states` index; its
@@ -121,8 +127,7 @@ def token_states(model, texts: list[str], layer: int, cache_dir: Path | None = F
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
         for name, arr in (("offsets.npy", offsets), *((f"states-{t}.npy", a) for t, a in states.items())):
-            with atomic_path(folder / name) as tmp, open(tmp, "wb") as fh:
-                np.save(fh, arr)
+            _save_array(folder / name, arr)
     return states[layer], offsets
 
 
@@ -293,16 +298,26 @@ def cross_validate(model, data_dir: str | Path, candidates=tuple(CANDIDATES), fo
                 p[te] = fit_lr(x[tr], ds.label[tr], weight="sqrt", seed=seed).predict_proba(x[te])
         else:
             both = join(ds, pairs)
-            for f in range(folds):
+            # Each fold's probabilities are kept as they come (a fold takes half an hour or more): a run that
+            # is stopped resumes with the folds it had not finished.
+            parts = [cache.with_name(f"{cache.stem}-fold{f}.npy") if cache is not None else None for f in range(folds)]
+            for f, part in enumerate(parts):
                 tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+                if part is not None and part.exists():
+                    p[te] = np.load(part)
+                    continue
                 usable = len(ds) + np.flatnonzero((text_fold[pairs.parts] != f).all(1))
                 head = fit_target_head(both, np.concatenate([tr, usable]), model.text_encoder.layers()[-blocks:],
                                        seed=seed, progress=progress, position_bias=model.text_encoder.position_bias())
                 p[te] = predict_targets(head, both, te)
+                if part is not None:
+                    _save_array(part, p[te])
         out[name] = p
         if cache is not None:
-            with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
-                np.save(fh, p)
+            _save_array(cache, p)
+            if blocks:
+                for part in parts:
+                    part.unlink(missing_ok=True)
         if progress:
             print(f"{name}: {time.perf_counter() - t0:.0f} s", flush=True)
     return final, out

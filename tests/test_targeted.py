@@ -347,3 +347,33 @@ def test_evaluate_scores_rows_with_a_target_toward_it(tmp_path):
     post = evaluate.evaluate_file(plain, "default", backend="torch")
     assert post["toward_target"] is False
     assert post["text_only"]["per_class_recall"] == m["text_only"]["per_class_recall"]  # the post side: the same
+
+
+def test_a_stopped_target_head_cross_validation_resumes_with_the_folds_it_had_not_finished(tmp_path, monkeypatch):
+    """Each fold's out-of-fold probabilities are kept as they come: a run stopped after two folds reads those two
+    back, fits only the third, and leaves the whole array in the cache, without the fold files."""
+    import functools
+
+    from mmsa import targeted
+    from mmsa.targeted import cross_validate
+    from mmsa.train import TrainConfig, run
+    from synthetic import tiny_text_encoder, tiny_vit, write_dataset, write_targeted
+
+    cache = tmp_path / "cache"
+    base = TrainConfig(head="text", text_encoder=str(tiny_text_encoder(tmp_path / "bert", layers=2, intermediate=96)),
+                       image_encoder=f"hf:{tiny_vit(tmp_path / 'vit')}", epochs=1, hidden=16, folds=3, members=1)
+    run(base, write_dataset(tmp_path / "data", n_train=60, n_dev=30), tmp_path / "base", cache_dir=cache, progress=False)
+    monkeypatch.setattr(targeted, "pair_set", functools.partial(targeted.pair_set, n=200))  # the made-up pairs: few
+    model, data = SentimentModel(tmp_path / "base"), write_targeted(tmp_path / "targeted", texts=8)
+    ds, first = cross_validate(model, data, ["top1"], cache_dir=cache, progress=False)
+    whole = sorted(cache.glob("target-oof-top1-*.npy"))
+    assert len(whole) == 1 and np.allclose(np.load(whole[0]), first["top1"])
+
+    whole[0].unlink()  # as if stopped after folds 0 and 1: their files are there, marked so a refit would show
+    fold = group_folds(ds, 3, 0)
+    for f in (0, 1):
+        np.save(whole[0].with_name(f"{whole[0].stem}-fold{f}.npy"), np.full(((fold == f).sum(), 3), 1 / 3, np.float32))
+    _, resumed = cross_validate(model, data, ["top1"], cache_dir=cache, progress=False)
+    assert np.allclose(resumed["top1"][fold < 2], 1 / 3)  # read back, not fitted again
+    np.testing.assert_allclose(resumed["top1"][fold == 2], first["top1"][fold == 2], atol=1e-5)  # fitted as before
+    assert [p.name for p in cache.glob("target-oof-top1-*")] == [whole[0].name]
