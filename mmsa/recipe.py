@@ -9,7 +9,6 @@ target head of `mmsa.targeted` (sentiment toward each brand), which reads the ne
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from mmsa import files, stack
@@ -19,11 +18,6 @@ from mmsa.targeted import add_target_head, borrow_config, write_target_head
 
 NO_TARGET_HEAD = "none"  # as `targeted`: the stacked heads alone, without the target head
 BORROW = "borrow:"  # as `targeted`, "borrow:MODEL": MODEL's head scores the brands (config target_model), blended with a linear one of its own
-COPY = "copy:"  # as `targeted`, "copy:MODEL": MODEL's own head, copied as it is (it reads encoder states both models share)
-# config.json entries a fitted target head brings (add_target_head): the head, its fit, out-of-fold figures, and the
-# quantification statistics of its calibrated out-of-fold probabilities.
-TARGET_ENTRIES = ("target_head", "target_blocks", "target_position_buckets", "target_train", "target_out_of_fold",
-                  "quantification")
 
 
 def train_default(out: str | Path, mvsa: str | Path | None = None, semeval: str | Path | None = None,
@@ -33,8 +27,8 @@ def train_default(out: str | Path, mvsa: str | Path | None = None, semeval: str 
     """Build the shipped recipe into the model folder `out` and return its config.json.
 
     `mvsa`: a folder with MVSA's train.jsonl + dev.jsonl (both fitted on); `semeval`: general tweets for the
-    text path; `targeted`: the targeted sets' folder, "none" for no target head, "borrow:MODEL" for MODEL's
-    (a model name or folder), or "copy:MODEL" for a copy of it; each None: its folder under
+    text path; `targeted`: the targeted sets' folder, "none" for no target head, or "borrow:MODEL" for MODEL's
+    (a model name or folder); each None: its folder under
     the data folder. `base`: the model folder whose encoders (and fine-tuned text layers) are used. `name`: the
     model's name in every scored row (default: the folder's). `cache_dir`: the feature cache (default
     FEATURES_DIR), for the stacked heads' pooled features and the target head's token states and fits alike."""
@@ -44,8 +38,6 @@ def train_default(out: str | Path, mvsa: str | Path | None = None, semeval: str 
                                recipe=recipe, name=name, seed=seed, cache_dir=cache)
     if str(targeted) == NO_TARGET_HEAD:
         return config
-    if str(targeted).startswith(COPY):
-        return copy_target_head(out, str(targeted)[len(COPY):])
     if str(targeted).startswith(BORROW):
         from mmsa.model import SentimentModel, load_model
 
@@ -54,45 +46,6 @@ def train_default(out: str | Path, mvsa: str | Path | None = None, semeval: str 
                                       cache_dir=cache)
         return borrow_target_head(out, lender, figures, head)
     return add_target_head(out, targeted or data / TARGETED, seed=seed, cache_dir=cache)
-
-
-def copy_target_head(out: str | Path, source: str) -> dict:
-    """Give the model folder `out` model `source`'s own target head, with its fit's entries in config.json
-    (TARGET_ENTRIES), refusing unless the head reads the same encoder states in both: the same text encoder and
-    length, and no layer below the head's blocks fine-tuned in either folder. A retrained post path over new top
-    layers (a distilled base) keeps the head this way instead of refitting it (hours of CPU). Returns the config."""
-    from mmsa.model import load_model
-
-    src = load_model(source)
-    out = Path(out)
-    if src.target_head is None or src.config.get("target_model"):
-        raise ValueError(f"model {source!r} has no target head of its own to copy")
-    if src.folder.resolve() == out.resolve():
-        raise ValueError(f"{out}: copy the target head into another folder than the one it comes from")
-    config = json.loads((out / "config.json").read_text())
-    if any(config[k] != src.config[k] for k in ("text_encoder", "max_length")):
-        raise ValueError(f"{out}: its text encoder differs from {source!r}'s, so the target head would read other states")
-    first = len(src.text_encoder.layers()) - len(src.target_head.blocks)  # the first layer the head reruns
-    for folder, cfg in ((src.folder, src.config), (out, config)):
-        below = [i for i in tuned_layers(folder, cfg) if i < first]
-        if below:
-            raise ValueError(f"{folder} fine-tunes text layers {below}, below the target head's blocks (from layer "
-                             f"{first}): the head would read other states there")
-    files.copy(src.folder / src.config["target_head"], out / "target_head.safetensors")
-    config.update({k: src.config[k] for k in TARGET_ENTRIES if k in src.config},
-                  target_head="target_head.safetensors", target_copied_from=src.version)
-    files.write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
-    return config
-
-
-def tuned_layers(folder: Path, config: dict) -> list[int]:
-    """The indices of the text encoder layers a model folder's text_layers file replaces (none without one)."""
-    from safetensors import safe_open
-
-    if not config.get("text_layers"):
-        return []
-    with safe_open(str(folder / config["text_layers"]), "pt") as f:
-        return sorted({int(m.group(1)) for k in f.keys() if (m := re.search(r"\blayer\.(\d+)\.", k))})
 
 
 def borrow_target_head(out: str | Path, lender: str, figures: dict | None = None, head=None) -> dict:

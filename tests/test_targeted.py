@@ -23,7 +23,7 @@ from mmsa.heads import TargetHead
 from mmsa.faults import PermanentError
 from mmsa.infer import Engine, get_engine
 from mmsa.model import Prediction, SentimentModel, blend_targets, load_model, resolve_model_dir, toward_targets
-from mmsa.recipe import borrow_target_head, copy_target_head
+from mmsa.recipe import borrow_target_head
 from mmsa.data import target_spans
 from mmsa.stack import fit_lr
 from mmsa.targeted import TargetedSet, choose_shift, fit_target_head, group_folds, predict_targets, span_head
@@ -227,36 +227,6 @@ def test_a_model_without_a_target_head_borrows_the_one_its_config_names(tmp_path
         cfg = json.loads((folder / "config.json").read_text())
         (tmp_path / "second" / "config.json").write_text(json.dumps({**cfg, "target_model": str(folder)}))
         SentimentModel(tmp_path / "second")
-
-
-def test_a_target_head_is_copied_to_a_model_with_other_top_layers_and_refused_below_them(tmp_path):
-    """`mmsa train --targeted copy:MODEL` (a distilled base keeps the shipped head): new top text layers change the
-    post's probabilities, not the brands' (the head reads the states below them); a folder that fine-tunes a layer
-    the head's input depends on is refused."""
-    folder = _borrower(tmp_path / "distilled")
-    layers = load_file(str(folder / "text_layers.safetensors"))
-    torch.manual_seed(0)
-    save_file({k: v + 0.05 * torch.randn_like(v) for k, v in layers.items()}, str(folder / "text_layers.safetensors"))
-    config = copy_target_head(folder, "default")
-    shipped = load_model("default")
-    assert config["target_out_of_fold"] == shipped.config["target_out_of_fold"]
-    assert config["quantification"] == shipped.config["quantification"] and config["target_copied_from"] == shipped.version
-    texts, spans = [PRAISE_AND_PAN, CONTRAST], [[find_spans(PRAISE_AND_PAN, "acme"), find_spans(PRAISE_AND_PAN, "globex")],
-                                               [find_spans(CONTRAST, "globex")]]
-    copied = Engine(SentimentModel(folder), backend="torch", threads=1).predict(texts, [None] * 2, targets=spans)
-    own = get_engine("default", "torch").predict(texts, [None] * 2, targets=spans)
-    assert not np.allclose(copied.text_probs, own.text_probs, atol=1e-3)
-    for got, want in zip(copied.target_probs, own.target_probs):
-        np.testing.assert_allclose(got, want, atol=1e-5)
-
-    low = _borrower(tmp_path / "low")
-    first = len(shipped.text_encoder.layers()) - int(shipped.config["target_blocks"])
-    below = {k.replace(".layer.3.", f".layer.{first - 1}."): v.clone() for k, v in layers.items() if ".layer.3." in k}
-    save_file({**layers, **below}, str(low / "text_layers.safetensors"))
-    with pytest.raises(ValueError, match=f"fine-tunes text layers \\[{first - 1}\\], below the target head"):
-        copy_target_head(low, "default")
-    with pytest.raises(ValueError, match="no target head of its own"):
-        copy_target_head(folder, str(low))
 
 
 def test_the_borrowed_heads_shift_is_chosen_where_the_borrowers_reading_of_the_post_helps():
