@@ -518,9 +518,7 @@ def write_target_head(out: Path, head: TargetHead, config: dict, dtype: torch.dt
     SentimentModel rebuilds it from, in `config` (the folder's config.json entries, updated in place)."""
     from safetensors.torch import save_file
 
-    from mmsa import files
-
-    with files.atomic_path(out / "target_head.safetensors") as tmp:
+    with atomic_path(out / "target_head.safetensors") as tmp:
         save_file({k: v.to(dtype).contiguous() for k, v in head.state_dict().items()}, tmp)
     config.update({"target_head": "target_head.safetensors", "target_blocks": len(head.blocks),
                    "target_position_buckets": 0 if head.position_bias is None else head.position_bias.num_embeddings})
