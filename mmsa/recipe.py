@@ -17,7 +17,7 @@ from mmsa.features import FEATURES_DIR
 from mmsa.targeted import add_target_head, borrow_config, write_target_head
 
 NO_TARGET_HEAD = "none"  # as `targeted`: the stacked heads alone, without the target head
-BORROW = "borrow:"  # as `targeted`, "borrow:MODEL": MODEL's head scores the brands (config target_model), blended with a linear one of its own
+BORROW = "borrow:"  # as `targeted`, "borrow:MODEL": MODEL's head scores the brands (config target_model), blended with a target head of its own
 
 
 def train_default(out: str | Path, mvsa: str | Path | None = None, semeval: str | Path | None = None,

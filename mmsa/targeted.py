@@ -41,7 +41,7 @@ TARGETED_SETS = {
 # Each candidate and the encoder's top blocks its head reruns (None: no head, the final states as they are).
 CANDIDATES = {"post": None, "span_lr": None, "top1": 1, "top2": 2, "top3": 3, "top4": 4}
 CHOSEN = "top4"  # by `mmsa compare-targets` (results/targeted.md): the best of the candidates there
-OWN = "span_lr"  # a borrower's own head, blended with the lent one (results/large/targeted.md)
+OWN = "top1"  # a borrower's own head, blended with the lent one (results/large/targeted.md)
 PAIRS = 10_000  # pair texts made for the head candidates (two rows each)
 
 
@@ -354,7 +354,7 @@ def borrowed(model, lender, data_dir: str | Path, folds: int = 3, seed: int = 0,
     (the targeted rows, out-of-fold probabilities of "borrowed", the lender's chosen candidate as it ships
     (temperature fitted out of fold); "borrowed_shift", those moved by how `model`'s text path reads the whole
     post against the lender's (`mmsa.model.toward_targets`); "borrowed_blend", those blended with `model`'s own
-    span_lr (`mmsa.model.blend_targets`: a head over another encoder errs differently), power and weight chosen
+    OWN head (`mmsa.model.blend_targets`: a head over another encoder errs differently), power and weight chosen
     on the other folds' rows of SHIFT_SOURCES; and the power and weight chosen on all those rows, for
     config.json `target_shift` and `target_blend`). Same folds as `cross_validate`."""
     from mmsa.model import blend_targets, toward_targets
@@ -362,21 +362,21 @@ def borrowed(model, lender, data_dir: str | Path, folds: int = 3, seed: int = 0,
     ds, lent = cross_validate(lender, data_dir, ["post", CHOSEN], folds, seed, cache_dir)
     own = cross_validate(model, data_dir, ["post", OWN], folds, seed, cache_dir)[1]
     target = tempered(lent[CHOSEN], fit_temperature(lent[CHOSEN], ds.label))
-    span = tempered(own[OWN], fit_temperature(own[OWN], ds.label))
+    mine = tempered(own[OWN], fit_temperature(own[OWN], ds.label))
     fold = group_folds(ds, folds, seed)
     usable = np.isin(ds.source, SHIFT_SOURCES)
 
     def fit(rows: np.ndarray) -> tuple[float, float, np.ndarray]:
         power = choose_shift(ds.label, target, own["post"], lent["post"], rows)
         shifted = toward_targets(own["post"], lent["post"], target, power)
-        return power, choose_blend(ds.label, shifted, span, rows), shifted
+        return power, choose_blend(ds.label, shifted, mine, rows), shifted
 
     shifted, blended = np.zeros_like(target), np.zeros_like(target)
     for f in range(folds):
         te = fold == f
         power, weight, p = fit(np.flatnonzero((fold != f) & usable))
         shifted[te] = p[te]
-        blended[te] = blend_targets(p[te], span[te], weight)
+        blended[te] = blend_targets(p[te], mine[te], weight)
     power, weight, _ = fit(np.flatnonzero(usable))
     return ds, {"borrowed": target, "borrowed_shift": shifted, "borrowed_blend": blended}, power, weight
 
@@ -386,34 +386,20 @@ def borrow_config(model, lender, data_dir: str | Path, folds: int = 3, seed: int
     """The config.json entries of `model` borrowing `lender`'s target head blended with a head of its own
     (`borrowed`): the shift and blend weight, the out-of-fold figures of the blended probabilities and the
     quantification statistics from them (brand shares are estimated with them, `mmsa.quantify`); and that own
-    head (`span_head`), fitted on every row."""
+    head (OWN, `final_head`), fitted on every row, its temperature fitted out of fold."""
     from mmsa.quantify import quantification_stats
 
     ds, oof, shift, blend = borrowed(model, lender, data_dir, folds, seed, cache_dir)
     p = oof["borrowed_blend"]
-    mine, own = cross_validate(model, data_dir, [OWN], folds, seed, cache_dir)  # the same rows over its own states
-    head = span_head(fit_lr(np.concatenate(mine.pooled(), 1), mine.label, weight="sqrt", seed=seed),
-                     fit_temperature(own[OWN], mine.label))
+    own = cross_validate(model, data_dir, [OWN], folds, seed, cache_dir)[1][OWN]  # the same rows, cached
+    head = final_head(model, OWN, data_dir, seed, cache_dir)
+    head.temperature.fill_(fit_temperature(own, ds.label))
     return {"target_shift": shift, "target_blend": blend,
             "target_train": {"data": str(data_dir), "lender": lender.version, "rows": len(ds), "folds": folds,
                              "seed": seed, "shift": shift, "own": OWN, "blend": blend},
             "target_out_of_fold": {name: {k: sc[k] for k in ("n", "accuracy", "macro_recall", "macro_f1")}
                                    for name, sc in scores_by_set(ds, p).items()},
             "quantification": quantification_stats(p, ds.label, seed=seed)}, head
-
-
-def span_head(lr, temperature: float = 1.0) -> TargetHead:
-    """A TargetHead of no blocks that computes span_lr's fitted pipeline (a scaler, then a logistic regression
-    over [span mean, post mean] of the final states): the scaler folded into the linear layer, so that an engine
-    runs it as it runs any target head."""
-    scaler, reg = lr[0], lr[-1]
-    w = reg.coef_ / scaler.scale_
-    head = TargetHead(len(w[0]) // 2, 0)
-    with torch.no_grad():
-        head.out.weight.copy_(torch.from_numpy(w))
-        head.out.bias.copy_(torch.from_numpy(reg.intercept_ - w @ scaler.mean_))
-        head.temperature.fill_(temperature)
-    return head.eval()
 
 
 def scores_by_set(ds: TargetedSet, probs: np.ndarray) -> dict[str, dict]:
@@ -434,7 +420,7 @@ WHAT = {"post": "the general text head on the whole post (every brand got the po
         "borrowed": f"the lender's target head as it ships (its {CHOSEN}), over the lender's encoder",
         "borrowed_shift": "that, moved by this model's text path's reading of the post against the lender's "
                           "(power chosen on the other folds)",
-        "borrowed_blend": "that, blended with this model's span_lr (geometric; weight chosen on the other folds)"}
+        "borrowed_blend": f"that, blended with this model's {OWN} (geometric; weight chosen on the other folds)"}
 
 
 def compare(model, data_dir: str | Path, out: str | Path | None, candidates=tuple(CANDIDATES), folds: int = 3,
@@ -513,13 +499,14 @@ def final_head(model, name: str, data_dir: str | Path, seed: int = 0, cache_dir:
     return head
 
 
-def write_target_head(out: Path, head: TargetHead, config: dict, dtype: torch.dtype = torch.float32) -> None:
-    """Save `head` in the model folder `out` as target_head.safetensors (`dtype`) and name it, with the shape
+def write_target_head(out: Path, head: TargetHead, config: dict) -> None:
+    """Save `head` in the model folder `out` as target_head.safetensors (fp16: half the bytes, and the
+    probabilities move by less than 1e-3; loaded as fp32) and name it, with the shape
     SentimentModel rebuilds it from, in `config` (the folder's config.json entries, updated in place)."""
     from safetensors.torch import save_file
 
     with atomic_path(out / "target_head.safetensors") as tmp:
-        save_file({k: v.to(dtype).contiguous() for k, v in head.state_dict().items()}, tmp)
+        save_file({k: v.half().contiguous() for k, v in head.state_dict().items()}, tmp)
     config.update({"target_head": "target_head.safetensors", "target_blocks": len(head.blocks),
                    "target_position_buckets": 0 if head.position_bias is None else head.position_bias.num_embeddings})
 
@@ -545,7 +532,7 @@ def add_target_head(out: str | Path, data_dir: str | Path, folds: int = 3, seed:
     t = fit_temperature(oof, ds.label)
     head = final_head(model, CHOSEN, data_dir, seed, cache_dir)
     head.temperature.fill_(t)
-    write_target_head(out, head, config, torch.float16)
+    write_target_head(out, head, config)
     config.update({
         "target_train": {"data": str(data_dir), "candidate": CHOSEN, "rows": len(ds), "folds": folds, "seed": seed,
                          "temperature": t},

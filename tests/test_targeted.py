@@ -25,8 +25,7 @@ from mmsa.infer import Engine, get_engine
 from mmsa.model import Prediction, SentimentModel, blend_targets, load_model, resolve_model_dir, toward_targets
 from mmsa.recipe import borrow_target_head
 from mmsa.data import target_spans
-from mmsa.stack import fit_lr
-from mmsa.targeted import TargetedSet, choose_shift, fit_target_head, group_folds, predict_targets, span_head
+from mmsa.targeted import TargetedSet, choose_shift, fit_target_head, group_folds, predict_targets
 
 PRAISE_AND_PAN = "acme's new phone is brilliant, I love it. globex support is a disgrace, never buying from them again"
 CONTRAST = "acme is amazing, globex is terrible"  # the head tells these apart; PRAISE_AND_PAN it does not yet
@@ -131,21 +130,6 @@ def test_the_target_head_learns_sentiment_carried_by_the_target_tokens():
     assert acc > 0.9  # chance is 1/3, and the post alone cannot tell its two targets apart
 
 
-def test_span_head_runs_the_fitted_logistic_regression_as_a_target_head():
-    """A borrower's own head (span_lr, fitted with its scaler) folded into a TargetHead of no blocks gives the
-    regression's probabilities from the states as an engine hands them over (span and post means of its own)."""
-    ds = _toy_set(120, np.random.default_rng(1))
-    x = np.concatenate(ds.pooled(), 1)
-    lr = fit_lr(x, ds.label, weight="sqrt")
-    head = span_head(lr, temperature=1.0)
-    rows = np.arange(len(ds))
-    assert len(head.blocks) == 0
-    np.testing.assert_allclose(predict_targets(head, ds, rows), lr.predict_proba(x), atol=1e-4)
-    assert (lr.predict(x) == ds.label).mean() > 0.6  # it learnt something the test can see change
-    hot = span_head(lr, temperature=2.0)
-    assert predict_targets(hot, ds, rows).max() < predict_targets(head, ds, rows).max()
-
-
 def test_engine_gives_probabilities_toward_each_target_and_none_without_targets():
     engine = get_engine("default", "torch")
     texts = [PRAISE_AND_PAN, "nothing to see here"]
@@ -207,10 +191,12 @@ def test_a_model_without_a_target_head_borrows_the_one_its_config_names(tmp_path
         assert not np.allclose(pred.target_probs[i], own.target_probs[i], atol=1e-3)
     assert Engine(plain, backend="torch", threads=1).predict(texts, [None] * 3, targets=spans).target_probs is None
 
-    # With a head of its own (the large tier's span_lr), its probabilities blend with the shifted lent ones.
+    # With a head of its own (the large tier's reruns its encoder's last block), its probabilities blend with
+    # the shifted lent ones, and its states come from its own encoder's tap, in either backend.
     torch.manual_seed(1)
-    own_head = TargetHead(load_file(str(folder / "heads.safetensors"))["general.weight"].shape[1], 0)
+    own_head = TargetHead(load_file(str(folder / "heads.safetensors"))["general.weight"].shape[1], 1)
     nn.init.normal_(own_head.out.weight, std=0.5)
+    own_head.eval()
     shutil.copytree(folder, tmp_path / "both")
     borrow_target_head(tmp_path / "both", str(lender.folder), {"target_shift": 1.0, "target_blend": 0.5}, own_head)
     both = SentimentModel(tmp_path / "both")
@@ -222,6 +208,9 @@ def test_a_model_without_a_target_head_borrows_the_one_its_config_names(tmp_path
         np.testing.assert_allclose(mixed.target_probs[i], want, atol=1e-5)
         assert not np.allclose(mixed.target_probs[i], pred.target_probs[i], atol=1e-3)
     assert mixed.target_probs[1].shape == (0, 3)
+    exported = Engine(both, backend="onnx", threads=1, cache_dir=tmp_path / "onnx").predict(texts, [None] * 3, targets=spans)
+    for i in (0, 2):
+        np.testing.assert_allclose(exported.target_probs[i], mixed.target_probs[i], atol=1e-3)
     with pytest.raises(PermanentError, match="no target head of its own"):  # borrowing from a borrower
         shutil.copytree(folder, tmp_path / "second")
         cfg = json.loads((folder / "config.json").read_text())
