@@ -191,7 +191,7 @@ def test_a_model_without_a_target_head_borrows_the_one_its_config_names(tmp_path
         assert not np.allclose(pred.target_probs[i], own.target_probs[i], atol=1e-3)
     assert Engine(plain, backend="torch", threads=1).predict(texts, [None] * 3, targets=spans).target_probs is None
 
-    # With a head of its own (the large tier's reruns its encoder's last block), its probabilities blend with
+    # With a head of its own (as the large tier's, rerunning its encoder's last block), its probabilities blend with
     # the shifted lent ones, and its states come from its own encoder's tap, in either backend.
     torch.manual_seed(1)
     own_head = TargetHead(load_file(str(folder / "heads.safetensors"))["general.weight"].shape[1], 1)
