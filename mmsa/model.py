@@ -39,12 +39,11 @@ class Prediction:
     target_probs: list[np.ndarray] | None = None  # per row, (its targets, 3) text probabilities toward each target
 
 
-def toward_targets(fused: np.ndarray, text: np.ndarray, target: np.ndarray, power: float = 1.0) -> np.ndarray:
+def toward_targets(fused: np.ndarray, text: np.ndarray, target: np.ndarray) -> np.ndarray:
     """(k, 3) probabilities toward a post's k targets from the target head's (k, 3) text probabilities, moved
-    by the post's image as the post's own (3,) were: times (fused / text) ** power, so a post without a usable
-    image (fused == text) keeps the head's. The same move, with `fused` a borrower's text probabilities and
-    `text` the lender's, brings a borrowed head a better text path's reading of the post (SentimentModel.target_shift)."""
-    shifted = target * (fused / np.clip(text, 1e-6, None)) ** power
+    by the post's image as the post's own (3,) were: times fused / text, so a post without a usable image
+    (fused == text) keeps the head's."""
+    shifted = target * fused / np.clip(text, 1e-6, None)
     return shifted / shifted.sum(-1, keepdims=True)
 
 
@@ -94,10 +93,8 @@ class SentimentModel:
         # `target_model` names (a model name or folder: a tier without its own head borrows another's, as the
         # large tier borrows the default's), or None (every brand gets the post's label).
         self.target_model = self if self.target_head is not None else None
-        # How far a borrowed head's probabilities move with this model's reading of the post against the
-        # lender's (toward_targets' power), and the weight of this model's own head, if any, in their blend
-        # with them (blend_targets); both chosen out of fold, mmsa.targeted.borrowed.
-        self.target_shift = float(cfg.get("target_shift", 0.0))
+        # The weight of this model's own head, if any, in its blend with a borrowed one (blend_targets), chosen
+        # out of fold (mmsa.targeted.borrowed).
         self.target_blend = float(cfg.get("target_blend", 0.0)) if self.target_head is not None else 0.0
         if cfg.get("target_model"):
             lender = resolve_model_dir(cfg["target_model"])
@@ -107,7 +104,7 @@ class SentimentModel:
                 raise PermanentError(f"{folder}/config.json: target_model {cfg['target_model']!r} has no target head "
                                      "of its own to lend (or borrows one itself): name a model that has one (e.g. default)")
             self.target_model = load_model(lender, device)
-            h.update(f"{self.target_model.version}^{self.target_shift}^{self.target_blend}".encode())
+            h.update(f"{self.target_model.version}^{self.target_blend}".encode())
         # Stable id stored with every scored row: model name + hash of the weights this folder adds (and of
         # the model it borrows its target head from).
         self.version = f"{cfg['name']}+{h.hexdigest()[:8]}"

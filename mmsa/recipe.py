@@ -50,7 +50,7 @@ def train_default(out: str | Path, mvsa: str | Path | None = None, semeval: str 
 
 def borrow_target_head(out: str | Path, lender: str, figures: dict | None = None, head=None) -> dict:
     """Make the model folder `out` score brands with model `lender`'s target head (config.json `target_model`,
-    and `figures`: `mmsa.targeted.borrow_config`'s shift, blend weight, out-of-fold figures and quantification
+    and `figures`: `mmsa.targeted.borrow_config`'s blend weight, out-of-fold figures and quantification
     statistics), blended with `head` (a TargetHead over `out`'s own encoder; None: none), checking that the
     lender loads and has a head of its own. Returns the new config."""
     from mmsa.model import load_model

@@ -323,22 +323,14 @@ def cross_validate(model, data_dir: str | Path, candidates=tuple(CANDIDATES), fo
     return final, out
 
 
-SHIFTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # the powers `borrowed` chooses among (0: the lent head's own)
 BLENDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)  # the weights of the borrower's own head `borrowed` chooses among
-# Rows the shift and blend are chosen on: not SemEval-2016 4C, whose tweets both text paths saw in training (as
-# SemEval-2017 4A, with post-level labels), so their post probabilities there are not out of sample.
-SHIFT_SOURCES = ("twitter2015", "twitter2017", "dong2014")
+# Rows the blend is chosen on: not SemEval-2016 4C, whose tweets both encoders' top layers were fine-tuned on (as
+# SemEval-2017 4A, with post-level labels), so their probabilities there are not out of sample.
+BLEND_SOURCES = ("twitter2015", "twitter2017", "dong2014")
 
 
 def _log_loss(p: np.ndarray, label: np.ndarray) -> float:
     return float(-logp(p)[np.arange(len(p)), label].mean())
-
-
-def choose_shift(label: np.ndarray, target: np.ndarray, own: np.ndarray, lent: np.ndarray, rows: np.ndarray) -> float:
-    """The power in SHIFTS whose `toward_targets(own, lent, target, power)` has the least log-loss on `rows`."""
-    from mmsa.model import toward_targets
-
-    return min(SHIFTS, key=lambda power: _log_loss(toward_targets(own[rows], lent[rows], target[rows], power), label[rows]))
 
 
 def choose_blend(label: np.ndarray, lent: np.ndarray, own: np.ndarray, rows: np.ndarray) -> float:
@@ -349,54 +341,45 @@ def choose_blend(label: np.ndarray, lent: np.ndarray, own: np.ndarray, rows: np.
 
 
 def borrowed(model, lender, data_dir: str | Path, folds: int = 3, seed: int = 0,
-             cache_dir: Path | None = FEATURES_DIR) -> tuple[TargetedSet, dict[str, np.ndarray], float, float]:
+             cache_dir: Path | None = FEATURES_DIR) -> tuple[TargetedSet, dict[str, np.ndarray], float]:
     """What `model` scores toward targets when it borrows `lender`'s target head (config.json `target_model`):
     (the targeted rows, out-of-fold probabilities of "borrowed", the lender's chosen candidate as it ships
-    (temperature fitted out of fold); "borrowed_shift", those moved by how `model`'s text path reads the whole
-    post against the lender's (`mmsa.model.toward_targets`); "borrowed_blend", those blended with `model`'s own
-    OWN head (`mmsa.model.blend_targets`: a head over another encoder errs differently), power and weight chosen
-    on the other folds' rows of SHIFT_SOURCES; and the power and weight chosen on all those rows, for
-    config.json `target_shift` and `target_blend`). Same folds as `cross_validate`."""
-    from mmsa.model import blend_targets, toward_targets
+    (temperature fitted out of fold), and "borrowed_blend", those blended with `model`'s own OWN head
+    (`mmsa.model.blend_targets`: a head over another encoder errs differently), the weight chosen on the other
+    folds' rows of BLEND_SOURCES; and the weight chosen on all those rows, for config.json `target_blend`).
+    Same folds as `cross_validate`."""
+    from mmsa.model import blend_targets
 
-    ds, lent = cross_validate(lender, data_dir, ["post", CHOSEN], folds, seed, cache_dir)
-    own = cross_validate(model, data_dir, ["post", OWN], folds, seed, cache_dir)[1]
+    ds, lent = cross_validate(lender, data_dir, [CHOSEN], folds, seed, cache_dir)
+    own = cross_validate(model, data_dir, [OWN], folds, seed, cache_dir)[1][OWN]
     target = tempered(lent[CHOSEN], fit_temperature(lent[CHOSEN], ds.label))
-    mine = tempered(own[OWN], fit_temperature(own[OWN], ds.label))
+    mine = tempered(own, fit_temperature(own, ds.label))
     fold = group_folds(ds, folds, seed)
-    usable = np.isin(ds.source, SHIFT_SOURCES)
-
-    def fit(rows: np.ndarray) -> tuple[float, float, np.ndarray]:
-        power = choose_shift(ds.label, target, own["post"], lent["post"], rows)
-        shifted = toward_targets(own["post"], lent["post"], target, power)
-        return power, choose_blend(ds.label, shifted, mine, rows), shifted
-
-    shifted, blended = np.zeros_like(target), np.zeros_like(target)
+    usable = np.isin(ds.source, BLEND_SOURCES)
+    blended = np.zeros_like(target)
     for f in range(folds):
         te = fold == f
-        power, weight, p = fit(np.flatnonzero((fold != f) & usable))
-        shifted[te] = p[te]
-        blended[te] = blend_targets(p[te], mine[te], weight)
-    power, weight, _ = fit(np.flatnonzero(usable))
-    return ds, {"borrowed": target, "borrowed_shift": shifted, "borrowed_blend": blended}, power, weight
+        weight = choose_blend(ds.label, target, mine, np.flatnonzero((fold != f) & usable))
+        blended[te] = blend_targets(target[te], mine[te], weight)
+    return ds, {"borrowed": target, "borrowed_blend": blended}, choose_blend(ds.label, target, mine, np.flatnonzero(usable))
 
 
 def borrow_config(model, lender, data_dir: str | Path, folds: int = 3, seed: int = 0,
                   cache_dir: Path | None = FEATURES_DIR) -> tuple[dict, TargetHead]:
     """The config.json entries of `model` borrowing `lender`'s target head blended with a head of its own
-    (`borrowed`): the shift and blend weight, the out-of-fold figures of the blended probabilities and the
+    (`borrowed`): the blend weight, the out-of-fold figures of the blended probabilities and the
     quantification statistics from them (brand shares are estimated with them, `mmsa.quantify`); and that own
     head (OWN, `final_head`), fitted on every row, its temperature fitted out of fold."""
     from mmsa.quantify import quantification_stats
 
-    ds, oof, shift, blend = borrowed(model, lender, data_dir, folds, seed, cache_dir)
+    ds, oof, blend = borrowed(model, lender, data_dir, folds, seed, cache_dir)
     p = oof["borrowed_blend"]
     own = cross_validate(model, data_dir, [OWN], folds, seed, cache_dir)[1][OWN]  # the same rows, cached
     head = final_head(model, OWN, data_dir, seed, cache_dir)
     head.temperature.fill_(fit_temperature(own, ds.label))
-    return {"target_shift": shift, "target_blend": blend,
+    return {"target_blend": blend,
             "target_train": {"data": str(data_dir), "lender": lender.version, "rows": len(ds), "folds": folds,
-                             "seed": seed, "shift": shift, "own": OWN, "blend": blend},
+                             "seed": seed, "own": OWN, "blend": blend},
             "target_out_of_fold": {name: {k: sc[k] for k in ("n", "accuracy", "macro_recall", "macro_f1")}
                                    for name, sc in scores_by_set(ds, p).items()},
             "quantification": quantification_stats(p, ds.label, seed=seed)}, head
@@ -418,8 +401,6 @@ WHAT = {"post": "the general text head on the whole post (every brand got the po
         "top3": "the same with the encoder's top three blocks",
         "top4": "the same with the encoder's top four blocks",
         "borrowed": f"the lender's target head as it ships (its {CHOSEN}), over the lender's encoder",
-        "borrowed_shift": "that, moved by this model's text path's reading of the post against the lender's "
-                          "(power chosen on the other folds)",
         "borrowed_blend": f"that, blended with this model's {OWN} (geometric; weight chosen on the other folds)"}
 
 

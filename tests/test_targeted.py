@@ -22,10 +22,10 @@ from mmsa.encoders import fast_tokenizer, span_token_mask, unpadded
 from mmsa.heads import TargetHead
 from mmsa.faults import PermanentError
 from mmsa.infer import Engine, get_engine
-from mmsa.model import Prediction, SentimentModel, blend_targets, load_model, resolve_model_dir, toward_targets
+from mmsa.model import Prediction, SentimentModel, blend_targets, load_model, resolve_model_dir
 from mmsa.recipe import borrow_target_head
 from mmsa.data import target_spans
-from mmsa.targeted import TargetedSet, choose_shift, fit_target_head, group_folds, predict_targets
+from mmsa.targeted import TargetedSet, fit_target_head, group_folds, predict_targets
 
 PRAISE_AND_PAN = "acme's new phone is brilliant, I love it. globex support is a disgrace, never buying from them again"
 CONTRAST = "acme is amazing, globex is terrible"  # the head tells these apart; PRAISE_AND_PAN it does not yet
@@ -160,7 +160,8 @@ def _borrower(folder):
 
 def test_a_model_without_a_target_head_borrows_the_one_its_config_names(tmp_path):
     """The large tier's way (config.json `target_model`): brands are scored by the lender's head over the lender's
-    own encoder states; rows without targets get none, and the borrower's version names the lender."""
+    own encoder states, whatever the borrower's own reading of the post; rows without targets get none, and the
+    borrower's version names the lender."""
     lender = load_model("default")
     plain = SentimentModel(_borrower(tmp_path / "plain"))
     folder = _borrower(tmp_path / "borrower")
@@ -168,7 +169,7 @@ def test_a_model_without_a_target_head_borrows_the_one_its_config_names(tmp_path
     torch.manual_seed(0)
     save_file({k: v + 0.3 * torch.randn_like(v) if v.is_floating_point() else v for k, v in heads.items()},
               str(folder / "heads.safetensors"))
-    borrow_target_head(folder, str(lender.folder), {"target_shift": 1.0})  # as `mmsa train --targeted borrow:...`
+    borrow_target_head(folder, str(lender.folder))  # as `mmsa train --targeted borrow:...`
     borrower = load_model(folder)  # loads its lender through the same cache
     with pytest.raises(ValueError, match="no target head to lend"):
         borrow_target_head(tmp_path / "borrower", str(plain.folder))
@@ -185,20 +186,18 @@ def test_a_model_without_a_target_head_borrows_the_one_its_config_names(tmp_path
     own = get_engine("default", "torch").predict(texts, [None] * 3, targets=spans)
     assert [p.shape for p in pred.target_probs] == [(2, 3), (0, 3), (1, 3)]
     assert not np.allclose(pred.text_probs, own.text_probs, atol=1e-2)
-    for i in (0, 2):  # the lender's, moved by the borrower's reading of the post against the lender's
-        want = toward_targets(pred.text_probs[i], own.text_probs[i], own.target_probs[i], 1.0)
-        np.testing.assert_allclose(pred.target_probs[i], want, atol=1e-5)
-        assert not np.allclose(pred.target_probs[i], own.target_probs[i], atol=1e-3)
+    for i in (0, 2):
+        np.testing.assert_allclose(pred.target_probs[i], own.target_probs[i], atol=1e-5)
     assert Engine(plain, backend="torch", threads=1).predict(texts, [None] * 3, targets=spans).target_probs is None
 
     # With a head of its own (as the large tier's, rerunning its encoder's last block), its probabilities blend with
-    # the shifted lent ones, and its states come from its own encoder's tap, in either backend.
+    # the lent ones, and its states come from its own encoder's tap, in either backend.
     torch.manual_seed(1)
     own_head = TargetHead(load_file(str(folder / "heads.safetensors"))["general.weight"].shape[1], 1)
     nn.init.normal_(own_head.out.weight, std=0.5)
     own_head.eval()
     shutil.copytree(folder, tmp_path / "both")
-    borrow_target_head(tmp_path / "both", str(lender.folder), {"target_shift": 1.0, "target_blend": 0.5}, own_head)
+    borrow_target_head(tmp_path / "both", str(lender.folder), {"target_blend": 0.5}, own_head)
     both = SentimentModel(tmp_path / "both")
     assert both.target_model is lender and both.target_head is not None and both.version != borrower.version
     mixed = Engine(both, backend="torch", threads=1).predict(texts, [None] * 3, targets=spans)
@@ -218,27 +217,25 @@ def test_a_model_without_a_target_head_borrows_the_one_its_config_names(tmp_path
         SentimentModel(tmp_path / "second")
 
 
-def test_the_borrowed_heads_shift_is_chosen_where_the_borrowers_reading_of_the_post_helps():
-    """choose_shift: a borrower whose post probabilities know the label better than the lender's gets a positive
-    power, which lowers the log-loss; one that reads posts as the lender does, none."""
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 3, 3000)
-    onehot = np.eye(3)[y]
-
-    def probs(signal: float) -> np.ndarray:
-        z = signal * onehot + rng.normal(size=(len(y), 3))
-        return np.exp(z) / np.exp(z).sum(1, keepdims=True)
-
-    lent, own, target = probs(0.5), probs(2.5), probs(1.0)
-    rows = np.arange(len(y))
-    power = choose_shift(y, target, own, lent, rows)
-    assert power > 0
-
-    def loss(p):
-        return -np.log(p[rows, y]).mean()
-
-    assert loss(toward_targets(own, lent, target, power)) < loss(target) - 0.05
-    assert choose_shift(y, target, lent, lent, rows) == 0.0
+def test_a_targets_only_engine_stops_at_the_states_its_target_head_reads(tmp_path):
+    """What a borrower runs of its lender: the lender's first blocks only (2 of MiniLM's 6 for a 4-block head) and
+    no image graph, with the same probabilities toward each target as the whole engine's, in either backend."""
+    model = load_model("default")
+    texts = [PRAISE_AND_PAN, CONTRAST]
+    spans = [[find_spans(PRAISE_AND_PAN, "acme"), find_spans(PRAISE_AND_PAN, "globex")], [find_spans(CONTRAST, "globex")]]
+    whole = get_engine("default", "torch").predict(texts, [None] * 2, targets=spans).target_probs
+    short = Engine(model, backend="torch", threads=1, targets_only=True)
+    blocks = len(model.text_encoder.layers()) - len(model.target_head.blocks)
+    assert blocks == 2 and len(short.text_core.encoder.layers()) == blocks
+    exported = Engine(model, backend="onnx", threads=1, cache_dir=tmp_path, targets_only=True)
+    for engine, atol in ((short, 1e-5), (exported, 1e-3)):
+        got = engine.predict(texts, [None] * 2, targets=spans).target_probs
+        for g, w in zip(got, whole):
+            np.testing.assert_allclose(g, w, atol=atol)
+    (folder,) = (tmp_path / "onnx").iterdir()
+    assert sorted(p.name for p in folder.iterdir()) == ["text-tap.onnx", "tokenizer.json"]
+    with pytest.raises(ValueError, match="needs a model with a target head"):
+        Engine(SentimentModel(_borrower(tmp_path / "plain")), backend="torch", targets_only=True)
 
 
 def test_toward_brands_moves_a_named_brand_by_the_image_and_leaves_an_unnamed_one_with_the_post():
