@@ -228,12 +228,14 @@ def test_a_targets_only_engine_stops_at_the_states_its_target_head_reads(tmp_pat
     blocks = len(model.text_encoder.layers()) - len(model.target_head.blocks)
     assert blocks == 2 and len(short.text_core.encoder.layers()) == blocks
     exported = Engine(model, backend="onnx", threads=1, cache_dir=tmp_path, targets_only=True)
-    for engine, atol in ((short, 1e-5), (exported, 1e-3)):
+    quantized = Engine(model, backend="onnx-int8", threads=1, cache_dir=tmp_path, targets_only=True)
+    for engine, atol in ((short, 1e-5), (exported, 1e-3), (quantized, 0.05)):
         got = engine.predict(texts, [None] * 2, targets=spans).target_probs
         for g, w in zip(got, whole):
             np.testing.assert_allclose(g, w, atol=atol)
+            assert (g.argmax(1) == w.argmax(1)).all()
     (folder,) = (tmp_path / "onnx").iterdir()
-    assert sorted(p.name for p in folder.iterdir()) == ["text-tap.onnx", "tokenizer.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["text-tap-int8.onnx", "text-tap.onnx", "tokenizer.json"]
     with pytest.raises(ValueError, match="needs a model with a target head"):
         Engine(SentimentModel(_borrower(tmp_path / "plain")), backend="torch", targets_only=True)
 
