@@ -341,19 +341,20 @@ def choose_blend(label: np.ndarray, lent: np.ndarray, own: np.ndarray, rows: np.
 
 
 def borrowed(model, lender, data_dir: str | Path, folds: int = 3, seed: int = 0,
-             cache_dir: Path | None = FEATURES_DIR) -> tuple[TargetedSet, dict[str, np.ndarray], float]:
+             cache_dir: Path | None = FEATURES_DIR) -> tuple[TargetedSet, dict[str, np.ndarray], float, float]:
     """What `model` scores toward targets when it borrows `lender`'s target head (config.json `target_model`):
     (the targeted rows, out-of-fold probabilities of "borrowed", the lender's chosen candidate as it ships
     (temperature fitted out of fold), and "borrowed_blend", those blended with `model`'s own OWN head
     (`mmsa.model.blend_targets`: a head over another encoder errs differently), the weight chosen on the other
-    folds' rows of BLEND_SOURCES; and the weight chosen on all those rows, for config.json `target_blend`).
-    Same folds as `cross_validate`."""
+    folds' rows of BLEND_SOURCES; the weight chosen on all those rows, for config.json `target_blend`; and the
+    own head's temperature fitted on its out-of-fold probabilities). Same folds as `cross_validate`."""
     from mmsa.model import blend_targets
 
     ds, lent = cross_validate(lender, data_dir, [CHOSEN], folds, seed, cache_dir)
     own = cross_validate(model, data_dir, [OWN], folds, seed, cache_dir)[1][OWN]
     target = tempered(lent[CHOSEN], fit_temperature(lent[CHOSEN], ds.label))
-    mine = tempered(own, fit_temperature(own, ds.label))
+    temperature = fit_temperature(own, ds.label)
+    mine = tempered(own, temperature)
     fold = group_folds(ds, folds, seed)
     usable = np.isin(ds.source, BLEND_SOURCES)
     blended = np.zeros_like(target)
@@ -361,7 +362,8 @@ def borrowed(model, lender, data_dir: str | Path, folds: int = 3, seed: int = 0,
         te = fold == f
         weight = choose_blend(ds.label, target, mine, np.flatnonzero((fold != f) & usable))
         blended[te] = blend_targets(target[te], mine[te], weight)
-    return ds, {"borrowed": target, "borrowed_blend": blended}, choose_blend(ds.label, target, mine, np.flatnonzero(usable))
+    weight = choose_blend(ds.label, target, mine, np.flatnonzero(usable))
+    return ds, {"borrowed": target, "borrowed_blend": blended}, weight, temperature
 
 
 def borrow_config(model, lender, data_dir: str | Path, folds: int = 3, seed: int = 0,
@@ -372,11 +374,10 @@ def borrow_config(model, lender, data_dir: str | Path, folds: int = 3, seed: int
     head (OWN, `final_head`), fitted on every row, its temperature fitted out of fold."""
     from mmsa.quantify import quantification_stats
 
-    ds, oof, blend = borrowed(model, lender, data_dir, folds, seed, cache_dir)
+    ds, oof, blend, temperature = borrowed(model, lender, data_dir, folds, seed, cache_dir)
     p = oof["borrowed_blend"]
-    own = cross_validate(model, data_dir, [OWN], folds, seed, cache_dir)[1][OWN]  # the same rows, cached
     head = final_head(model, OWN, data_dir, seed, cache_dir)
-    head.temperature.fill_(fit_temperature(own, ds.label))
+    head.temperature.fill_(temperature)
     return {"target_blend": blend,
             "target_train": {"data": str(data_dir), "lender": lender.version, "rows": len(ds), "folds": folds,
                              "seed": seed, "own": OWN, "blend": blend},
