@@ -19,6 +19,9 @@ import reportdata
 from reportdata import MOST_NEGATIVE, MOST_POSITIVE, NO_ENGAGEMENT, OPPOSITE_ACME, SARCASM_TOP, SPIKE_DAY
 
 from mmsa import charts, publish, report, store
+from mmsa.dashboard.filters import Filters
+from mmsa.dashboard.queries import run_query
+from mmsa.schema import LABELS
 from mmsa.cli import main
 
 WEEK2 = {"date_from": "2024-03-11", "date_to": "2024-03-17"}
@@ -245,7 +248,7 @@ def test_top_posts_by_engagement_most_positive_and_most_negative(db):
     assert top[("acme", "engagement", 1)]["post_id"] == "acme-0314-09"
     assert top[("acme", "most_positive", 1)]["post_id"] == MOST_POSITIVE
     assert top[("acme", "most_negative", 1)]["post_id"] == MOST_NEGATIVE
-    assert top[("acme", "most_negative", 1)]["sentiment_score"] == pytest.approx(-0.96)
+    assert top[("acme", "most_negative", 1)]["brand_sentiment_score"] == pytest.approx(-0.96)
     assert top[("globex", "engagement", 1)]["post_id"] == SARCASM_TOP
     assert top[("globex", "engagement", 1)]["engagement"] == 501
     # Ties on score go to the most engaging: 03-14-09 (801) is the top -0.75 post.
@@ -324,6 +327,46 @@ def test_a_post_of_two_brands_counts_once_for_each_and_its_images_once_each(tmp_
         assert mix[(brand, "ok")]["images"] - old_mix[(brand, "ok")]["images"] == 2
         assert mix[(brand, "http_404")]["images"] == 1 and mix[(brand, "http_404")]["posts"] == 0
     assert by(rows("model_versions", db), "model_version")["v2"]["posts"] == 76 + 35 + 1
+
+
+def test_every_brand_view_reads_the_sentiment_toward_the_brand_not_the_posts(tmp_path):
+    """A negative post that praises acme (brand_scores: acme positive, globex negative) counts as positive for acme
+    in the breakdowns, share of voice and the posts behind a bar, tops acme's most positive posts and, though the
+    most engaging post of acme's spike day, does not lead its negative spike's driving posts."""
+    db = reportdata.build(tmp_path / "split.duckdb")
+    day = {"date_from": SPIKE_DAY.isoformat(), "date_to": SPIKE_DAY.isoformat()}
+    before = {name: rows(name, db, **day) for name in ("breakdown_by_source", "breakdown_by_language")}
+    with duckdb.connect(str(db), read_only=True) as con:
+        voice_before = by(run_query(con, "share_of_voice_trend", Filters(**day), "v2", period="day"), "brand")
+    scores = "[{brand: 'acme', brand_label: 'positive', brand_p_positive: 0.98, brand_p_neutral: 0.01, " \
+             "brand_p_negative: 0.01}, {brand: 'globex', brand_label: 'negative', brand_p_positive: 0.005, " \
+             "brand_p_neutral: 0.005, brand_p_negative: 0.99}]"
+    with store.connect(db) as con:
+        con.execute("INSERT INTO scored_posts SELECT * REPLACE ('split-1' AS post_id, ['acme', 'globex'] AS brands, "
+                    f"{scores} AS brand_scores, 'negative' AS label, 0.01 AS p_positive, 0.02 AS p_neutral, "
+                    "0.97 AS p_negative, -0.96 AS sentiment_score, 100000 AS likes) "
+                    "FROM scored_posts WHERE post_id = 'acme-0314-00' AND model_version = 'v2'")
+    for name, key in (("breakdown_by_source", "source"), ("breakdown_by_language", "lang")):
+        got, old = by(rows(name, db, **day), "brand", key), by(before[name], "brand", key)
+        for brand, label in (("acme", "positive"), ("globex", "negative")):
+            (k,) = [k for k in got if k[0] == brand and got[k]["posts"] != old.get(k, {"posts": 0})["posts"]]
+            assert {lab: got[k][lab] - old.get(k, {lab: 0})[lab] for lab in LABELS} == {
+                lab: int(lab == label) for lab in LABELS}, (name, brand)
+    top = by(rows("top_posts", db, **day, limit=1), "brand", "ranking", "rank")
+    assert (top[("acme", "most_positive", 1)]["post_id"], top[("acme", "most_positive", 1)]["brand_label"]) == (
+        "split-1", "positive")
+    assert top[("acme", "most_positive", 1)]["brand_sentiment_score"] == pytest.approx(0.97)
+    assert top[("globex", "most_negative", 1)]["post_id"] == "split-1"
+    with duckdb.connect(str(db), read_only=True) as con:
+        voice = by(run_query(con, "share_of_voice_trend", Filters(**day), "v2", period="day"), "brand")
+        acme_negative = run_query(con, "posts", Filters(brand="acme", **day), "v2", label="negative", limit=100)
+        acme_positive = run_query(con, "posts", Filters(brand="acme", **day), "v2", label="positive", limit=100)
+    assert voice["acme"]["positive_mentions"] - voice_before["acme"]["positive_mentions"] == 1
+    assert voice["acme"]["negative_mentions"] == voice_before["acme"]["negative_mentions"]
+    assert "split-1" in {r["post_id"] for r in acme_positive} - {r["post_id"] for r in acme_negative}
+    spike = [r for r in rows("sentiment_spikes", db, brand="acme", top=1) if r["day"] == SPIKE_DAY]
+    assert spike[0]["kind"].endswith("negative_share") and spike[0]["post_id"] != "split-1"
+    assert spike[0]["brand_label"] == "negative"
 
 
 def test_rejected_rows_per_run_and_reason_with_brand_from_raw_json(db):

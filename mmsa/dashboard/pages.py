@@ -158,7 +158,7 @@ class Pages(Queries):
             window_days = [day - timedelta(days=i) for i in range(s["history_days"], -1, -1)]
             link = "/posts?" + f.query(brand=brand, date_from=day.isoformat(), date_to=day.isoformat())
             drivers = "".join(
-                f"<li><code>{esc(r['post_id'])}</code> <span class='label {esc(r['label'])}'>{esc(r['label'])}</span> "
+                f"<li><code>{esc(r['post_id'])}</code> <span class='label {esc(r['brand_label'])}'>{esc(r['brand_label'])}</span> "
                 f"engagement {r['engagement']:,}: {esc(r['text'])}</li>" for r in rows)
             cards.append(
                 f'<article class="spike"><h3>{esc(brand)} · <a class="spike-day" href="{esc(link)}">{esc(day)}</a> · {esc(s["kind"])}</h3>'
@@ -186,16 +186,17 @@ class Pages(Queries):
         f = with_view_settings("posts", f, query)
         posts = self.table_posts(con, f)
         what = " · ".join(esc(x) for x in (f.brand or "every brand", _range(f), f.source, f.lang, f.extra.get("label")) if x)
-        label = ("<label>Label <select name='label'>" + "".join(
+        label = ("<label>Label toward the brand <select name='label'>" + "".join(
             f'<option value="{v}"{" selected" if v == (f.extra.get("label") or "") else ""}>{v or "any"}</option>'
             for v in ("", *LABELS)) + "</select></label>")
         body = (f"<h2>Posts: {what}</h2><p class='meta'>The {len(posts.rows)} most engaging "
-                f"(at most {f.extra['limit']}; engagement = likes + shares + replies). Labels and probabilities: fused, "
-                "text alone and image alone.</p>"
+                f"(at most {f.extra['limit']}; engagement = likes + shares + replies). Labels and probabilities: toward "
+                "the brand (what the label filter and every brand figure read), fused, text alone and image alone.</p>"
                 + ("<div class='posts'>" + "".join(self._post_card(p) for p in posts.rows) + "</div>"
                    if posts.rows else "<p>No posts match.</p>")
                 + self._table_html(posts, f, ["post_id", "created_at", "brand", "source", "lang", "author",
-                                                      "label", "text_label", "image_label", "engagement", "text"]))
+                                                      "brand_label", "label", "text_label", "image_label", "engagement",
+                                                      "text"]))
         return self._chrome(con, "/posts", f, "Posts", body, label)
 
     def _post_card(self, p: dict) -> str:
@@ -223,6 +224,7 @@ class Pages(Queries):
             f'{esc(_cell(p["created_at"]))} · by <span class="author">{esc(p["author"])}</span></p>'
             f'<p class="text">{esc(p["text"])}</p>'
             f'<table class="preds"><tr><th></th><th>label</th><th>p positive / neutral / negative</th></tr>'
+            + (prediction("toward " + esc(p["brand"]), "brand_") if p["brand"] is not None else "")
             + prediction("fused", "") + prediction("text", "text_") + prediction("image", "image_")
             + f'</table><p class="meta">engagement {p["engagement"]:,} ({_cell(p["likes"]) or 0} likes, '
             f'{_cell(p["shares"]) or 0} shares, {_cell(p["replies"]) or 0} replies){original}</p></div></article>'

@@ -241,7 +241,7 @@ class Queries:
         return Table("spikes", "Spikes and the posts that drove them", rows,
                      ["brand", "day", "kind", "history_days", "posts", "mean_posts", "posts_z", "negative_share",
                       "estimated_negative_share", "estimated_negative_share_low", "estimated_negative_share_high",
-                      "mean_negative_share", "negative_share_z", "rank", "post_id", "label", "engagement", "text"],
+                      "mean_negative_share", "negative_share_z", "rank", "post_id", "brand_label", "engagement", "text"],
                      "sql/reports/sentiment_spikes.sql")
 
     @staticmethod

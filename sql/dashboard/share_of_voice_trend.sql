@@ -1,5 +1,6 @@
 -- share_of_voice_trend: per day or ISO week, each brand's mentions and their share of all brands' mentions then.
 -- Answers: "who owns the conversation, and is that changing?" (the dashboard adds a 95% Wilson interval per share)
+-- positive / negative mentions count the sentiment toward the brand (brand_label).
 -- Parameters (NULL = no filter): $brand (its rows only; shares stay relative to ALL brands),
 --   $date_from, $date_to (inclusive days, UTC), $source, $lang, $model_version (required: the
 --   version the dashboard resolved), $period ('week' = ISO weeks starting Monday; else days).
@@ -8,8 +9,8 @@ WITH counts AS (
         brand,
         CASE WHEN $period = 'week' THEN CAST(date_trunc('week', day) AS DATE) ELSE day END  AS period_start,
         count(*)                                                  AS mentions,
-        count(*) FILTER (label = 'positive')                      AS positive_mentions,
-        count(*) FILTER (label = 'negative')                      AS negative_mentions
+        count(*) FILTER (brand_label = 'positive')                AS positive_mentions,
+        count(*) FILTER (brand_label = 'negative')                AS negative_mentions
     FROM post_sentiment
     WHERE model_version = $model_version
       AND ($source IS NULL OR source = $source)

@@ -2,6 +2,8 @@
 -- Answers: "which platforms carry brand X's praise and complaints?"
 -- Parameters (NULL = no filter): $brand, $date_from, $date_to (inclusive days, UTC),
 --   $model_version (NULL = the most recently used model version).
+-- Labels are the sentiment toward the brand (brand_label: a post that names two brands can praise one and pan
+-- the other); a post without a brand counts with its own label.
 -- negative_share and net_sentiment are of the labelled posts: a post left unscored (unscored_reason: a language
 -- its model does not cover) counts in posts, not in labelled.
 WITH posts AS (
@@ -17,11 +19,11 @@ counts AS (
         brand,
         source,
         count(*)                             AS posts,
-        count(label)                         AS labelled,
-        count(*) FILTER (label = 'positive') AS positive,
-        count(*) FILTER (label = 'neutral')  AS neutral,
-        count(*) FILTER (label = 'negative') AS negative,
-        avg(sentiment_score)                 AS mean_sentiment_score
+        count(brand_label)                         AS labelled,
+        count(*) FILTER (brand_label = 'positive') AS positive,
+        count(*) FILTER (brand_label = 'neutral')  AS neutral,
+        count(*) FILTER (brand_label = 'negative') AS negative,
+        avg(brand_p_positive - brand_p_negative)   AS mean_sentiment_score
     FROM posts
     GROUP BY brand, source
 )

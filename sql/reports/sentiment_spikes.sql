@@ -12,8 +12,8 @@
 --   $window    trailing days (default 28),
 --   $threshold z-score that makes a spike (default 3),
 --   $min_posts posts a day needs before its negative share can spike (default 5),
---   $top       driving posts listed per spike (default 3): by engagement, negative posts first
---              when the negative share spiked.
+--   $top       driving posts listed per spike (default 3): by engagement, posts negative toward the brand
+--              first when the negative share spiked.
 -- One row per (spike, driving post); the spike's columns repeat on its rows. history_days = the days
 -- the z-scores were computed over (the window, or fewer at the start of the data).
 WITH settings AS (
@@ -86,13 +86,13 @@ drivers AS (
     SELECT
         s.*,
         p.post_id,
-        p.label,
-        p.sentiment_score,
+        p.brand_label,
+        p.brand_p_positive - p.brand_p_negative AS brand_sentiment_score,
         p.engagement,
         p.text,
         row_number() OVER (
             PARTITION BY s.brand, s.day
-            ORDER BY (s.negative_spike AND p.label = 'negative') DESC, p.engagement DESC, p.post_id
+            ORDER BY (s.negative_spike AND p.brand_label = 'negative') DESC, p.engagement DESC, p.post_id
         ) AS rank
     FROM spikes s JOIN posts p  -- by time rather than by p.day: cheaper than computing day again
       ON s.brand IS NOT DISTINCT FROM p.brand AND p.created_at >= s.day AND p.created_at < s.day + 1
@@ -111,8 +111,8 @@ SELECT
     negative_share_z,
     rank,
     post_id,
-    label,
-    sentiment_score,
+    brand_label,
+    brand_sentiment_score,
     engagement,
     text
 FROM drivers, settings
