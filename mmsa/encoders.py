@@ -11,10 +11,12 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import emoji
 import numpy as np
 import torch
 from tokenizers import Tokenizer
@@ -23,6 +25,8 @@ from torch import nn
 DEFAULT_TEXT_ENCODER = "all-minilm-l6-v2"
 LARGE_TEXT_ENCODER = "all-mpnet-base-v2"  # MPNet-base, 110M parameters: the large tier's text side (issue 35)
 DEFAULT_IMAGE_ENCODER = "efficientnet-lite0"
+# Part of every cache key of encoded text (mmsa.features, mmsa.train): 2 = emoji spelled out (`spell_emoji`).
+TOKENIZATION_VERSION = 2
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -59,19 +63,54 @@ def unpadded(tokenizer: Tokenizer, max_length: int) -> int:
     return pad_id
 
 
+# Characters an emoji can start with: most texts have none and skip emoji's slower search.
+_EMOJI_START = frozenset(e[0] for e in emoji.EMOJI_DATA)
+_SKIN_TONE = re.compile(r"_(?:light|medium-light|medium|medium-dark|dark)_skin_tone")  # "thumbs up", not its tone
+
+
+def spell_emoji(text: str) -> tuple[str, np.ndarray | None]:
+    """(text with each emoji replaced by its English name between spaces, "😡" -> " enraged face ", and per
+    character of that text plus its end, the [start, end) of the characters of `text` it stands for; None
+    when there was no emoji): neither encoder's vocabulary has emoji, which would all read as one unknown
+    token, while their names carry the sentiment."""
+    found = emoji.emoji_list(text) if not _EMOJI_START.isdisjoint(text) else []
+    if not found:
+        return text, None
+    parts, where, last = [], [], 0
+    for e in found:
+        a, b = e["match_start"], e["match_end"]
+        name = " " + _SKIN_TONE.sub("", emoji.EMOJI_DATA[e["emoji"]]["en"]).strip(":").replace("_", " ") + " "
+        parts += [text[last:a], name]
+        where += [(i, i + 1) for i in range(last, a)] + [(a, b)] * len(name)
+        last = b
+    parts.append(text[last:])
+    where += [(i, i + 1) for i in range(last, len(text))] + [(len(text), len(text))]
+    return "".join(parts), np.array(where, dtype=np.int64)
+
+
+def _encode(tokenizer: Tokenizer, texts: Sequence[str | None]) -> tuple[list, list[np.ndarray | None]]:
+    spelled = [spell_emoji(t or "") for t in texts]
+    return tokenizer.encode_batch([t for t, _ in spelled]), [w for _, w in spelled]
+
+
 def token_ids(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids per text (None: empty), truncated, unpadded: the one tokenisation of training
-    (TextEncoder.tokenize) and scoring (mmsa.infer), the fast tokenizer called as transformers calls it."""
-    return [e.ids for e in tokenizer.encode_batch([t or "" for t in texts])]
+    """Token ids per text (None: empty), emoji spelled out (`spell_emoji`), truncated, unpadded: the one
+    tokenisation of training (TextEncoder.tokenize) and scoring (mmsa.infer), the fast tokenizer called as
+    transformers calls it."""
+    return [e.ids for e in _encode(tokenizer, texts)[0]]
 
 
 def span_token_mask(tokenizer: Tokenizer, texts: Sequence[str | None],
                     spans: Sequence[Sequence[tuple[int, int]]]) -> list[np.ndarray]:
     """Per text, a bool mask over its tokens as `token_ids` gives them (truncated, unpadded) that is True on
-    the tokens overlapping any of its character spans; a span cut off by truncation marks nothing."""
+    the tokens overlapping any of its character spans (of the text as given, before `spell_emoji`); a span
+    cut off by truncation marks nothing."""
     out = []
-    for enc, sp in zip(tokenizer.encode_batch([t or "" for t in texts]), spans):
+    encodings, wheres = _encode(tokenizer, texts)
+    for enc, where, sp in zip(encodings, wheres, spans):
         offsets = np.array(enc.offsets, dtype=np.int64).reshape(-1, 2)
+        if where is not None:  # back to the characters of the text as given
+            offsets = np.stack([where[offsets[:, 0], 0], where[np.maximum(offsets[:, 1] - 1, offsets[:, 0]), 1]], 1)
         mask = np.zeros(len(offsets), dtype=bool)
         for a, b in sp:
             mask |= (offsets[:, 0] < b) & (offsets[:, 1] > a)

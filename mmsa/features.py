@@ -21,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mmsa.data import LABEL_TO_ID, LabelledSet, load_image, read_rows
-from mmsa.encoders import ImageEncoder, TextEncoder
+from mmsa.encoders import TOKENIZATION_VERSION, ImageEncoder, TextEncoder
 from mmsa.files import atomic_path, default_cache_dir
 from mmsa.images import decode as imaging
 
@@ -89,11 +89,11 @@ def encode_pooled_images(enc, paths: list[Path | None], batch_size: int = 32, fl
 
 
 def encoder_key(model) -> str:
-    """Changes whenever the encoders' output may: backbones' files, fine-tuned text layers, sizes (the heads,
-    which a retrained model changes, are not part of it)."""
+    """Changes whenever the encoders' output may: backbones' files, fine-tuned text layers, sizes, tokenization
+    (the heads, which a retrained model changes, are not part of it)."""
     cfg = model.config
     h = hashlib.sha256(json.dumps([cfg["text_encoder"], cfg["image_encoder"], cfg["max_length"], cfg["image_size"],
-                                   model.source_key()]).encode())
+                                   model.source_key(), TOKENIZATION_VERSION]).encode())
     if cfg.get("text_layers"):
         h.update((model.folder / cfg["text_layers"]).read_bytes())
     return h.hexdigest()[:16]
@@ -180,7 +180,7 @@ def _cached_tensors(cache_dir: Path | None, key: str, compute: Callable[[], dict
 
 def text_features(enc: TextEncoder, ds: LabelledSet, cache_dir: Path | None) -> dict[str, torch.Tensor]:
     """`encode_texts` of a set's texts, cached by the encoder's weights and the set."""
-    key = f"text-{fingerprint(enc.model)}-{enc.max_length}-{_set_key(ds)}"
+    key = f"text-{fingerprint(enc.model)}-{enc.max_length}-t{TOKENIZATION_VERSION}-{_set_key(ds)}"
     return _cached_tensors(cache_dir, key, lambda: encode_texts(enc, ds.texts, desc=Path(ds.name).name))
 
 

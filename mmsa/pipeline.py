@@ -308,7 +308,8 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
 def unscored_reasons(langs: list[str | None], covered: frozenset[str]) -> list[str | None]:
     """Per post, why it is not scored, or None to score it: a post in a language the model does not cover
     is not guessed at. One without a language (no letters in its text: emoji, links, or an image alone) is
-    scored, as the model reads emoji and pictures whatever the language."""
+    scored, as the model reads emoji (spelled out as their names: mmsa.encoders.spell_emoji) and pictures
+    whatever the language."""
     return [UNSUPPORTED_LANGUAGE if lang is not None and lang not in covered else None for lang in langs]
 
 

@@ -37,6 +37,7 @@ from mmsa.encoders import (
     DEFAULT_IMAGE_ENCODER,
     DEFAULT_TEXT_ENCODER,
     LOW_RANK,
+    TOKENIZATION_VERSION,
     ImageEncoder,
     TextEncoder,
     load_image_encoder,
@@ -544,7 +545,8 @@ def pretrained_text(cfg: TrainConfig, enc: TextEncoder, cache_dir: Path | None) 
     key = hashlib.sha256(
         json.dumps(
             [fingerprint(enc.model), str(Path(cfg.pretrain_text).resolve()), Path(cfg.pretrain_text).stat().st_size,
-             cfg.pretrain_layers, cfg.pretrain_epochs, cfg.pretrain_max, cfg.hidden, cfg.class_weight, cfg.max_length]
+             cfg.pretrain_layers, cfg.pretrain_epochs, cfg.pretrain_max, cfg.hidden, cfg.class_weight, cfg.max_length,
+             TOKENIZATION_VERSION]
             + ([cfg.pretrain_rank] if cfg.pretrain_rank else [])
             + ([load_model(cfg.pretrain_teacher).version] if cfg.pretrain_teacher else [])
         ).encode()

@@ -18,13 +18,14 @@ from transformers.models.bert.modeling_bert import BertLayer
 from mmsa import pipeline
 from mmsa.brands import BrandTagger, find_spans
 from mmsa.cli import main
-from mmsa.encoders import fast_tokenizer, span_token_mask, unpadded
+from mmsa.encoders import fast_tokenizer, span_token_mask, spell_emoji, token_ids, unpadded
 from mmsa.heads import TargetHead
 from mmsa.faults import PermanentError
 from mmsa.infer import Engine, get_engine
 from mmsa.model import Prediction, SentimentModel, blend_targets, load_model, resolve_model_dir
 from mmsa.recipe import borrow_target_head
 from mmsa.data import target_spans
+from mmsa.schema import LABELS
 from mmsa.targeted import TargetedSet, fit_target_head, group_folds, predict_targets
 
 PRAISE_AND_PAN = "acme's new phone is brilliant, I love it. globex support is a disgrace, never buying from them again"
@@ -54,6 +55,31 @@ def test_span_token_mask_marks_the_brand_tokens_only():
     assert [t for t, m in zip(enc.tokens, mask) if m] == [t for t, (a, b) in zip(enc.tokens, enc.offsets)
                                                           if a >= text.index("globex") and b > a]
     assert not mask[0] and not mask[-1]  # [CLS] / [SEP] never
+
+
+def test_emoji_are_read_as_their_names_and_a_brand_span_still_marks_the_brand():
+    """Neither encoder's vocabulary has emoji (each read as [UNK]): they are spelled out before tokenizing, and a
+    brand's character span, given on the text as posted, still marks the brand's tokens and nothing else."""
+    tok = fast_tokenizer(load_model("default").text_encoder.tokenizer)
+    unpadded(tok, 64)
+    text = "😡😡 acme, 😍 globex 👍🏽"
+    assert spell_emoji(text)[0].split() == ["enraged", "face", "enraged", "face", "acme,", "smiling", "face", "with",
+                                            "heart-eyes", "globex", "thumbs", "up"]
+    assert spell_emoji("no emoji here") == ("no emoji here", None)
+    (ids,) = token_ids(tok, [text])
+    assert tok.token_to_id("[UNK]") not in ids
+    assert token_ids(tok, ["😡"]) != token_ids(tok, ["😍"])
+    for brand in ("acme", "globex"):
+        (mask,) = span_token_mask(tok, [text], [find_spans(text, brand)])
+        assert tok.decode([i for i, m in zip(ids, mask) if m]) == brand
+
+
+def test_the_shipped_model_reads_emoji_alone():
+    """Posts of emoji only: the model's labels follow the emoji (before they were spelled out, every emoji-only
+    post got one and the same guess)."""
+    engine = Engine(load_model("default"), backend="torch")
+    labels = engine.predict(["😡😡😡", "😍😍😍", "💩"], [None] * 3).text_probs.argmax(1)
+    assert [LABELS[i] for i in labels] == ["negative", "positive", "negative"]
 
 
 def test_target_head_copies_bert_blocks_exactly():
