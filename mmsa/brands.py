@@ -6,18 +6,37 @@
       handles: ["@acmecorp"]            # a mention of the account
       regexes: ['\\bacme ?(one|pro)\\b']  # anything else, as Python regular expressions
 
-All matching ignores case. A post can mention several brands: it is tagged with each of them.
+All matching ignores case, accents, compatibility forms (full-width letters) and the kind of apostrophe
+(`fold`: "O’Brien" and "Cafe\u0301" match keywords o'brien and café). A post can mention several brands: it
+is tagged with each of them; a brand the dump itself gives takes the file's spelling of that name.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 
 import yaml
 
 RULES = ("keywords", "hashtags", "handles", "regexes")
 Span = tuple[int, int]
+APOSTROPHES = str.maketrans({c: "'" for c in "\u2018\u2019\u02bc\u2032\uff07"})  # what phones type for '
+
+
+def fold(text: str) -> tuple[str, list[Span] | None]:
+    """(text without accents, in compatibility form (NFKD: full-width letters as ASCII) and with every apostrophe
+    as ', and per character of it the [start, end) of the characters of `text` it comes from, None when it is
+    `text` itself): what the rules match, so that a match maps back onto the post's own text."""
+    if text.isascii():
+        return text, None
+    out, where = [], []
+    for i, c in enumerate(text):
+        for d in unicodedata.normalize("NFKD", c.translate(APOSTROPHES)):
+            if not unicodedata.combining(d):
+                out.append(d)
+                where.append((i, i + 1))
+    return "".join(out), where
 
 
 class BrandTagger:
@@ -43,6 +62,7 @@ class BrandTagger:
             if not parts:
                 raise ValueError(f"brand {brand!r} has no rules")
             self.patterns[str(brand)] = re.compile("|".join(parts), re.IGNORECASE)
+        self.names = {fold(b)[0].casefold(): b for b in self.patterns}
 
     @classmethod
     def from_file(cls, path: str | Path) -> BrandTagger:
@@ -52,7 +72,12 @@ class BrandTagger:
         """The brands the text mentions, in the file's order."""
         if not text:
             return []
-        return [brand for brand, pattern in self.patterns.items() if pattern.search(text)]
+        folded = fold(text)[0]
+        return [brand for brand, pattern in self.patterns.items() if pattern.search(folded)]
+
+    def canonical(self, name: str) -> str:
+        """The file's spelling of a brand name given otherwise (a dump's "Acme" for the file's acme), else the name."""
+        return self.names.get(fold(name)[0].casefold(), name)
 
     def spans(self, text: str | None, brand: str) -> list[Span]:
         """Where the text mentions `brand` by its rules, as (start, end) characters; the brand's own name
@@ -60,7 +85,9 @@ class BrandTagger:
         pattern = self.patterns.get(brand)
         if pattern is None:
             return find_spans(text, brand)
-        return [m.span() for m in pattern.finditer(text or "") if m.end() > m.start()]
+        folded, where = fold(text or "")
+        found = [m.span() for m in pattern.finditer(folded) if m.end() > m.start()]
+        return found if where is None else [(where[a][0], where[b - 1][1]) for a, b in found]
 
 
 def find_spans(text: str | None, target: str | None) -> list[Span]:
@@ -89,7 +116,7 @@ def _strings(brand: str, spec: dict, key: str) -> list[str]:
         values = [values]
     if not all(isinstance(v, str) and v.strip() for v in values):
         raise ValueError(f"brand {brand!r}: {key} must be a list of non-empty strings")
-    return [v.strip() for v in values]
+    return [fold(v.strip())[0] for v in values]
 
 
 def _phrase(keyword: str) -> str:

@@ -342,8 +342,11 @@ def validate(row: dict, max_images: int = DEFAULT_MAX_IMAGES, tagger: BrandTagge
     post["image_urls"] = urls[:max_images]
     brands = _strings(row.get("brands")) + _strings(row.get("brand"))
     if tagger is not None:
-        brands += tagger.tag(post["text"])
-    post["brands"] = list(dict.fromkeys(brands))
+        brands = [tagger.canonical(b) for b in brands] + tagger.tag(post["text"])
+    named: dict[str, str] = {}
+    for b in brands:  # one per name whatever its case, as first spelt
+        named.setdefault(b.casefold(), b)
+    post["brands"] = list(named.values())
     for name in COUNT_FIELDS:
         try:
             post[name] = _count(row.get(name))

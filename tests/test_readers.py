@@ -146,6 +146,28 @@ def test_brand_rules_match_words_tags_handles_and_regexes_ignoring_case():
         BrandTagger({"x": {"words": ["x"]}})
 
 
+def test_brand_rules_ignore_accents_full_width_letters_and_the_kind_of_apostrophe():
+    """What phones and other keyboards type: a curly apostrophe, accents composed or not, full-width letters; the
+    span found is the post's own characters."""
+    tagger = BrandTagger({"o'brien": {"keywords": ["o'brien bikes"]}, "Café Zürich": {"keywords": ["café zürich"]},
+                          "acme": {"hashtags": ["#acmé"]}})
+    cases = {"O\u2019Brien bikes rock": "O\u2019Brien bikes", "Cafe\u0301 Zu\u0308rich is nice": "Cafe\u0301 Zu\u0308rich",
+             "cafe zurich": "cafe zurich", "ＣＡＦＥ zurich": "ＣＡＦＥ zurich", "love #ACME": "#ACME"}
+    for text, span in cases.items():
+        (brand,) = tagger.tag(text)
+        assert [text[a:b] for a, b in tagger.spans(text, brand)] == [span], text
+    assert tagger.tag("pineapple o'briens") == []
+
+
+def test_a_brand_the_dump_gives_takes_the_files_spelling_and_counts_once():
+    """A dump's "brand": "ACME" for a post the rules tag acme is one brand, acme, not two; without a file, two
+    spellings of one name are one brand too."""
+    row = {"post_id": "p", "created_at": 0, "text": "acme again", "brand": "ACME", "brands": ["Initech", "initech"]}
+    post = source.validate(row, tagger=BrandTagger({"acme": {"keywords": ["acme"]}}))
+    assert post["brands"] == ["Initech", "acme"]
+    assert source.validate({**row, "brand": "Acme", "brands": ["acme"]})["brands"] == ["acme"]
+
+
 @pytest.mark.parametrize("value, expected", [
     ("2026-11-20T10:00:00Z", "2026-11-20T10:00:00+00:00"),
     ("2026-11-20T12:00:00+02:00", "2026-11-20T10:00:00+00:00"),
