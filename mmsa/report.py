@@ -210,6 +210,10 @@ def _pp(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:+.1f} pp"
 
 
+def _brand(name: str | None) -> str:
+    return "(no brand)" if name is None else name
+
+
 def headline_markdown(db: str | Path, run_id: str | None = None,
                       draw: Callable[[], list[Path]] | None = None) -> Headline:
     """The nightly headline as markdown: the run (latest unless `run_id`), each brand's last
@@ -245,13 +249,13 @@ def headline_markdown(db: str | Path, run_id: str | None = None,
         ]
         for r in sorted(pop, key=lambda r: -r["posts"]):
             lines.append(
-                f"| {r['brand']} | {r['posts']} | {_pct(r['posts_change_pct'])} | {_num(r['net_sentiment'])} "
+                f"| {_brand(r['brand'])} | {r['posts']} | {_pct(r['posts_change_pct'])} | {_num(r['net_sentiment'])} "
                 f"| {_num(r['net_sentiment_change'])} | {r['negative_share'] or 0:.1%} | {_pp(r['negative_share_change'])} |"
             )
         spikes = [s for s in run_report("sentiment_spikes", con, **week).to_pylist() if s["rank"] == 1]
         lines += ["", "## Spikes", ""]
         lines += [
-            f"- **{s['brand']}** {s['day']}: {s['kind']} ({s['posts']} posts, {s['negative_share'] or 0:.0%} negative; "
+            f"- **{_brand(s['brand'])}** {s['day']}: {s['kind']} ({s['posts']} posts, {s['negative_share'] or 0:.0%} negative; "
             f"usually {s['mean_posts']:.1f} posts, {s['mean_negative_share'] or 0:.0%} negative). "
             f"Top post `{s['post_id']}`: \"{(s['text'] or '')[:80]}\""
             for s in spikes
@@ -259,8 +263,9 @@ def headline_markdown(db: str | Path, run_id: str | None = None,
         disagreement = run_report("modality_disagreement", con, **week).to_pylist()
         lines += ["", "## Text and image disagreeing (posts with both)", ""]
         lines += [
-            f"- {d['brand']}: {d['disagreement_rate'] or 0:.1%} disagree, {d['opposite_rate'] or 0:.1%} opposite "
-            f"({d['positive_text_negative_image']} positive text + negative image)"
+            f"- {_brand(d['brand'])}: {d['disagreement_rate']:.1%} disagree, {d['opposite_rate']:.1%} opposite "
+            f"({d['positive_text_negative_image']} positive text + negative image)" if d["disagreement_rate"] is not None
+            else f"- {_brand(d['brand'])}: no post with both a text and an image label"
             for d in disagreement
         ]
     charts = draw() if draw is not None else []
