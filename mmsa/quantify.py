@@ -250,8 +250,8 @@ def shares_with_intervals(probs: np.ndarray, stats: dict | None, method: str = D
         low, high = min(low, floor_low), max(high, floor_high)
         if systematic:  # the estimator's own error on large groups, beside the resampling's
             margin = Z95 * systematic["net" if name == "net_sentiment" else "share"]
-            bound = 1.0 if name == "net_sentiment" else 0.0
-            low = max(-bound, est - float(np.hypot(est - low, margin)))
+            floor = -1.0 if name == "net_sentiment" else 0.0  # not -0.0: a report would print "-0.0000"
+            low = max(floor, est - float(np.hypot(est - low, margin)))
             high = min(1.0, est + float(np.hypot(high - est, margin)))
         out[name], out[f"{name}_low"], out[f"{name}_high"] = est, float(low), float(high)
     return out

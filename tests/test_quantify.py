@@ -66,6 +66,16 @@ def test_a_small_bag_gets_a_wide_interval(classifier):
     assert width[5] > 0.4 > width[50] > width[1000]
 
 
+def test_a_bound_at_zero_is_zero_not_minus_zero(classifier):
+    """A bag with no negative post: its negative share's lower bound is 0.0, which a report prints as 0.0000
+    (a -0.0 printed as -0.0000)."""
+    model, stats = classifier
+    x, _ = draw({POS: 60, NEU: 0, NEG: 0}, np.random.default_rng(4))
+    est = quantify.shares_with_intervals(model.predict_proba(x), stats)
+    lows = [est[f"{label}_share_low"] for label in ("neutral", "negative")]
+    assert lows == [0.0, 0.0] and all(f"{v:.4f}" == "0.0000" for v in lows)
+
+
 def test_without_statistics_the_estimate_falls_back_to_mean_probabilities():
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.6, 0.2]])
     est = quantify.shares_with_intervals(probs, None, "sld")
