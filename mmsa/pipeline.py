@@ -121,9 +121,9 @@ class RunSummary:
         rate = f"{fresh / total:.1f}" if total and fresh else "-"  # posts this run scored, per wall-clock second
         lines = [
             f"## Scoring run `{self.run_id}`", "",
-            "| dump | model | posts in | scored | rejected | shards scored | shards skipped | posts/s |",
+            "| dump | model | posts in | stored | rejected | shards scored | shards skipped | posts/s |",
             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-            f"| {self.dump} | {self.model_version} | {self.posts_in} | {self.posts_scored} | {self.posts_rejected} "
+            f"| {self.dump} | {self.model_version} | {self.posts_in} | {self.scored_line()} | {self.posts_rejected} "
             f"| {self.shards_done} | {self.shards_skipped} | {rate} |", "",
             f"Images: {mix}. Damaged cache entries repaired: {self.cache_repaired}. Stages: {secs}. "
             f"Bound by: {self.bound_by()}.",
@@ -149,12 +149,17 @@ class RunSummary:
         skipped = sum(self.not_posts.values())
         not_posts = f", {skipped} records not posts ({', '.join(f'{k} {v}' for k, v in sorted(self.not_posts.items()))})"
         return (
-            f"run {self.run_id}: {self.posts_in} rows in, {self.posts_scored} scored, {self.posts_rejected} rejected"
+            f"run {self.run_id}: {self.posts_in} rows in, {self.scored_line()}, {self.posts_rejected} rejected"
             f"{not_posts if skipped else ''} ({self.shards_done} shards scored, {self.shards_skipped} already done)\n"
             f"model {self.model_version}; images: {mix}"
             f"{f'; {self.cache_repaired} damaged cache entries repaired' if self.cache_repaired else ''}\n"
             f"stages: {secs}; bound by {self.bound_by()}\n{self.languages_line()}"
         )
+
+    def scored_line(self) -> str:
+        """The posts stored, scored or not: "12 scored", "9 scored + 3 stored unscored"."""
+        unscored = sum(self.not_covered.values())
+        return f"{self.posts_scored - unscored} scored" + (f" + {unscored} stored unscored" if unscored else "")
 
     def languages_line(self) -> str:
         """The posts stored unscored because the model does not cover their language, most first."""

@@ -176,6 +176,7 @@ def test_an_uncovered_language_is_stored_unscored_with_its_reason(scored):
 
 def test_the_run_summary_counts_the_posts_not_covered_per_language(scored):
     assert "5 posts in 2 languages not covered (stored unscored): fr 3, es 2" in scored["mixed printed"]
+    assert "rows in, 5 scored + 5 stored unscored, 0 rejected" in scored["mixed printed"]
     assert "Every post is in a language the model covers." in scored["english printed"]
 
 
