@@ -102,6 +102,9 @@ def run_report(name: str, db: str | Path | duckdb.DuckDBPyConnection, **params: 
     return run_sql(_path(name).read_text(), db, f"report {name!r}", **params)
 
 
+COUNTS = {"limit", "top", "window"}  # parameters that count rows or days: 0 or less would mean nothing to show
+
+
 def run_sql(sql: str, db: str | Path | duckdb.DuckDBPyConnection, what: str, **params: object) -> pa.Table:
     """Run one SQL text the way run_report runs a report (`what` names it in errors); for the
     queries of other readers of the pack, such as the dashboard's sql/dashboard/."""
@@ -110,6 +113,9 @@ def run_sql(sql: str, db: str | Path | duckdb.DuckDBPyConnection, what: str, **p
     if unknown:
         raise ValueError(f"{what} has no parameter {', '.join(unknown)}; it takes: {', '.join(wanted)}")
     bound = {key: params.get(key) for key in wanted}
+    for key in COUNTS & {k for k, v in bound.items() if v is not None}:
+        if not str(bound[key]).strip().isdigit() or int(bound[key]) < 1:
+            raise ValueError(f"{what}: {key} must be a whole number of at least 1, got {bound[key]!r}")
     try:
         if isinstance(db, duckdb.DuckDBPyConnection):
             table = db.sql(sql, params=bound).to_arrow_table()
