@@ -220,8 +220,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
         if args.name not in charts.CHARTS:
             raise ValueError(f"no chart for report {args.name!r}; charts exist for: {', '.join(charts.CHARTS)}")
+    if args.html:
+        raise ValueError("--html writes the summary of every report: `mmsa report all --html OUT.html`")
     table = report.run_report(args.name, args.db, **params)
     print(report.format_result(table, args.format), end="" if args.format == "csv" else "\n")
+    if not table.num_rows and args.brand and (hint := report.unknown_brand_hint(args.db, args.brand)):
+        print(hint, file=sys.stderr)
     if args.chart:
         print(f"chart: {charts.render_chart(args.name, args.db, args.chart, **params)}", file=sys.stderr)
     return 0

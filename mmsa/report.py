@@ -94,6 +94,19 @@ def connect(db: str | Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def unknown_brand_hint(db: str | Path, brand: str) -> str | None:
+    """Why a report filtered on `brand` came back empty when no post has that brand: the brands there are
+    (names match exactly, as the brands file spells them); None when the brand is there."""
+    with connect(db) as con:
+        brands = [b for (b,) in con.sql("SELECT DISTINCT brand FROM post_sentiment WHERE brand IS NOT NULL "
+                                        "ORDER BY brand").fetchall()]
+    if brand in brands:
+        return None
+    close = [b for b in brands if b.casefold() == brand.casefold()]
+    return (f"no post has brand {brand!r}" + (f"; did you mean {close[0]!r}?" if close else "")
+            + f" (brands here, matched exactly: {', '.join(brands) or 'none'})")
+
+
 def run_report(name: str, db: str | Path | duckdb.DuckDBPyConnection, **params: object) -> pa.Table:
     """Run report `name` on `db` (a path, opened read-only, or an open connection).
 

@@ -440,6 +440,13 @@ def test_cli_report_with_filters_params_format_and_chart(db, tmp_path, capsys):
     assert "share_of_voice" in capsys.readouterr().out
     assert main(["report", "top_posts", "--db", str(db), "--param", "limt=3"]) == 2
     assert "no parameter limt" in capsys.readouterr().err
+    assert main(["report", "daily_brand_sentiment", "--db", str(db), "--brand", "ACME"]) == 0
+    assert "no post has brand 'ACME'; did you mean 'acme'? (brands here, matched exactly: acme, globex)" in \
+        capsys.readouterr().err
+    assert main(["report", "daily_brand_sentiment", "--db", str(db), "--brand", "acme", "--to", "2000-01-01"]) == 0
+    assert capsys.readouterr().err == ""  # a known brand with no posts in the range: nothing to hint
+    assert main(["report", "top_posts", "--db", str(db), "--html", str(tmp_path / "one.html")]) == 2
+    assert "mmsa report all --html" in capsys.readouterr().err
     for name, param in (("top_posts", "limit=0"), ("disagreeing_posts", "limit=-1"), ("sentiment_spikes", "window=0")):
         assert main(["report", name, "--db", str(db), "--param", param]) == 2
         assert "must be a whole number of at least 1" in capsys.readouterr().err
