@@ -29,6 +29,14 @@ _UNTAGGED = re.compile(r"^(und|zxx|mul|q[a-t][a-z])$")
 _TAG = re.compile(r"^([a-z]{2,3})(?:[-_][a-z0-9]{1,8})*$")
 # Codes X and old Java locales still use for languages that were renamed in ISO 639-1.
 _RENAMED = {"in": "id", "iw": "he", "ji": "yi"}
+# ISO 639-1: a two-letter tag outside it ("xx", a typo) says nothing, and the text is identified instead.
+_ISO_639_1 = frozenset("""
+aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu cv cy da de dv dz ee el en eo es
+et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he hi ho hr ht hu hy hz ia id ie ig ii ik io is it iu ja jv ka kg ki kj
+kk kl km kn ko kr ks ku kv kw ky la lb lg li ln lo lt lu lv mg mh mi mk ml mn mr ms mt my na nb nd ne ng nl nn no nr nv
+ny oc oj om or os pa pi pl ps pt qu rm rn ro ru rw sa sc sd se sg si sk sl sm sn so sq sr ss st su sv sw ta te tg th ti
+tk tl tn to tr ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi yo za zh zu
+""".split())
 # Identifier labels without an ISO 639-1 code whose macrolanguage has one.
 _MACRO = {"arz": "ar", "ary": "ar", "wuu": "zh", "yue": "zh", "uzs": "uz", "gug": "gn"}
 # Labels not offered: each, on XLM-T's training tweets, claimed posts of a major neighbour (gl: 25
@@ -181,7 +189,7 @@ def load() -> Identifier:
 
 def normalise(tag: str | None) -> str | None:
     """A dump's language tag as ISO 639-1 (`en-US` -> `en`, `in` -> `id`); None when it says nothing or is
-    not a language tag, so the text is identified instead. A three-letter code stays as it is (languages
+    not a language tag (`xx`: no ISO 639-1 code), so the text is identified instead. A three-letter code stays as it is (languages
     without a two-letter code have one)."""
     if not isinstance(tag, str):
         return None
@@ -189,8 +197,8 @@ def normalise(tag: str | None) -> str | None:
     match = _TAG.match(tag)
     if not match or _UNTAGGED.match(match.group(1)):
         return None
-    code = match.group(1)
-    return _RENAMED.get(code, code)
+    code = _RENAMED.get(match.group(1), match.group(1))
+    return None if len(code) == 2 and code not in _ISO_639_1 else code
 
 
 def identify(text: str | None) -> str | None:
@@ -206,5 +214,6 @@ def post_language(tag: str | None, text: str | None) -> str | None:
 # Changes with the identifier's version and with the rules above: a dump's shards (which hold `lang`) are
 # cut again when either changes (mmsa.source.content_key).
 KEY = hashlib.sha256(repr((version("py3langid"), sorted(_NOT_OFFERED), sorted(_MACRO.items()), sorted(_HINDI_WORDS),
+                           sorted(_ISO_639_1),
                            sorted(_SHARE.items()), _RARE, _NOISE.pattern, _ONE_WORD_SURE,
                            hashlib.sha256(HINDI_MODEL.read_bytes()).hexdigest())).encode()).hexdigest()[:12]

@@ -85,9 +85,10 @@ def test_a_dumps_own_tag_is_kept_as_iso_639_1(tmp_path):
         {"post_id": "und", "created_at": "2026-11-20T10:00:00Z", "text": french, "lang": "und"},  # X: undetermined
         {"post_id": "qme", "created_at": "2026-11-20T10:00:00Z", "text": french, "lang": "qme"},  # X: media only
         {"post_id": "word", "created_at": "2026-11-20T10:00:00Z", "text": french, "lang": "French"},  # not a tag
+        {"post_id": "xx", "created_at": "2026-11-20T10:00:00Z", "text": french, "lang": "xx"},  # no such language
     ]
     assert _langs(_write(tmp_path / "tagged.jsonl", rows)) == {
-        "us": "en", "br": "pt", "x-old": "id", "und": "fr", "qme": "fr", "word": "fr"}
+        "us": "en", "br": "pt", "x-old": "id", "und": "fr", "qme": "fr", "word": "fr", "xx": "fr"}
     assert language.normalise("zh-Hant-TW") == "zh" and language.normalise("fil") == "fil"
 
 
