@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import io
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
@@ -64,11 +64,23 @@ def _date_axis(ax) -> None:
         ax.set_xlim(first - pad, last + pad)
 
 
+def _filled(series: list[dict], key: str, step: timedelta) -> list[dict]:
+    """The series with a row per day (or week) from its first to its last, with 0 posts and no shares where
+    there were no posts: a line must not bridge a gap as if the days in it had posts."""
+    have = {r[key]: r for r in series}
+    out, at = [], min(have)
+    while at <= max(have):
+        out.append(have.get(at, {key: at, "posts": 0, "net_sentiment": None, "negative_share": None}))
+        at += step
+    return out
+
+
 def trend_figure(rows: list[dict], period: str = "day") -> Figure:
     """Volume (top) and net sentiment (bottom) per brand over time, from the daily or weekly report."""
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True, height_ratios=(1, 1.3))
     brands = _by_brand(rows)
     for brand, series in brands.items():
+        series = _filled(series, period, timedelta(days=7 if period == "week" else 1))
         x = [r[period] for r in series]
         marker = "." if len(x) <= 60 else None
         (line,) = top.plot(x, [r["posts"] for r in series], marker=marker, label=brand)
@@ -124,7 +136,7 @@ def spikes_figure(daily: list[dict], spikes: list[dict]) -> Figure:
     brands = [b for b in by_brand if any(s["brand"] == b for s in spike_rows)][:4] or list(by_brand)[:2]
     fig, axes = plt.subplots(len(brands), 1, figsize=(10, 3.2 * len(brands)), squeeze=False, sharex=True)
     for ax, brand in zip(axes[:, 0], brands):
-        series = by_brand[brand]
+        series = _filled(by_brand[brand], "day", timedelta(days=1))
         days = [r["day"] for r in series]
         ax.fill_between(days, [r["posts"] for r in series], step="mid", color="#9ecae1", label="posts")
         ax.set_ylim(bottom=0)

@@ -467,6 +467,22 @@ def test_each_chart_renders_a_real_png(db, tmp_path, name):
     assert len(data) > 20_000
 
 
+def test_charts_show_days_without_posts_as_zero_posts_not_a_line_across_them():
+    """Posts on 03-01 and 03-05 only: the trend's volume line and the spikes chart's bars fall to 0 on the three
+    days between, and their net sentiment and negative share are gaps, not lines drawn across."""
+    import numpy as np
+
+    series = [{"brand": "acme", "day": date(2024, 3, d), "posts": 5, "net_sentiment": 0.5, "negative_share": 0.2}
+              for d in (1, 5)]
+    fig = charts.trend_figure(series)
+    volume, net = (ax.get_lines()[0] for ax in fig.axes[:2])
+    assert list(volume.get_ydata()) == [5, 0, 0, 0, 5]
+    assert np.isnan(np.asarray(net.get_ydata(), float)[1:4]).all()
+    spikes = charts.spikes_figure(series, [])
+    share = spikes.axes[1].get_lines()[0]
+    assert len(share.get_xdata()) == 5 and np.isnan(np.asarray(share.get_ydata(), float)[1:4]).all()
+
+
 @pytest.mark.parametrize("days, net", [(1, 0.1), (1, None), (2, 0.1), (3, 0.1), (5, 0.1), (40, 0.1)])
 def test_trend_chart_dates_fit_the_span_without_warnings(days, net, recwarn):
     """One day (a nightly headline) gets a day either side, not an axis years wide, also when its net sentiment
