@@ -117,7 +117,9 @@ def test_a_disk_that_fills_mid_run_stops_it_in_one_line_and_the_rerun_scores_eve
 
     rerun = mmsa_score(dump, db, out)  # space freed
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert f"{N_POSTS} scored" in rerun.stdout and f"({SHARDS - kept} shards scored, {kept} already done)" in rerun.stdout
+    # The other worker's shard, in flight when the disk filled, may still finish after the count: kept or one more.
+    done = int(re.search(r"\((\d) shards scored, (\d) already done\)", rerun.stdout)[2])
+    assert f"{N_POSTS} scored" in rerun.stdout and done in (kept, kept + 1), rerun.stdout
     assert_every_post_once(db, out)
 
 
