@@ -50,6 +50,8 @@ DUMP_DOWNLOAD_TIMEOUT = (10, 60)
 ZSTD_MAX_WINDOW = 2**31
 _EPOCH = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)  # a post dated after is a broken record, as one before 1970
+_SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair, left by a tweet cut inside an emoji
 
 
 @dataclass
@@ -225,15 +227,15 @@ class _ZstdFrames(io.RawIOBase):
 @contextmanager
 def _open_text(path: Path, compression: str | None):
     if compression == "gzip":
-        with gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="") as fh:
+        with gzip.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="") as fh:
             yield fh
     elif compression == "zstd":
         with path.open("rb") as raw:
-            with io.TextIOWrapper(io.BufferedReader(_ZstdFrames(raw), 1 << 20), encoding="utf-8", errors="replace",
+            with io.TextIOWrapper(io.BufferedReader(_ZstdFrames(raw), 1 << 20), encoding="utf-8-sig", errors="replace",
                                   newline="") as fh:
                 yield fh
     else:
-        with path.open(encoding="utf-8", errors="replace", newline="") as fh:
+        with path.open(encoding="utf-8-sig", errors="replace", newline="") as fh:
             yield fh
 
 
@@ -247,14 +249,20 @@ def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict |
     try:
         if fmt == "jsonl":
             with _open_text(path, compression) as fh:
+                first = True
                 for n, line in enumerate(fh, start=1):
                     if not line.strip():
                         continue
                     try:
                         row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        yield n, f"invalid JSON: {exc.msg}"
+                    except (json.JSONDecodeError, RecursionError) as exc:
+                        if first and line.lstrip()[:1] in ("[", "{") and (whole := _document(path, compression)):
+                            yield from whole  # one indented JSON document, not a record per line
+                            return
+                        first = False
+                        yield n, f"invalid JSON: {getattr(exc, 'msg', 'nested too deeply')}"
                         continue
+                    first = False
                     if isinstance(row, list) and row and all(isinstance(r, dict) for r in row):
                         for item in row:
                             yield n, item
@@ -271,6 +279,18 @@ def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict |
                     yield n, row
     except (OSError, EOFError, ValueError, csv.Error, pa.ArrowException, zstandard.ZstdError) as exc:
         yield n + 1, f"unreadable file from here: {type(exc).__name__}: {exc}"[:300]
+
+
+def _document(path: Path, compression: str | None) -> list[tuple[int, dict | str]] | None:
+    """A file that is one JSON document (an indented array of records, or one API page) as (record number,
+    record) rows; None when it is not one."""
+    with _open_text(path, compression) as fh:
+        try:
+            doc = json.load(fh)
+        except (json.JSONDecodeError, RecursionError):
+            return None
+    items = doc if isinstance(doc, list) else [doc]
+    return [(i, item if isinstance(item, dict) else "invalid JSON: not an object") for i, item in enumerate(items, 1)]
 
 
 def parse_time(value: object) -> datetime:
@@ -307,7 +327,7 @@ def _count(value: object) -> int | None:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     number = int(value) if isinstance(value, (int, str)) else None
-    if number is None or number < 0:
+    if number is None or not 0 <= number < 1 << 63:  # a BIGINT column
         raise ValueError("not a non-negative integer")
     return number
 
@@ -334,6 +354,8 @@ def validate(row: dict, max_images: int = DEFAULT_MAX_IMAGES, tagger: BrandTagge
         post["created_at"] = parse_time(row["created_at"])
     except (ValueError, TypeError, OverflowError, OSError):
         raise ValueError(f"created_at is not ISO-8601 or an epoch time: {str(row['created_at'])[:40]!r}") from None
+    if not _UNIX_EPOCH <= post["created_at"] < LATEST:
+        raise ValueError(f"created_at is not between 1970 and {LATEST.year}: {post['created_at'].isoformat()}")
     for name in TEXT_FIELDS:
         value = row.get(name)
         post[name] = None if value is None or (isinstance(value, str) and not value.strip()) else str(value)
@@ -358,6 +380,11 @@ def validate(row: dict, max_images: int = DEFAULT_MAX_IMAGES, tagger: BrandTagge
     if len(urls) > max_images:
         extra["images_dropped"] = len(urls) - max_images
     post["extra"] = json.dumps(extra, default=str, ensure_ascii=False) if extra else None
+    for name, value in post.items():  # lone surrogates cannot be stored (UTF-8): each becomes U+FFFD
+        if isinstance(value, str) and _SURROGATE.search(value):
+            post[name] = _SURROGATE.sub("\ufffd", value)
+        elif isinstance(value, list) and any(_SURROGATE.search(v) for v in value):
+            post[name] = [_SURROGATE.sub("\ufffd", v) for v in value]
     return post
 
 
@@ -410,8 +437,9 @@ def iter_shards(paths: Path | list[Path], shard_size: int, dump_name: str | None
                     raw = (record if isinstance(record, str) else
                            json.dumps(record if isinstance(item, str) else item, default=str, ensure_ascii=False))
                     pid = item.get("post_id") if isinstance(item, dict) else None
-                    rejected.append({"post_id": None if pid is None else str(pid), "reason": str(exc),
-                                     "raw": raw[:2000], "line": line, "file": where})
+                    rejected.append({"post_id": None if pid is None else _SURROGATE.sub("\ufffd", str(pid)),
+                                     "reason": _SURROGATE.sub("\ufffd", str(exc)),
+                                     "raw": _SURROGATE.sub("\ufffd", raw[:2000]), "line": line, "file": where})
                     continue
                 seen[post["post_id"]] = number << 40 | line
                 posts.append(post)
@@ -431,5 +459,5 @@ def _read(read, record: dict | str) -> Iterator[dict | Skip | str]:
         yield from list(read(record))
     except ValueError as exc:  # the reader's own words
         yield str(exc)
-    except (TypeError, AttributeError, KeyError) as exc:  # a field of an unexpected type or shape
+    except (TypeError, AttributeError, KeyError, OverflowError) as exc:  # a field of an unexpected type, shape or size
         yield f"unparseable record: {type(exc).__name__}: {exc}"

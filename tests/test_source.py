@@ -49,6 +49,43 @@ def test_jsonl_rows_are_validated_and_each_accounted_once(tmp_path):
     assert [s.posts.num_rows for s in shards] == [2, 1]
 
 
+def test_a_record_no_column_can_hold_is_rejected_and_the_rest_goes_on(tmp_path):
+    """Values that passed as valid JSON but fit no column (a count over BIGINT, a date outside 1970-2100, half an
+    emoji's UTF-16 pair, arrays nested past the parser's depth) reject their record or are mended in it; none
+    ends the run."""
+    ok = {"created_at": "2026-11-20T10:00:00Z", "text": "fine"}
+    lines = [json.dumps({"post_id": "big", **ok, "likes": 1e30}), json.dumps({"post_id": "huge", **ok, "likes": 10**23}),
+             json.dumps({"post_id": "future", **ok, "created_at": "9999-12-31T23:59:59Z"}),
+             json.dumps({"post_id": "year1", **ok, "created_at": "0001-01-01T00:00:00Z"}),
+             "[" * 100_000 + "]" * 100_000,
+             '{"post_id": "half\\ud83d", "created_at": "2026-11-20T10:00:00Z", "text": "cut \\ud83d emoji", "x": "\\udc00"}',
+             json.dumps({"post_id": "fine", **ok})]
+    dump = tmp_path / "d.jsonl"
+    dump.write_text("\n".join(lines) + "\n")
+    _, posts, rejected = _all(dump)
+    assert [(r["post_id"], r["reason"].split(":")[0]) for r in rejected] == [
+        ("big", "likes is not a non-negative integer"), ("huge", "likes is not a non-negative integer"),
+        ("future", "created_at is not between 1970 and 2100"), ("year1", "created_at is not between 1970 and 2100"),
+        (None, "invalid JSON")]
+    assert [(p["post_id"], p["text"]) for p in posts] == [("half\ufffd", "cut \ufffd emoji"), ("fine", "fine")]
+    assert json.loads(posts[0]["extra"]) == {"x": "\ufffd"}
+
+
+def test_a_byte_order_mark_and_an_indented_json_array_are_read_as_records(tmp_path):
+    """What editors and Excel write: a BOM before the first record (JSONL and CSV), and a .json file that is one
+    indented array (or one API page) rather than a record per line."""
+    jsonl = tmp_path / "bom.jsonl"
+    jsonl.write_text("\ufeff" + "".join(json.dumps(r) + "\n" for r in GOOD), encoding="utf-8")
+    csv = tmp_path / "bom.csv"
+    csv.write_text("post_id,created_at,text\nc1,2026-11-20T10:00:00Z,hello\n", encoding="utf-8-sig")
+    pretty = tmp_path / "pretty.json"
+    pretty.write_text(json.dumps(GOOD + ["not an object"], indent=2))
+    assert [[p["post_id"] for p in _all(f)[1]] for f in (jsonl, csv)] == [["a1", "42", "a3"], ["c1"]]
+    _, posts, rejected = _all(pretty)
+    assert [p["post_id"] for p in posts] == ["a1", "42", "a3"]
+    assert [(r["line"], r["reason"]) for r in rejected] == [(4, "invalid JSON: not an object")]
+
+
 def test_values_are_normalised(tmp_path):
     _, posts, _ = _all(_write_jsonl(tmp_path / "d.jsonl", GOOD))
     a1, p42, a3 = posts
