@@ -49,7 +49,10 @@ def _mapping(args: argparse.Namespace) -> dict[str, str]:
     if args.map_file:
         import yaml
 
-        loaded = yaml.safe_load(Path(args.map_file).read_text(encoding="utf-8"))
+        try:
+            loaded = yaml.safe_load(Path(args.map_file).read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{args.map_file}: not YAML or JSON: {str(exc).splitlines()[0]}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{args.map_file}: a mapping file is a YAML or JSON object of FIELD: PATH")
         mapping.update({str(k): str(v) for k, v in loaded.items()})
@@ -73,6 +76,10 @@ def _run_parameters(args: argparse.Namespace) -> RunParameters:
 
 def _cmd_score(args: argparse.Namespace) -> int:
     params = _run_parameters(args)
+    from mmsa import source, storage
+
+    if not source.is_url(args.dump) and not storage.is_remote(args.dump):  # a missing dump: one line, no server start
+        source.resolve(args.dump, Path())  # local: nothing is downloaded into the folder it is given
     if args.runner == "threads":  # Dask workers load their own
         _preload(args.model, args.backend)
     from mmsa.flows.score import make_task_runner, score_flow

@@ -163,10 +163,13 @@ def localise(src: str | Path, workdir: Path) -> Path:
         return path
     workdir.mkdir(parents=True, exist_ok=True)
     target = workdir / ("dump" + "".join(Path(urlparse(str(src)).path).suffixes[-2:]).lower())
-    with requests.get(str(src), stream=True, timeout=DUMP_DOWNLOAD_TIMEOUT) as resp:
-        resp.raise_for_status()
-        with files.atomic_path(target) as tmp, tmp.open("wb") as fh:
-            shutil.copyfileobj(resp.raw, fh)
+    try:
+        with requests.get(str(src), stream=True, timeout=DUMP_DOWNLOAD_TIMEOUT) as resp:
+            resp.raise_for_status()
+            with files.atomic_path(target) as tmp, tmp.open("wb") as fh:
+                shutil.copyfileobj(resp.raw, fh)
+    except requests.RequestException as exc:  # a dump that is not there is bad input, said in one line
+        raise FileNotFoundError(f"dump not downloadable from {src}: {type(exc).__name__}: {exc}") from None
     return target
 
 
