@@ -4,6 +4,7 @@ Each way a server, URL or image can go wrong must end in its documented status, 
 complete, and every post must get exactly one result. Timeouts are shrunk so this runs fast.
 """
 
+import os
 import re
 import socket
 import ssl
@@ -299,12 +300,16 @@ def test_bad_url_strings_never_reach_the_network(cache, url, status):
 
 
 def test_local_files_only_when_allowed(tmp_path, cache):
-    """With allow_local_files, absolute paths and file: URLs are read; a missing one is file_error."""
+    """With allow_local_files, absolute paths and file: URLs are read; a missing one, a named pipe or a folder is
+    file_error."""
     path = tmp_path / "local.png"
     path.write_bytes(PNG)
-    items = [("path", str(path)), ("url", path.as_uri()), ("missing", str(tmp_path / "nope.png"))]
+    pipe = tmp_path / "pipe.jpg"
+    os.mkfifo(pipe)  # opening it would wait for a writer for ever
+    items = [("path", str(path)), ("url", path.as_uri()), ("missing", str(tmp_path / "nope.png")), ("pipe", str(pipe)),
+             ("folder", str(tmp_path))]
     results = fetch_images(items, config(allow_local_files=True), cache)
-    assert [r.status for r in results] == ["ok", "ok", "file_error"]
+    assert [r.status for r in results] == ["ok", "ok", "file_error", "file_error", "file_error"]
     assert results[0].image_key == results[1].image_key
 
 

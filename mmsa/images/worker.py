@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import os
 import random
 import re
+import stat
 import threading
 import time
 from contextlib import contextmanager
@@ -95,6 +97,8 @@ class Fetcher:
         if not self.config.allow_local_files:
             return failed(url, Failure(ImageStatus.LOCAL_FILE_REFUSED, "local files are not allowed"), 0, start)
         try:
+            if not stat.S_ISREG(os.stat(path).st_mode):  # a named pipe would block open() for ever, a device read on
+                raise OSError(f"not a regular file: {path}")
             with open(path, "rb") as file:
                 data = file.read(self.config.max_bytes + 1)
         except OSError as exc:
