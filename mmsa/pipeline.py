@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from mmsa import files, publish, source, storage, store
 from mmsa.options import DEFAULT_SHARD_SIZE, RunParameters
-from mmsa.schema import LABELS, SCORED_SCHEMA, UNSCORED_KEEPS, UNSUPPORTED_LANGUAGE
+from mmsa.schema import LABELS, SCORED_SCHEMA, NOTHING_TO_READ, UNSCORED_KEEPS, UNSUPPORTED_LANGUAGE
 from mmsa.store import RunLocked, run_lock  # noqa: F401  (the flows' and the CLI's names for them)
 
 if TYPE_CHECKING:
@@ -95,6 +95,7 @@ class ShardResult:
     skipped: bool = False
     cache_repaired: int = 0  # damaged image cache entries met, removed and fetched anew (mmsa.images.cache.ImageCache)
     not_covered: dict[str, int] = field(default_factory=dict)  # posts left unscored, by language
+    nothing_to_read: int = 0  # posts left unscored: no text, no usable image
 
 
 @dataclass
@@ -113,6 +114,7 @@ class RunSummary:
     not_posts: dict[str, int] = field(default_factory=dict)  # records skipped as not posts, by reason
     cache_repaired: int = 0  # damaged image cache entries this run removed and fetched anew
     not_covered: dict[str, int] = field(default_factory=dict)  # posts in languages the model does not cover
+    nothing_to_read: int = 0  # posts without text whose images all failed: stored unscored
 
     def markdown(self) -> str:
         """The run's statistics as markdown tables (run totals, then one row per shard)."""
@@ -160,7 +162,7 @@ class RunSummary:
 
     def scored_line(self) -> str:
         """The posts stored, scored or not: "12 scored", "9 scored + 3 stored unscored"."""
-        unscored = sum(self.not_covered.values())
+        unscored = sum(self.not_covered.values()) + self.nothing_to_read
         return f"{self.posts_scored - unscored} scored" + (f" + {unscored} stored unscored" if unscored else "")
 
     def languages_line(self) -> str:
@@ -298,6 +300,9 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
     seconds["infer"] = t3 - t1 - seconds["infer_wait"]
 
     statuses, post_pred, images = combine(posts.num_rows, rows, [r.status for r in fetched], pred)
+    # An image-only post none of whose images came is not guessed at (the model would read an empty text).
+    reasons = [NOTHING_TO_READ if r is None and post_texts[p] is None and statuses[p] != "ok" else r
+               for p, r in enumerate(reasons)]
     table = scored_table(posts, statuses, post_pred, model.version, run_id, images,
                          toward_brands(post_pred, rows, pred.target_probs, spans), reasons)
     written = store.write_partitions(table, storage.path(opts.out), f"{model.version}-{key}-{index:05d}")
@@ -306,7 +311,8 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
     not_covered = Counter(lang for lang, r in zip(posts["lang"].to_pylist(), reasons) if r == UNSUPPORTED_LANGUAGE)
     result = ShardResult(index, [str(f) for f in written], posts.num_rows,
                          dict(Counter(s for s in statuses if s is not None)), seconds,
-                         cache_repaired=len({r.url for r in fetched if r.cache_repaired}), not_covered=dict(not_covered))
+                         cache_repaired=len({r.url for r in fetched if r.cache_repaired}), not_covered=dict(not_covered),
+                         nothing_to_read=reasons.count(NOTHING_TO_READ))
     retryable = sum(1 for r in fetched if r.status in RETRYABLE)
     storage.write_text(marker, json.dumps({"result": asdict(result), "retryable": retryable}))
     return result
@@ -530,6 +536,7 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
             not_posts=dict(prepared.not_posts),
             cache_repaired=sum(r.cache_repaired for r in results if not r.skipped),
             not_covered=dict(not_covered),
+            nothing_to_read=sum(r.nothing_to_read for r in results),
         )
         store.record_run(
             con,

@@ -53,6 +53,7 @@ IMAGE_TYPE = pa.struct(
 
 # Why a post is stored without a prediction; NULL for a scored post.
 UNSUPPORTED_LANGUAGE = "unsupported_language"  # its lang is not one its model covers (config.json "languages")
+NOTHING_TO_READ = "no_text_and_no_usable_image"  # no text, and none of its images could be fetched and decoded
 
 # The sentiment toward one brand the post names (mmsa.targeted), in the order of the post's `brands`.
 BRAND_TYPE = pa.struct([("brand", pa.string()), ("brand_label", pa.string()), *_probs("brand_")])

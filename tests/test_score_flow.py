@@ -74,6 +74,24 @@ def test_score_writes_one_row_per_accepted_post(prefect_harness, site, tmp_path)
     assert sum(table["posts"].to_pylist()) == 20
 
 
+def test_a_post_of_images_only_none_of_which_came_is_stored_unscored_not_guessed(prefect_harness, site, tmp_path, capsys):
+    """No text and its one image a 404: the model would read nothing, so the post is kept with its image status,
+    every prediction NULL and its reason; the same post with its image is scored."""
+    base, _ = site
+    dump = tmp_path / "images.jsonl"
+    dump.write_text("".join(json.dumps({"post_id": pid, "created_at": "2026-11-20T10:00:00Z", "brand": "acme",
+                                        "image_url": f"{base}/{name}"}) + "\n"
+                            for pid, name in (("gone", "images/missing.jpg"), ("there", "images/img000.jpg"))))
+    db = tmp_path / "m.duckdb"
+    assert cli.main(["score", str(dump), "--db", str(db), "--out", str(tmp_path / "out"), "--allow-hosts", "127.0.0.1"]) == 0
+    assert "rows in, 1 scored + 1 stored unscored, 0 rejected" in capsys.readouterr().out
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.sql("SELECT post_id, image_status, label, text_label, brand_label, unscored_reason FROM post_sentiment "
+                       "ORDER BY post_id").fetchall()
+    assert rows[0] == ("gone", "http_404", None, None, None, "no_text_and_no_usable_image")
+    assert rows[1][:2] == ("there", "ok") and rows[1][2] is not None and rows[1][5] is None
+
+
 def test_second_run_adds_no_duplicates_and_force_rescores(prefect_harness, site, tmp_path):
     base, _ = site
     db, out = tmp_path / "m.duckdb", tmp_path / "out"

@@ -2,6 +2,7 @@
 -- A post in a language its model does not cover (unscored_reason 'unsupported_language'; the model's
 -- config.json lists what it covers) is stored with every prediction NULL and left out of every share and
 -- net sentiment; it still counts in volumes (posts, mentions, share of voice).
+-- So is a post of images only none of which could be fetched and decoded ('no_text_and_no_usable_image').
 -- Answers: "how much of what is said about brand X do the sentiment figures not read, and in which languages?"
 -- Parameters (NULL = no filter): $brand, $date_from, $date_to (inclusive days, UTC),
 --   $model_version (NULL = the most recently used model version).
