@@ -50,6 +50,7 @@ DUMP_DOWNLOAD_TIMEOUT = (10, 60)
 ZSTD_MAX_WINDOW = 2**31
 _EPOCH = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+CSV_FIELD_LIMIT = 1 << 26  # characters in one CSV field: a long post reads as it does from JSONL (the default: 128 KiB)
 LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)  # a post dated after is a broken record, as one before 1970
 _SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair, left by a tweet cut inside an emoji
 
@@ -272,6 +273,7 @@ def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict |
                         continue
                     yield (n, row) if isinstance(row, dict) else (n, "invalid JSON: not an object")
         elif fmt == "csv":
+            csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
             with _open_text(path, compression) as fh:
                 for n, row in enumerate(csv.DictReader(fh), start=2):
                     yield n, {k: (v if v != "" else None) for k, v in row.items() if k is not None}

@@ -1,13 +1,14 @@
 """Readers: one platform record in, rows of the flat post contract out.
 
-A reader is a function `read(record: dict) -> Iterator[dict | Skip]`. Each dict it yields is one post
+A reader is a function `read(record: dict) -> Iterator[dict | Skip | str]`. Each dict it yields is one post
 in the flat contract (`post_id`, `created_at`, `text`, `image_urls`, `brand`, `source`, `lang`,
 `author`, `likes`, `shares`, `replies`; any other key goes to `extra`), which mmsa.source then
 validates like any flat row. A `Skip` is a record that is not a post (a Jetstream like or delete, a
 Reddit comment in a submissions file): counted, never rejected. A reader raises ValueError for a
 record of its platform that it cannot read, and that record is rejected with the reason.
 
-One record can hold several posts (an X API v2 response page); every one is accounted for.
+One record can hold several posts (an X API v2 response page); every one is accounted for: one of them that
+cannot be read is yielded as its rejection reason (a str), and the record's others are still read.
 """
 
 from __future__ import annotations
@@ -52,6 +53,6 @@ def detect(record: dict) -> str:
     return "flat"
 
 
-def auto(record: dict) -> Iterator[dict | Skip]:
+def auto(record: dict) -> Iterator[dict | Skip | str]:
     """Read a record with the reader its own shape calls for (a dump mixing formats reads too)."""
     return reader(detect(record))(record)

@@ -15,7 +15,7 @@ class Skip:
     reason: str
 
 
-Reader = Callable[[dict], Iterator["dict | Skip"]]
+Reader = Callable[[dict], Iterator["dict | Skip | str"]]
 
 
 def unescape(value: object) -> str | None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from mmsa.readers.common import Skip, dedupe, unescape
 
 
-def read(record: dict) -> Iterator[dict | Skip]:
+def read(record: dict) -> Iterator[dict | Skip | str]:
     data = record.get("data")
     if isinstance(data, dict):  # a single-tweet lookup
         data = [data]
@@ -29,10 +29,14 @@ def read(record: dict) -> Iterator[dict | Skip]:
     includes = record.get("includes") or {}
     media = {m.get("media_key"): m for m in includes.get("media") or [] if isinstance(m, dict)}
     users = {u.get("id"): u for u in includes.get("users") or [] if isinstance(u, dict)}
-    for tweet in data:
+    for tweet in data:  # one bad tweet is rejected alone, the page's others still read
         if not isinstance(tweet, dict):
-            raise ValueError("X API v2 page: a `data` item is not an object")
-        yield _tweet(tweet, media, users)
+            yield "X API v2 page: a `data` item is not an object"
+            continue
+        try:
+            yield _tweet(tweet, media, users)
+        except (TypeError, ValueError, AttributeError) as exc:
+            yield f"unparseable tweet {str(tweet.get('id'))[:40]}: {type(exc).__name__}: {exc}"
 
 
 def _tweet(tweet: dict, media: dict, users: dict) -> dict:
@@ -54,7 +58,7 @@ def _tweet(tweet: dict, media: dict, users: dict) -> dict:
         "lang": tweet.get("lang"),
         "author": user.get("username") or tweet.get("author_id"),
         "likes": metrics.get("like_count"),
-        "shares": sum(shares) if shares else None,
+        "shares": sum(int(n) for n in shares) if shares else None,  # counts may come as numeric strings
         "replies": metrics.get("reply_count"),
     }
     if tweet.get("conversation_id") not in (None, tweet.get("id")):
