@@ -108,6 +108,8 @@ def test_mastodon_html_boosts_and_media_types():
 def test_detection_by_shape_and_every_reader_named_on_the_command_line():
     assert readers.detect({"post_id": 1}) == "flat"
     assert readers.detect({"data": [], "includes": {}}) == "x-v2"
+    assert readers.detect({"errors": [{"title": "Not Found Error"}]}) == "x-v2"  # skipped as an error page, not rejected
+    assert readers.detect({"errors": "x", "post_id": "p"}) == "flat"
     assert readers.detect({"did": "d", "kind": "commit"}) == "bluesky-jetstream"
     assert readers.detect({"id": "a", "subreddit": "pics"}) == "reddit"
     assert readers.detect({"id": "1", "content": "<p>x</p>", "account": {}}) == "mastodon"

@@ -42,7 +42,8 @@ def detect(record: dict) -> str:
     then says what is missing). Keys only, so it costs little per record."""
     if "post_id" in record:
         return "flat"
-    if "data" in record and isinstance(record["data"], (list, dict)):
+    if "data" in record and isinstance(record["data"], (list, dict)) or set(record) <= {"errors", "title", "detail", "type"} \
+            and isinstance(record.get("errors"), list):  # an X page, or X's page of errors only (skipped, counted)
         return "x-v2"
     if "did" in record and "kind" in record:
         return "bluesky-jetstream"
