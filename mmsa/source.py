@@ -352,6 +352,8 @@ def validate(row: dict, max_images: int = DEFAULT_MAX_IMAGES, tagger: BrandTagge
     post_id = row.get("post_id")
     if post_id is None or isinstance(post_id, (float, bool)) or not str(post_id).strip():
         raise ValueError("missing post_id")
+    if not isinstance(post_id, (str, int)):
+        raise ValueError(f"post_id is not a string or an integer: {str(post_id)[:40]!r}")
     post = {"post_id": str(post_id).strip()}
     if row.get("created_at") in (None, ""):
         raise ValueError("missing created_at")
@@ -363,6 +365,8 @@ def validate(row: dict, max_images: int = DEFAULT_MAX_IMAGES, tagger: BrandTagge
         raise ValueError(f"created_at is not between 1970 and {LATEST.year}: {post['created_at'].isoformat()}")
     for name in TEXT_FIELDS:
         value = row.get(name)
+        if name == "text" and isinstance(value, (list, dict, bool)):  # a structure's repr would pass for its words
+            raise ValueError(f"text is not a string: {json.dumps(value, default=str)[:40]}")
         post[name] = None if value is None or (isinstance(value, str) and not value.strip()) else str(value)
     post["lang"] = language.post_language(post["lang"], post["text"])
     urls = _strings(row.get("image_urls")) + [u for u in _strings(row.get("image_url")) if u not in _strings(row.get("image_urls"))]

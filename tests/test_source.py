@@ -21,6 +21,8 @@ BAD = [
     ({"post_id": "b3", "created_at": "yesterday", "text": "x"}, "created_at is not ISO-8601"),
     ({"post_id": "b4", "created_at": "2026-11-20", "text": "x", "likes": -1}, "likes is not a non-negative integer"),
     ({"post_id": "b5", "created_at": "2026-11-20"}, "nothing to score"),
+    ({"post_id": ["b6"], "created_at": "2026-11-20", "text": "x"}, "post_id is not a string or an integer"),
+    ({"post_id": "b7", "created_at": "2026-11-20", "text": ["a", "b"]}, "text is not a string"),
     ({"post_id": "a1", "created_at": "2026-11-20", "text": "again"}, "duplicate post_id"),
 ]
 
