@@ -21,6 +21,7 @@ import re
 import threading
 from importlib.metadata import version
 from pathlib import Path
+from typing import Callable
 
 # A dump's tag that says nothing: X's undetermined / no-linguistic-content codes and its private q-codes
 # (qme: media only, qht: hashtags only, ...). The text is identified instead.
@@ -206,9 +207,10 @@ def identify(text: str | None) -> str | None:
     return load().identify(text)
 
 
-def post_language(tag: str | None, text: str | None) -> str | None:
-    """What `lang` a post is stored with: its dump's tag, normalised, else its text's language."""
-    return normalise(tag) or identify(text)
+def post_language(tag: str | None, text: Callable[[], str | None]) -> str | None:
+    """What `lang` a post is stored with: its dump's tag, normalised, else the language of its text (`text()`,
+    asked for only then)."""
+    return normalise(tag) or identify(text())
 
 
 # Changes with the identifier's version and with the rules above: a dump's shards (which hold `lang`) are

@@ -37,7 +37,7 @@ import requests
 import zstandard
 
 from mmsa import files, language, readers
-from mmsa.brands import BrandTagger, load_rules
+from mmsa.brands import BrandTagger, find_spans, load_rules
 from mmsa.readers import Skip
 from mmsa.readers.flat import mapped, parse_mapping
 from mmsa.options import DEFAULT_MAX_IMAGES
@@ -50,6 +50,9 @@ DUMP_DOWNLOAD_TIMEOUT = (10, 60)
 ZSTD_MAX_WINDOW = 2**31
 _EPOCH = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# Bumped when `validate` makes something else of the same record (2: times outside 1970-2100 rejected, lone
+# surrogates mended, brand names left out of language identification), so a dump's shards are cut again.
+VALIDATION = 2
 CSV_FIELD_LIMIT = 1 << 26  # characters in one CSV field: a long post reads as it does from JSONL (the default: 128 KiB)
 LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)  # a post dated after is a broken record, as one before 1970
 _SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair, left by a tweet cut inside an emoji
@@ -175,11 +178,11 @@ def localise(src: str | Path, workdir: Path) -> Path:
 
 
 def content_key(path: Path | list[Path], options: ReadOptions | None = None) -> str:
-    """A short hash of the files' bytes, of how they are read, of the shards' schema and of the language
-    rules: the same dump read the same way always maps to the same work folder and file names, and shards
-    or results written with another schema or other languages are never picked up."""
+    """A short hash of the files' bytes, of how they are read, of the shards' schema, of the language rules
+    and of the validation's version: the same dump read the same way always maps to the same work folder and
+    file names, and shards or results written otherwise are never picked up."""
     paths = [path] if isinstance(path, Path) else list(path)
-    digest = hashlib.sha256((str(POST_SCHEMA) + language.KEY).encode())
+    digest = hashlib.sha256((str(POST_SCHEMA) + language.KEY + str(VALIDATION)).encode())
     for p in paths:
         if len(paths) > 1:
             digest.update(f"\0{p.name}\0".encode())
@@ -368,7 +371,6 @@ def validate(row: dict, max_images: int = DEFAULT_MAX_IMAGES, tagger: BrandTagge
         if name == "text" and isinstance(value, (list, dict, bool)):  # a structure's repr would pass for its words
             raise ValueError(f"text is not a string: {json.dumps(value, default=str)[:40]}")
         post[name] = None if value is None or (isinstance(value, str) and not value.strip()) else str(value)
-    post["lang"] = language.post_language(post["lang"], post["text"])
     urls = _strings(row.get("image_urls")) + [u for u in _strings(row.get("image_url")) if u not in _strings(row.get("image_urls"))]
     post["image_urls"] = urls[:max_images]
     brands = _strings(row.get("brands")) + _strings(row.get("brand"))
@@ -378,6 +380,7 @@ def validate(row: dict, max_images: int = DEFAULT_MAX_IMAGES, tagger: BrandTagge
     for b in brands:  # one per name whatever its case, as first spelt
         named.setdefault(b.casefold(), b)
     post["brands"] = list(named.values())
+    post["lang"] = language.post_language(post["lang"], lambda: _without_brands(post["text"], post["brands"], tagger))
     for name in COUNT_FIELDS:
         try:
             post[name] = _count(row.get(name))
@@ -395,6 +398,18 @@ def validate(row: dict, max_images: int = DEFAULT_MAX_IMAGES, tagger: BrandTagge
         elif isinstance(value, list) and any(_SURROGATE.search(v) for v in value):
             post[name] = [_SURROGATE.sub("\ufffd", v) for v in value]
     return post
+
+
+def _without_brands(text: str | None, brands: list[str], tagger: BrandTagger | None) -> str | None:
+    """The text with the brand names it holds blanked out: a name is no evidence of a language ("acme" reads
+    as Romanian), and a short post of a word or two and a brand would be stored unscored in the wrong one."""
+    if not text or not brands:
+        return text
+    chars = list(text)
+    for brand in brands:
+        for a, b in tagger.spans(text, brand) if tagger else find_spans(text, brand):
+            chars[a:b] = " " * (b - a)
+    return "".join(chars)
 
 
 @dataclass

@@ -13,6 +13,7 @@ import duckdb
 import pytest
 
 from mmsa import language, report, source
+from mmsa.brands import BrandTagger
 from mmsa.cli import main
 from mmsa.dashboard.filters import Filters
 from mmsa.dashboard.server import Dashboard
@@ -90,6 +91,17 @@ def test_a_dumps_own_tag_is_kept_as_iso_639_1(tmp_path):
     assert _langs(_write(tmp_path / "tagged.jsonl", rows)) == {
         "us": "en", "br": "pt", "x-old": "id", "und": "fr", "qme": "fr", "word": "fr", "xx": "fr"}
     assert language.normalise("zh-Hant-TW") == "zh" and language.normalise("fil") == "fil"
+
+
+def test_a_brand_name_is_no_evidence_of_a_language():
+    """"acme" alone reads as Italian or Kinyarwanda beside a short English word: the brand names a post holds are
+    left out when its language is identified, so "hello acme" is not stored unscored as Italian."""
+    tagger = BrandTagger({"acme": {"keywords": ["acme"]}})
+    assert language.identify("hello acme") not in (None, "en")  # what the names did
+    lang = {text: source.validate({"post_id": "p", "created_at": 0, "text": text}, tagger=tagger)["lang"]
+            for text in ("hello acme", "bye acme", "Danke acme, das war gut gemacht", "I love acme")}
+    assert lang == {"hello acme": None, "bye acme": None, "Danke acme, das war gut gemacht": "de", "I love acme": "en"}
+    assert source.validate({"post_id": "p", "created_at": 0, "text": "hello acme", "brand": "acme"})["lang"] is None
 
 
 def test_the_shipped_model_covers_english_only():
