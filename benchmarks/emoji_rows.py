@@ -1,7 +1,7 @@
 """Does spelling emoji out as their names (`mmsa.encoders.spell_emoji`) help the shipped models read them?
 
-The labelled rows with emoji in ../shared/data/targeted (Twitter-2017 train+dev, Dong 2014 train: 526 rows over
-314 texts; labels toward a target), read by each model's post-level text path, which never trained on them (its
+The labelled rows with emoji in ../shared/data/targeted (Twitter-2017 train+dev, Dong 2014 train: 502 rows over
+292 texts; labels toward a target), read by each model's post-level text path, which never trained on them (its
 heads learnt from SemEval and MVSA text, where emoji are all but absent), side by side:
 - as [UNK]: `spell_emoji` replaced by the identity, so every emoji is the vocabulary's unknown token (as before);
 - spelled: as shipped.
