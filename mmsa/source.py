@@ -246,8 +246,16 @@ def _open_text(path: Path, compression: str | None):
             yield fh
 
 
-def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict | str]]:
-    """(line number, record) per record, or (line number, error text) for an unreadable one. A JSONL line
+@dataclass
+class Unreadable:
+    """A line that is no record: why, and the line itself (kept in rejected_posts.raw, for whoever mends it)."""
+
+    reason: str
+    raw: str = ""
+
+
+def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict | Unreadable]]:
+    """(line number, record) per record, or (line number, Unreadable) for an unreadable one. A JSONL line
     holding an array of objects (a saved API response) gives each of them, under the same line. A file
     that breaks off (a truncated download, a corrupt frame) ends with one error row after the records
     read before the break, so the dump's other files are still read."""
@@ -267,14 +275,16 @@ def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict |
                             yield from whole  # one indented JSON document, not a record per line
                             return
                         first = False
-                        yield n, f"invalid JSON: {getattr(exc, 'msg', 'nested too deeply')}"
+                        reason = f"invalid JSON: {getattr(exc, 'msg', 'nested too deeply')}"
+                        yield n, Unreadable(reason, line.rstrip("\r\n")[:2000])
                         continue
                     first = False
                     if isinstance(row, list) and row and all(isinstance(r, dict) for r in row):
                         for item in row:
                             yield n, item
                         continue
-                    yield (n, row) if isinstance(row, dict) else (n, "invalid JSON: not an object")
+                    yield n, row if isinstance(row, dict) else Unreadable("invalid JSON: not an object",
+                                                                          line.rstrip("\r\n")[:2000])
         elif fmt == "csv":
             csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
             with _open_text(path, compression) as fh:
@@ -286,10 +296,10 @@ def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict |
                     n += 1
                     yield n, row
     except (OSError, EOFError, ValueError, csv.Error, pa.ArrowException, zstandard.ZstdError) as exc:
-        yield n + 1, f"unreadable file from here: {type(exc).__name__}: {exc}"[:300]
+        yield n + 1, Unreadable(f"unreadable file from here: {type(exc).__name__}: {exc}"[:300])
 
 
-def _document(path: Path, compression: str | None) -> list[tuple[int, dict | str]] | None:
+def _document(path: Path, compression: str | None) -> list[tuple[int, dict | Unreadable]] | None:
     """A file that is one JSON document (an indented array of records, or one API page) as (record number,
     record) rows; None when it is not one."""
     with _open_text(path, compression) as fh:
@@ -298,7 +308,8 @@ def _document(path: Path, compression: str | None) -> list[tuple[int, dict | str
         except (json.JSONDecodeError, RecursionError):
             return None
     items = doc if isinstance(doc, list) else [doc]
-    return [(i, item if isinstance(item, dict) else "invalid JSON: not an object") for i, item in enumerate(items, 1)]
+    return [(i, item if isinstance(item, dict) else Unreadable("invalid JSON: not an object", json.dumps(item)[:2000]))
+            for i, item in enumerate(items, 1)]
 
 
 def parse_time(value: object) -> datetime:
@@ -458,7 +469,7 @@ def iter_shards(paths: Path | list[Path], shard_size: int, dump_name: str | None
                         at = f"{files[first_file].name} line {first_line}" if len(files) > 1 else f"row {first_line}"
                         raise ValueError(f"duplicate post_id (first seen at {at})")
                 except ValueError as exc:
-                    raw = (record if isinstance(record, str) else
+                    raw = (record.raw if isinstance(record, Unreadable) else
                            json.dumps(record if isinstance(item, str) else item, default=str, ensure_ascii=False))
                     pid = item.get("post_id") if isinstance(item, dict) else None
                     rejected.append({"post_id": None if pid is None else _SURROGATE.sub("\ufffd", str(pid)),
@@ -474,10 +485,10 @@ def iter_shards(paths: Path | list[Path], shard_size: int, dump_name: str | None
         yield Shard(index, pa.Table.from_pylist(posts, schema=POST_SCHEMA), rejected, skipped)
 
 
-def _read(read, record: dict | str) -> Iterator[dict | Skip | str]:
+def _read(read, record: dict | Unreadable) -> Iterator[dict | Skip | str]:
     """The reader's rows for a record; an unreadable record is one error text (its rejection reason)."""
-    if isinstance(record, str):
-        yield record
+    if isinstance(record, Unreadable):
+        yield record.reason
         return
     try:
         yield from list(read(record))

@@ -48,6 +48,7 @@ def test_jsonl_rows_are_validated_and_each_accounted_once(tmp_path):
     for (_, expected), got in zip(BAD, reasons):
         assert got.startswith(expected), (expected, got)
     assert reasons[-2].startswith("invalid JSON") and reasons[-1] == "invalid JSON: not an object"
+    assert [r["raw"] for r in rejected[-2:]] == ["{not json", "[1,2]"]  # the line itself, for whoever mends it
     assert [s.posts.num_rows for s in shards] == [2, 1]
 
 
