@@ -289,7 +289,12 @@ def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict |
             csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
             with _open_text(path, compression) as fh:
                 for n, row in enumerate(csv.DictReader(fh), start=2):
-                    yield n, {k: (v if v != "" else None) for k, v in row.items() if k is not None}
+                    extra = row.pop(None, None)  # values past the header's columns: the row's are misaligned
+                    if extra:
+                        yield n, Unreadable(f"CSV row has {len(row) + len(extra)} fields, its header {len(row)}",
+                                            ",".join([*(v or "" for v in row.values()), *extra])[:2000])
+                        continue
+                    yield n, {k: (v if v != "" else None) for k, v in row.items()}
         else:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
                 for row in batch.to_pylist():
