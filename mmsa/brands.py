@@ -97,12 +97,28 @@ def find_spans(text: str | None, target: str | None) -> list[Span]:
     return [m.span() for m in re.finditer(re.escape(target.strip()), text, re.IGNORECASE)]
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: a brand written twice would keep only its
+    last rules, silently."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ValueError(f"{key} given twice (again on line {key_node.start_mark.line + 1}): each key once")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_rules(path: str | Path) -> dict:
     """The rules of a brands file, checked (a ValueError says what is wrong), as plain data."""
     try:
-        rules = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        rules = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_UniqueKeys)  # _UniqueKeys is a SafeLoader
     except yaml.YAMLError as exc:
         raise ValueError(f"brands file {path}: not YAML or JSON: {exc}") from None
+    except ValueError as exc:  # _UniqueKeys
+        raise ValueError(f"brands file {path}: {exc}") from None
     try:
         BrandTagger(rules)
     except ValueError as exc:

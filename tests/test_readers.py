@@ -253,6 +253,9 @@ def test_image_cap_brand_field_and_mapping_in_validation(tmp_path):
     brands.write_text("acme: [unclosed")
     with pytest.raises(ValueError, match="not YAML or JSON"):
         source.ReadOptions.build(brands=brands)
+    brands.write_text("acme:\n  keywords: [acme]\nglobex:\n  keywords: [globex]\nacme:\n  keywords: [acme corp]\n")
+    with pytest.raises(ValueError, match="acme given twice \\(again on line 5\\)"):  # would keep only its last rules
+        source.ReadOptions.build(brands=brands)
 
 
 def test_records_a_reader_cannot_read_are_rejected_with_the_reason_and_the_rest_goes_on(tmp_path):
