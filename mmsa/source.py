@@ -50,9 +50,11 @@ DUMP_DOWNLOAD_TIMEOUT = (10, 60)
 ZSTD_MAX_WINDOW = 2**31
 _EPOCH = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-# Bumped when `validate` makes something else of the same record (2: times outside 1970-2100 rejected, lone
-# surrogates mended, brand names left out of language identification), so a dump's shards are cut again.
+# Bumped when `validate` makes something else of the same record (2: times outside 1970-2100 and counts past
+# 10^15 rejected, lone surrogates mended, brand names left out of language identification), so a dump's shards
+# are cut again.
 VALIDATION = 2
+MAX_COUNT = 10 ** 15  # likes, shares, replies: more is a broken record, and a report's sum of three stays in BIGINT
 CSV_FIELD_LIMIT = 1 << 26  # characters in one CSV field: a long post reads as it does from JSONL (the default: 128 KiB)
 LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)  # a post dated after is a broken record, as one before 1970
 _SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair, left by a tweet cut inside an emoji
@@ -351,7 +353,7 @@ def _count(value: object) -> int | None:
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     number = int(value) if isinstance(value, (int, str)) else None
-    if number is None or not 0 <= number < 1 << 63:  # a BIGINT column
+    if number is None or not 0 <= number < MAX_COUNT:
         raise ValueError("not a non-negative integer")
     return number
 
@@ -401,7 +403,7 @@ def validate(row: dict, max_images: int = DEFAULT_MAX_IMAGES, tagger: BrandTagge
         try:
             post[name] = _count(row.get(name))
         except (ValueError, TypeError):
-            raise ValueError(f"{name} is not a non-negative integer: {str(row.get(name))[:20]!r}") from None
+            raise ValueError(f"{name} is not a count (a whole number from 0 to 10^15): {str(row.get(name))[:40]!r}") from None
     if post["text"] is None and not post["image_urls"]:
         raise ValueError("nothing to score: no text and no image")
     extra = {k: v for k, v in row.items() if k not in KNOWN_FIELDS and v is not None}

@@ -76,12 +76,12 @@ def test_score_writes_one_row_per_accepted_post(prefect_harness, site, tmp_path)
 
 def test_a_post_of_images_only_none_of_which_came_is_stored_unscored_not_guessed(prefect_harness, site, tmp_path, capsys):
     """No text and its one image a 404: the model would read nothing, so the post is kept with its image status,
-    every prediction NULL and its reason; the same post with its image is scored."""
+    every prediction NULL and its reason, and counted so by the run summary, the runs report, the headline and
+    unscored_posts (untagged as it is); the same post with its image is scored."""
     base, _ = site
     dump = tmp_path / "images.jsonl"
-    dump.write_text("".join(json.dumps({"post_id": pid, "created_at": "2026-11-20T10:00:00Z", "brand": "acme",
-                                        "image_url": f"{base}/{name}"}) + "\n"
-                            for pid, name in (("gone", "images/missing.jpg"), ("there", "images/img000.jpg"))))
+    dump.write_text("".join(json.dumps({"post_id": pid, "created_at": "2026-11-20T10:00:00Z", "image_url": f"{base}/{name}"})
+                            + "\n" for pid, name in (("gone", "images/missing.jpg"), ("there", "images/img000.jpg"))))
     db = tmp_path / "m.duckdb"
     assert cli.main(["score", str(dump), "--db", str(db), "--out", str(tmp_path / "out"), "--allow-hosts", "127.0.0.1"]) == 0
     assert "rows in, 1 scored + 1 stored unscored, 0 rejected" in capsys.readouterr().out
@@ -90,6 +90,10 @@ def test_a_post_of_images_only_none_of_which_came_is_stored_unscored_not_guessed
                        "ORDER BY post_id").fetchall()
     assert rows[0] == ("gone", "http_404", None, None, None, "no_text_and_no_usable_image")
     assert rows[1][:2] == ("there", "ok") and rows[1][2] is not None and rows[1][5] is None
+    unscored = report.run_report("unscored_posts", db).to_pylist()  # untagged: brand NULL, still listed
+    assert [(r["brand"], r["unscored_reason"], r["posts"]) for r in unscored] == [(None, "no_text_and_no_usable_image", 1)]
+    assert report.run_report("runs", db).to_pylist()[0]["stored_unscored"] == 1
+    assert "2 posts in, 1 scored + 1 stored unscored, 0 rejected" in report.headline_markdown(db).markdown
 
 
 def test_second_run_adds_no_duplicates_and_force_rescores(prefect_harness, site, tmp_path):

@@ -19,7 +19,7 @@ BAD = [
     ({"created_at": "2026-11-20T10:00:00Z", "text": "no id"}, "missing post_id"),
     ({"post_id": "b2", "text": "no date"}, "missing created_at"),
     ({"post_id": "b3", "created_at": "yesterday", "text": "x"}, "created_at is not ISO-8601"),
-    ({"post_id": "b4", "created_at": "2026-11-20", "text": "x", "likes": -1}, "likes is not a non-negative integer"),
+    ({"post_id": "b4", "created_at": "2026-11-20", "text": "x", "likes": -1}, "likes is not a count"),
     ({"post_id": "b5", "created_at": "2026-11-20"}, "nothing to score"),
     ({"post_id": ["b6"], "created_at": "2026-11-20", "text": "x"}, "post_id is not a string or an integer"),
     ({"post_id": "b7", "created_at": "2026-11-20", "text": ["a", "b"]}, "text is not a string"),
@@ -53,11 +53,11 @@ def test_jsonl_rows_are_validated_and_each_accounted_once(tmp_path):
 
 
 def test_a_record_no_column_can_hold_is_rejected_and_the_rest_goes_on(tmp_path):
-    """Values that passed as valid JSON but fit no column (a count over BIGINT, a date outside 1970-2100, half an
-    emoji's UTF-16 pair, arrays nested past the parser's depth) reject their record or are mended in it; none
-    ends the run."""
+    """Values that passed as valid JSON but fit no column (a count past 10^15, so that a report's sum of three stays
+    in BIGINT; a date outside 1970-2100, half an emoji's UTF-16 pair, arrays nested past the parser's depth)
+    reject their record or are mended in it; none ends the run."""
     ok = {"created_at": "2026-11-20T10:00:00Z", "text": "fine"}
-    lines = [json.dumps({"post_id": "big", **ok, "likes": 1e30}), json.dumps({"post_id": "huge", **ok, "likes": 10**23}),
+    lines = [json.dumps({"post_id": "big", **ok, "likes": 1e30}), json.dumps({"post_id": "huge", **ok, "likes": 2**63 - 1}),
              json.dumps({"post_id": "future", **ok, "created_at": "9999-12-31T23:59:59Z"}),
              json.dumps({"post_id": "year1", **ok, "created_at": "0001-01-01T00:00:00Z"}),
              "[" * 100_000 + "]" * 100_000,
@@ -67,7 +67,8 @@ def test_a_record_no_column_can_hold_is_rejected_and_the_rest_goes_on(tmp_path):
     dump.write_text("\n".join(lines) + "\n")
     _, posts, rejected = _all(dump)
     assert [(r["post_id"], r["reason"].split(":")[0]) for r in rejected] == [
-        ("big", "likes is not a non-negative integer"), ("huge", "likes is not a non-negative integer"),
+        ("big", "likes is not a count (a whole number from 0 to 10^15)"),
+        ("huge", "likes is not a count (a whole number from 0 to 10^15)"),
         ("future", "created_at is not between 1970 and 2100"), ("year1", "created_at is not between 1970 and 2100"),
         (None, "invalid JSON")]
     assert [(p["post_id"], p["text"]) for p in posts] == [("half\ufffd", "cut \ufffd emoji"), ("fine", "fine")]

@@ -1,11 +1,11 @@
 -- runs: data quality: every scoring run with its dump, model version, posts in/scored/rejected and time.
 -- stored_posts = how many of its scored posts are still stored (a later run over the same dump
--- and model replaces them).
+-- and model replaces them); stored_unscored = how many of those have no prediction (unscored_reason).
 -- Answers: "did last night's run score everything, with which model, and how fast?"
 -- Parameters (NULL = no filter): $brand (counts only that brand's stored posts), $date_from,
 --   $date_to (inclusive days, UTC, of started_at), $model_version (NULL = every run).
 WITH stored AS (
-    SELECT run_id, count(*) AS stored_posts
+    SELECT run_id, count(*) AS stored_posts, count(unscored_reason) AS stored_unscored
     FROM scored_posts
     WHERE $brand IS NULL OR list_contains(brands, $brand)
     GROUP BY run_id
@@ -22,6 +22,7 @@ SELECT
     posts_rejected,
     posts_rejected / nullif(posts_in, 0)        AS rejected_rate,
     coalesce(stored.stored_posts, 0)            AS stored_posts,
+    coalesce(stored.stored_unscored, 0)         AS stored_unscored,
     image_status,
     not_posts,                                  -- records skipped as not posts (likes, comments), by reason
     not_covered                                 -- posts stored unscored: their language is not the model's, by language

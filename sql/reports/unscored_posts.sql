@@ -18,14 +18,14 @@ per_brand AS (
     SELECT brand, count(*) AS brand_posts FROM posts GROUP BY brand
 )
 SELECT
-    brand,
+    p.brand,
     unscored_reason,
     lang,
     count(*)                        AS posts,
     count(*) / any_value(brand_posts) AS share_of_brand_posts,
     min(day)                        AS first_day,
     max(day)                        AS last_day
-FROM posts JOIN per_brand USING (brand)
+FROM posts p JOIN per_brand b ON p.brand IS NOT DISTINCT FROM b.brand  -- untagged posts (brand NULL) too
 WHERE unscored_reason IS NOT NULL
-GROUP BY brand, unscored_reason, lang
-ORDER BY brand, posts DESC, lang;
+GROUP BY p.brand, unscored_reason, lang
+ORDER BY p.brand, posts DESC, lang;
