@@ -258,10 +258,11 @@ class Unreadable:
 
 def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict | Unreadable]]:
     """(line number, record) per record, or (line number, Unreadable) for an unreadable one. A JSONL line
-    holding an array of objects (a saved API response) gives each of them, under the same line. A file
-    that breaks off (a truncated download, a corrupt frame) ends with one error row after the records
+    holding an array of objects (a saved API response) gives each of them, under the same line; a `.json` file
+    that is one indented document, each of its records (`_document`). A file that breaks off (a truncated download, a corrupt frame) ends with one error row after the records
     read before the break, so the dump's other files are still read."""
     fmt, compression = file_kind(name or path.name)
+    document = ".json" in [x.lower() for x in Path(name or path.name).suffixes]  # may be one indented document
     n = 0
     try:
         if fmt == "jsonl":
@@ -273,7 +274,8 @@ def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict |
                     try:
                         row = json.loads(line)
                     except (json.JSONDecodeError, RecursionError) as exc:
-                        if first and line.lstrip()[:1] in ("[", "{") and (whole := _document(path, compression)):
+                        if (first and document and line.lstrip()[:1] in ("[", "{")
+                                and (whole := _document(path, compression))):
                             yield from whole  # one indented JSON document, not a record per line
                             return
                         first = False
@@ -403,7 +405,8 @@ def validate(row: dict, max_images: int = DEFAULT_MAX_IMAGES, tagger: BrandTagge
         try:
             post[name] = _count(row.get(name))
         except (ValueError, TypeError):
-            raise ValueError(f"{name} is not a count (a whole number from 0 to 10^15): {str(row.get(name))[:40]!r}") from None
+            raise ValueError(f"{name} is not a count (a whole number from 0 to 10^15): "
+                             f"{str(row.get(name))[:40]!r}") from None
     if post["text"] is None and not post["image_urls"]:
         raise ValueError("nothing to score: no text and no image")
     extra = {k: v for k, v in row.items() if k not in KNOWN_FIELDS and v is not None}
@@ -419,8 +422,8 @@ def validate(row: dict, max_images: int = DEFAULT_MAX_IMAGES, tagger: BrandTagge
 
 
 def _without_brands(text: str | None, brands: list[str], tagger: BrandTagger | None) -> str | None:
-    """The text with the brand names it holds blanked out: a name is no evidence of a language ("acme" reads
-    as Romanian), and a short post of a word or two and a brand would be stored unscored in the wrong one."""
+    """The text with the brand names it holds blanked out: a name is no evidence of a language ("hello acme"
+    reads as Italian), and a short post of a word or two and a brand would be stored unscored in the wrong one."""
     if not text or not brands:
         return text
     chars = list(text)
