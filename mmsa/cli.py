@@ -78,7 +78,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
     params = _run_parameters(args)
     from mmsa import source, storage
 
-    if not source.is_url(args.dump) and not storage.is_remote(args.dump):  # a missing dump: one line, no server start
+    # A dump that is not there, or not served: one line, no server start.
+    if source.is_url(args.dump):
+        source.check_served(args.dump)
+    elif not storage.is_remote(args.dump):
         source.resolve(args.dump, Path())  # local: nothing is downloaded into the folder it is given
     if args.runner == "threads":  # Dask workers load their own
         _preload(args.model, args.backend)

@@ -160,6 +160,18 @@ def _readable(name: str) -> bool:
     return True
 
 
+def check_served(url: str) -> None:
+    """Raise FileNotFoundError, worded as localise() words it, when a dump URL is not served (no connection,
+    404, 410): `mmsa score` says so in one line before Prefect starts. Any other answer (a server that
+    refuses HEAD with 405, a 5xx that may pass) is left to the download."""
+    try:
+        status = requests.head(url, allow_redirects=True, timeout=DUMP_DOWNLOAD_TIMEOUT).status_code
+    except requests.RequestException as exc:
+        raise FileNotFoundError(f"dump not downloadable from {url}: {type(exc).__name__}: {exc}") from None
+    if status in (404, 410):
+        raise FileNotFoundError(f"dump not downloadable from {url}: HTTP {status}")
+
+
 def localise(src: str | Path, workdir: Path) -> Path:
     """Return a local path for one dump file, downloading it (streamed) if it is a URL."""
     if not is_url(src):

@@ -141,9 +141,11 @@ def test_rerun_with_another_shard_size_is_refused(prefect_harness, site, tmp_pat
         assert con.sql("SELECT count(*), count(DISTINCT post_id) FROM post_sentiment").fetchall() == [(20, 20)]
 
 
-def test_bad_run_options_and_a_missing_dump_are_one_line_before_any_work(prefect_harness, tmp_path, capsys):
-    """A shard size below 1, a mapping file that is not YAML, a dump that is not there or not served: exit 2 with
-    one line, and no work folder that would make the next run of the dump fail too."""
+def test_bad_run_options_and_a_missing_dump_are_one_line_before_any_work(prefect_harness, site, tmp_path, capsys):
+    """A shard size below 1, a mapping file that is not YAML, a dump that is not there or not served (no server,
+    or a 404): exit 2 with one line and no traceback, and no work folder that would make the next run of the
+    dump fail too."""
+    base, _ = site
     dump = tmp_path / "d.jsonl"
     dump.write_text('{"post_id": "p", "created_at": "2026-11-20T10:00:00Z", "text": "acme"}\n')
     bad_map = tmp_path / "map.yaml"
@@ -153,9 +155,11 @@ def test_bad_run_options_and_a_missing_dump_are_one_line_before_any_work(prefect
     for argv, said in (([str(dump), "--shard-size", "0"], "--shard-size must be at least 1, got 0"),
                        ([str(dump), "--map-file", str(bad_map)], "map.yaml: not YAML or JSON"),
                        ([str(tmp_path / "missing.jsonl")], "dump not found"),
-                       (["http://127.0.0.1:9/dump.jsonl"], "dump not downloadable from http://127.0.0.1:9/dump.jsonl")):
+                       (["http://127.0.0.1:9/dump.jsonl"], "dump not downloadable from http://127.0.0.1:9/dump.jsonl"),
+                       ([f"{base}/nothing.jsonl"], f"dump not downloadable from {base}/nothing.jsonl: HTTP 404")):
         assert cli.main(["score", *argv, *common]) == 2, argv
-        assert said in capsys.readouterr().err.splitlines()[-1], argv
+        err = capsys.readouterr().err
+        assert said in err.splitlines()[-1] and "Traceback" not in err, argv
         assert not list(out.glob("_work/*/manifest.json")), argv
 
 
