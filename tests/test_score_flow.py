@@ -76,8 +76,8 @@ def test_score_writes_one_row_per_accepted_post(prefect_harness, site, tmp_path)
 
 def test_a_post_of_images_only_none_of_which_came_is_stored_unscored_not_guessed(prefect_harness, site, tmp_path, capsys):
     """No text and its one image a 404: the model would read nothing, so the post is kept with its image status,
-    every prediction NULL and its reason, and counted so by the run summary, the runs report, the headline and
-    unscored_posts (untagged as it is); the same post with its image is scored."""
+    every prediction NULL and its reason, and counted so by the run summary, the runs report, the headline,
+    unscored_posts (untagged as it is) and image_status_mix; the same post with its image is scored."""
     base, _ = site
     dump = tmp_path / "images.jsonl"
     dump.write_text("".join(json.dumps({"post_id": pid, "created_at": "2026-11-20T10:00:00Z", "image_url": f"{base}/{name}"})
@@ -94,6 +94,8 @@ def test_a_post_of_images_only_none_of_which_came_is_stored_unscored_not_guessed
     assert [(r["brand"], r["unscored_reason"], r["posts"]) for r in unscored] == [(None, "no_text_and_no_usable_image", 1)]
     assert report.run_report("runs", db).to_pylist()[0]["stored_unscored"] == 1
     assert "2 posts in, 1 scored + 1 stored unscored, 0 rejected" in report.headline_markdown(db).markdown
+    mix = {r["image_status"]: (r["posts"], r["images"]) for r in report.run_report("image_status_mix", db).to_pylist()}
+    assert mix == {"http_404": (1, 1), "ok": (1, 1)}  # its failed image is data quality too
 
 
 def test_second_run_adds_no_duplicates_and_force_rescores(prefect_harness, site, tmp_path):

@@ -14,7 +14,7 @@ WITH posts AS (
       AND ($lang IS NULL OR lang = $lang)
       AND ($date_from IS NULL OR day >= CAST($date_from AS DATE))
       AND ($date_to IS NULL OR day <= CAST($date_to AS DATE))
-      AND unscored_reason IS NULL  -- a post left unscored had no image fetched
+      AND image_status IS NOT NULL  -- a post of a language its model does not cover had no image fetched
 ),
 per_post AS (
     SELECT
