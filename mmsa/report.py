@@ -229,6 +229,10 @@ def _pp(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:+.1f} pp"
 
 
+def _share(x: float | None, digits: int = 1) -> str:
+    return "n/a" if x is None else f"{x:.{digits}%}"
+
+
 def _brand(name: str | None) -> str:
     return "(no brand)" if name is None else name
 
@@ -271,13 +275,13 @@ def headline_markdown(db: str | Path, run_id: str | None = None,
         for r in sorted(pop, key=lambda r: -r["posts"]):
             lines.append(
                 f"| {_brand(r['brand'])} | {r['posts']} | {_pct(r['posts_change_pct'])} | {_num(r['net_sentiment'])} "
-                f"| {_num(r['net_sentiment_change'])} | {r['negative_share'] or 0:.1%} | {_pp(r['negative_share_change'])} |"
+                f"| {_num(r['net_sentiment_change'])} | {_share(r['negative_share'])} | {_pp(r['negative_share_change'])} |"
             )
         spikes = [s for s in run_report("sentiment_spikes", con, **week).to_pylist() if s["rank"] == 1]
         lines += ["", "## Spikes", ""]
         lines += [
-            f"- **{_brand(s['brand'])}** {s['day']}: {s['kind']} ({s['posts']} posts, {s['negative_share'] or 0:.0%} negative; "
-            f"usually {s['mean_posts']:.1f} posts, {s['mean_negative_share'] or 0:.0%} negative). "
+            f"- **{_brand(s['brand'])}** {s['day']}: {s['kind']} ({s['posts']} posts, {_share(s['negative_share'], 0)} negative; "
+            f"usually {s['mean_posts']:.1f} posts, {_share(s['mean_negative_share'], 0)} negative). "
             f"Top post `{s['post_id']}`: \"{(s['text'] or '')[:80]}\""
             for s in spikes
         ] or ["None."]

@@ -545,14 +545,22 @@ def test_headline_markdown_for_the_latest_and_a_given_run(db, tmp_path):
 
 
 def test_headline_names_posts_without_a_brand_and_says_when_no_post_has_both_text_and_image(tmp_path):
-    """An untagged post is "(no brand)", not "None"; a brand whose posts have no image gets no 0% disagreement."""
+    """An untagged post is "(no brand)", not "None"; a brand whose posts have no image gets no 0% disagreement;
+    one whose posts are all unscored has no negative share ("n/a", not "0.0%")."""
     db = reportdata.build(tmp_path / "headline.duckdb")
     with store.connect(db) as con:
         con.execute("INSERT INTO scored_posts SELECT * REPLACE ('nobrand-1' AS post_id, []::VARCHAR[] AS brands, "
                     "NULL AS image_label, NULL AS image_p_positive, NULL AS image_p_neutral, NULL AS image_p_negative) "
                     "FROM scored_posts WHERE post_id = 'acme-0317-00' AND model_version = 'v2'")
+        con.execute("INSERT INTO scored_posts SELECT * REPLACE ('fr-1' AS post_id, ['initech'] AS brands, 'fr' AS lang, "
+                    "NULL AS image_status, 'unsupported_language' AS unscored_reason, NULL AS label, NULL AS p_positive, "
+                    "NULL AS p_neutral, NULL AS p_negative, NULL AS sentiment_score, NULL AS text_label, "
+                    "NULL AS text_p_positive, NULL AS text_p_neutral, NULL AS text_p_negative, NULL AS image_label, "
+                    "NULL AS image_p_positive, NULL AS image_p_neutral, NULL AS image_p_negative, [] AS images, "
+                    "[] AS brand_scores) FROM scored_posts WHERE post_id = 'acme-0317-00' AND model_version = 'v2'")
     md = report.headline_markdown(db).markdown
     assert "None" not in md and "| (no brand) | 1 |" in md
+    assert "| initech | 1 | n/a | n/a | n/a | n/a | n/a |" in md
     assert "- (no brand): no post with both a text and an image label" in md
 
 
