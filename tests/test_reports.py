@@ -194,6 +194,14 @@ def test_spikes_find_only_the_planted_day_with_its_z_scores_and_driving_posts(db
         (1, "acme-0314-09", 801), (2, "acme-0314-08", 701), (3, "acme-0314-07", 601)]
 
 
+def test_spike_drivers_are_the_posts_of_its_utc_day_whatever_the_connection_time_zone(db):
+    """An analyst's own connection in another time zone gets the same driving posts as the CLI (UTC days)."""
+    with duckdb.connect(str(db), read_only=True) as con:
+        con.execute("SET TimeZone = 'Pacific/Kiritimati'")  # UTC+14: most of a UTC day is the next local day
+        local = report.run_report("sentiment_spikes", con).to_pylist()
+    assert [(r["day"], r["post_id"]) for r in local] == [(r["day"], r["post_id"]) for r in rows("sentiment_spikes", db)]
+
+
 def test_spike_parameters_threshold_window_top_and_dates(db):
     """threshold, window, top and the date filters change what is flagged and listed."""
     strict = rows("sentiment_spikes", db, threshold=5, top=1)

@@ -94,8 +94,8 @@ drivers AS (
             PARTITION BY s.brand, s.day
             ORDER BY (s.negative_spike AND p.brand_label = 'negative') DESC, p.engagement DESC, p.post_id
         ) AS rank
-    FROM spikes s JOIN posts p  -- by time rather than by p.day: cheaper than computing day again
-      ON s.brand IS NOT DISTINCT FROM p.brand AND p.created_at >= s.day AND p.created_at < s.day + 1
+    FROM spikes s JOIN posts p  -- by day, the UTC date: created_at against s.day would be in the session's time zone
+      ON s.brand IS NOT DISTINCT FROM p.brand AND p.day = s.day
     WHERE s.volume_spike OR s.negative_spike
 )
 SELECT
