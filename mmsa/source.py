@@ -184,6 +184,9 @@ def localise(src: str | Path, workdir: Path) -> Path:
     try:
         with requests.get(str(src), stream=True, timeout=DUMP_DOWNLOAD_TIMEOUT) as resp:
             resp.raise_for_status()
+            # A server that gzips JSON on the fly (Content-Encoding) sent the dump itself; a `.gz` file labelled so
+            # is a misconfigured server's way to send the file as it is.
+            resp.raw.decode_content = target.suffix not in COMPRESSIONS
             with files.atomic_path(target) as tmp, tmp.open("wb") as fh:
                 shutil.copyfileobj(resp.raw, fh)
     except requests.RequestException as exc:  # a dump that is not there is bad input, said in one line

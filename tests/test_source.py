@@ -1,6 +1,9 @@
 """Reading and validating dumps: every input row is accounted for exactly once."""
 
+import gzip
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -121,6 +124,43 @@ def test_dump_over_http_is_downloaded(tmp_path):
         local = source.localise(f"{base}/posts.jsonl", tmp_path / "dl")
     assert local.read_text() == (site / "posts.jsonl").read_text()
     assert source.content_key(local) == source.content_key(site / "posts.jsonl")
+
+
+class _GzippingHandler(BaseHTTPRequestHandler):
+    """Gzips every answer on the fly and says so (Content-Encoding), as nginx or a CDN does for JSON; a `.gz`
+    file goes out as it is, labelled gzip too (a common misconfiguration)."""
+
+    def do_GET(self):
+        body = (self.server.folder / self.path.lstrip("/")).read_bytes()
+        if not self.path.endswith(".gz"):
+            body = gzip.compress(body)
+        self.send_response(200)
+        self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_dump_served_gzipped_on_the_fly_is_stored_as_the_dump(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    plain = _write_jsonl(site / "posts.jsonl", GOOD)
+    (site / "posts.jsonl.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    server = HTTPServer(("127.0.0.1", 0), _GzippingHandler)
+    server.folder = site
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        assert source.localise(f"{base}/posts.jsonl", tmp_path / "a").read_bytes() == plain.read_bytes()
+        gz = source.localise(f"{base}/posts.jsonl.gz", tmp_path / "b")
+        assert gz.read_bytes() == (site / "posts.jsonl.gz").read_bytes()
+        assert _all(gz)[1] == _all(plain)[1]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_unknown_format_and_missing_file_are_clear_errors(tmp_path):
