@@ -77,6 +77,7 @@ class RunOptions:
 @dataclass
 class Prepared:
     dump: str
+    files_key: str  # the dump's bytes (source.files_key): its rejections are replaced by a rerun of the same bytes
     key: str
     workdir: str
     shards: list[str]
@@ -189,7 +190,8 @@ def prepare(dump: str, opts: RunOptions) -> Prepared:
     out = storage.path(opts.out)  # a local folder, or a bucket's prefix (mmsa.storage)
     local = out if isinstance(out, Path) else Path(tempfile.gettempdir()) / "mmsa"  # a bucket's dump is read locally
     paths = source.resolve(dump, local / "_work" / "_downloads")
-    key = source.content_key(paths, opts.reading)
+    files_key = source.files_key(paths)
+    key = source.content_key(files_key, opts.reading)
     workdir = out / "_work" / key
     if isinstance(out, Path):  # object storage has no temporary files: an upload appears whole or not at all
         files.sweep_stale(workdir / "shards", *workdir.glob("done/*"), *out.glob("date=*"))
@@ -202,7 +204,7 @@ def prepare(dump: str, opts: RunOptions) -> Prepared:
         not_posts.update(shard.skipped)
         posts_in += shard.posts.num_rows + len(shard.rejected)
     storage.write_text(workdir / "rejected.json", json.dumps(rejected))
-    return Prepared(str(dump), key, str(workdir), shards, posts_in, len(rejected), dict(not_posts))
+    return Prepared(str(dump), files_key, key, str(workdir), shards, posts_in, len(rejected), dict(not_posts))
 
 
 def _shard_size(workdir: Path, requested: int | None) -> int:
@@ -505,7 +507,7 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
     con = store.connect(opts.db)
     try:
         scored = store.load_scored(con, [f for r in results for f in r.files])
-        store.load_rejected(con, rejected, prepared.dump, run_id)
+        store.load_rejected(con, rejected, prepared.dump, prepared.files_key, run_id)
         status, not_covered = Counter(), Counter()
         for r in results:
             status.update(r.image_status)

@@ -21,6 +21,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 from collections import Counter
@@ -140,16 +141,26 @@ def resolve(src: str | Path, workdir: Path) -> list[Path]:
         files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
         if not files:
             raise FileNotFoundError(f"dump not found: no file matches {text}")
-        return files
+        return _utf8_names(files)
     path = Path(src)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and _readable(p.name))
         if not files:
             raise FileNotFoundError(f"dump not found: no JSONL, CSV or Parquet file in {path}")
-        return files
+        return _utf8_names(files)
     if not path.is_file():
         raise FileNotFoundError(f"dump not found: {path}")
-    return [path]
+    return _utf8_names([path])
+
+
+def _utf8_names(files: list[Path]) -> list[Path]:
+    """The files, refused with their name when it is not UTF-8: a name is stored with the rows it gives."""
+    for f in files:
+        try:
+            str(f).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"dump file name is not UTF-8: {os.fsencode(f)!r}; rename the file") from None
+    return files
 
 
 def _readable(name: str) -> bool:
@@ -194,18 +205,25 @@ def localise(src: str | Path, workdir: Path) -> Path:
     return target
 
 
-def content_key(path: Path | list[Path], options: ReadOptions | None = None) -> str:
-    """A short hash of the files' bytes, of how they are read, of the shards' schema, of the language rules
-    and of the validation's version: the same dump read the same way always maps to the same work folder and
-    file names, and shards or results written otherwise are never picked up."""
+def files_key(path: Path | list[Path]) -> str:
+    """A short hash of the dump files' bytes (and of their names, when there are several): which records the
+    dump holds, whatever its path; a nightly dump written to the same path each day gets a new one."""
     paths = [path] if isinstance(path, Path) else list(path)
-    digest = hashlib.sha256((str(POST_SCHEMA) + language.KEY + str(VALIDATION)).encode())
+    digest = hashlib.sha256()
     for p in paths:
         if len(paths) > 1:
             digest.update(f"\0{p.name}\0".encode())
         with p.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def content_key(files: str, options: ReadOptions | None = None) -> str:
+    """A short hash of the files (`files_key`), of how they are read, of the shards' schema, of the language
+    rules and of the validation's version: the same dump read the same way always maps to the same work folder
+    and file names, and shards or results written otherwise are never picked up."""
+    digest = hashlib.sha256((str(POST_SCHEMA) + language.KEY + str(VALIDATION) + files).encode())
     digest.update(json.dumps(asdict(options or ReadOptions()), sort_keys=True).encode())
     return digest.hexdigest()[:16]
 

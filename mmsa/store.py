@@ -74,6 +74,7 @@ CREATE TABLE IF NOT EXISTS run_shards (
 CREATE TABLE IF NOT EXISTS models (model_version VARCHAR PRIMARY KEY, quantification JSON);
 -- Columns added since a database was created (a no-op on a new one).
 ALTER TABLE rejected_posts ADD COLUMN IF NOT EXISTS file VARCHAR;
+ALTER TABLE rejected_posts ADD COLUMN IF NOT EXISTS dump_key VARCHAR;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS not_posts JSON;  -- records that were not posts, by reason
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS cache_repaired BIGINT;  -- damaged image cache entries fetched anew
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS not_covered JSON;  -- posts stored unscored, by language
@@ -256,14 +257,17 @@ def _load_scored_remote(con: duckdb.DuckDBPyConnection, paths: list) -> int:
     return n
 
 
-def load_rejected(con: duckdb.DuckDBPyConnection, rows: list[dict], dump: str, run_id: str) -> int:
-    """Record rejected rows; a rerun of the same dump replaces its earlier rejections."""
+def load_rejected(con: duckdb.DuckDBPyConnection, rows: list[dict], dump: str, dump_key: str, run_id: str) -> int:
+    """Record rejected rows; a rerun of the same dump's bytes (`dump_key`, whatever path it is given by) replaces
+    their earlier rejections, and a new dump at an old path (a nightly `today.jsonl`) keeps the old ones."""
     con.execute("BEGIN")
-    con.execute("DELETE FROM rejected_posts WHERE dump = $dump", {"dump": dump})
+    con.execute("DELETE FROM rejected_posts WHERE dump_key = $key OR (dump_key IS NULL AND dump = $dump)",
+                {"key": dump_key, "dump": dump})  # rows written before dump_key existed: by the path, as then
     if rows:
         at = now_utc()
         table = pa.Table.from_pylist(
-            [{**r, "dump": dump, "run_id": run_id, "rejected_at": at} for r in rows], schema=REJECTED_SCHEMA
+            [{**r, "dump": dump, "dump_key": dump_key, "run_id": run_id, "rejected_at": at} for r in rows],
+            schema=REJECTED_SCHEMA,
         )
         con.register("new_rejected", table)
         con.execute("INSERT INTO rejected_posts BY NAME SELECT * FROM new_rejected")

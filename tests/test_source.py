@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -123,7 +124,7 @@ def test_dump_over_http_is_downloaded(tmp_path):
     with serve_folder(site) as base:
         local = source.localise(f"{base}/posts.jsonl", tmp_path / "dl")
     assert local.read_text() == (site / "posts.jsonl").read_text()
-    assert source.content_key(local) == source.content_key(site / "posts.jsonl")
+    assert source.files_key(local) == source.files_key(site / "posts.jsonl")
 
 
 class _GzippingHandler(BaseHTTPRequestHandler):
@@ -161,6 +162,16 @@ def test_a_dump_served_gzipped_on_the_fly_is_stored_as_the_dump(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_dump_file_whose_name_is_not_utf8_is_refused_with_its_name(tmp_path):
+    """The name goes with every rejected row into DuckDB, which stores UTF-8 only."""
+    folder = tmp_path / "dump"
+    folder.mkdir()
+    _write_jsonl(folder / "b.jsonl", GOOD)
+    _write_jsonl(folder / os.fsdecode(b"caf\xe9.jsonl"), GOOD)
+    with pytest.raises(ValueError, match=r"dump file name is not UTF-8: b'.*caf\\xe9.jsonl'; rename the file"):
+        source.resolve(folder, tmp_path)
 
 
 def test_unknown_format_and_missing_file_are_clear_errors(tmp_path):
