@@ -99,11 +99,14 @@ def find_spans(text: str | None, target: str | None) -> list[Span]:
 
 class _UniqueKeys(yaml.SafeLoader):
     """YAML's safe loader, refusing a key given twice in one mapping: a brand written twice would keep only its
-    last rules, silently."""
+    last rules, silently. A key is read as it is written: brands named `on`, `no` or `1800` are names, not
+    YAML's booleans and numbers."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key_node.tag = "tag:yaml.org,2002:str"
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise ValueError(f"{key} given twice (again on line {key_node.start_mark.line + 1}): each key once")

@@ -256,6 +256,12 @@ def test_image_cap_brand_field_and_mapping_in_validation(tmp_path):
     brands.write_text("acme:\n  keywords: [acme]\nglobex:\n  keywords: [globex]\nacme:\n  keywords: [acme corp]\n")
     with pytest.raises(ValueError, match="acme given twice \\(again on line 5\\)"):  # would keep only its last rules
         source.ReadOptions.build(brands=brands)
+    brands.write_text("on:\n  keywords: [on running]\n1800:\n  keywords: [1800 flowers]\n")  # not True and 1800
+    rules = source.ReadOptions.build(brands=brands).brand_rules
+    assert list(rules) == ["on", "1800"]
+    tagger = BrandTagger(rules)
+    assert source.validate({"post_id": "p", "created_at": 0, "text": "On Running, 1800 Flowers"}, tagger=tagger)[
+        "brands"] == ["on", "1800"]
 
 
 def test_records_a_reader_cannot_read_are_rejected_with_the_reason_and_the_rest_goes_on(tmp_path):
