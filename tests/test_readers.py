@@ -37,6 +37,7 @@ def test_x_page_links_photos_video_previews_and_authors():
     assert (first["author"], first["likes"], first["shares"], first["replies"]) == ("alice", 5, 3, 3)
     assert (second["text"], second["author"], second["image_urls"]) == ("the long version", "u9", [])
     assert list(x_v2.read({"errors": [{"title": "Not Found"}]})) == [Skip("x-v2: error page")]
+    assert list(x_v2.read({"meta": {"result_count": 0}})) == [Skip("x-v2: empty page")]  # a search that found nothing
     with pytest.raises(ValueError, match="unknown format: not an X API v2 page"):
         list(x_v2.read({"includes": {}}))
 
@@ -109,6 +110,7 @@ def test_detection_by_shape_and_every_reader_named_on_the_command_line():
     assert readers.detect({"post_id": 1}) == "flat"
     assert readers.detect({"data": [], "includes": {}}) == "x-v2"
     assert readers.detect({"errors": [{"title": "Not Found Error"}]}) == "x-v2"  # skipped as an error page, not rejected
+    assert readers.detect({"meta": {"result_count": 0}}) == "x-v2"  # skipped as an empty page
     assert readers.detect({"errors": "x", "post_id": "p"}) == "flat"
     assert readers.detect({"did": "d", "kind": "commit"}) == "bluesky-jetstream"
     assert readers.detect({"id": "a", "subreddit": "pics"}) == "reddit"

@@ -43,8 +43,8 @@ def detect(record: dict) -> str:
     if "post_id" in record:
         return "flat"
     if "data" in record and isinstance(record["data"], (list, dict)) or set(record) <= {"errors", "title", "detail", "type"} \
-            and isinstance(record.get("errors"), list):  # an X page, or X's page of errors only (skipped, counted)
-        return "x-v2"
+            and isinstance(record.get("errors"), list) or set(record) == {"meta"}:  # an X page, or its page of errors
+        return "x-v2"  # only or of no results (`meta` alone; both skipped, counted)
     if "did" in record and "kind" in record:
         return "bluesky-jetstream"
     if "subreddit" in record or "created_utc" in record:

@@ -22,6 +22,9 @@ def read(record: dict) -> Iterator[dict | Skip | str]:
         if "errors" in record:
             yield Skip("x-v2: error page")
             return
+        if _empty(record):  # a search that found nothing: X leaves `data` out
+            yield Skip("x-v2: empty page")
+            return
         raise ValueError("unknown format: not an X API v2 page (no `data` list)")
     if not data:
         yield Skip("x-v2: empty page")
@@ -37,6 +40,12 @@ def read(record: dict) -> Iterator[dict | Skip | str]:
             yield _tweet(tweet, media, users)
         except (TypeError, ValueError, AttributeError) as exc:
             yield f"unparseable tweet {str(tweet.get('id'))[:40]}: {type(exc).__name__}: {exc}"
+
+
+def _empty(record: dict) -> bool:
+    """Whether a record is X's page of no results: `{"meta": {"result_count": 0}}`."""
+    meta = record.get("meta")
+    return isinstance(meta, dict) and meta.get("result_count") == 0
 
 
 def _tweet(tweet: dict, media: dict, users: dict) -> dict:
