@@ -306,13 +306,13 @@ def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict |
                         continue
                     try:
                         row = json.loads(line)
-                    except (json.JSONDecodeError, RecursionError) as exc:
+                    except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, or an int of 4,300+ digits
                         if (first and document and line.lstrip()[:1] in ("[", "{")
                                 and (whole := _document(path, compression))):
                             yield from whole  # one indented JSON document, not a record per line
                             return
                         first = False
-                        reason = f"invalid JSON: {getattr(exc, 'msg', 'nested too deeply')}"
+                        reason = f"invalid JSON: {getattr(exc, 'msg', None) or _why(exc)}"
                         yield n, Unreadable(reason, line.rstrip("\r\n")[:2000])
                         continue
                     first = False
@@ -334,11 +334,34 @@ def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict |
                     yield n, {k: (v if v != "" else None) for k, v in row.items()}
         else:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
-                for row in batch.to_pylist():
+                for row in _parquet_rows(batch):
                     n += 1
                     yield n, row
     except (OSError, EOFError, ValueError, csv.Error, pa.ArrowException, zstandard.ZstdError) as exc:
         yield n + 1, Unreadable(f"unreadable file from here: {type(exc).__name__}: {exc}"[:300])
+
+
+def _why(exc: BaseException) -> str:
+    return "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+
+
+def _parquet_rows(batch: pa.RecordBatch) -> list[dict | Unreadable]:
+    """A batch's rows as Python values: nanosecond times cut to microseconds (a Python datetime has no
+    nanoseconds, and pyarrow refuses the whole batch), and a row holding a value Python cannot (a time
+    past the year 9999) rejected alone."""
+    columns = [c.cast(pa.timestamp("us", c.type.tz), safe=False) if pa.types.is_timestamp(c.type) and c.type.unit == "ns"
+               else c for c in batch.columns]
+    batch = pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+    try:
+        return batch.to_pylist()
+    except (ValueError, OverflowError, pa.ArrowException):
+        rows: list[dict | Unreadable] = []
+        for i in range(batch.num_rows):
+            try:
+                rows.append(batch.slice(i, 1).to_pylist()[0])
+            except (ValueError, OverflowError, pa.ArrowException) as exc:
+                rows.append(Unreadable(f"unreadable value: {type(exc).__name__}: {exc}"[:300]))
+        return rows
 
 
 def _document(path: Path, compression: str | None) -> list[tuple[int, dict | Unreadable]] | None:
@@ -347,7 +370,7 @@ def _document(path: Path, compression: str | None) -> list[tuple[int, dict | Unr
     with _open_text(path, compression) as fh:
         try:
             doc = json.load(fh)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):
             return None
     items = doc if isinstance(doc, list) else [doc]
     return [(i, item if isinstance(item, dict) else Unreadable("invalid JSON: not an object", json.dumps(item)[:2000]))

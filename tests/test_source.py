@@ -117,6 +117,28 @@ def test_csv_and_parquet_give_the_same_posts(tmp_path):
         assert [strip(p) for p in posts] == [strip(p) for p in expected]
 
 
+def test_a_value_python_cannot_hold_rejects_its_row_alone(tmp_path):
+    """A JSONL integer of 5,000 digits, a Parquet time past the year 9999: that row is rejected with the reason,
+    the file's other rows are read (they were lost, "unreadable file from here", or the run crashed); nanosecond
+    times, which pyarrow will not turn into Python datetimes, are read to the microsecond."""
+    dump = tmp_path / "d.jsonl"
+    dump.write_text(json.dumps(GOOD[0]) + "\n" + '{"post_id": "big", "likes": ' + "9" * 5000 + "}\n"
+                    + json.dumps(GOOD[2]) + "\n")
+    _, posts, rejected = _all(dump)
+    assert [p["post_id"] for p in posts] == ["a1", "a3"]
+    assert [(r["line"], r["reason"][:40]) for r in rejected] == [(2, "invalid JSON: Exceeds the limit (4300 di")]
+    times = pa.array([1_700_000_000_123_456_789, 1_700_000_001_000_000_000], pa.timestamp("ns", "UTC"))
+    pq.write_table(pa.table({"post_id": ["n1", "n2"], "created_at": times, "text": ["a", "b"]}), tmp_path / "ns.parquet")
+    _, posts, rejected = _all(tmp_path / "ns.parquet")
+    assert rejected == [] and [p["created_at"].microsecond for p in posts] == [123456, 0]
+    far = pa.array([1_700_000_000, 10**15, 1_700_000_100], pa.timestamp("s"))
+    pq.write_table(pa.table({"post_id": ["s1", "s2", "s3"], "created_at": far, "text": ["a", "b", "c"]}),
+                   tmp_path / "far.parquet")
+    _, posts, rejected = _all(tmp_path / "far.parquet")
+    assert [p["post_id"] for p in posts] == ["s1", "s3"]
+    assert [r["line"] for r in rejected] == [2] and rejected[0]["reason"].startswith("unreadable value: OverflowError")
+
+
 def test_dump_over_http_is_downloaded(tmp_path):
     site = tmp_path / "site"
     site.mkdir()
