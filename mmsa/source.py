@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -54,7 +55,7 @@ _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # Bumped when `validate` makes something else of the same record (2: times outside 1970-2100 and counts past
 # 10^15 rejected, lone surrogates mended, brand names left out of language identification), so a dump's shards
 # are cut again.
-VALIDATION = 2
+VALIDATION = 3
 MAX_COUNT = 10 ** 15  # likes, shares, replies: more is a broken record, and a report's sum of three stays in BIGINT
 CSV_FIELD_LIMIT = 1 << 26  # characters in one CSV field: a long post reads as it does from JSONL (the default: 128 KiB)
 LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)  # a post dated after is a broken record, as one before 1970
@@ -378,12 +379,14 @@ def _document(path: Path, compression: str | None) -> list[tuple[int, dict | Unr
 
 
 def parse_time(value: object) -> datetime:
-    """A UTC datetime from ISO-8601 (`Z`, `+00:00`, `+0000`, or no offset = UTC) or an epoch time in
-    seconds, milliseconds or microseconds (a number or a numeric string; its size says which)."""
+    """A UTC datetime from ISO-8601 (`Z`, `+00:00`, `+0000`, or no offset = UTC; 8 digits are a YYYYMMDD day) or
+    an epoch time in seconds, milliseconds or microseconds (a number or a numeric string; its size says which)."""
     if isinstance(value, bool):
         raise ValueError("a boolean is not a time")
     if isinstance(value, str) and _EPOCH.match(value):
         value = float(value) if "." in value else int(value)
+    if isinstance(value, int) and 10**7 <= value < 10**8:  # as epoch seconds 1970-1973, before any post: a date
+        return datetime.strptime(str(value), "%Y%m%d").replace(tzinfo=timezone.utc)  # in ISO-8601's basic form
     if isinstance(value, (int, float)):
         magnitude = abs(value)
         per_unit = 1_000_000 if magnitude < 1e11 else 1_000 if magnitude < 1e14 else 1 if magnitude < 1e17 else None
@@ -406,14 +409,18 @@ def parse_time(value: object) -> datetime:
 def _count(value: object) -> int | None:
     if value is None:
         return None
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
         raise ValueError("not a count")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    number = int(value) if isinstance(value, (int, str)) else None
-    if number is None or not 0 <= number < MAX_COUNT:
+    if not isinstance(value, int):  # 12.0 (a CSV of pandas' floats), 1e3, a Decimal column: whole numbers too
+        try:
+            value = Decimal(str(value).strip())
+        except InvalidOperation:
+            raise ValueError("not a number") from None
+        if not value.is_finite() or value != value.to_integral_value():
+            raise ValueError("not a whole number")
+    if not 0 <= value < MAX_COUNT:  # compared before int(): 1e999999999 would be a billion-digit int
         raise ValueError("not a non-negative integer")
-    return number
+    return int(value)
 
 
 def _strings(value: object) -> list[str]:
@@ -429,8 +436,12 @@ def _strings(value: object) -> list[str]:
 def validate(row: dict, max_images: int = DEFAULT_MAX_IMAGES, tagger: BrandTagger | None = None) -> dict:
     """Turn one flat row into a post (POST_SCHEMA fields) or raise ValueError with the reason."""
     post_id = row.get("post_id")
-    if post_id is None or isinstance(post_id, (float, bool)) or not str(post_id).strip():
+    if isinstance(post_id, Decimal) and post_id.is_finite() and post_id == post_id.to_integral_value():
+        post_id = int(post_id)  # a warehouse export's NUMBER(38, 0)
+    if post_id is None or isinstance(post_id, bool) or not str(post_id).strip():
         raise ValueError("missing post_id")
+    if isinstance(post_id, float):  # 64-bit ids (X, Reddit, Mastodon) past 2^53 lose their last digits as floats
+        raise ValueError(f"post_id is a floating-point number ({post_id!r}): ids must be strings or integers")
     if not isinstance(post_id, (str, int)):
         raise ValueError(f"post_id is not a string or an integer: {str(post_id)[:40]!r}")
     post = {"post_id": str(post_id).strip()}

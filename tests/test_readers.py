@@ -3,6 +3,7 @@
 import gzip
 import json
 from datetime import datetime, timezone
+from decimal import Decimal
 
 import pytest
 import zstandard
@@ -172,6 +173,20 @@ def test_a_brand_the_dump_gives_takes_the_files_spelling_and_counts_once():
     assert source.validate({**row, "brand": "Acme", "brands": ["acme"]})["brands"] == ["acme"]
 
 
+def test_whole_numbers_in_export_types_are_counts_and_ids():
+    """12.0 (pandas writes an int column with gaps as floats), 1e3 and a Decimal (a warehouse's NUMBER(38, 0)) are
+    counts; a Decimal id is an id; a float id is refused as such (64-bit ids lose digits as floats)."""
+    row = {"post_id": "p", "created_at": 0, "text": "x"}
+    post = source.validate({**row, "likes": "12.0", "shares": Decimal("5"), "replies": "1e3"})
+    assert (post["likes"], post["shares"], post["replies"]) == (12, 5, 1000)
+    assert source.validate({**row, "post_id": Decimal("123456789012345678")})["post_id"] == "123456789012345678"
+    for count in ("12.5", "nan", "1e999999999", Decimal("2.5")):
+        with pytest.raises(ValueError, match="likes is not a count"):
+            source.validate({**row, "likes": count})
+    with pytest.raises(ValueError, match="post_id is a floating-point number"):
+        source.validate({**row, "post_id": 123.0})
+
+
 @pytest.mark.parametrize("value, expected", [
     ("2026-11-20T10:00:00Z", "2026-11-20T10:00:00+00:00"),
     ("2026-11-20T12:00:00+02:00", "2026-11-20T10:00:00+00:00"),
@@ -182,13 +197,15 @@ def test_a_brand_the_dump_gives_takes_the_files_spelling_and_counts_once():
     ("1763632800", "2025-11-20T10:00:00+00:00"),
     (1763632800123, "2025-11-20T10:00:00.123000+00:00"),
     ("1763632800123456", "2025-11-20T10:00:00.123456+00:00"),
+    ("20261120", "2026-11-20T00:00:00+00:00"),  # ISO-8601's basic form, not 1970-08-23 in epoch seconds
+    (20261120, "2026-11-20T00:00:00+00:00"),
 ])
 def test_times_iso_and_epoch_to_utc(value, expected):
     assert source.parse_time(value).isoformat() == expected
 
 
 def test_bad_times_are_rejected_with_their_reason():
-    for bad in ("yesterday", True, 10**20, [1]):
+    for bad in ("yesterday", True, 10**20, [1], "12345678"):
         with pytest.raises(ValueError, match="created_at is not ISO-8601 or an epoch time"):
             source.validate({"post_id": "p", "created_at": bad, "text": "x"})
 
