@@ -326,7 +326,11 @@ def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict |
         elif fmt == "csv":
             csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
             with _open_text(path, compression) as fh:
-                for n, row in enumerate(csv.DictReader(fh), start=2):
+                reader = csv.DictReader(fh)
+                reader.fieldnames  # noqa: B018 - reads the header, so that line_num counts from its end
+                end = reader.line_num
+                for row in reader:  # a row's line is the file's line it starts on (quoted fields hold newlines)
+                    n, end = end + 1, reader.line_num
                     extra = row.pop(None, None)  # values past the header's columns: the row's are misaligned
                     if extra:
                         yield n, Unreadable(f"CSV row has {len(row) + len(extra)} fields, its header {len(row)}",

@@ -307,7 +307,7 @@ def test_one_bad_tweet_of_an_x_page_is_rejected_alone_and_a_long_csv_field_is_re
     """An X page with a non-object in `data` and a tweet whose counts mix strings and numbers: the bad item is
     one rejection, every other tweet of the page is read (counts given as numeric strings summed). A CSV text
     longer than the csv module's default field limit (128 KiB) is read, as the same text in JSONL is; a row with
-    more fields than its header is rejected whole."""
+    more fields than its header is rejected whole, at the line it starts on."""
     tweet = {"id": "x1", "created_at": "2026-11-20T10:00:00.000Z", "text": "acme"}
     page = {"data": [tweet, "oops", {**tweet, "id": "x2", "public_metrics": {"retweet_count": "3", "quote_count": 1}},
                      {**tweet, "id": "x3", "public_metrics": {"retweet_count": "many"}}]}
@@ -317,12 +317,12 @@ def test_one_bad_tweet_of_an_x_page_is_rejected_alone_and_a_long_csv_field_is_re
     assert shard.posts["post_id"].to_pylist() == ["x1", "x2"] and shard.posts["shares"].to_pylist() == [None, 4]
     assert [r["reason"].split(":")[0] for r in shard.rejected] == ["X API v2 page", "unparseable tweet x3"]
     long = tmp_path / "long.csv"
-    long.write_text(f"post_id,created_at,text\nc1,2026-11-20,{'a' * 200_000}\nc2,2026-11-20,short\n"
+    long.write_text(f"post_id,created_at,text\nc1,2026-11-20,{'a' * 200_000}\nc2,2026-11-20,\"two\nlines\"\n"
                     "c3,2026-11-20,an unquoted, comma\n")
     (shard,) = source.iter_shards(long, 10)
     assert shard.posts["post_id"].to_pylist() == ["c1", "c2"]
-    assert [(r["reason"], r["raw"]) for r in shard.rejected] == [
-        ("CSV row has 4 fields, its header 3", "c3,2026-11-20,an unquoted, comma")]  # not a text cut at the comma
+    assert [(r["reason"], r["raw"], r["line"]) for r in shard.rejected] == [  # not a text cut at the comma, and
+        ("CSV row has 4 fields, its header 3", "c3,2026-11-20,an unquoted, comma", 5)]  # the file's line, not row 4
 
 
 def test_a_file_that_breaks_off_keeps_its_records_and_the_next_file_is_read(tmp_path):
