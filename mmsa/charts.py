@@ -49,18 +49,43 @@ def _by_brand(rows: list[dict], limit: int = MAX_BRANDS) -> dict[str, list[dict]
     return {b: groups[b] for b in busiest}
 
 
+def _label(brand: str | None) -> str:
+    """A brand's name for a legend: "(no brand)" for untagged posts, as in the reports; a leading "_" gets a
+    zero-width space before it, since matplotlib leaves labels starting with "_" out of legends."""
+    name = "(no brand)" if brand is None else brand
+    return "\u200b" + name if name.startswith("_") else name
+
+
+def _markers(values: list) -> dict:
+    """plot() keywords: a marker on each of up to 60 points, beyond that only on points with no value either
+    side, which no line segment would draw."""
+    if len(values) <= 60:
+        return {"marker": "."}
+    lone = [i for i, v in enumerate(values) if v is not None
+            and (i == 0 or values[i - 1] is None) and (i == len(values) - 1 or values[i + 1] is None)]
+    return {"marker": ".", "markevery": lone}
+
+
+def _no_data(ax) -> None:
+    ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="grey")
+
+
 def _date_axis(ax) -> None:
     """Date ticks that fall on days for any span. With its default minticks=5, matplotlib's locator falls to
     hourly ticks for spans of 4-8 days and warns that it found no interval; and one day alone (a nightly
-    headline) would sit on an axis years wide. Spans under 2 days are widened to 2, so that ticks fall on days."""
-    locator = mdates.AutoDateLocator(minticks=2, maxticks=8)
-    ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    headline) would sit on an axis years wide. Spans under 2 days are widened to 2, so that ticks fall on days.
+    With nothing drawn there are no ticks (they would be hours of 1970-01-01)."""
     shared = ax.get_shared_x_axes().get_siblings(ax)  # an axis may have no points of its own (all NaN)
     first = min(a.dataLim.x0 for a in shared)  # (inf, -inf) while nothing is drawn on any of them
     last = max(a.dataLim.x1 for a in shared)
+    if first > last:
+        ax.xaxis.set_major_locator(matplotlib.ticker.NullLocator())
+        return
+    locator = mdates.AutoDateLocator(minticks=2, maxticks=8)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     pad = (2 - (last - first)) / 2
-    if first <= last and pad > 0:
+    if pad > 0:
         ax.set_xlim(first - pad, last + pad)
 
 
@@ -81,10 +106,9 @@ def trend_figure(rows: list[dict], period: str = "day") -> Figure:
     brands = _by_brand(rows)
     for brand, series in brands.items():
         series = _filled(series, period, timedelta(days=7 if period == "week" else 1))
-        x = [r[period] for r in series]
-        marker = "." if len(x) <= 60 else None
-        (line,) = top.plot(x, [r["posts"] for r in series], marker=marker, label=brand)
-        bottom.plot(x, [r["net_sentiment"] for r in series], marker=marker, color=line.get_color(), label=brand)
+        x, posts, net = ([r[k] for r in series] for k in (period, "posts", "net_sentiment"))
+        (line,) = top.plot(x, posts, label=_label(brand), **_markers(posts))
+        bottom.plot(x, net, color=line.get_color(), label=_label(brand), **_markers(net))
     top.set_ylabel(f"posts per {period}")
     shown = len(brands) < len({r["brand"] for r in rows})
     top.set_title(f"Volume and net sentiment per brand and {period}"
@@ -94,7 +118,10 @@ def trend_figure(rows: list[dict], period: str = "day") -> Figure:
     bottom.set_ylabel("net sentiment\n(pos − neg) / (pos + neg)")
     for ax in (top, bottom):
         ax.grid(alpha=0.3)
-    top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    if brands:
+        top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    else:
+        _no_data(top)
     _date_axis(bottom)
     fig.tight_layout()
     return fig
@@ -110,16 +137,20 @@ def share_of_voice_figure(rows: list[dict]) -> Figure:
     for i, r in enumerate(rows):
         lefts = [sum(q[col] or 0 for q in rows[:i]) for _, col in bars]
         widths = [r[col] or 0 for _, col in bars]
-        ax.barh([b for b, _ in bars], widths, left=lefts, color=colors[i % len(colors)], label=r["brand"])
+        name = _label(r["brand"])
+        ax.barh([b for b, _ in bars], widths, left=lefts, color=colors[i % len(colors)], label=name)
         for y, (left, width) in enumerate(zip(lefts, widths)):
             if width >= 0.06:
-                ax.text(left + width / 2, y, f"{r['brand']}\n{width:.0%}", ha="center", va="center", fontsize=8)
+                ax.text(left + width / 2, y, f"{name}\n{width:.0%}", ha="center", va="center", fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
     total = sum(r["mentions"] for r in rows)
     ax.set_title(f"Share of voice ({total:,} mentions)")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=min(len(rows), 6), fontsize="small")
+    if rows:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=min(len(rows), 6), fontsize="small")
+    else:
+        _no_data(ax)
     fig.tight_layout()
     return fig
 
@@ -134,7 +165,10 @@ def spikes_figure(daily: list[dict], spikes: list[dict]) -> Figure:
     spike_rows = [s for s in spikes if s["rank"] == 1]
     by_brand = _by_brand(daily, limit=len(daily) or 1)
     brands = [b for b in by_brand if any(s["brand"] == b for s in spike_rows)][:4] or list(by_brand)[:2]
-    fig, axes = plt.subplots(len(brands), 1, figsize=(10, 3.2 * len(brands)), squeeze=False, sharex=True)
+    panels = max(len(brands), 1)  # an empty chart still has its axes, for the note
+    fig, axes = plt.subplots(panels, 1, figsize=(10, 3.2 * panels), squeeze=False, sharex=True)
+    if not brands:
+        _no_data(axes[0, 0])
     for ax, brand in zip(axes[:, 0], brands):
         series = _filled(by_brand[brand], "day", timedelta(days=1))
         days = [r["day"] for r in series]
@@ -142,8 +176,8 @@ def spikes_figure(daily: list[dict], spikes: list[dict]) -> Figure:
         ax.set_ylim(bottom=0)
         ax.set_ylabel("posts")
         share = ax.twinx()
-        share.plot(days, [r["negative_share"] for r in series], color="#d62728", marker="." if len(days) <= 60 else None,
-                   label="negative share")
+        negative = [r["negative_share"] for r in series]
+        share.plot(days, negative, color="#d62728", label="negative share", **_markers(negative))
         share.set_ylim(0, 1.05)
         share.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
         share.set_ylabel("negative share", color="#d62728")

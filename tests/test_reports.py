@@ -491,6 +491,65 @@ def test_charts_show_days_without_posts_as_zero_posts_not_a_line_across_them():
     assert len(share.get_xdata()) == 5 and np.isnan(np.asarray(share.get_ydata(), float)[1:4]).all()
 
 
+def _drawn(line) -> set[int]:
+    """Indices of the points a line shows: its markers, and the ends of its segments (two values in a row)."""
+    import numpy as np
+
+    values = np.isfinite(np.asarray(line.get_ydata(), float))
+    marked = set() if line.get_marker() in ("None", "", " ", None) else (
+        set(range(len(values))) if line.get_markevery() is None else set(line.get_markevery()))
+    joined = {i for i in range(len(values)) if values[i] and (
+        (i > 0 and values[i - 1]) or (i + 1 < len(values) and values[i + 1]))}
+    return (marked & set(np.flatnonzero(values))) | joined
+
+
+@pytest.mark.parametrize("every", [1, 2, 3])
+def test_charts_draw_every_value_of_a_long_series(every):
+    """90 days with posts every `every` day: each day's net sentiment and negative share is drawn, also one with no
+    value either side (a gap around it, and too many days for a marker on each), and the gaps stay gaps."""
+    import numpy as np
+
+    days = range(0, 90, every)
+    series = [{"brand": "acme", "day": date.fromordinal(date(2025, 1, 1).toordinal() + d), "posts": 3,
+               "net_sentiment": 0.5, "negative_share": 0.2} for d in days]
+    net = charts.trend_figure(series).axes[1].get_lines()[0]
+    share = charts.spikes_figure(series, []).axes[1].get_lines()[0]
+    for line in (net, share):
+        values = set(np.flatnonzero(np.isfinite(np.asarray(line.get_ydata(), float))))
+        assert len(line.get_xdata()) == days[-1] + 1 and values == set(days)
+        assert _drawn(line) == values
+    charts.plt.close("all")
+
+
+def _texts(fig) -> list[str]:
+    return [t.get_text() for t in fig.findobj(charts.matplotlib.text.Text)]
+
+
+def test_charts_of_no_rows_say_no_data(db, tmp_path):
+    """A brand without posts (or an empty database) draws each chart empty with a note; the spikes chart crashed."""
+    assert all("no data" in _texts(fig) for fig in (charts.trend_figure([]), charts.share_of_voice_figure([]),
+                                                    charts.spikes_figure([], [])))
+    charts.plt.close("all")
+    for name in charts.CHARTS:
+        out = charts.render_chart(name, db, tmp_path / f"{name}.png", brand="nosuch")
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_chart_legends_name_untagged_posts_and_brands_starting_with_an_underscore():
+    """Untagged posts are "(no brand)" as in the reports, not "None" and missing from the legend; a "_promo" brand
+    is in the legend, although matplotlib leaves out labels starting with "_"."""
+    voice = [{"brand": b, "mentions": 2, "share_of_voice": 1 / 3, "positive_share_of_voice": 1 / 3,
+              "negative_share_of_voice": 1 / 3} for b in ("acme", None, "_promo")]
+    fig = charts.share_of_voice_figure(voice)
+    legend = [t.get_text().lstrip("\u200b") for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["acme", "(no brand)", "_promo"]
+    assert not [t for t in _texts(fig) if "None" in t]
+    trend = [{"brand": b, "day": date(2024, 3, 1), "posts": 2, "net_sentiment": 0.5} for b in ("acme", None, "_promo")]
+    legend = [t.get_text().lstrip("\u200b") for t in charts.trend_figure(trend).axes[0].get_legend().get_texts()]
+    assert legend == ["acme", "(no brand)", "_promo"]
+    charts.plt.close("all")
+
+
 @pytest.mark.parametrize("days, net", [(1, 0.1), (1, None), (2, 0.1), (3, 0.1), (5, 0.1), (40, 0.1)])
 def test_trend_chart_dates_fit_the_span_without_warnings(days, net, recwarn):
     """One day (a nightly headline) gets a day either side, not an axis years wide, also when its net sentiment
