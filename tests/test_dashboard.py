@@ -6,13 +6,16 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 import subprocess
 import sys
 import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import date
 from pathlib import Path
+from xml.etree import ElementTree
 
 import dashboarddata
 import pytest
@@ -23,6 +26,7 @@ from dashboarddata import FORMULA_TEXT, IMG_AUTHOR, JS_LINK, MARKUP_BRAND, SCRIP
 from mmsa import publish, store
 from mmsa.dashboard.queries import net_interval, wilson
 from mmsa.dashboard.server import Dashboard, DashboardServer
+from mmsa.dashboard.svg import estimates_svg, trend_svg, voice_svg
 from mmsa.cli import build_parser
 
 VIEWS = ["/", "/spikes", "/voice", "/disagreement", "/quality",
@@ -128,6 +132,63 @@ def test_share_of_voice_and_disagreement_rates_have_intervals(server):
     rates = {r["brand"]: r for r in csv_rows(server, "/csv/disagreement")}
     assert (rates["globex"]["disagreeing"], rates["globex"]["posts_with_both"]) == ("7", "35")
     assert float(rates["globex"]["disagreement_rate_low"]) == pytest.approx(wilson(7, 35)[0])
+
+
+def _voice_marks(svg: str) -> dict[str, list[list[tuple[float, float]]]]:
+    """Per brand of a share-of-voice SVG, its polylines and dots as lists of (x, y)."""
+    marks: dict = {}
+    for el in ElementTree.fromstring(svg).iter():
+        if el.tag == "polyline":
+            points = [tuple(map(float, xy.split(","))) for xy in el.get("points").split()]
+        elif el.tag == "circle":
+            points = [(float(el.get("cx")), float(el.get("cy")))]
+        else:
+            continue
+        marks.setdefault(el.find("title").text, []).append(points)
+    return marks
+
+
+def test_share_of_voice_over_time_drops_to_zero_breaks_at_empty_periods_and_dots_lone_ones():
+    """acme has mentions on 03-01..03-03 and 03-05, globex on 03-01 and 03-03 and nobody on 03-04: globex is at 0
+    on 03-02 and 03-05 (acme had mentions then), no line crosses 03-04, and 03-05 is a dot for each brand."""
+    def row(day: int, brand: str, k: int, n: int) -> dict:
+        low, high = wilson(k, n)
+        return {"period_start": date(2024, 3, day), "brand": brand, "mentions": k, "all_mentions": n,
+                "share_of_voice": k / n, "share_low": low, "share_high": high}
+
+    rows = [row(1, "acme", 3, 4), row(1, "globex", 1, 4), row(2, "acme", 2, 2), row(3, "acme", 1, 2),
+            row(3, "globex", 1, 2), row(5, "acme", 2, 2)]
+    svg = voice_svg(rows, [date(2024, 3, d) for d in range(1, 6)])
+    marks = _voice_marks(svg)
+    (acme_line, acme_dot), (globex_line, globex_dot) = marks["acme"], marks["globex"]
+    zero = globex_dot[0][1]  # globex has 0% of 03-05's mentions
+    assert len(acme_line) == len(globex_line) == 3 and len(acme_dot) == len(globex_dot) == 1
+    assert globex_line[1][1] == zero and acme_dot[0][1] < zero
+    assert zero == float(re.search(r'y1="([\d.]+)"[^>]*/><text class="tick"[^>]*>0%<', svg).group(1))
+
+
+def test_share_of_voice_page_draws_a_brand_of_one_day(server):
+    """The markup-named brand has posts on 03-15 only: a line at 0 on the other 13 days, not an invisible point."""
+    page = get(server, "/voice?period=day")[2].decode()
+    svg = re.search(r'<svg class="chart voice".*?</svg>', page, re.S).group(0)
+    (line,) = _voice_marks(svg)[MARKUP_BRAND]
+    assert len(line) == 14 and len({y for _, y in line}) == 2
+
+
+def test_posts_without_a_brand_are_named_so_in_chart_tooltips_and_legends():
+    """Untagged posts are "(no brand)" in the overview's tooltips and estimates and in the voice legend, not
+    "None"."""
+    day = date(2024, 3, 1)
+    trend = trend_svg(None, {day: {"posts": 3, "positive": 2, "negative": 1, "net_sentiment": 1 / 3, "net_low": -0.4,
+                                   "net_high": 0.8}}, [day], "day", lambda start: None)
+    estimate = {"brand": None, "posts": 3, "positive": 2, "negative": 1, "neutral": 0}
+    estimate |= {f"estimated_{name}{end}": 0.3 for name in ("positive_share", "neutral_share", "negative_share", "net")
+                 for end in ("", "_low", "_high")}
+    voice = voice_svg([{"period_start": day, "brand": None, "mentions": 3, "all_mentions": 3, "share_of_voice": 1.0,
+                        "share_low": 0.4, "share_high": 1.0}], [day])
+    for svg in (trend, estimates_svg([estimate]), voice):
+        assert "None" not in svg and "(no brand)" in svg
+    assert "(no brand) 2024-03-01 (day): 3 posts" in trend
 
 
 def test_posts_behind_a_day_most_engaging_first_with_every_prediction(server):

@@ -7,6 +7,7 @@ import html
 from datetime import date, timedelta
 
 from mmsa.charts import MAX_BRANDS
+from mmsa.dashboard.queries import wilson
 from mmsa.schema import LABELS
 
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#d62728")
@@ -15,6 +16,11 @@ COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f
 def esc(value: object) -> str:
     """Text for HTML text or a quoted attribute."""
     return html.escape("" if value is None else str(value), quote=True)
+
+
+def brand_name(brand: str | None) -> str:
+    """A brand as shown: untagged posts are "(no brand)", as in the reports."""
+    return "(no brand)" if brand is None else brand
 
 
 def fmt(value: float | None, digits: int) -> str:
@@ -63,7 +69,7 @@ def trend_svg(brand: str | None, rows: dict, periods: list[date], period: str, l
 
     vmax = max((r["posts"] for r in rows.values()), default=1) or 1
     bar_w = max(step * 0.8, 0.8)
-    parts = [f'<text class="panel-title" x="{LEFT}" y="14">{esc(brand if brand is not None else "(no brand)")}</text>',
+    parts = [f'<text class="panel-title" x="{LEFT}" y="14">{esc(brand_name(brand))}</text>',
              f'<text class="tick" x="{LEFT - 4}" y="{vol_top + 4}" text-anchor="end">{vmax:,}</text>',
              f'<text class="tick" x="{LEFT - 4}" y="{vol_top + vol_h}" text-anchor="end">0</text>',
              f'<line class="axis" x1="{LEFT}" x2="{W - RIGHT}" y1="{vol_top + vol_h}" y2="{vol_top + vol_h}"/>']
@@ -80,7 +86,8 @@ def trend_svg(brand: str | None, rows: dict, periods: list[date], period: str, l
         if r is None:
             continue
         h = vol_h * r["posts"] / vmax
-        tip = (f"{brand} {p} ({period}): {r['posts']:,} posts, {r['positive']:,} positive, {r['negative']:,} negative; "
+        tip = (f"{brand_name(brand)} {p} ({period}): {r['posts']:,} posts, {r['positive']:,} positive, "
+               f"{r['negative']:,} negative; "
                f"net sentiment {fmt(r['net_sentiment'], 2)} (95%: {fmt(r['net_low'], 2)} to {fmt(r['net_high'], 2)})")
         bar = (f'<rect class="bar" x="{x(i) - bar_w / 2:.1f}" y="{vol_top + vol_h - h:.1f}" width="{bar_w:.1f}" '
                f'height="{max(h, 0.5):.1f}"><title>{esc(tip)}</title></rect>')
@@ -109,7 +116,8 @@ def trend_svg(brand: str | None, rows: dict, periods: list[date], period: str, l
                  'text-anchor="middle">net sentiment</text>')
     parts.append(_ticks(periods, x, net_top + net_h))
     return (f'<svg class="chart trend" role="img" viewBox="0 0 {W} {height}" width="{W}" height="{height}" '
-            f'data-brand="{esc(brand)}"><title>{esc(brand)}: posts and net sentiment per {period}</title>{"".join(parts)}</svg>')
+            f'data-brand="{esc(brand)}"><title>{esc(brand_name(brand))}: posts and net sentiment per {period}</title>'
+            f'{"".join(parts)}</svg>')
 
 
 def estimates_svg(rows: list[dict]) -> str:
@@ -126,8 +134,9 @@ def estimates_svg(rows: list[dict]) -> str:
         x = x0
         for label in LABELS:
             share = r[f"estimated_{label}_share"]
-            tip = (f"{r['brand']}: estimated {label} share {pct(share)} (95%: {pct(r[f'estimated_{label}_share_low'])} "
-                   f"to {pct(r[f'estimated_{label}_share_high'])}); counted {pct(r[label] / r['posts'])}")
+            tip = (f"{brand_name(r['brand'])}: estimated {label} share {pct(share)} "
+                   f"(95%: {pct(r[f'estimated_{label}_share_low'])} to {pct(r[f'estimated_{label}_share_high'])}); "
+                   f"counted {pct(r[label] / r['posts'])}")
             parts.append(f'<rect class="p-{label}" x="{x:.1f}" y="{y}" width="{width * share:.1f}" height="16">'
                          f'<title>{esc(tip)}</title></rect>')
             x += width * share
@@ -139,7 +148,8 @@ def estimates_svg(rows: list[dict]) -> str:
                   f'<line class="whisker" x1="{low:.1f}" x2="{low:.1f}" y1="{y + 3}" y2="{y + 13}"/>',
                   f'<line class="whisker" x1="{high:.1f}" x2="{high:.1f}" y1="{y + 3}" y2="{y + 13}"/>',
                   f'<line class="counted" x1="{counted:.1f}" x2="{counted:.1f}" y1="{y - 2}" y2="{y + 18}"/>',
-                  f'<text class="panel-title" x="{x0 - 8}" y="{y + 13}" text-anchor="end">{esc(r["brand"])}</text>',
+                  f'<text class="panel-title" x="{x0 - 8}" y="{y + 13}" text-anchor="end">'
+                  f'{esc(brand_name(r["brand"]))}</text>',
                   f'<text class="tick" x="{x0 + width + 8}" y="{y + 12}">net {fmt(r["estimated_net"], 2)} (95%: '
                   f'{fmt(r["estimated_net_low"], 2)} to {fmt(r["estimated_net_high"], 2)}); counted {counted_net:.2f}</text>']
     return (f'<svg class="chart estimates" role="img" viewBox="0 0 {W} {height}" width="{W}" height="{height}">'
@@ -148,20 +158,33 @@ def estimates_svg(rows: list[dict]) -> str:
 
 
 def voice_svg(rows: list[dict], periods: list[date]) -> str:
-    """Each brand's share of voice over time, a line with its shaded 95% band; the busiest brands first."""
+    """Each brand's share of voice over time, a line with its shaded 95% band; the busiest brands first. A brand
+    without mentions in a period where others have some is at 0 then; a period without rows (no mentions at all,
+    or none of the one brand filtered for) is a gap; a lone period is a dot with its interval."""
     top, h = 16, 240
     height = top + h + 40
-    index = {p: i for i, p in enumerate(periods)}
     step = (W - LEFT - RIGHT) / max(len(periods), 1)
 
     def x(i: float) -> float:
         return LEFT + (i + 0.5) * step
 
     totals: dict = {}
+    all_mentions = {r["period_start"]: r["all_mentions"] for r in rows}
     for r in rows:
         totals[r["brand"]] = totals.get(r["brand"], 0) + r["mentions"]
     brands = sorted(totals, key=lambda b: -totals[b])[:len(COLORS)]
-    ymax = min(1.0, max((r["share_high"] or 0 for r in rows if r["brand"] in brands), default=1) * 1.1) or 1
+    series = {}
+    for brand in brands:
+        mine = {r["period_start"]: r for r in rows if r["brand"] == brand}
+        points = []
+        for p in periods:
+            if p in mine or p not in all_mentions:
+                points.append(mine.get(p))
+            else:  # other brands have mentions then, this one none
+                low, high = wilson(0, all_mentions[p])
+                points.append({"share_of_voice": 0.0, "share_low": low, "share_high": high})
+        series[brand] = points
+    ymax = min(1.0, max((r["share_high"] for points in series.values() for r in points if r), default=1) * 1.1) or 1
 
     def y(v: float) -> float:
         return top + (1 - v / ymax) * h
@@ -171,18 +194,29 @@ def voice_svg(rows: list[dict], periods: list[date]) -> str:
         parts.append(f'<line class="grid" x1="{LEFT}" x2="{W - RIGHT}" y1="{y(v):.1f}" y2="{y(v):.1f}"/>'
                      f'<text class="tick" x="{LEFT - 4}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.0%}</text>')
     legend = []
-    for n, brand in enumerate(brands):
-        color = COLORS[n]
-        mine = sorted((index[r["period_start"]], r) for r in rows if r["brand"] == brand and r["period_start"] in index)
-        if not mine:
-            continue
-        upper = " ".join(f"{x(i):.1f},{y(r['share_high']):.1f}" for i, r in mine)
-        lower = " ".join(f"{x(i):.1f},{y(r['share_low']):.1f}" for i, r in reversed(mine))
-        parts.insert(0, f'<polygon fill="{color}" fill-opacity="0.15" points="{upper} {lower}"/>')
-        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.8" points="'
-                     + " ".join(f"{x(i):.1f},{y(r['share_of_voice']):.1f}" for i, r in mine) + '">'
-                     f'<title>{esc(brand)}</title></polyline>')
-        legend.append(f'<tspan fill="{color}">■ </tspan><tspan>{esc(brand)}  </tspan>')
+    for color, (brand, points) in zip(COLORS, series.items()):
+        title = f"<title>{esc(brand_name(brand))}</title>"
+        segments, current = [], []
+        for i, r in enumerate(points + [None]):  # the None closes the last segment
+            if r is not None:
+                current.append((i, r))
+            elif current:
+                segments.append(current)
+                current = []
+        for seg in segments:
+            if len(seg) == 1:  # a one-point polyline is invisible
+                (i, r), = seg
+                parts.insert(0, f'<line stroke="{color}" stroke-opacity="0.3" stroke-width="3" x1="{x(i):.1f}" '
+                                f'x2="{x(i):.1f}" y1="{y(r["share_high"]):.1f}" y2="{y(r["share_low"]):.1f}"/>')
+                parts.append(f'<circle fill="{color}" cx="{x(i):.1f}" cy="{y(r["share_of_voice"]):.1f}" r="3">'
+                             f'{title}</circle>')
+                continue
+            upper = " ".join(f"{x(i):.1f},{y(r['share_high']):.1f}" for i, r in seg)
+            lower = " ".join(f"{x(i):.1f},{y(r['share_low']):.1f}" for i, r in reversed(seg))
+            parts.insert(0, f'<polygon fill="{color}" fill-opacity="0.15" points="{upper} {lower}"/>')
+            line = " ".join(f"{x(i):.1f},{y(r['share_of_voice']):.1f}" for i, r in seg)
+            parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.8" points="{line}">{title}</polyline>')
+        legend.append(f'<tspan fill="{color}">■ </tspan><tspan>{esc(brand_name(brand))}  </tspan>')
     parts.append(_ticks(periods, x, top + h))
     parts.append(f'<text class="legend" x="{LEFT}" y="{height - 4}">{"".join(legend)}</text>')
     return (f'<svg class="chart voice" role="img" viewBox="0 0 {W} {height}" width="{W}" height="{height}">'
