@@ -129,6 +129,7 @@ def run_sql(sql: str, db: str | Path | duckdb.DuckDBPyConnection, what: str, **p
     for key in COUNTS & {k for k, v in bound.items() if v is not None}:
         if not str(bound[key]).strip().isdigit() or int(bound[key]) < 1:
             raise ValueError(f"{what}: {key} must be a whole number of at least 1, got {bound[key]!r}")
+    _check_range(what, bound.get("date_from"), bound.get("date_to"))
     try:
         if isinstance(db, duckdb.DuckDBPyConnection):
             table = db.sql(sql, params=bound).to_arrow_table()
@@ -140,6 +141,16 @@ def run_sql(sql: str, db: str | Path | duckdb.DuckDBPyConnection, what: str, **p
     except duckdb.InvalidInputException as exc:  # the SQL's own error(): a parameter outside its choices
         raise ValueError(f"{what}: {str(exc).splitlines()[0].removeprefix('Invalid Input Error: ')}") from exc
     return estimate_shares(table) if "probabilities" in table.column_names else table
+
+
+def _check_range(what: str, first: object, last: object) -> None:
+    """A from-day after the to-day selects nothing: said, not answered with empty tables that pass for no data."""
+    try:
+        first, last = (date.fromisoformat(str(v).strip()[:10]) for v in (first, last))
+    except ValueError:  # one of them unset (None), or not a day: DuckDB says which
+        return
+    if first > last:
+        raise ValueError(f"{what}: date_from {first} is after date_to {last}")
 
 
 # The columns that replace `probabilities`, in order; `method` goes last.

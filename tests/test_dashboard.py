@@ -283,6 +283,8 @@ def test_refuses_the_pipeline_database_and_bad_filters(planted, server):
         Dashboard(snapshot.with_name("planted.duckdb"))
     status, _, body = get(server, "/?date_from=2024-13-01")
     assert status == 400 and b"date_from must be a date" in body
+    status, _, body = get(server, "/?date_from=2024-03-20&date_to=2024-03-01")  # none would pass for no data
+    assert status == 400 and b"date_from 2024-03-20 is after date_to 2024-03-01" in body
     assert get(server, "/?period=month")[0] == 400
     assert get(server, "/csv/nope")[0] == 404
 

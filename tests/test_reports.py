@@ -458,6 +458,8 @@ def test_cli_report_with_filters_params_format_and_chart(db, tmp_path, capsys):
     for name, param in (("top_posts", "limit=0"), ("disagreeing_posts", "limit=-1"), ("sentiment_spikes", "window=0")):
         assert main(["report", name, "--db", str(db), "--param", param]) == 2
         assert "must be a whole number of at least 1" in capsys.readouterr().err
+    assert main(["report", "daily_brand_sentiment", "--db", str(db), "--from", "2024-03-20", "--to", "2024-03-01"]) == 2
+    assert "date_from 2024-03-20 is after date_to 2024-03-01" in capsys.readouterr().err  # not an empty table
     assert main(["report", "share_of_voice", "--db", str(db), "--chart", str(tmp_path / "x.png"), "--param", "oops"]) == 2
     assert main(["report", "runs", "--db", str(db), "--chart", str(tmp_path / "runs.png")]) == 2
     assert capsys.readouterr().out == ""  # refused before printing anything
