@@ -168,11 +168,13 @@ def test_share_of_voice_over_time_drops_to_zero_breaks_at_empty_periods_and_dots
 
 
 def test_share_of_voice_page_draws_a_brand_of_one_day(server):
-    """The markup-named brand has posts on 03-15 only: a line at 0 on the other 13 days, not an invisible point."""
-    page = get(server, "/voice?period=day")[2].decode()
-    svg = re.search(r'<svg class="chart voice".*?</svg>', page, re.S).group(0)
-    (line,) = _voice_marks(svg)[MARKUP_BRAND]
-    assert len(line) == 14 and len({y for _, y in line}) == 2
+    """The markup-named brand has posts on 03-15 only: a line at 0 on the other 13 days, not an invisible point;
+    so too when the page is filtered to that brand (the other brands' mentions are then not in the rows)."""
+    for query in ("period=day", f"period=day&{urllib.parse.urlencode({'brand': MARKUP_BRAND})}"):
+        page = get(server, f"/voice?{query}")[2].decode()
+        svg = re.search(r'<svg class="chart voice".*?</svg>', page, re.S).group(0)
+        (line,) = _voice_marks(svg)[MARKUP_BRAND]
+        assert len(line) == 14 and len({y for _, y in line}) == 2, query
 
 
 def test_posts_without_a_brand_are_named_so_in_chart_tooltips_and_legends():

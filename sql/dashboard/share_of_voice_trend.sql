@@ -1,7 +1,8 @@
 -- share_of_voice_trend: per day or ISO week, each brand's mentions and their share of all brands' mentions then.
 -- Answers: "who owns the conversation, and is that changing?" (the dashboard adds a 95% Wilson interval per share)
 -- positive / negative mentions count the sentiment toward the brand (brand_label).
--- Parameters (NULL = no filter): $brand (its rows only; shares stay relative to ALL brands),
+-- Parameters (NULL = no filter): $brand (its rows only, 0 in a period of other brands' mentions; shares stay
+--   relative to ALL brands),
 --   $date_from, $date_to (inclusive days, UTC), $source, $lang, $model_version (required: the
 --   version the dashboard resolved), $period ('week' = ISO weeks starting Monday; else days).
 WITH counts AS (
@@ -18,15 +19,17 @@ WITH counts AS (
       AND ($date_from IS NULL OR created_at >= CAST($date_from AS DATE))
       AND ($date_to IS NULL OR created_at < CAST($date_to AS DATE) + 1)
     GROUP BY ALL
+),
+periods AS (
+    SELECT period_start, CAST(sum(mentions) AS BIGINT) AS all_mentions FROM counts GROUP BY period_start
 )
-SELECT
-    brand,
-    period_start,
-    mentions,
-    CAST(sum(mentions) OVER (PARTITION BY period_start) AS BIGINT) AS all_mentions,
-    mentions / sum(mentions) OVER (PARTITION BY period_start) AS share_of_voice,
-    positive_mentions,
-    negative_mentions
-FROM counts
-QUALIFY $brand IS NULL OR brand = $brand
-ORDER BY period_start, mentions DESC, brand;
+SELECT  -- under a brand filter, a period of other brands' mentions only is that brand's 0, not a gap
+    coalesce(c.brand, $brand)                   AS brand,
+    p.period_start,
+    coalesce(c.mentions, 0)                     AS mentions,
+    p.all_mentions,
+    coalesce(c.mentions, 0) / p.all_mentions    AS share_of_voice,
+    coalesce(c.positive_mentions, 0)            AS positive_mentions,
+    coalesce(c.negative_mentions, 0)            AS negative_mentions
+FROM periods p LEFT JOIN counts c ON c.period_start = p.period_start AND ($brand IS NULL OR c.brand = $brand)
+ORDER BY p.period_start, mentions DESC, brand;
