@@ -224,6 +224,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         from mmsa import charts
 
         print(charts.html_summary(args.db, args.html, **params))
+        if args.brand and (hint := report.unknown_brand_hint(args.db, args.brand)):
+            print(hint, file=sys.stderr)
         return 0
     if args.chart:
         from mmsa import charts
