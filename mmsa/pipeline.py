@@ -77,7 +77,7 @@ class RunOptions:
 @dataclass
 class Prepared:
     dump: str
-    files_key: str  # the dump's bytes (source.files_key): its rejections are replaced by a rerun of the same bytes
+    files_key: tuple[str, str]  # the dump's bytes and its head (source.files_key): what its rejections are kept by
     key: str
     workdir: str
     shards: list[str]
@@ -191,7 +191,7 @@ def prepare(dump: str, opts: RunOptions) -> Prepared:
     local = out if isinstance(out, Path) else Path(tempfile.gettempdir()) / "mmsa"  # a bucket's dump is read locally
     paths = source.resolve(dump, local / "_work" / "_downloads")
     files_key = source.files_key(paths)
-    key = source.content_key(files_key, opts.reading)
+    key = source.content_key(files_key[0], opts.reading)
     workdir = out / "_work" / key
     if isinstance(out, Path):  # object storage has no temporary files: an upload appears whole or not at all
         files.sweep_stale(workdir / "shards", *workdir.glob("done/*"), *out.glob("date=*"))
@@ -507,7 +507,7 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
     con = store.connect(opts.db)
     try:
         scored = store.load_scored(con, [f for r in results for f in r.files])
-        store.load_rejected(con, rejected, prepared.dump, prepared.files_key, run_id)
+        store.load_rejected(con, rejected, prepared.dump, *prepared.files_key, run_id)
         status, not_covered = Counter(), Counter()
         for r in results:
             status.update(r.image_status)

@@ -206,18 +206,21 @@ def localise(src: str | Path, workdir: Path) -> Path:
     return target
 
 
-def files_key(path: Path | list[Path]) -> str:
-    """A short hash of the dump files' bytes (and of their names, when there are several): which records the
-    dump holds, whatever its path; a nightly dump written to the same path each day gets a new one."""
+def files_key(path: Path | list[Path]) -> tuple[str, str]:
+    """Short hashes of the dump files' bytes (and of their names, when there are several) and of its first line
+    (up to 64 KiB): which records the dump holds, whatever its path, and which file it is as it grows (a dump
+    still being written, or mended further on, keeps its first line; a nightly dump written to one path does not)."""
     paths = [path] if isinstance(path, Path) else list(path)
-    digest = hashlib.sha256()
+    digest, start = hashlib.sha256(), b""
     for p in paths:
         if len(paths) > 1:
             digest.update(f"\0{p.name}\0".encode())
         with p.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
-    return digest.hexdigest()[:16]
+                start += block[:(1 << 16) - len(start)]
+    first_line = start[:start.find(b"\n") + 1] or start
+    return digest.hexdigest()[:16], hashlib.sha256(first_line).hexdigest()[:16]
 
 
 def content_key(files: str, options: ReadOptions | None = None) -> str:

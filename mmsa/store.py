@@ -75,6 +75,7 @@ CREATE TABLE IF NOT EXISTS models (model_version VARCHAR PRIMARY KEY, quantifica
 -- Columns added since a database was created (a no-op on a new one).
 ALTER TABLE rejected_posts ADD COLUMN IF NOT EXISTS file VARCHAR;
 ALTER TABLE rejected_posts ADD COLUMN IF NOT EXISTS dump_key VARCHAR;
+ALTER TABLE rejected_posts ADD COLUMN IF NOT EXISTS dump_head VARCHAR;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS not_posts JSON;  -- records that were not posts, by reason
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS cache_repaired BIGINT;  -- damaged image cache entries fetched anew
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS not_covered JSON;  -- posts stored unscored, by language
@@ -257,16 +258,20 @@ def _load_scored_remote(con: duckdb.DuckDBPyConnection, paths: list) -> int:
     return n
 
 
-def load_rejected(con: duckdb.DuckDBPyConnection, rows: list[dict], dump: str, dump_key: str, run_id: str) -> int:
-    """Record rejected rows; a rerun of the same dump's bytes (`dump_key`, whatever path it is given by) replaces
-    their earlier rejections, and a new dump at an old path (a nightly `today.jsonl`) keeps the old ones."""
+def load_rejected(con: duckdb.DuckDBPyConnection, rows: list[dict], dump: str, dump_key: str, dump_head: str,
+                  run_id: str) -> int:
+    """Record rejected rows. A rerun replaces the earlier rejections of the records it reads again: of the same
+    bytes (`dump_key`) by whatever path, or of the same path whose file has grown or been mended past its head
+    (`dump_head`: the earlier half line of a dump still being written is read whole now); a new dump at an old
+    path (a nightly `today.jsonl`) keeps the old ones, which are other records."""
     con.execute("BEGIN")
-    con.execute("DELETE FROM rejected_posts WHERE dump_key = $key OR (dump_key IS NULL AND dump = $dump)",
-                {"key": dump_key, "dump": dump})  # rows written before dump_key existed: by the path, as then
+    con.execute("DELETE FROM rejected_posts WHERE dump_key = $key OR dump = $dump AND (dump_head = $head OR dump_head IS NULL)",
+                {"key": dump_key, "dump": dump, "head": dump_head})  # NULL: written before the keys, replaced as then
     if rows:
         at = now_utc()
         table = pa.Table.from_pylist(
-            [{**r, "dump": dump, "dump_key": dump_key, "run_id": run_id, "rejected_at": at} for r in rows],
+            [{**r, "dump": dump, "dump_key": dump_key, "dump_head": dump_head, "run_id": run_id, "rejected_at": at}
+             for r in rows],
             schema=REJECTED_SCHEMA,
         )
         con.register("new_rejected", table)

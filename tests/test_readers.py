@@ -251,8 +251,9 @@ def test_compressed_folders_globs_and_overlapping_files_are_one_dump(tmp_path):
             ("missing created_at", "RS_2026-11.jsonl.gz", 4)]
         assert dict(skipped) == {"reddit: comment": 1}
         assert len(got) + len(rejected) + sum(skipped.values()) == 4 + 1 + 3 + 1
-    key = source.content_key(source.files_key(files), options)
-    assert key != source.content_key(source.files_key(files), source.ReadOptions(source_format="reddit"))  # brands change the posts
+    files_key = source.files_key(files)[0]
+    other = source.ReadOptions(source_format="reddit")
+    assert source.content_key(files_key, options) != source.content_key(files_key, other)  # brands change the posts
 
 
 def test_image_cap_brand_field_and_mapping_in_validation(tmp_path):
