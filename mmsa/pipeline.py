@@ -7,6 +7,7 @@ same dump picks up where a killed one stopped: a shard whose done-marker exists 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import threading
@@ -77,7 +78,8 @@ class RunOptions:
 @dataclass
 class Prepared:
     dump: str
-    files_key: tuple[str, str]  # the dump's bytes and its head (source.files_key): what its rejections are kept by
+    files_key: str  # the dump's bytes (source.files_key) and
+    head: str  # its first record: what its rejections are replaced by (store.load_rejected)
     key: str
     workdir: str
     shards: list[str]
@@ -191,20 +193,23 @@ def prepare(dump: str, opts: RunOptions) -> Prepared:
     local = out if isinstance(out, Path) else Path(tempfile.gettempdir()) / "mmsa"  # a bucket's dump is read locally
     paths = source.resolve(dump, local / "_work" / "_downloads")
     files_key = source.files_key(paths)
-    key = source.content_key(files_key[0], opts.reading)
+    key = source.content_key(files_key, opts.reading)
     workdir = out / "_work" / key
     if isinstance(out, Path):  # object storage has no temporary files: an upload appears whole or not at all
         files.sweep_stale(workdir / "shards", *workdir.glob("done/*"), *out.glob("date=*"))
     shard_size = _shard_size(workdir, opts.shard_size)
-    shards, rejected, posts_in, not_posts = [], [], 0, Counter()
+    shards, rejected, posts_in, not_posts, first = [], [], 0, Counter(), None
     for shard in source.iter_shards(paths, shard_size, dump_name=str(dump), options=opts.reading):
+        if first is None and (shard.posts.num_rows or shard.rejected):  # a dump that grows keeps its first post
+            first = shard.posts["post_id"][0].as_py() if shard.posts.num_rows else shard.rejected[0]["raw"]
         path = workdir / "shards" / f"shard-{shard.index:05d}.parquet"
         shards.append(str(store.write_atomic(shard.posts, path)))
         rejected.extend(shard.rejected)
         not_posts.update(shard.skipped)
         posts_in += shard.posts.num_rows + len(shard.rejected)
     storage.write_text(workdir / "rejected.json", json.dumps(rejected))
-    return Prepared(str(dump), files_key, key, str(workdir), shards, posts_in, len(rejected), dict(not_posts))
+    head = hashlib.sha256(repr(first).encode()).hexdigest()[:16]
+    return Prepared(str(dump), files_key, head, key, str(workdir), shards, posts_in, len(rejected), dict(not_posts))
 
 
 def _shard_size(workdir: Path, requested: int | None) -> int:
@@ -507,7 +512,7 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
     con = store.connect(opts.db)
     try:
         scored = store.load_scored(con, [f for r in results for f in r.files])
-        store.load_rejected(con, rejected, prepared.dump, *prepared.files_key, run_id)
+        store.load_rejected(con, rejected, prepared.dump, prepared.files_key, prepared.head, run_id)
         status, not_covered = Counter(), Counter()
         for r in results:
             status.update(r.image_status)

@@ -100,6 +100,6 @@ REJECTED_SCHEMA = pa.schema(
         ("rejected_at", pa.timestamp("us", tz="UTC")),
         ("file", pa.string()),  # the file of a many-file dump the row came from (line is within it)
         ("dump_key", pa.string()),  # the dump's bytes (mmsa.source.files_key): a rerun of them replaces these rows,
-        ("dump_head", pa.string()),  # its first line: so does a rerun of the same path whose file kept it (it grew)
+        ("dump_head", pa.string()),  # its first record: so does a rerun of the same path whose file kept it (it grew)
     ]
 )

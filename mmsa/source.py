@@ -206,21 +206,18 @@ def localise(src: str | Path, workdir: Path) -> Path:
     return target
 
 
-def files_key(path: Path | list[Path]) -> tuple[str, str]:
-    """Short hashes of the dump files' bytes (and of their names, when there are several) and of its first line
-    (up to 64 KiB): which records the dump holds, whatever its path, and which file it is as it grows (a dump
-    still being written, or mended further on, keeps its first line; a nightly dump written to one path does not)."""
+def files_key(path: Path | list[Path]) -> str:
+    """A short hash of the dump files' bytes (and of their names, when there are several): which records the
+    dump holds, whatever its path."""
     paths = [path] if isinstance(path, Path) else list(path)
-    digest, start = hashlib.sha256(), b""
+    digest = hashlib.sha256()
     for p in paths:
         if len(paths) > 1:
             digest.update(f"\0{p.name}\0".encode())
         with p.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
-                start += block[:(1 << 16) - len(start)]
-    first_line = start[:start.find(b"\n") + 1] or start
-    return digest.hexdigest()[:16], hashlib.sha256(first_line).hexdigest()[:16]
+    return digest.hexdigest()[:16]
 
 
 def content_key(files: str, options: ReadOptions | None = None) -> str:

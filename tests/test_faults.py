@@ -348,6 +348,23 @@ def test_the_cache_check_counts_and_removes_each_kind_of_damage(image_server, tm
 # --- a dump still being appended to --------------------------------------------------------------
 
 
+def test_a_new_dump_at_an_old_path_keeps_the_earlier_rejections_and_a_rerun_by_another_path_replaces_them(
+        prefect_harness, tmp_path, monkeypatch):
+    """A nightly `today.csv` (the same header every day): day 2's file holds other posts, so day 1's rejection is
+    still a record no run scored; day 2 scored again as ./today.csv is the same bytes, not a third set."""
+    monkeypatch.chdir(tmp_path)
+    dump = tmp_path / "today.csv"
+    argv = ["--db", str(tmp_path / "m.duckdb"), "--out", str(tmp_path / "out"), "--quiet"]
+    dump.write_text("post_id,created_at,text\nc1,2026-11-20T10:00:00Z,acme is fine\nc2,notadate,acme\n")
+    assert cli.main(["score", str(dump), *argv]) == 0
+    dump.write_text("post_id,created_at,text\nc3,2026-11-21T10:00:00Z,acme again\nc4,later,acme\n")
+    assert cli.main(["score", str(dump), *argv]) == 0
+    assert cli.main(["score", "./today.csv", *argv]) == 0
+    with duckdb.connect(str(tmp_path / "m.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM scored_posts").fetchone() == (2,)
+        assert sorted(con.execute("SELECT post_id FROM rejected_posts").fetchall()) == [("c2",), ("c4",)]
+
+
 def test_a_growing_dump_rejects_its_half_line_then_scores_the_whole_file_once(prefect_harness, tmp_path):
     dump, db, out = tmp_path / "dump.jsonl", tmp_path / "m.duckdb", tmp_path / "out"
     lines = write_dump(tmp_path / "full.jsonl", n=16).read_text().splitlines(keepends=True)

@@ -251,7 +251,7 @@ def test_compressed_folders_globs_and_overlapping_files_are_one_dump(tmp_path):
             ("missing created_at", "RS_2026-11.jsonl.gz", 4)]
         assert dict(skipped) == {"reddit: comment": 1}
         assert len(got) + len(rejected) + sum(skipped.values()) == 4 + 1 + 3 + 1
-    files_key = source.files_key(files)[0]
+    files_key = source.files_key(files)
     other = source.ReadOptions(source_format="reddit")
     assert source.content_key(files_key, options) != source.content_key(files_key, other)  # brands change the posts
 
