@@ -91,7 +91,7 @@ class Prepared:
 @dataclass
 class ShardResult:
     index: int
-    files: list[str]
+    files: list[str]  # its Parquet files, relative to the output folder (date=DAY/NAME.parquet): the folder may move
     posts: int
     image_status: dict[str, int]
     seconds: dict[str, float]
@@ -268,7 +268,8 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
     index = int(storage.path(shard_path).stem.split("-")[1])
     if marker.exists() and not opts.force:
         done = json.loads(marker.read_text())
-        if not (opts.retry_failed and done.get("retryable", 0)):
+        kept = all(storage.path(opts.out).joinpath(f).exists() for f in done["result"]["files"])
+        if kept and not (opts.retry_failed and done.get("retryable", 0)):  # a deleted file is written again
             return ShardResult(**{**done["result"], "skipped": True})
 
     seconds: dict[str, float] = {}
@@ -316,7 +317,7 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
     seconds["write"] = time.perf_counter() - t3
 
     not_covered = Counter(lang for lang, r in zip(posts["lang"].to_pylist(), reasons) if r == UNSUPPORTED_LANGUAGE)
-    result = ShardResult(index, [str(f) for f in written], posts.num_rows,
+    result = ShardResult(index, [f"{f.parent.name}/{f.name}" for f in written], posts.num_rows,
                          dict(Counter(s for s in statuses if s is not None)), seconds,
                          cache_repaired=len({r.url for r in fetched if r.cache_repaired}), not_covered=dict(not_covered),
                          nothing_to_read=reasons.count(NOTHING_TO_READ))
@@ -511,7 +512,8 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
     rejected = json.loads((storage.path(prepared.workdir) / "rejected.json").read_text())
     con = store.connect(opts.db)
     try:
-        scored = store.load_scored(con, [f for r in results for f in r.files])
+        out = storage.path(opts.out)
+        scored = store.load_scored(con, [out / f for r in results for f in r.files])
         store.load_rejected(con, rejected, prepared.dump, prepared.files_key, prepared.head, run_id)
         status, not_covered = Counter(), Counter()
         for r in results:

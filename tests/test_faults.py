@@ -365,6 +365,28 @@ def test_a_new_dump_at_an_old_path_keeps_the_earlier_rejections_and_a_rerun_by_a
         assert sorted(con.execute("SELECT post_id FROM rejected_posts").fetchall()) == [("c2",), ("c4",)]
 
 
+def test_a_moved_output_folder_rebuilds_its_database_and_a_deleted_result_file_is_written_again(prefect_harness,
+                                                                                                tmp_path):
+    """Done markers name their Parquet files within the output folder: moved (or given relative from elsewhere),
+    a rerun with a new database loads every post from where the folder is now; a result file deleted since is
+    not trusted to its marker but written again."""
+    dump = write_dump(tmp_path / "dump.jsonl", n=20)
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    argv = ["score", str(dump), "--shard-size", "10", "--quiet"]
+    assert cli.main([*argv, "--db", str(first / "m.duckdb"), "--out", str(first / "out")]) == 0
+    first.rename(moved)
+    for db in moved.glob("m.duckdb*"):
+        db.unlink()
+    lost = sorted((moved / "out").glob("date=*/*.parquet"))[0]
+    lost.unlink()
+    assert cli.main([*argv, "--db", str(moved / "m.duckdb"), "--out", str(moved / "out")]) == 0
+    with duckdb.connect(str(moved / "m.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*), count(DISTINCT post_id) FROM scored_posts").fetchone() == (20, 20)
+        assert con.execute("SELECT shards FROM (SELECT count(*) FILTER (NOT skipped) AS shards FROM run_shards)"
+                           ).fetchone() == (1,)  # the shard whose file was deleted, scored again
+    assert lost.exists()
+
+
 def test_a_growing_dump_rejects_its_half_line_then_scores_the_whole_file_once(prefect_harness, tmp_path):
     dump, db, out = tmp_path / "dump.jsonl", tmp_path / "m.duckdb", tmp_path / "out"
     lines = write_dump(tmp_path / "full.jsonl", n=16).read_text().splitlines(keepends=True)
