@@ -18,6 +18,7 @@ shard there; local files keep writing to a temporary name and renaming.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -100,9 +101,10 @@ def upload(local: Path, location) -> None:
 
 
 def download(location, folder: Path) -> Path:
-    """Copy one remote file into `folder` (streamed, under its own name, renamed into place when whole)."""
+    """Copy one remote file into `folder` (streamed, under its own name, renamed into place when whole), in a
+    subfolder named by its whole URL: a glob's `a/part.jsonl` and `b/part.jsonl` are two files."""
     source = path(location)
-    target = folder / source.name
+    target = folder / hashlib.sha256(str(source).encode()).hexdigest()[:12] / source.name
     with files.atomic_path(target) as tmp:
         source.fs.get_file(source.path, str(tmp))
     return target

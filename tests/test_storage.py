@@ -26,7 +26,12 @@ def test_tables_and_bytes_round_trip_and_a_dump_is_listed_and_downloaded(tmp_pat
     assert [p.name for p in storage.list_files(f"{base}/dumps")] == ["day-1.jsonl", "day-2.jsonl"]
     assert [p.name for p in storage.list_files(f"{base}/dumps/day-2*")] == ["day-2.jsonl"]
     local = storage.download(storage.list_files(f"{base}/dumps/day-1.jsonl")[0], tmp_path / "dl")
-    assert local.read_bytes() == b'{"post_id": "a"}\n' and not list((tmp_path / "dl").glob(".*"))
+    assert local.read_bytes() == b'{"post_id": "a"}\n' and not list((tmp_path / "dl").rglob(".*"))
+    storage.write_bytes(f"{base}/parts/a/part.jsonl", b'{"post_id": "pa"}\n')
+    storage.write_bytes(f"{base}/parts/b/part.jsonl", b'{"post_id": "pb"}\n')
+    parts = [storage.download(f, tmp_path / "dl") for f in storage.list_files(f"{base}/parts/*/part.jsonl")]
+    assert [p.name for p in parts] == ["part.jsonl"] * 2  # one name, two files: neither overwrites the other
+    assert [p.read_bytes() for p in parts] == [b'{"post_id": "pa"}\n', b'{"post_id": "pb"}\n']
     # Local writes stay whole-file renames, leaving no temporary file behind.
     storage.write_table(table, tmp_path / "local" / "t.parquet")
     assert storage.read_table(tmp_path / "local" / "t.parquet").equals(table)
