@@ -9,11 +9,12 @@ it scores yesterday in `timezone`: that is the nightly deployment.
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from prefect import flow
 
-from mmsa import faults
+from mmsa import faults, source, storage
 from mmsa.flows.score import make_task_runner, score_flow
 from mmsa.options import DEFAULT_MAX_IMAGES, RunParameters, parameter_names
 from mmsa.store import already_scored
@@ -73,6 +74,14 @@ def backfill_flow(
             outcome[str(day)] = "skipped"
             print(f"{day}: {dump} already scored by {model_version}, skipped")
             continue
+        if not source.is_url(dump) and not storage.is_remote(dump):  # a local day not there: said without a run
+            try:
+                source.resolve(dump, Path())
+            except FileNotFoundError as exc:
+                outcome[str(day)] = "failed"
+                failed.append(f"{day} ({exc})")
+                print(f"{day}: {exc}")
+                continue
         state = scorer.with_options(flow_run_name=f"score-{day}")(dump=dump, params=params, return_state=True)
         outcome[str(day)] = "scored" if state.is_completed() else "failed"
         if not state.is_completed():
@@ -82,5 +91,13 @@ def backfill_flow(
             failed.append(f"{day} ({state.message})")
     print(", ".join(f"{d}: {o}" for d, o in outcome.items()))
     if failed:
-        raise RuntimeError(f"{len(failed)} of {len(days)} days failed: {'; '.join(failed)}")
+        raise BackfillFailed(f"{len(failed)} of {len(days)} days failed: {'; '.join(failed)}", outcome)
     return outcome
+
+
+class BackfillFailed(RuntimeError):
+    """Some days failed (the flow run fails, for alerting); `outcome` is every day's, for the command's table."""
+
+    def __init__(self, message: str, outcome: dict[str, str]):
+        super().__init__(message)
+        self.outcome = outcome

@@ -96,12 +96,17 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 def _cmd_backfill(args: argparse.Namespace) -> int:
     params = _run_parameters(args)
-    from mmsa.flows.backfill import backfill_flow
+    from mmsa.flows.backfill import BackfillFailed, backfill_flow
 
     _prefect_ready(args)
-    outcome = backfill_flow(dump_template=args.dump_template, start=args.date_from, end=args.date_to,
-                            timezone=args.timezone, runner=args.runner, dask_address=args.dask_address,
-                            **vars(params))
+    try:
+        outcome = backfill_flow(dump_template=args.dump_template, start=args.date_from, end=args.date_to,
+                                timezone=args.timezone, runner=args.runner, dask_address=args.dask_address,
+                                **vars(params))
+    except BackfillFailed as exc:  # the days' table, then what failed in one line
+        print("\n".join(f"{day}  {what}" for day, what in exc.outcome.items()))
+        print(f"mmsa backfill: error: {exc}", file=sys.stderr)
+        return 1
     print("\n".join(f"{day}  {what}" for day, what in outcome.items()))
     return 0
 

@@ -63,11 +63,18 @@ def test_backfill_scores_each_day_once_and_force_rescores(prefect_harness, tmp_p
     assert duckdb.sql(f"SELECT count(*), count(DISTINCT post_id) FROM read_parquet('{out}/date=*/*.parquet')").fetchall() == [(36, 36)]
 
 
-def test_backfill_reports_missing_day_after_scoring_the_others(prefect_harness, tmp_path):
-    """A missing dump fails the backfill (nightly alerting) but does not stop the other days."""
+def test_backfill_reports_missing_day_after_scoring_the_others(prefect_harness, tmp_path, capsys):
+    """A missing dump fails the backfill (nightly alerting) but does not stop the other days; the command prints
+    every day's outcome, then what failed in one line (exit 1), no traceback."""
     template = write_day_dumps(tmp_path / "dumps", days=[DAYS[0], DAYS[2]])
     db, out = tmp_path / "m.duckdb", tmp_path / "out"
-    with pytest.raises(RuntimeError, match=r"1 of 3 days failed: 2026-11-02"):
+    with pytest.raises(RuntimeError, match=r"1 of 3 days failed: 2026-11-02 \(dump not found: "):
         backfill_flow(dump_template=template, db=str(db), out=str(out), start=date(2026, 11, 1),
                       end=date(2026, 11, 3), shard_size=8)
     assert _counts(db) == ((24, 24), 2)
+    capsys.readouterr()
+    assert _backfill(template, db, out) == 1
+    printed = capsys.readouterr()
+    assert "2026-11-01  skipped\n2026-11-02  failed\n2026-11-03  skipped" in printed.out
+    assert printed.err.splitlines()[-1].startswith("mmsa backfill: error: 1 of 3 days failed: 2026-11-02 (dump not")
+    assert "Traceback" not in printed.err
