@@ -17,7 +17,7 @@ from prefect import flow
 from mmsa import faults, source, storage
 from mmsa.flows.score import make_task_runner, score_flow
 from mmsa.options import DEFAULT_MAX_IMAGES, RunParameters, parameter_names
-from mmsa.store import already_scored
+from mmsa.store import already_scored, run_lock
 
 
 def days_between(start: date, end: date) -> list[date]:
@@ -67,10 +67,21 @@ def backfill_flow(
     days = days_between(start, end or start)
     scorer = score_flow.with_options(task_runner=make_task_runner(runner, dask_address))
     model_version = load_model(model).version
+    with run_lock(db):  # the whole range: a second backfill is refused, not let in between two days
+        outcome, failed = _days(days, dump_template, db, model_version, scorer, params, force or retry_failed)
+    print(", ".join(f"{d}: {o}" for d, o in outcome.items()))
+    if failed:
+        raise BackfillFailed(f"{len(failed)} of {len(days)} days failed: {'; '.join(failed)}", outcome)
+    return outcome
+
+
+def _days(days: list[date], dump_template: str, db: str, model_version: str, scorer, params: RunParameters,
+          again: bool) -> tuple[dict[str, str], list[str]]:
+    """Score each day's dump in turn: ({day: "scored" | "skipped" | "failed"}, the failed days with why)."""
     outcome, failed = {}, []
     for day in days:
         dump = dump_template.format(date=day)
-        if not (force or retry_failed) and already_scored(db, dump, model_version):
+        if not again and already_scored(db, dump, model_version):
             outcome[str(day)] = "skipped"
             print(f"{day}: {dump} already scored by {model_version}, skipped")
             continue
@@ -89,10 +100,7 @@ def backfill_flow(
             if permanent is not None:  # the days after it would meet the same disk, folder or database
                 raise faults.PermanentError(f"{day}: {permanent}; {len(outcome) - 1} of {len(days)} days are done")
             failed.append(f"{day} ({state.message})")
-    print(", ".join(f"{d}: {o}" for d, o in outcome.items()))
-    if failed:
-        raise BackfillFailed(f"{len(failed)} of {len(days)} days failed: {'; '.join(failed)}", outcome)
-    return outcome
+    return outcome, failed
 
 
 class BackfillFailed(RuntimeError):

@@ -112,22 +112,31 @@ class RunLocked(ValueError):
     """Another run holds the database; a ValueError so the CLI reports it as an error, not a crash."""
 
 
+_HELD: set[Path] = set()  # the lock files this process holds: a backfill holds its database across its days' runs
+
+
 @contextlib.contextmanager
 def run_lock(db: str):
-    """Hold an exclusive, non-blocking lock on `<db>.lock` for a whole run.
+    """Hold an exclusive, non-blocking lock on `<db>.lock` for a whole run (or backfill; the runs it starts
+    hold it through it).
 
     The kernel drops the lock when the holder dies (even by SIGKILL), so a crashed run never
     blocks its rerun; a concurrent run is refused before it touches anything."""
-    path = Path(f"{db}.lock")
+    path = Path(f"{db}.lock").resolve()
+    if path in _HELD:
+        yield
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunLocked(f"another mmsa run holds {db} (lock file {path}); wait for it or stop it") from None
+            raise RunLocked(f"another mmsa run holds {db} (lock file {Path(f'{db}.lock')}); wait for it or stop it") from None
+        _HELD.add(path)
         try:
             yield
         finally:
+            _HELD.discard(path)
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 

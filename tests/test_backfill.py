@@ -2,12 +2,16 @@
 --force re-scores without duplicating a row."""
 
 import json
+import subprocess
+import sys
 from datetime import date
 
 import duckdb
 import pytest
 
+from mmsa.flows import backfill
 from mmsa.flows.backfill import backfill_flow
+from mmsa.store import already_scored
 from mmsa import cli
 from test_deployments import latest_artifact
 
@@ -78,3 +82,33 @@ def test_backfill_reports_missing_day_after_scoring_the_others(prefect_harness, 
     assert "2026-11-01  skipped\n2026-11-02  failed\n2026-11-03  skipped" in printed.out
     assert printed.err.splitlines()[-1].startswith("mmsa backfill: error: 1 of 3 days failed: 2026-11-02 (dump not")
     assert "Traceback" not in printed.err
+
+
+LOCK_PROBE = """
+import fcntl, sys
+with open(sys.argv[1], "a") as fh:
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        sys.exit(3)
+"""
+
+
+def test_a_backfill_holds_its_database_from_its_first_day_to_its_last(prefect_harness, tmp_path, monkeypatch):
+    """Another process cannot take the database between two days (a second backfill let in there stopped the first
+    at its next day); the days' own runs, in this process, still take it."""
+    template = write_day_dumps(tmp_path / "dumps")
+    db, out = tmp_path / "m.duckdb", tmp_path / "out"
+    probes = []
+
+    def probing(db_path, dump, model_version):  # before each day: can another process take the lock now?
+        probe = subprocess.run([sys.executable, "-c", LOCK_PROBE, f"{db_path}.lock"])
+        probes.append(probe.returncode)
+        return already_scored(db_path, dump, model_version)
+
+    monkeypatch.setattr(backfill, "already_scored", probing)
+    assert backfill.backfill_flow(dump_template=template, db=str(db), out=str(out), start=date(2026, 11, 1),
+                                  end=date(2026, 11, 3), shard_size=8) == {d: "scored" for d in DAYS}
+    assert probes == [3, 3, 3] and _counts(db) == ((36, 36), 3)
+    assert subprocess.run([sys.executable, "-c", LOCK_PROBE, f"{db}.lock"]).returncode == 0  # released at the end
+
