@@ -512,61 +512,62 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
     rejected = json.loads((storage.path(prepared.workdir) / "rejected.json").read_text())
     con = store.connect(opts.db)
     try:
-        out = storage.path(opts.out)
-        scored = store.load_scored(con, [out / f for r in results for f in r.files])
-        store.load_rejected(con, rejected, prepared.dump, prepared.files_key, prepared.head, run_id)
-        status, not_covered = Counter(), Counter()
-        for r in results:
-            status.update(r.image_status)
-            not_covered.update(r.not_covered)
-        shards = []
-        for r in results:  # a skipped shard's seconds belong to the run that scored it
-            seconds = {} if r.skipped else {k: round(v, 3) for k, v in r.seconds.items()}
-            for k, v in seconds.items():
-                stage_seconds[k] = stage_seconds.get(k, 0.0) + v
-            busy = sum(seconds.values())
-            shards.append({"run_id": run_id, "shard": r.index, "skipped": r.skipped, "posts": r.posts,
-                           "image_status": r.image_status, "stage_seconds": seconds,
-                           "posts_per_s": round(r.posts / busy, 2) if busy else None})
-        stage_seconds["load"] = time.perf_counter() - t0
-        stage_seconds["total"] = (store.now_utc() - started_at).total_seconds()  # wall clock, start to load
-        summary = RunSummary(
-            run_id=run_id,
-            dump=prepared.dump,
-            model_version=model_version,
-            posts_in=prepared.posts_in,
-            posts_scored=scored,
-            posts_rejected=len(rejected),
-            shards_done=sum(not r.skipped for r in results),
-            shards_skipped=sum(r.skipped for r in results),
-            image_status=dict(status),
-            stage_seconds={k: round(v, 3) for k, v in stage_seconds.items()},
-            shards=shards,
-            not_posts=dict(prepared.not_posts),
-            cache_repaired=sum(r.cache_repaired for r in results if not r.skipped),
-            not_covered=dict(not_covered),
-            nothing_to_read=sum(r.nothing_to_read for r in results),
-        )
-        store.record_run(
-            con,
-            {
-                "run_id": run_id,
-                "dump": prepared.dump,
-                "model_version": model_version,
-                "started_at": started_at,
-                "finished_at": store.now_utc(),
-                "posts_in": summary.posts_in,
-                "posts_scored": summary.posts_scored,
-                "posts_rejected": summary.posts_rejected,
-                "image_status": summary.image_status,
-                "stage_seconds": summary.stage_seconds,
-                "not_posts": summary.not_posts,
-                "cache_repaired": summary.cache_repaired,
-                "not_covered": summary.not_covered,
-            },
-            shards,
-        )
-        store.record_model(con, model_version, _quantification(opts.model))
+        with store.transaction(con):  # posts, rejections and the run's record appear together
+            out = storage.path(opts.out)
+            scored = store.load_scored(con, [out / f for r in results for f in r.files])
+            store.load_rejected(con, rejected, prepared.dump, prepared.files_key, prepared.head, run_id)
+            status, not_covered = Counter(), Counter()
+            for r in results:
+                status.update(r.image_status)
+                not_covered.update(r.not_covered)
+            shards = []
+            for r in results:  # a skipped shard's seconds belong to the run that scored it
+                seconds = {} if r.skipped else {k: round(v, 3) for k, v in r.seconds.items()}
+                for k, v in seconds.items():
+                    stage_seconds[k] = stage_seconds.get(k, 0.0) + v
+                busy = sum(seconds.values())
+                shards.append({"run_id": run_id, "shard": r.index, "skipped": r.skipped, "posts": r.posts,
+                               "image_status": r.image_status, "stage_seconds": seconds,
+                               "posts_per_s": round(r.posts / busy, 2) if busy else None})
+            stage_seconds["load"] = time.perf_counter() - t0
+            stage_seconds["total"] = (store.now_utc() - started_at).total_seconds()  # wall clock, start to load
+            summary = RunSummary(
+                run_id=run_id,
+                dump=prepared.dump,
+                model_version=model_version,
+                posts_in=prepared.posts_in,
+                posts_scored=scored,
+                posts_rejected=len(rejected),
+                shards_done=sum(not r.skipped for r in results),
+                shards_skipped=sum(r.skipped for r in results),
+                image_status=dict(status),
+                stage_seconds={k: round(v, 3) for k, v in stage_seconds.items()},
+                shards=shards,
+                not_posts=dict(prepared.not_posts),
+                cache_repaired=sum(r.cache_repaired for r in results if not r.skipped),
+                not_covered=dict(not_covered),
+                nothing_to_read=sum(r.nothing_to_read for r in results),
+            )
+            store.record_run(
+                con,
+                {
+                    "run_id": run_id,
+                    "dump": prepared.dump,
+                    "model_version": model_version,
+                    "started_at": started_at,
+                    "finished_at": store.now_utc(),
+                    "posts_in": summary.posts_in,
+                    "posts_scored": summary.posts_scored,
+                    "posts_rejected": summary.posts_rejected,
+                    "image_status": summary.image_status,
+                    "stage_seconds": summary.stage_seconds,
+                    "not_posts": summary.not_posts,
+                    "cache_repaired": summary.cache_repaired,
+                    "not_covered": summary.not_covered,
+                },
+                shards,
+            )
+            store.record_model(con, model_version, _quantification(opts.model))
         publish.publish_snapshot(opts.db, con)  # analysts read the snapshot, never the live file
     finally:
         con.close()

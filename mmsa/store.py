@@ -112,6 +112,28 @@ class RunLocked(ValueError):
     """Another run holds the database; a ValueError so the CLI reports it as an error, not a crash."""
 
 
+_IN_TRANSACTION: set[int] = set()  # ids of the connections a `transaction` block holds open
+
+
+@contextlib.contextmanager
+def transaction(con: duckdb.DuckDBPyConnection):
+    """One transaction around the block, or the caller's when it opened one (a run's whole load commits at once),
+    rolled back if the block fails. (A second BEGIN would abort the open transaction, so it is not tried.)"""
+    if id(con) in _IN_TRANSACTION:
+        yield
+        return
+    con.execute("BEGIN")
+    _IN_TRANSACTION.add(id(con))
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    finally:
+        _IN_TRANSACTION.discard(id(con))
+    con.execute("COMMIT")
+
+
 _HELD: set[Path] = set()  # the lock files this process holds: a backfill holds its database across its days' runs
 
 
@@ -122,7 +144,8 @@ def run_lock(db: str):
 
     The kernel drops the lock when the holder dies (even by SIGKILL), so a crashed run never
     blocks its rerun; a concurrent run is refused before it touches anything."""
-    path = Path(f"{db}.lock").resolve()
+    shown = Path(f"{db}.lock")
+    path = shown.resolve()
     if path in _HELD:
         yield
         return
@@ -131,7 +154,7 @@ def run_lock(db: str):
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunLocked(f"another mmsa run holds {db} (lock file {Path(f'{db}.lock')}); wait for it or stop it") from None
+            raise RunLocked(f"another mmsa run holds {db} (lock file {shown}); wait for it or stop it") from None
         _HELD.add(path)
         try:
             yield
@@ -221,13 +244,12 @@ def _migrate_scored_posts(con: duckdb.DuckDBPyConnection) -> None:
         "brand_scores": "[]",
     }
     select = ", ".join(converted.get(name, name) for name in SCORED_SCHEMA.names)
-    con.execute("BEGIN")
-    con.execute("DROP VIEW IF EXISTS post_sentiment")
-    con.execute("ALTER TABLE scored_posts RENAME TO scored_posts_v1")
-    con.execute(DDL.split("CREATE TABLE IF NOT EXISTS rejected_posts")[0])
-    con.execute(f"INSERT INTO scored_posts SELECT {select} FROM scored_posts_v1")
-    con.execute("DROP TABLE scored_posts_v1")
-    con.execute("COMMIT")
+    with transaction(con):
+        con.execute("DROP VIEW IF EXISTS post_sentiment")
+        con.execute("ALTER TABLE scored_posts RENAME TO scored_posts_v1")
+        con.execute(DDL.split("CREATE TABLE IF NOT EXISTS rejected_posts")[0])
+        con.execute(f"INSERT INTO scored_posts SELECT {select} FROM scored_posts_v1")
+        con.execute("DROP TABLE scored_posts_v1")
 
 
 def load_scored(con: duckdb.DuckDBPyConnection, files: Iterable[Path]) -> int:
@@ -239,14 +261,14 @@ def load_scored(con: duckdb.DuckDBPyConnection, files: Iterable[Path]) -> int:
     if not files:
         return 0
     cols = ", ".join(SCORED_SCHEMA.names)
-    con.execute("BEGIN")
-    con.execute(
-        f"INSERT OR REPLACE INTO scored_posts ({cols}) "
-        f"SELECT {cols} FROM read_parquet($files, hive_partitioning = false)",
-        {"files": files},
-    )
-    (n,) = con.execute("SELECT count(*) FROM read_parquet($files, hive_partitioning = false)", {"files": files}).fetchone()
-    con.execute("COMMIT")
+    with transaction(con):
+        con.execute(
+            f"INSERT OR REPLACE INTO scored_posts ({cols}) "
+            f"SELECT {cols} FROM read_parquet($files, hive_partitioning = false)",
+            {"files": files},
+        )
+        (n,) = con.execute("SELECT count(*) FROM read_parquet($files, hive_partitioning = false)",
+                           {"files": files}).fetchone()
     return n
 
 
@@ -256,14 +278,13 @@ def _load_scored_remote(con: duckdb.DuckDBPyConnection, paths: list) -> int:
     transaction, one file in memory at a time."""
     cols = ", ".join(SCORED_SCHEMA.names)
     n = 0
-    con.execute("BEGIN")
-    for path in paths:
-        table = storage.read_table(path, columns=SCORED_SCHEMA.names)
-        con.register("scored_file", table)
-        con.execute(f"INSERT OR REPLACE INTO scored_posts ({cols}) SELECT {cols} FROM scored_file")
-        con.unregister("scored_file")
-        n += table.num_rows
-    con.execute("COMMIT")
+    with transaction(con):
+        for path in paths:
+            table = storage.read_table(path, columns=SCORED_SCHEMA.names)
+            con.register("scored_file", table)
+            con.execute(f"INSERT OR REPLACE INTO scored_posts ({cols}) SELECT {cols} FROM scored_file")
+            con.unregister("scored_file")
+            n += table.num_rows
     return n
 
 
@@ -273,41 +294,40 @@ def load_rejected(con: duckdb.DuckDBPyConnection, rows: list[dict], dump: str, d
     bytes (`dump_key`) by whatever path, or of the same path whose file starts with the same record (`dump_head`:
     a dump still being written, whose half line rejected then is read whole now, or one mended further on); a
     new dump at an old path (a nightly `today.jsonl`, other posts) keeps the old ones."""
-    con.execute("BEGIN")
-    con.execute("DELETE FROM rejected_posts WHERE dump_key = $key OR dump = $dump AND (dump_head = $head OR dump_head IS NULL)",
-                {"key": dump_key, "dump": dump, "head": dump_head})  # NULL: written before the keys, replaced as then
-    if rows:
-        at = now_utc()
-        table = pa.Table.from_pylist(
-            [{**r, "dump": dump, "dump_key": dump_key, "dump_head": dump_head, "run_id": run_id, "rejected_at": at}
-             for r in rows],
-            schema=REJECTED_SCHEMA,
-        )
-        con.register("new_rejected", table)
-        con.execute("INSERT INTO rejected_posts BY NAME SELECT * FROM new_rejected")
-        con.unregister("new_rejected")
-    con.execute("COMMIT")
+    with transaction(con):
+        con.execute("DELETE FROM rejected_posts WHERE dump_key = $key "
+                    "OR dump = $dump AND (dump_head = $head OR dump_head IS NULL)",  # NULL: rows from before the keys
+                    {"key": dump_key, "dump": dump, "head": dump_head})
+        if rows:
+            at = now_utc()
+            table = pa.Table.from_pylist(
+                [{**r, "dump": dump, "dump_key": dump_key, "dump_head": dump_head, "run_id": run_id, "rejected_at": at}
+                 for r in rows],
+                schema=REJECTED_SCHEMA,
+            )
+            con.register("new_rejected", table)
+            con.execute("INSERT INTO rejected_posts BY NAME SELECT * FROM new_rejected")
+            con.unregister("new_rejected")
     return len(rows)
 
 
 def record_run(con: duckdb.DuckDBPyConnection, stats: dict, shards: Iterable[dict] = ()) -> None:
     """Store one run's statistics (JSON columns hold the status mix and per-stage seconds) and its shards'
     (table run_shards, one row per run and shard), in one transaction: they appear whole."""
-    con.execute("BEGIN")
-    for sh in shards:
-        row = {**sh, "image_status": json.dumps(sh["image_status"]), "stage_seconds": json.dumps(sh["stage_seconds"])}
-        con.execute("INSERT OR REPLACE INTO run_shards VALUES ($run_id, $shard, $skipped, $posts, $image_status, "
-                    "$stage_seconds, $posts_per_s)", row)
-    row = dict(stats)
-    row["image_status"] = json.dumps(row["image_status"])
-    row["stage_seconds"] = json.dumps(row["stage_seconds"])
-    for key in ("not_posts", "not_covered"):
-        if key in row:
-            row[key] = json.dumps(row[key])
-    cols = ", ".join(row)
-    params = ", ".join(f"${k}" for k in row)
-    con.execute(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({params})", row)
-    con.execute("COMMIT")
+    with transaction(con):
+        for sh in shards:
+            row = {**sh, "image_status": json.dumps(sh["image_status"]), "stage_seconds": json.dumps(sh["stage_seconds"])}
+            con.execute("INSERT OR REPLACE INTO run_shards VALUES ($run_id, $shard, $skipped, $posts, $image_status, "
+                        "$stage_seconds, $posts_per_s)", row)
+        row = dict(stats)
+        row["image_status"] = json.dumps(row["image_status"])
+        row["stage_seconds"] = json.dumps(row["stage_seconds"])
+        for key in ("not_posts", "not_covered"):
+            if key in row:
+                row[key] = json.dumps(row[key])
+        cols = ", ".join(row)
+        params = ", ".join(f"${k}" for k in row)
+        con.execute(f"INSERT OR REPLACE INTO runs ({cols}) VALUES ({params})", row)
 
 
 def record_model(con: duckdb.DuckDBPyConnection, model_version: str, quantification: dict | None) -> None:

@@ -14,6 +14,7 @@ import duckdb
 import pytest
 
 from mmsa import cli, pipeline
+from mmsa.flows import score  # noqa: F401  (Prefect sets its console logging up on import: here, not in a capsys test)
 
 N_POSTS, SHARD = 60, 10
 SHARDS = N_POSTS // SHARD

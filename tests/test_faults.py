@@ -387,6 +387,28 @@ def test_a_moved_output_folder_rebuilds_its_database_and_a_deleted_result_file_i
     assert lost.exists()
 
 
+def test_a_load_that_fails_before_recording_its_run_leaves_the_database_as_it_was(prefect_harness, tmp_path,
+                                                                                 monkeypatch):
+    """Posts, rejections and the run's record are one transaction: a failure (a kill) between them leaves none of
+    them, as docs/operations.md says, not posts without their run."""
+    from mmsa import store
+
+    dump = write_dump(tmp_path / "dump.jsonl", n=10)
+    with dump.open("a") as fh:
+        fh.write("not json\n")
+    db = tmp_path / "m.duckdb"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # stands for the kill: not an error any handler would take
+
+    monkeypatch.setattr(store, "record_run", killed)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["score", str(dump), "--db", str(db), "--out", str(tmp_path / "out"), "--quiet"])
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert [con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("scored_posts", "rejected_posts", "runs")
+                ] == [0, 0, 0]
+
+
 def test_a_growing_dump_rejects_its_half_line_then_scores_the_whole_file_once(prefect_harness, tmp_path):
     dump, db, out = tmp_path / "dump.jsonl", tmp_path / "m.duckdb", tmp_path / "out"
     lines = write_dump(tmp_path / "full.jsonl", n=16).read_text().splitlines(keepends=True)
