@@ -336,12 +336,16 @@ def test_the_cache_check_counts_and_removes_each_kind_of_damage(image_server, tm
     with pytest.raises(CacheDamaged):
         cache.load(first.image_key)
     assert not image.exists()  # removed on sight
-    for damage in (lambda: entry.write_text("{"), lambda: entry.write_text("[]"), lambda: image.unlink(missing_ok=True)):
+    with pytest.raises(CacheDamaged):  # so another thread that had looked it up meets a damaged entry, not a crash
+        cache.load(first.image_key)
+    flipped = lambda: entry.write_bytes(entry.read_bytes()[:10] + b"\xff" + entry.read_bytes()[11:])  # noqa: E731
+    for damage in (lambda: entry.write_text("{"), lambda: entry.write_text("[]"), lambda: image.unlink(missing_ok=True),
+                   flipped, lambda: entry.write_text(entry.read_text().replace('"ok"', '"oK"'))):
         damage()
         again = fetch_images([("p", url)], config, cache, keep_images=True)[0]
         assert again.status == "ok" and again.cache_repaired and (again.image == first.image).all()
         assert cache.load(first.image_key) == body
-    assert image_server.hit_count("/a.jpg") == 4  # the first fetch, then once per repair
+    assert image_server.hit_count("/a.jpg") == 6  # the first fetch, then once per repair
     assert not fetch_images([("p", url)], config, cache, keep_images=True)[0].cache_repaired  # healed: a plain hit
 
 

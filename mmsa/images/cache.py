@@ -14,6 +14,9 @@ from mmsa import storage
 from mmsa.images.status import FetchResult, ImageStatus
 
 
+_STATUSES = frozenset(s.value for s in ImageStatus)
+
+
 class CacheDamaged(Exception):
     """A cache entry that no longer holds what its name says (a truncated or corrupted file, an index entry
     that does not parse or names no stored image); the cache has removed it, the caller fetches anew."""
@@ -40,7 +43,10 @@ class ImageCache:
     def load(self, key: str) -> bytes:
         """The image bytes stored under `key`; CacheDamaged if they no longer hash to it."""
         path = self._image_path(key)
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # removed since the caller's has(): by another reader that found it damaged
+            raise CacheDamaged(f"{path}: removed since it was looked up") from None
         if hashlib.sha256(data).hexdigest() != key:
             self._remove(path)
             raise CacheDamaged(f"{path}: the bytes do not hash to their name")
@@ -58,14 +64,16 @@ class ImageCache:
         or is an "ok" whose image is not stored."""
         path = self._url_path(url)
         try:
-            text = path.read_text()
+            data = path.read_bytes()
         except FileNotFoundError:
             return None
         try:
-            known = FetchResult(**json.loads(text))
+            known = FetchResult(**json.loads(data))  # bytes: json.loads says what a flipped byte breaks (ValueError)
+            if known.status not in _STATUSES:
+                raise ValueError(f"not an image status: {known.status!r}")
             if known.status == ImageStatus.OK and not self.has(known.image_key):
                 raise ValueError(f"no stored image {known.image_key}")
-        except (ValueError, TypeError) as exc:  # a cut or altered file: bad JSON, fields or key
+        except (ValueError, TypeError) as exc:  # a cut or altered file: bad UTF-8 or JSON, fields, status or key
             self._remove(path)
             raise CacheDamaged(f"{path}: {exc}") from exc
         return known

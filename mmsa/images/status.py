@@ -35,7 +35,7 @@ class ImageStatus(str, enum.Enum):
     HTTP_ERROR = "http_error"  # any other non-success HTTP status (401, 403, 3xx without Location, ...)
     TOO_LARGE = "too_large"  # body over max_bytes, or image over max_pixels (decompression bomb)
     NOT_AN_IMAGE = "not_an_image"  # empty body or bytes of no accepted format (HTML, SVG, ...)
-    DECODE_ERROR = "decode_error"  # looks like an image but does not decode (truncated, corrupt)
+    DECODE_ERROR = "decode_error"  # looks like an image but does not decode (truncated, corrupt), or its encoding
 
 
 # Statuses worth trying again: retried within a run, and again with retry_failed=True.
