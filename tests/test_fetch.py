@@ -266,6 +266,13 @@ def test_content_is_judged_by_its_bytes(image_server, cache, body, content_type,
     assert (result.image_key is not None) == (status == "ok")
 
 
+def test_a_body_its_content_encoding_does_not_undo_is_a_decode_error_not_retried(image_server, cache):
+    """A plain JPEG sent as gzip is the server's lasting mistake: not a connection error to retry every run."""
+    url = image_server.route("/img", send(200, JPEG, "image/jpeg", {"Content-Encoding": "gzip"}))
+    result = fetch_one(url, cache)
+    assert (result.status, result.attempts) == ("decode_error", 1) and "DecodeError" in result.error
+
+
 def test_pixel_cap(image_server, cache):
     """An image over max_pixels is refused before decoding."""
     url = image_server.route("/img", send(200, JPEG, "image/jpeg"))

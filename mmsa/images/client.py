@@ -162,6 +162,8 @@ def _classify(exc: Exception, watch: _Watch) -> Failure:
         return Failure(ImageStatus.CONNECTION_ERROR, f"{type(exc).__name__}: {exc}")
     if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
         return Failure(ImageStatus.TIMEOUT, f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, urllib3.exceptions.DecodeError):  # a body its Content-Encoding does not undo: no retry will
+        return Failure(ImageStatus.DECODE_ERROR, f"{type(exc).__name__}: {exc}")
     if isinstance(exc, ValueError):  # urllib3's LocationParseError among them
         return Failure(ImageStatus.INVALID_URL, f"{type(exc).__name__}: {exc}")
     if isinstance(exc, (urllib3.exceptions.HTTPError, OSError)):
