@@ -93,6 +93,16 @@ def test_images_of_each_format_are_fetched_and_preprocessed(image_server, cache,
     assert array.std() > 10  # the texture survived, not a flat colour
 
 
+def test_an_avif_is_known_by_its_compatible_brands_too():
+    """Some encoders write the major brand mif1 and list avif among the compatible ones; a HEIC lists none."""
+    avif = encode(textured_image(64, 48, seed=1), "AVIF")
+    assert avif[8:12] == b"avif" and b"mif1" in avif[16:32]
+    mif1 = avif[:8] + b"mif1" + avif[12:]
+    assert decode.sniff(mif1) == "AVIF" and decode.preprocess(mif1, 224, 10**7).shape == (224, 224, 3)
+    heic = avif[:8] + b"heic" + avif[12:16] + b"mif1heicmiafMA1B" + avif[32:]
+    assert decode.sniff(heic) is None
+
+
 @pytest.mark.parametrize(
     "code, status", [(404, "http_404"), (410, "http_410"), (403, "http_error"), (401, "http_error"), (400, "http_error")]
 )

@@ -56,9 +56,15 @@ def sniff(data: bytes) -> str | None:
             return fmt
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
-    if data[4:8] == b"ftyp" and data[8:12] in (b"avif", b"avis"):
+    if data[4:8] == b"ftyp" and _brands(data) & {b"avif", b"avis"}:  # major, or compatible beside mif1 / msf1
         return "AVIF"
     return None
+
+
+def _brands(data: bytes) -> set[bytes]:
+    """An ISO media file's brands: the ftyp box's major brand and its compatible ones (HEIC lists none of AVIF's)."""
+    end = min(int.from_bytes(data[:4], "big"), len(data), 64)
+    return {data[8:12]} | {data[i:i + 4] for i in range(16, end - 3, 4)}
 
 
 def preprocess(data: bytes, size: int, max_pixels: int) -> np.ndarray:
