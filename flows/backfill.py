@@ -2,8 +2,9 @@
 
 The day's dump location comes from a template (`/data/dumps/{date}.jsonl`, or an URL;
 `{date:%Y/%m/%d}` works too). A day whose dump was already scored to the end by the same model
-version (a finished row in `runs`) is skipped without reading it, unless `force`. With no dates,
-it scores yesterday in `timezone`: that is the nightly deployment.
+version (a finished row in `runs`; for a local file, of the same bytes: a dump replaced since by a later or
+whole one is scored again) is skipped, unless `force`. With no dates, it scores yesterday in `timezone`: that
+is the nightly deployment.
 """
 
 from __future__ import annotations
@@ -81,18 +82,21 @@ def _days(days: list[date], dump_template: str, db: str, model_version: str, sco
     outcome, failed = {}, []
     for day in days:
         dump = dump_template.format(date=day)
-        if not again and already_scored(db, dump, model_version):
+        key, missing = None, None
+        if not source.is_url(dump) and not storage.is_remote(dump):  # a local day: its bytes, or not there
+            try:
+                key = source.files_key(source.resolve(dump, Path()))
+            except FileNotFoundError as exc:
+                missing = exc
+        if not again and already_scored(db, dump, model_version, key):
             outcome[str(day)] = "skipped"
             print(f"{day}: {dump} already scored by {model_version}, skipped")
             continue
-        if not source.is_url(dump) and not storage.is_remote(dump):  # a local day not there: said without a run
-            try:
-                source.resolve(dump, Path())
-            except FileNotFoundError as exc:
-                outcome[str(day)] = "failed"
-                failed.append(f"{day} ({exc})")
-                print(f"{day}: {exc}")
-                continue
+        if missing is not None:  # said without a run
+            outcome[str(day)] = "failed"
+            failed.append(f"{day} ({missing})")
+            print(f"{day}: {missing}")
+            continue
         state = scorer.with_options(flow_run_name=f"score-{day}")(dump=dump, params=params, return_state=True)
         outcome[str(day)] = "scored" if state.is_completed() else "failed"
         if not state.is_completed():

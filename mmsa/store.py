@@ -79,6 +79,7 @@ ALTER TABLE rejected_posts ADD COLUMN IF NOT EXISTS dump_head VARCHAR;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS not_posts JSON;  -- records that were not posts, by reason
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS cache_repaired BIGINT;  -- damaged image cache entries fetched anew
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS not_covered JSON;  -- posts stored unscored, by language
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS dump_key VARCHAR;  -- the dump's bytes (mmsa.source.files_key)
 ALTER TABLE scored_posts ADD COLUMN IF NOT EXISTS unscored_reason VARCHAR;
 ALTER TABLE scored_posts ADD COLUMN IF NOT EXISTS brand_scores {_duck_type(SCORED_SCHEMA.field("brand_scores").type)};
 -- One row per post and brand: a post that mentions two brands counts once for each, with the sentiment
@@ -336,15 +337,20 @@ def record_model(con: duckdb.DuckDBPyConnection, model_version: str, quantificat
                 {"v": model_version, "q": None if quantification is None else json.dumps(quantification)})
 
 
-def already_scored(db: str | Path, dump: str, model_version: str) -> bool:
-    """True when table `runs` of `db` holds a finished run of `dump` by `model_version`."""
+def already_scored(db: str | Path, dump: str, model_version: str, dump_key: str | None = None) -> bool:
+    """True when table `runs` of `db` holds a finished run of `dump` by `model_version`; given `dump_key` (the
+    bytes of a local dump: mmsa.source.files_key), a run of those bytes (or one recorded before runs kept them),
+    so that a day's dump replaced since, by a later or a whole file, is scored again."""
     if not Path(db).exists():
         return False
     with run_lock(str(db)), _open(Path(db), read_only=True) as con:
-        if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'runs'").fetchone()[0]:
+        columns = {c for (c,) in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'runs'").fetchall()}
+        if not columns:
             return False
+        same = " AND (dump_key IS NULL OR dump_key = $key)" if dump_key and "dump_key" in columns else ""
         (n,) = con.execute(
-            "SELECT count(*) FROM runs WHERE dump = $dump AND model_version = $mv AND finished_at IS NOT NULL",
-            {"dump": dump, "mv": model_version},
+            f"SELECT count(*) FROM runs WHERE dump = $dump AND model_version = $mv AND finished_at IS NOT NULL{same}",
+            {"dump": dump, "mv": model_version} | ({"key": dump_key} if same else {}),
         ).fetchone()
     return n > 0

@@ -66,6 +66,14 @@ def test_backfill_scores_each_day_once_and_force_rescores(prefect_harness, tmp_p
     assert sorted(out.glob("date=*/*.parquet")) == sorted(files)
     assert duckdb.sql(f"SELECT count(*), count(DISTINCT post_id) FROM read_parquet('{out}/date=*/*.parquet')").fetchall() == [(36, 36)]
 
+    late = tmp_path / "dumps" / f"{DAYS[1]}.jsonl"  # the day's whole dump arrives after a partial one was scored
+    late.write_text(late.read_text() + json.dumps({"post_id": "late-1", "created_at": f"{DAYS[1]}T23:00:00",
+                                                   "text": "acme, late but fine"}) + "\n")
+    capsys.readouterr()
+    assert _backfill(template, db, out) == 0
+    assert capsys.readouterr().out == f"{DAYS[0]}  skipped\n{DAYS[1]}  scored\n{DAYS[2]}  skipped\n"
+    assert _counts(db) == ((37, 37), 7)
+
 
 def test_backfill_reports_missing_day_after_scoring_the_others(prefect_harness, tmp_path, capsys):
     """A missing dump fails the backfill (nightly alerting) but does not stop the other days; the command prints
@@ -101,10 +109,10 @@ def test_a_backfill_holds_its_database_from_its_first_day_to_its_last(prefect_ha
     db, out = tmp_path / "m.duckdb", tmp_path / "out"
     probes = []
 
-    def probing(db_path, dump, model_version):  # before each day: can another process take the lock now?
+    def probing(db_path, dump, model_version, key):  # before each day: can another process take the lock now?
         probe = subprocess.run([sys.executable, "-c", LOCK_PROBE, f"{db_path}.lock"])
         probes.append(probe.returncode)
-        return already_scored(db_path, dump, model_version)
+        return already_scored(db_path, dump, model_version, key)
 
     monkeypatch.setattr(backfill, "already_scored", probing)
     assert backfill.backfill_flow(dump_template=template, db=str(db), out=str(out), start=date(2026, 11, 1),
