@@ -23,6 +23,14 @@ def brand_name(brand: str | None) -> str:
     return "(no brand)" if brand is None else brand
 
 
+def _band_points(seg: list[tuple[int, dict]], x, y, value: str, low: str, high: str) -> tuple[str, str]:
+    """A run of (period index, row) as the points of its 95% band (a polygon: `high` across, `low` back) and
+    of its line (`value`)."""
+    upper = " ".join(f"{x(i):.1f},{y(r[high]):.1f}" for i, r in seg)
+    lower = " ".join(f"{x(i):.1f},{y(r[low]):.1f}" for i, r in reversed(seg))
+    return f"{upper} {lower}", " ".join(f"{x(i):.1f},{y(r[value]):.1f}" for i, r in seg)
+
+
 def fmt(value: float | None, digits: int) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -104,10 +112,8 @@ def trend_svg(brand: str | None, rows: dict, periods: list[date], period: str, l
             parts.insert(4, f'<line class="interval" x1="{x(i):.1f}" x2="{x(i):.1f}" y1="{y(r["net_high"]):.1f}" '
                             f'y2="{y(r["net_low"]):.1f}"/>')
             continue
-        upper = " ".join(f"{x(i):.1f},{y(r['net_high']):.1f}" for i, r in seg)
-        lower = " ".join(f"{x(i):.1f},{y(r['net_low']):.1f}" for i, r in reversed(seg))
-        parts.insert(4, f'<polygon class="band" points="{upper} {lower}"/>')
-        line = " ".join(f"{x(i):.1f},{y(r['net_sentiment']):.1f}" for i, r in seg)
+        band, line = _band_points(seg, x, y, "net_sentiment", "net_low", "net_high")
+        parts.insert(4, f'<polygon class="band" points="{band}"/>')
         parts.append(f'<polyline class="net" points="{line}"/>')
     if len(points) <= 120:
         parts += [f'<circle class="net-point" cx="{x(i):.1f}" cy="{y(net):.1f}" r="2.5"/>'
@@ -211,10 +217,8 @@ def voice_svg(rows: list[dict], periods: list[date]) -> str:
                 parts.append(f'<circle fill="{color}" cx="{x(i):.1f}" cy="{y(r["share_of_voice"]):.1f}" r="3">'
                              f'{title}</circle>')
                 continue
-            upper = " ".join(f"{x(i):.1f},{y(r['share_high']):.1f}" for i, r in seg)
-            lower = " ".join(f"{x(i):.1f},{y(r['share_low']):.1f}" for i, r in reversed(seg))
-            parts.insert(0, f'<polygon fill="{color}" fill-opacity="0.15" points="{upper} {lower}"/>')
-            line = " ".join(f"{x(i):.1f},{y(r['share_of_voice']):.1f}" for i, r in seg)
+            band, line = _band_points(seg, x, y, "share_of_voice", "share_low", "share_high")
+            parts.insert(0, f'<polygon fill="{color}" fill-opacity="0.15" points="{band}"/>')
             parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.8" points="{line}">{title}</polyline>')
         legend.append(f'<tspan fill="{color}">■ </tspan><tspan>{esc(brand_name(brand))}  </tspan>')
     parts.append(_ticks(periods, x, top + h))
