@@ -223,7 +223,8 @@ def test_the_model_starts_on_a_shards_first_batches_while_its_last_images_downlo
     assert image_server.hits.index("/held.jpg") >= len(rows) - 2 * FetchConfig.workers
     assert result.image_status == {"ok": 71}
     assert result.seconds["infer_wait"] >= 0 and result.seconds["infer"] > 0
-    table = duckdb.sql(f"SELECT post_id, image_label FROM read_parquet({[str(f) for f in result.files]})").fetchall()
+    files = [str(tmp_path / "out" / f) for f in result.files]  # named within the output folder
+    table = duckdb.sql(f"SELECT post_id, image_label FROM read_parquet({files})").fetchall()
     assert sorted(r[0] for r in table) == sorted(r["post_id"] for r in rows) and all(r[1] for r in table)
 
 
