@@ -78,8 +78,8 @@ class RunOptions:
 @dataclass
 class Prepared:
     dump: str
-    files_key: str  # the dump's bytes (source.files_key) and
-    head: str  # its first record: what its rejections are replaced by (store.load_rejected)
+    files_key: str  # the dump's bytes (source.files_key): a rerun of them replaces its rejections (load_rejected),
+    head: str  # as does a rerun of its path that starts with the same post (a dump still being written)
     key: str
     workdir: str
     shards: list[str]
