@@ -22,6 +22,7 @@ import yaml
 RULES = ("keywords", "hashtags", "handles", "regexes")
 Span = tuple[int, int]
 APOSTROPHES = str.maketrans({c: "'" for c in "\u2018\u2019\u02bc\u2032\uff07"})  # what phones type for '
+_WORD_CHAR = re.compile(r"\w")
 
 
 def fold(text: str) -> tuple[str, list[Span] | None]:
@@ -91,10 +92,19 @@ class BrandTagger:
 
 
 def find_spans(text: str | None, target: str | None) -> list[Span]:
-    """Every occurrence of `target` in `text`, ignoring case, as (start, end) characters."""
+    """Every occurrence of `target` in `text`, ignoring case, as (start, end) characters; where it does not
+    occur as written, its words however spaced and with any apostrophe (a corpus's tokenised "valentine 's day"
+    for "Valentine’s Day", "boko haram" for "Boko  Haram")."""
     if not text or not target or not target.strip():
         return []
-    return [m.span() for m in re.finditer(re.escape(target.strip()), text, re.IGNORECASE)]
+    found = [m.span() for m in re.finditer(re.escape(target.strip()), text, re.IGNORECASE)]
+    if found:
+        return found
+    words = re.findall(r"\w+|[^\w\s]", target.translate(APOSTROPHES))  # words and marks: "valentine", "'", "s"
+    pattern = re.escape(words[0])
+    for before, word in zip(words, words[1:]):  # two words need a space between them, a mark none
+        pattern += (r"\s+" if _WORD_CHAR.match(before[-1]) and _WORD_CHAR.match(word[0]) else r"\s*") + re.escape(word)
+    return [m.span() for m in re.finditer(pattern, text.translate(APOSTROPHES), re.IGNORECASE)]  # 1:1: same offsets
 
 
 class _UniqueKeys(yaml.SafeLoader):

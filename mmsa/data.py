@@ -73,8 +73,26 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
             for key in ("label", *(k for k in OPTIONAL_LABELS if k in row)):
                 if row.get(key) not in LABEL_TO_ID:
                     raise ValueError(f"{path}:{line_no}: {key} must be one of {LABELS}, got {row.get(key)!r}")
-            rows.append(row)
+            for key in ("text", "target", "image"):
+                if row.get(key) is not None and not isinstance(row[key], str):
+                    raise ValueError(f"{path}:{line_no}: {key} must be a string, got {str(row[key])[:40]!r}")
+            rows.append(_with_target_written(row))
     return rows
+
+
+def _with_target_written(row: dict) -> dict:
+    """A targeted row as target_spans reads it: a whole-number `target_start` as an int (21.0 from a table with
+    gaps, "21"; anything else is searched for instead), and Dong et al.'s `$T$` placeholder replaced by the
+    target it stands for, at that place."""
+    start, target, text = row.get("target_start"), row.get("target"), row.get("text") or ""
+    if start is not None and not isinstance(start, int):
+        try:
+            row["target_start"] = int(start) if float(start).is_integer() else None
+        except (TypeError, ValueError):
+            row["target_start"] = None
+    if target and "$T$" in text:
+        row["target_start"], row["text"] = text.index("$T$"), text.replace("$T$", target)
+    return row
 
 
 def load_jsonl(path: str | os.PathLike, with_images: bool = True) -> LabelledSet:

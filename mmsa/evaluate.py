@@ -28,6 +28,14 @@ def _per_class(cm: np.ndarray) -> tuple[np.ndarray, ...]:
     return support, tp, precision, recall, f1
 
 
+def _macro(values: np.ndarray, cm: np.ndarray) -> np.ndarray:
+    """The mean of per-class `values` over the classes a confusion matrix (or each of a stack) has, as labels
+    or as predictions (as scikit-learn averages): a class a file lacks is no 0 pulling the mean down."""
+    cm = np.asarray(cm, dtype=float)
+    present = (cm.sum(-1) + cm.sum(-2)) > 0
+    return (values * present).sum(-1) / np.maximum(present.sum(-1), 1)
+
+
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     """Rows of `confusion` are true labels, columns predicted, in LABELS order."""
     k = len(LABELS)
@@ -40,11 +48,11 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
         "n": n,
         "accuracy": float(tp.sum() / max(n, 1)),
         "weighted_f1": float((f1 * w).sum()),
-        "macro_f1": float(f1.mean()),
+        "macro_f1": float(_macro(f1, cm)),
         "weighted_precision": float((precision * w).sum()),
-        "macro_precision": float(precision.mean()),
+        "macro_precision": float(_macro(precision, cm)),
         "weighted_recall": float((recall * w).sum()),
-        "macro_recall": float(recall.mean()),
+        "macro_recall": float(_macro(recall, cm)),
         "per_class_recall": {lab: float(r) for lab, r in zip(LABELS, recall)},
         "per_class_f1": {lab: float(v) for lab, v in zip(LABELS, f1)},
         "support": {lab: int(s) for lab, s in zip(LABELS, support)},
@@ -62,8 +70,8 @@ def _metrics_from_confusions(cm: np.ndarray) -> dict[str, np.ndarray]:
     out = {
         "accuracy": tp.sum(-1) / n[..., 0],
         "weighted_f1": (f1 * support / n).sum(-1),
-        "macro_f1": f1.mean(-1),
-        "macro_recall": recall.mean(-1),
+        "macro_f1": _macro(f1, cm),
+        "macro_recall": _macro(recall, cm),
     }
     out.update({f"recall_{lab}": recall[..., i] for i, lab in enumerate(LABELS)})
     return out
@@ -102,20 +110,24 @@ def evaluate_file(path: str | Path, model="default", batch_size: int = 32, backe
     Rows without `image` are scored from text alone. Returns fused metrics plus the text-only and
     image-only branches on the same rows (image: rows that have one). Rows with a `target` are scored toward
     it, as `mmsa score` scores each brand a post names (`toward_target`: whether the model has a target head, its own or borrowed;
-    without one, or where the text does not contain the target, the post's own label stands).
+    without one, or where the text does not contain the target, the post's own label stands: `targets_not_found`
+    counts those rows). A row whose image does not decode is scored on its text (`images_unreadable`).
     """
-    from mmsa.data import load_image, load_jsonl
+    from mmsa.data import load_jsonl
     from mmsa.infer import get_engine
     from mmsa.model import load_model, toward_targets
 
     m = load_model(model) if isinstance(model, (str, Path)) else model
     engine = get_engine(m, backend)  # the same inference path as scoring
     ds = load_jsonl(path)
+    if not len(ds):
+        raise ValueError(f"{path}: no labelled rows")
     seconds = 0.0  # model time only: image decoding is the fetch stage's cost, not the model's
-    preds = []
+    preds, unreadable = [], 0
     for s in range(0, len(ds), 256):  # bounded memory for decoded images
         texts = ds.texts[s : s + 256]
-        imgs = [load_image(p, m.image_size) if p else None for p in ds.images[s : s + 256]]
+        imgs = [_image(p, m.image_size) if p else None for p in ds.images[s : s + 256]]
+        unreadable += sum(p is not None and i is None for p, i in zip(ds.images[s : s + 256], imgs))
         targets = None if ds.targets is None else [[sp] if sp else [] for sp in ds.targets[s : s + 256]]
         start = time.perf_counter()
         preds.append(engine.predict(texts, imgs, batch_size=batch_size, targets=targets))
@@ -134,13 +146,29 @@ def evaluate_file(path: str | Path, model="default", batch_size: int = 32, backe
         model=m.version,
         data=str(path),
         n_with_image=int(has.sum()),
+        images_unreadable=unreadable,
         toward_target=toward,
+        targets_not_found=0 if ds.targets is None else sum(t is not None and not t for t in ds.targets),
         ms_per_post=1000 * seconds / max(len(ds), 1),
         batch_size=batch_size,
         text_only=_brief(_scored(ds.labels, text_probs)),
         image_only=_brief(_scored(ds.labels[has], image_probs[has])) if has.any() else None,
     )
     return out
+
+
+def _image(path: Path, size: int) -> np.ndarray | None:
+    """A row's image, or None when its file does not decode (scored on its text, as `mmsa score` scores a post
+    whose image is broken); a missing file stays an error: a wrong folder would turn every image into text."""
+    from mmsa.data import load_image
+    from mmsa.images.decode import ImageError
+
+    try:
+        return load_image(path, size)
+    except FileNotFoundError:
+        raise
+    except (ImageError, OSError):
+        return None
 
 
 def _scored(y_true: np.ndarray, probs: np.ndarray) -> dict:
@@ -162,7 +190,11 @@ def _with_ci(m: dict, name: str) -> str:
 def format_metrics(m: dict) -> str:
     lines = [
         f"model {m.get('model', '?')}  data {m.get('data', '?')}"
-        + ("  (toward each row's target)" if m.get("toward_target") else ""),
+        + ("  (toward each row's target)" if m.get("toward_target") else "")
+        + (f"  ({m['targets_not_found']} targets not in their text: the post's label)" if m.get("targets_not_found")
+           else "")
+        + (f"  ({m['images_unreadable']} images that do not decode: text alone)" if m.get("images_unreadable")
+           else ""),
         f"n={m['n']}  " + "  ".join(_with_ci(m, k) for k in CI_METRICS) + "  (bootstrap 95% intervals)",
         f"precision weighted={m['weighted_precision']:.4f} macro={m['macro_precision']:.4f}  "
         f"recall weighted={m['weighted_recall']:.4f} macro={m['macro_recall']:.4f}",

@@ -308,6 +308,23 @@ def test_mmsa_score_gives_each_named_brand_the_target_heads_probabilities(prefec
     assert labels == {"acme": "positive", "globex": "negative"}
 
 
+def test_a_target_is_found_however_a_corpus_spaced_it_and_dongs_placeholder_is_filled():
+    """SemEval-2016 4C writes "valentine 's day" for a text's "Valentine’s Day" and "boko haram" for "Boko  Haram"
+    (100 of its devtest rows were scored on the post's label); Dong et al. write the target as $T$; a table with
+    gaps gives target_start 21.0."""
+    from mmsa.data import _with_target_written
+
+    for text, target, found in (("Happy Valentine’s Day!", "valentine 's day", "Valentine’s Day"),
+                                ("Boko  Haram just hit Maroua", "boko haram", "Boko  Haram"),
+                                ("I sold my $AAPL", "$ AAPL", "$AAPL")):
+        assert [text[a:b] for a, b in find_spans(text, target)] == [found]
+    assert find_spans("the table", "a b") == [] and find_spans("#BokoHaram", "boko haram") == []
+    dong = _with_target_written({"text": "i love $T$ so much", "target": "lady gaga", "label": "positive"})
+    assert dong["text"] == "i love lady gaga so much" and target_spans(dong) == [(7, 16)]
+    row = _with_target_written({"text": "so acme and acme", "target": "acme", "target_start": 12.0, "label": "neutral"})
+    assert target_spans(row) == [(12, 16)]
+
+
 def test_evaluate_scores_rows_with_a_target_toward_it(tmp_path):
     from mmsa import evaluate
 
@@ -317,7 +334,7 @@ def test_evaluate_scores_rows_with_a_target_toward_it(tmp_path):
     data = tmp_path / "targets.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     m = evaluate.evaluate_file(data, "default", backend="torch")
-    assert m["toward_target"] is True and m["n"] == 3
+    assert m["toward_target"] is True and m["n"] == 3 and m["targets_not_found"] == 0
     engine = get_engine("default", "torch")
     pred = engine.predict([r["text"] for r in rows], [None] * 3, targets=[[target_spans(r)] for r in rows])
     labels = {"positive": 0, "neutral": 1, "negative": 2}
@@ -331,6 +348,13 @@ def test_evaluate_scores_rows_with_a_target_toward_it(tmp_path):
     post = evaluate.evaluate_file(plain, "default", backend="torch")
     assert post["toward_target"] is False
     assert post["text_only"]["per_class_recall"] == m["text_only"]["per_class_recall"]  # the post side: the same
+    (tmp_path / "broken.jpg").write_text("not a picture")  # a row whose image does not decode: its text, counted
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({"text": "what a day", "image": "broken.jpg", "label": "positive"}) + "\n")
+    assert evaluate.evaluate_file(broken, "default", backend="torch")["images_unreadable"] == 1
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match="empty.jsonl: no labelled rows"):
+        evaluate.evaluate_file(tmp_path / "empty.jsonl", "default", backend="torch")
 
 
 def test_a_stopped_target_head_cross_validation_resumes_with_the_folds_it_had_not_finished(tmp_path, monkeypatch):

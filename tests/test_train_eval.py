@@ -231,6 +231,13 @@ def test_metrics_match_hand_computed_values():
     assert m["confusion"] == [[1, 1, 0], [0, 1, 0], [1, 0, 2]]
 
 
+def test_macro_means_leave_out_a_class_the_file_neither_has_nor_predicts():
+    """As scikit-learn averages: a test file without neutral rows is not marked down a third for it."""
+    m = classification_metrics(np.array([0, 0, 0, 2, 2]), np.array([0, 0, 2, 2, 2]))
+    assert m["macro_recall"] == pytest.approx(np.mean([2 / 3, 1.0])) and m["per_class_recall"]["neutral"] == 0
+    assert m["macro_f1"] == pytest.approx(np.mean([0.8, 0.8]))
+
+
 def test_cli_evaluate_json(env, tmp_path, capsys):
     run(_cfg(env, head="text"), env["data"], tmp_path / "m", cache_dir=env["cache"], progress=False)
     assert cli.main(["evaluate", "--data", str(env["data"] / "dev.jsonl"), "--model", str(tmp_path / "m"), "--json"]) == 0
@@ -308,6 +315,12 @@ def test_a_bad_label_is_an_error_naming_its_file_and_line(tmp_path):
         for read in (read_rows, load_jsonl):
             with pytest.raises(ValueError, match=rf"{re.escape(str(path))}:3: .*{what}"):
                 read(path)
+    for what, bad in {"text": '{"text": 7, "label": "neutral"}', "target": '{"text": "x", "target": 2016, "label": "neutral"}',
+                      "image": '{"text": "x", "image": ["a.jpg"], "label": "neutral"}'}.items():
+        path = tmp_path / f"{what}.jsonl"
+        path.write_text(good + "\n" + bad + "\n")
+        with pytest.raises(ValueError, match=rf"{re.escape(str(path))}:3: {what} must be a string"):
+            read_rows(path)
     path = tmp_path / "fine.jsonl"
     path.write_text(good + '{"text": "no modality labels", "label": "negative"}\n')
     assert [r["label"] for r in read_rows(path)] == ["positive", "negative"]
