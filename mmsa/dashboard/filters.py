@@ -60,11 +60,9 @@ class Filters:
         period = one(query, "period")
         if period not in (None, "day", "week"):
             raise ValueError(f"period must be day or week, not {period!r}")
-        first, last = _day(query, "date_from"), _day(query, "date_to")
-        if first and last and date.fromisoformat(first) > date.fromisoformat(last):
-            raise ValueError(f"date_from {first} is after date_to {last}")
-        return cls(brand=one(query, "brand"), date_from=first, date_to=last, source=one(query, "source"),
-                   lang=one(query, "lang"), model_version=one(query, "model_version"), period=period)
+        return cls(brand=one(query, "brand"), date_from=_day(query, "date_from"), date_to=_day(query, "date_to"),
+                   source=one(query, "source"), lang=one(query, "lang"),
+                   model_version=one(query, "model_version"), period=period)
 
     def query(self, extra: bool = False, **changes: object) -> str:
         """This filter set (with `changes`) as a query string, empty values left out; the view's own
