@@ -44,7 +44,7 @@ def _by_brand(rows: list[dict], limit: int = MAX_BRANDS) -> dict[str, list[dict]
     """Rows grouped by brand, the `limit` brands with the most posts first."""
     groups: dict[str, list[dict]] = {}
     for r in rows:
-        groups.setdefault(r["brand"] or "(no brand)", []).append(r)
+        groups.setdefault(report.brand_name(r["brand"]), []).append(r)
     busiest = sorted(groups, key=lambda b: -sum(r["posts"] for r in groups[b]))[:limit]
     return {b: groups[b] for b in busiest}
 
@@ -52,7 +52,7 @@ def _by_brand(rows: list[dict], limit: int = MAX_BRANDS) -> dict[str, list[dict]
 def _label(brand: str | None) -> str:
     """A brand's name for a legend: "(no brand)" for untagged posts, as in the reports; a leading "_" gets a
     zero-width space before it, since matplotlib leaves labels starting with "_" out of legends."""
-    name = "(no brand)" if brand is None else brand
+    name = report.brand_name(brand)
     return "\u200b" + name if name.startswith("_") else name
 
 

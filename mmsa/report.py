@@ -244,7 +244,8 @@ def _share(x: float | None, digits: int = 1) -> str:
     return "n/a" if x is None else f"{x:.{digits}%}"
 
 
-def _brand(name: str | None) -> str:
+def brand_name(name: str | None) -> str:
+    """A brand as shown: posts without one are "(no brand)" (reports, charts, the dashboard)."""
     return "(no brand)" if name is None else name
 
 
@@ -285,13 +286,13 @@ def headline_markdown(db: str | Path, run_id: str | None = None,
         ]
         for r in sorted(pop, key=lambda r: -r["posts"]):
             lines.append(
-                f"| {_brand(r['brand'])} | {r['posts']} | {_pct(r['posts_change_pct'])} | {_num(r['net_sentiment'])} "
+                f"| {brand_name(r['brand'])} | {r['posts']} | {_pct(r['posts_change_pct'])} | {_num(r['net_sentiment'])} "
                 f"| {_num(r['net_sentiment_change'])} | {_share(r['negative_share'])} | {_pp(r['negative_share_change'])} |"
             )
         spikes = [s for s in run_report("sentiment_spikes", con, **week).to_pylist() if s["rank"] == 1]
         lines += ["", "## Spikes", ""]
         lines += [
-            f"- **{_brand(s['brand'])}** {s['day']}: {s['kind']} ({s['posts']} posts, {_share(s['negative_share'], 0)} negative; "
+            f"- **{brand_name(s['brand'])}** {s['day']}: {s['kind']} ({s['posts']} posts, {_share(s['negative_share'], 0)} negative; "
             f"usually {s['mean_posts']:.1f} posts, {_share(s['mean_negative_share'], 0)} negative). "
             f"Top post `{s['post_id']}`: \"{(s['text'] or '')[:80]}\""
             for s in spikes
@@ -299,9 +300,9 @@ def headline_markdown(db: str | Path, run_id: str | None = None,
         disagreement = run_report("modality_disagreement", con, **week).to_pylist()
         lines += ["", "## Text and image disagreeing (posts with both)", ""]
         lines += [
-            f"- {_brand(d['brand'])}: {d['disagreement_rate']:.1%} disagree, {d['opposite_rate']:.1%} opposite "
+            f"- {brand_name(d['brand'])}: {d['disagreement_rate']:.1%} disagree, {d['opposite_rate']:.1%} opposite "
             f"({d['positive_text_negative_image']} positive text + negative image)" if d["disagreement_rate"] is not None
-            else f"- {_brand(d['brand'])}: no post with both a text and an image label"
+            else f"- {brand_name(d['brand'])}: no post with both a text and an image label"
             for d in disagreement
         ]
     charts = draw() if draw is not None else []

@@ -7,6 +7,7 @@ import html
 from datetime import date, timedelta
 
 from mmsa.charts import MAX_BRANDS
+from mmsa.report import brand_name
 from mmsa.dashboard.queries import wilson
 from mmsa.schema import LABELS
 
@@ -16,11 +17,6 @@ COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f
 def esc(value: object) -> str:
     """Text for HTML text or a quoted attribute."""
     return html.escape("" if value is None else str(value), quote=True)
-
-
-def brand_name(brand: str | None) -> str:
-    """A brand as shown: untagged posts are "(no brand)", as in the reports."""
-    return "(no brand)" if brand is None else brand
 
 
 def _band_points(seg: list[tuple[int, dict]], x, y, value: str, low: str, high: str) -> tuple[str, str]:
