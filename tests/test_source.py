@@ -119,7 +119,7 @@ def test_csv_and_parquet_give_the_same_posts(tmp_path):
 
 def test_a_value_python_cannot_hold_rejects_its_row_alone(tmp_path):
     """A JSONL integer of 5,000 digits, a Parquet time past the year 9999: that row is rejected with the reason,
-    the file's other rows are read (they were lost, "unreadable file from here", or the run crashed); nanosecond
+    the file's other rows are read (not the rest of the file taken for unreadable, nor the run stopped); nanosecond
     times, which pyarrow will not turn into Python datetimes, are read to the microsecond."""
     dump = tmp_path / "d.jsonl"
     dump.write_text(json.dumps(GOOD[0]) + "\n" + '{"post_id": "big", "likes": ' + "9" * 5000 + "}\n"

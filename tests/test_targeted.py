@@ -310,7 +310,7 @@ def test_mmsa_score_gives_each_named_brand_the_target_heads_probabilities(prefec
 
 def test_a_target_is_found_however_a_corpus_spaced_it_and_dongs_placeholder_is_filled():
     """SemEval-2016 4C writes "valentine 's day" for a text's "Valentine’s Day" and "boko haram" for "Boko  Haram"
-    (100 of its devtest rows were scored on the post's label); Dong et al. write the target as $T$; a table with
+    (100 of its devtest rows, each else scored on the post's label); Dong et al. write the target as $T$; a table with
     gaps gives target_start 21.0."""
     from mmsa.data import _with_target_written
 
