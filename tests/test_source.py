@@ -3,14 +3,13 @@
 import gzip
 import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
+from imageserver import image_server, send  # noqa: F401  (fixture)
 from mmsa import source
 from mmsa.demo import serve_folder
 
@@ -149,41 +148,16 @@ def test_dump_over_http_is_downloaded(tmp_path):
     assert source.files_key(local) == source.files_key(site / "posts.jsonl")
 
 
-class _GzippingHandler(BaseHTTPRequestHandler):
-    """Gzips every answer on the fly and says so (Content-Encoding), as nginx or a CDN does for JSON; a `.gz`
-    file goes out as it is, labelled gzip too (a common misconfiguration)."""
-
-    def do_GET(self):
-        body = (self.server.folder / self.path.lstrip("/")).read_bytes()
-        if not self.path.endswith(".gz"):
-            body = gzip.compress(body)
-        self.send_response(200)
-        self.send_header("Content-Encoding", "gzip")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-def test_a_dump_served_gzipped_on_the_fly_is_stored_as_the_dump(tmp_path):
-    site = tmp_path / "site"
-    site.mkdir()
-    plain = _write_jsonl(site / "posts.jsonl", GOOD)
-    (site / "posts.jsonl.gz").write_bytes(gzip.compress(plain.read_bytes()))
-    server = HTTPServer(("127.0.0.1", 0), _GzippingHandler)
-    server.folder = site
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        base = f"http://127.0.0.1:{server.server_address[1]}"
-        assert source.localise(f"{base}/posts.jsonl", tmp_path / "a").read_bytes() == plain.read_bytes()
-        gz = source.localise(f"{base}/posts.jsonl.gz", tmp_path / "b")
-        assert gz.read_bytes() == (site / "posts.jsonl.gz").read_bytes()
-        assert _all(gz)[1] == _all(plain)[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_a_dump_served_gzipped_on_the_fly_is_stored_as_the_dump(image_server, tmp_path):
+    """A server that gzips JSON as it sends it (Content-Encoding), as nginx or a CDN does, sent the dump itself; a
+    `.gz` file labelled gzip too (a common misconfiguration) is that file."""
+    plain = _write_jsonl(tmp_path / "posts.jsonl", GOOD)
+    packed = gzip.compress(plain.read_bytes())
+    on_the_fly = image_server.route("/posts.jsonl", send(200, packed, "application/x-ndjson", {"Content-Encoding": "gzip"}))
+    gz_file = image_server.route("/posts.jsonl.gz", send(200, packed, "application/gzip", {"Content-Encoding": "gzip"}))
+    assert source.localise(on_the_fly, tmp_path / "a").read_bytes() == plain.read_bytes()
+    gz = source.localise(gz_file, tmp_path / "b")
+    assert gz.read_bytes() == packed and _all(gz)[1] == _all(plain)[1]
 
 
 def test_a_dump_file_whose_name_is_not_utf8_is_refused_with_its_name(tmp_path):
