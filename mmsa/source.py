@@ -290,8 +290,18 @@ class Unreadable:
     raw: str = ""
 
 
-def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict | Unreadable]]:
-    """(line number, record) per record, or (line number, Unreadable) for an unreadable one. A JSONL line
+@dataclass
+class CsvHeader:
+    """A CSV file's header row: its column names and the line as read (a file without a header row has its
+    first post here, so the header is checked before the rows: mmsa.source.iter_shards)."""
+
+    names: list[str]
+    raw: str
+
+
+def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict | Unreadable | CsvHeader]]:
+    """(line number, record) per record, or (line number, Unreadable) for an unreadable one; a CSV file's header
+    row first, as a CsvHeader. A JSONL line
     holding an array of objects (a saved API response) gives each of them, under the same line; a `.json` file
     that is one indented document, each of its records (`_document`). A file that breaks off (a truncated download, a corrupt frame) ends with one error row after the records
     read before the break, so the dump's other files are still read."""
@@ -327,7 +337,8 @@ def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict |
             csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
             with _open_text(path, compression) as fh:
                 reader = csv.DictReader(fh)
-                reader.fieldnames  # noqa: B018 - reads the header, so that line_num counts from its end
+                if reader.fieldnames is not None:  # reads the header, so that line_num counts from its end
+                    yield reader.line_num, CsvHeader(reader.fieldnames, _csv_line(reader.fieldnames))
                 end = reader.line_num
                 for row in reader:  # a row's line is the file's line it starts on (quoted fields hold newlines)
                     n, end = end + 1, reader.line_num
@@ -344,6 +355,12 @@ def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict |
                     yield n, row
     except (OSError, EOFError, ValueError, csv.Error, pa.ArrowException, zstandard.ZstdError) as exc:
         yield n + 1, Unreadable(f"unreadable file from here: {type(exc).__name__}: {exc}"[:300])
+
+
+def _csv_line(fields: list[str]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow(fields)
+    return buf.getvalue()[:2000]
 
 
 def _why(exc: BaseException) -> str:
@@ -537,6 +554,12 @@ def iter_shards(paths: Path | list[Path], shard_size: int, dump_name: str | None
     for number, (path, name) in enumerate(zip(files, names)):
         where = path.name if len(files) > 1 else None
         for line, record in _raw_rows(path, name):
+            if isinstance(record, CsvHeader):
+                if not _names_post_id(read, record.names):  # the file's first line is then a post of its own
+                    rejected.append({"post_id": None, "raw": _SURROGATE.sub("\ufffd", record.raw), "line": line,
+                                     "file": where, "reason": "CSV header has no post_id column: a file without a "
+                                     "header row has its first post here (add the header, or --map post_id=COLUMN)"})
+                continue
             for item in _read(read, record):
                 if isinstance(item, Skip):
                     skipped[item.reason] += 1
@@ -564,6 +587,11 @@ def iter_shards(paths: Path | list[Path], shard_size: int, dump_name: str | None
                     index, posts, rejected, skipped = index + 1, [], [], Counter()
     if posts or rejected or skipped or index == 0:
         yield Shard(index, pa.Table.from_pylist(posts, schema=POST_SCHEMA), rejected, skipped)
+
+
+def _names_post_id(read, names: list[str]) -> bool:
+    """Whether rows under these column names can give a post_id (directly, or through the reader's mapping)."""
+    return any(isinstance(row, dict) and row.get("post_id") is not None for row in _read(read, dict.fromkeys(names, "1")))
 
 
 def _read(read, record: dict | Unreadable) -> Iterator[dict | Skip | str]:

@@ -175,3 +175,21 @@ def test_unknown_format_and_missing_file_are_clear_errors(tmp_path):
         list(source.iter_shards(_write_jsonl(tmp_path / "d.txt", GOOD), 10))
     with pytest.raises(FileNotFoundError, match="dump not found"):
         source.localise(tmp_path / "nope.jsonl", tmp_path)
+
+
+def test_a_csv_without_a_header_row_loses_no_post(tmp_path):
+    """A CSV written without its header row: its first line, taken for the header, is accounted for as a rejection
+    that says why (with the line as read), beside the other rows' own; a header that names post_id through --map
+    is no rejection."""
+    lines = ["c1,2026-11-20T10:00:00Z,first post", "c2,2026-11-20T11:00:00Z,second post"]
+    bare = tmp_path / "bare.csv"
+    bare.write_text("\n".join(lines) + "\n")
+    _, posts, rejected = _all(bare)
+    assert posts == [] and len(rejected) == 2
+    assert rejected[0]["reason"].startswith("CSV header has no post_id column")
+    assert (rejected[0]["raw"], rejected[0]["line"]) == (lines[0], 1)
+    assert (rejected[1]["reason"], rejected[1]["line"]) == ("missing post_id", 2)
+    mapped = tmp_path / "mapped.csv"
+    mapped.write_text("id,created_at,text\n" + "\n".join(lines) + "\n")
+    (shard,) = source.iter_shards(mapped, 10, options=source.ReadOptions(mapping={"post_id": "id"}))
+    assert shard.posts["post_id"].to_pylist() == ["c1", "c2"] and shard.rejected == []
