@@ -542,7 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Bad input exits 2, a permanent failure (mmsa.faults: full disk, denied path, locked
-    database, unreachable Prefect, damaged model) 1, each with one line; tracebacks only with --debug."""
+    database, unreachable Prefect, damaged model) or a transient one still failing after its retries (a dump's
+    download cut off) 1, each with one line; tracebacks only with --debug."""
     args = build_parser().parse_args(argv)
     args.debug = args.debug or os.environ.get("MMSA_DEBUG", "") not in ("", "0")
     try:
@@ -553,26 +554,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmsa {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        permanent = faults.as_permanent(exc)
-        if args.debug or permanent is None:
+        line = faults.told(exc)
+        if args.debug or line is None:
             raise
-        print(f"mmsa {args.command}: error: {permanent}", file=sys.stderr)
+        print(f"mmsa {args.command}: error: {line}", file=sys.stderr)
         return 1
 
 
-class _PermanentFilter(logging.Filter):
-    """Keeps Prefect's console records of a permanent failure (mmsa.faults) off the console, tracebacks and
-    state lines alike: the command ends with that failure's one line. The records sent to a Prefect server stay."""
+class _ToldFilter(logging.Filter):
+    """Keeps Prefect's console records of a failure told in one line (mmsa.faults) off the console: tracebacks,
+    and a permanent failure's state lines too (a transient one's "Retry 1/2" lines stay: the user sees it retried).
+    The command ends with that failure's one line. The records sent to a Prefect server stay."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        return not ((exc is not None and faults.is_permanent(exc))
-                    or faults.PermanentError.__name__ in record.getMessage())  # "Finished in state Failed(...)"
+        message = record.getMessage()
+        return not ((exc is not None and faults.told(exc) is not None)
+                    or faults.PermanentError.__name__ in message  # "Finished in state Failed(...)"
+                    or faults.TransientError.__name__ in message and "Finished in state" in message)
 
 
 def _prefect_ready(args: argparse.Namespace) -> None:
     """Once a command has imported Prefect (which configures logging then): fit the root logger's console
-    handlers, where Prefect logs task and flow failures, with _PermanentFilter unless --debug; and when an API
+    handlers, where Prefect logs task and flow failures, with _ToldFilter unless --debug; and when an API
     is configured (PREFECT_API_URL), check that it answers, so that a server that is down costs one line, not
     a run's worth of tracebacks."""
     from prefect.client.orchestration import get_client
@@ -580,7 +584,7 @@ def _prefect_ready(args: argparse.Namespace) -> None:
 
     if not args.debug:
         for handler in logging.getLogger().handlers:
-            handler.addFilter(_PermanentFilter())
+            handler.addFilter(_ToldFilter())
     url = PREFECT_API_URL.value()
     if not url:  # ephemeral mode: Prefect starts its own server
         return

@@ -1,4 +1,5 @@
-"""Failures that no retry can fix, told in one line: the path or service, the cause, and what to do.
+"""Failures that no retry can fix, told in one line: the path or service, the cause, and what to do; and those a
+retry may fix, told in one line once the retries are spent.
 
 A full disk, a folder without write access, a read-only filesystem, a database another process holds, an
 unreachable Prefect API, a damaged model folder: retrying only delays the error and buries it under tracebacks.
@@ -17,6 +18,17 @@ from pathlib import Path
 
 class PermanentError(Exception):
     """A failure that a retry cannot fix; str() is the one line for the user."""
+
+
+class TransientError(Exception):
+    """A failure a retry may fix (a dump's download cut off): the flows retry it; str() is the one line the user
+    reads when the retries are spent."""
+
+
+def told(exc: BaseException) -> Exception | None:
+    """The failure whose str() is the user's one line (a permanent one, or a transient one whose retries are
+    spent), or None for one that is not (its traceback is the report)."""
+    return as_permanent(exc) or (exc if isinstance(exc, TransientError) else None)
 
 
 # errno -> (what happened, what to do) for OS errors no retry fixes.

@@ -36,9 +36,10 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.parquet as pq
 import requests
+import urllib3
 import zstandard
 
-from mmsa import files, language, readers
+from mmsa import faults, files, language, readers
 from mmsa.brands import BrandTagger, find_spans, load_rules
 from mmsa.readers import Skip
 from mmsa.readers.flat import mapped, parse_mapping
@@ -200,7 +201,14 @@ def localise(src: str | Path, workdir: Path) -> Path:
             # is a misconfigured server's way to send the file as it is.
             resp.raw.decode_content = target.suffix not in COMPRESSIONS
             with files.atomic_path(target) as tmp, tmp.open("wb") as fh:
-                shutil.copyfileobj(resp.raw, fh)
+                try:
+                    shutil.copyfileobj(resp.raw, fh)
+                except (urllib3.exceptions.HTTPError, requests.RequestException) as exc:  # the server or network dropped it
+                    size = resp.headers.get("Content-Length", "")
+                    raise faults.TransientError(
+                        f"the dump's download from {src} broke off after {resp.raw.tell():,} bytes"
+                        f"{f' of {int(size):,}' if size.isdigit() else ''} ({type(exc).__name__}): nothing was "
+                        "scored; run the same command again once the server answers") from None
     except requests.RequestException as exc:  # a dump that is not there is bad input, said in one line
         raise FileNotFoundError(f"dump not downloadable from {src}: {type(exc).__name__}: {exc}") from None
     return target

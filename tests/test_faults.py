@@ -20,7 +20,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from imageserver import encode, image_server, send, textured_image  # noqa: F401  (fixture)
+from imageserver import encode, image_server, lying_length, send, textured_image  # noqa: F401  (fixture)
 from mmsa import cli, faults, pipeline
 from mmsa.flows import score  # Prefect sets its console logging up on import: here, not inside a capsys test
 from mmsa.demo import make_dump, serve_folder
@@ -177,6 +177,29 @@ def test_a_permanent_failure_is_not_retried_and_a_transient_one_is(prefect_harne
     assert cli.main([*argv, "--force"]) == 1
     assert calls["shard-00001"] == 1  # not retried
     assert re.search(r"mmsa score: error: read-only filesystem: \S+/out: .*; \d of 6 shards are kept", capsys.readouterr().err)
+
+
+# `mmsa score` with the dump's download retried at once (the flow waits 5 s, then 30 s).
+NO_RETRY_WAIT = """
+from mmsa.flows import score
+score.prepare_task = score.prepare_task.with_options(retry_delay_seconds=0)
+from mmsa.cli import entry
+entry()
+"""
+
+
+def test_a_dump_download_that_breaks_off_is_retried_then_told_in_one_line(prefect_harness, image_server, tmp_path):
+    """A dump URL that answers, then drops the connection mid-body (Content-Length unmet): the download is retried,
+    and when every try broke off the run ends with one line saying so, no traceback, nothing stored."""
+    body = write_dump(tmp_path / "dump.jsonl").read_bytes()
+    url = image_server.route("/dump.jsonl", lying_length(body[:300], len(body), "application/x-ndjson"))
+    db, out = tmp_path / "m.duckdb", tmp_path / "out"
+    proc = mmsa_score(url, db, out, wrapper=NO_RETRY_WAIT)
+    line = one_line(proc, "error: the dump's download")
+    assert line == (f"mmsa score: error: the dump's download from {url} broke off after 300 bytes of {len(body):,} "
+                    "(ProtocolError): nothing was scored; run the same command again once the server answers")
+    assert image_server.hit_count("/dump.jsonl") == 3 and not db.exists()  # three tries, each said in its line
+    assert len([x for x in proc.stderr.splitlines() if "broke off" in x and "Retry" in x]) == 2, proc.stderr
 
 
 # --- a locked database, a dead Prefect API, a damaged model -------------------------------------
