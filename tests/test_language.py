@@ -64,14 +64,16 @@ def test_a_dump_without_lang_gets_each_posts_language(tmp_path):
                      "en-tokenised": "en", "en-india": "en", "no-letters": None, "one-word": None, "one-word-sure": "de"}
 
 
-# Romanised Hindi without the function words the rules know: py3langid alone calls them id, uz, en.
-HINGLISH_BEYOND_THE_WORDS = ["bilkul sahi baat boli", "dil se shukriya dost", "sab theek ho jayega"]
+# Romanised Hindi without the function words the rules know: py3langid alone calls them jv, uz, en.
+HINGLISH_BEYOND_THE_WORDS = ["bilkul sahi baat", "dil se shukriya dost", "sab theek ho jayega"]
 
 
 def test_romanised_hindi_beyond_its_function_words_is_found_by_the_shipped_model():
     rules_only = language.Identifier(language.load().langid, {}, float("-inf"), 0.0)
-    assert [rules_only.identify(t) for t in HINGLISH_BEYOND_THE_WORDS] == ["id", "uz", "en"]
+    assert [rules_only.identify(t) for t in HINGLISH_BEYOND_THE_WORDS] == ["jv", "uz", "en"]
     assert [language.identify(t) for t in HINGLISH_BEYOND_THE_WORDS] == ["hi", "hi", "hi"]
+    # what the identifier calls Indonesian, Turkish or Tagalog, languages of far more posts, it keeps
+    assert language.identify("bilkul sahi baat boli") == "id"
     weights, _, logit = language.read_hindi_model()
     # small enough to ship in the package, and a real model: thousands of weights, a threshold above even odds
     assert language.HINDI_MODEL.stat().st_size < 3_000_000 and len(weights) > 1000 and logit > 0
@@ -91,6 +93,29 @@ def test_a_dumps_own_tag_is_kept_as_iso_639_1(tmp_path):
     assert _langs(_write(tmp_path / "tagged.jsonl", rows)) == {
         "us": "en", "br": "pt", "x-old": "id", "und": "fr", "qme": "fr", "word": "fr", "xx": "fr"}
     assert language.normalise("zh-Hant-TW") == "zh" and language.normalise("fil") == "fil"
+    # ISO 639-2/3 codes (a warehouse's `eng`, a Mastodon export's `cmn`) are the two-letter language where one exists
+    assert {t: language.normalise(t) for t in ("eng", "spa", "jpn", "ger", "cmn", "arz", "x-klingon", "zzz")} == {
+        "eng": "en", "spa": "es", "jpn": "ja", "ger": "de", "cmn": "zh", "arz": "ar", "x-klingon": None, "zzz": None}
+
+
+def test_english_with_words_romanised_hindi_shares_and_indonesian_turkish_tagalog_are_not_hindi():
+    """English words that are Hindi too (log, tab) do not make an English post Hindi, and a Hindi function word in
+    Indonesian (ke), Turkish (ki) or Tagalog (ko) leaves the identifier's answer; Hinglish is still Hindi."""
+    assert {text: language.identify(text) for text in (
+        "Can't log in to acme, the app keeps crashing on the settings tab",
+        "Aku pergi ke toko tadi sore, ramai sekali",
+        "Saya suka sekali ponsel ini, baterainya tahan lama",
+        "Öyle bir telefon ki bayıldım",
+        "Ganda ng phone ko, sulit na sulit",
+        "yaar ye phone bahut accha hai, mujhe pasand aaya",
+    )} == {
+        "Can't log in to acme, the app keeps crashing on the settings tab": "en",
+        "Aku pergi ke toko tadi sore, ramai sekali": "id",
+        "Saya suka sekali ponsel ini, baterainya tahan lama": "id",
+        "Öyle bir telefon ki bayıldım": "tr",
+        "Ganda ng phone ko, sulit na sulit": "tl",
+        "yaar ye phone bahut accha hai, mujhe pasand aaya": "hi",
+    }
 
 
 def test_a_brand_name_is_no_evidence_of_a_language():
