@@ -23,6 +23,9 @@ RULES = ("keywords", "hashtags", "handles", "regexes")
 Span = tuple[int, int]
 APOSTROPHES = str.maketrans({c: "'" for c in "\u2018\u2019\u02bc\u2032\uff07"})  # what phones type for '
 _WORD_CHAR = re.compile(r"\w")
+# A letter or digit of a script that spaces its words: a keyword touching one is inside a longer word. Han, kana,
+# Hangul (whose particles join the noun: "acme는") and Thai run words together, so a name touching them is whole.
+_SPACED_WORD = r"[^\W\u0e00-\u0e7f\u1100-\u11ff\u3130-\u318f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f]"
 
 
 def fold(text: str) -> tuple[str, list[Span] | None]:
@@ -151,10 +154,12 @@ def _strings(brand: str, spec: dict, key: str) -> list[str]:
 def _phrase(keyword: str) -> str:
     """A keyword on word boundaries, its inner spaces matching any run of whitespace."""
     body = r"\s+".join(re.escape(word) for word in keyword.split())
-    return rf"(?<!\w){body}(?!\w)"
+    return rf"(?<!{_SPACED_WORD}){body}(?!{_SPACED_WORD})"
 
 
 def _tag(sign: str, value: str) -> str:
-    """#tag or @handle, whole: not inside a word before it, nor continued by a word character after it."""
+    """#tag or @handle, whole: not inside a word before it, nor continued after it (a hashtag by a letter of any
+    script, as the platforms read one; a handle, Latin letters and digits only, by one of those)."""
     name = re.escape(value.lstrip(sign))
-    return rf"(?<![\w{sign}]){re.escape(sign)}{name}(?!\w)"
+    after = r"\w" if sign == "#" else _SPACED_WORD
+    return rf"(?<!{_SPACED_WORD})(?<!{re.escape(sign)}){re.escape(sign)}{name}(?!{after})"

@@ -164,6 +164,17 @@ def test_brand_rules_ignore_accents_full_width_letters_and_the_kind_of_apostroph
     assert tagger.tag("pineapple o'briens") == []
 
 
+def test_a_brand_touching_japanese_chinese_korean_or_thai_is_found_and_inside_a_latin_word_is_not():
+    """Han, kana, Hangul particles and Thai join words without a space: a name beside them is whole."""
+    tagger = BrandTagger({"acme": {"keywords": ["acme"], "handles": ["@acmecorp"]}, "任天堂": {"keywords": ["任天堂"]}})
+    cases = {"acmeのスマホは最悪です": "acme", "我很喜欢acme手机": "acme", "acme는 최고예요": "acme", "ＡＣＭＥのスマホ": "ＡＣＭＥ",
+             "ฉันชอบacmeมาก": "acme", "@acmecorpのサポート": "@acmecorp", "任天堂のゲーム": "任天堂"}
+    for text, span in cases.items():
+        (brand,) = tagger.tag(text)
+        assert [text[a:b] for a, b in tagger.spans(text, brand)] == [span], text
+    assert [tagger.tag(t) for t in ("acmes", "xacme", "acme2", "@acmecorpx")] == [[]] * 4
+
+
 def test_a_brand_the_dump_gives_takes_the_files_spelling_and_counts_once():
     """A dump's "brand": "ACME" for a post the rules tag acme is one brand, acme, not two; without a file, two
     spellings of one name are one brand too."""
