@@ -27,6 +27,15 @@ def days_between(start: date, end: date) -> list[date]:
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
 
 
+def day_dump(template: str, day: date) -> str:
+    """The day's dump location from the template; a ValueError naming the template when it is not one."""
+    try:
+        return template.format(date=day)
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        raise ValueError(f"dump template {template!r} cannot be filled ({type(exc).__name__}: {exc}): its one field "
+                         "is {date}, e.g. /data/dumps/{date}.jsonl or {date:%Y/%m/%d}.jsonl") from None
+
+
 @flow(name="backfill-posts", log_prints=True)
 def backfill_flow(
     dump_template: str,
@@ -66,6 +75,7 @@ def backfill_flow(
     yesterday = datetime.now(ZoneInfo(timezone)).date() - timedelta(days=1)
     start = start or end or yesterday
     days = days_between(start, end or start)
+    day_dump(dump_template, start)
     scorer = score_flow.with_options(task_runner=make_task_runner(runner, dask_address))
     model_version = load_model(model).version
     with run_lock(db):  # the whole range: a second backfill is refused, not let in between two days
@@ -81,7 +91,7 @@ def _days(days: list[date], dump_template: str, db: str, model_version: str, sco
     """Score each day's dump in turn: ({day: "scored" | "skipped" | "failed"}, the failed days with why)."""
     outcome, failed = {}, []
     for day in days:
-        dump = dump_template.format(date=day)
+        dump = day_dump(dump_template, day)
         key, missing = None, None
         if not source.is_url(dump) and not storage.is_remote(dump):  # a local day: its bytes, or not there
             try:
@@ -107,7 +117,7 @@ def _days(days: list[date], dump_template: str, db: str, model_version: str, sco
     return outcome, failed
 
 
-class BackfillFailed(RuntimeError):
+class BackfillFailed(faults.Told):
     """Some days failed (the flow run fails, for alerting); `outcome` is every day's, for the command's table."""
 
     def __init__(self, message: str, outcome: dict[str, str]):

@@ -28,7 +28,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 def _preload(model: str, backend: str | None) -> None:
     """Load the language identifier, the model and its inference engine in a thread while the command imports
     Prefect and the flow; the flow's reading then finds the identifier loaded, its shards the engine in
-    get_engine's cache. A failure is left to the flow, which reports it with its own error."""
+    get_engine's cache. A failure is left to the flow, which reports it with its own error. Not a daemon: a command
+    that fails at once waits for it at exit, as the native libraries abort the process (SIGABRT) when the
+    interpreter ends under a thread still inside them."""
 
     def load_engine() -> None:
         from mmsa import language
@@ -40,7 +42,7 @@ def _preload(model: str, backend: str | None) -> None:
         except Exception:  # noqa: BLE001 - a bad model or backend fails in the flow, with its error
             pass
 
-    threading.Thread(target=load_engine, name="mmsa-preload", daemon=True).start()
+    threading.Thread(target=load_engine, name="mmsa-preload").start()
 
 
 def _mapping(args: argparse.Namespace) -> dict[str, str]:
@@ -67,10 +69,12 @@ def _mapping(args: argparse.Namespace) -> dict[str, str]:
 def _run_parameters(args: argparse.Namespace) -> RunParameters:
     """The run's parameters from the shared argument group (_add_run_options), checked before Prefect starts
     so that a typo in an option costs no server start."""
+    from mmsa.model import resolve_model_dir
     from mmsa.pipeline import RunOptions
 
     params = RunParameters(**{name: getattr(args, name) for name in _RUN_OPTION_NAMES}, mapping=_mapping(args) or None)
     RunOptions.build(params)
+    resolve_model_dir(params.model)
     return params
 
 
@@ -96,8 +100,11 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 def _cmd_backfill(args: argparse.Namespace) -> int:
     params = _run_parameters(args)
-    from mmsa.flows.backfill import BackfillFailed, backfill_flow
+    from mmsa.flows.backfill import BackfillFailed, backfill_flow, day_dump, days_between
 
+    if args.date_from and args.date_to:
+        days_between(args.date_from, args.date_to)  # the range and the template, checked before Prefect starts
+    day_dump(args.dump_template, args.date_from or args.date_to or date.today())
     _prefect_ready(args)
     try:
         outcome = backfill_flow(dump_template=args.dump_template, start=args.date_from, end=args.date_to,
@@ -562,16 +569,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class _ToldFilter(logging.Filter):
-    """Keeps Prefect's console records of a failure told in one line (mmsa.faults) off the console: tracebacks,
-    and a permanent failure's state lines too (a transient one's "Retry 1/2" lines stay: the user sees it retried).
-    The command ends with that failure's one line. The records sent to a Prefect server stay."""
+    """Keeps Prefect's console records of a failure the command tells in one line off the console: bad input
+    (ValueError, FileNotFoundError: exit 2) and mmsa.faults' failures (exit 1), their tracebacks and their
+    "Finished in state Failed" lines (a transient one's "Retry 1/2" lines stay: the user sees it retried). The
+    records sent to a Prefect server stay."""
+
+    TOLD = (ValueError, FileNotFoundError, faults.Told)
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            return not (isinstance(exc, self.TOLD) or faults.told(exc) is not None)
         message = record.getMessage()
-        return not ((exc is not None and faults.told(exc) is not None)
-                    or faults.PermanentError.__name__ in message  # "Finished in state Failed(...)"
-                    or faults.TransientError.__name__ in message and "Finished in state" in message)
+        return not ("in state Failed" in message and any(f"{name}:" in message for name in _names(self.TOLD)))
+
+
+def _names(kinds: tuple[type, ...]) -> set[str]:
+    """The names of these exception classes and of all their subclasses defined so far."""
+    names, todo = set(), list(kinds)
+    while todo:
+        kind = todo.pop()
+        names.add(kind.__name__)
+        todo += kind.__subclasses__()
+    return names
 
 
 def _prefect_ready(args: argparse.Namespace) -> None:

@@ -16,19 +16,24 @@ import shutil
 from pathlib import Path
 
 
-class PermanentError(Exception):
+class Told(Exception):
+    """A failure whose str() is the one line the user reads (mmsa.cli prints it alone, and keeps Prefect's
+    tracebacks of it off the console)."""
+
+
+class PermanentError(Told):
     """A failure that a retry cannot fix; str() is the one line for the user."""
 
 
-class TransientError(Exception):
+class TransientError(Told):
     """A failure a retry may fix (a dump's download cut off): the flows retry it; str() is the one line the user
     reads when the retries are spent."""
 
 
 def told(exc: BaseException) -> Exception | None:
-    """The failure whose str() is the user's one line (a permanent one, or a transient one whose retries are
-    spent), or None for one that is not (its traceback is the report)."""
-    return as_permanent(exc) or (exc if isinstance(exc, TransientError) else None)
+    """The failure whose str() is the user's one line (a permanent one, a transient one whose retries are spent,
+    any other Told), or None for one that is not (its traceback is the report)."""
+    return as_permanent(exc) or (exc if isinstance(exc, Told) else None)
 
 
 # errno -> (what happened, what to do) for OS errors no retry fixes.

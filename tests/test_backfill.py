@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 from mmsa.flows import backfill
-from mmsa.flows.backfill import backfill_flow
+from mmsa.flows.backfill import BackfillFailed, backfill_flow
 from mmsa.store import already_scored
 from mmsa import cli
 from test_deployments import latest_artifact
@@ -80,7 +80,7 @@ def test_backfill_reports_missing_day_after_scoring_the_others(prefect_harness, 
     every day's outcome, then what failed in one line (exit 1), no traceback."""
     template = write_day_dumps(tmp_path / "dumps", days=[DAYS[0], DAYS[2]])
     db, out = tmp_path / "m.duckdb", tmp_path / "out"
-    with pytest.raises(RuntimeError, match=r"1 of 3 days failed: 2026-11-02 \(dump not found: "):
+    with pytest.raises(BackfillFailed, match=r"1 of 3 days failed: 2026-11-02 \(dump not found: "):
         backfill_flow(dump_template=template, db=str(db), out=str(out), start=date(2026, 11, 1),
                       end=date(2026, 11, 3), shard_size=8)
     assert _counts(db) == ((24, 24), 2)
@@ -90,6 +90,18 @@ def test_backfill_reports_missing_day_after_scoring_the_others(prefect_harness, 
     assert "2026-11-01  skipped\n2026-11-02  failed\n2026-11-03  skipped" in printed.out
     assert printed.err.splitlines()[-1].startswith("mmsa backfill: error: 1 of 3 days failed: 2026-11-02 (dump not")
     assert "Traceback" not in printed.err
+
+
+def test_a_template_without_its_date_field_or_an_unknown_model_is_one_line_before_prefect(tmp_path, capsys):
+    """Checked before any flow starts (no Prefect harness here: nothing may need it)."""
+    common = ["--from", "2026-11-01", "--db", str(tmp_path / "m.duckdb"), "--out", str(tmp_path / "out")]
+    assert cli.main(["backfill", "--dump-template", "x/{day}.jsonl", *common]) == 2
+    assert capsys.readouterr().err == ("mmsa backfill: error: dump template 'x/{day}.jsonl' cannot be filled (KeyError: "
+                                       "'day'): its one field is {date}, e.g. /data/dumps/{date}.jsonl or "
+                                       "{date:%Y/%m/%d}.jsonl\n")
+    assert cli.main(["backfill", "--dump-template", "x/{date}.jsonl", *common, "--model", "nosuch"]) == 2
+    assert capsys.readouterr().err.startswith("mmsa backfill: error: no model folder 'nosuch'")
+    assert not (tmp_path / "m.duckdb").exists()
 
 
 LOCK_PROBE = """

@@ -202,6 +202,24 @@ def test_a_dump_download_that_breaks_off_is_retried_then_told_in_one_line(prefec
     assert len([x for x in proc.stderr.splitlines() if "broke off" in x and "Retry" in x]) == 2, proc.stderr
 
 
+def test_bad_input_found_inside_a_flow_is_one_line_without_prefects_traceback(prefect_harness, tmp_path):
+    """What only the flow finds (a rerun with another shard size: exit 2; a backfill's missing day: exit 1) ends
+    with the command's one line; Prefect's console shows no traceback and no failed-state line of it."""
+    dump, db, out = write_dump(tmp_path / "2026-11-01.jsonl", n=20), tmp_path / "m.duckdb", tmp_path / "out"
+    assert mmsa_score(dump, db, out).returncode == 0
+    proc = mmsa_score(dump, db, out, "--shard-size", "5")
+    shown = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in shown and "in state Failed" not in shown, shown[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("mmsa score: error: ") and "--shard-size 10" in shown
+    proc = subprocess.run([sys.executable, "-m", "mmsa.cli", "backfill", "--dump-template", str(tmp_path / "{date}.jsonl"),
+                           "--from", "2026-11-01", "--to", "2026-11-02", "--db", str(db), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    shown = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in shown and "in state Failed" not in shown, shown[-3000:]
+    assert proc.stdout.splitlines()[-2:] == ["2026-11-01  skipped", "2026-11-02  failed"], proc.stdout
+    assert proc.stderr.strip().splitlines()[-1].startswith("mmsa backfill: error: 1 of 2 days failed: 2026-11-02")
+
+
 # --- a locked database, a dead Prefect API, a damaged model -------------------------------------
 
 HOLDER = "import duckdb, sys; con = duckdb.connect(sys.argv[1]); print('held', flush=True); sys.stdin.read()"
