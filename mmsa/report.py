@@ -82,13 +82,21 @@ def connect(db: str | Path) -> duckdb.DuckDBPyConnection:
     """Open a database read-only for reports, with days counted in UTC (the view's `day`)."""
     if not Path(db).is_file():
         raise FileNotFoundError(f"no DuckDB database at {db}")
+    not_mmsa = f"{db} is not a database mmsa score wrote: give the --db of the scoring runs"
     try:
         con = duckdb.connect(str(db), read_only=True)
-    except duckdb.IOException as exc:  # another process has it open read-write: the pipeline
-        raise ValueError(
+    except duckdb.IOException as exc:
+        if "not a valid DuckDB database file" in str(exc):
+            raise ValueError(f"{not_mmsa} (not a DuckDB file)") from None
+        raise ValueError(  # another process has it open read-write: the pipeline
             f"cannot open {db} while another process writes it ({str(exc).splitlines()[0]}); "
             f"read the analyst snapshot {snapshot_path(db)} instead (docs/analysts.md)"
         ) from exc
+    except duckdb.Error:  # a JSON or CSV file, which DuckDB reads as a query of its own
+        raise ValueError(f"{not_mmsa} (not a DuckDB file)") from None
+    if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'runs'").fetchone()[0]:
+        con.close()
+        raise ValueError(f"{not_mmsa} (a DuckDB database without mmsa's tables)")
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_progress_bar = false")
     return con

@@ -74,6 +74,19 @@ def test_a_misspelt_parameter_is_an_error_not_a_silent_no_filter(db):
         report.run_report("daily_brand_sentiment", db, date_from="2024-13-01")
 
 
+def test_a_db_that_is_not_the_pipelines_is_one_line_saying_so(tmp_path, capsys):
+    """--db given the dump, a file that is not DuckDB, or a DuckDB database of something else: each is told as not
+    mmsa's database (exit 2), not as a lock another process holds, and not as a traceback."""
+    (tmp_path / "posts.jsonl").write_text('{"post_id": "a"}\n')
+    (tmp_path / "bogus.duckdb").write_text("hello\n")
+    duckdb.connect(str(tmp_path / "other.duckdb")).execute("CREATE TABLE t (x INT)").close()
+    for name, why in (("posts.jsonl", "not a DuckDB file"), ("bogus.duckdb", "not a DuckDB file"),
+                      ("other.duckdb", "a DuckDB database without mmsa's tables")):
+        assert main(["report", "runs", "--db", str(tmp_path / name)]) == 2
+        assert capsys.readouterr().err == (f"mmsa report: error: {tmp_path / name} is not a database mmsa score wrote: "
+                                           f"give the --db of the scoring runs ({why})\n")
+
+
 # --- trend reports ---------------------------------------------------------------------------
 
 
