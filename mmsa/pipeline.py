@@ -163,9 +163,14 @@ class RunSummary:
             f"stages: {secs}; bound by {self.bound_by()}\n{self.languages_line()}"
         )
 
+    @property
+    def posts_unscored(self) -> int:
+        """Of the posts stored, those without a label: a language the model does not cover, or nothing to read."""
+        return sum(self.not_covered.values()) + self.nothing_to_read
+
     def scored_line(self) -> str:
         """The posts stored, scored or not: "12 scored", "9 scored + 3 stored unscored"."""
-        unscored = sum(self.not_covered.values()) + self.nothing_to_read
+        unscored = self.posts_unscored
         return f"{self.posts_scored - unscored} scored" + (f" + {unscored} stored unscored" if unscored else "")
 
     def languages_line(self) -> str:
@@ -565,6 +570,7 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
                     "not_posts": summary.not_posts,
                     "cache_repaired": summary.cache_repaired,
                     "not_covered": summary.not_covered,
+                    "posts_unscored": summary.posts_unscored,
                 },
                 shards,
             )

@@ -80,6 +80,7 @@ ALTER TABLE runs ADD COLUMN IF NOT EXISTS not_posts JSON;  -- records that were 
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS cache_repaired BIGINT;  -- damaged image cache entries fetched anew
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS not_covered JSON;  -- posts stored unscored, by language
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS dump_key VARCHAR;  -- the dump's bytes (mmsa.source.files_key)
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS posts_unscored BIGINT;  -- of posts_scored (the posts stored), those unlabelled
 ALTER TABLE scored_posts ADD COLUMN IF NOT EXISTS unscored_reason VARCHAR;
 ALTER TABLE scored_posts ADD COLUMN IF NOT EXISTS brand_scores {_duck_type(SCORED_SCHEMA.field("brand_scores").type)};
 -- One row per post and brand: a post that mentions two brands counts once for each, with the sentiment

@@ -92,7 +92,13 @@ def test_a_post_of_images_only_none_of_which_came_is_stored_unscored_not_guessed
     assert rows[1][:2] == ("there", "ok") and rows[1][2] is not None and rows[1][5] is None
     unscored = report.run_report("unscored_posts", db).to_pylist()  # untagged: brand NULL, still listed
     assert [(r["brand"], r["unscored_reason"], r["posts"]) for r in unscored] == [(None, "no_text_and_no_usable_image", 1)]
-    assert report.run_report("runs", db).to_pylist()[0]["stored_unscored"] == 1
+    run = report.run_report("runs", db).to_pylist()[0]
+    assert (run["posts_scored"], run["posts_unscored"], run["stored_unscored"]) == (1, 1, 1)
+    assert "2 posts in, 1 scored + 1 stored unscored, 0 rejected" in report.headline_markdown(db).markdown
+    # a rerun finds its shard done: it stores nothing new and says the same of the posts it holds
+    assert cli.main(["score", str(dump), "--db", str(db), "--out", str(tmp_path / "out"), "--allow-hosts", "127.0.0.1"]) == 0
+    rerun = report.run_report("runs", db).to_pylist()[-1]
+    assert (rerun["posts_scored"], rerun["posts_unscored"], rerun["stored_posts"]) == (1, 1, 0)
     assert "2 posts in, 1 scored + 1 stored unscored, 0 rejected" in report.headline_markdown(db).markdown
     mix = {r["image_status"]: (r["posts"], r["images"]) for r in report.run_report("image_status_mix", db).to_pylist()}
     assert mix == {"http_404": (1, 1), "ok": (1, 1)}  # its failed image is data quality too

@@ -307,7 +307,7 @@ class Queries:
         rows = run_query(con, "runs", f, self.default_model(con))
         return Table("runs", "Scoring runs", rows,
                      ["run_id", "dump", "model_version", "started_at", "seconds", "posts_in", "posts_scored",
-                      "posts_rejected", "rejected_rate", "stored_posts", "image_status", "not_covered"], "sql/reports/runs.sql")
+                      "posts_unscored", "posts_rejected", "rejected_rate", "stored_posts", "image_status", "not_covered"], "sql/reports/runs.sql")
 
     def table_models(self, con, f: Filters) -> Table:
         unfiltered = not (f.brand or f.date_from or f.date_to or f.model_version)
