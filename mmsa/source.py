@@ -307,7 +307,7 @@ class CsvHeader:
     raw: str
 
 
-def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict | Unreadable | CsvHeader]]:
+def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict | Unreadable | Skip | CsvHeader]]:
     """(line number, record) per record, or (line number, Unreadable) for an unreadable one; a CSV file's header
     row first, as a CsvHeader. A JSONL line
     holding an array of objects (a saved API response) gives each of them, under the same line; a `.json` file
@@ -335,6 +335,9 @@ def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict |
                         yield n, Unreadable(reason, line.rstrip("\r\n")[:2000])
                         continue
                     first = False
+                    if row == []:  # a page of no records (an API's empty answer, saved)
+                        yield n, Skip("empty JSON array")
+                        continue
                     if isinstance(row, list) and row and all(isinstance(r, dict) for r in row):
                         for item in row:
                             yield n, item
@@ -543,7 +546,8 @@ def iter_shards(paths: Path | list[Path], shard_size: int, dump_name: str | None
                 options: ReadOptions | None = None) -> Iterator[Shard]:
     """Stream a local dump (one file or several, read as one) as validated shards. Every input record
     lands in exactly one shard: as posts, as a rejected row, or counted as skipped (duplicates of an
-    earlier post_id, also from another file, are rejected)."""
+    earlier post_id, also from another file, are rejected; a repost of a post already read, or a post already
+    read through a repost, is the same post: skipped)."""
     if shard_size < 1:
         raise ValueError("shard_size must be at least 1")
     options = options or ReadOptions()
@@ -555,6 +559,7 @@ def iter_shards(paths: Path | list[Path], shard_size: int, dump_name: str | None
     read = options.reader()
     tagger = BrandTagger(options.brand_rules) if options.brand_rules else None
     seen: dict[str, int] = {}  # post_id -> file number << 40 | line (an int: the dict's only per-post memory)
+    reposted: set[str] = set()  # post_ids read through a repost (a boost, a retweet): met again, the same post
     posts: list[dict] = []
     rejected: list[dict] = []
     skipped: Counter = Counter()
@@ -576,6 +581,12 @@ def iter_shards(paths: Path | list[Path], shard_size: int, dump_name: str | None
                     if isinstance(item, str):
                         raise ValueError(item)
                     post = validate(item, options.max_images, tagger)
+                    repost = item.get("reposted_by") is not None
+                    if post["post_id"] in seen and (repost or post["post_id"] in reposted):
+                        skipped["repost of a post already read"] += 1
+                        continue
+                    if repost:
+                        reposted.add(post["post_id"])
                     if post["post_id"] in seen:
                         first_file, first_line = divmod(seen[post["post_id"]], 1 << 40)
                         at = f"{files[first_file].name} line {first_line}" if len(files) > 1 else f"row {first_line}"
@@ -602,10 +613,13 @@ def _names_post_id(read, names: list[str]) -> bool:
     return any(isinstance(row, dict) and row.get("post_id") is not None for row in _read(read, dict.fromkeys(names, "1")))
 
 
-def _read(read, record: dict | Unreadable) -> Iterator[dict | Skip | str]:
+def _read(read, record: dict | Unreadable | Skip) -> Iterator[dict | Skip | str]:
     """The reader's rows for a record; an unreadable record is one error text (its rejection reason)."""
     if isinstance(record, Unreadable):
         yield record.reason
+        return
+    if isinstance(record, Skip):
+        yield record
         return
     try:
         yield from list(read(record))

@@ -104,7 +104,50 @@ def test_mastodon_html_boosts_and_media_types():
     assert (row["post_id"], row["author"], row["likes"], row["shares"]) == (original["uri"], "bob@mstdn.example", 4, 1)
     boost = {"id": "10", "created_at": "2026-11-21T00:00:00Z", "content": "", "account": {"acct": "carol"}, "reblog": original}
     boosted = _one(mastodon.read, boost)
-    assert boosted["post_id"] == original["uri"] and boosted["boosted_by"] == "carol" and boosted["author"] == "bob@mstdn.example"
+    assert boosted["post_id"] == original["uri"] and boosted["reposted_by"] == "carol" and boosted["author"] == "bob@mstdn.example"
+
+
+def test_mastodon_content_warning_leads_the_text_and_a_local_author_gets_the_server():
+    """A content warning is the status's subject line (often where the brand is named); `acct` of an account local
+    to the server asked lacks the server, so alice of two servers would be one author."""
+    status = {"uri": "https://social.example/users/alice/statuses/1", "created_at": "2026-11-20T10:00:00Z",
+              "spoiler_text": "acme customer service rant", "sensitive": True,
+              "content": "<p>Three hours on hold and they hung up on me.</p>",
+              "account": {"acct": "alice", "url": "https://social.example/@alice"}}
+    row = _one(mastodon.read, status)
+    assert row["text"] == "acme customer service rant\n\nThree hours on hold and they hung up on me."
+    assert row["author"] == "alice@social.example"
+    remote = _one(mastodon.read, {**status, "account": {"acct": "bob@other.example", "url": "https://other.example/@bob"}})
+    assert remote["author"] == "bob@other.example"
+
+
+def test_a_retweet_is_its_original_once_and_a_crosspost_shows_its_originals_gallery(tmp_path):
+    """An X retweet's own text is a cut "RT @author: ..." without the pictures: the page's included original is the
+    post, and the original met again (or another retweet of it) is the same post, skipped, not rejected.
+    A Reddit crosspost of a gallery holds the pictures in its parent only; the editor's escaped `&#x200B;` goes."""
+    long = "I have been using the acme phone for two days and it is the best phone I have owned"
+    original = {"id": "1", "text": long[:40], "note_tweet": {"text": long}, "created_at": "2026-11-20T10:00:00Z",
+                "author_id": "u1", "attachments": {"media_keys": ["3_a"]}}
+    retweet = {"id": "2", "text": f"RT @fan: {long[:60]}", "created_at": "2026-11-20T11:00:00Z", "author_id": "u2",
+               "referenced_tweets": [{"type": "retweeted", "id": "1"}]}
+    includes = {"tweets": [original], "media": [{"media_key": "3_a", "type": "photo", "url": "https://pbs.twimg.com/a.jpg"}],
+                "users": [{"id": "u1", "username": "fan"}, {"id": "u2", "username": "hater"}]}
+    dump = tmp_path / "x.jsonl"
+    dump.write_text(_lines([{"data": [retweet, {**retweet, "id": "3"}], "includes": includes},
+                            {"data": [original], "includes": includes}]))
+    (shard,) = source.iter_shards(dump, 10, options=source.ReadOptions(source_format="x-v2"))
+    (post,) = shard.posts.to_pylist()
+    assert (post["post_id"], post["author"], post["text"], post["image_urls"]) == ("1", "fan", long, ["https://pbs.twimg.com/a.jpg"])
+    assert json.loads(post["extra"])["reposted_by"] == "hater"
+    assert shard.rejected == [] and shard.skipped == {"repost of a post already read": 2}
+    gallery = {"gallery_data": {"items": [{"media_id": "m2"}, {"media_id": "m1"}]},
+               "media_metadata": {m: {"status": "valid", "s": {"u": f"https://i.redd.it/{m}.jpg"}} for m in ("m1", "m2")}}
+    crosspost = {"id": "x1", "title": "look at this", "selftext": "so good&amp;#x200B;", "created_utc": 1763632800,
+                 "url_overridden_by_dest": "https://www.reddit.com/gallery/g1", "crosspost_parent": "t3_g1",
+                 "crosspost_parent_list": [{"id": "g1", "title": "my acme haul", "is_gallery": True, **gallery}]}
+    row = _one(reddit.read, crosspost)
+    assert row["image_urls"] == ["https://i.redd.it/m2.jpg", "https://i.redd.it/m1.jpg"]
+    assert row["text"] == "look at this\n\nso good\u200b"
 
 
 def test_detection_by_shape_and_every_reader_named_on_the_command_line():

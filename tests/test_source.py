@@ -193,3 +193,11 @@ def test_a_csv_without_a_header_row_loses_no_post(tmp_path):
     mapped.write_text("id,created_at,text\n" + "\n".join(lines) + "\n")
     (shard,) = source.iter_shards(mapped, 10, options=source.ReadOptions(mapping={"post_id": "id"}))
     assert shard.posts["post_id"].to_pylist() == ["c1", "c2"] and shard.rejected == []
+
+
+def test_an_empty_json_array_line_is_a_page_of_no_posts_skipped_and_counted(tmp_path):
+    """`[]` (an API page of no statuses, saved as a line) is valid JSON holding no record: no rejection."""
+    dump = _write_jsonl(tmp_path / "d.jsonl", GOOD[:1], extra_lines=["[]\n"])
+    shards, posts, rejected = _all(dump)
+    assert [p["post_id"] for p in posts] == ["a1"] and rejected == []
+    assert sum((s.skipped for s in shards), start=__import__("collections").Counter()) == {"empty JSON array": 1}

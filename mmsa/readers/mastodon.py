@@ -2,14 +2,17 @@
 
 `content` is HTML: it becomes plain text (paragraphs and <br> as line breaks, the hidden parts of
 links dropped). Pictures are `media_attachments` of type image (`url`); for gifv and video the
-`preview_url` still is a picture. A boost nests the original status under `reblog`: the original
-is the post (so many boosts of one status are one post). A status id is only unique on its own
-server, so the post id is the status's `uri`, unique across servers (its `id` when it has none).
+`preview_url` still is a picture. A content warning (`spoiler_text`) is the status's subject line, shown
+above its content: it leads the text. A boost nests the original status under `reblog`: the original
+is the post (so many boosts of one status are one post; `reposted_by` keeps the booster). A status id and an
+`acct` are only unique on their own server, so the post id is the status's `uri`, unique across servers (its
+`id` when it has none), and the author `user@server` (the server from the account's `url`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 from mmsa.readers.common import Skip, dedupe, html_to_text, unescape
 
@@ -27,19 +30,30 @@ def read(record: dict) -> Iterator[dict | Skip]:
         elif media.get("type") in ("gifv", "video"):
             urls.append(media.get("preview_url"))
     account = status.get("account") or {}
+    warning = status.get("spoiler_text").strip() if isinstance(status.get("spoiler_text"), str) else ""  # plain text
+    content = html_to_text(status.get("content"))
     row = {
         "post_id": status.get("uri") or status.get("id"),
         "created_at": status.get("created_at"),
-        "text": html_to_text(status.get("content")),
+        "text": "\n\n".join(t for t in (warning, content) if t) or None,
         "image_urls": dedupe([unescape(u) for u in urls]),
         "source": "mastodon",
         "lang": status.get("language"),
-        "author": account.get("acct"),
+        "author": _handle(account),
         "likes": status.get("favourites_count"),
         "shares": status.get("reblogs_count"),
         "replies": status.get("replies_count"),
         "url": status.get("url"),
     }
     if status is not record:
-        row["boosted_by"] = (record.get("account") or {}).get("acct")
+        row["reposted_by"] = _handle(record.get("account") or {})
     yield row
+
+
+def _handle(account: dict) -> str | None:
+    """`user@server`: the API's `acct` leaves out the server of an account local to the server asked."""
+    acct = account.get("acct")
+    server = urlsplit(account.get("url") or "").hostname
+    if isinstance(acct, str) and "@" not in acct and server:
+        return f"{acct}@{server}"
+    return acct

@@ -1,9 +1,11 @@
 """Reddit submissions as Pushshift / Arctic Shift dumps have them (one JSON object per line).
 
-Text: `title`, a blank line, `selftext` (not "[removed]" or "[deleted]"); entities decoded.
+Text: `title`, a blank line, `selftext` (not "[removed]" or "[deleted]"); entities decoded (twice in
+`selftext`: Reddit escapes its markdown, which holds entities of its own, the editor's `&#x200B;`).
 Images, in order: a gallery's pictures (`media_metadata[id].s.u`, ordered by `gallery_data.items`),
 else the picture the post links to (`url` on i.redd.it or ending in an image extension), else the
-preview pictures (`preview.images[].source.url`). A linked picture's preview is the same picture,
+preview pictures (`preview.images[].source.url`); a crosspost without pictures of its own has its original's
+(`crosspost_parent_list`). A linked picture's preview is the same picture,
 so it is not added as a second one. Reddit HTML-escapes these URLs (`&amp;`); they are decoded.
 A comment (it has `body`, no `title`) is not a submission: it is skipped.
 
@@ -33,7 +35,7 @@ def read(record: dict) -> Iterator[dict | Skip]:
     name = record.get("name")
     post_id = name if isinstance(name, str) and name.startswith("t3_") else (None if raw_id in (None, "") else f"t3_{raw_id}")
     title = unescape(record.get("title")) or ""
-    body = unescape(record.get("selftext")) or ""
+    body = unescape(unescape(record.get("selftext"))) or ""
     text = title if body.strip() in _GONE else f"{title}\n\n{body}"
     score = record.get("score")
     likes = None
@@ -59,6 +61,14 @@ def read(record: dict) -> Iterator[dict | Skip]:
 
 def images(record: dict) -> list[str]:
     """The submission's pictures, in order, de-duplicated (see the module docstring)."""
+    own = _own_images(record)
+    parents = record.get("crosspost_parent_list")
+    if not own and isinstance(parents, list) and parents and isinstance(parents[0], dict):
+        return _own_images(parents[0])
+    return own
+
+
+def _own_images(record: dict) -> list[str]:
     metadata = record.get("media_metadata")
     gallery = (record.get("gallery_data") or {}).get("items")
     if isinstance(metadata, dict) and metadata:

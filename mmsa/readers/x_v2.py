@@ -4,7 +4,10 @@
 Photos come from `attachments.media_keys` -> `includes.media[].url`; videos and GIFs have no
 picture URL but a `preview_image_url`, used instead. The author is `author_id` ->
 `includes.users[].username`. A long tweet's full text is in `note_tweet.text`. X escapes `&`, `<`
-and `>` in the text as HTML entities; they are decoded.
+and `>` in the text as HTML entities; they are decoded. A retweet's own text is "RT @author: " and the
+original's first words, without its pictures: when the page includes the original (`includes.tweets`, the
+`referenced_tweets.id` expansion), the original is the post, as a Mastodon boost is (`reposted_by` keeps the
+retweeter; many retweets of one tweet are one post).
 """
 
 from __future__ import annotations
@@ -32,14 +35,28 @@ def read(record: dict) -> Iterator[dict | Skip | str]:
     includes = record.get("includes") or {}
     media = {m.get("media_key"): m for m in includes.get("media") or [] if isinstance(m, dict)}
     users = {u.get("id"): u for u in includes.get("users") or [] if isinstance(u, dict)}
+    tweets = {t.get("id"): t for t in includes.get("tweets") or [] if isinstance(t, dict)}
     for tweet in data:  # one bad tweet is rejected alone, the page's others still read
         if not isinstance(tweet, dict):
             yield "X API v2 page: a `data` item is not an object"
             continue
         try:
-            yield _tweet(tweet, media, users)
+            original = tweets.get(_retweeted(tweet))
+            if original is None:
+                yield _tweet(tweet, media, users)
+                continue
+            retweeter = users.get(tweet.get("author_id")) or {}
+            yield {**_tweet(original, media, users), "reposted_by": retweeter.get("username") or tweet.get("author_id")}
         except (TypeError, ValueError, AttributeError) as exc:
             yield f"unparseable tweet {str(tweet.get('id'))[:40]}: {type(exc).__name__}: {exc}"
+
+
+def _retweeted(tweet: dict) -> str | None:
+    """The id of the tweet a retweet repeats (None for any other tweet: a quote or a reply has words of its own)."""
+    for ref in tweet.get("referenced_tweets") or []:
+        if isinstance(ref, dict) and ref.get("type") == "retweeted":
+            return ref.get("id")
+    return None
 
 
 def _empty(record: dict) -> bool:
