@@ -48,8 +48,24 @@ def register(overrides: dict, cron: str | None = None) -> list[str]:
     """Create or update the yaml's deployments on the Prefect server, for a worker of their work pool.
 
     What `prefect deploy --all --prefect-file deployments/prefect.yaml` does, minus its check for
-    online workers, which this environment's Prefect server answers with HTTP 422."""
-    return [f"{d.flow_name}/{d.name}: {d.apply()}" for d in runner_deployments(overrides, cron, for_worker=True)]
+    online workers, which this environment's Prefect server answers with HTTP 422. Without a server
+    (PREFECT_API_URL), or without the yaml's work pool on it, a ValueError says what to do."""
+    from prefect.deployments.runner import DeploymentApplyError
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():  # a temporary server would forget them when the command ends
+        raise ValueError("registering needs a Prefect server: start one (prefect server start) and set "
+                         "PREFECT_API_URL to it (e.g. http://127.0.0.1:4200/api)")
+    names = []
+    for d in runner_deployments(overrides, cron, for_worker=True):
+        try:
+            names.append(f"{d.flow_name}/{d.name}: {d.apply()}")
+        except DeploymentApplyError as exc:
+            if "Work pool" not in str(exc):
+                raise
+            raise ValueError(f"{exc} Create it first: prefect work-pool create {d.work_pool_name} --type process "
+                             "(docs/operations.md)") from None
+    return names
 
 
 def serve(overrides: dict, cron: str | None = None) -> None:

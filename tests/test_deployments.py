@@ -121,3 +121,21 @@ def test_train_flow_builds_the_shipped_recipe_and_publishes_its_figures(prefect_
     assert got["mvsa (out of fold)"]["n"] == 160 and got["eval"]["n"] == 40
     markdown = latest_artifact("train-metrics")
     assert "| eval | 40 |" in markdown and "| target twitter2015 (out of fold) | 80 |" in markdown
+
+
+def test_register_without_the_work_pool_says_how_to_create_it_then_registers(prefect_harness):
+    """`mmsa serve --register` on a server that lacks the yaml's pool: one line naming the command that creates
+    it; once it exists, every deployment is registered."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from mmsa.flows import serve
+
+    with pytest.raises(ValueError, match=r'Work pool "mmsa-process" not found\. Create it first: prefect work-pool '
+                                         r"create mmsa-process --type process"):
+        serve.register({})
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="mmsa-process", type="process"))
+    names = sorted(line.split(":")[0] for line in serve.register({}))
+    assert names == sorted(f"{d.flow_name}/{d.name}" for d in runner_deployments({}, for_worker=True)), names
+    assert [n.split("/")[1] for n in names] == ["backfill", "nightly", "train"]
