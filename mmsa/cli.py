@@ -281,7 +281,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from mmsa import train
     from mmsa.data import MVSA, resolve_data_dir
     from mmsa.features import FEATURES_DIR
+    from mmsa.heads import HEAD_NAMES
 
+    if args.head not in ("stack", *HEAD_NAMES):  # said now, not after minutes of encoding
+        raise ValueError(f"unknown head {args.head!r}; choose from stack, {', '.join(HEAD_NAMES)}")
     train.set_threads(args.threads)
     if args.head == "stack":
         from mmsa import recipe

@@ -56,6 +56,8 @@ def _image(label: str, rng: random.Random) -> Image.Image:
 
 def make_dump(folder: Path, base_url: str, n_posts: int, seed: int = 7) -> Path:
     """Write images/ and posts.jsonl; a few posts are deliberately broken to show the statuses."""
+    if n_posts < 6:
+        raise ValueError(f"--posts must be at least 6 (posts 4 and 6 show a missing and an absent image), got {n_posts}")
     rng = random.Random(seed)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     start = datetime(2026, 11, 16, tzinfo=timezone.utc)

@@ -27,3 +27,13 @@ def test_the_executable_exits_with_mains_code_after_every_atexit_handler(tmp_pat
     assert proc.returncode == 2 and "mmsa fetch: error:" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "mmsa.cli", "fetch", "--no-such-flag"], capture_output=True, text=True)
     assert proc.returncode == 2 and "arguments are required" in proc.stderr  # argparse's own exit, not the handler's
+
+
+def test_a_mistyped_training_head_and_a_demo_too_small_are_one_line_before_any_work(tmp_path, capsys):
+    from mmsa.cli import main
+
+    assert main(["train", "--head", "bogus", "--out", str(tmp_path / "m")]) == 2
+    assert capsys.readouterr().err.startswith("mmsa train: error: unknown head 'bogus'; choose from stack, text, image")
+    assert main(["demo", "--workdir", str(tmp_path / "demo"), "--posts", "4"]) == 2
+    assert "--posts must be at least 6" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists() and not (tmp_path / "demo" / "posts.jsonl").exists()
