@@ -127,12 +127,19 @@ class _UniqueKeys(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line, with where it is ("expected ',' or ']', but got '<stream end>' (line 2, column 1)")."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    return f"{getattr(exc, 'problem', None) or str(exc).splitlines()[0]}{where}"
+
+
 def load_rules(path: str | Path) -> dict:
     """The rules of a brands file, checked (a ValueError says what is wrong), as plain data."""
     try:
         rules = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_UniqueKeys)  # _UniqueKeys is a SafeLoader
     except yaml.YAMLError as exc:
-        raise ValueError(f"brands file {path}: not YAML or JSON: {exc}") from None
+        raise ValueError(f"brands file {path}: not YAML or JSON: {yaml_problem(exc)}") from None
     except ValueError as exc:  # _UniqueKeys
         raise ValueError(f"brands file {path}: {exc}") from None
     try:

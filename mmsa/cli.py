@@ -51,10 +51,14 @@ def _mapping(args: argparse.Namespace) -> dict[str, str]:
     if args.map_file:
         import yaml
 
+        from mmsa.brands import yaml_problem
+
+        if not Path(args.map_file).is_file():
+            raise FileNotFoundError(f"mapping file not found: {args.map_file}")
         try:
             loaded = yaml.safe_load(Path(args.map_file).read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
-            raise ValueError(f"{args.map_file}: not YAML or JSON: {str(exc).splitlines()[0]}") from None
+            raise ValueError(f"{args.map_file}: not YAML or JSON: {yaml_problem(exc)}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"{args.map_file}: a mapping file is a YAML or JSON object of FIELD: PATH")
         mapping.update({str(k): str(v) for k, v in loaded.items()})

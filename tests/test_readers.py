@@ -325,8 +325,10 @@ def test_image_cap_brand_field_and_mapping_in_validation(tmp_path):
     brands.write_text(json.dumps({"acme": {"hashtags": ["#acme"]}}))
     assert source.ReadOptions.build(brands=brands).brand_rules == {"acme": {"hashtags": ["#acme"]}}
     brands.write_text("acme: [unclosed")
-    with pytest.raises(ValueError, match="not YAML or JSON"):
+    with pytest.raises(ValueError) as bad:
         source.ReadOptions.build(brands=brands)
+    assert str(bad.value) == (f"brands file {brands}: not YAML or JSON: expected ',' or ']', but got '<stream end>' "
+                              "(line 1, column 16)")  # one line, saying where
     brands.write_text("acme:\n  keywords: [acme]\nglobex:\n  keywords: [globex]\nacme:\n  keywords: [acme corp]\n")
     with pytest.raises(ValueError, match="acme given twice \\(again on line 5\\)"):  # would keep only its last rules
         source.ReadOptions.build(brands=brands)
