@@ -25,7 +25,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from mmsa import quantify
+from mmsa import quantify, store
 from mmsa.files import package_dir
 from mmsa.publish import snapshot_path
 from mmsa.schema import LABELS
@@ -94,9 +94,15 @@ def connect(db: str | Path) -> duckdb.DuckDBPyConnection:
         ) from exc
     except duckdb.Error:  # a JSON or CSV file, which DuckDB reads as a query of its own
         raise ValueError(f"{not_mmsa} (not a DuckDB file)") from None
-    if not con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'runs'").fetchone()[0]:
+    columns = {c for (c,) in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = 'runs'").fetchall()}
+    if not columns:
         con.close()
         raise ValueError(f"{not_mmsa} (a DuckDB database without mmsa's tables)")
+    missing = [(name, kind) for name, kind in store.RUNS_ADDED if name not in columns]
+    if missing:  # written before those columns were: read as NULL (a read-only connection cannot add them)
+        catalog = con.execute("SELECT current_database()").fetchone()[0].replace('"', '""')
+        con.execute(f'CREATE TEMP VIEW runs AS SELECT *, {", ".join(f"NULL::{k} AS {n}" for n, k in missing)} '
+                    f'FROM "{catalog}".main.runs')
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_progress_bar = false")
     return con

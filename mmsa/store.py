@@ -194,6 +194,11 @@ def write_partitions(table: pa.Table, out: Path, stem: str) -> list[Path]:
     return written
 
 
+# (column, type) added to `runs` since databases were first written: a read-only reader of an older one
+# (mmsa.report.connect) sees them as NULL.
+RUNS_ADDED = re.findall(r"ALTER TABLE runs ADD COLUMN IF NOT EXISTS (\w+) (\w+);", DDL)
+
+
 def connect(db: str | Path) -> duckdb.DuckDBPyConnection:
     """Open the pipeline's database read-write, creating the schema if needed.
 

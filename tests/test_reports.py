@@ -87,6 +87,17 @@ def test_a_db_that_is_not_the_pipelines_is_one_line_saying_so(tmp_path, capsys):
                                            f"give the --db of the scoring runs ({why})\n")
 
 
+def test_a_database_written_before_a_runs_column_existed_is_read_with_it_null(tmp_path):
+    """A read-only reader cannot add the columns a newer `runs` has (store.RUNS_ADDED): the reports see them as NULL
+    and the runs report counts such a run's unscored posts by those still stored."""
+    db = reportdata.build(tmp_path / "old.duckdb")
+    with duckdb.connect(str(db)) as con:
+        con.execute("ALTER TABLE runs DROP COLUMN posts_unscored")
+    runs = by(rows("runs", db), "run_id")
+    assert (runs["run-1"]["posts_scored"], runs["run-1"]["posts_unscored"]) == (48, 0)
+    assert "posts in" in report.headline_markdown(db).markdown
+
+
 # --- trend reports ---------------------------------------------------------------------------
 
 

@@ -1,7 +1,7 @@
 -- runs: data quality: every scoring run with its dump, model version, posts in/scored/rejected and time.
 -- posts_scored = the posts it labelled; posts_unscored = the posts it stored without a label (a language the
--- model does not cover, no text and no usable image; NULL for runs recorded before it was counted, whose
--- posts_scored then holds both); stored_posts = how many of its posts are still stored (a later run over
+-- model does not cover, no text and no usable image; for runs recorded before it was counted, those of its
+-- posts still stored unlabelled); stored_posts = how many of its posts are still stored (a later run over
 -- the same dump and model replaces them); stored_unscored = how many of those have no prediction.
 -- Answers: "did last night's run score everything, with which model, and how fast?"
 -- Parameters (NULL = no filter): $brand (counts only that brand's stored posts), $date_from,
@@ -20,8 +20,8 @@ SELECT
     finished_at,
     epoch(finished_at - started_at)             AS seconds,
     posts_in,
-    posts_scored - coalesce(posts_unscored, 0)  AS posts_scored,
-    posts_unscored,
+    posts_scored - coalesce(posts_unscored, stored.stored_unscored, 0) AS posts_scored,
+    coalesce(posts_unscored, stored.stored_unscored, 0)                AS posts_unscored,
     posts_rejected,
     posts_rejected / nullif(posts_in, 0)        AS rejected_rate,
     coalesce(stored.stored_posts, 0)            AS stored_posts,
