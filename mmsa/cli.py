@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import threading
 from datetime import date
@@ -587,8 +588,12 @@ class _ToldFilter(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if exc is not None:
             return not (isinstance(exc, self.TOLD) or faults.told(exc) is not None)
-        message = record.getMessage()
-        return not ("in state Failed" in message and any(f"{name}:" in message for name in _names(self.TOLD)))
+        failed = _FAILED.search(record.getMessage())
+        return not (failed and failed.group(1) in _names(self.TOLD))
+
+
+# Prefect's state line of a failed task or flow, and the name of the exception it names.
+_FAILED = re.compile(r"in state Failed\(.*encountered an exception:? (\w+):")
 
 
 def _names(kinds: tuple[type, ...]) -> set[str]:

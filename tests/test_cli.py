@@ -37,3 +37,23 @@ def test_a_mistyped_training_head_and_a_demo_too_small_are_one_line_before_any_w
     assert main(["demo", "--workdir", str(tmp_path / "demo"), "--posts", "4"]) == 2
     assert "--posts must be at least 6" in capsys.readouterr().err
     assert not (tmp_path / "m").exists() and not (tmp_path / "demo" / "posts.jsonl").exists()
+
+
+def test_the_console_filter_hides_only_what_the_command_tells_in_one_line():
+    """Prefect's failed-state lines of bad input and of mmsa.faults' failures go (the command says them in one line);
+    any other exception's stay, whatever its name ends with."""
+    import logging
+
+    from mmsa.cli import _ToldFilter
+
+    def shown(message: str) -> bool:
+        return _ToldFilter().filter(logging.LogRecord("prefect", logging.ERROR, __file__, 1, message, None, None))
+
+    told = ["Finished in state Failed('Task run encountered an exception ValueError: shard size 5')",
+            "Finished in state Failed('Flow run encountered an exception: BackfillFailed: 1 of 2 days failed')",
+            "Finished in state Failed('Flow run encountered an exception: PermanentError: no space left')"]
+    bugs = ["Finished in state Failed('Task run encountered an exception RuntimeError: boom')",
+            "Finished in state Failed('Flow run encountered an exception: KeyError: boom')"]
+    import mmsa.flows.backfill  # noqa: F401  (BackfillFailed is a faults.Told defined there)
+
+    assert [shown(m) for m in told + bugs] == [False, False, False, True, True]
