@@ -29,8 +29,9 @@ import langcodes
 # (qme: media only, qht: hashtags only, ...). The text is identified instead.
 _UNTAGGED = re.compile(r"^(und|zxx|mul|mis|q[a-t][a-z])$")
 _LANGUAGE = re.compile(r"^[a-z]{2,3}$")
-# Identifier labels without an ISO 639-1 code whose macrolanguage has one.
-_MACRO = {"arz": "ar", "ary": "ar", "wuu": "zh", "yue": "zh", "uzs": "uz", "gug": "gn"}
+# Identifier labels without an ISO 639-1 code whose macrolanguage has one; Filipino (the registry's name for a
+# `tl` tag) is the identifier's Tagalog.
+_MACRO = {"arz": "ar", "ary": "ar", "wuu": "zh", "yue": "zh", "uzs": "uz", "gug": "gn", "fil": "tl"}
 # Labels not offered: each, on XLM-T's training tweets, claimed posts of a major neighbour (gl: 25
 # Portuguese, pcm: 12 English, lb: 21 German ...) far more often than a post of its own is likely in a
 # brand stream; zxx ("no linguistic content") would hide a language the text does have.
@@ -184,7 +185,7 @@ def load() -> Identifier:
 def normalise(tag: str | None) -> str | None:
     """A dump's language tag as ISO 639-1 (`en-US` -> `en`, `eng` -> `en`, `in` -> `id`, `cmn` -> `zh`: langcodes
     knows the registry); None when it says nothing or is no registered language (`xx`), so the text is identified
-    instead. A language without a two-letter code keeps its three letters (`fil`)."""
+    instead. A language without a two-letter code keeps its three letters (`haw`)."""
     if not isinstance(tag, str) or not tag.strip():
         return None
     try:

@@ -92,10 +92,11 @@ def test_a_dumps_own_tag_is_kept_as_iso_639_1(tmp_path):
     ]
     assert _langs(_write(tmp_path / "tagged.jsonl", rows)) == {
         "us": "en", "br": "pt", "x-old": "id", "und": "fr", "qme": "fr", "word": "fr", "xx": "fr"}
-    assert language.normalise("zh-Hant-TW") == "zh" and language.normalise("fil") == "fil"
+    assert language.normalise("zh-Hant-TW") == "zh" and language.normalise("haw") == "haw"
     # ISO 639-2/3 codes (a warehouse's `eng`, a Mastodon export's `cmn`) are the two-letter language where one exists
-    assert {t: language.normalise(t) for t in ("eng", "spa", "jpn", "ger", "cmn", "arz", "x-klingon", "zzz")} == {
-        "eng": "en", "spa": "es", "jpn": "ja", "ger": "de", "cmn": "zh", "arz": "ar", "x-klingon": None, "zzz": None}
+    assert {t: language.normalise(t) for t in ("eng", "spa", "jpn", "ger", "cmn", "arz", "tl", "fil", "x-klingon", "zzz")} == {
+        "eng": "en", "spa": "es", "jpn": "ja", "ger": "de", "cmn": "zh", "arz": "ar", "tl": "tl", "fil": "tl",
+        "x-klingon": None, "zzz": None}  # tl: the identifier's code for what the registry calls fil
 
 
 def test_english_with_words_romanised_hindi_shares_and_indonesian_turkish_tagalog_are_not_hindi():
