@@ -9,6 +9,7 @@ is the nightly deployment.
 
 from __future__ import annotations
 
+import string
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -28,12 +29,20 @@ def days_between(start: date, end: date) -> list[date]:
 
 
 def day_dump(template: str, day: date) -> str:
-    """The day's dump location from the template; a ValueError naming the template when it is not one."""
+    """The day's dump location from the template; a ValueError naming the template when it is not one (also
+    one without {date}: every day would read the same dump, and all but the first be skipped as done)."""
+    example = "its one field is {date}, e.g. /data/dumps/{date}.jsonl or {date:%Y/%m/%d}.jsonl"
     try:
+        fields = {field.split(".")[0].split("[")[0] for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+        if "date" not in fields:
+            raise ValueError(f"dump template {template!r} has no {{date}} field: {example}")
         return template.format(date=day)
-    except (KeyError, IndexError, ValueError, AttributeError) as exc:
-        raise ValueError(f"dump template {template!r} cannot be filled ({type(exc).__name__}: {exc}): its one field "
-                         "is {date}, e.g. /data/dumps/{date}.jsonl or {date:%Y/%m/%d}.jsonl") from None
+    except (KeyError, IndexError, AttributeError) as exc:
+        raise ValueError(f"dump template {template!r} cannot be filled ({type(exc).__name__}: {exc}): {example}") from None
+    except ValueError as exc:
+        if str(exc).startswith("dump template"):
+            raise
+        raise ValueError(f"dump template {template!r} cannot be filled (ValueError: {exc}): {example}") from None
 
 
 @flow(name="backfill-posts", log_prints=True)

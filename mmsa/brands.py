@@ -25,7 +25,8 @@ APOSTROPHES = str.maketrans({c: "'" for c in "\u2018\u2019\u02bc\u2032\uff07"}) 
 _WORD_CHAR = re.compile(r"\w")
 # A letter or digit of a script that spaces its words: a keyword touching one is inside a longer word. Han, kana,
 # Hangul (whose particles join the noun: "acme는") and Thai run words together, so a name touching them is whole.
-_SPACED_WORD = r"[^\W\u0e00-\u0e7f\u1100-\u11ff\u3130-\u318f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f]"
+_UNFOLDED = re.compile("[\u3040-\u30ff\uac00-\ud7af]")
+_SPACED_WORD = r"[^\W\u0e00-\u0e7f\u3130-\u318f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f]"
 
 
 def fold(text: str) -> tuple[str, list[Span] | None]:
@@ -36,7 +37,8 @@ def fold(text: str) -> tuple[str, list[Span] | None]:
         return text, None
     out, where = [], []
     for i, c in enumerate(text):
-        for d in unicodedata.normalize("NFKD", c.translate(APOSTROPHES)):
+        # Hangul syllables and kana stay whole: decomposed, 기안 would hold 기아 and ガメラ read as カメラ
+        for d in c if _UNFOLDED.match(c) else unicodedata.normalize("NFKD", c.translate(APOSTROPHES)):
             if not unicodedata.combining(d):
                 out.append(d)
                 where.append((i, i + 1))

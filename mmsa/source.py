@@ -568,7 +568,7 @@ def iter_shards(paths: Path | list[Path], shard_size: int, dump_name: str | None
         where = path.name if len(files) > 1 else None
         for line, record in _raw_rows(path, name):
             if isinstance(record, CsvHeader):
-                if not _names_post_id(read, record.names):  # the file's first line is then a post of its own
+                if not _names_post_id(options, record.names):  # the file's first line is then a post of its own
                     rejected.append({"post_id": None, "raw": _SURROGATE.sub("\ufffd", record.raw), "line": line,
                                      "file": where, "reason": "CSV header has no post_id column: a file without a "
                                      "header row has its first post here (add the header, or --map post_id=COLUMN)"})
@@ -608,9 +608,14 @@ def iter_shards(paths: Path | list[Path], shard_size: int, dump_name: str | None
         yield Shard(index, pa.Table.from_pylist(posts, schema=POST_SCHEMA), rejected, skipped)
 
 
-def _names_post_id(read, names: list[str]) -> bool:
-    """Whether rows under these column names can give a post_id (directly, or through the reader's mapping)."""
-    return any(isinstance(row, dict) and row.get("post_id") is not None for row in _read(read, dict.fromkeys(names, "1")))
+def _names_post_id(options: ReadOptions, names: list[str]) -> bool:
+    """Whether rows under these column names can give a post_id: a mapping's post_id column, the flat contract's
+    own, or a platform's fields its reader makes one of (a CSV of Reddit submissions: `id`)."""
+    if "post_id" in options.mapping:
+        return str(parse_mapping(options.mapping)["post_id"][0]) in names
+    if options.source_format in (None, "flat"):
+        return "post_id" in names or (options.source_format is None and readers.detect(dict.fromkeys(names)) != "flat")
+    return True
 
 
 def _read(read, record: dict | Unreadable | Skip) -> Iterator[dict | Skip | str]:

@@ -95,10 +95,12 @@ def test_backfill_reports_missing_day_after_scoring_the_others(prefect_harness, 
 def test_a_template_without_its_date_field_or_an_unknown_model_is_one_line_before_prefect(tmp_path, capsys):
     """Checked before any flow starts (no Prefect harness here: nothing may need it)."""
     common = ["--from", "2026-11-01", "--db", str(tmp_path / "m.duckdb"), "--out", str(tmp_path / "out")]
-    assert cli.main(["backfill", "--dump-template", "x/{day}.jsonl", *common]) == 2
-    assert capsys.readouterr().err == ("mmsa backfill: error: dump template 'x/{day}.jsonl' cannot be filled (KeyError: "
-                                       "'day'): its one field is {date}, e.g. /data/dumps/{date}.jsonl or "
-                                       "{date:%Y/%m/%d}.jsonl\n")
+    for template in ("x/{day}.jsonl", "x/posts.jsonl"):  # the second: every day the same file, all but one "done"
+        assert cli.main(["backfill", "--dump-template", template, *common]) == 2
+        assert capsys.readouterr().err == (f"mmsa backfill: error: dump template '{template}' has no {{date}} field: its "
+                                           "one field is {date}, e.g. /data/dumps/{date}.jsonl or {date:%Y/%m/%d}.jsonl\n")
+    assert cli.main(["backfill", "--dump-template", "x/{date!z}.jsonl", *common]) == 2
+    assert "cannot be filled (ValueError: Unknown conversion specifier z)" in capsys.readouterr().err
     assert cli.main(["backfill", "--dump-template", "x/{date}.jsonl", *common, "--model", "nosuch"]) == 2
     assert capsys.readouterr().err.startswith("mmsa backfill: error: no model folder 'nosuch'")
     assert not (tmp_path / "m.duckdb").exists()

@@ -140,14 +140,18 @@ def test_a_retweet_is_its_original_once_and_a_crosspost_shows_its_originals_gall
     assert (post["post_id"], post["author"], post["text"], post["image_urls"]) == ("1", "fan", long, ["https://pbs.twimg.com/a.jpg"])
     assert json.loads(post["extra"])["reposted_by"] == "hater"
     assert shard.rejected == [] and shard.skipped == {"repost of a post already read": 2}
+    anonymous = [{k: v for k, v in t.items() if k != "author_id"} for t in (retweet, {**retweet, "id": "3"})]
+    dump.write_text(_lines([{"data": anonymous, "includes": includes}]))  # author_id is no default field of X's
+    (shard,) = source.iter_shards(dump, 10, options=source.ReadOptions(source_format="x-v2"))
+    assert shard.posts["post_id"].to_pylist() == ["1"] and shard.rejected == [] and sum(shard.skipped.values()) == 1
     gallery = {"gallery_data": {"items": [{"media_id": "m2"}, {"media_id": "m1"}]},
                "media_metadata": {m: {"status": "valid", "s": {"u": f"https://i.redd.it/{m}.jpg"}} for m in ("m1", "m2")}}
-    crosspost = {"id": "x1", "title": "look at this", "selftext": "so good&amp;#x200B;", "created_utc": 1763632800,
+    crosspost = {"id": "x1", "title": "look at this", "selftext": "so cut&amp;copy good&amp;#x200B;", "created_utc": 1763632800,
                  "url_overridden_by_dest": "https://www.reddit.com/gallery/g1", "crosspost_parent": "t3_g1",
                  "crosspost_parent_list": [{"id": "g1", "title": "my acme haul", "is_gallery": True, **gallery}]}
     row = _one(reddit.read, crosspost)
     assert row["image_urls"] == ["https://i.redd.it/m2.jpg", "https://i.redd.it/m1.jpg"]
-    assert row["text"] == "look at this\n\nso good\u200b"
+    assert row["text"] == "look at this\n\nso cut&copy good\u200b"  # whole entities only: "&copy" is words
 
 
 def test_detection_by_shape_and_every_reader_named_on_the_command_line():
@@ -216,6 +220,9 @@ def test_a_brand_touching_japanese_chinese_korean_or_thai_is_found_and_inside_a_
         (brand,) = tagger.tag(text)
         assert [text[a:b] for a, b in tagger.spans(text, brand)] == [span], text
     assert [tagger.tag(t) for t in ("acmes", "xacme", "acme2", "@acmecorpx")] == [[]] * 4
+    # a Hangul name is whole syllables (기아 is not in 기안, "draft") and kana keep their voicing (カメラ, not ガメラ)
+    names = BrandTagger({"기아": {"keywords": ["기아"]}, "カメラ": {"keywords": ["カメラ"]}})
+    assert [names.tag(t) for t in ("기아는 최고", "기안을 작성했다", "ガメラ", "カメラが好き")] == [["기아"], [], [], ["カメラ"]]
 
 
 def test_a_brand_the_dump_gives_takes_the_files_spelling_and_counts_once():

@@ -189,6 +189,10 @@ def test_a_csv_without_a_header_row_loses_no_post(tmp_path):
     assert rejected[0]["reason"].startswith("CSV header has no post_id column")
     assert (rejected[0]["raw"], rejected[0]["line"]) == (lines[0], 1)
     assert (rejected[1]["reason"], rejected[1]["line"]) == ("missing post_id", 2)
+    reddit = tmp_path / "reddit.csv"  # a platform's columns: its reader makes the post_id (Reddit: t3_ + id)
+    reddit.write_text("id,title,selftext,created_utc,preview\nabc,acme rocks,,1763632800,\n")
+    (shard,) = source.iter_shards(reddit, 10)
+    assert shard.posts["post_id"].to_pylist() == ["t3_abc"] and shard.rejected == []
     mapped = tmp_path / "mapped.csv"
     mapped.write_text("id,created_at,text\n" + "\n".join(lines) + "\n")
     (shard,) = source.iter_shards(mapped, 10, options=source.ReadOptions(mapping={"post_id": "id"}))

@@ -16,6 +16,7 @@ A comment (it has `body`, no `title`) is not a submission: it is skipped.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -23,6 +24,9 @@ from mmsa.readers.common import Skip, dedupe, unescape
 
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp")
 _GONE = ("[removed]", "[deleted]", "")
+# An entity of the markdown, once Reddit's own escaping is decoded: only whole ones (`&#x200B;`, `&nbsp;`), as
+# "cut&copy" is words.
+_ENTITY = re.compile(r"&(?:#\d+|#x[0-9a-fA-F]+|[A-Za-z]+);")
 
 
 def read(record: dict) -> Iterator[dict | Skip]:
@@ -35,7 +39,7 @@ def read(record: dict) -> Iterator[dict | Skip]:
     name = record.get("name")
     post_id = name if isinstance(name, str) and name.startswith("t3_") else (None if raw_id in (None, "") else f"t3_{raw_id}")
     title = unescape(record.get("title")) or ""
-    body = unescape(unescape(record.get("selftext"))) or ""
+    body = _ENTITY.sub(lambda m: unescape(m.group(0)), unescape(record.get("selftext")) or "")
     text = title if body.strip() in _GONE else f"{title}\n\n{body}"
     score = record.get("score")
     likes = None

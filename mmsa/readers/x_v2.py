@@ -45,8 +45,9 @@ def read(record: dict) -> Iterator[dict | Skip | str]:
             if original is None:
                 yield _tweet(tweet, media, users)
                 continue
-            retweeter = users.get(tweet.get("author_id")) or {}
-            yield {**_tweet(original, media, users), "reposted_by": retweeter.get("username") or tweet.get("author_id")}
+            retweeter = users.get(tweet.get("author_id")) or {}  # author_id is not a default field: may be absent
+            by = retweeter.get("username") or tweet.get("author_id") or f"retweet {tweet.get('id')}"
+            yield {**_tweet(original, media, users), "reposted_by": by}
         except (TypeError, ValueError, AttributeError) as exc:
             yield f"unparseable tweet {str(tweet.get('id'))[:40]}: {type(exc).__name__}: {exc}"
 
