@@ -90,26 +90,35 @@ class BrandTagger:
         where the file has no rules for it (a brand from the dump's own field)."""
         pattern = self.patterns.get(brand)
         if pattern is None:
-            return find_spans(text, brand)
+            return find_spans(text, brand, whole_words=True)
         folded, where = fold(text or "")
         found = [m.span() for m in pattern.finditer(folded) if m.end() > m.start()]
         return found if where is None else [(where[a][0], where[b - 1][1]) for a, b in found]
 
 
-def find_spans(text: str | None, target: str | None) -> list[Span]:
-    """Every occurrence of `target` in `text`, ignoring case, as (start, end) characters; where it does not
-    occur as written, its words however spaced and with any apostrophe (a corpus's tokenised "valentine 's day"
-    for "Valentine’s Day", "boko haram" for "Boko  Haram")."""
+def find_spans(text: str | None, target: str | None, whole_words: bool = False) -> list[Span]:
+    """Every occurrence of `target` in `text`, ignoring case, as (start, end) characters (`whole_words`: only those
+    that are whole words when there are any, as brand rules match: the Apple of "my Apple watch", not of
+    "Pineapple"; a corpus's targets are found as its target heads were trained); where it does not occur as
+    written, its words however spaced and with any apostrophe (a corpus's tokenised "valentine 's day" for
+    "Valentine’s Day", "boko haram" for "Boko  Haram")."""
     if not text or not target or not target.strip():
         return []
     found = [m.span() for m in re.finditer(re.escape(target.strip()), text, re.IGNORECASE)]
-    if found:
-        return found
+    whole = [(a, b) for a, b in found if whole_words and _whole(text, a, b)]
+    if found:  # else inside a word ("#AppleEvent")
+        return whole or found
     words = re.findall(r"\w+|[^\w\s]", target.translate(APOSTROPHES))  # words and marks: "valentine", "'", "s"
     pattern = re.escape(words[0])
     for before, word in zip(words, words[1:]):  # two words need a space between them, a mark none
         pattern += (r"\s+" if _WORD_CHAR.match(before[-1]) and _WORD_CHAR.match(word[0]) else r"\s*") + re.escape(word)
     return [m.span() for m in re.finditer(pattern, text.translate(APOSTROPHES), re.IGNORECASE)]  # 1:1: same offsets
+
+
+def _whole(text: str, a: int, b: int) -> bool:
+    """Whether text[a:b] is not part of a longer word of a spaced script."""
+    return not ((a > 0 and re.match(_SPACED_WORD, text[a - 1]) and re.match(_SPACED_WORD, text[a]))
+                or (b < len(text) and re.match(_SPACED_WORD, text[b]) and re.match(_SPACED_WORD, text[b - 1])))
 
 
 class _UniqueKeys(yaml.SafeLoader):

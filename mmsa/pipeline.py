@@ -345,7 +345,8 @@ def brand_spans(texts: list[str | None], brands: list[list[str] | None], rules: 
     from mmsa.brands import BrandTagger, find_spans
 
     tagger = BrandTagger(rules) if rules else None
-    return [[tagger.spans(t, b) if tagger else find_spans(t, b) for b in names or []] for t, names in zip(texts, brands)]
+    return [[tagger.spans(t, b) if tagger else find_spans(t, b, whole_words=True) for b in names or []]
+            for t, names in zip(texts, brands)]
 
 
 def toward_brands(pred, rows: list[tuple[int, int, str | None]], target_probs: list[np.ndarray] | None,

@@ -527,7 +527,7 @@ def _without_brands(text: str | None, brands: list[str], tagger: BrandTagger | N
         return text
     chars = list(text)
     for brand in brands:
-        for a, b in tagger.spans(text, brand) if tagger else find_spans(text, brand):
+        for a, b in tagger.spans(text, brand) if tagger else find_spans(text, brand, whole_words=True):
             chars[a:b] = " " * (b - a)
     return "".join(chars)
 

@@ -15,7 +15,7 @@ from torch import nn
 from transformers import BertConfig, MPNetConfig, MPNetModel
 from transformers.models.bert.modeling_bert import BertLayer
 
-from mmsa import pipeline
+from mmsa import pipeline, source
 from mmsa.brands import BrandTagger, find_spans
 from mmsa.cli import main
 from mmsa.encoders import fast_tokenizer, span_token_mask, spell_emoji, token_ids, unpadded
@@ -319,6 +319,15 @@ def test_a_target_is_found_however_a_corpus_spaced_it_and_dongs_placeholder_is_f
                                 ("I sold my $AAPL", "$ AAPL", "$AAPL")):
         assert [text[a:b] for a, b in find_spans(text, target)] == [found]
     assert find_spans("the table", "a b") == [] and find_spans("#BokoHaram", "boko haram") == []
+    # a brand the dump names: the whole word where there is one (not the apple of "Pineapple", the ford of "afford"),
+    # else the part (#AppleEvent); a corpus's target, every occurrence, as the target heads were trained
+    for text, target, found in (("My Apple watch is great. Pineapple pizza is awful", "Apple", ["Apple"]),
+                                ("I can't afford much, but my Ford is great", "Ford", ["Ford"]),
+                                ("#AppleEvent today", "apple", ["Apple"])):
+        assert [text[a:b] for a, b in find_spans(text, target, whole_words=True)] == found
+        assert len(find_spans(text, target)) == len(found) + (target == "Apple") + (target == "Ford")
+    assert source.validate({"post_id": "f", "created_at": 0, "text": "I can't afford much, but my Ford is great",
+                            "brand": "Ford"})["lang"] == "en"  # "af    " was Hindi
     dong = _with_target_written({"text": "i love $T$ so much", "target": "lady gaga", "label": "positive"})
     assert dong["text"] == "i love lady gaga so much" and target_spans(dong) == [(7, 16)]
     row = _with_target_written({"text": "so acme and acme", "target": "acme", "target_start": 12.0, "label": "neutral"})
