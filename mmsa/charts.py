@@ -182,9 +182,10 @@ def spikes_figure(daily: list[dict], spikes: list[dict]) -> Figure:
         share.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
         share.set_ylabel("negative share", color="#d62728")
         mine = [s for s in spike_rows if s["brand"] == brand]
-        share.plot([s["day"] for s in mine], [s["negative_share"] for s in mine], "o", markersize=12,
+        shown = [s for s in mine if s["negative_share"] is not None]  # a volume spike of unlabelled posts has no share
+        share.plot([s["day"] for s in shown], [s["negative_share"] for s in shown], "o", markersize=12,
                    markerfacecolor="none", markeredgecolor="black")
-        for s in sorted(mine, key=_z, reverse=True)[:ANNOTATED_SPIKES]:
+        for s in sorted(shown, key=_z, reverse=True)[:ANNOTATED_SPIKES]:
             share.annotate(f"{s['kind']}\nz={_z(s):.1f}", xy=(s["day"], s["negative_share"]), xytext=(0, 18),
                            textcoords="offset points", ha="center", fontsize=8, arrowprops={"arrowstyle": "->"})
         n = len(mine)

@@ -244,7 +244,7 @@ def shares_with_intervals(probs: np.ndarray, stats: dict | None, method: str = D
     systematic = (stats or {}).get("systematic_error") if used == DEFAULT_METHOD else None
     for name, c in contrasts.items():
         values = shares @ c
-        est = float(values[0])
+        est = round(float(values[0]), 10) + 0.0  # float noise (-4.6e-12) and -0.0 would print as "-0.0000"
         low, high = np.percentile(values[1:], [2.5, 97.5])
         floor_low, floor_high = sampling_interval(shares[0], c, len(probs))
         low, high = min(low, floor_low), max(high, floor_high)

@@ -142,3 +142,15 @@ def test_stats_written_per_model_are_read_per_model(tmp_path, fitted):
     assert [(r["posts"], r["method"]) for r in latest] == [(1, "pcc (model has no quantification statistics)")]
     pinned = report.run_report("brand_prevalence", path, per="total", model_version="v2").to_pylist()
     assert [(r["posts"], r["method"]) for r in pinned] == [(505, "sld_bcts")]
+
+
+def test_an_even_group_has_a_net_sentiment_of_zero_not_minus_zero():
+    """Posts whose positive and negative probabilities mirror each other: net sentiment 0, which a table printed as
+    "-0.0000" when float noise left it at -1e-12."""
+    from mmsa import quantify
+
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        half = rng.dirichlet([1, 1, 1], size=7)
+        net = quantify.shares_with_intervals(np.concatenate([half, half[:, ::-1]]), None)["net_sentiment"]
+        assert f"{net:.4f}" == "0.0000"

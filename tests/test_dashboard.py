@@ -183,7 +183,7 @@ def test_posts_without_a_brand_are_named_so_in_chart_tooltips_and_legends():
     day = date(2024, 3, 1)
     trend = trend_svg(None, {day: {"posts": 3, "positive": 2, "negative": 1, "net_sentiment": 1 / 3, "net_low": -0.4,
                                    "net_high": 0.8}}, [day], "day", lambda start: None)
-    estimate = {"brand": None, "posts": 3, "positive": 2, "negative": 1, "neutral": 0}
+    estimate = {"brand": None, "posts": 3, "labelled": 3, "positive": 2, "negative": 1, "neutral": 0}
     estimate |= {f"estimated_{name}{end}": 0.3 for name in ("positive_share", "neutral_share", "negative_share", "net")
                  for end in ("", "_low", "_high")}
     voice = voice_svg([{"period_start": day, "brand": None, "mentions": 3, "all_mentions": 3, "share_of_voice": 1.0,
@@ -191,6 +191,15 @@ def test_posts_without_a_brand_are_named_so_in_chart_tooltips_and_legends():
     for svg in (trend, estimates_svg([estimate]), voice):
         assert "None" not in svg and "(no brand)" in svg
     assert "(no brand) 2024-03-01 (day): 3 posts" in trend
+
+
+def test_the_estimates_chart_counts_shares_of_labelled_posts_as_the_reports_do():
+    """A brand of 5 posts, one in a language the model does not cover: counted shares are of the 4 labelled."""
+    estimate = {"brand": "acme", "posts": 5, "labelled": 4, "positive": 1, "negative": 2, "neutral": 1}
+    estimate |= {f"estimated_{name}{end}": 0.3 for name in ("positive_share", "neutral_share", "negative_share", "net")
+                 for end in ("", "_low", "_high")}
+    svg = estimates_svg([estimate])
+    assert "counted 25%" in svg and "counted 50%" in svg and "counted 20%" not in svg
 
 
 def test_posts_behind_a_day_most_engaging_first_with_every_prediction(server):

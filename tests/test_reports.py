@@ -519,6 +519,19 @@ def test_charts_show_days_without_posts_as_zero_posts_not_a_line_across_them():
     assert len(share.get_xdata()) == 5 and np.isnan(np.asarray(share.get_ydata(), float)[1:4]).all()
 
 
+def test_a_spike_day_of_unlabelled_posts_is_drawn_without_a_share():
+    """A volume spike whose posts are all in a language the model does not cover has no negative share: the chart
+    (and with it a run's headline and `report all --html`) crashed on it."""
+    series = [{"brand": "foo", "day": date(2024, 3, d), "posts": 2, "negative_share": 0.5} for d in range(1, 11)]
+    series.append({"brand": "foo", "day": date(2024, 3, 11), "posts": 12, "negative_share": None})
+    spike = {"brand": "foo", "day": date(2024, 3, 11), "kind": "volume", "rank": 1, "negative_share": None, "posts_z": 5.0,
+             "negative_share_z": None}
+    fig = charts.spikes_figure(series, [spike])
+    fig.canvas.draw()
+    assert "foo: 1 spike day" in _texts(fig)
+    charts.plt.close("all")
+
+
 def _drawn(line) -> set[int]:
     """Indices of the points a line shows: its markers, and the ends of its segments (two values in a row)."""
     import numpy as np

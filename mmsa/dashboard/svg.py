@@ -138,14 +138,14 @@ def estimates_svg(rows: list[dict]) -> str:
             share = r[f"estimated_{label}_share"]
             tip = (f"{brand_name(r['brand'])}: estimated {label} share {pct(share)} "
                    f"(95%: {pct(r[f'estimated_{label}_share_low'])} to {pct(r[f'estimated_{label}_share_high'])}); "
-                   f"counted {pct(r[label] / r['posts'])}")
+                   f"counted {pct(r[label] / r['labelled'])}")
             parts.append(f'<rect class="p-{label}" x="{x:.1f}" y="{y}" width="{width * share:.1f}" height="16">'
                          f'<title>{esc(tip)}</title></rect>')
             x += width * share
         # the negative segment ends at 100%, so its share's bounds sit at 1 - high .. 1 - low
         low, high = (x0 + width * (1 - r[f"estimated_negative_share_{end}"]) for end in ("high", "low"))
-        counted = x0 + width * (1 - r["negative"] / r["posts"])
-        counted_net = (r["positive"] - r["negative"]) / r["posts"]
+        counted = x0 + width * (1 - r["negative"] / r["labelled"])  # shares are of labelled posts, as everywhere
+        counted_net = (r["positive"] - r["negative"]) / r["labelled"]
         parts += [f'<line class="whisker" x1="{low:.1f}" x2="{high:.1f}" y1="{y + 8}" y2="{y + 8}"/>',
                   f'<line class="whisker" x1="{low:.1f}" x2="{low:.1f}" y1="{y + 3}" y2="{y + 13}"/>',
                   f'<line class="whisker" x1="{high:.1f}" x2="{high:.1f}" y1="{y + 3}" y2="{y + 13}"/>',
