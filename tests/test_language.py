@@ -253,4 +253,7 @@ def test_the_dashboard_leaves_them_out_of_shares_and_lists_them_on_data_quality(
     html = page.body.decode()
     assert "Posts not scored, per language" in html and "unsupported_language" in html
     assert ">fr<" in html and ">es<" in html
+    overview = snapshots["mixed"].handle("/", {"lang": ["fr"]}).body.decode()  # posts, none of them labelled
+    assert "no estimate" in overview and 'class="chart estimates"' not in overview
+    assert 'class="chart estimates"' in snapshots["mixed"].handle("/", {}).body.decode()
 

@@ -128,7 +128,9 @@ class Pages(Queries):
                 panels.append(f"<p class='meta'>The {MAX_BRANDS} brands with most posts are drawn; pick a brand to see another.</p>")
         body = (
             f"<h2>Brand overview</h2><p class='definition'>{esc(ESTIMATE_DEFINITION)}</p>"
-            + (estimates_svg(brands.rows) if brands.rows else "")
+            + (estimates_svg(brands.rows) if any(r["estimated_negative_share"] is not None for r in brands.rows)
+               else "<p class='estimate'>No post here has a label (languages the model does not cover): no estimate.</p>"
+               if brands.rows else "")
             + f"<p class='definition'>{esc(NET_DEFINITION)}</p>"
             f"<p class='meta'>Bars: posts per {esc(period)} (click one to read its posts). Line: net sentiment, "
             "its 95% band shaded. Days are UTC.</p>"
