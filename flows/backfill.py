@@ -34,15 +34,11 @@ def day_dump(template: str, day: date) -> str:
     example = "its one field is {date}, e.g. /data/dumps/{date}.jsonl or {date:%Y/%m/%d}.jsonl"
     try:
         fields = {field.split(".")[0].split("[")[0] for _, field, _, _ in string.Formatter().parse(template) if field is not None}
-        if "date" not in fields:
-            raise ValueError(f"dump template {template!r} has no {{date}} field: {example}")
-        return template.format(date=day)
-    except (KeyError, IndexError, AttributeError) as exc:
+        if "date" in fields:
+            return template.format(date=day)
+    except (KeyError, IndexError, AttributeError, ValueError) as exc:
         raise ValueError(f"dump template {template!r} cannot be filled ({type(exc).__name__}: {exc}): {example}") from None
-    except ValueError as exc:
-        if str(exc).startswith("dump template"):
-            raise
-        raise ValueError(f"dump template {template!r} cannot be filled (ValueError: {exc}): {example}") from None
+    raise ValueError(f"dump template {template!r} has no {{date}} field: {example}")
 
 
 @flow(name="backfill-posts", log_prints=True)

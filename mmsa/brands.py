@@ -23,10 +23,12 @@ RULES = ("keywords", "hashtags", "handles", "regexes")
 Span = tuple[int, int]
 APOSTROPHES = str.maketrans({c: "'" for c in "\u2018\u2019\u02bc\u2032\uff07"})  # what phones type for '
 _WORD_CHAR = re.compile(r"\w")
+# Kana and Hangul syllables, matched as written: decomposed, 기안 would hold 기아 and ガメラ read as カメラ.
+_UNFOLDED = re.compile("[\u3040-\u30ff\uac00-\ud7af]")
 # A letter or digit of a script that spaces its words: a keyword touching one is inside a longer word. Han, kana,
 # Hangul (whose particles join the noun: "acme는") and Thai run words together, so a name touching them is whole.
-_UNFOLDED = re.compile("[\u3040-\u30ff\uac00-\ud7af]")
 _SPACED_WORD = r"[^\W\u0e00-\u0e7f\u3130-\u318f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f]"
+_SPACED_WORD_CHAR = re.compile(_SPACED_WORD)
 
 
 def fold(text: str) -> tuple[str, list[Span] | None]:
@@ -37,7 +39,6 @@ def fold(text: str) -> tuple[str, list[Span] | None]:
         return text, None
     out, where = [], []
     for i, c in enumerate(text):
-        # Hangul syllables and kana stay whole: decomposed, 기안 would hold 기아 and ガメラ read as カメラ
         for d in c if _UNFOLDED.match(c) else unicodedata.normalize("NFKD", c.translate(APOSTROPHES)):
             if not unicodedata.combining(d):
                 out.append(d)
@@ -117,8 +118,8 @@ def find_spans(text: str | None, target: str | None, whole_words: bool = False) 
 
 def _whole(text: str, a: int, b: int) -> bool:
     """Whether text[a:b] is not part of a longer word of a spaced script."""
-    return not ((a > 0 and re.match(_SPACED_WORD, text[a - 1]) and re.match(_SPACED_WORD, text[a]))
-                or (b < len(text) and re.match(_SPACED_WORD, text[b]) and re.match(_SPACED_WORD, text[b - 1])))
+    inside = _SPACED_WORD_CHAR.match
+    return not ((a > 0 and inside(text[a - 1]) and inside(text[a])) or (b < len(text) and inside(text[b]) and inside(text[b - 1])))
 
 
 class _UniqueKeys(yaml.SafeLoader):

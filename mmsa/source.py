@@ -309,7 +309,7 @@ class CsvHeader:
 
 def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict | Unreadable | Skip | CsvHeader]]:
     """(line number, record) per record, or (line number, Unreadable) for an unreadable one; a CSV file's header
-    row first, as a CsvHeader. A JSONL line
+    row first, as a CsvHeader; a JSONL line `[]`, a Skip. A JSONL line
     holding an array of objects (a saved API response) gives each of them, under the same line; a `.json` file
     that is one indented document, each of its records (`_document`). A file that breaks off (a truncated download, a corrupt frame) ends with one error row after the records
     read before the break, so the dump's other files are still read."""

@@ -145,8 +145,8 @@ def test_stats_written_per_model_are_read_per_model(tmp_path, fitted):
 
 
 def test_an_even_group_has_a_net_sentiment_of_zero_not_minus_zero():
-    """Posts whose positive and negative probabilities mirror each other: net sentiment 0, which a table printed as
-    "-0.0000" when float noise left it at -1e-12."""
+    """Posts whose positive and negative probabilities mirror each other: net sentiment 0, printed "0.0000" whatever
+    float noise the estimate carries (-1e-12 would print "-0.0000")."""
     from mmsa import quantify
 
     rng = np.random.default_rng(1)

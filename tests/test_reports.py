@@ -521,7 +521,7 @@ def test_charts_show_days_without_posts_as_zero_posts_not_a_line_across_them():
 
 def test_a_spike_day_of_unlabelled_posts_is_drawn_without_a_share():
     """A volume spike whose posts are all in a language the model does not cover has no negative share: the chart
-    (and with it a run's headline and `report all --html`) crashed on it."""
+    (drawn for a run's headline and `report all --html`) circles and labels only the spikes that have one."""
     series = [{"brand": "foo", "day": date(2024, 3, d), "posts": 2, "negative_share": 0.5} for d in range(1, 11)]
     series.append({"brand": "foo", "day": date(2024, 3, 11), "posts": 12, "negative_share": None})
     spike = {"brand": "foo", "day": date(2024, 3, 11), "kind": "volume", "rank": 1, "negative_share": None, "posts_z": 5.0,

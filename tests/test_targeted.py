@@ -327,7 +327,7 @@ def test_a_target_is_found_however_a_corpus_spaced_it_and_dongs_placeholder_is_f
         assert [text[a:b] for a, b in find_spans(text, target, whole_words=True)] == found
         assert len(find_spans(text, target)) == len(found) + (target == "Apple") + (target == "Ford")
     assert source.validate({"post_id": "f", "created_at": 0, "text": "I can't afford much, but my Ford is great",
-                            "brand": "Ford"})["lang"] == "en"  # "af    " was Hindi
+                            "brand": "Ford"})["lang"] == "en"  # "afford" kept whole for language id
     dong = _with_target_written({"text": "i love $T$ so much", "target": "lady gaga", "label": "positive"})
     assert dong["text"] == "i love lady gaga so much" and target_spans(dong) == [(7, 16)]
     row = _with_target_written({"text": "so acme and acme", "target": "acme", "target_start": 12.0, "label": "neutral"})

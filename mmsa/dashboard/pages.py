@@ -128,9 +128,7 @@ class Pages(Queries):
                 panels.append(f"<p class='meta'>The {MAX_BRANDS} brands with most posts are drawn; pick a brand to see another.</p>")
         body = (
             f"<h2>Brand overview</h2><p class='definition'>{esc(ESTIMATE_DEFINITION)}</p>"
-            + (estimates_svg(brands.rows) if any(r["estimated_negative_share"] is not None for r in brands.rows)
-               else "<p class='estimate'>No post here has a label (languages the model does not cover): no estimate.</p>"
-               if brands.rows else "")
+            + _estimates(brands.rows)
             + f"<p class='definition'>{esc(NET_DEFINITION)}</p>"
             f"<p class='meta'>Bars: posts per {esc(period)} (click one to read its posts). Line: net sentiment, "
             "its 95% band shaded. Days are UTC.</p>"
@@ -320,3 +318,10 @@ def page(title: str, header: str, body: str) -> str:
             f"<title>{esc(title)} · mmsa dashboard</title><link rel='stylesheet' href='/static/dashboard.css'></head>"
             f"<body>{header}<main>{body}</main><footer>mmsa dashboard: read-only over the analyst snapshot; "
             "SQL in sql/reports and sql/dashboard; docs/analysts.md.</footer></body></html>")
+
+
+def _estimates(rows: list[dict]) -> str:
+    """The overview's estimates chart; where no post has a label (languages the model does not cover), why not."""
+    if any(r["estimated_negative_share"] is not None for r in rows):
+        return estimates_svg(rows)
+    return "<p class='estimate'>No post here has a label (languages the model does not cover): no estimate.</p>" if rows else ""

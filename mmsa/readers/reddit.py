@@ -1,7 +1,7 @@
 """Reddit submissions as Pushshift / Arctic Shift dumps have them (one JSON object per line).
 
-Text: `title`, a blank line, `selftext` (not "[removed]" or "[deleted]"); entities decoded (twice in
-`selftext`: Reddit escapes its markdown, which holds entities of its own, the editor's `&#x200B;`).
+Text: `title`, a blank line, `selftext` (not "[removed]" or "[deleted]"); entities decoded (in
+`selftext` the markdown's own whole entities too, such as the editor's `&#x200B;`: Reddit escapes the markdown).
 Images, in order: a gallery's pictures (`media_metadata[id].s.u`, ordered by `gallery_data.items`),
 else the picture the post links to (`url` on i.redd.it or ending in an image extension), else the
 preview pictures (`preview.images[].source.url`); a crosspost without pictures of its own has its original's
