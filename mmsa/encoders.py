@@ -105,17 +105,44 @@ def span_token_mask(tokenizer: Tokenizer, texts: Sequence[str | None],
     """Per text, a bool mask over its tokens as `token_ids` gives them (truncated, unpadded) that is True on
     the tokens overlapping any of its character spans (of the text as given, before `spell_emoji`); a span
     cut off by truncation marks nothing."""
-    out = []
     encodings, wheres = _encode(tokenizer, texts)
-    for enc, where, sp in zip(encodings, wheres, spans):
-        offsets = np.array(enc.offsets, dtype=np.int64).reshape(-1, 2)
-        if where is not None:  # back to the characters of the text as given
-            offsets = np.stack([where[offsets[:, 0], 0], where[np.maximum(offsets[:, 1] - 1, offsets[:, 0]), 1]], 1)
-        mask = np.zeros(len(offsets), dtype=bool)
-        for a, b in sp:
-            mask |= (offsets[:, 0] < b) & (offsets[:, 1] > a)
-        out.append(mask & ~np.array(enc.special_tokens_mask, dtype=bool))
-    return out
+    return [_span_mask(_char_offsets(enc, where), sp) & _real(enc) for enc, where, sp in zip(encodings, wheres, spans)]
+
+
+def target_window(tokenizer: Tokenizer, text: str, spans: Sequence[tuple[int, int]]) -> int | None:
+    """Where a window of `text` should start so that the target at `spans` is within what the truncated
+    encoder reads (a brand named late in a long post): about half the characters the encoder keeps before
+    its first span, from a word's start, else at the span itself; None when the text as it is marks it."""
+    (enc,), (where,) = _encode(tokenizer, [text])
+    offsets, real = _char_offsets(enc, where), _real(enc)
+    first = min(a for a, _ in spans)
+    kept = int(offsets[real, 1].max()) if real.any() else 0
+    if (_span_mask(offsets, spans) & real).any() or first < kept:
+        return None
+    start = max(0, first - kept // 2)
+    space = re.compile(r"\s").search(text, start, first)
+    start = space.end() if space else start
+    marked = span_token_mask(tokenizer, [text[start:]], [[(a - start, b - start) for a, b in spans]])[0]
+    return start if marked.any() else first
+
+
+def _char_offsets(enc, where: np.ndarray | None) -> np.ndarray:
+    """(tokens, 2) character [start, end) of each token in the text as given (before `spell_emoji`)."""
+    offsets = np.array(enc.offsets, dtype=np.int64).reshape(-1, 2)
+    if where is not None:
+        offsets = np.stack([where[offsets[:, 0], 0], where[np.maximum(offsets[:, 1] - 1, offsets[:, 0]), 1]], 1)
+    return offsets
+
+
+def _span_mask(offsets: np.ndarray, spans: Sequence[tuple[int, int]]) -> np.ndarray:
+    mask = np.zeros(len(offsets), dtype=bool)
+    for a, b in spans:
+        mask |= (offsets[:, 0] < b) & (offsets[:, 1] > a)
+    return mask
+
+
+def _real(enc) -> np.ndarray:
+    return ~np.array(enc.special_tokens_mask, dtype=bool)
 
 
 def pad_ids(ids: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:

@@ -50,7 +50,7 @@ from torch import nn
 
 from mmsa import files
 from mmsa.files import default_cache_dir
-from mmsa.encoders import fast_tokenizer, pad_ids, span_token_mask, stack_images, token_ids, unpadded
+from mmsa.encoders import fast_tokenizer, pad_ids, span_token_mask, stack_images, target_window, token_ids, unpadded
 from mmsa.heads import Feats
 from mmsa.model import Prediction, SentimentModel, blend_targets, load_model
 from mmsa.options import BACKENDS, usable_cores
@@ -402,7 +402,24 @@ class Engine:
             pred = self._worker.submit(self._predict, texts, images, batch_size, called, targets).result()
         if targets is not None and self._borrowed[0] not in (None, self.model):
             pred.target_probs = self._borrowed_targets(texts, targets, batch_size, pred.target_probs)
+        if targets is not None and self.target is not None:
+            self._late_targets(texts, targets, batch_size, pred.target_probs)
         return pred
+
+    def _late_targets(self, texts: Sequence[str], targets, batch_size: int | None, probs: list[np.ndarray]) -> None:
+        """Score again, in `probs`, each target that the encoder's truncation cuts off (a brand named late in a
+        long post: otherwise the whole text, no token marked), over a window of its text that starts near it
+        (`target_window`): one more text pass per such target, through `predict`, so a borrowed head's share
+        is windowed too."""
+        late = [(i, j, w) for i, spans in enumerate(targets) for j, sp in enumerate(spans)
+                if len(sp) and (w := target_window(self.tokenizer, texts[i], sp)) is not None]
+        if not late:
+            return
+        sub = self.predict([texts[i][w:] for i, _, w in late], [None] * len(late), batch_size,
+                           [[[(a - w, b - w) for a, b in targets[i][j]]] for i, j, w in late])
+        for (i, j, _), p in zip(late, sub.target_probs):
+            probs[i] = probs[i].copy()
+            probs[i][j] = p[0]
 
     def _borrowed_targets(self, texts: Sequence[str], targets, batch_size: int | None,
                           own: list[np.ndarray] | None) -> list[np.ndarray]:

@@ -18,7 +18,7 @@ from transformers.models.bert.modeling_bert import BertLayer
 from mmsa import pipeline, source
 from mmsa.brands import BrandTagger, find_spans
 from mmsa.cli import main
-from mmsa.encoders import fast_tokenizer, span_token_mask, spell_emoji, token_ids, unpadded
+from mmsa.encoders import fast_tokenizer, span_token_mask, spell_emoji, target_window, token_ids, unpadded
 from mmsa.heads import TargetHead
 from mmsa.faults import PermanentError
 from mmsa.infer import Engine, get_engine
@@ -171,6 +171,30 @@ def test_engine_gives_probabilities_toward_each_target_and_none_without_targets(
     assert np.allclose(one.target_probs[0], pred.target_probs[0], atol=1e-5)
     onnx = get_engine("default", "onnx").predict(texts, [None, None], targets=spans)  # the exported graph's tap
     assert np.allclose(onnx.target_probs[0], pred.target_probs[0], atol=1e-3)
+
+
+FILLER = ("I spent the weekend sorting old boxes of cables, books and tools in the garage, then drove to the coast with "
+          "my cousins, and we talked about football, the weather and the new bakery downtown for hours. ") * 2
+
+
+def test_a_brand_past_the_encoders_window_is_scored_over_a_window_around_it():
+    """A long post naming its brand only after the 64 tokens the encoder reads: scored toward the brand over a
+    window of the text that starts a few words before it, not toward the whole text with no token marked (which
+    gave praise and pan of the brand the same probabilities)."""
+    engine = get_engine("default", "torch")
+    texts = [FILLER + "In the end acme support was rude and my acme phone broke again, awful.",
+             FILLER + "In the end acme support was wonderful and my acme phone is perfect, love it.", PRAISE_AND_PAN]
+    spans = [[find_spans(t, "acme")] for t in texts]
+    start = target_window(engine.tokenizer, texts[0], spans[0][0])
+    assert 0 < start < texts[0].index("acme") and texts[0][start - 1] == " "  # a word's start, before the brand
+    assert target_window(engine.tokenizer, PRAISE_AND_PAN, spans[2][0]) is None  # read as it is
+    pred = engine.predict(texts, [None] * 3, targets=spans)
+    assert [LABELS[int(p[0].argmax())] for p in pred.target_probs[:2]] == ["negative", "positive"]
+    window = texts[0][start:]
+    alone = engine.predict([window], [None], targets=[[find_spans(window, "acme")]])
+    np.testing.assert_allclose(pred.target_probs[0], alone.target_probs[0], atol=1e-5)
+    whole = engine.predict(texts[2:], [None], targets=spans[2:])  # a target the window reads: untouched
+    np.testing.assert_allclose(pred.target_probs[2], whole.target_probs[0], atol=1e-5)
 
 
 def _borrower(folder):
