@@ -26,8 +26,9 @@ _WORD_CHAR = re.compile(r"\w")
 # Kana and Hangul syllables, matched as written: decomposed, 기안 would hold 기아 and ガメラ read as カメラ.
 _UNFOLDED = re.compile("[\u3040-\u30ff\uac00-\ud7af]")
 # A letter or digit of a script that spaces its words: a keyword touching one is inside a longer word. Han, kana,
-# Hangul (whose particles join the noun: "acme는") and Thai run words together, so a name touching them is whole.
-_SPACED_WORD = r"[^\W\u0e00-\u0e7f\u3130-\u318f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f]"
+# Hangul (whose particles join the noun: "acme는"), Thai, Lao, Khmer and Myanmar run words together, so a name
+# touching them is whole.
+_SPACED_WORD = r"[^\W\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3130-\u318f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f]"
 _SPACED_WORD_CHAR = re.compile(_SPACED_WORD)
 
 
