@@ -7,10 +7,12 @@ every chart as a base64 PNG and every table inline, so the one file reads offlin
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Callable
 
 import duckdb
 import matplotlib
@@ -38,6 +40,18 @@ def summary_order() -> list[str]:
     """Every report, in the summary's order."""
     names = [name for name, _ in report.list_reports()]
     return [n for n in SUMMARY_ORDER if n in names] + [n for n in names if n not in SUMMARY_ORDER]
+
+
+def _as_written(draw: Callable[..., Figure]) -> Callable[..., Figure]:
+    """A figure function whose texts are drawn as written: matplotlib would read a brand named "$^$" as
+    mathematics (and fail on it), "a$x$b" as an italic x."""
+
+    @functools.wraps(draw)
+    def drawn(*args, **kwargs) -> Figure:
+        with plt.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return drawn
 
 
 def _by_brand(rows: list[dict], limit: int = MAX_BRANDS) -> dict[str, list[dict]]:
@@ -100,6 +114,7 @@ def _filled(series: list[dict], key: str, step: timedelta) -> list[dict]:
     return out
 
 
+@_as_written
 def trend_figure(rows: list[dict], period: str = "day") -> Figure:
     """Volume (top) and net sentiment (bottom) per brand over time, from the daily or weekly report."""
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True, height_ratios=(1, 1.3))
@@ -127,6 +142,7 @@ def trend_figure(rows: list[dict], period: str = "day") -> Figure:
     return fig
 
 
+@_as_written
 def share_of_voice_figure(rows: list[dict]) -> Figure:
     """100% stacked bars: each brand's share of all, positive and negative mentions."""
     rows = sorted(rows, key=lambda r: -r["mentions"])
@@ -159,12 +175,13 @@ def _z(spike: dict) -> float:
     return max(spike["posts_z"] or 0, spike["negative_share_z"] or 0)
 
 
+@_as_written
 def spikes_figure(daily: list[dict], spikes: list[dict]) -> Figure:
     """Per brand (up to 4 with spikes, else the 2 busiest): daily volume bars, the negative share
     line, every spike day circled and the strongest labelled with kind and z-score."""
     spike_rows = [s for s in spikes if s["rank"] == 1]
     by_brand = _by_brand(daily, limit=len(daily) or 1)
-    brands = [b for b in by_brand if any(s["brand"] == b for s in spike_rows)][:4] or list(by_brand)[:2]
+    brands = [b for b in by_brand if any(report.brand_name(s["brand"]) == b for s in spike_rows)][:4] or list(by_brand)[:2]
     panels = max(len(brands), 1)  # an empty chart still has its axes, for the note
     fig, axes = plt.subplots(panels, 1, figsize=(10, 3.2 * panels), squeeze=False, sharex=True)
     if not brands:
@@ -181,7 +198,7 @@ def spikes_figure(daily: list[dict], spikes: list[dict]) -> Figure:
         share.set_ylim(0, 1.05)
         share.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
         share.set_ylabel("negative share", color="#d62728")
-        mine = [s for s in spike_rows if s["brand"] == brand]
+        mine = [s for s in spike_rows if report.brand_name(s["brand"]) == brand]
         shown = [s for s in mine if s["negative_share"] is not None]  # a volume spike of unlabelled posts has no share
         share.plot([s["day"] for s in shown], [s["negative_share"] for s in shown], "o", markersize=12,
                    markerfacecolor="none", markeredgecolor="black")

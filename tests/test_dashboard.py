@@ -18,6 +18,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import dashboarddata
+import pyarrow as pa
 import pytest
 import reportdata
 from browser import CHROMIUM_ARGS, chromium_path
@@ -28,6 +29,7 @@ from mmsa.dashboard.queries import net_interval, wilson
 from mmsa.dashboard.server import Dashboard, DashboardServer
 from mmsa.dashboard.svg import estimates_svg, trend_svg, voice_svg
 from mmsa.cli import build_parser
+from mmsa.schema import SCORED_SCHEMA
 
 VIEWS = ["/", "/spikes", "/voice", "/disagreement", "/quality",
          "/posts?date_from=2024-03-15&date_to=2024-03-15",
@@ -229,6 +231,26 @@ def test_spikes_view_lists_the_spike_with_z_scores_and_history(server):
     assert status == 200 and "z = 4.74" in page and "over the 10 days before" in page
     assert 'href="/posts?brand=acme&amp;date_from=2024-03-14&amp;date_to=2024-03-14"' in page
     assert csv_rows(server, "/csv/spikes?brand=acme&threshold=20") == []
+
+
+def test_a_spike_of_untagged_posts_is_named_no_brand_and_links_to_no_other_brands_posts(tmp_path):
+    """With acme's posts untagged, its planted spike is a spike of brand NULL: its card names "(no brand)" (it named
+    nobody) and has no link to "all posts" of the day, which no filter can select (it listed globex's posts)."""
+    rows = [{**r, "brands": [], "brand_scores": []} if r["post_id"].startswith("acme") else r for r in reportdata.scored_rows()]
+    db = tmp_path / "untagged.duckdb"
+    with store.connect(db) as con:
+        con.register("rows", pa.Table.from_pylist(rows, schema=SCORED_SCHEMA))
+        con.execute("INSERT INTO scored_posts SELECT * FROM rows")
+    srv = DashboardServer(Dashboard(publish.publish_snapshot(db), tmp_path / "cache"), port=0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        status, _, body = get(srv, "/spikes")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    page = body.decode()
+    assert status == 200 and "<h3>(no brand) · 2024-03-14 · " in page
+    assert "date_from=2024-03-14" not in page and "All posts of" not in page
 
 
 # --- safety ------------------------------------------------------------------------------------

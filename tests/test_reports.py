@@ -410,6 +410,22 @@ def test_rejected_rows_per_run_and_reason_with_brand_from_raw_json(db):
     assert [r["run_id"] for r in rows("rejected_rows", db, model_version="v1")] == []
 
 
+def test_rejected_rows_brand_filter_ignores_case_and_reads_a_brands_list(tmp_path):
+    """A rejected row naming "ACME", or acme in its `brands` list, is acme's as brand rules make it (only an
+    exact `brand` was read)."""
+    import pyarrow as pa
+    from mmsa.schema import REJECTED_SCHEMA
+
+    raws = ['{"brand": "ACME"}', '{"brands": ["x", "acme"]}', '{"brand": "acme"}', '{"brand": "globex"}', "not json"]
+    db = tmp_path / "rejected.duckdb"
+    with store.connect(db) as con:
+        con.register("rows", pa.Table.from_pylist([{"reason": f"r{i}", "raw": raw, "dump": "d.jsonl", "line": i + 1,
+                                                    "run_id": "run"} for i, raw in enumerate(raws)], schema=REJECTED_SCHEMA))
+        con.execute("INSERT INTO rejected_posts SELECT * FROM rows")
+    assert sorted(r["reason"] for r in rows("rejected_rows", db, brand="acme")) == ["r0", "r1", "r2"]
+    assert [r["reason"] for r in rows("rejected_rows", db, brand="Globex")] == ["r3"]
+
+
 def test_runs_report_posts_scored_per_run_and_model(db):
     """Each run with its model, counts, rejection rate, duration and stored posts."""
     runs = by(rows("runs", db), "run_id")
@@ -530,6 +546,31 @@ def test_a_spike_day_of_unlabelled_posts_is_drawn_without_a_share():
     fig.canvas.draw()
     assert "foo: 1 spike day" in _texts(fig)
     charts.plt.close("all")
+
+
+def test_a_spike_of_untagged_posts_is_drawn_under_no_brand():
+    """Untagged posts' spike (brand NULL) is circled on the "(no brand)" panel, which said "no spikes"."""
+    series = [{"brand": None, "day": date(2024, 3, d), "posts": 2, "negative_share": 0.5} for d in range(1, 11)]
+    series.append({"brand": None, "day": date(2024, 3, 11), "posts": 15, "negative_share": 0.4})
+    spike = {"brand": None, "day": date(2024, 3, 11), "kind": "volume", "rank": 1, "negative_share": 0.4, "posts_z": 9.0,
+             "negative_share_z": None}
+    fig = charts.spikes_figure(series, [spike])
+    assert "(no brand): 1 spike day" in _texts(fig)
+    (circles,) = [line for line in fig.axes[1].get_lines() if line.get_marker() == "o"]
+    assert list(circles.get_ydata()) == [0.4]
+    charts.plt.close("all")
+
+
+def test_charts_draw_a_brand_name_with_dollar_signs_as_written(tmp_path):
+    """matplotlib reads "$...$" as mathematics: a brand "$^$" failed every chart (and with them a run's headline and
+    `report all --html`), "a$x$b" came out as an italic x."""
+    series = [{"brand": b, "day": date(2024, 3, d), "posts": 3, "net_sentiment": 0.1, "negative_share": 0.3}
+              for b in ("$^$", "a$x$b") for d in (1, 2)]
+    voice = [{"brand": b, "mentions": 6, "share_of_voice": 0.5, "positive_share_of_voice": 0.5,
+              "negative_share_of_voice": 0.5} for b in ("$^$", "a$x$b")]
+    for fig in (charts.trend_figure(series), charts.spikes_figure(series, []), charts.share_of_voice_figure(voice)):
+        assert charts._png(fig)[:8] == b"\x89PNG\r\n\x1a\n"
+        assert any("a$x$b" in t for t in _texts(fig))
 
 
 def _drawn(line) -> set[int]:

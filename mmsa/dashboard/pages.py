@@ -156,20 +156,24 @@ class Pages(Queries):
         for (brand, day), rows in grouped.items():
             s = rows[0]
             window_days = [day - timedelta(days=i) for i in range(s["history_days"], -1, -1)]
+            name = report.brand_name(brand)
             link = "/posts?" + f.query(brand=brand, date_from=day.isoformat(), date_to=day.isoformat())
+            # posts without a brand cannot be filtered for: the day's heading and no link to all its posts
+            heading = f'<a class="spike-day" href="{esc(link)}">{esc(day)}</a>' if brand is not None else esc(day)
+            every = f'<p><a href="{esc(link)}">All posts of {esc(name)} on {esc(day)}</a></p>' if brand is not None else ""
             drivers = "".join(
                 f"<li><code>{esc(r['post_id'])}</code> <span class='label {esc(r['brand_label'])}'>{esc(r['brand_label'])}</span> "
                 f"engagement {r['engagement']:,}: {esc(r['text'])}</li>" for r in rows)
             cards.append(
-                f'<article class="spike"><h3>{esc(brand)} · <a class="spike-day" href="{esc(link)}">{esc(day)}</a> · {esc(s["kind"])}</h3>'
+                f'<article class="spike"><h3>{esc(name)} · {heading} · {esc(s["kind"])}</h3>'
                 f'<p>{s["posts"]:,} posts against a mean of {fmt(s["mean_posts"], 1)} over the {s["history_days"]} days before '
                 f'(z = {fmt(s["posts_z"], 2)}); negative share {pct(s["negative_share"])} against {pct(s["mean_negative_share"])} '
                 f'(z = {fmt(s["negative_share_z"], 2)}), counted from labels.</p>'
                 + _estimate_sentence(s)
-                + sparkline_svg([history.get((brand, d), 0) for d in window_days], f"{brand}: posts per day, the "
+                + sparkline_svg([history.get((brand, d), 0) for d in window_days], f"{name}: posts per day, the "
                                 f"{s['history_days']} days judged on and {day}")
                 + f"<p class='meta'>Driving posts (negative first when the negative share spiked, then by engagement):</p><ol>{drivers}</ol>"
-                f'<p><a href="{esc(link)}">All posts of {esc(brand)} on {esc(day)}</a></p></article>')
+                + every + "</article>")
         extra = (f'<label>Window <input type="number" name="window" min="3" max="365" value="{settings["window"]}"></label>'
                  f'<label>Threshold z <input type="number" name="threshold" step="0.5" min="0.5" max="50" value="{settings["threshold"]}"></label>')
         body = (
