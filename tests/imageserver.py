@@ -236,8 +236,8 @@ def endless(content_type: str = "image/jpeg", prefix: bytes = b"\xff\xd8\xff\xe0
     return handler
 
 
-def lying_length(body: bytes, claimed: int, content_type: str = "image/png") -> Handler:
-    """Claim Content-Length `claimed`, send `body`, close the connection."""
+def lying_length(body: bytes, claimed: int | str, content_type: str = "image/png") -> Handler:
+    """Claim Content-Length `claimed` (a number, or any header text), send `body`, close the connection."""
 
     def handler(request: BaseHTTPRequestHandler) -> None:
         request.send_response(200)

@@ -104,10 +104,11 @@ def test_an_avif_is_known_by_its_compatible_brands_too():
 
 
 @pytest.mark.parametrize(
-    "code, status", [(404, "http_404"), (410, "http_410"), (403, "http_error"), (401, "http_error"), (400, "http_error")]
+    "code, status", [(404, "http_404"), (410, "http_410"), (403, "http_error"), (401, "http_error"), (400, "http_error"),
+                     (999, "http_error")]
 )
 def test_client_errors_are_not_retried(image_server, cache, code, status):
-    """A 4xx (other than 408/429) is final: one request, no retry."""
+    """A 4xx (other than 408/429) is final: one request, no retry; so is a code past 599 (LinkedIn's 999)."""
     url = image_server.route("/gone", send(code, b"nope", "text/plain"))
     result = fetch_one(url, cache)
     assert (result.status, result.http_code, result.attempts) == (status, code, 1)
@@ -144,6 +145,15 @@ def test_429_that_persists_ends_as_http_429(image_server, cache):
     result = fetch_one(url, cache)
     assert (result.status, result.http_code) == ("http_429", 429)
     assert result.attempts == 3
+
+
+def test_a_header_of_digits_python_cannot_read_as_a_number_is_ignored(image_server, cache):
+    """A Retry-After or Content-Length of "²" (a digit to str.isdigit, not to int()) is a server's bad header, not an
+    invalid URL: the 503 is retried as one, the 200 read as a body of unknown length."""
+    busy = image_server.route("/busy", send(503, headers={"Retry-After": "²"}), send(200, JPEG, "image/jpeg"))
+    assert (fetch_one(busy, cache).status, image_server.hit_count("/busy")) == ("ok", 2)
+    odd = image_server.route("/odd", lying_length(JPEG, "²", "image/jpeg"))
+    assert fetch_one(odd, cache).status == "ok"
 
 
 def test_408_counts_as_timeout_and_is_retried(image_server, cache):
@@ -299,6 +309,7 @@ def test_pixel_cap(image_server, cache):
         ("https://exa mple.com/a.jpg", "invalid_url"),
         ("http://[::1/a.jpg", "invalid_url"),
         ("http://example.com:99999/a.jpg", "invalid_url"),
+        ("http://example.com:0/a.jpg", "invalid_url"),
         ("//cdn.example.com/a.jpg", "invalid_url"),
         ("images/cat.jpg", "invalid_url"),
         ("ftp://example.com/a.jpg", "unsupported_scheme"),

@@ -99,7 +99,8 @@ def check_url(url: str, redirected: bool = False) -> str:
     prefix = "redirect to " if redirected else ""
     try:
         parts = urlsplit(url)
-        parts.port  # raises ValueError for a bad port
+        if parts.port == 0:  # urlsplit refuses only ports past 65535; nothing listens on port 0
+            raise ValueError("Port 0 is not a port to connect to")
     except ValueError as exc:
         raise Failure(ImageStatus.INVALID_URL, f"{prefix}{url[:200]!r}: {exc}") from exc
     scheme = parts.scheme.lower()
@@ -118,7 +119,7 @@ def _http_failure(code: int, response: urllib3.BaseHTTPResponse) -> Failure:
         return Failure(ImageStatus.HTTP_410, error, code)
     if code == 408:
         return Failure(ImageStatus.TIMEOUT, error, code)
-    if code == 429 or code >= 500:
+    if code == 429 or 500 <= code < 600:  # past 599 (LinkedIn's 999) no server error: http_error, not retried
         status = ImageStatus.HTTP_429 if code == 429 else ImageStatus.HTTP_5XX
         return Failure(status, error, code, _retry_after(response.headers.get("Retry-After")))
     return Failure(ImageStatus.HTTP_ERROR, error, code)
@@ -129,7 +130,7 @@ def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isdecimal():  # what float() reads; isdigit() is also true of "²"
         return float(value)
     try:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
@@ -139,7 +140,7 @@ def _retry_after(value: str | None) -> float | None:
 
 def _read_body(response: urllib3.BaseHTTPResponse, max_bytes: int, received: list[int]) -> bytes:
     declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
+    if declared.isdecimal() and int(declared) > max_bytes:
         raise Failure(ImageStatus.TOO_LARGE, f"Content-Length {declared} is over {max_bytes} bytes", response.status)
     body = bytearray()
     while chunk := response.read(_CHUNK, decode_content=True):
