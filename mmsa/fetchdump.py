@@ -25,21 +25,23 @@ class FetchSummary:
     """What `fetch_dump` did, for printing."""
 
     status_path: Path
-    counts: dict[str, int]  # posts per status
+    counts: dict[str, int]  # the table's rows per status: one per image, one no_image per post without any
+    posts: int  # valid posts read
     rejected_rows: int  # dump rows that are not valid posts (see mmsa.source), not in the table
     seconds: float
     cache_repaired: int = 0  # damaged cache entries met, removed and fetched anew (ImageCache)
 
     def describe(self) -> str:
-        posts = sum(self.counts.values())
-        with_url = posts - self.counts.get(ImageStatus.NO_IMAGE.value, 0)
-        rate = with_url / self.seconds if self.seconds else 0.0
+        without = self.counts.get(ImageStatus.NO_IMAGE.value, 0)
+        images = sum(self.counts.values()) - without
+        rate = images / self.seconds if self.seconds else 0.0
         ok = self.counts.get(ImageStatus.OK.value, 0)
-        share = f"{100 * ok / with_url:.1f}%" if with_url else "-"
+        share = f"{100 * ok / images:.1f}%" if images else "-"
         by_status = ", ".join(f"{status} {n}" for status, n in sorted(self.counts.items(), key=lambda kv: -kv[1]))
         return (
-            f"{posts} posts, {with_url} with an image_url, in {self.seconds:.1f} s ({rate:.0f} images/s); "
-            f"ok {share}\n  {by_status}\n  {self.rejected_rows} dump rows rejected as invalid posts\n"
+            f"{self.posts} posts, {self.posts - without} with images; {images} images in {self.seconds:.1f} s "
+            f"({rate:.0f} images/s), ok {share}\n  status table rows: {by_status}\n"
+            f"  {self.rejected_rows} dump rows rejected as invalid posts\n"
             f"  status table: {self.status_path}" + (f"\n  cache entries repaired: {self.cache_repaired}"
                                                       if self.cache_repaired else "")
         )
@@ -74,7 +76,7 @@ def fetch_dump(
     local_status = status_path if isinstance(status_path, Path) else local_dir / "status" / status_path.name
     cache = ImageCache(cache_dir)
     counts: dict[str, int] = {}
-    rejected = repaired = 0
+    posts = rejected = repaired = 0
     batch: list[tuple[str, str | None]] = []
 
     def flush() -> None:
@@ -89,6 +91,7 @@ def fetch_dump(
     with files.atomic_path(local_status) as tmp, pq.ParquetWriter(tmp, STATUS_TABLE_SCHEMA) as writer:
         for shard in source.iter_shards(paths, min(batch_size, 10_000), dump_name=str(dump), options=options):
             rejected += len(shard.rejected)
+            posts += shard.posts.num_rows
             batch.extend((post_id, url) for post_id, urls in zip(shard.posts["post_id"].to_pylist(),
                                                                  shard.posts["image_urls"].to_pylist())
                          for url in urls or [None])
@@ -98,4 +101,4 @@ def fetch_dump(
             flush()
     if local_status is not status_path:
         storage.upload(local_status, status_path)
-    return FetchSummary(status_path, counts, rejected, time.monotonic() - started, repaired)
+    return FetchSummary(status_path, counts, posts, rejected, time.monotonic() - started, repaired)

@@ -45,7 +45,7 @@ def test_fetch_command_writes_one_row_per_post_and_retries_only_retryable(image_
     assert ImageCache(cache_dir).load(again["image_key"][2].as_py()) == flaky_png
 
 
-def test_fetch_reads_other_exports_through_a_mapping_one_row_per_image(image_server, tmp_path):
+def test_fetch_reads_other_exports_through_a_mapping_one_row_per_image(image_server, tmp_path, capsys):
     """`mmsa fetch --map ...`: a post's images each get their own row, in the post's order, up to the cap."""
     for name in ("a.jpg", "b.jpg"):
         (image_server.root / name).write_bytes(encode(textured_image(64, 48), "JPEG"))
@@ -59,3 +59,5 @@ def test_fetch_reads_other_exports_through_a_mapping_one_row_per_image(image_ser
     table = pq.read_table(tmp_path / "c" / "status" / "export.parquet")
     assert list(zip(table["post_id"].to_pylist(), table["status"].to_pylist())) == [
         ("x1", "ok"), ("x1", "http_404"), ("x2", "no_image")]
+    out = capsys.readouterr().out  # posts counted as posts, images as images (it said "3 posts, 2 with an image_url")
+    assert out.startswith("2 posts, 1 with images; 2 images in ") and ", ok 50.0%" in out
