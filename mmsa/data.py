@@ -60,7 +60,7 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
     dropped or relabelled row would move every figure trained or measured on the file)."""
     path = Path(path)
     rows = []
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8-sig") as fh:  # a leading byte-order mark read as mmsa.source reads dumps
         for line_no, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -76,6 +76,8 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
             for key in ("text", "target", "image"):
                 if row.get(key) is not None and not isinstance(row[key], str):
                     raise ValueError(f"{path}:{line_no}: {key} must be a string, got {str(row[key])[:40]!r}")
+            if not (row.get("text") or "").strip() and not row.get("image"):  # `mmsa score` labels no such post
+                raise ValueError(f"{path}:{line_no}: neither text nor image: nothing to read")
             rows.append(_with_target_written(row))
     return rows
 

@@ -83,6 +83,12 @@ class TrainConfig:
     max_length: int = 64
     head_kwargs: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:  # checked when made, before any encoding
+        if not 1 <= self.members <= self.folds or self.folds < 2:
+            raise ValueError(f"need 2 <= folds and 1 <= members <= folds, got folds={self.folds} members={self.members}")
+        if self.finetune_layers and self.members > 1:
+            raise ValueError("fine-tuning text layers trains one text encoder per member: use members=1")
+
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -361,10 +367,6 @@ def _rows(features: dict, rows: np.ndarray) -> dict:
 
 def train_members(cfg: TrainConfig, sets: EncodedSets, progress: bool = True) -> tuple[Ensemble, list[dict]]:
     """`cfg.members` bundles, member k trained on every fold but k and early-stopped on fold k."""
-    if not 1 <= cfg.members <= cfg.folds or cfg.folds < 2:
-        raise ValueError(f"need 2 <= folds and 1 <= members <= folds, got folds={cfg.folds} members={cfg.members}")
-    if cfg.finetune_layers and cfg.members > 1:
-        raise ValueError("fine-tuning text layers trains one text encoder per member: use members=1")
     folds = fold_ids(sets.y_train, cfg.folds, cfg.seed)
     bundles, fits = [], []
     for k in range(cfg.members):

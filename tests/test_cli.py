@@ -39,6 +39,31 @@ def test_a_mistyped_training_head_and_a_demo_too_small_are_one_line_before_any_w
     assert not (tmp_path / "m").exists() and not (tmp_path / "demo" / "posts.jsonl").exists()
 
 
+def test_counts_and_training_options_that_cannot_work_are_refused_before_any_work(tmp_path, capsys):
+    """A negative --batch-size made no batches (evaluate printed the metrics of all-zero probabilities, exit 0);
+    --folds 1 failed in scikit-learn after the features were encoded; `train` (the stack recipe) wrote a model
+    ignoring --text-encoder, --epochs and the other paper-head options it was given."""
+    import time
+
+    import pytest
+
+    from mmsa.cli import main
+
+    started = time.monotonic()
+    for argv in (["evaluate", "--data", "x.jsonl", "--batch-size", "-1"], ["evaluate", "--data", "x.jsonl", "--batch-size", "0"],
+                 ["compare", "--folds", "1"], ["compare", "--repeats", "0"], ["compare-targets", "--folds", "1"],
+                 ["quantify-compare", "--bags", "0"], ["train", "--head", "text", "--epochs", "0", "--out", "m"],
+                 ["fetch", "d.jsonl", "--cache", "c", "--workers", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2 and "a whole number of at least" in capsys.readouterr().err, argv
+    assert main(["train", "--text-encoder", "/no/such", "--epochs", "3", "--out", str(tmp_path / "m")]) == 2
+    assert capsys.readouterr().err.startswith("mmsa train: error: --text-encoder, --epochs: only the paper heads")
+    assert main(["train", "--head", "text", "--folds", "3", "--members", "4", "--out", str(tmp_path / "m")]) == 2
+    assert "1 <= members <= folds" in capsys.readouterr().err
+    assert time.monotonic() - started < 10 and not (tmp_path / "m").exists()
+
+
 def test_the_console_filter_hides_only_what_the_command_tells_in_one_line():
     """Prefect's failed-state lines of bad input and of mmsa.faults' failures go (the command says them in one line);
     any other exception's stay, whatever its name ends with."""

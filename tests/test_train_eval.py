@@ -321,10 +321,14 @@ def test_a_bad_label_is_an_error_naming_its_file_and_line(tmp_path):
         path.write_text(good + "\n" + bad + "\n")
         with pytest.raises(ValueError, match=rf"{re.escape(str(path))}:3: {what} must be a string"):
             read_rows(path)
-    path = tmp_path / "fine.jsonl"
-    path.write_text(good + '{"text": "no modality labels", "label": "negative"}\n')
-    assert [r["label"] for r in read_rows(path)] == ["positive", "negative"]
-    assert load_jsonl(path).labels.tolist() == [0, 2]
+    path = tmp_path / "empty.jsonl"  # scored, it was a guess from an empty text; `mmsa score` labels no such post
+    path.write_text(good + '{"text": "  ", "label": "neutral"}\n')
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}:2: neither text nor image"):
+        read_rows(path)
+    path = tmp_path / "fine.jsonl"  # a byte-order mark, as a dump may have one
+    path.write_text("\ufeff" + good + '{"text": "no modality labels", "label": "negative"}\n' + '{"image": "a.jpg", "label": "neutral"}\n')
+    assert [r["label"] for r in read_rows(path)] == ["positive", "negative", "neutral"]
+    assert load_jsonl(path, with_images=False).labels.tolist() == [0, 2, 1]
 
 
 def test_one_class_weighting_for_linear_heads_and_neural_losses():
