@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from prefect import flow
 
-from mmsa import faults, source, storage
+from mmsa import faults, publish, source, storage
 from mmsa.flows.score import make_task_runner, score_flow
 from mmsa.options import DEFAULT_MAX_IMAGES, RunParameters, parameter_names
 from mmsa.store import already_scored, run_lock
@@ -85,6 +85,7 @@ def backfill_flow(
     model_version = load_model(model).version
     with run_lock(db):  # the whole range: a second backfill is refused, not let in between two days
         outcome, failed = _days(days, dump_template, db, model_version, scorer, params, force or retry_failed)
+        publish.publish_if_behind(db)
     print(", ".join(f"{d}: {o}" for d, o in outcome.items()))
     if failed:
         raise BackfillFailed(f"{len(failed)} of {len(days)} days failed: {'; '.join(failed)}", outcome)

@@ -37,6 +37,7 @@ def publish_snapshot(db_path: str | Path, con: duckdb.DuckDBPyConnection | None 
     (DuckDB refuses a second connection with other settings in the same process)."""
     db_path = Path(db_path)
     dest = snapshot_path(db_path)
+    files.sweep_stale(dest.parent)  # a copy a killed run left half-written (callers hold the run lock)
     own = con is None
     if own:
         con = duckdb.connect(str(db_path))
@@ -47,3 +48,21 @@ def publish_snapshot(db_path: str | Path, con: duckdb.DuckDBPyConnection | None 
         if own:
             con.close()
     return dest
+
+
+def publish_if_behind(db_path: str | Path) -> Path | None:
+    """Publish the snapshot if it lacks runs the database has: a run killed while publishing had committed its
+    load, so a backfill rerun skips its day as done and would never publish it. None when it is current."""
+    dest = snapshot_path(db_path)
+    if not Path(db_path).exists() or dest.exists() and _runs(dest) == _runs(Path(db_path)):
+        return None
+    return publish_snapshot(db_path)
+
+
+def _runs(db: Path) -> tuple | None:
+    """(runs, the last one's end) of a database; None for a file that is not one (a damaged snapshot)."""
+    try:
+        with duckdb.connect(str(db), read_only=True) as con:
+            return con.execute("SELECT count(*), max(finished_at) FROM runs").fetchone()
+    except duckdb.Error:
+        return None

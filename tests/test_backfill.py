@@ -75,6 +75,31 @@ def test_backfill_scores_each_day_once_and_force_rescores(prefect_harness, tmp_p
     assert _counts(db) == ((37, 37), 7)
 
 
+def test_a_backfill_rerun_publishes_the_snapshot_a_killed_run_did_not(prefect_harness, tmp_path):
+    """Killed while copying the snapshot, a day's run had committed its load: the rerun skips the day as done, and
+    the snapshot lacked it for good (or was missing), beside the dead copy's temporary file. Now the rerun publishes."""
+    from mmsa import publish
+
+    template = write_day_dumps(tmp_path / "dumps", n=3)
+    db, out = tmp_path / "m.duckdb", tmp_path / "out"
+    assert cli.main(["backfill", "--dump-template", template, "--from", DAYS[0], "--to", DAYS[0],
+                     "--db", str(db), "--out", str(out)]) == 0
+    stale = publish.snapshot_path(db).read_bytes()  # one day
+    assert cli.main(["backfill", "--dump-template", template, "--from", DAYS[0], "--to", DAYS[1],
+                     "--db", str(db), "--out", str(out)]) == 0
+    publish.snapshot_path(db).write_bytes(stale)  # the second day's publish killed: the old snapshot stays
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = tmp_path / f".m.analyst.duckdb.{dead.stdout.strip()}-1.tmp"
+    leftover.write_bytes(stale)
+    assert cli.main(["backfill", "--dump-template", template, "--from", DAYS[0], "--to", DAYS[1],
+                     "--db", str(db), "--out", str(out)]) == 0
+    with duckdb.connect(str(publish.snapshot_path(db)), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM post_sentiment").fetchone() == (6,)
+    assert not leftover.exists()
+    before = publish.snapshot_path(db).stat().st_mtime_ns
+    assert publish.publish_if_behind(db) is None and publish.snapshot_path(db).stat().st_mtime_ns == before
+
+
 def test_backfill_reports_missing_day_after_scoring_the_others(prefect_harness, tmp_path, capsys):
     """A missing dump fails the backfill (nightly alerting) but does not stop the other days; the command prints
     every day's outcome, then what failed in one line (exit 1), no traceback."""
