@@ -107,7 +107,7 @@ class RunSummary:
     dump: str
     model_version: str
     posts_in: int
-    posts_scored: int
+    posts_scored: int  # the posts it stored (loaded): a rerun stores none of the shards an earlier run loaded
     posts_rejected: int
     shards_done: int
     shards_skipped: int
@@ -116,8 +116,8 @@ class RunSummary:
     shards: list[dict] = field(default_factory=list)  # per shard: the rows of table run_shards
     not_posts: dict[str, int] = field(default_factory=dict)  # records skipped as not posts, by reason
     cache_repaired: int = 0  # damaged image cache entries this run removed and fetched anew
-    not_covered: dict[str, int] = field(default_factory=dict)  # posts in languages the model does not cover
-    nothing_to_read: int = 0  # posts without text whose images all failed: stored unscored
+    not_covered: dict[str, int] = field(default_factory=dict)  # of those stored, posts in languages the model does not cover
+    nothing_to_read: int = 0  # of those stored, posts without text whose images all failed: stored unscored
 
     def markdown(self) -> str:
         """The run's statistics as markdown tables (run totals, then one row per shard)."""
@@ -169,9 +169,11 @@ class RunSummary:
         return sum(self.not_covered.values()) + self.nothing_to_read
 
     def scored_line(self) -> str:
-        """The posts stored, scored or not: "12 scored", "9 scored + 3 stored unscored"."""
-        unscored = self.posts_unscored
-        return f"{self.posts_scored - unscored} scored" + (f" + {unscored} stored unscored" if unscored else "")
+        """The posts stored, scored or not, and those an earlier run had stored: "12 scored", "9 scored + 3 stored
+        unscored", "0 scored, 12 already stored"."""
+        unscored, before = self.posts_unscored, self.posts_in - self.posts_rejected - self.posts_scored
+        return (f"{self.posts_scored - unscored} scored" + (f" + {unscored} stored unscored" if unscored else "")
+                + (f", {before} already stored" if before else ""))
 
     def languages_line(self) -> str:
         """The posts stored unscored because the model does not cover their language, most first."""
@@ -513,18 +515,24 @@ def _quantification(model: str) -> dict | None:
 
 def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_id: str, model_version: str,
          started_at, stage_seconds: dict[str, float]) -> RunSummary:
-    """Upsert every shard's rows and the rejected rows into DuckDB, and record the run."""
+    """Upsert the rows of the shards this run scored, and of those it skipped that no load has taken yet (a run
+    stopped before its load), and the rejected rows into DuckDB, and record the run. A shard loaded before is not
+    loaded again: a rerun of an older dump would put back its versions of posts a newer dump has since changed."""
     t0 = time.perf_counter()
     rejected = json.loads((storage.path(prepared.workdir) / "rejected.json").read_text())
     con = store.connect(opts.db)
     try:
         with store.transaction(con):  # posts, rejections and the run's record appear together
             out = storage.path(opts.out)
-            scored = store.load_scored(con, [out / f for r in results for f in r.files])
+            waiting = store.not_loaded(con, [f for r in results if r.skipped for f in r.files])
+            loads = [r for r in results if not r.skipped or waiting.intersection(r.files)]
+            scored = store.load_scored(con, [out / f for r in loads for f in r.files])
+            store.mark_loaded(con, [f for r in loads for f in r.files], run_id)
             store.load_rejected(con, rejected, prepared.dump, prepared.files_key, prepared.head, run_id)
             status, not_covered = Counter(), Counter()
             for r in results:
                 status.update(r.image_status)
+            for r in loads:
                 not_covered.update(r.not_covered)
             shards = []
             for r in results:  # a skipped shard's seconds belong to the run that scored it
@@ -552,7 +560,7 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
                 not_posts=dict(prepared.not_posts),
                 cache_repaired=sum(r.cache_repaired for r in results if not r.skipped),
                 not_covered=dict(not_covered),
-                nothing_to_read=sum(r.nothing_to_read for r in results),
+                nothing_to_read=sum(r.nothing_to_read for r in loads),
             )
             store.record_run(
                 con,

@@ -281,6 +281,8 @@ def headline_markdown(db: str | Path, run_id: str | None = None,
             f"Dump `{run['dump']}`, model `{run['model_version']}`: {run['posts_in']} posts in, "
             f"{run['posts_scored']} scored"
             + (f" + {run['posts_unscored']} stored unscored" if run["posts_unscored"] else "")
+            + (f", {before} already stored" if (before := run["posts_in"] - run["posts_rejected"] - run["posts_scored"]
+                                                - run["posts_unscored"]) else "")
             + f", {run['posts_rejected']} rejected, in {run['seconds']:.0f} s. "
             f"Images: {', '.join(f'{k}={v}' for k, v in sorted(json.loads(run['image_status'] or '{}').items()))}.",
         ]

@@ -72,6 +72,9 @@ CREATE TABLE IF NOT EXISTS run_shards (
 -- What reports need to know of each model: its quantification statistics (mmsa.quantify.quantification_stats,
 -- from its config.json; NULL when it has none), written by each run that scores with it.
 CREATE TABLE IF NOT EXISTS models (model_version VARCHAR PRIMARY KEY, quantification JSON);
+-- The Parquet files (within OUT) whose rows a run has loaded: a rerun loads only the files of the shards it
+-- scores and those no load has taken yet (a run stopped before its load), so it changes nothing already loaded.
+CREATE TABLE IF NOT EXISTS loaded_files (file VARCHAR PRIMARY KEY, run_id VARCHAR);
 -- Columns added since a database was created (a no-op on a new one).
 ALTER TABLE rejected_posts ADD COLUMN IF NOT EXISTS file VARCHAR;
 ALTER TABLE rejected_posts ADD COLUMN IF NOT EXISTS dump_key VARCHAR;
@@ -277,6 +280,19 @@ def load_scored(con: duckdb.DuckDBPyConnection, files: Iterable[Path]) -> int:
         (n,) = con.execute("SELECT count(*) FROM read_parquet($files, hive_partitioning = false)",
                            {"files": files}).fetchone()
     return n
+
+
+def not_loaded(con: duckdb.DuckDBPyConnection, names: list[str]) -> set[str]:
+    """Of these files (named within OUT), those no run has loaded (`loaded_files`)."""
+    done = {f for (f,) in con.execute("SELECT file FROM loaded_files WHERE list_contains($names, file)",
+                                      {"names": names}).fetchall()} if names else set()
+    return set(names) - done
+
+
+def mark_loaded(con: duckdb.DuckDBPyConnection, names: list[str], run_id: str) -> None:
+    """Record that `run_id` loaded these files (named within OUT), in the caller's transaction."""
+    if names:
+        con.execute("INSERT OR REPLACE INTO loaded_files SELECT unnest($names), $run", {"names": names, "run": run_id})
 
 
 def _load_scored_remote(con: duckdb.DuckDBPyConnection, paths: list) -> int:

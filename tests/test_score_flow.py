@@ -95,11 +95,12 @@ def test_a_post_of_images_only_none_of_which_came_is_stored_unscored_not_guessed
     run = report.run_report("runs", db).to_pylist()[0]
     assert (run["posts_scored"], run["posts_unscored"], run["stored_unscored"]) == (1, 1, 1)
     assert "2 posts in, 1 scored + 1 stored unscored, 0 rejected" in report.headline_markdown(db).markdown
-    # a rerun finds its shard done: it stores nothing new and says the same of the posts it holds
+    # a rerun finds its shard done and loaded: it stores nothing, and says so (it counted the earlier run's posts)
     assert cli.main(["score", str(dump), "--db", str(db), "--out", str(tmp_path / "out"), "--allow-hosts", "127.0.0.1"]) == 0
     rerun = report.run_report("runs", db).to_pylist()[-1]
-    assert (rerun["posts_scored"], rerun["posts_unscored"], rerun["stored_posts"]) == (1, 1, 0)
-    assert "2 posts in, 1 scored + 1 stored unscored, 0 rejected" in report.headline_markdown(db).markdown
+    assert (rerun["posts_scored"], rerun["posts_unscored"], rerun["stored_posts"]) == (0, 0, 0)
+    assert "2 posts in, 0 scored, 2 already stored, 0 rejected" in report.headline_markdown(db).markdown
+    assert "2 rows in, 0 scored, 2 already stored, 0 rejected" in capsys.readouterr().out
     mix = {r["image_status"]: (r["posts"], r["images"]) for r in report.run_report("image_status_mix", db).to_pylist()}
     assert mix == {"http_404": (1, 1), "ok": (1, 1)}  # its failed image is data quality too
 
@@ -116,10 +117,27 @@ def test_second_run_adds_no_duplicates_and_force_rescores(prefect_harness, site,
         assert con.sql("SELECT count(*), count(DISTINCT post_id) FROM post_sentiment").fetchall() == [(20, 20)]
         assert con.sql("SELECT count(*) FROM rejected_posts").fetchall() == [(3,)]
         runs = con.sql("SELECT posts_scored FROM runs ORDER BY started_at").fetchall()
-        assert len(runs) == 3 and all(r == (20,) for r in runs)
+        assert runs == [(20,), (0,), (20,)]  # the plain rerun stored nothing: every shard was done and loaded
         assert con.sql("SELECT count(DISTINCT run_id) FROM post_sentiment").fetchall() == [(1,)]
     n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/date=*/*.parquet')").fetchall()
     assert n == [(20,)]
+
+
+def test_a_rerun_of_an_older_dump_leaves_a_post_a_newer_dump_changed(prefect_harness, tmp_path):
+    """Every load upserted all the dump's shards, skipped ones too: rerunning yesterday's export after today's
+    (which edited p1) put back p1's old text and run without scoring anything. A run stores what it scores, and
+    what no load has taken yet (a run stopped before its load)."""
+    old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
+    for path, text in ((old, "acme support was helpful"), (new, "acme support was helpful. EDITED: never mind, useless")):
+        path.write_text("".join(json.dumps({"post_id": f"p{i}", "created_at": "2026-11-20T10:00:00Z", "text": text}) + "\n"
+                                for i in range(3)))
+    db, out = tmp_path / "m.duckdb", tmp_path / "out"
+    for dump in (old, new, old):
+        assert cli.main(["score", str(dump), "--db", str(db), "--out", str(out)]) == 0
+    with duckdb.connect(str(db), read_only=True) as con:
+        texts = con.sql("SELECT DISTINCT text FROM scored_posts").fetchall()
+        runs = con.sql("SELECT posts_scored FROM runs ORDER BY started_at").fetchall()
+    assert texts == [("acme support was helpful. EDITED: never mind, useless",)] and runs == [(3,), (3,), (0,)]
 
 
 def test_local_image_paths_are_refused_unless_allowed(prefect_harness, tmp_path):

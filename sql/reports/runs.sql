@@ -1,5 +1,5 @@
 -- runs: data quality: every scoring run with its dump, model version, posts in/scored/rejected and time.
--- posts_scored = the posts it labelled; posts_unscored = the posts it stored without a label (a language the
+-- posts_scored = the posts it labelled (a rerun: none of those an earlier run stored); posts_unscored = the posts it stored without a label (a language the
 -- model does not cover, no text and no usable image; for runs recorded before it was counted, those of its
 -- posts still stored unlabelled); stored_posts = how many of its posts are still stored (a later run over
 -- the same dump and model replaces them); stored_unscored = how many of those have no prediction.
