@@ -522,12 +522,14 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
     rejected = json.loads((storage.path(prepared.workdir) / "rejected.json").read_text())
     con = store.connect(opts.db)
     try:
+        out = storage.path(opts.out)
+        waiting = store.not_loaded(con, [f for r in results if r.skipped for f in r.files])
+        loads = [r for r in results if not r.skipped or waiting.intersection(r.files)]
+        stored = [f for r in loads for f in r.files]
+        store.prune_partitions(out, stored, model_version)  # before the load: killed in between, the rerun prunes again
         with store.transaction(con):  # posts, rejections and the run's record appear together
-            out = storage.path(opts.out)
-            waiting = store.not_loaded(con, [f for r in results if r.skipped for f in r.files])
-            loads = [r for r in results if not r.skipped or waiting.intersection(r.files)]
-            scored = store.load_scored(con, [out / f for r in loads for f in r.files])
-            store.mark_loaded(con, [f for r in loads for f in r.files], run_id)
+            scored = store.load_scored(con, [out / f for f in stored])
+            store.mark_loaded(con, stored, run_id)
             store.load_rejected(con, rejected, prepared.dump, prepared.files_key, prepared.head, run_id)
             status, not_covered = Counter(), Counter()
             for r in results:

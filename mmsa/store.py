@@ -183,18 +183,44 @@ def write_atomic(table: pa.Table, path: Path) -> Path:
     return path
 
 
+def _file_stem(stem: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", stem)
+
+
 def write_partitions(table: pa.Table, out: Path, stem: str) -> list[Path]:
     """Split scored rows by the post's UTC date into out/date=YYYY-MM-DD/STEM.parquet.
 
     File names are deterministic for a given dump shard and model, so a rerun replaces
     its own files instead of adding copies."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", stem)
+    stem = _file_stem(stem)
     days = pc.strftime(table["created_at"], format="%Y-%m-%d")
     written = []
     for day in sorted(set(days.to_pylist())):
         part = table.filter(pc.equal(days, day))
         written.append(write_atomic(part, out / f"date={day}" / f"{stem}.parquet"))
     return written
+
+
+def prune_partitions(out, stored: list[str], model_version: str) -> int:
+    """Take out of the model's other Parquet files in the partitions of `stored` (files within `out` a run is
+    storing) the rows of the posts those hold: of a post in two dumps the one stored last stays, so that `out`
+    holds one row per post and model, as the database does. A file left without rows stays, empty (a missing
+    file would have its shard scored again). Returns the rows taken out."""
+    out, mine = storage.path(out), set(stored)
+    posts = pa.array(sorted({p for f in stored for p in storage.read_table(out / f, columns=["post_id"])["post_id"].to_pylist()}),
+                     pa.string())
+    removed = 0
+    for part in sorted({f.split("/")[0] for f in stored}):
+        for other in sorted((out / part).glob(f"{_file_stem(model_version)}-*.parquet")):
+            if f"{part}/{other.name}" in mine:
+                continue
+            table = storage.read_table(other)
+            keep = pc.invert(pc.and_(pc.is_in(table["post_id"], posts), pc.equal(table["model_version"], model_version)))
+            if pc.all(keep).as_py() is not False:
+                continue
+            write_atomic(table.filter(keep), other)
+            removed += table.num_rows - pc.sum(keep).as_py()
+    return removed
 
 
 # (column, type) added to `runs` since databases were first written: a read-only reader of an older one

@@ -71,8 +71,14 @@ def test_score_from_and_to_a_bucket_loads_local_duckdb_exactly_once(s3, prefect_
         first = _rows(tmp_path / "m.duckdb")
         assert first[0] == first[1] and first[0] >= 18  # the demo dump's broken rows are rejected, not scored
         assert cli.main(args) == 0  # a rerun: every shard already done, nothing doubled
+        assert _rows(tmp_path / "m.duckdb") == first
+        # the day's dump again with one more post: another dump, whose posts the first dump's files give up
+        s3.pipe_file(f"{BUCKET}/dumps/2026-11-16-full.jsonl", dump.read_bytes() + b'{"post_id": "late", '
+                     b'"created_at": "2026-11-16T23:00:00Z", "text": "acme, late but fine"}\n')
+        assert cli.main([*args[:1], f"s3://{BUCKET}/dumps/2026-11-16-full.jsonl", *args[2:]]) == 0
 
-    assert _rows(tmp_path / "m.duckdb") == first
+    assert _rows(tmp_path / "m.duckdb") == (first[0] + 1, first[1] + 1)
+    first = _rows(tmp_path / "m.duckdb")
     parquet = s3.glob(f"{BUCKET}/out/date=*/*.parquet")
     assert parquet and not s3.glob(f"{BUCKET}/out/**/*.tmp")
     assert len(s3.glob(f"{BUCKET}/out/_work/*/done/*/shard-*.json")) == len(s3.glob(f"{BUCKET}/out/_work/*/shards/*.parquet"))
@@ -87,7 +93,7 @@ def test_score_from_and_to_a_bucket_loads_local_duckdb_exactly_once(s3, prefect_
     total = sum(pq.read_table(f, filesystem=native).num_rows for f in parquet)
     assert total == first[0]
     with duckdb.connect(str(tmp_path / "m.duckdb"), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM runs").fetchone() == (2,)
+        assert con.execute("SELECT count(*) FROM runs").fetchone() == (3,)
         assert con.execute("SELECT count(*) FROM scored_posts WHERE image_status = 'ok'").fetchone()[0] >= 15
 
 

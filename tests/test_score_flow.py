@@ -125,8 +125,9 @@ def test_second_run_adds_no_duplicates_and_force_rescores(prefect_harness, site,
 
 def test_a_rerun_of_an_older_dump_leaves_a_post_a_newer_dump_changed(prefect_harness, tmp_path):
     """Every load upserted all the dump's shards, skipped ones too: rerunning yesterday's export after today's
-    (which edited p1) put back p1's old text and run without scoring anything. A run stores what it scores, and
-    what no load has taken yet (a run stopped before its load)."""
+    (which edited the posts) put back their old text without scoring anything. A run stores what it scores, and
+    what no load has taken yet (a run stopped before its load); in the database and in OUT's Parquet, the post
+    stored last stays."""
     old, new = tmp_path / "old.jsonl", tmp_path / "new.jsonl"
     for path, text in ((old, "acme support was helpful"), (new, "acme support was helpful. EDITED: never mind, useless")):
         path.write_text("".join(json.dumps({"post_id": f"p{i}", "created_at": "2026-11-20T10:00:00Z", "text": text}) + "\n"
@@ -138,6 +139,12 @@ def test_a_rerun_of_an_older_dump_leaves_a_post_a_newer_dump_changed(prefect_har
         texts = con.sql("SELECT DISTINCT text FROM scored_posts").fetchall()
         runs = con.sql("SELECT posts_scored FROM runs ORDER BY started_at").fetchall()
     assert texts == [("acme support was helpful. EDITED: never mind, useless",)] and runs == [(3,), (3,), (0,)]
+    # OUT holds the same one row per post (the older dump's files kept theirs: 6 rows for 3 posts)
+    parquet = f"read_parquet('{out}/date=*/*.parquet')"
+    assert duckdb.sql(f"SELECT count(*), count(DISTINCT post_id), min(text) FROM {parquet}").fetchall() == [(3, 3, texts[0][0])]
+    assert cli.main(["score", str(old), "--db", str(db), "--out", str(out), "--force"]) == 0  # asked for: stored last
+    assert duckdb.sql(f"SELECT count(*), count(DISTINCT post_id), min(text) FROM {parquet}").fetchall() == [
+        (3, 3, "acme support was helpful")]
 
 
 def test_local_image_paths_are_refused_unless_allowed(prefect_harness, tmp_path):
