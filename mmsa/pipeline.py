@@ -79,7 +79,7 @@ class RunOptions:
 class Prepared:
     dump: str
     files_key: str  # the dump's bytes (source.files_key): a rerun of them replaces its rejections (load_rejected),
-    head: str  # as does a rerun of its path that starts with the same post (a dump still being written)
+    head: str  # as does a rerun of its path that starts with the same post (a dump still being written); "": no post
     key: str
     workdir: str
     shards: list[str]
@@ -207,15 +207,15 @@ def prepare(dump: str, opts: RunOptions) -> Prepared:
     shard_size = _shard_size(workdir, opts.shard_size)
     shards, rejected, posts_in, not_posts, first = [], [], 0, Counter(), None
     for shard in source.iter_shards(paths, shard_size, dump_name=str(dump), options=opts.reading):
-        if first is None and (shard.posts.num_rows or shard.rejected):  # a dump that grows keeps its first post
-            first = shard.posts["post_id"][0].as_py() if shard.posts.num_rows else shard.rejected[0]["raw"]
+        if first is None and shard.posts.num_rows:  # a dump that grows keeps its first post
+            first = shard.posts["post_id"][0].as_py()
         path = workdir / "shards" / f"shard-{shard.index:05d}.parquet"
         shards.append(str(store.write_atomic(shard.posts, path)))
         rejected.extend(shard.rejected)
         not_posts.update(shard.skipped)
         posts_in += shard.posts.num_rows + len(shard.rejected)
     storage.write_text(workdir / "rejected.json", json.dumps(rejected))
-    head = hashlib.sha256(repr(first).encode()).hexdigest()[:16]
+    head = "" if first is None else hashlib.sha256(repr(first).encode()).hexdigest()[:16]  # "": no post read
     return Prepared(str(dump), files_key, head, key, str(workdir), shards, posts_in, len(rejected), dict(not_posts))
 
 

@@ -340,12 +340,13 @@ def _load_scored_remote(con: duckdb.DuckDBPyConnection, paths: list) -> int:
 def load_rejected(con: duckdb.DuckDBPyConnection, rows: list[dict], dump: str, dump_key: str, dump_head: str,
                   run_id: str) -> int:
     """Record rejected rows. A rerun replaces the earlier rejections of the records it reads again: of the same
-    bytes (`dump_key`) by whatever path, or of the same path whose file starts with the same record (`dump_head`:
-    a dump still being written, whose half line rejected then is read whole now, or one mended further on); a
-    new dump at an old path (a nightly `today.jsonl`, other posts) keeps the old ones."""
+    bytes (`dump_key`) by whatever path, or of the same path whose file starts with the same post (`dump_head`:
+    a dump still being written, whose half line rejected then is read whole now, or one mended further on), or
+    whose file then held no post (head "": its only line half-written, or the file damaged, now mended); a new
+    dump at an old path (a nightly `today.jsonl`, other posts) keeps the old ones."""
     with transaction(con):
-        con.execute("DELETE FROM rejected_posts WHERE dump_key = $key "
-                    "OR dump = $dump AND (dump_head = $head OR dump_head IS NULL)",  # NULL: rows from before the keys
+        con.execute("DELETE FROM rejected_posts WHERE dump_key = $key "  # NULL: rows from before the keys
+                    "OR dump = $dump AND (dump_head = $head OR dump_head = '' OR dump_head IS NULL)",
                     {"key": dump_key, "dump": dump, "head": dump_head})
         if rows:
             at = now_utc()

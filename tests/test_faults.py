@@ -5,6 +5,7 @@ Where the point is what the user sees, `mmsa score` runs as a subprocess and its
 
 import contextlib
 import errno
+import gzip
 import json
 import os
 import pickle
@@ -472,6 +473,18 @@ def test_a_growing_dump_rejects_its_half_line_then_scores_the_whole_file_once(pr
         assert con.execute("SELECT count(*) FROM rejected_posts").fetchone() == (0,)
         assert con.execute("SELECT posts_in, posts_scored, posts_rejected FROM runs ORDER BY finished_at").fetchall() \
             == [(13, 12, 1), (16, 16, 0)]
+
+    # Read while its first line was being written, a file held no post: then its rejection was kept beside the
+    # posts of the whole file (it was told by the first post, which it lacked); so was a damaged file's, mended.
+    for name, early in (("first.jsonl", lines[0][:25]), ("damaged.jsonl.gz", "not gzip at all")):
+        dump = tmp_path / name
+        dump.write_text(early)
+        assert cli.main([*argv[:1], str(dump), *argv[2:]]) == 0
+        with (gzip.open if name.endswith(".gz") else open)(dump, "wt") as fh:
+            fh.write("".join(lines[:3]))
+        assert cli.main([*argv[:1], str(dump), *argv[2:]]) == 0
+        with duckdb.connect(str(db), read_only=True) as con:
+            assert con.execute("SELECT count(*) FROM rejected_posts WHERE dump = $d", {"d": str(dump)}).fetchone() == (0,), name
 
 
 @pytest.mark.slow  # a 2-process Dask LocalCluster: each worker imports torch
