@@ -99,6 +99,7 @@ class ShardResult:
     cache_repaired: int = 0  # damaged image cache entries met, removed and fetched anew (mmsa.images.cache.ImageCache)
     not_covered: dict[str, int] = field(default_factory=dict)  # posts left unscored, by language
     nothing_to_read: int = 0  # posts left unscored: no text, no usable image
+    scored_by: str | None = None  # the run that scored it (its rows' run_id); None in markers written before
 
 
 @dataclass
@@ -327,7 +328,7 @@ def score_shard(shard_path: str, opts: RunOptions, run_id: str, key: str) -> Sha
     result = ShardResult(index, [f"{f.parent.name}/{f.name}" for f in written], posts.num_rows,
                          dict(Counter(s for s in statuses if s is not None)), seconds,
                          cache_repaired=len({r.url for r in fetched if r.cache_repaired}), not_covered=dict(not_covered),
-                         nothing_to_read=reasons.count(NOTHING_TO_READ))
+                         nothing_to_read=reasons.count(NOTHING_TO_READ), scored_by=run_id)
     retryable = sum(1 for r in fetched if r.status in RETRYABLE)
     storage.write_text(marker, json.dumps({"result": asdict(result), "retryable": retryable}))
     return result
@@ -513,6 +514,14 @@ def _quantification(model: str) -> dict | None:
     return load_model(model).config.get("quantification")
 
 
+def _scored_by(out, r: ShardResult) -> str | None:
+    """The run that scored a shard: its marker's, else (a marker from before they named it) its rows'."""
+    if r.scored_by or not r.files:
+        return r.scored_by
+    runs = storage.read_table(out / r.files[0], columns=["run_id"])["run_id"]
+    return runs[0].as_py() if len(runs) else None  # a file pruned empty: nothing to load either way
+
+
 def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_id: str, model_version: str,
          started_at, stage_seconds: dict[str, float]) -> RunSummary:
     """Upsert the rows of the shards this run scored, and of those it skipped that no load has taken yet (a run
@@ -523,13 +532,13 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
     con = store.connect(opts.db)
     try:
         out = storage.path(opts.out)
-        waiting = store.not_loaded(con, [f for r in results if r.skipped for f in r.files])
+        waiting = store.not_loaded(con, {f: _scored_by(out, r) for r in results if r.skipped for f in r.files})
         loads = [r for r in results if not r.skipped or waiting.intersection(r.files)]
-        stored = [f for r in loads for f in r.files]
-        store.prune_partitions(out, stored, model_version)  # before the load: killed in between, the rerun prunes again
+        stored = {f: r.scored_by or _scored_by(out, r) for r in loads for f in r.files}
+        store.prune_partitions(out, list(stored), model_version)  # before the load: killed in between, the rerun prunes again
         with store.transaction(con):  # posts, rejections and the run's record appear together
             scored = store.load_scored(con, [out / f for f in stored])
-            store.mark_loaded(con, stored, run_id)
+            store.mark_loaded(con, stored)
             store.load_rejected(con, rejected, prepared.dump, prepared.files_key, prepared.head, run_id)
             status, not_covered = Counter(), Counter()
             for r in results:

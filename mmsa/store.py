@@ -72,9 +72,10 @@ CREATE TABLE IF NOT EXISTS run_shards (
 -- What reports need to know of each model: its quantification statistics (mmsa.quantify.quantification_stats,
 -- from its config.json; NULL when it has none), written by each run that scores with it.
 CREATE TABLE IF NOT EXISTS models (model_version VARCHAR PRIMARY KEY, quantification JSON);
--- The Parquet files (within OUT) whose rows a run has loaded: a rerun loads only the files of the shards it
--- scores and those no load has taken yet (a run stopped before its load), so it changes nothing already loaded.
-CREATE TABLE IF NOT EXISTS loaded_files (file VARCHAR PRIMARY KEY, run_id VARCHAR);
+-- The Parquet files (within OUT) a load has taken, with the run that wrote them (a rerun with --force writes a
+-- file again under its name): a rerun loads only the files of the shards it scores and those no load has taken
+-- yet (a run stopped before its load), so it changes nothing already loaded.
+CREATE TABLE IF NOT EXISTS loaded_files (file VARCHAR PRIMARY KEY, scored_by VARCHAR);
 -- Columns added since a database was created (a no-op on a new one).
 ALTER TABLE rejected_posts ADD COLUMN IF NOT EXISTS file VARCHAR;
 ALTER TABLE rejected_posts ADD COLUMN IF NOT EXISTS dump_key VARCHAR;
@@ -214,13 +215,19 @@ def prune_partitions(out, stored: list[str], model_version: str) -> int:
         for other in sorted((out / part).glob(f"{_file_stem(model_version)}-*.parquet")):
             if f"{part}/{other.name}" in mine:
                 continue
+            if pc.all(_kept(storage.read_table(other, columns=["post_id", "model_version"]), posts, model_version)).as_py() \
+                    is not False:
+                continue  # read whole only when it holds one of them
             table = storage.read_table(other)
-            keep = pc.invert(pc.and_(pc.is_in(table["post_id"], posts), pc.equal(table["model_version"], model_version)))
-            if pc.all(keep).as_py() is not False:
-                continue
+            keep = _kept(table, posts, model_version)
             write_atomic(table.filter(keep), other)
             removed += table.num_rows - pc.sum(keep).as_py()
     return removed
+
+
+def _kept(table: pa.Table, posts: pa.Array, model_version: str) -> pa.ChunkedArray:
+    """Per row, whether it is not a row of `posts` by `model_version`."""
+    return pc.invert(pc.and_(pc.is_in(table["post_id"], posts), pc.equal(table["model_version"], model_version)))
 
 
 # (column, type) added to `runs` since databases were first written: a read-only reader of an older one
@@ -308,17 +315,29 @@ def load_scored(con: duckdb.DuckDBPyConnection, files: Iterable[Path]) -> int:
     return n
 
 
-def not_loaded(con: duckdb.DuckDBPyConnection, names: list[str]) -> set[str]:
-    """Of these files (named within OUT), those no run has loaded (`loaded_files`)."""
-    done = {f for (f,) in con.execute("SELECT file FROM loaded_files WHERE list_contains($names, file)",
-                                      {"names": names}).fetchall()} if names else set()
-    return set(names) - done
+def not_loaded(con: duckdb.DuckDBPyConnection, files: dict[str, str | None]) -> set[str]:
+    """Of these files (named within OUT: the run that wrote them), those whose rows no load has taken: not
+    recorded as loaded from that run (`loaded_files`), and that run neither recorded (a run's record commits
+    with its load) nor found in `scored_posts` (a later run loaded it before `loaded_files` existed)."""
+    if not files:
+        return set()
+    recorded = dict(con.execute("SELECT file, scored_by FROM loaded_files WHERE list_contains($f, file)",
+                                {"f": list(files)}).fetchall())
+    left = {f: by for f, by in files.items() if recorded.get(f) != by}
+    pending = sorted({by for by in left.values() if by is not None})
+    for table in ("runs", "scored_posts"):
+        if pending:
+            found = {r for (r,) in con.execute(f"SELECT DISTINCT run_id FROM {table} WHERE list_contains($runs, run_id)",
+                                               {"runs": pending}).fetchall()}
+            pending = [r for r in pending if r not in found]
+    return {f for f, by in left.items() if by is None or by in pending}
 
 
-def mark_loaded(con: duckdb.DuckDBPyConnection, names: list[str], run_id: str) -> None:
-    """Record that `run_id` loaded these files (named within OUT), in the caller's transaction."""
-    if names:
-        con.execute("INSERT OR REPLACE INTO loaded_files SELECT unnest($names), $run", {"names": names, "run": run_id})
+def mark_loaded(con: duckdb.DuckDBPyConnection, files: dict[str, str | None]) -> None:
+    """Record these files (named within OUT: the run that wrote them) as loaded, in the caller's transaction."""
+    if files:
+        con.execute("INSERT OR REPLACE INTO loaded_files SELECT unnest($f), unnest($by)",
+                    {"f": list(files), "by": list(files.values())})
 
 
 def _load_scored_remote(con: duckdb.DuckDBPyConnection, paths: list) -> int:

@@ -147,6 +147,36 @@ def test_a_rerun_of_an_older_dump_leaves_a_post_a_newer_dump_changed(prefect_har
         (3, 3, "acme support was helpful")]
 
 
+def test_shards_scored_again_by_a_run_stopped_before_its_load_are_loaded_by_the_next(prefect_harness, tmp_path, monkeypatch):
+    """`--force` wrote the shard's files again under their names, then the run died before its load: the next plain
+    run finds the shard done, and must load it (its files were recorded as loaded, from the first run). A database
+    from before loaded files were recorded counts a shard loaded by the run that scored it."""
+    from mmsa import store
+
+    dump = tmp_path / "d.jsonl"
+    dump.write_text("".join(json.dumps({"post_id": f"p{i}", "created_at": "2026-11-20T10:00:00Z", "text": "acme is fine"})
+                            + "\n" for i in range(3)))
+    db, out = tmp_path / "m.duckdb", tmp_path / "out"
+    argv = ["score", str(dump), "--db", str(db), "--out", str(out)]
+    assert cli.main(argv) == 0
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # stands for the kill
+
+    with monkeypatch.context() as m:
+        m.setattr(store, "load_scored", killed)
+        with pytest.raises(KeyboardInterrupt):
+            cli.main([*argv, "--force"])
+    forced = duckdb.sql(f"SELECT DISTINCT run_id FROM read_parquet('{out}/date=*/*.parquet')").fetchall()
+    assert cli.main(argv) == 0
+    with duckdb.connect(str(db)) as con:
+        assert con.sql("SELECT DISTINCT run_id FROM scored_posts").fetchall() == forced
+        con.execute("DROP TABLE loaded_files")  # as a database written before the table
+    assert cli.main(argv) == 0
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.sql("SELECT posts_scored FROM runs ORDER BY started_at").fetchall() == [(3,), (3,), (0,)]
+
+
 def test_local_image_paths_are_refused_unless_allowed(prefect_harness, tmp_path):
     img = tmp_path / "a.jpg"
     from PIL import Image
