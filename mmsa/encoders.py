@@ -112,7 +112,8 @@ def span_token_mask(tokenizer: Tokenizer, texts: Sequence[str | None],
 def target_window(tokenizer: Tokenizer, text: str, spans: Sequence[tuple[int, int]]) -> int | None:
     """Where a window of `text` should start so that the target at `spans` is within what the truncated
     encoder reads (a brand named late in a long post): about half the characters the encoder keeps before
-    its first span, from a word's start, else at the span itself; None when the text as it is marks it."""
+    its first span, from a word's start, else at the span itself. None when the text as it is marks it, or
+    when no window would (a span of characters the tokenizer drops, such as a zero-width space)."""
     (enc,), (where,) = _encode(tokenizer, [text])
     offsets, real = _char_offsets(enc, where), _real(enc)
     first = min(a for a, _ in spans)
@@ -121,9 +122,10 @@ def target_window(tokenizer: Tokenizer, text: str, spans: Sequence[tuple[int, in
         return None
     start = max(0, first - kept // 2)
     space = re.compile(r"\s").search(text, start, first)
-    start = space.end() if space else start
-    marked = span_token_mask(tokenizer, [text[start:]], [[(a - start, b - start) for a, b in spans]])[0]
-    return start if marked.any() else first
+    for start in (space.end() if space else start, first):
+        if span_token_mask(tokenizer, [text[start:]], [[(a - start, b - start) for a, b in spans]])[0].any():
+            return start
+    return None
 
 
 def _char_offsets(enc, where: np.ndarray | None) -> np.ndarray:

@@ -397,22 +397,22 @@ class Engine:
             raise ValueError(f"{len(texts)} texts but {len(images)} images")
         called = time.perf_counter()
         if self._streams is not None:
-            pred = self._predict(texts, images, batch_size, called, targets)
+            pred, unmarked = self._predict(texts, images, batch_size, called, targets)
         else:
-            pred = self._worker.submit(self._predict, texts, images, batch_size, called, targets).result()
+            pred, unmarked = self._worker.submit(self._predict, texts, images, batch_size, called, targets).result()
         if targets is not None and self._borrowed[0] not in (None, self.model):
             pred.target_probs = self._borrowed_targets(texts, targets, batch_size, pred.target_probs)
-        if targets is not None and self.target is not None:
-            self._late_targets(texts, targets, batch_size, pred.target_probs)
+        if unmarked:
+            self._late_targets(texts, targets, batch_size, pred.target_probs, unmarked)
         return pred
 
-    def _late_targets(self, texts: Sequence[str], targets, batch_size: int | None, probs: list[np.ndarray]) -> None:
-        """Score again, in `probs`, each target that the encoder's truncation cuts off (a brand named late in a
-        long post: otherwise the whole text, no token marked), over a window of its text that starts near it
-        (`target_window`): one more text pass per such target, through `predict`, so a borrowed head's share
-        is windowed too."""
-        late = [(i, j, w) for i, spans in enumerate(targets) for j, sp in enumerate(spans)
-                if len(sp) and (w := target_window(self.tokenizer, texts[i], sp)) is not None]
+    def _late_targets(self, texts: Sequence[str], targets, batch_size: int | None, probs: list[np.ndarray],
+                      unmarked: list[tuple[int, int]]) -> None:
+        """Score again, in `probs`, each (row, target) of `unmarked` that the encoder's truncation cut off (a brand
+        named late in a long post: read toward the whole text, no token marked), over a window of its text that
+        starts near it (`target_window`, which marks it): one more text pass per such target, through `predict`,
+        so a borrowed head's share is windowed too."""
+        late = [(i, j, w) for i, j in unmarked if (w := target_window(self.tokenizer, texts[i], targets[i][j])) is not None]
         if not late:
             return
         sub = self.predict([texts[i][w:] for i, _, w in late], [None] * len(late), batch_size,
@@ -448,14 +448,16 @@ class Engine:
             self.predict(["warm up"] * self.batch_size, [blank] * self.batch_size)
 
     def _predict(self, texts: Sequence[str], images: Sequence[np.ndarray | None], batch_size: int | None,
-                 called: float, targets=None) -> Prediction:
+                 called: float, targets=None) -> tuple[Prediction, list[tuple[int, int]]]:
+        """(the prediction, the (row, target) pairs whose target no token marked, for `_late_targets`)."""
         n = len(texts)
         probs = np.zeros((n, 3), np.float32)
         text_probs = np.zeros((n, 3), np.float32)
         image_probs = np.full((n, 3), np.nan, np.float32)
         target_probs = None if targets is None or self.target is None else [np.zeros((0, 3), np.float32)] * n
+        unmarked: list[tuple[int, int]] = []  # (row, target) no token marks: cut off by truncation, or not in the text
         if n == 0:  # a shard of only rejected rows; tokenizers fail on an empty list
-            return Prediction(probs, text_probs, image_probs, target_probs=target_probs)
+            return Prediction(probs, text_probs, image_probs, target_probs=target_probs), unmarked
 
         def fill(outs: list[tuple[Batch, dict[str, np.ndarray]]]) -> None:
             for b, out in outs:
@@ -467,6 +469,7 @@ class Engine:
                     ends = np.cumsum([len(ms) for ms in b.targets])
                     for r, (i, end) in enumerate(zip(b.idx, ends)):
                         target_probs[i] = out["target"][end - len(b.targets[r]):end]
+                        unmarked.extend((int(i), j) for j, m in enumerate(b.targets[r]) if not m.any() and len(targets[i][j]))
 
         batches = self.batches(texts, images, batch_size or self.batch_size, targets)
         if self._streams is None:  # on the engine's own thread, one caller at a time
@@ -483,7 +486,7 @@ class Engine:
                         fill(pending.popleft().result())
             while pending:
                 fill(pending.popleft().result())
-        return Prediction(probs, text_probs, image_probs, queued, target_probs)
+        return Prediction(probs, text_probs, image_probs, queued, target_probs), unmarked
 
     def _run_all(self, b: Batch) -> list[tuple[Batch, dict[str, np.ndarray]]]:
         with torch.inference_mode():  # a per-thread mode: set in the thread that runs the batch

@@ -195,6 +195,10 @@ def test_a_brand_past_the_encoders_window_is_scored_over_a_window_around_it():
     np.testing.assert_allclose(pred.target_probs[0], alone.target_probs[0], atol=1e-5)
     whole = engine.predict(texts[2:], [None], targets=spans[2:])  # a target the window reads: untouched
     np.testing.assert_allclose(pred.target_probs[2], whole.target_probs[0], atol=1e-5)
+    # a span no token can mark (a zero-width space; an empty span at the end): no window, the whole text as before
+    odd = [FILLER + "\u200b", "hello"]
+    assert [p.shape for p in engine.predict(odd, [None] * 2, targets=[[[(len(odd[0]) - 1, len(odd[0]))]], [[(5, 5)]]]).target_probs] \
+        == [(1, 3), (1, 3)]
 
 
 def _borrower(folder):
@@ -251,7 +255,7 @@ def test_a_model_without_a_target_head_borrows_the_one_its_config_names(tmp_path
     both = SentimentModel(tmp_path / "both")
     assert both.target_model is lender and both.target_head is not None and both.version != borrower.version
     mixed = Engine(both, backend="torch", threads=1).predict(texts, [None] * 3, targets=spans)
-    alone = Engine(both, backend="torch", threads=1)._predict(texts, [None] * 3, None, 0.0, spans)  # its own head only
+    alone, _ = Engine(both, backend="torch", threads=1)._predict(texts, [None] * 3, None, 0.0, spans)  # its own head only
     for i in (0, 2):
         want = blend_targets(pred.target_probs[i], alone.target_probs[i], 0.5)
         np.testing.assert_allclose(mixed.target_probs[i], want, atol=1e-5)
