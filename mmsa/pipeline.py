@@ -79,7 +79,7 @@ class RunOptions:
 class Prepared:
     dump: str
     files_key: str  # the dump's bytes (source.files_key): a rerun of them replaces its rejections (load_rejected),
-    head: str  # as does a rerun of its path that starts with the same post (a dump still being written); "": no post
+    head: str  # as does a rerun of its path that starts with the same post (a dump still being written); "": no post, one rejection
     key: str
     workdir: str
     shards: list[str]
@@ -216,7 +216,9 @@ def prepare(dump: str, opts: RunOptions) -> Prepared:
         not_posts.update(shard.skipped)
         posts_in += shard.posts.num_rows + len(shard.rejected)
     storage.write_text(workdir / "rejected.json", json.dumps(rejected))
-    head = "" if first is None else hashlib.sha256(repr(first).encode()).hexdigest()[:16]  # "": no post read
+    if first is None and len(rejected) > 1:  # no post, several rejections: a dump of its own (its first record tells it)
+        first = rejected[0]["raw"]
+    head = "" if first is None else hashlib.sha256(repr(first).encode()).hexdigest()[:16]  # "": a half line, a damaged file
     return Prepared(str(dump), files_key, head, key, str(workdir), shards, posts_in, len(rejected), dict(not_posts))
 
 
