@@ -411,18 +411,19 @@ def test_rejected_rows_per_run_and_reason_with_brand_from_raw_json(db):
 
 
 def test_rejected_rows_brand_filter_ignores_case_and_reads_a_brands_list(tmp_path):
-    """A rejected row naming "ACME", or acme in its `brands` list, is acme's as brand rules make it (only an
-    exact `brand` was read)."""
+    """A rejected row naming "ACME", " acme ", or acme in a `brands` list (or a `brand` list, a `brands` name: the
+    reader takes either) is acme's, as the scored posts' brands are (only an exact `brand` was read)."""
     import pyarrow as pa
     from mmsa.schema import REJECTED_SCHEMA
 
-    raws = ['{"brand": "ACME"}', '{"brands": ["x", "acme"]}', '{"brand": "acme"}', '{"brand": "globex"}', "not json"]
+    raws = ['{"brand": "ACME"}', '{"brands": ["x", "acme"]}', '{"brand": " acme "}', '{"brand": "globex"}', "not json",
+            '{"brands": "Acme"}', '{"brand": ["acme"]}']
     db = tmp_path / "rejected.duckdb"
     with store.connect(db) as con:
         con.register("rows", pa.Table.from_pylist([{"reason": f"r{i}", "raw": raw, "dump": "d.jsonl", "line": i + 1,
                                                     "run_id": "run"} for i, raw in enumerate(raws)], schema=REJECTED_SCHEMA))
         con.execute("INSERT INTO rejected_posts SELECT * FROM rows")
-    assert sorted(r["reason"] for r in rows("rejected_rows", db, brand="acme")) == ["r0", "r1", "r2"]
+    assert sorted(r["reason"] for r in rows("rejected_rows", db, brand="acme")) == ["r0", "r1", "r2", "r5", "r6"]
     assert [r["reason"] for r in rows("rejected_rows", db, brand="Globex")] == ["r3"]
 
 
