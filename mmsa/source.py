@@ -15,6 +15,7 @@ skipped and counted; neither ever stops the run.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import glob
 import gzip
@@ -55,8 +56,9 @@ _EPOCH = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # Bumped when `validate` makes something else of the same record (2: times outside 1970-2100 and counts past
 # 10^15 rejected, lone surrogates mended, brand names left out of language identification; 3: whole numbers of
-# export types read as counts and ids, YYYYMMDD days), so a dump's shards are cut again.
-VALIDATION = 3
+# export types read as counts and ids, YYYYMMDD days; 4: bytes that are not UTF-8 read as Windows-1252), so a
+# dump's shards are cut again.
+VALIDATION = 4
 MAX_COUNT = 10 ** 15  # likes, shares, replies: more is a broken record, and a report's sum of three stays in BIGINT
 CSV_FIELD_LIMIT = 1 << 26  # characters in one CSV field: a long post reads as it does from JSONL (the default: 128 KiB)
 LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)  # a post dated after is a broken record, as one before 1970
@@ -275,18 +277,29 @@ class _ZstdFrames(io.RawIOBase):
         return n
 
 
+def _windows_1252(error: UnicodeDecodeError) -> tuple[str, int]:
+    """A codecs error handler: bytes that are not UTF-8 read as Windows-1252, the code page Excel writes a CSV in
+    on Windows ("José", not "Jos\ufffd"); the five bytes it leaves undefined, as Latin-1."""
+    bad = error.object[error.start:error.end]
+    return "".join(bytes([b]).decode("cp1252", errors="ignore") or chr(b) for b in bad), error.end
+
+
+_NOT_UTF8 = "mmsa.windows-1252"
+codecs.register_error(_NOT_UTF8, _windows_1252)
+
+
 @contextmanager
 def _open_text(path: Path, compression: str | None):
     if compression == "gzip":
-        with gzip.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="") as fh:
+        with gzip.open(path, "rt", encoding="utf-8-sig", errors=_NOT_UTF8, newline="") as fh:
             yield fh
     elif compression == "zstd":
         with path.open("rb") as raw:
-            with io.TextIOWrapper(io.BufferedReader(_ZstdFrames(raw), 1 << 20), encoding="utf-8-sig", errors="replace",
+            with io.TextIOWrapper(io.BufferedReader(_ZstdFrames(raw), 1 << 20), encoding="utf-8-sig", errors=_NOT_UTF8,
                                   newline="") as fh:
                 yield fh
     else:
-        with path.open(encoding="utf-8-sig", errors="replace", newline="") as fh:
+        with path.open(encoding="utf-8-sig", errors=_NOT_UTF8, newline="") as fh:
             yield fh
 
 

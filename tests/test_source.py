@@ -177,6 +177,18 @@ def test_unknown_format_and_missing_file_are_clear_errors(tmp_path):
         source.localise(tmp_path / "nope.jsonl", tmp_path)
 
 
+def test_a_file_in_windows_1252_keeps_its_letters(tmp_path):
+    """Excel's CSV on Windows is Windows-1252: its accents and euro sign became U+FFFD (then a post read as Dutch
+    and stored unscored). Bytes that are not UTF-8 are read in that code page; UTF-8 in the same file stays UTF-8."""
+    texts = ["José loves the café in Zürich: 5 €", "Señora Muñoz: très bien; naïve"]
+    body = "post_id,created_at,text\n" + "".join(f"p{i},2026-11-20T10:00:00Z,{t}\n" for i, t in enumerate(texts))
+    plain, packed = tmp_path / "excel.csv", tmp_path / "excel.csv.gz"
+    plain.write_bytes(body.encode("cp1252") + "p9,2026-11-20T10:00:00Z,déjà vu ✓\n".encode("utf-8"))
+    packed.write_bytes(gzip.compress(body.encode("cp1252")))
+    assert [p["text"] for p in _all(plain, 10)[1]] == [*texts, "déjà vu ✓"]
+    assert [p["text"] for p in _all(packed, 10)[1]] == texts
+
+
 def test_a_csv_without_a_header_row_loses_no_post(tmp_path):
     """A CSV written without its header row: its first line, taken for the header, is accounted for as a rejection
     that says why (with the line as read), beside the other rows' own; a header that names post_id through --map
