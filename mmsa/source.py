@@ -56,7 +56,8 @@ _EPOCH = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # Bumped when `validate` makes something else of the same record (2: times outside 1970-2100 and counts past
 # 10^15 rejected, lone surrogates mended, brand names left out of language identification; 3: whole numbers of
-# export types read as counts and ids, YYYYMMDD days; 4: bytes that are not UTF-8 read as Windows-1252), so a
+# export types read as counts and ids, YYYYMMDD days; 4: bytes that are not UTF-8 read as Windows-1252, CSV quotes
+# read strictly), so a
 # dump's shards are cut again.
 VALIDATION = 4
 MAX_COUNT = 10 ** 15  # likes, shares, replies: more is a broken record, and a report's sum of three stays in BIGINT
@@ -360,11 +361,24 @@ def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict |
         elif fmt == "csv":
             csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
             with _open_text(path, compression) as fh:
-                reader = csv.DictReader(fh)
+                # strict: a quote never closed raises at the file's end, instead of taking every line after it
+                # into one field (rows silently lost); one closed mid-field raises for its row alone
+                reader = csv.DictReader(fh, strict=True)
                 if reader.fieldnames is not None:  # reads the header, so that line_num counts from its end
                     yield reader.line_num, CsvHeader(reader.fieldnames, _csv_line(reader.fieldnames))
                 end = reader.line_num
-                for row in reader:  # a row's line is the file's line it starts on (quoted fields hold newlines)
+                while True:  # a row's line is the file's line it starts on (quoted fields hold newlines)
+                    try:
+                        row = next(reader)
+                    except StopIteration:
+                        break
+                    except csv.Error as exc:
+                        n, end = end + 1, reader.line_num
+                        if "end of data" in str(exc):
+                            yield n, Unreadable("unreadable file from here: a quoted field never closes")
+                            break
+                        yield n, Unreadable(f"CSV row is malformed: {exc}")
+                        continue
                     n, end = end + 1, reader.line_num
                     extra = row.pop(None, None)  # values past the header's columns: the row's are misaligned
                     if extra:

@@ -189,6 +189,22 @@ def test_a_file_in_windows_1252_keeps_its_letters(tmp_path):
     assert [p["text"] for p in _all(packed, 10)[1]] == texts
 
 
+def test_a_csv_quote_never_closed_does_not_swallow_the_rows_after_it(tmp_path):
+    """Read leniently, a field opening a quote it never closes took every later line as its text: posts lost
+    without a trace. A quote never closed ends the file as one rejection; one closed mid-field rejects its row;
+    a quote inside an unquoted field (5" screen) is text."""
+    head = "post_id,created_at,text\n"
+    unclosed, midfield = tmp_path / "unclosed.csv", tmp_path / "midfield.csv"
+    unclosed.write_text(head + 'p1,2026-11-20,ok\np2,2026-11-20,"oops\np3,2026-11-20,three\np4,2026-11-20,four\n')
+    midfield.write_text(head + 'p1,2026-11-20,my 5" screen\np2,2026-11-20,"bad" x\np3,2026-11-20,three\n')
+    _, posts, rejected = _all(unclosed, 10)
+    assert [p["text"] for p in posts] == ["ok"]
+    assert [(r["line"], r["reason"]) for r in rejected] == [(3, "unreadable file from here: a quoted field never closes")]
+    _, posts, rejected = _all(midfield, 10)
+    assert [(p["post_id"], p["text"]) for p in posts] == [("p1", 'my 5" screen'), ("p3", "three")]
+    assert [(r["line"], r["reason"]) for r in rejected] == [(3, "CSV row is malformed: ',' expected after '\"'")]
+
+
 def test_a_csv_without_a_header_row_loses_no_post(tmp_path):
     """A CSV written without its header row: its first line, taken for the header, is accounted for as a rejection
     that says why (with the line as read), beside the other rows' own; a header that names post_id through --map
