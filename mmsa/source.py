@@ -57,8 +57,7 @@ _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # Bumped when `validate` makes something else of the same record (2: times outside 1970-2100 and counts past
 # 10^15 rejected, lone surrogates mended, brand names left out of language identification; 3: whole numbers of
 # export types read as counts and ids, YYYYMMDD days; 4: bytes that are not UTF-8 read as Windows-1252, CSV quotes
-# read strictly), so a
-# dump's shards are cut again.
+# read strictly), so a dump's shards are cut again.
 VALIDATION = 4
 MAX_COUNT = 10 ** 15  # likes, shares, replies: more is a broken record, and a report's sum of three stays in BIGINT
 CSV_FIELD_LIMIT = 1 << 26  # characters in one CSV field: a long post reads as it does from JSONL (the default: 128 KiB)
