@@ -21,6 +21,7 @@ import glob
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import os
 import re
@@ -57,7 +58,7 @@ _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # Bumped when `validate` makes something else of the same record (2: times outside 1970-2100 and counts past
 # 10^15 rejected, lone surrogates mended, brand names left out of language identification; 3: whole numbers of
 # export types read as counts and ids, YYYYMMDD days; 4: bytes that are not UTF-8 read as Windows-1252, CSV quotes
-# read strictly), so a dump's shards are cut again.
+# read strictly, other separators told by the header), so a dump's shards are cut again.
 VALIDATION = 4
 MAX_COUNT = 10 ** 15  # likes, shares, replies: more is a broken record, and a report's sum of three stays in BIGINT
 CSV_FIELD_LIMIT = 1 << 26  # characters in one CSV field: a long post reads as it does from JSONL (the default: 128 KiB)
@@ -362,7 +363,9 @@ def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict |
             with _open_text(path, compression) as fh:
                 # strict: a quote never closed raises at the file's end, instead of taking every line after it
                 # into one field (rows silently lost); one closed mid-field raises for its row alone
-                reader = csv.DictReader(fh, strict=True)
+                header = fh.readline()  # "" at the end of an empty file
+                reader = csv.DictReader(itertools.chain([header] if header else [], fh), delimiter=_delimiter(header),
+                                        strict=True)
                 if reader.fieldnames is not None:  # reads the header, so that line_num counts from its end
                     yield reader.line_num, CsvHeader(reader.fieldnames, _csv_line(reader.fieldnames))
                 end = reader.line_num
@@ -392,6 +395,13 @@ def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict |
                     yield n, row
     except (OSError, EOFError, ValueError, csv.Error, pa.ArrowException, zstandard.ZstdError) as exc:
         yield n + 1, Unreadable(f"unreadable file from here: {type(exc).__name__}: {exc}"[:300])
+
+
+def _delimiter(header: str) -> str:
+    """A CSV file's field separator, told by its header row: a comma, unless the row has none and has semicolons
+    (Excel where the comma is the decimal mark), tabs or bars."""
+    counts = {d: header.count(d) for d in ";\t|"}
+    return "," if "," in header or not any(counts.values()) else max(counts, key=counts.get)
 
 
 def _csv_line(fields: list[str]) -> str:

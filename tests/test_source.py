@@ -205,6 +205,17 @@ def test_a_csv_quote_never_closed_does_not_swallow_the_rows_after_it(tmp_path):
     assert [(r["line"], r["reason"]) for r in rejected] == [(3, "CSV row is malformed: ',' expected after '\"'")]
 
 
+def test_a_csv_separated_by_semicolons_or_tabs_is_read_by_its_header(tmp_path):
+    """Excel where the comma is the decimal mark writes semicolons; every row was rejected, the header as "no
+    post_id column". The header row tells the separator: a comma if it has one, else a semicolon, tab or bar."""
+    files = {"semi.csv": 'post_id;created_at;text\np1;2026-11-20;"fine; thanks"\np2;2026-11-20;1,5 stars\n',
+             "tabs.csv": "post_id\tcreated_at\ttext\np1\t2026-11-20\tfine; thanks\np2\t2026-11-20\t1,5 stars\n"}
+    for name, body in files.items():
+        (tmp_path / name).write_text(body)
+        _, posts, rejected = _all(tmp_path / name, 10)
+        assert [p["text"] for p in posts] == ["fine; thanks", "1,5 stars"] and rejected == [], name
+
+
 def test_a_csv_without_a_header_row_loses_no_post(tmp_path):
     """A CSV written without its header row: its first line, taken for the header, is accounted for as a rejection
     that says why (with the line as read), beside the other rows' own; a header that names post_id through --map
