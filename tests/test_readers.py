@@ -178,6 +178,9 @@ def test_field_mapping_paths():
                                       "user": {"name": "al"}, "stats": [3, 4], "created_at": "2026-11-20", "kept": 1})
     assert row == {"post_id": 7, "text": "hi", "image_urls": ["u1", "u2"], "author": "al", "likes": 3,
                    "created_at": "2026-11-20", "kept": 1}
+    # a CSV flattened from JSON names its columns by their paths: mapped as written, not lost to `extra`
+    flattened = _one(flat.mapped(mapping), {"id": 8, "full_text": "yo", "user.name": "Zoë", "created_at": "2026-11-20"})
+    assert (flattened["author"], "user.name" in flattened) == ("Zoë", False)
     with pytest.raises(ValueError, match="cannot map onto colour"):
         flat.parse_mapping(["colour=c"])
     with pytest.raises(ValueError, match="FIELD=PATH|TARGET=PATH"):

@@ -66,13 +66,17 @@ def parse_mapping(items: dict[str, str] | list[str]) -> dict[str, list]:
 
 def mapped(mapping: dict[str, list]):
     """A reader that fills the mapped fields from their paths; the record's other keys pass through
-    unchanged (so fields already named as the contract names them need no mapping)."""
-    sources = {str(steps[0]) for steps in mapping.values() if isinstance(steps[0], str)}
+    unchanged (so fields already named as the contract names them need no mapping). A path of names is also a
+    column's own name when a record has it: CSVs flattened from JSON (twarc, pandas) name them `user.name`."""
+    dotted = {target: ".".join(steps) for target, steps in mapping.items()
+              if len(steps) > 1 and all(isinstance(step, str) for step in steps)}
+    sources = {str(steps[0]) for steps in mapping.values() if isinstance(steps[0], str)} | set(dotted.values())
 
     def read_mapped(record: dict) -> Iterator[dict | Skip]:
         row = {k: v for k, v in record.items() if k not in sources and k not in mapping}
         for target, steps in mapping.items():
-            row[target] = lookup(record, steps)
+            name = dotted.get(target)
+            row[target] = record[name] if name in record else lookup(record, steps)
         yield row
 
     return read_mapped
