@@ -58,7 +58,7 @@ _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # Bumped when `validate` makes something else of the same record (2: times outside 1970-2100 and counts past
 # 10^15 rejected, lone surrogates mended, brand names left out of language identification; 3: whole numbers of
 # export types read as counts and ids, YYYYMMDD days; 4: bytes that are not UTF-8 read as Windows-1252, CSV quotes
-# read strictly, other separators told by the header), so a dump's shards are cut again.
+# read strictly, other separators told by the header, UTF-8 binary as text), so a dump's shards are cut again.
 VALIDATION = 4
 MAX_COUNT = 10 ** 15  # likes, shares, replies: more is a broken record, and a report's sum of three stays in BIGINT
 CSV_FIELD_LIMIT = 1 << 26  # characters in one CSV field: a long post reads as it does from JSONL (the default: 128 KiB)
@@ -414,12 +414,22 @@ def _why(exc: BaseException) -> str:
     return "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
 
 
+def _utf8(column: pa.Array) -> pa.Array:
+    """A binary column as text when all of it is UTF-8, else as it is (bytes: a picture, a hash)."""
+    try:
+        return column.cast(pa.string())
+    except pa.ArrowInvalid:
+        return column
+
+
 def _parquet_rows(batch: pa.RecordBatch) -> list[dict | Unreadable]:
     """A batch's rows as Python values: nanosecond times cut to microseconds (a Python datetime has no
-    nanoseconds, and pyarrow refuses the whole batch), and a row holding a value Python cannot (a time
-    past the year 9999) rejected alone."""
+    nanoseconds, and pyarrow refuses the whole batch), binary columns that hold UTF-8 as text (Hive, Impala and
+    older Spark write strings so: a post's text was read as "b'...'"), and a row holding a value Python cannot
+    (a time past the year 9999) rejected alone."""
     columns = [c.cast(pa.timestamp("us", c.type.tz), safe=False) if pa.types.is_timestamp(c.type) and c.type.unit == "ns"
-               else c for c in batch.columns]
+               else _utf8(c) if pa.types.is_binary(c.type) or pa.types.is_large_binary(c.type) else c
+               for c in batch.columns]
     batch = pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
     try:
         return batch.to_pylist()

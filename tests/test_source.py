@@ -216,6 +216,17 @@ def test_a_csv_separated_by_semicolons_or_tabs_is_read_by_its_header(tmp_path):
         assert [p["text"] for p in posts] == ["fine; thanks", "1,5 stars"] and rejected == [], name
 
 
+def test_parquet_strings_written_as_plain_binary_are_read_as_text(tmp_path):
+    """Hive, Impala and older Spark write strings as BINARY without the UTF-8 annotation: the post's text was
+    read as "b'...'" (and scored so), a binary post_id rejected. Binary that is not UTF-8 stays bytes."""
+    path = tmp_path / "hive.parquet"
+    pq.write_table(pa.table({"post_id": pa.array([b"b1"], pa.binary()), "created_at": ["2026-11-20T10:00:00Z"],
+                             "text": pa.array(["café au lait".encode()], pa.binary()),
+                             "blob": pa.array([b"\xff\xd8"], pa.binary())}), path)
+    (post,) = _all(path, 10)[1]
+    assert (post["post_id"], post["text"]) == ("b1", "café au lait") and "blob" in post["extra"]
+
+
 def test_a_csv_without_a_header_row_loses_no_post(tmp_path):
     """A CSV written without its header row: its first line, taken for the header, is accounted for as a rejection
     that says why (with the line as read), beside the other rows' own; a header that names post_id through --map
