@@ -58,7 +58,8 @@ _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # Bumped when `validate` makes something else of the same record (2: times outside 1970-2100 and counts past
 # 10^15 rejected, lone surrogates mended, brand names left out of language identification; 3: whole numbers of
 # export types read as counts and ids, YYYYMMDD days; 4: bytes that are not UTF-8 read as Windows-1252, CSV quotes
-# read strictly, other separators told by the header, UTF-8 binary as text), so a dump's shards are cut again.
+# read strictly, other separators told by the header, UTF-8 binary as text, a cut .json file's records read), so a
+# dump's shards are cut again.
 VALIDATION = 4
 MAX_COUNT = 10 ** 15  # likes, shares, replies: more is a broken record, and a report's sum of three stays in BIGINT
 CSV_FIELD_LIMIT = 1 << 26  # characters in one CSV field: a long post reads as it does from JSONL (the default: 128 KiB)
@@ -325,8 +326,9 @@ def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict |
     """(line number, record) per record, or (line number, Unreadable) for an unreadable one; a CSV file's header
     row first, as a CsvHeader; a JSONL line `[]`, a Skip. A JSONL line
     holding an array of objects (a saved API response) gives each of them, under the same line; a `.json` file
-    that is one indented document, each of its records (`_document`). A file that breaks off (a truncated download, a corrupt frame) ends with one error row after the records
-    read before the break, so the dump's other files are still read."""
+    of indented JSON, each of its records (`_document`). A file that breaks off (a truncated download, a corrupt
+    frame) ends with one error row after the records read before the break, so the dump's other files are still
+    read."""
     fmt, compression = file_kind(name or path.name)
     document = ".json" in [x.lower() for x in Path(name or path.name).suffixes]  # may be one indented document
     n = 0
@@ -443,17 +445,41 @@ def _parquet_rows(batch: pa.RecordBatch) -> list[dict | Unreadable]:
         return rows
 
 
+_BLANK = re.compile(r"[ \t\r\n]*")
+
+
 def _document(path: Path, compression: str | None) -> list[tuple[int, dict | Unreadable]] | None:
-    """A file that is one JSON document (an indented array of records, or one API page) as (record number,
-    record) rows; None when it is not one."""
+    """A `.json` file of indented JSON (an array of records, one API page, or objects one after another as jq
+    prints them) as (line, record) rows, a record's line the one it starts on; a file that breaks off (a cut
+    download) ends with one error row after the records before the break. None when not even its first
+    record reads (then it is read a line at a time)."""
     with _open_text(path, compression) as fh:
-        try:
-            doc = json.load(fh)
-        except (ValueError, RecursionError):
+        text = fh.read()
+    decoder, rows = json.JSONDecoder(), []
+    pos = _BLANK.match(text).end()
+    array = text.startswith("[", pos)
+    pos = _BLANK.match(text, pos + array).end()
+    try:
+        while not (array and text.startswith("]", pos)):
+            if pos == len(text):
+                if array:
+                    raise json.JSONDecodeError("the file ends inside the array (cut off?)", text, pos)
+                break
+            item, end = decoder.raw_decode(text, pos)
+            rows.append((text.count("\n", 0, pos) + 1, item if isinstance(item, dict) else
+                         Unreadable("invalid JSON: not an object", text[pos:end][:2000])))
+            pos = _BLANK.match(text, end).end()
+            if array and text.startswith(",", pos):
+                pos = _BLANK.match(text, pos + 1).end()
+            elif array and not text.startswith("]", pos) and pos < len(text):
+                raise json.JSONDecodeError("',' or ']' expected", text, pos)
+        if array and _BLANK.match(text, pos + 1).end() < len(text):
+            raise json.JSONDecodeError("more after the array", text, _BLANK.match(text, pos + 1).end())
+    except (ValueError, RecursionError) as exc:
+        if not rows:
             return None
-    items = doc if isinstance(doc, list) else [doc]
-    return [(i, item if isinstance(item, dict) else Unreadable("invalid JSON: not an object", json.dumps(item)[:2000]))
-            for i, item in enumerate(items, 1)]
+        rows.append((text.count("\n", 0, pos) + 1, Unreadable(f"unreadable file from here: {getattr(exc, 'msg', exc)}")))
+    return rows
 
 
 def parse_time(value: object) -> datetime:

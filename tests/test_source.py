@@ -90,7 +90,17 @@ def test_a_byte_order_mark_and_an_indented_json_array_are_read_as_records(tmp_pa
     assert [[p["post_id"] for p in _all(f)[1]] for f in (jsonl, csv)] == [["a1", "42", "a3"], ["c1"]]
     _, posts, rejected = _all(pretty)
     assert [p["post_id"] for p in posts] == ["a1", "42", "a3"]
-    assert [(r["line"], r["reason"]) for r in rejected] == [(4, "invalid JSON: not an object")]
+    line = pretty.read_text().splitlines().index('  "not an object"') + 1  # the line a record starts on
+    assert [(r["line"], r["reason"]) for r in rejected] == [(line, "invalid JSON: not an object")]
+    # cut off (a download that broke): the records before the break, then one row; objects one after another
+    # (jq's output): each a record. Each line of them was a rejection
+    cut, jq = tmp_path / "cut.json", tmp_path / "jq.json"
+    cut.write_text(json.dumps(GOOD, indent=2)[:-30])
+    jq.write_text("\n".join(json.dumps(r, indent=2) for r in GOOD))
+    _, posts, rejected = _all(cut, 10)
+    assert [p["post_id"] for p in posts] == ["a1", "42"] and len(rejected) == 1
+    assert rejected[0]["reason"].startswith("unreadable file from here")
+    assert [p["post_id"] for p in _all(jq, 10)[1]] == ["a1", "42", "a3"]
 
 
 def test_values_are_normalised(tmp_path):
