@@ -371,7 +371,7 @@ def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict |
                 if reader.fieldnames is not None:  # reads the header, so that line_num counts from its end
                     yield reader.line_num, CsvHeader(reader.fieldnames, _csv_line(reader.fieldnames))
                 end = reader.line_num
-                while True:  # a row's line is the file's line it starts on (quoted fields hold newlines)
+                while True:  # a row's line is the file's line it starts on
                     try:
                         row = next(reader)
                     except StopIteration:
@@ -383,7 +383,10 @@ def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict |
                             break
                         yield n, Unreadable(f"CSV row is malformed: {exc}")
                         continue
-                    n, end = end + 1, reader.line_num
+                    # its first line: the reader's count less the newlines its quoted fields hold (blank lines
+                    # before it are skipped, so it is not the line after the last row's)
+                    end = reader.line_num
+                    n = end - sum(v.count("\n") for v in (*row.values(), *(row.get(None) or ())) if isinstance(v, str))
                     extra = row.pop(None, None)  # values past the header's columns: the row's are misaligned
                     if extra:
                         yield n, Unreadable(f"CSV row has {len(row) + len(extra)} fields, its header {len(row)}",

@@ -237,6 +237,14 @@ def test_parquet_strings_written_as_plain_binary_are_read_as_text(tmp_path):
     assert (post["post_id"], post["text"]) == ("b1", "café au lait") and "blob" in post["extra"]
 
 
+def test_a_csv_rows_line_is_the_one_it_starts_on_past_blank_lines(tmp_path):
+    """A rejection names the row's line: blank lines before a row moved it onto the first of them."""
+    path = tmp_path / "blank.csv"
+    path.write_text('post_id,created_at,text\np1,2026-11-20,ok\n\n\np2,2026-11-20,"two\nlines"\n\np3,2026-11-20,a,b\n')
+    _, posts, rejected = _all(path, 10)
+    assert [p["text"] for p in posts] == ["ok", "two\nlines"] and [r["line"] for r in rejected] == [8]
+
+
 def test_a_csv_without_a_header_row_loses_no_post(tmp_path):
     """A CSV written without its header row: its first line, taken for the header, is accounted for as a rejection
     that says why (with the line as read), beside the other rows' own; a header that names post_id through --map
