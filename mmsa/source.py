@@ -23,6 +23,7 @@ import hashlib
 import io
 import itertools
 import json
+import logging
 import os
 import re
 import shutil
@@ -48,6 +49,7 @@ from mmsa.readers.flat import mapped, parse_mapping
 from mmsa.options import DEFAULT_MAX_IMAGES
 from mmsa.schema import COUNT_FIELDS, KNOWN_FIELDS, POST_SCHEMA, TEXT_FIELDS
 
+log = logging.getLogger(__name__)
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 DUMP_DOWNLOAD_TIMEOUT = (10, 60)
@@ -138,7 +140,7 @@ def resolve(src: str | Path, workdir: Path) -> list[Path]:
     if is_url(src):
         return [localise(src, workdir)]
     if storage.is_remote(src):
-        found = [f for f in storage.list_files(src) if _readable(f.name)]
+        found = _dump_files(storage.list_files(src), src)
         if not found:
             raise FileNotFoundError(f"dump not found: no JSONL, CSV or Parquet file at {src}")
         return [storage.download(f, workdir) for f in found]
@@ -150,7 +152,7 @@ def resolve(src: str | Path, workdir: Path) -> list[Path]:
         return _utf8_names(files)
     path = Path(src)
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and _readable(p.name))
+        files = _dump_files(sorted(p for p in path.iterdir() if p.is_file()), path)
         if not files:
             raise FileNotFoundError(f"dump not found: no JSONL, CSV or Parquet file in {path}")
         return _utf8_names(files)
@@ -167,6 +169,18 @@ def _utf8_names(files: list[Path]) -> list[Path]:
         except UnicodeEncodeError:
             raise ValueError(f"dump file name is not UTF-8: {os.fsencode(f)!r}; rename the file") from None
     return files
+
+
+def _dump_files(files: list, folder) -> list:
+    """A folder's files of a dump format (JSONL, CSV, Parquet); the others, but for hidden ones and those Spark
+    and Hadoop write beside their data (`_SUCCESS`, `.part-0.crc`), are named in a warning (a notes file is no
+    dump, but posts saved as `.txt` would otherwise be left out without a word)."""
+    files = [f for f in files if not f.name.startswith((".", "_"))]
+    other = [f.name for f in files if not _readable(f.name)]
+    if other:
+        log.warning("%s: %d file(s) of no dump format (JSONL, CSV, Parquet) not read: %s%s", folder, len(other),
+                    ", ".join(other[:5]), ", ..." if len(other) > 5 else "")
+    return [f for f in files if _readable(f.name)]
 
 
 def _readable(name: str) -> bool:

@@ -287,7 +287,7 @@ def _lines(records):
     return "".join(json.dumps(r) + "\n" for r in records)
 
 
-def test_compressed_folders_globs_and_overlapping_files_are_one_dump(tmp_path):
+def test_compressed_folders_globs_and_overlapping_files_are_one_dump(tmp_path, caplog):
     """gz and zst (a 2 GiB window, as Reddit's dumps declare), files in name order, a post in two files once;
     every record accounted for exactly once: a post, a rejected row, or a skipped non-post."""
     posts = [{"id": f"s{n}", "created_utc": 1763632800 + n, "title": f"post {n} about acme"} for n in range(6)]
@@ -302,7 +302,8 @@ def test_compressed_folders_globs_and_overlapping_files_are_one_dump(tmp_path):
         zstandard.ZstdDecompressor().stream_reader((folder / "RS_2026-10.zst").open("rb")).read()
     options = source.ReadOptions(source_format="reddit", brand_rules={"acme": {"keywords": ["acme"]}})
     for dump in (folder, str(folder / "RS_2026-1*")):
-        files = source.resolve(dump, tmp_path / "dl")
+        with caplog.at_level("WARNING", logger="mmsa.source"):
+            files = source.resolve(dump, tmp_path / "dl")
         assert [f.name for f in files] == ["RS_2026-10.zst", "RS_2026-11.jsonl.gz"]
         shards = list(source.iter_shards(files, 4, options=options))
         got = [p for s in shards for p in s.posts.to_pylist()]
@@ -316,6 +317,8 @@ def test_compressed_folders_globs_and_overlapping_files_are_one_dump(tmp_path):
             ("missing created_at", "RS_2026-11.jsonl.gz", 4)]
         assert dict(skipped) == {"reddit: comment": 1}
         assert len(got) + len(rejected) + sum(skipped.values()) == 4 + 1 + 3 + 1
+    # the folder's notes file is not read, and said so (posts saved as .txt were left out without a word)
+    assert [r.getMessage() for r in caplog.records] == [f"{folder}: 1 file(s) of no dump format (JSONL, CSV, Parquet) not read: notes.txt"]
     files_key = source.files_key(files)
     other = source.ReadOptions(source_format="reddit")
     assert source.content_key(files_key, options) != source.content_key(files_key, other)  # brands change the posts
