@@ -216,8 +216,8 @@ def prepare(dump: str, opts: RunOptions) -> Prepared:
         not_posts.update(shard.skipped)
         posts_in += shard.posts.num_rows + len(shard.rejected)
     storage.write_text(workdir / "rejected.json", json.dumps(rejected))
-    if first is None and len(rejected) > 1:  # no post, several rejections: a dump of its own (its first record tells it)
-        first = rejected[0]["raw"]
+    if first is None and len(rejected) > 1:  # no post, several rejections: a dump of its own, told by its first
+        first = [r["raw"] for r in rejected[:3]]  # records (the first alone may be a header that every night has)
     head = "" if first is None else hashlib.sha256(repr(first).encode()).hexdigest()[:16]  # "": a half line, a damaged file
     return Prepared(str(dump), files_key, head, key, str(workdir), shards, posts_in, len(rejected), dict(not_posts))
 
@@ -516,12 +516,13 @@ def _quantification(model: str) -> dict | None:
     return load_model(model).config.get("quantification")
 
 
-def _scored_by(out, r: ShardResult) -> str | None:
-    """The run that scored a shard: its marker's, else (a marker from before they named it) its rows'."""
-    if r.scored_by or not r.files:
-        return r.scored_by
-    runs = storage.read_table(out / r.files[0], columns=["run_id"])["run_id"]
-    return runs[0].as_py() if len(runs) else None  # a file pruned empty: nothing to load either way
+def _scored_by(out, r: ShardResult) -> dict[str, str | None]:
+    """{file: the run that wrote it} of a shard: its marker's run, else (a marker from before they named it) each
+    file's rows' (None for a file pruned empty: nothing to load either way)."""
+    if r.scored_by:
+        return dict.fromkeys(r.files, r.scored_by)
+    runs = {f: storage.read_table(out / f, columns=["run_id"])["run_id"] for f in r.files}
+    return {f: run[0].as_py() if len(run) else None for f, run in runs.items()}
 
 
 def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_id: str, model_version: str,
@@ -534,9 +535,10 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
     con = store.connect(opts.db)
     try:
         out = storage.path(opts.out)
-        waiting = store.not_loaded(con, {f: _scored_by(out, r) for r in results if r.skipped for f in r.files})
+        writers = {f: by for r in results if r.skipped for f, by in _scored_by(out, r).items()}
+        waiting = store.not_loaded(con, writers)
         loads = [r for r in results if not r.skipped or waiting.intersection(r.files)]
-        stored = {f: r.scored_by or _scored_by(out, r) for r in loads for f in r.files}
+        stored = {f: writers.get(f, r.scored_by) for r in loads for f in r.files}
         store.prune_partitions(out, list(stored), model_version)  # before the load: killed in between, the rerun prunes again
         with store.transaction(con):  # posts, rejections and the run's record appear together
             scored = store.load_scored(con, [out / f for f in stored])

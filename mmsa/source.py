@@ -175,8 +175,8 @@ def _dump_files(files: list, folder) -> list:
     """A folder's files of a dump format (JSONL, CSV, Parquet); the others, but for hidden ones and those Spark
     and Hadoop write beside their data (`_SUCCESS`, `.part-0.crc`), are named in a warning (a notes file is no
     dump, but posts saved as `.txt` would otherwise be left out without a word)."""
-    files = [f for f in files if not f.name.startswith((".", "_"))]
-    other = [f.name for f in files if not _readable(f.name)]
+    files = [f for f in files if not f.name.startswith(".")]
+    other = [f.name for f in files if not _readable(f.name) and not f.name.startswith("_")]
     if other:
         log.warning("%s: %d file(s) of no dump format (JSONL, CSV, Parquet) not read: %s%s", folder, len(other),
                     ", ".join(other[:5]), ", ..." if len(other) > 5 else "")
@@ -357,7 +357,7 @@ def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict |
                         row = json.loads(line)
                     except (ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, or an int of 4,300+ digits
                         if (first and document and line.lstrip()[:1] in ("[", "{")
-                                and (whole := _document(path, compression))):
+                                and (whole := _document(path, compression)) is not None):
                             yield from whole  # one indented JSON document, not a record per line
                             return
                         first = False
@@ -377,36 +377,8 @@ def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict |
         elif fmt == "csv":
             csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
             with _open_text(path, compression) as fh:
-                # strict: a quote never closed raises at the file's end, instead of taking every line after it
-                # into one field (rows silently lost); one closed mid-field raises for its row alone
-                header = fh.readline()  # "" at the end of an empty file
-                reader = csv.DictReader(itertools.chain([header] if header else [], fh), delimiter=_delimiter(header),
-                                        strict=True)
-                if reader.fieldnames is not None:  # reads the header, so that line_num counts from its end
-                    yield reader.line_num, CsvHeader(reader.fieldnames, _csv_line(reader.fieldnames))
-                end = reader.line_num
-                while True:  # a row's line is the file's line it starts on
-                    try:
-                        row = next(reader)
-                    except StopIteration:
-                        break
-                    except csv.Error as exc:
-                        n, end = end + 1, reader.line_num
-                        if "end of data" in str(exc):
-                            yield n, Unreadable("unreadable file from here: a quoted field never closes")
-                            break
-                        yield n, Unreadable(f"CSV row is malformed: {exc}")
-                        continue
-                    # its first line: the reader's count less the newlines its quoted fields hold (blank lines
-                    # before it are skipped, so it is not the line after the last row's)
-                    end = reader.line_num
-                    n = end - sum(v.count("\n") for v in (*row.values(), *(row.get(None) or ())) if isinstance(v, str))
-                    extra = row.pop(None, None)  # values past the header's columns: the row's are misaligned
-                    if extra:
-                        yield n, Unreadable(f"CSV row has {len(row) + len(extra)} fields, its header {len(row)}",
-                                            ",".join([*(v or "" for v in row.values()), *extra])[:2000])
-                        continue
-                    yield n, {k: (v if v != "" else None) for k, v in row.items()}
+                for n, row in _csv_rows(fh):
+                    yield n, row
         else:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
                 for row in _parquet_rows(batch):
@@ -416,11 +388,73 @@ def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict |
         yield n + 1, Unreadable(f"unreadable file from here: {type(exc).__name__}: {exc}"[:300])
 
 
+class _Held:
+    """Lines, counted, keeping those read since `mark()`: the lines of the CSV row being read."""
+
+    def __init__(self, lines):
+        self.lines, self.held, self.count = lines, [], 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.lines)
+        self.held.append(line)
+        self.count += 1
+        return line
+
+    def mark(self) -> None:
+        self.held = []
+
+
+_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def _csv_rows(fh) -> Iterator[tuple[int, dict | Unreadable | CsvHeader]]:
+    """A CSV file's header row (a CsvHeader) and rows, each with the line it starts on. Read strictly, so that a
+    quote never closed ends the file as one rejection, not as one field holding every later line (posts lost
+    without a word); from a row strictness refuses (MySQL's escaped \\", a space after a closing quote), the rest
+    is read leniently, as the csv module reads by default, that row included."""
+    header = fh.readline()  # "" at the end of an empty file
+    delimiter = _delimiter(header)
+    lines = _Held(itertools.chain([header] if header else [], fh))
+    reader = csv.DictReader(lines, delimiter=delimiter, strict=True)
+    if reader.fieldnames is None:
+        return
+    yield lines.count, CsvHeader(reader.fieldnames, _csv_line(reader.fieldnames))
+    lines.mark()
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            before = lines.count - len(lines.held)  # the lines before this row and the blank ones before it
+            if "end of data" in str(exc):
+                blank = next((k for k, line in enumerate(lines.held) if line.strip()), 0)
+                yield before + blank + 1, Unreadable("unreadable file from here: a quoted field never closes")
+                return
+            lines.lines, lines.count = itertools.chain(lines.held, lines.lines), before  # read this row again
+            lines.mark()
+            reader = csv.DictReader(lines, fieldnames=reader.fieldnames, delimiter=delimiter)
+            continue
+        lines.mark()
+        # its first line: the lines read less the line breaks its quoted fields hold (blank lines before it skipped)
+        n = lines.count - sum(len(_BREAK.findall(v)) for v in (*row.values(), *(row.get(None) or ())) if isinstance(v, str))
+        extra = row.pop(None, None)  # values past the header's columns: the row's are misaligned
+        if extra:
+            yield n, Unreadable(f"CSV row has {len(row) + len(extra)} fields, its header {len(row)}",
+                                ",".join([*(v or "" for v in row.values()), *extra])[:2000])
+            continue
+        yield n, {k: (v if v != "" else None) for k, v in row.items()}
+
+
 def _delimiter(header: str) -> str:
-    """A CSV file's field separator, told by its header row: a comma, unless the row has none and has semicolons
-    (Excel where the comma is the decimal mark), tabs or bars."""
-    counts = {d: header.count(d) for d in ";\t|"}
-    return "," if "," in header or not any(counts.values()) else max(counts, key=counts.get)
+    """A CSV file's field separator, told by its header row outside quoted names: the most frequent of comma,
+    semicolon (Excel where the comma is the decimal mark, which leaves a comma in a name unquoted), tab and bar;
+    a comma on a tie."""
+    bare = re.sub(r'"(?:[^"]|"")*"', "", header)
+    return max(",;\t|", key=bare.count)
 
 
 def _csv_line(fields: list[str]) -> str:
@@ -434,11 +468,23 @@ def _why(exc: BaseException) -> str:
 
 
 def _utf8(column: pa.Array) -> pa.Array:
-    """A binary column as text when all of it is UTF-8, else as it is (bytes: a picture, a hash)."""
+    """A binary column as text when it holds text: all of it UTF-8, or most of it (the rest read as
+    `_windows_1252` reads such bytes); else as it is (bytes: a picture, a hash)."""
     try:
         return column.cast(pa.string())
     except pa.ArrowInvalid:
-        return column
+        values = column.to_pylist()
+        if sum(_is_utf8(v) for v in values if v is not None) * 2 < sum(v is not None for v in values):
+            return column
+        return pa.array([None if v is None else v.decode("utf-8", _NOT_UTF8) for v in values], pa.string())
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _parquet_rows(batch: pa.RecordBatch) -> list[dict | Unreadable]:
@@ -469,10 +515,10 @@ def _document(path: Path, compression: str | None) -> list[tuple[int, dict | Unr
     """A `.json` file of indented JSON (an array of records, one API page, or objects one after another as jq
     prints them) as (line, record) rows, a record's line the one it starts on; a file that breaks off (a cut
     download) ends with one error row after the records before the break. None when not even its first
-    record reads (then it is read a line at a time)."""
+    record reads, or when one of objects one after another does not (then it is read a line at a time)."""
     with _open_text(path, compression) as fh:
         text = fh.read()
-    decoder, rows = json.JSONDecoder(), []
+    decoder, rows, line, counted = json.JSONDecoder(), [], 1, 0
     pos = _BLANK.match(text).end()
     array = text.startswith("[", pos)
     pos = _BLANK.match(text, pos + array).end()
@@ -483,7 +529,8 @@ def _document(path: Path, compression: str | None) -> list[tuple[int, dict | Unr
                     raise json.JSONDecodeError("the file ends inside the array (cut off?)", text, pos)
                 break
             item, end = decoder.raw_decode(text, pos)
-            rows.append((text.count("\n", 0, pos) + 1, item if isinstance(item, dict) else
+            line, counted = line + text.count("\n", counted, pos), pos  # counted on from the last record: linear
+            rows.append((line, item if isinstance(item, dict) else
                          Unreadable("invalid JSON: not an object", text[pos:end][:2000])))
             pos = _BLANK.match(text, end).end()
             if array and text.startswith(",", pos):
@@ -493,9 +540,9 @@ def _document(path: Path, compression: str | None) -> list[tuple[int, dict | Unr
         if array and _BLANK.match(text, pos + 1).end() < len(text):
             raise json.JSONDecodeError("more after the array", text, _BLANK.match(text, pos + 1).end())
     except (ValueError, RecursionError) as exc:
-        if not rows:
+        if not rows or not array:  # objects one after another, one of them bad: a line at a time finds the rest
             return None
-        rows.append((text.count("\n", 0, pos) + 1, Unreadable(f"unreadable file from here: {getattr(exc, 'msg', exc)}")))
+        rows.append((line + text.count("\n", counted, pos), Unreadable(f"unreadable file from here: {getattr(exc, 'msg', exc)}")))
     return rows
 
 
@@ -701,7 +748,8 @@ def _names_post_id(options: ReadOptions, names: list[str]) -> bool:
     """Whether rows under these column names can give a post_id: a mapping's post_id column, the flat contract's
     own, or a platform's fields its reader makes one of (a CSV of Reddit submissions: `id`)."""
     if "post_id" in options.mapping:
-        return str(parse_mapping(options.mapping)["post_id"][0]) in names
+        steps = parse_mapping(options.mapping)["post_id"]
+        return str(steps[0]) in names or ".".join(map(str, steps)) in names  # a column named by the path (flat.mapped)
     if options.source_format in (None, "flat"):
         return "post_id" in names or (options.source_format is None and readers.detect(dict.fromkeys(names)) != "flat")
     return True

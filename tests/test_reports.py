@@ -416,7 +416,7 @@ def test_rejected_rows_brand_filter_ignores_case_and_reads_a_brands_list(tmp_pat
     import pyarrow as pa
     from mmsa.schema import REJECTED_SCHEMA
 
-    raws = ['{"brand": "ACME"}', '{"brands": ["x", "acme"]}', '{"brand": " acme "}', '{"brand": "globex"}', "not json",
+    raws = ['{"brand": "ACME"}', '{"brands": ["x", "acme"]}', '{"brand": " acme\\t"}', '{"brand": "globex"}', "not json",
             '{"brands": "Acme"}', '{"brand": ["acme"]}']
     db = tmp_path / "rejected.duckdb"
     with store.connect(db) as con:
