@@ -79,7 +79,7 @@ class RunOptions:
 class Prepared:
     dump: str
     files_key: str  # the dump's bytes (source.files_key): a rerun of them replaces its rejections (load_rejected),
-    head: str  # as does a rerun of its path that starts with the same post (a dump still being written); "": no post, one rejection
+    head: str  # as does a rerun of its path that starts with the same post (a dump still being written); "": no post, < 3 rejections
     key: str
     workdir: str
     shards: list[str]
@@ -216,8 +216,8 @@ def prepare(dump: str, opts: RunOptions) -> Prepared:
         not_posts.update(shard.skipped)
         posts_in += shard.posts.num_rows + len(shard.rejected)
     storage.write_text(workdir / "rejected.json", json.dumps(rejected))
-    if first is None and len(rejected) > 1:  # no post, several rejections: a dump of its own, told by its first
-        first = [r["raw"] for r in rejected[:3]]  # records (the first alone may be a header that every night has)
+    if first is None and len(rejected) >= 3:  # no post, several rejections: a dump of its own, told by its first
+        first = [r["raw"] for r in rejected[:3]]  # three records (the first alone may be a header every night has)
     head = "" if first is None else hashlib.sha256(repr(first).encode()).hexdigest()[:16]  # "": a half line, a damaged file
     return Prepared(str(dump), files_key, head, key, str(workdir), shards, posts_in, len(rejected), dict(not_posts))
 

@@ -413,15 +413,17 @@ _BREAK = re.compile(r"\r\n|\r|\n")
 def _csv_rows(fh) -> Iterator[tuple[int, dict | Unreadable | CsvHeader]]:
     """A CSV file's header row (a CsvHeader) and rows, each with the line it starts on. Read strictly, so that a
     quote never closed ends the file as one rejection, not as one field holding every later line (posts lost
-    without a word); from a row strictness refuses (MySQL's escaped \\", a space after a closing quote), the rest
-    is read leniently, as the csv module reads by default, that row included."""
+    without a word). A row strictness refuses for a stray quote (MySQL's escaped \\", a space after a closing
+    quote) is read leniently from its first line alone, as the csv module reads by default, and the lines after
+    it strictly again."""
     header = fh.readline()  # "" at the end of an empty file
     delimiter = _delimiter(header)
     lines = _Held(itertools.chain([header] if header else [], fh))
     reader = csv.DictReader(lines, delimiter=delimiter, strict=True)
     if reader.fieldnames is None:
         return
-    yield lines.count, CsvHeader(reader.fieldnames, _csv_line(reader.fieldnames))
+    names = reader.fieldnames
+    yield lines.count, CsvHeader(names, _csv_line(names))
     lines.mark()
     while True:
         try:
@@ -429,24 +431,25 @@ def _csv_rows(fh) -> Iterator[tuple[int, dict | Unreadable | CsvHeader]]:
         except StopIteration:
             return
         except csv.Error as exc:
-            before = lines.count - len(lines.held)  # the lines before this row and the blank ones before it
-            if "end of data" in str(exc):
-                blank = next((k for k, line in enumerate(lines.held) if line.strip()), 0)
-                yield before + blank + 1, Unreadable("unreadable file from here: a quoted field never closes")
+            held, before = lines.held, lines.count - len(lines.held)  # its lines (blank ones before it first)
+            first = next((k for k, line in enumerate(held) if line.strip()), 0)
+            if "expected after" not in str(exc):  # a quote never closed, a field past the size limit
+                reason = "a quoted field never closes" if "end of data" in str(exc) else str(exc)
+                yield before + first + 1, Unreadable(f"unreadable file from here: {reason}")
                 return
-            lines.lines, lines.count = itertools.chain(lines.held, lines.lines), before  # read this row again
-            lines.mark()
-            reader = csv.DictReader(lines, fieldnames=reader.fieldnames, delimiter=delimiter)
-            continue
+            row = next(csv.DictReader([held[first]], fieldnames=names, delimiter=delimiter))
+            lines.lines, lines.count = itertools.chain(held[first + 1:], lines.lines), before + first + 1
+            reader = csv.DictReader(lines, fieldnames=names, delimiter=delimiter, strict=True)
         lines.mark()
         # its first line: the lines read less the line breaks its quoted fields hold (blank lines before it skipped)
-        n = lines.count - sum(len(_BREAK.findall(v)) for v in (*row.values(), *(row.get(None) or ())) if isinstance(v, str))
+        n = lines.count - sum(len(_BREAK.findall(v.rstrip("\r\n"))) for v in (*row.values(), *(row.get(None) or ()))
+                              if isinstance(v, str))
         extra = row.pop(None, None)  # values past the header's columns: the row's are misaligned
         if extra:
             yield n, Unreadable(f"CSV row has {len(row) + len(extra)} fields, its header {len(row)}",
                                 ",".join([*(v or "" for v in row.values()), *extra])[:2000])
             continue
-        yield n, {k: (v if v != "" else None) for k, v in row.items()}
+        yield n, {k: (v.rstrip("\r\n") if isinstance(v, str) else v) or None for k, v in row.items()}
 
 
 def _delimiter(header: str) -> str:
@@ -468,13 +471,14 @@ def _why(exc: BaseException) -> str:
 
 
 def _utf8(column: pa.Array) -> pa.Array:
-    """A binary column as text when it holds text: all of it UTF-8, or most of it (the rest read as
-    `_windows_1252` reads such bytes); else as it is (bytes: a picture, a hash)."""
+    """A binary column as text when it holds text: all of it UTF-8, or nine in ten of its values (the rest read
+    as `_windows_1252` reads such bytes); else as it is (bytes: a picture, a hash)."""
     try:
         return column.cast(pa.string())
     except pa.ArrowInvalid:
         values = column.to_pylist()
-        if sum(_is_utf8(v) for v in values if v is not None) * 2 < sum(v is not None for v in values):
+        filled = [v for v in values if v]  # an empty value is UTF-8 whatever the column holds
+        if sum(map(_is_utf8, filled)) < 0.9 * len(filled):
             return column
         return pa.array([None if v is None else v.decode("utf-8", _NOT_UTF8) for v in values], pa.string())
 
@@ -515,10 +519,10 @@ def _document(path: Path, compression: str | None) -> list[tuple[int, dict | Unr
     """A `.json` file of indented JSON (an array of records, one API page, or objects one after another as jq
     prints them) as (line, record) rows, a record's line the one it starts on; a file that breaks off (a cut
     download) ends with one error row after the records before the break. None when not even its first
-    record reads, or when one of objects one after another does not (then it is read a line at a time)."""
+    record reads, or when its records are one a line and one does not (then it is read a line at a time)."""
     with _open_text(path, compression) as fh:
         text = fh.read()
-    decoder, rows, line, counted = json.JSONDecoder(), [], 1, 0
+    decoder, rows, line, counted, indented = json.JSONDecoder(), [], 1, 0, False
     pos = _BLANK.match(text).end()
     array = text.startswith("[", pos)
     pos = _BLANK.match(text, pos + array).end()
@@ -530,6 +534,7 @@ def _document(path: Path, compression: str | None) -> list[tuple[int, dict | Unr
                 break
             item, end = decoder.raw_decode(text, pos)
             line, counted = line + text.count("\n", counted, pos), pos  # counted on from the last record: linear
+            indented = indented or "\n" in text[pos:end]
             rows.append((line, item if isinstance(item, dict) else
                          Unreadable("invalid JSON: not an object", text[pos:end][:2000])))
             pos = _BLANK.match(text, end).end()
@@ -540,7 +545,7 @@ def _document(path: Path, compression: str | None) -> list[tuple[int, dict | Unr
         if array and _BLANK.match(text, pos + 1).end() < len(text):
             raise json.JSONDecodeError("more after the array", text, _BLANK.match(text, pos + 1).end())
     except (ValueError, RecursionError) as exc:
-        if not rows or not array:  # objects one after another, one of them bad: a line at a time finds the rest
+        if not rows or not (array or indented):  # a record per line, one of them bad: a line at a time finds the rest
             return None
         rows.append((line + text.count("\n", counted, pos), Unreadable(f"unreadable file from here: {getattr(exc, 'msg', exc)}")))
     return rows

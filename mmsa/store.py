@@ -361,8 +361,8 @@ def load_rejected(con: duckdb.DuckDBPyConnection, rows: list[dict], dump: str, d
     """Record rejected rows. A rerun replaces the earlier rejections of the records it reads again: of the same
     bytes (`dump_key`) by whatever path, or of the same path whose file starts with the same post (`dump_head`:
     a dump still being written, whose half line rejected then is read whole now, or one mended further on), or
-    whose file then held no post and one rejected record (head "": its only line half-written, or the file
-    damaged, now mended); a new dump at an old path (a nightly `today.jsonl`, other posts, or last night's of
+    whose file then held no post and fewer than three rejected records (head "": its only line half-written, or
+    the file damaged, now mended); a new dump at an old path (a nightly `today.jsonl`, other posts, or last night's of
     rejected records only) keeps the old ones."""
     with transaction(con):
         con.execute("DELETE FROM rejected_posts WHERE dump_key = $key "  # NULL: rows from before the keys

@@ -487,12 +487,12 @@ def test_a_growing_dump_rejects_its_half_line_then_scores_the_whole_file_once(pr
             assert con.execute("SELECT count(*) FROM rejected_posts WHERE dump = $d", {"d": str(dump)}).fetchone() == (0,), name
     # but a night's export of several records, all rejected, is a dump of its own: the next night's keeps them
     dump = tmp_path / "today.jsonl"
-    dump.write_text('{"id": 1}\n{"id": 2}\n')
+    dump.write_text('{"id": 1}\n{"id": 2}\n{"id": 3}\n')
     assert cli.main([*argv[:1], str(dump), *argv[2:]]) == 0
     dump.write_text("".join(lines[3:6]))
     assert cli.main([*argv[:1], str(dump), *argv[2:]]) == 0
     with duckdb.connect(str(db), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM rejected_posts WHERE dump = $d", {"d": str(dump)}).fetchone() == (2,)
+        assert con.execute("SELECT count(*) FROM rejected_posts WHERE dump = $d", {"d": str(dump)}).fetchone() == (3,)
 
 
 @pytest.mark.slow  # a 2-process Dask LocalCluster: each worker imports torch

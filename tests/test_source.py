@@ -101,6 +101,9 @@ def test_a_byte_order_mark_and_an_indented_json_array_are_read_as_records(tmp_pa
     assert [p["post_id"] for p in posts] == ["a1", "42"] and len(rejected) == 1
     assert rejected[0]["reason"].startswith("unreadable file from here")
     assert [p["post_id"] for p in _all(jq, 10)[1]] == ["a1", "42", "a3"]
+    jq.write_text(jq.read_text()[:-30])  # cut too: the records before the break, then one row
+    _, posts, rejected = _all(jq, 10)
+    assert [p["post_id"] for p in posts] == ["a1", "42"] and [r["reason"][:25] for r in rejected] == ["unreadable file from here"]
 
 
 def test_values_are_normalised(tmp_path):
@@ -207,12 +210,14 @@ def test_a_csv_quote_never_closed_does_not_swallow_the_rows_after_it(tmp_path):
     unclosed, loose = tmp_path / "unclosed.csv", tmp_path / "loose.csv"
     unclosed.write_text(head + 'p1,2026-11-20,ok\n\np2,2026-11-20,"oops\np3,2026-11-20,three\np4,2026-11-20,four\n')
     loose.write_text(head + 'p1,2026-11-20,my 5" screen\np2,2026-11-20,"He said \\"great\\" today"\np3,2026-11-20,"hi" \n'
-                     'p4,2026-11-20,"two\nlines"\n')
+                     'p4,2026-11-20,"two\nlines"\np5,2026-11-20,"oops\np6,2026-11-20,six\np7,2026-11-20,"seven"\n')
     _, posts, rejected = _all(unclosed, 10)
     assert [p["text"] for p in posts] == ["ok"]
     assert [(r["line"], r["reason"]) for r in rejected] == [(4, "unreadable file from here: a quoted field never closes")]
     _, posts, rejected = _all(loose, 10)
-    assert [p["text"] for p in posts] == ['my 5" screen', 'He said \\great\\" today"', "hi ", "two\nlines"]
+    # and a quote never closed before a later quote costs its own row's text only, not the rows between
+    assert [p["text"] for p in posts] == ['my 5" screen', 'He said \\great\\" today"', "hi ", "two\nlines", "oops", "six",
+                                          "seven"]
     assert rejected == []
 
 
@@ -232,15 +237,16 @@ def test_a_csv_separated_by_semicolons_or_tabs_is_read_by_its_header(tmp_path):
 
 def test_parquet_strings_written_as_plain_binary_are_read_as_text(tmp_path):
     """Hive, Impala and older Spark write strings as BINARY without the UTF-8 annotation: the post's text was
-    read as "b'...'" (and scored so), a binary post_id rejected. A column mostly of UTF-8 is text (its other
-    values read as Windows-1252); one mostly not (a picture) stays bytes."""
+    read as "b'...'" (and scored so), a binary post_id rejected. A column of UTF-8 but for one value in ten is
+    text (that value read as Windows-1252); one mostly not (a picture, blank in most rows) stays bytes."""
     path = tmp_path / "hive.parquet"
-    pq.write_table(pa.table({"post_id": pa.array([b"b1", b"b2", b"b3"], pa.binary()), "created_at": ["2026-11-20T10:00:00Z"] * 3,
-                             "text": pa.array(["café au lait".encode(), b"good", "Jos\xe9".encode("latin-1")], pa.binary()),
-                             "blob": pa.array([b"\xff\xd8", b"\xff\xd9", b"ok"], pa.binary())}), path)
+    texts = ["café au lait".encode(), *(f"post {i}".encode() for i in range(8)), "Jos\xe9".encode("latin-1")]
+    pq.write_table(pa.table({"post_id": pa.array([f"b{i}".encode() for i in range(10)], pa.binary()),
+                             "created_at": ["2026-11-20T10:00:00Z"] * 10, "text": pa.array(texts, pa.binary()),
+                             "blob": pa.array([b"\x89PNG\xff"] + [b""] * 9, pa.binary())}), path)
     posts = _all(path, 10)[1]
-    assert [(p["post_id"], p["text"]) for p in posts] == [("b1", "café au lait"), ("b2", "good"), ("b3", "José")]
-    assert "\\xff" in posts[0]["extra"]  # the blob, as bytes
+    assert [(p["post_id"], p["text"]) for p in posts[::9]] == [("b0", "café au lait"), ("b9", "José")]
+    assert "\\xff" in posts[0]["extra"]  # the picture, as bytes
 
 
 def test_a_csv_rows_line_is_the_one_it_starts_on_past_blank_lines(tmp_path):
