@@ -299,6 +299,21 @@ def test_thumbnails_come_only_from_the_image_cache(server):
     _, _, page = get(server, "/posts?brand=acme&date_from=2024-03-14&date_to=2024-03-14")
     sources = [s.split('"')[0] for s in page.decode().split('<img src="')[1:]]
     assert len(sources) == 10 and all(s.startswith("/thumb?url=https%3A%2F%2Fimg.example%2Facme-0314-") for s in sources)
+    # a post whose image the cache lacks says so: it was a broken picture (a 404 in the browser's console)
+    _, _, page = get(server, "/posts?brand=acme&date_from=2024-03-04&date_to=2024-03-04")
+    imgs = [s.split('"')[0] for s in page.decode().split('<img src="')[1:]]  # the one it holds: the opposite image's
+    assert imgs == ["/thumb?url=https%3A%2F%2Fimg.example%2Facme-0304-03.jpg"]
+    assert "no image: not in the image cache</div>" in page.decode()
+    assert get(server, "/favicon.ico")[0] == 204  # every first visit asks: no 404 in the console either
+
+
+def test_the_spikes_definition_and_the_posts_form_follow_their_settings(server):
+    """The definition said "7 days of history" whatever the window (3 needs 3), and the posts page's Apply dropped
+    its documented `limit`."""
+    _, _, body = get(server, "/spikes?window=3&threshold=2")
+    assert "a day needs 3 days of history" in body.decode()
+    _, _, body = get(server, "/posts?brand=acme&limit=200")
+    assert '<input type="hidden" name="limit" value="200">' in body.decode()
 
 
 def test_binds_loopback_by_default_and_refuses_other_host_names(server):

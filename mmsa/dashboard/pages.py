@@ -36,6 +36,12 @@ ESTIMATE_DEFINITION = (
 )
 
 
+def _cached(images, url: str) -> bool:
+    """Whether the image cache holds the picture at `url` (the thumbnail can be drawn)."""
+    found = images.lookup(url)
+    return found is not None and found.status == "ok"
+
+
 def _safe_link(url: str | None) -> str | None:
     """An http(s) address to link to, else None (a javascript: or data: URL from a dump is never a link)."""
     if not url or urlsplit(url.strip()).scheme.lower() not in ("http", "https"):
@@ -179,7 +185,8 @@ class Pages(Queries):
         body = (
             "<h2>Spikes</h2><p class='definition'>A brand-day is a spike when its volume, or its negative share (on days "
             f"with at least 5 posts), lies {esc(settings['threshold'])} or more standard deviations (z) above the mean of "
-            f"the {settings['window']} days before it (days without posts count as 0; a day needs 7 days of history). "
+            f"the {settings['window']} days before it (days without posts count as 0; a day needs "
+            f"{min(7, settings['window'])} days of history). "
             "The bars under each spike are that history, the spike day in red.</p>"
             + ("".join(cards) if cards else "<p>No spikes with these filters.</p>")
             + self._table_html(spikes, f)
@@ -192,7 +199,8 @@ class Pages(Queries):
         what = " · ".join(esc(x) for x in (f.brand or "every brand", _range(f), f.source, f.lang, f.extra.get("label")) if x)
         label = ("<label>Label toward the brand <select name='label'>" + "".join(
             f'<option value="{v}"{" selected" if v == (f.extra.get("label") or "") else ""}>{v or "any"}</option>'
-            for v in ("", *LABELS)) + "</select></label>")
+            for v in ("", *LABELS)) + "</select></label>"
+                 f'<input type="hidden" name="limit" value="{esc(f.extra["limit"])}">')  # kept by Apply, as documented
         body = (f"<h2>Posts: {what}</h2><p class='meta'>The {len(posts.rows)} most engaging "
                 f"(at most {f.extra['limit']}; engagement = likes + shares + replies). Labels and probabilities: toward "
                 "the brand (what the label filter and every brand figure read), fused, text alone and image alone.</p>"
@@ -204,11 +212,12 @@ class Pages(Queries):
         return self._chrome(con, "/posts", f, "Posts", body, label)
 
     def _post_card(self, p: dict) -> str:
-        if self.images is not None and p["image_status"] == "ok" and p["image_url"]:
+        if self.images is not None and p["image_status"] == "ok" and p["image_url"] and _cached(self.images, p["image_url"]):
             thumb = f'<img src="/thumb?{esc(urlencode({"url": p["image_url"]}))}" alt="image of {esc(p["post_id"])}" loading="lazy">'
-        else:
+        else:  # a cache given but without this image (pruned, another run's): said, not a broken picture
             why = (f"not scored ({p['unscored_reason']}: {p['lang']})" if p["unscored_reason"] else
-                   p["image_status"] if p["image_status"] != "ok" else "not in the image cache (start with --cache)")
+                   p["image_status"] if p["image_status"] != "ok" else
+                   "not in the image cache" + (" (start with --cache)" if self.images is None else ""))
             thumb = f"<div class='noimage'>no image: {esc(why)}</div>"
         link = _safe_link(p["link"])
         original = (f' · <a href="{esc(link)}" rel="noopener noreferrer nofollow" target="_blank">original post</a>'

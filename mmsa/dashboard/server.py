@@ -46,6 +46,8 @@ class Dashboard(Pages):
                 return Response(200, "text/css; charset=utf-8", CSS_PATH.read_bytes(), cache=True)
             if path == "/thumb":
                 return self.thumbnail(one(query, "url"))
+            if path == "/favicon.ico":  # browsers ask on every first visit: none, without a 404 in their console
+                return Response(204, "image/x-icon", b"")
             f = Filters.parse(query)
             if path.startswith("/csv/") and path[5:] in self.TABLES:
                 return self.csv(path[5:], f, query)
