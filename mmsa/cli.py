@@ -185,7 +185,7 @@ def _add_run_options(p: argparse.ArgumentParser, what: str) -> None:
 
 def _at_least(least: int):
     """An argparse type: a whole number of at least `least` (a size or a count), refused before any work (a negative
-    batch size made no batches, and `evaluate` printed the metrics of all-zero probabilities)."""
+    batch size would make no batches, and `evaluate` print the metrics of all-zero probabilities)."""
 
     def parse(value: str) -> int:
         if not re.fullmatch(r"[+-]?\d+", value.strip()) or int(value) < least:

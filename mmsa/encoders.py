@@ -121,11 +121,14 @@ def target_window(tokenizer: Tokenizer, text: str, spans: Sequence[tuple[int, in
     if (_span_mask(offsets, spans) & real).any() or first < kept:
         return None
     start = max(0, first - kept // 2)
-    space = re.compile(r"\s").search(text, start, first)
+    space = _SPACE.search(text, start, first)
     for start in (space.end() if space else start, first):
         if span_token_mask(tokenizer, [text[start:]], [[(a - start, b - start) for a, b in spans]])[0].any():
             return start
     return None
+
+
+_SPACE = re.compile(r"\s")
 
 
 def _char_offsets(enc, where: np.ndarray | None) -> np.ndarray:

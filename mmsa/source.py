@@ -377,7 +377,7 @@ def _raw_rows(path: Path, name: str | None = None) -> Iterator[tuple[int, dict |
         elif fmt == "csv":
             csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
             with _open_text(path, compression) as fh:
-                for n, row in _csv_rows(fh):
+                for n, row in _csv_rows(fh):  # n: where a file that breaks off (below) broke
                     yield n, row
         else:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
@@ -494,7 +494,7 @@ def _is_utf8(data: bytes) -> bool:
 def _parquet_rows(batch: pa.RecordBatch) -> list[dict | Unreadable]:
     """A batch's rows as Python values: nanosecond times cut to microseconds (a Python datetime has no
     nanoseconds, and pyarrow refuses the whole batch), binary columns that hold UTF-8 as text (Hive, Impala and
-    older Spark write strings so: a post's text was read as "b'...'"), and a row holding a value Python cannot
+    older Spark write strings so; read as bytes, a post's text would be "b'...'"), and a row holding a value Python cannot
     (a time past the year 9999) rejected alone."""
     columns = [c.cast(pa.timestamp("us", c.type.tz), safe=False) if pa.types.is_timestamp(c.type) and c.type.unit == "ns"
                else _utf8(c) if pa.types.is_binary(c.type) or pa.types.is_large_binary(c.type) else c
