@@ -143,11 +143,15 @@ def _read_body(response: urllib3.BaseHTTPResponse, max_bytes: int, received: lis
     if declared.isdecimal() and int(declared) > max_bytes:
         raise Failure(ImageStatus.TOO_LARGE, f"Content-Length {declared} is over {max_bytes} bytes", response.status)
     body = bytearray()
-    while chunk := response.read(_CHUNK, decode_content=True):
-        body += chunk
-        received[0] = len(body)
-        if len(body) > max_bytes:
-            raise Failure(ImageStatus.TOO_LARGE, f"body is over {max_bytes} bytes", response.status)
+    try:
+        while chunk := response.read(_CHUNK, decode_content=True):
+            body += chunk
+            received[0] = len(body)
+            if len(body) > max_bytes:
+                raise Failure(ImageStatus.TOO_LARGE, f"body is over {max_bytes} bytes", response.status)
+    except Exception:
+        received[0] = max(received[0], response.tell())  # a read that fails keeps the bytes it had buffered
+        raise
     return bytes(body)
 
 
