@@ -57,12 +57,14 @@ DUMP_DOWNLOAD_TIMEOUT = (10, 60)
 ZSTD_MAX_WINDOW = 2**31
 _EPOCH = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_SERIAL_EPOCH = datetime(1899, 12, 30, tzinfo=timezone.utc)  # day 0 of Excel's and Sheets' serial dates
+_SERIAL_DAYS = (20_000, 80_000)
 # Bumped when `validate` makes something else of the same record (2: times outside 1970-2100 and counts past
 # 10^15 rejected, lone surrogates mended, brand names left out of language identification; 3: whole numbers of
 # export types read as counts and ids, YYYYMMDD days; 4: bytes that are not UTF-8 read as Windows-1252, CSV quotes
-# read strictly, other separators told by the header, UTF-8 binary as text, a cut .json file's records read), so a
-# dump's shards are cut again.
-VALIDATION = 4
+# read strictly, other separators told by the header, UTF-8 binary as text, a cut .json file's records read; 5:
+# spreadsheet serial days), so a dump's shards are cut again.
+VALIDATION = 5
 MAX_COUNT = 10 ** 15  # likes, shares, replies: more is a broken record, and a report's sum of three stays in BIGINT
 CSV_FIELD_LIMIT = 1 << 26  # characters in one CSV field: a long post reads as it does from JSONL (the default: 128 KiB)
 LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)  # a post dated after is a broken record, as one before 1970
@@ -552,14 +554,17 @@ def _document(path: Path, compression: str | None) -> list[tuple[int, dict | Unr
 
 
 def parse_time(value: object) -> datetime:
-    """A UTC datetime from ISO-8601 (`Z`, `+00:00`, `+0000`, or no offset = UTC; 8 digits are a YYYYMMDD day) or
-    an epoch time in seconds, milliseconds or microseconds (a number or a numeric string; its size says which)."""
+    """A UTC datetime from ISO-8601 (`Z`, `+00:00`, `+0000`, or no offset = UTC; 8 digits are a YYYYMMDD day), a
+    spreadsheet's serial day (Excel, Google Sheets: 20000 to 80000, years 1954 to 2119) or an epoch time in
+    seconds, milliseconds or microseconds (a number or a numeric string; its size says which)."""
     if isinstance(value, bool):
         raise ValueError("a boolean is not a time")
     if isinstance(value, str) and _EPOCH.match(value):
         value = float(value) if "." in value else int(value)
     if isinstance(value, int) and 10**7 <= value < 10**8:  # as epoch seconds 1970-1973, before any post: a date
         return datetime.strptime(str(value), "%Y%m%d").replace(tzinfo=timezone.utc)  # in ISO-8601's basic form
+    if isinstance(value, (int, float)) and _SERIAL_DAYS[0] <= value < _SERIAL_DAYS[1]:
+        return _SERIAL_EPOCH + timedelta(days=value)  # as epoch seconds 1 January 1970, before any post
     if isinstance(value, (int, float)):
         magnitude = abs(value)
         per_unit = 1_000_000 if magnitude < 1e11 else 1_000 if magnitude < 1e14 else 1 if magnitude < 1e17 else None

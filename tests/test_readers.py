@@ -264,6 +264,8 @@ def test_whole_numbers_in_export_types_are_counts_and_ids():
     ("1763632800123456", "2025-11-20T10:00:00.123456+00:00"),
     ("20261120", "2026-11-20T00:00:00+00:00"),  # ISO-8601's basic form, not 1970-08-23 in epoch seconds
     (20261120, "2026-11-20T00:00:00+00:00"),
+    (45981.5, "2025-11-20T12:00:00+00:00"),  # a spreadsheet's serial day, not 12:46 on 1 January 1970
+    ("45981", "2025-11-20T00:00:00+00:00"),
 ])
 def test_times_iso_and_epoch_to_utc(value, expected):
     assert source.parse_time(value).isoformat() == expected
