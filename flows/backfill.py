@@ -101,7 +101,7 @@ def _days(days: list[date], dump_template: str, db: str, model_version: str, sco
         key, missing = None, None
         if not source.is_url(dump) and not storage.is_remote(dump):  # a local day: its bytes, or not there
             try:
-                key = source.files_key(source.resolve(dump, Path()))
+                key = source.files_key(source.resolve(dump, Path(), warn=False))  # the day's run names odd files
             except FileNotFoundError as exc:
                 missing = exc
         if not again and already_scored(db, dump, model_version, key):

@@ -91,7 +91,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     if source.is_url(args.dump):
         source.check_served(args.dump)
     elif not storage.is_remote(args.dump):
-        source.resolve(args.dump, Path())  # local: nothing is downloaded into the folder it is given
+        source.resolve(args.dump, Path(), warn=False)  # local: nothing is downloaded into the folder it is given
     if args.runner == "threads":  # Dask workers load their own
         _preload(args.model, args.backend)
     from mmsa.flows.score import make_task_runner, score_flow

@@ -133,16 +133,17 @@ def _is_pattern(src: str) -> bool:
     return any(c in src for c in "*?[")
 
 
-def resolve(src: str | Path, workdir: Path) -> list[Path]:
+def resolve(src: str | Path, workdir: Path, warn: bool = True) -> list[Path]:
     """The dump's local files, in name order: a URL is downloaded (streamed) into `workdir`; a folder
     gives its readable files; a glob its matches. An fsspec URL (s3://bucket/dumps/2026-01-01.jsonl.zst,
-    a folder or glob there) is listed the same way and its files downloaded into `workdir` (mmsa.storage)."""
+    a folder or glob there) is listed the same way and its files downloaded into `workdir` (mmsa.storage).
+    `warn`: name a folder's files of no dump format (False for a check before the run, which names them)."""
     from mmsa import storage
 
     if is_url(src):
         return [localise(src, workdir)]
     if storage.is_remote(src):
-        found = _dump_files(storage.list_files(src), src)
+        found = _dump_files(storage.list_files(src), src, warn)
         if not found:
             raise FileNotFoundError(f"dump not found: no JSONL, CSV or Parquet file at {src}")
         return [storage.download(f, workdir) for f in found]
@@ -154,7 +155,7 @@ def resolve(src: str | Path, workdir: Path) -> list[Path]:
         return _utf8_names(files)
     path = Path(src)
     if path.is_dir():
-        files = _dump_files(sorted(p for p in path.iterdir() if p.is_file()), path)
+        files = _dump_files(sorted(p for p in path.iterdir() if p.is_file()), path, warn)
         if not files:
             raise FileNotFoundError(f"dump not found: no JSONL, CSV or Parquet file in {path}")
         return _utf8_names(files)
@@ -173,13 +174,13 @@ def _utf8_names(files: list[Path]) -> list[Path]:
     return files
 
 
-def _dump_files(files: list, folder) -> list:
+def _dump_files(files: list, folder, warn: bool) -> list:
     """A folder's files of a dump format (JSONL, CSV, Parquet); the others, but for hidden ones and those Spark
     and Hadoop write beside their data (`_SUCCESS`, `.part-0.crc`), are named in a warning (a notes file is no
     dump, but posts saved as `.txt` would otherwise be left out without a word)."""
     files = [f for f in files if not f.name.startswith(".")]
     other = [f.name for f in files if not _readable(f.name) and not f.name.startswith("_")]
-    if other:
+    if other and warn:
         log.warning("%s: %d file(s) of no dump format (JSONL, CSV, Parquet) not read: %s%s", folder, len(other),
                     ", ".join(other[:5]), ", ..." if len(other) > 5 else "")
     return [f for f in files if _readable(f.name)]

@@ -2,6 +2,7 @@
 real Prefect flow into real Parquet files and a real DuckDB file."""
 
 import json
+import logging
 import threading
 
 import duckdb
@@ -145,6 +146,23 @@ def test_a_rerun_of_an_older_dump_leaves_a_post_a_newer_dump_changed(prefect_har
     assert cli.main(["score", str(old), "--db", str(db), "--out", str(out), "--force"]) == 0  # asked for: stored last
     assert duckdb.sql(f"SELECT count(*), count(DISTINCT post_id), min(text) FROM {parquet}").fetchall() == [
         (3, 3, "acme support was helpful")]
+
+
+def test_a_folders_file_of_no_dump_format_is_named_once(prefect_harness, tmp_path):
+    """The command's check before the run named it too, so each warning came twice."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "posts.jsonl").write_text(json.dumps({"post_id": "p", "created_at": "2026-11-20T10:00:00Z", "text": "ok"}) + "\n")
+    (folder / "notes.txt").write_text("not a dump")
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append  # on the logger itself: Prefect's logging setup at a first flow run replaces root's
+    logging.getLogger("mmsa.source").addHandler(handler)
+    try:
+        assert cli.main(["score", str(folder), "--db", str(tmp_path / "m.duckdb"), "--out", str(tmp_path / "out")]) == 0
+    finally:
+        logging.getLogger("mmsa.source").removeHandler(handler)
+    assert sum("not read: notes.txt" in r.getMessage() for r in seen) == 1
 
 
 def test_shards_scored_again_by_a_run_stopped_before_its_load_are_loaded_by_the_next(prefect_harness, tmp_path, monkeypatch):
