@@ -174,10 +174,15 @@ def test_detection_by_shape_and_every_reader_named_on_the_command_line():
 def test_field_mapping_paths():
     mapping = flat.parse_mapping(["post_id=id", "text=full_text", "image_urls=media[].url", "author=user.name",
                                   "likes=stats[0]"])
-    row = _one(flat.mapped(mapping), {"id": 7, "full_text": "hi", "media": [{"url": "u1"}, {"kind": "x"}, {"url": "u2"}],
-                                      "user": {"name": "al"}, "stats": [3, 4], "created_at": "2026-11-20", "kept": 1})
+    media = [{"url": "u1"}, {"kind": "x"}, {"url": "u2"}]
+    row = _one(flat.mapped(mapping), {"id": 7, "full_text": "hi", "media": media, "user": {"name": "al"},
+                                      "stats": [3, 4], "created_at": "2026-11-20", "kept": 1})
+    # what a path took leaves the record, and only that: a list a path ran through stays whole
     assert row == {"post_id": 7, "text": "hi", "image_urls": ["u1", "u2"], "author": "al", "likes": 3,
-                   "created_at": "2026-11-20", "kept": 1}
+                   "created_at": "2026-11-20", "kept": 1, "media": media, "stats": [3, 4]}
+    nested = _one(flat.mapped(mapping), {"id": 9, "full_text": "x", "created_at": "2026-11-20",
+                                         "user": {"name": "al", "followers": 5, "place": {"city": "Oslo"}}})
+    assert nested["user"] == {"followers": 5, "place": {"city": "Oslo"}}  # the whole `user` was dropped
     # a CSV flattened from JSON names its columns by their paths: mapped as written, not lost to `extra`
     flattened = _one(flat.mapped(mapping), {"id": 8, "full_text": "yo", "user.name": "Zoë", "created_at": "2026-11-20"})
     assert (flattened["author"], "user.name" in flattened) == ("Zoë", False)

@@ -66,17 +66,32 @@ def parse_mapping(items: dict[str, str] | list[str]) -> dict[str, list]:
 
 def mapped(mapping: dict[str, list]):
     """A reader that fills the mapped fields from their paths; the record's other keys pass through
-    unchanged (so fields already named as the contract names them need no mapping). A path of names is also a
-    column's own name when a record has it: CSVs flattened from JSON (twarc, pandas) name them `user.name`."""
+    unchanged (so fields already named as the contract names them need no mapping). A mapped value leaves the
+    record, and only it: `user.name` keeps the rest of `user`; a path through a list keeps the list whole. A
+    path of names is also a column's own name when a record has it: CSVs flattened from JSON (twarc, pandas)
+    name them `user.name`."""
     dotted = {target: ".".join(steps) for target, steps in mapping.items()
               if len(steps) > 1 and all(isinstance(step, str) for step in steps)}
-    sources = {str(steps[0]) for steps in mapping.values() if isinstance(steps[0], str)} | set(dotted.values())
+    taken = [steps for steps in mapping.values() if all(isinstance(step, str) for step in steps)]
 
     def read_mapped(record: dict) -> Iterator[dict | Skip]:
-        row = {k: v for k, v in record.items() if k not in sources and k not in mapping}
+        row = {k: v for k, v in record.items() if k not in mapping}
+        for steps in taken:
+            row = _without(row, steps)
         for target, steps in mapping.items():
             name = dotted.get(target)
             row[target] = record[name] if name in record else lookup(record, steps)
         yield row
 
     return read_mapped
+
+
+def _without(value: dict, names: list[str]) -> dict:
+    """`value` without the field at the path of `names` (its own dotted name too), and without the objects that
+    leaves empty."""
+    value = {k: v for k, v in value.items() if k != ".".join(names)}
+    head, *rest = names
+    if head not in value or (rest and not isinstance(value[head], dict)):
+        return value
+    inner = _without(value[head], rest) if rest else {}
+    return {k: v for k, v in value.items() if k != head} | ({head: inner} if inner else {})
