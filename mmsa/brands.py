@@ -6,8 +6,8 @@
       handles: ["@acmecorp"]            # a mention of the account
       regexes: ['\\bacme ?(one|pro)\\b']  # anything else, as Python regular expressions
 
-All matching ignores case, accents, compatibility forms (full-width letters) and the kind of apostrophe
-(`fold`: "O’Brien" and "Cafe\u0301" match keywords o'brien and café). A post can mention several brands: it
+All matching ignores case, accents and strokes, compatibility forms (full-width letters) and the kind of
+apostrophe (`fold`: "O’Brien", "Cafe\u0301" and "Orsted" match keywords o'brien, café and ørsted). A post can mention several brands: it
 is tagged with each of them; a brand the dump itself gives takes the file's spelling of that name.
 """
 
@@ -21,7 +21,12 @@ import yaml
 
 RULES = ("keywords", "hashtags", "handles", "regexes")
 Span = tuple[int, int]
-APOSTROPHES = str.maketrans({c: "'" for c in "\u2018\u2019\u02bc\u2032\uff07"})  # what phones type for '
+APOSTROPHES = str.maketrans({c: "'" for c in "\u2018\u2019\u02bc\u02bb\u2032\uff07\u00b4`"})  # what keyboards type for '
+# Letters that NFKD leaves whole, as people write them without their strokes; marks it would spell as letters
+# after a name ("Acme™" as "AcmeTM") end the word instead.
+_LETTERS = str.maketrans({"ø": "o", "Ø": "O", "ł": "l", "Ł": "L", "đ": "d", "Đ": "D", "ð": "d", "Ð": "D", "ħ": "h",
+                          "Ħ": "H", "ı": "i", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ß": "ss", "ẞ": "SS",
+                          "þ": "th", "Þ": "TH", "\u2122": " ", "\u2120": " "})
 _WORD_CHAR = re.compile(r"\w")
 # Kana and Hangul syllables, matched as written: decomposed, 기안 would hold 기아 and ガメラ read as カメラ.
 _UNFOLDED = re.compile("[\u3040-\u30ff\uac00-\ud7af]")
@@ -33,14 +38,14 @@ _SPACED_WORD_CHAR = re.compile(_SPACED_WORD)
 
 
 def fold(text: str) -> tuple[str, list[Span] | None]:
-    """(text without accents, in compatibility form (NFKD: full-width letters as ASCII) and with every apostrophe
-    as ', and per character of it the [start, end) of the characters of `text` it comes from, None when it is
+    """(text without accents or strokes (Ø as O, ß as ss), in compatibility form (NFKD: full-width letters as
+    ASCII) and with every apostrophe as ', and per character of it the [start, end) of the characters of `text` it comes from, None when it is
     `text` itself): what the rules match, so that a match maps back onto the post's own text."""
-    if text.isascii():
+    if text.isascii() and "`" not in text:
         return text, None
     out, where = [], []
     for i, c in enumerate(text):
-        for d in c if _UNFOLDED.match(c) else unicodedata.normalize("NFKD", c.translate(APOSTROPHES)):
+        for d in c if _UNFOLDED.match(c) else unicodedata.normalize("NFKD", c.translate(APOSTROPHES).translate(_LETTERS)):
             if not unicodedata.combining(d):
                 out.append(d)
                 where.append((i, i + 1))

@@ -219,6 +219,21 @@ def test_brand_rules_ignore_accents_full_width_letters_and_the_kind_of_apostroph
     assert tagger.tag("pineapple o'briens") == []
 
 
+def test_brand_rules_fold_letters_without_accents_of_their_own_and_marks_after_a_name():
+    """Ø, Ł, Đ, Æ, ß are written without their strokes as accented letters are (NFKD leaves them be); an acute
+    accent or a backtick typed for the apostrophe is one; ™ after a name ends it (NFKD spells it "TM")."""
+    tagger = BrandTagger({"orsted": {"keywords": ["ørsted"]}, "lodz": {"keywords": ["Łódź"]}, "straße": {"keywords": ["straße"]},
+                          "aero": {"keywords": ["Ærø"]}, "mcd": {"keywords": ["mcdonald's"]}, "acme": {"keywords": ["acme"]}})
+    cases = {"Orsted wind farm": "Orsted", "ØRSTED shares": "ØRSTED", "Lodz trams": "Lodz", "STRASSE fest": "STRASSE",
+             "Aero ferry": "Aero", "McDonald\u00b4s fries": "McDonald\u00b4s", "McDonald`s fries": "McDonald`s",
+             "McDonald\u02bbs fries": "McDonald\u02bbs", "Acme\u2122 support is awful": "Acme", "ACME\u2120 rocks": "ACME"}
+    for text, span in cases.items():
+        assert len(tagger.tag(text)) == 1, text
+        (brand,) = tagger.tag(text)
+        assert [text[a:b] for a, b in tagger.spans(text, brand)] == [span], text
+    assert tagger.tag("acmeTM") == []
+
+
 def test_a_brand_touching_an_unspaced_script_is_found_and_inside_a_latin_word_is_not():
     """Han, kana, Hangul particles, Thai, Lao, Khmer and Myanmar join words without a space: a name beside them is whole."""
     tagger = BrandTagger({"acme": {"keywords": ["acme"], "handles": ["@acmecorp"]}, "任天堂": {"keywords": ["任天堂"]}})
