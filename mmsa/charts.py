@@ -144,8 +144,8 @@ def trend_figure(rows: list[dict], period: str = "day") -> Figure:
 
 @_as_written
 def share_of_voice_figure(rows: list[dict]) -> Figure:
-    """100% stacked bars: each brand's share of all, positive and negative mentions."""
-    rows = sorted(rows, key=lambda r: -r["mentions"])
+    """100% stacked bars: each brand's share of all, positive and negative mentions (untagged posts have none)."""
+    rows = sorted((r for r in rows if r["brand"] is not None), key=lambda r: -r["mentions"])
     bars = [("all mentions", "share_of_voice"), ("positive", "positive_share_of_voice"),
             ("negative", "negative_share_of_voice")]
     fig, ax = plt.subplots(figsize=(10, 3.2 + 0.15 * len(rows)))

@@ -180,17 +180,14 @@ def test_share_of_voice_page_draws_a_brand_of_one_day(server):
 
 
 def test_posts_without_a_brand_are_named_so_in_chart_tooltips_and_legends():
-    """Untagged posts are "(no brand)" in the overview's tooltips and estimates and in the voice legend, not
-    "None"."""
+    """Untagged posts are "(no brand)" in the overview's tooltips and estimates, not "None"."""
     day = date(2024, 3, 1)
     trend = trend_svg(None, {day: {"posts": 3, "positive": 2, "negative": 1, "net_sentiment": 1 / 3, "net_low": -0.4,
                                    "net_high": 0.8}}, [day], "day", lambda start: None)
     estimate = {"brand": None, "posts": 3, "labelled": 3, "positive": 2, "negative": 1, "neutral": 0}
     estimate |= {f"estimated_{name}{end}": 0.3 for name in ("positive_share", "neutral_share", "negative_share", "net")
                  for end in ("", "_low", "_high")}
-    voice = voice_svg([{"period_start": day, "brand": None, "mentions": 3, "all_mentions": 3, "share_of_voice": 1.0,
-                        "share_low": 0.4, "share_high": 1.0}], [day])
-    for svg in (trend, estimates_svg([estimate]), voice):
+    for svg in (trend, estimates_svg([estimate])):
         assert "None" not in svg and "(no brand)" in svg
     assert "(no brand) 2024-03-01 (day): 3 posts" in trend
 

@@ -361,6 +361,24 @@ def test_a_post_of_two_brands_counts_once_for_each_and_its_images_once_each(tmp_
     assert by(rows("model_versions", db), "model_version")["v2"]["posts"] == 76 + 35 + 1
 
 
+def test_untagged_posts_are_counted_but_in_no_brands_share_of_voice(tmp_path):
+    """A post that names no brand is no brand's voice: its row counts it, and the brands' shares (here and on the
+    dashboard's voice page) still sum to 1; they had it in their denominator."""
+    db = reportdata.build(tmp_path / "untagged.duckdb")
+    with store.connect(db) as con:
+        con.execute("INSERT INTO scored_posts SELECT * REPLACE ('none-' || post_id AS post_id, [] AS brands, "
+                    "[] AS brand_scores) FROM scored_posts WHERE model_version = 'v2' AND created_at >= DATE '2024-03-11' "
+                    "AND brands = ['globex']")
+    sov = by(rows("share_of_voice", db, **WEEK2), "brand")
+    assert (sov[None]["mentions"], sov[None]["share_of_voice"], sov[None]["negative_share_of_voice"]) == (21, None, None)
+    assert [sov[b]["share_of_voice"] for b in ("acme", "globex")] == pytest.approx([2 / 3, 1 / 3])
+    assert sum(sov[b]["positive_share_of_voice"] for b in ("acme", "globex")) == pytest.approx(1.0)
+    with duckdb.connect(str(db), read_only=True) as con:
+        trend = run_query(con, "share_of_voice_trend", Filters(date_from="2024-03-11", date_to="2024-03-17"),
+                          "v2", period="week")
+    assert [(r["brand"], r["mentions"], r["all_mentions"]) for r in trend] == [("acme", 42, 63), ("globex", 21, 63)]
+
+
 def test_every_brand_view_reads_the_sentiment_toward_the_brand_not_the_posts(tmp_path):
     """A negative post that praises acme (brand_scores: acme positive, globex negative) counts as positive for acme
     in the breakdowns, share of voice and the posts behind a bar, tops acme's most positive posts and, though the
@@ -619,13 +637,15 @@ def test_charts_of_no_rows_say_no_data(db, tmp_path):
 
 
 def test_chart_legends_name_untagged_posts_and_brands_starting_with_an_underscore():
-    """Untagged posts are "(no brand)" as in the reports, not "None" and missing from the legend; a "_promo" brand
-    is in the legend, although matplotlib leaves out labels starting with "_"."""
-    voice = [{"brand": b, "mentions": 2, "share_of_voice": 1 / 3, "positive_share_of_voice": 1 / 3,
-              "negative_share_of_voice": 1 / 3} for b in ("acme", None, "_promo")]
-    fig = charts.share_of_voice_figure(voice)
+    """Untagged posts are "(no brand)" as in the reports, not "None" and missing from the legend (share of voice
+    leaves them out: they are no brand's voice); a "_promo" brand is in the legend, although matplotlib leaves out
+    labels starting with "_"."""
+    voice = [{"brand": b, "mentions": 2, "share_of_voice": 1 / 2, "positive_share_of_voice": 1 / 2,
+              "negative_share_of_voice": 1 / 2} for b in ("acme", "_promo")]
+    fig = charts.share_of_voice_figure([*voice, {"brand": None, "mentions": 5, "share_of_voice": None,
+                                                 "positive_share_of_voice": None, "negative_share_of_voice": None}])
     legend = [t.get_text().lstrip("\u200b") for t in fig.axes[0].get_legend().get_texts()]
-    assert legend == ["acme", "(no brand)", "_promo"]
+    assert legend == ["acme", "_promo"] and "Share of voice (4 mentions)" in _texts(fig)
     assert not [t for t in _texts(fig) if "None" in t]
     trend = [{"brand": b, "day": date(2024, 3, 1), "posts": 2, "net_sentiment": 0.5} for b in ("acme", None, "_promo")]
     legend = [t.get_text().lstrip("\u200b") for t in charts.trend_figure(trend).axes[0].get_legend().get_texts()]

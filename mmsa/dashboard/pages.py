@@ -250,7 +250,7 @@ class Pages(Queries):
         first, last = self.span(con, f, model)
         chart = voice_svg(voice.rows, period_starts(first, last, period)) if voice.rows and first and last else "<p>No posts match.</p>"
         body = ("<h2>Share of voice</h2><p class='definition'>Each brand's mentions as a share of all brands' mentions in "
-                f"the same {esc(period)}, with its 95% Wilson interval (shaded). A brand filter keeps that brand's line, "
+                f"the same {esc(period)} (untagged posts are no brand's), with its 95% Wilson interval (shaded). A brand filter keeps that brand's line, "
                 "its share still of all brands.</p>" + chart + self._table_html(voice, f)
                 + f"<p class='definition'>{esc(NET_DEFINITION)}</p>")
         return self._chrome(con, "/voice", f, "Share of voice", body)

@@ -1,4 +1,5 @@
--- share_of_voice_trend: per day or ISO week, each brand's mentions and their share of all brands' mentions then.
+-- share_of_voice_trend: per day or ISO week, each brand's mentions and their share of all brands' mentions then
+-- (untagged posts are no brand's mentions: left out).
 -- Answers: "who owns the conversation, and is that changing?" (the dashboard adds a 95% Wilson interval per share)
 -- positive / negative mentions count the sentiment toward the brand (brand_label).
 -- Parameters (NULL = no filter): $brand (its rows only, 0 in a period of other brands' mentions; shares stay
@@ -14,6 +15,7 @@ WITH counts AS (
         count(*) FILTER (brand_label = 'negative')                AS negative_mentions
     FROM post_sentiment
     WHERE model_version = $model_version
+      AND brand IS NOT NULL
       AND ($source IS NULL OR source = $source)
       AND ($lang IS NULL OR lang = $lang)
       AND ($date_from IS NULL OR created_at >= CAST($date_from AS DATE))

@@ -2,7 +2,8 @@
 -- Labels are the sentiment toward the brand (brand_label: a post that names two brands can praise one and pan
 -- the other); a post without a brand counts with its own label.
 -- Answers: "who owns the conversation between these brands, and who owns the praise?"
--- A post that mentions several brands is a mention of each (once); untagged posts are brand NULL.
+-- A post that mentions several brands is a mention of each (once); untagged posts are brand NULL: their row
+-- counts them, and no share has them in its denominator (they are no brand's voice).
 -- Parameters (NULL = no filter): $brand (shares stay relative to ALL brands), $date_from,
 --   $date_to (inclusive days, UTC), $model_version (NULL = the most recently used model).
 WITH posts AS (
@@ -24,11 +25,14 @@ per_brand AS (
 SELECT
     brand,
     mentions,
-    mentions / sum(mentions) OVER ()                                     AS share_of_voice,
+    CASE WHEN brand IS NOT NULL THEN mentions
+        / sum(mentions) FILTER (brand IS NOT NULL) OVER () END                     AS share_of_voice,
     positive_mentions,
-    positive_mentions / nullif(sum(positive_mentions) OVER (), 0)        AS positive_share_of_voice,
+    CASE WHEN brand IS NOT NULL THEN positive_mentions
+        / nullif(sum(positive_mentions) FILTER (brand IS NOT NULL) OVER (), 0) END AS positive_share_of_voice,
     negative_mentions,
-    negative_mentions / nullif(sum(negative_mentions) OVER (), 0)        AS negative_share_of_voice
+    CASE WHEN brand IS NOT NULL THEN negative_mentions
+        / nullif(sum(negative_mentions) FILTER (brand IS NOT NULL) OVER (), 0) END AS negative_share_of_voice
 FROM per_brand
 QUALIFY $brand IS NULL OR brand = $brand
 ORDER BY mentions DESC, brand;
