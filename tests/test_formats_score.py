@@ -107,23 +107,26 @@ def test_reddit_zst_files_as_one_dump_with_galleries(prefect_harness, image_serv
                "gallery_data": {"items": [{"media_id": "m1"}, {"media_id": "m2"}, {"media_id": "m3"}]}}
     link = {"id": "l1", "created_utc": 1763636400, "title": "meh day", "selftext": "ask @acmecorp why", "url": urls["r/c.jpg"],
             "preview": {"images": [{"source": {"url": urls["r/c.jpg"] + "?auto=webp&amp;s=1"}}]}}
-    comment = {"id": "c1", "body": "nice", "link_id": "t3_g1", "created_utc": 1763636500}
+    comment = {"id": "c1", "body": "acme support is nice", "link_id": "t3_g1", "created_utc": 1763636500}
+    removed = {"id": "c2", "body": "[removed]", "link_id": "t3_g1", "created_utc": 1763636500}
     selfpost = {"id": "s1", "created_utc": 1763640000.0, "title": "globex pro thoughts", "selftext": "[deleted]"}
     untagged = {"id": "u1", "created_utc": "1763643600", "title": "sunset", "selftext": "",
                 "media_metadata": {f"d{n}": {"status": "valid", "s": {"u": urls[f"r/d{n}.jpg"]}} for n in range(5)},
                 "gallery_data": {"items": [{"media_id": f"d{n}"} for n in range(5)]}}
     folder = tmp_path / "dumps"
     folder.mkdir()
-    _zst(folder / "RS_2025-11a.jsonl.zst", [gallery, link, comment])
+    _zst(folder / "RS_2025-11a.jsonl.zst", [gallery, link, comment, removed])
     _zst(folder / "RS_2025-11b.jsonl.zst", [link, selfpost, untagged, {"id": "x9", "title": "no time"}])
     with _score(f"{folder}/*.jsonl.zst", tmp_path, "--source-format", "reddit") as con:
         _check(con, {
             "t3_g1": (utc(2025, 11, 20, 10), "Acme & Globex haul\n\nso good", ["acme", "globex"],
                       [(escaped + "?width=640&s=abc", "ok"), (gone, "http_404"), (urls["r/b.jpg"], "ok")]),
             "t3_l1": (utc(2025, 11, 20, 11), "meh day\n\nask @acmecorp why", ["acme"], [(urls["r/c.jpg"], "ok")]),
+            "t1_c1": (utc(2025, 11, 20, 11, 1, 40), "acme support is nice", ["acme"], []),
             "t3_s1": (utc(2025, 11, 20, 12), "globex pro thoughts", ["globex"], []),
             "t3_u1": (utc(2025, 11, 20, 13), "sunset", [], [(urls[f"r/d{n}.jpg"], "ok") for n in range(4)]),
-        }, ["duplicate post_id (first seen at RS_2025-11a.jsonl.zst line 2)", "missing created_at"], {"reddit: comment": 1})
+        }, ["duplicate post_id (first seen at RS_2025-11a.jsonl.zst line 2)", "missing created_at"],
+            {"reddit: removed or deleted": 1})
         extra = json.loads(con.execute("SELECT extra FROM scored_posts WHERE post_id = 't3_u1'").fetchone()[0])
         assert extra["images_dropped"] == 1
     assert image_server.hit_count("/r/q.jpg") == 1

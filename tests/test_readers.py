@@ -63,7 +63,18 @@ def test_reddit_gallery_order_escapes_previews_and_comments():
     assert row["text"] == "pic\n\nbody"
     article = {**linked, "url": "https://news.example/story", "post_hint": "link"}
     assert _one(reddit.read, article)["image_urls"] == ["https://preview.redd.it/p.png?auto=webp&s=9"]
-    assert list(reddit.read({"id": "c1", "body": "a comment", "created_utc": 1})) == [Skip("reddit: comment")]
+    comment = _one(reddit.read, {"id": "c1", "body": "acme &amp; co are great&#x200B;", "created_utc": 1, "score": 3,
+                                 "link_id": "t3_g1", "parent_id": "t3_g1", "subreddit": "gadgets"})
+    assert (comment["post_id"], comment["text"], comment["likes"], comment["parent_id"]) == (
+        "t1_c1", "acme & co are great\u200b", 3, "t3_g1")  # an RC_ dump scored, not skipped whole
+    notices = {"title": "[deleted by user]", "selftext": "[ Removed by reddit on account of violating the "
+               "[content policy](/help/contentpolicy). ]"}
+    assert list(reddit.read({"id": "r1", "created_utc": 1, **notices})) == [Skip("reddit: removed or deleted")]
+    assert list(reddit.read({"id": "c2", "created_utc": 1, "body": "[ Removed by Reddit ]"})) == [
+        Skip("reddit: removed or deleted")]
+    kept = _one(reddit.read, {"id": "r2", "created_utc": 1, "title": "acme leaked manual",
+                              "selftext": "[ Removed by reddit in response to a copyright notice. ]"})
+    assert kept["text"] == "acme leaked manual"  # the notice is no one's words: it read as negative
     with pytest.raises(ValueError, match="unknown format: not a Reddit submission"):
         list(reddit.read({"id": "q", "created_utc": 1}))
 
@@ -313,7 +324,7 @@ def test_compressed_folders_globs_and_overlapping_files_are_one_dump(tmp_path, c
     """gz and zst (a 2 GiB window, as Reddit's dumps declare), files in name order, a post in two files once;
     every record accounted for exactly once: a post, a rejected row, or a skipped non-post."""
     posts = [{"id": f"s{n}", "created_utc": 1763632800 + n, "title": f"post {n} about acme"} for n in range(6)]
-    comment = {"id": "c1", "body": "a comment", "created_utc": 1763632800}
+    comment = {"id": "c1", "body": "[deleted]", "created_utc": 1763632800}
     folder = tmp_path / "dumps"
     folder.mkdir()
     _zst(folder / "RS_2026-10.zst", _lines(posts[:4] + [comment]), window_log=31)
@@ -337,7 +348,7 @@ def test_compressed_folders_globs_and_overlapping_files_are_one_dump(tmp_path, c
         assert [(r["reason"], r["file"], r["line"]) for r in rejected] == [
             ("duplicate post_id (first seen at RS_2026-10.zst line 4)", "RS_2026-11.jsonl.gz", 1),
             ("missing created_at", "RS_2026-11.jsonl.gz", 4)]
-        assert dict(skipped) == {"reddit: comment": 1}
+        assert dict(skipped) == {"reddit: removed or deleted": 1}
         assert len(got) + len(rejected) + sum(skipped.values()) == 4 + 1 + 3 + 1
     # the folder's notes file is not read, and said so (posts saved as .txt were left out without a word)
     assert [r.getMessage() for r in caplog.records] == [f"{folder}: 1 file(s) of no dump format (JSONL, CSV, Parquet) not read: notes.txt"]

@@ -4,7 +4,7 @@ A reader is a function `read(record: dict) -> Iterator[dict | Skip | str]`. Each
 in the flat contract (`post_id`, `created_at`, `text`, `image_urls`, `brand`, `source`, `lang`,
 `author`, `likes`, `shares`, `replies`; any other key goes to `extra`), which mmsa.source then
 validates like any flat row. A `Skip` is a record that is not a post (a Jetstream like or delete, a
-Reddit comment in a submissions file): counted, never rejected. A reader raises ValueError for a
+Reddit record whose text was removed): counted, never rejected. A reader raises ValueError for a
 record of its platform that it cannot read, and that record is rejected with the reason.
 
 One record can hold several posts (an X API v2 response page); every one is accounted for: one of them that

@@ -1,17 +1,19 @@
-"""Reddit submissions as Pushshift / Arctic Shift dumps have them (one JSON object per line).
+"""Reddit submissions and comments as Pushshift / Arctic Shift dumps have them (one JSON object per line).
 
-Text: `title`, a blank line, `selftext` (not "[removed]" or "[deleted]"); entities decoded (in
-`selftext` the markdown's own whole entities too, such as the editor's `&#x200B;`: Reddit escapes the markdown).
+Text: `title`, a blank line, `selftext`; a comment's `body`. Reddit's notices in place of removed or deleted
+text ("[removed]", "[deleted by user]", "[ Removed by reddit on account of violating the content policy. ]")
+are no one's words: left out, and a record left with nothing is skipped. Entities decoded (in `selftext` and
+`body` the markdown's own whole entities too, such as the editor's `&#x200B;`: Reddit escapes the markdown).
 Images, in order: a gallery's pictures (`media_metadata[id].s.u`, ordered by `gallery_data.items`),
 else the picture the post links to (`url` on i.redd.it or ending in an image extension), else the
 preview pictures (`preview.images[].source.url`); a crosspost without pictures of its own has its original's
 (`crosspost_parent_list`). A linked picture's preview is the same picture,
 so it is not added as a second one. Reddit HTML-escapes these URLs (`&amp;`); they are decoded.
-A comment (it has `body`, no `title`) is not a submission: it is skipped.
+A comment (it has `body`, no `title`) has the pictures of its `media_metadata`.
 
 `score` can be negative (down-votes); `likes` is that score floored at 0, the raw score stays in
 `extra`. `shares` is `num_crossposts`, `replies` is `num_comments`. Post ids are Reddit's fullnames
-(`t3_` + id), unique across subreddits.
+(`t3_` + id for a submission, `t1_` + id for a comment), unique across subreddits.
 """
 
 from __future__ import annotations
@@ -23,24 +25,28 @@ from urllib.parse import urlsplit
 from mmsa.readers.common import Skip, dedupe, unescape
 
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp")
-_GONE = ("[removed]", "[deleted]", "")
+# Reddit's notices in place of removed or deleted text: "[removed]", "[deleted by user]", "[ Removed by Reddit ]".
+_GONE = re.compile(r"\[\s*(?:removed|deleted)\b.*\]", re.IGNORECASE | re.DOTALL)
 # An entity of the markdown, once Reddit's own escaping is decoded: only whole ones (`&#x200B;`, `&nbsp;`), as
 # "cut&copy" is words.
 _ENTITY = re.compile(r"&(?:#\d+|#x[0-9a-fA-F]+|[A-Za-z]+);")
 
 
 def read(record: dict) -> Iterator[dict | Skip]:
-    if "title" not in record:
-        if "body" not in record:
-            raise ValueError("unknown format: not a Reddit submission or comment (no title, no body)")
-        yield Skip("reddit: comment")
-        return
+    comment = "title" not in record
+    if comment and "body" not in record:
+        raise ValueError("unknown format: not a Reddit submission or comment (no title, no body)")
+    kind = "t1_" if comment else "t3_"
     raw_id = record.get("id")
     name = record.get("name")
-    post_id = name if isinstance(name, str) and name.startswith("t3_") else (None if raw_id in (None, "") else f"t3_{raw_id}")
-    title = unescape(record.get("title")) or ""
-    body = _ENTITY.sub(lambda m: unescape(m.group(0)), unescape(record.get("selftext")) or "")
-    text = title if body.strip() in _GONE else f"{title}\n\n{body}"
+    post_id = name if isinstance(name, str) and name.startswith(kind) else (None if raw_id in (None, "") else f"{kind}{raw_id}")
+    title = "" if comment else _words(unescape(record.get("title")))
+    body = _words(_ENTITY.sub(lambda m: unescape(m.group(0)), unescape(record.get("body" if comment else "selftext")) or ""))
+    text = "\n\n".join(part for part in (title, body) if part).strip()
+    pictures = _own_images(record) if comment else images(record)
+    if not text and not pictures:
+        yield Skip("reddit: removed or deleted")
+        return
     score = record.get("score")
     likes = None
     if isinstance(score, (int, float)) or (isinstance(score, str) and score.lstrip("-").isdigit()):
@@ -48,8 +54,8 @@ def read(record: dict) -> Iterator[dict | Skip]:
     row = {
         "post_id": post_id,
         "created_at": record.get("created_utc"),
-        "text": text.strip() or None,
-        "image_urls": images(record),
+        "text": text or None,
+        "image_urls": pictures,
         "source": "reddit",
         "author": record.get("author"),
         "likes": likes,
@@ -58,9 +64,16 @@ def read(record: dict) -> Iterator[dict | Skip]:
         "subreddit": record.get("subreddit"),
         "permalink": record.get("permalink"),
     }
+    if comment:
+        row |= {"link_id": record.get("link_id"), "parent_id": record.get("parent_id")}
     if score is not None:
         row["score"] = score
     yield row
+
+
+def _words(text: str | None) -> str:
+    """The text, or "" when it is Reddit's notice that it was removed or deleted."""
+    return "" if not text or _GONE.fullmatch(text.strip()) else text
 
 
 def images(record: dict) -> list[str]:
