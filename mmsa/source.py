@@ -57,6 +57,7 @@ DUMP_DOWNLOAD_TIMEOUT = (10, 60)
 ZSTD_MAX_WINDOW = 2**31
 _EPOCH = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_URL_SEPARATOR = re.compile(r"(?:\s*[,;|]\s*|\s+)(?=https?://)", re.IGNORECASE)
 _SERIAL_EPOCH = datetime(1899, 12, 30, tzinfo=timezone.utc)  # day 0 of Excel's and Sheets' serial dates
 _SERIAL_DAYS = (20_000, 80_000)
 # Bumped when `validate` makes something else of the same record (2: times outside 1970-2100 and counts past
@@ -64,7 +65,7 @@ _SERIAL_DAYS = (20_000, 80_000)
 # export types read as counts and ids, YYYYMMDD days; 4: bytes that are not UTF-8 read as Windows-1252, CSV quotes
 # read strictly, other separators told by the header, UTF-8 binary as text, a cut .json file's records read; 5:
 # spreadsheet serial days, brand rules folding strokes, more apostrophes and ™, Reddit comments read and its
-# removal notices left out), so a dump's shards are cut again.
+# removal notices left out, a cell of several image URLs), so a dump's shards are cut again.
 VALIDATION = 5
 MAX_COUNT = 10 ** 15  # likes, shares, replies: more is a broken record, and a report's sum of three stays in BIGINT
 CSV_FIELD_LIMIT = 1 << 26  # characters in one CSV field: a long post reads as it does from JSONL (the default: 128 KiB)
@@ -613,6 +614,22 @@ def _strings(value: object) -> list[str]:
     return out
 
 
+def _image_urls(value: object) -> list[str]:
+    """A post's image URLs from a list, or from one CSV cell of several: a JSON list (twarc-csv), or URLs
+    separated by spaces, commas, semicolons or bars before the next http(s):// (a comma inside a URL, as in
+    image services' w_100,h_80, stays; so does a space in a local path)."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            listed = json.loads(value)
+        except ValueError:
+            listed = None
+        if isinstance(listed, list):
+            value = listed
+    if isinstance(value, str):
+        value = _URL_SEPARATOR.split(value.strip())
+    return _strings(value)
+
+
 def validate(row: dict, max_images: int = DEFAULT_MAX_IMAGES, tagger: BrandTagger | None = None) -> dict:
     """Turn one flat row into a post (POST_SCHEMA fields) or raise ValueError with the reason."""
     post_id = row.get("post_id")
@@ -638,7 +655,8 @@ def validate(row: dict, max_images: int = DEFAULT_MAX_IMAGES, tagger: BrandTagge
         if name == "text" and isinstance(value, (list, dict, bool)):  # a structure's repr would pass for its words
             raise ValueError(f"text is not a string: {json.dumps(value, default=str)[:40]}")
         post[name] = None if value is None or (isinstance(value, str) and not value.strip()) else str(value)
-    urls = _strings(row.get("image_urls")) + [u for u in _strings(row.get("image_url")) if u not in _strings(row.get("image_urls"))]
+    urls = _image_urls(row.get("image_urls"))
+    urls += [u for u in _image_urls(row.get("image_url")) if u not in urls]
     post["image_urls"] = urls[:max_images]
     brands = _strings(row.get("brands")) + _strings(row.get("brand"))
     if tagger is not None:
