@@ -57,6 +57,7 @@ DUMP_DOWNLOAD_TIMEOUT = (10, 60)
 ZSTD_MAX_WINDOW = 2**31
 _EPOCH = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_GROUPED = re.compile(r"^\s*\d{1,3}(?:([,.' \u00a0\u202f])\d{3})(?:\1\d{3})*\s*$")  # thousands, one separator
 _URL_SEPARATOR = re.compile(r"(?:\s*[,;|]\s*|\s+)(?=https?://)", re.IGNORECASE)
 _SERIAL_EPOCH = datetime(1899, 12, 30, tzinfo=timezone.utc)  # day 0 of Excel's and Sheets' serial dates
 _SERIAL_DAYS = (20_000, 80_000)
@@ -592,6 +593,8 @@ def _count(value: object) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
         raise ValueError("not a count")
+    if isinstance(value, str) and _GROUPED.match(value):  # 1,234 (a spreadsheet's formatted cell), 1 234, 1.234
+        value = re.sub(r"\D", "", value)
     if not isinstance(value, int):  # 12.0 (a CSV of pandas' floats), 1e3, a Decimal column: whole numbers too
         try:
             value = Decimal(str(value).strip())
