@@ -312,16 +312,18 @@ codecs.register_error(_NOT_UTF8, _windows_1252)
 
 @contextmanager
 def _open_text(path: Path, compression: str | None):
-    if compression == "gzip":
-        with gzip.open(path, "rt", encoding="utf-8-sig", errors=_NOT_UTF8, newline="") as fh:
-            yield fh
-    elif compression == "zstd":
-        with path.open("rb") as raw:
-            with io.TextIOWrapper(io.BufferedReader(_ZstdFrames(raw), 1 << 20), encoding="utf-8-sig", errors=_NOT_UTF8,
-                                  newline="") as fh:
-                yield fh
-    else:
-        with path.open(encoding="utf-8-sig", errors=_NOT_UTF8, newline="") as fh:
+    """The file's text: UTF-8 (bytes that are not, as Windows-1252), or UTF-16 after its byte-order mark (Excel's
+    "Unicode text" save, tab-separated)."""
+    with path.open("rb") as raw:
+        if compression == "gzip":
+            stream = gzip.GzipFile(fileobj=raw)
+        elif compression == "zstd":
+            stream = io.BufferedReader(_ZstdFrames(raw), 1 << 20)
+        else:
+            stream = raw
+        utf16 = stream.peek(2)[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+        with io.TextIOWrapper(stream, encoding="utf-16" if utf16 else "utf-8-sig",
+                              errors="replace" if utf16 else _NOT_UTF8, newline="") as fh:
             yield fh
 
 

@@ -1,5 +1,6 @@
 """Reading and validating dumps: every input row is accounted for exactly once."""
 
+import codecs
 import gzip
 import json
 import os
@@ -200,6 +201,20 @@ def test_a_file_in_windows_1252_keeps_its_letters(tmp_path):
     packed.write_bytes(gzip.compress(body.encode("cp1252")))
     assert [p["text"] for p in _all(plain, 10)[1]] == [*texts, "déjà vu ✓"]
     assert [p["text"] for p in _all(packed, 10)[1]] == texts
+
+
+def test_excels_unicode_text_save_is_read(tmp_path):
+    """Excel's "Unicode text" is UTF-16 with a byte-order mark, tab-separated: every row was rejected, the first
+    for a header "with no post_id column"."""
+    texts = ["José loves the café 😀", "日本語のポスト"]
+    body = "post_id\tcreated_at\ttext\r\n" + "".join(f"p{i}\t2026-11-20T10:00:00Z\t{t}\r\n" for i, t in enumerate(texts))
+    for name, encoding in (("le.txt.csv", "utf-16"), ("be.csv", "utf-16-be")):
+        data = body.encode(encoding)
+        (tmp_path / name).write_bytes(data if encoding == "utf-16" else codecs.BOM_UTF16_BE + data)
+        _, posts, rejected = _all(tmp_path / name, 10)
+        assert ([p["text"] for p in posts], rejected) == (texts, []), name
+    (tmp_path / "le.csv.gz").write_bytes(gzip.compress(body.encode("utf-16")))
+    assert [p["text"] for p in _all(tmp_path / "le.csv.gz", 10)[1]] == texts
 
 
 def test_a_csv_quote_never_closed_does_not_swallow_the_rows_after_it(tmp_path):
