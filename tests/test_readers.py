@@ -43,6 +43,30 @@ def test_x_page_links_photos_video_previews_and_authors():
         list(x_v2.read({"includes": {}}))
 
 
+def test_x_tweets_one_per_line_as_twarc2_flatten_writes_them():
+    """`twarc2 flatten`, the common X v2 collection format: a tweet per line, its expansions inline. Every line was
+    rejected "missing post_id"."""
+    photo = {"media_key": "3_a", "type": "photo", "url": "https://pbs.twimg.com/media/a.jpg"}
+    original = {"id": "9", "text": "acme &amp; co rock", "created_at": "2026-11-20T09:00:00.000Z", "author_id": "u2",
+                "author": {"id": "u2", "username": "bob"}, "attachments": {"media_keys": ["3_a"], "media": [photo]}}
+    tweets = [
+        {"id": "1", "text": "hi &amp; bye", "created_at": "2026-11-20T10:00:00.000Z", "author_id": "u1", "lang": "en",
+         "edit_history_tweet_ids": ["1"], "author": {"id": "u1", "username": "alice"},
+         "attachments": {"media_keys": ["3_a"], "media": [photo]}, "__twarc": {"version": "2.14.0"}},
+        {"id": "2", "text": "RT @bob: acme &amp; co", "created_at": "2026-11-20T11:00:00.000Z", "author_id": "u1",
+         "author": {"id": "u1", "username": "alice"}, "referenced_tweets": [{"type": "retweeted", **original}],
+         "__twarc": {"version": "2.14.0"}},
+        {"id": "3", "text": "a bare tweet", "created_at": "2026-11-20T12:00:00.000Z", "author_id": "u3"},
+    ]
+    assert [readers.detect(t) for t in tweets] == ["x-v2"] * 3
+    first, retweet, bare = (_one(readers.auto, t) for t in tweets)
+    assert (first["post_id"], first["text"], first["author"], first["image_urls"]) == (
+        "1", "hi & bye", "alice", ["https://pbs.twimg.com/media/a.jpg"])
+    assert (retweet["post_id"], retweet["text"], retweet["author"], retweet["reposted_by"]) == ("9", "acme & co rock", "bob", "alice")
+    assert retweet["image_urls"] == ["https://pbs.twimg.com/media/a.jpg"]
+    assert (bare["post_id"], bare["author"], bare["image_urls"]) == ("3", "u3", [])
+
+
 def test_reddit_gallery_order_escapes_previews_and_comments():
     gallery = {
         "id": "g1", "created_utc": "1763632800", "title": "Haul &amp; more", "selftext": "[removed]", "score": -4,

@@ -45,6 +45,9 @@ def detect(record: dict) -> str:
     if "data" in record and isinstance(record["data"], (list, dict)) or set(record) <= {"errors", "title", "detail", "type"} \
             and isinstance(record.get("errors"), list) or set(record) == {"meta"}:  # an X page, or its page of errors
         return "x-v2"  # only or of no results (`meta` alone; both skipped, counted)
+    if "data" not in record and ("__twarc" in record or "edit_history_tweet_ids" in record
+                                 or {"id", "text", "author_id"} <= set(record)):  # one tweet a line (twarc2 flatten)
+        return "x-v2"
     if "did" in record and "kind" in record:
         return "bluesky-jetstream"
     if "subreddit" in record or "created_utc" in record:

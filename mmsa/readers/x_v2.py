@@ -8,6 +8,10 @@ and `>` in the text as HTML entities; they are decoded. A retweet's own text is 
 original's first words, without its pictures: when the page includes the original (`includes.tweets`, the
 `referenced_tweets.id` expansion), the original is the post, as a Mastodon boost is (`reposted_by` keeps the
 retweeter; many retweets of one tweet are one post).
+
+A line may also be one tweet (`twarc2 flatten`, or a page's `data` saved a tweet per line): its expansions, if
+any, are inline (`author`, `attachments.media`, `referenced_tweets[]` with the referenced tweets' fields), and it
+is read as a page of that one tweet.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from mmsa.readers.common import Skip, dedupe, unescape
 
 
 def read(record: dict) -> Iterator[dict | Skip | str]:
+    if "data" not in record and "id" in record and ("text" in record or "note_tweet" in record):  # one tweet
+        record = _page_of(record)
     data = record.get("data")
     if isinstance(data, dict):  # a single-tweet lookup
         data = [data]
@@ -50,6 +56,16 @@ def read(record: dict) -> Iterator[dict | Skip | str]:
             yield {**_tweet(original, media, users), "reposted_by": by}
         except (TypeError, ValueError, AttributeError) as exc:
             yield f"unparseable tweet {str(tweet.get('id'))[:40]}: {type(exc).__name__}: {exc}"
+
+
+def _page_of(tweet: dict) -> dict:
+    """A page of one flattened tweet, its inline expansions as the page's `includes`."""
+    media, users, tweets = [], [], []
+    for t in [tweet, *(r for r in tweet.get("referenced_tweets") or [] if isinstance(r, dict))]:
+        media += [m for m in (t.get("attachments") or {}).get("media") or [] if isinstance(m, dict)]
+        users += [t["author"]] if isinstance(t.get("author"), dict) else []
+        tweets += [t] if t is not tweet and "created_at" in t else []  # a referenced tweet with its fields
+    return {"data": [tweet], "includes": {"media": media, "users": users, "tweets": tweets}}
 
 
 def _retweeted(tweet: dict) -> str | None:
