@@ -203,10 +203,15 @@ def identify(text: str | None) -> str | None:
     return load().identify(text)
 
 
-def post_language(tag: str | None, text: Callable[[], str | None]) -> str | None:
+def post_language(tag: str | list | None, text: Callable[[], str | None]) -> str | None:
     """What `lang` a post is stored with: its dump's tag, normalised, else the language of its text (`text()`,
-    asked for only then)."""
-    return normalise(tag) or identify(text())
+    asked for only then). Of several tags (Bluesky's `langs`, often the poster's settings rather than the post's),
+    the text's language when it is one of them, else the first."""
+    tags = [t for t in map(normalise, tag if isinstance(tag, list) else [tag]) if t]
+    if len(tags) == 1:
+        return tags[0]
+    found = identify(text())
+    return found if not tags or found in tags else tags[0]
 
 
 # Changes with the identifier's version and with the rules above: a dump's shards (which hold `lang`) are

@@ -660,6 +660,8 @@ def validate(row: dict, max_images: int = DEFAULT_MAX_IMAGES, tagger: BrandTagge
         value = row.get(name)
         if name == "text" and isinstance(value, (list, dict, bool)):  # a structure's repr would pass for its words
             raise ValueError(f"text is not a string: {json.dumps(value, default=str)[:40]}")
+        if name == "lang" and isinstance(value, list):  # several tags (Bluesky's langs): language.post_language
+            continue
         post[name] = None if value is None or (isinstance(value, str) and not value.strip()) else str(value)
     urls = _image_urls(row.get("image_urls"))
     urls += [u for u in _image_urls(row.get("image_url")) if u not in urls]
@@ -671,7 +673,8 @@ def validate(row: dict, max_images: int = DEFAULT_MAX_IMAGES, tagger: BrandTagge
     for b in brands:  # one per name whatever its case, as first spelt
         named.setdefault(b.casefold(), b)
     post["brands"] = list(named.values())
-    post["lang"] = language.post_language(post["lang"], lambda: _without_brands(post["text"], post["brands"], tagger))
+    tags = row.get("lang") if isinstance(row.get("lang"), list) else post["lang"]
+    post["lang"] = language.post_language(tags, lambda: _without_brands(post["text"], post["brands"], tagger))
     for name in COUNT_FIELDS:
         try:
             post[name] = _count(row.get(name))

@@ -114,7 +114,12 @@ def test_jetstream_posts_images_and_skipped_events(monkeypatch):
                                                                  {"image": {"cid": "bafy2"}}]}}}}}
     row = _one(bluesky.read, post)
     assert row["post_id"] == "at://did:plc:abc/app.bsky.feed.post/3k"
-    assert row["created_at"] == 1763632800123456 and row["lang"] == "de"  # no createdAt: the event's time
+    assert row["created_at"] == 1763632800123456 and row["lang"] == ["de"]  # no createdAt: the event's time
+    # several langs (the poster's settings, often): the text's language when it is one of them, else the first
+    for langs, text, lang in ((["ja", "en"], "the acme phone is great, I love the camera", "en"),
+                              (["ja", "en-US"], "the acme phone is great, I love the camera", "en"),
+                              (["ja", "en"], "das Telefon ist wirklich großartig", "ja"), (["de"], "hello there friends", "de")):
+        assert source.validate({"post_id": "p", "created_at": 0, "text": text, "lang": langs})["lang"] == lang, langs
     assert row["image_urls"] == ["https://cdn.bsky.app/img/feed_fullsize/plain/did:plc:abc/bafy1@jpeg",
                                  "https://cdn.bsky.app/img/feed_fullsize/plain/did:plc:abc/bafy2@jpeg"]
     like = {"did": "d", "kind": "commit", "commit": {"collection": "app.bsky.feed.like", "operation": "create"}}

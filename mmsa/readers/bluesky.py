@@ -50,7 +50,7 @@ def read(record: dict) -> Iterator[dict | Skip]:
         "text": post.get("text"),
         "image_urls": dedupe([f"{cdn}/{did}/{cid}@jpeg" for cid in _image_cids(post.get("embed"))]),
         "source": "bluesky",
-        "lang": langs[0] if isinstance(langs, list) and langs else None,
+        "lang": langs if isinstance(langs, list) and langs else None,  # the post's languages: validate picks one
         "author": did,
     }
 
