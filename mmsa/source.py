@@ -43,7 +43,7 @@ import urllib3
 import zstandard
 
 from mmsa import faults, files, language, readers
-from mmsa.brands import BrandTagger, find_spans, load_rules
+from mmsa.brands import BrandTagger, find_spans, fold, load_rules
 from mmsa.readers import Skip
 from mmsa.readers.flat import mapped, parse_mapping
 from mmsa.options import DEFAULT_MAX_IMAGES
@@ -670,8 +670,8 @@ def validate(row: dict, max_images: int = DEFAULT_MAX_IMAGES, tagger: BrandTagge
     if tagger is not None:
         brands = [tagger.canonical(b) for b in brands] + tagger.tag(post["text"])
     named: dict[str, str] = {}
-    for b in brands:  # one per name whatever its case, as first spelt
-        named.setdefault(b.casefold(), b)
+    for b in brands:  # one per name whatever its case and accents, as first spelt
+        named.setdefault(fold(b)[0].casefold(), b)
     post["brands"] = list(named.values())
     tags = row.get("lang") if isinstance(row.get("lang"), list) else post["lang"]
     post["lang"] = language.post_language(tags, lambda: _without_brands(post["text"], post["brands"], tagger))

@@ -296,6 +296,7 @@ def test_a_brand_the_dump_gives_takes_the_files_spelling_and_counts_once():
     post = source.validate(row, tagger=BrandTagger({"acme": {"keywords": ["acme"]}}))
     assert post["brands"] == ["Initech", "acme"]
     assert source.validate({**row, "brand": "Acme", "brands": ["acme"]})["brands"] == ["acme"]
+    assert source.validate({**row, "brand": "Cafe Zurich", "brands": ["Café Zürich"]})["brands"] == ["Café Zürich"]
 
 
 def test_whole_numbers_in_export_types_are_counts_and_ids():
