@@ -23,6 +23,11 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 import pytest  # noqa: E402
+from prefect.logging.configuration import ensure_logging_setup  # noqa: E402
+
+# Prefect configures logging the first time it is used; done under one test's capsys, its console handler would
+# write to that test's closed stream ever after.
+ensure_logging_setup()
 
 
 @pytest.fixture(scope="session")
