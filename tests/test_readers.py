@@ -37,6 +37,11 @@ def test_x_page_links_photos_video_previews_and_authors():
     assert first["image_urls"] == ["https://pbs.twimg.com/media/a.jpg", "https://pbs.twimg.com/v.jpg"]
     assert (first["author"], first["likes"], first["shares"], first["replies"]) == ("alice", 5, 3, 3)
     assert (second["text"], second["author"], second["image_urls"]) == ("the long version", "u9", [])
+    assert "media_without_url" not in first
+    # a photo collected without media.fields=url has no URL: the post says so (in extra), not only "no image"
+    bare = {"data": [{**page["data"][0], "attachments": {"media_keys": ["3_b"]}}],
+            "includes": {"media": [{"media_key": "3_b", "type": "photo"}]}}
+    assert (_one(x_v2.read, bare)["image_urls"], _one(x_v2.read, bare)["media_without_url"]) == ([], 1)
     assert list(x_v2.read({"errors": [{"title": "Not Found"}]})) == [Skip("x-v2: error page")]
     assert list(x_v2.read({"meta": {"result_count": 0}})) == [Skip("x-v2: empty page")]  # a search that found nothing
     with pytest.raises(ValueError, match="unknown format: not an X API v2 page"):

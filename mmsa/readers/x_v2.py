@@ -106,4 +106,6 @@ def _tweet(tweet: dict, media: dict, users: dict) -> dict:
     }
     if tweet.get("conversation_id") not in (None, tweet.get("id")):
         row["conversation_id"] = tweet["conversation_id"]
+    if None in urls:  # X leaves them out unless asked for (media.fields=url,preview_image_url): say so
+        row["media_without_url"] = urls.count(None)
     return row
