@@ -3,8 +3,8 @@
 The day's dump location comes from a template (`/data/dumps/{date}.jsonl`, or an URL;
 `{date:%Y/%m/%d}` works too). A day whose dump was already scored to the end by the same model
 version (a finished row in `runs`; for a local file, of the same bytes: a dump replaced since by a later or
-whole one is scored again) is skipped, unless `force`. With no dates, it scores yesterday in `timezone`: that
-is the nightly deployment.
+whole one is scored again) is skipped, unless `force`. With no dates, it scores the day before the run's scheduled start, in
+`timezone`: that is the nightly deployment (a late or missed night's run scores its own day).
 """
 
 from __future__ import annotations
@@ -15,11 +15,24 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from prefect import flow
+from prefect.runtime import flow_run
 
 from mmsa import faults, publish, source, storage
 from mmsa.flows.score import make_task_runner, score_flow
 from mmsa.options import DEFAULT_MAX_IMAGES, RunParameters, parameter_names
 from mmsa.store import already_scored, run_lock
+
+
+def day_before(scheduled: datetime | None, timezone: str) -> date:
+    """The day before the run's scheduled start (None: now) in `timezone`: a nightly run that starts late, or a
+    missed one run the next morning, scores its own night's day, not today's yesterday twice."""
+    return (scheduled or datetime.now(ZoneInfo("UTC"))).astimezone(ZoneInfo(timezone)).date() - timedelta(days=1)
+
+
+def day_range(start: date | None, end: date | None, yesterday: date) -> tuple[date, date]:
+    """The first and last day: with neither, yesterday; a start alone runs to yesterday (catching up after
+    downtime); an end alone is that day."""
+    return start or end or yesterday, end or yesterday
 
 
 def days_between(start: date, end: date) -> list[date]:
@@ -66,7 +79,8 @@ def backfill_flow(
     fetch_processes: int | None = None,
     gpu_decode: bool = False,
 ) -> dict[str, str]:
-    """Score the dump of every day from `start` to `end` (inclusive; default: yesterday in `timezone`).
+    """Score the dump of every day from `start` to `end` (inclusive; `day_range`: with neither, the day before
+    the run's scheduled start in `timezone`).
     The run parameters are mmsa.options.RunParameters', flat here as a deployment gives them.
 
     Returns {day: "scored" | "skipped"}; fails after trying every day if any day failed, or at once on a day's
@@ -77,10 +91,8 @@ def backfill_flow(
     # Every run parameter is an argument above (tests/test_options.py checks names and defaults): none is dropped.
     params = RunParameters(**{name: given[name] for name in parameter_names()})
 
-    yesterday = datetime.now(ZoneInfo(timezone)).date() - timedelta(days=1)
-    start = start or end or yesterday
-    days = days_between(start, end or start)
-    day_dump(dump_template, start)
+    days = days_between(*day_range(start, end, day_before(flow_run.scheduled_start_time, timezone)))
+    day_dump(dump_template, days[0])
     scorer = score_flow.with_options(task_runner=make_task_runner(runner, dask_address))
     model_version = load_model(model).version
     with run_lock(db):  # the whole range: a second backfill is refused, not let in between two days

@@ -105,10 +105,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 def _cmd_backfill(args: argparse.Namespace) -> int:
     params = _run_parameters(args)
-    from mmsa.flows.backfill import BackfillFailed, backfill_flow, day_dump, days_between
+    from mmsa.flows.backfill import BackfillFailed, backfill_flow, day_before, day_dump, day_range, days_between
 
-    if args.date_from and args.date_to:
-        days_between(args.date_from, args.date_to)  # the range and the template, checked before Prefect starts
+    if args.date_from or args.date_to:  # the range and the template, checked before Prefect starts
+        days_between(*day_range(args.date_from, args.date_to, day_before(None, args.timezone)))
     day_dump(args.dump_template, args.date_from or args.date_to or date.today())
     _prefect_ready(args)
     try:
@@ -193,6 +193,17 @@ def _at_least(least: int):
         return int(value)
 
     return parse
+
+
+def _timezone(value: str) -> str:
+    """An argparse type: an IANA time zone name (Europe/Berlin), refused before Prefect starts."""
+    from zoneinfo import ZoneInfo
+
+    try:
+        ZoneInfo(value)
+    except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError; a malformed key a ValueError
+        raise argparse.ArgumentTypeError(f"unknown time zone {value!r} (an IANA name, e.g. Europe/Berlin)") from None
+    return value
 
 
 def _processes(value: str) -> int | None:
@@ -413,9 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backfill", help="score the dumps of a range of days (one score run per day, done days skipped)")
     p.add_argument("--dump-template", required=True, help="the day's dump, e.g. /data/dumps/{date}.jsonl or an URL")
     p.add_argument("--from", dest="date_from", type=date.fromisoformat, metavar="YYYY-MM-DD",
-                   help="first day (default: yesterday)")
-    p.add_argument("--to", dest="date_to", type=date.fromisoformat, metavar="YYYY-MM-DD", help="last day, inclusive")
-    p.add_argument("--timezone", default="UTC", help="timezone that decides which day is yesterday")
+                   help="first day (default: the --to day alone; with neither, yesterday)")
+    p.add_argument("--to", dest="date_to", type=date.fromisoformat, metavar="YYYY-MM-DD",
+                   help="last day, inclusive (default: yesterday)")
+    p.add_argument("--timezone", default="UTC", type=_timezone, help="timezone that decides which day is yesterday")
     _add_run_options(p, "days")
     p.set_defaults(func=_cmd_backfill)
 
@@ -426,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--register", action="store_true",
                    help="instead of serving, register the deployments on the server for a worker of their work pool")
     p.add_argument("--cron", help="nightly schedule (default: deployments/prefect.yaml's, 30 2 * * *)")
-    p.add_argument("--timezone", help="timezone of the schedule and of `yesterday` (default: the yaml's)")
+    p.add_argument("--timezone", type=_timezone, help="timezone of the schedule and of `yesterday` (default: the yaml's)")
     p.add_argument("--model", help="the scoring deployments' model: default, large (after `make install-large`) or a "
                                    "folder (default: the yaml's)")
     p.set_defaults(func=_cmd_serve)

@@ -4,9 +4,10 @@
 import json
 import subprocess
 import sys
-from datetime import date
+from datetime import date, datetime, timezone
 
 import duckdb
+import prefect.runtime.flow_run
 import pytest
 
 from mmsa.flows import backfill
@@ -75,6 +76,19 @@ def test_backfill_scores_each_day_once_and_force_rescores(prefect_harness, tmp_p
     assert _counts(db) == ((37, 37), 7)
 
 
+def test_a_nightly_run_scores_the_day_before_its_scheduled_start_not_before_today(prefect_harness, tmp_path, monkeypatch):
+    """Two nights' runs started late (a worker down, then back the next morning) both scored today's yesterday:
+    the first night's day was never scored. Each scores the day before its own schedule, in its time zone."""
+    template = write_day_dumps(tmp_path / "dumps")
+    db, out = tmp_path / "m.duckdb", tmp_path / "out"
+    for night, day in ((2, DAYS[0]), (3, DAYS[1])):  # scheduled at 02:30 in New York
+        scheduled = datetime(2026, 11, night, 7, 30, tzinfo=timezone.utc)
+        monkeypatch.setitem(prefect.runtime.flow_run.FIELDS, "scheduled_start_time", lambda at=scheduled: at)
+        assert backfill_flow(dump_template=template, db=str(db), out=str(out), timezone="America/New_York",
+                             shard_size=8) == {day: "scored"}
+    assert sorted(p.name for p in out.glob("date=*")) == [f"date={d}" for d in DAYS[:2]]
+
+
 def test_a_backfill_rerun_publishes_the_snapshot_a_killed_run_did_not(prefect_harness, tmp_path):
     """Killed while copying the snapshot, a day's run had committed its load: the rerun skips the day as done, and
     the snapshot lacked it for good (or was missing), beside the dead copy's temporary file. Now the rerun publishes."""
@@ -128,7 +142,23 @@ def test_a_template_without_its_date_field_or_an_unknown_model_is_one_line_befor
     assert "cannot be filled (ValueError: Unknown conversion specifier z)" in capsys.readouterr().err
     assert cli.main(["backfill", "--dump-template", "x/{date}.jsonl", *common, "--model", "nosuch"]) == 2
     assert capsys.readouterr().err.startswith("mmsa backfill: error: no model folder 'nosuch'")
+    with pytest.raises(SystemExit) as exit_:  # a traceback twice, exit 1, even with both dates given
+        cli.main(["backfill", "--dump-template", "x/{date}.jsonl", *common, "--timezone", "Europe/Berln"])
+    assert exit_.value.code == 2 and "unknown time zone 'Europe/Berln'" in capsys.readouterr().err
+    assert cli.main(["backfill", "--dump-template", "x/{date}.jsonl", *common[2:], "--from", "2999-01-01"]) == 2
+    assert "end" in capsys.readouterr().err  # --from alone runs to yesterday: a future day is no range
     assert not (tmp_path / "m.duckdb").exists()
+
+
+def test_one_bound_of_a_range():
+    """`--from` alone scored that one day: an operator catching up after downtime got one day of many. It runs to
+    yesterday; `--to` alone is that day; neither, yesterday."""
+    yesterday = date(2026, 11, 30)
+    assert backfill.day_range(date(2026, 11, 27), None, yesterday) == (date(2026, 11, 27), yesterday)
+    assert backfill.day_range(None, date(2026, 11, 2), yesterday) == (date(2026, 11, 2), date(2026, 11, 2))
+    assert backfill.day_range(None, None, yesterday) == (yesterday, yesterday)
+    at = datetime(2026, 12, 1, 3, tzinfo=timezone.utc)  # 22:00 on 30 November in New York
+    assert (backfill.day_before(at, "UTC"), backfill.day_before(at, "America/New_York")) == (yesterday, date(2026, 11, 29))
 
 
 LOCK_PROBE = """
