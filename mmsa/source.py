@@ -234,7 +234,16 @@ def localise(src: str | Path, workdir: Path) -> Path:
                         f"the dump's download from {src} broke off after {resp.raw.tell():,} bytes"
                         f"{f' of {int(size):,}' if size.isdigit() else ''} ({type(exc).__name__}): nothing was "
                         "scored; run the same command again once the server answers") from None
-    except requests.RequestException as exc:  # a dump that is not there is bad input, said in one line
+    except requests.HTTPError as exc:
+        code = exc.response.status_code
+        if code in (408, 429) or code >= 500:  # the server is busy or down: the flow tries again (mmsa.faults)
+            raise faults.TransientError(f"the dump's server answered HTTP {code} for {src}: nothing was scored; run "
+                                        "the same command again once the server answers") from None
+        raise FileNotFoundError(f"dump not downloadable from {src}: HTTP {code}") from None
+    except (requests.ConnectionError, requests.Timeout) as exc:  # a blip, or a server down: tried again
+        raise faults.TransientError(f"the dump's server at {src} did not answer ({type(exc).__name__}): nothing was "
+                                    "scored; run the same command again once the server answers") from None
+    except requests.RequestException as exc:  # a dump that cannot be asked for is bad input, said in one line
         raise FileNotFoundError(f"dump not downloadable from {src}: {type(exc).__name__}: {exc}") from None
     return target
 

@@ -22,7 +22,7 @@ import duckdb
 import pytest
 
 from imageserver import encode, image_server, lying_length, send, textured_image  # noqa: F401  (fixture)
-from mmsa import cli, faults, pipeline
+from mmsa import cli, faults, pipeline, source
 from mmsa.flows import score  # Prefect sets its console logging up on import: here, not inside a capsys test
 from mmsa.demo import make_dump, serve_folder
 from mmsa.images.cache import CacheDamaged, ImageCache
@@ -201,6 +201,21 @@ def test_a_dump_download_that_breaks_off_is_retried_then_told_in_one_line(prefec
                     "(ProtocolError): nothing was scored; run the same command again once the server answers")
     assert image_server.hit_count("/dump.jsonl") == 3 and not db.exists()  # three tries, each said in its line
     assert len([x for x in proc.stderr.splitlines() if "broke off" in x and "Retry" in x]) == 2, proc.stderr
+
+
+def test_a_dump_server_answering_5xx_or_429_is_tried_again_and_a_404_is_not(prefect_harness, image_server, tmp_path):
+    """A 503 was read as a dump that is not there: exit 2 on the first answer, a nightly's day lost to a CDN's
+    blip. 5xx, 429 and 408 are tried again; 404 stays one line, at once."""
+    body = write_dump(tmp_path / "dump.jsonl").read_bytes()
+    url = image_server.route("/dump.jsonl", send(503, b"busy", "text/plain"), send(200, body, "application/x-ndjson"))
+    proc = mmsa_score(url, tmp_path / "m.duckdb", tmp_path / "out", wrapper=NO_RETRY_WAIT)
+    assert proc.returncode == 0 and image_server.hit_count("/dump.jsonl") == 2, proc.stderr[-3000:]
+    with pytest.raises(FileNotFoundError, match="dump not downloadable from .*: HTTP 404"):
+        source.localise(image_server.url("gone.jsonl"), tmp_path / "dl")
+    for code in (503, 429):
+        url = image_server.route(f"/busy{code}.jsonl", send(code, b"busy", "text/plain"))
+        with pytest.raises(faults.TransientError, match=f"the dump's server answered HTTP {code}"):
+            source.localise(url, tmp_path / "dl")
 
 
 def test_bad_input_found_inside_a_flow_is_one_line_without_prefects_traceback(prefect_harness, tmp_path):
