@@ -488,7 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("evaluate", help="metrics of a model on a labelled JSONL (text, image, label)")
-    p.add_argument("--data", required=True, help="labelled JSONL; `image` paths relative to its folder")
+    p.add_argument("--data", required=True, help="labelled JSONL or CSV (.gz too): `text`, `label`, optional `image` "
+                   "(or `image_url`; a path relative to the file's folder, or an http(s) URL) and `target` (or `brand`)")
     p.add_argument("--model", default="default", help="model name or folder (default: shipped model)")
     p.add_argument("--batch-size", type=_at_least(1), default=32)
     p.add_argument("--json", action="store_true", help="print all metrics as JSON")

@@ -1,4 +1,4 @@
-"""Labelled data sets (JSONL rows with `text`, optional `image`, `label`) and image loading.
+"""Labelled data sets (JSONL or CSV rows with `text`, optional `image`, `label`) and image loading.
 
 Images go through mmsa.images.decode, the same preprocessing the fetch stage applies when scoring,
 so that training and scored images look alike.
@@ -32,13 +32,14 @@ def resolve_data_dir(data: str | os.PathLike | None = None) -> Path:
 
 @dataclass
 class LabelledSet:
-    """Parallel lists; `images` holds absolute paths or None for text-only rows."""
+    """Parallel lists; `images` holds absolute paths (or http(s) URLs) or None for text-only rows."""
 
     name: str
     texts: list[str]
     images: list[Path | None]
     labels: np.ndarray  # int64 indices into LABELS
     targets: list[list[tuple[int, int]] | None] | None = None  # per row: the `target`'s spans, None without one
+    left_out: int = 0  # rows of the file with nothing to read (load_jsonl's keep_empty)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -53,33 +54,74 @@ class LabelledSet:
         )
 
 
-def read_rows(path: str | os.PathLike) -> list[dict]:
-    """The rows of a labelled JSONL, checked: the one reader of labelled files, so a bad row fails the same way
-    wherever it is read. Every row's `label`, and its `text_label` / `image_label` when it has them, must be
-    one of LABELS; a bad one, or a line that is not JSON, is an error naming the file and line (a silently
-    dropped or relabelled row would move every figure trained or measured on the file)."""
+# Other names labelled files give a row's target and image: a brand stream's `brand` (as `mmsa score` reads a
+# dump's), an aspect set's `aspect`; an image's `image_url` or `image_path`.
+_ALIASES = {"target": ("brand", "aspect"), "image": ("image_url", "image_path")}
+
+
+def read_rows(path: str | os.PathLike, keep_empty: bool = False) -> list[dict]:
+    """The rows of a labelled JSONL or CSV (`.gz` too), checked: the one reader of labelled files, so a bad row
+    fails the same way wherever it is read. Every row's `label`, and its `text_label` / `image_label` when it has
+    them, must be one of LABELS; a bad one, or a line that is not JSON, is an error naming the file and line (a
+    silently dropped or relabelled row would move every figure trained or measured on the file). A row with
+    neither text nor image is an error too, unless `keep_empty` (evaluation leaves it out and counts it: `mmsa
+    score` labels no such post)."""
     path = Path(path)
     rows = []
-    with path.open(encoding="utf-8-sig") as fh:  # a leading byte-order mark read as mmsa.source reads dumps
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not a JSON object ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{line_no}: not a JSON object")
-            for key in ("label", *(k for k in OPTIONAL_LABELS if k in row)):
-                if row.get(key) not in LABEL_TO_ID:
-                    raise ValueError(f"{path}:{line_no}: {key} must be one of {LABELS}, got {row.get(key)!r}")
-            for key in ("text", "target", "image"):
-                if row.get(key) is not None and not isinstance(row[key], str):
-                    raise ValueError(f"{path}:{line_no}: {key} must be a string, got {str(row[key])[:40]!r}")
-            if not (row.get("text") or "").strip() and not row.get("image"):  # `mmsa score` labels no such post
-                raise ValueError(f"{path}:{line_no}: neither text nor image: nothing to read")
-            rows.append(_with_target_written(row))
+    for line_no, row in _records(path):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{line_no}: not a JSON object")
+        row = _aliased(row)
+        for key in ("label", *(k for k in OPTIONAL_LABELS if row.get(k) not in (None, ""))):
+            if row.get(key) not in LABEL_TO_ID:
+                raise ValueError(f"{path}:{line_no}: {key} must be one of {LABELS}, got {row.get(key)!r}")
+        for key in ("text", "target", "image"):
+            if row.get(key) is not None and not isinstance(row[key], str):
+                raise ValueError(f"{path}:{line_no}: {key} must be a string, got {str(row[key])[:40]!r}")
+        if not (row.get("text") or "").strip() and not row.get("image") and not keep_empty:
+            raise ValueError(f"{path}:{line_no}: neither text nor image: nothing to read")
+        rows.append(_with_target_written(row))
     return rows
+
+
+def _records(path: Path):
+    """(line number, record) of a JSONL or CSV file, gzipped or not; a leading byte-order mark skipped, as
+    mmsa.source reads dumps. CSV cells left empty are missing fields."""
+    import csv
+    import gzip
+
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8-sig", newline="") as fh:
+            if path.name.lower().removesuffix(".gz").endswith(".csv"):
+                reader = csv.DictReader(fh)
+                for row in reader:
+                    yield reader.line_num, {k: v for k, v in row.items() if k is not None and v != ""}
+                return
+            for line_no, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield line_no, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{line_no}: not a JSON object ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 ({e.reason} at byte {e.start}): labelled files are UTF-8 JSONL or "
+                         "CSV, .gz too") from None
+    except (OSError, EOFError) as e:  # a .gz file that is not gzip, or cut
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: unreadable ({e})") from None
+
+
+def _aliased(row: dict) -> dict:
+    """The row with `target` and `image` under their own names (_ALIASES); a one-element list is its element."""
+    for name, others in _ALIASES.items():
+        for other in others:
+            if row.get(name) is None and row.get(other) is not None:
+                value = row[other]
+                row = {**row, name: value[0] if isinstance(value, list) and len(value) == 1 else value}
+    return row
 
 
 def _with_target_written(row: dict) -> dict:
@@ -89,7 +131,7 @@ def _with_target_written(row: dict) -> dict:
     start, target, text = row.get("target_start"), row.get("target"), row.get("text") or ""
     if start is not None and not isinstance(start, int):
         try:
-            row["target_start"] = int(start) if float(start).is_integer() else None
+            row["target_start"] = int(float(start)) if float(start).is_integer() else None
         except (TypeError, ValueError):
             row["target_start"] = None
     if target and "$T$" in text:
@@ -97,15 +139,21 @@ def _with_target_written(row: dict) -> dict:
     return row
 
 
-def load_jsonl(path: str | os.PathLike, with_images: bool = True) -> LabelledSet:
-    """Read a labelled JSONL (`read_rows`); `image` paths are relative to the file's folder."""
+def load_jsonl(path: str | os.PathLike, with_images: bool = True, keep_empty: bool = False) -> LabelledSet:
+    """Read a labelled file (`read_rows`); `image` paths are relative to the file's folder, an http(s) URL stays
+    one. `keep_empty`: rows with nothing to read are left out and counted (`left_out`), not an error."""
     path = Path(path)
-    rows = read_rows(path)
-    images = [path.parent / r["image"] if with_images and r.get("image") else None for r in rows]
-    targets = [target_spans(r) if r.get("target") else None for r in rows]
-    return LabelledSet(str(path), [r.get("text") or "" for r in rows], images,
-                       np.asarray([LABEL_TO_ID[r["label"]] for r in rows], dtype=np.int64),
-                       targets if any(t is not None for t in targets) else None)
+    rows = read_rows(path, keep_empty)
+    kept = [r for r in rows if (r.get("text") or "").strip() or r.get("image")]
+    images = [_image_at(path, r["image"]) if with_images and r.get("image") else None for r in kept]
+    targets = [target_spans(r) if r.get("target") is not None else None for r in kept]
+    return LabelledSet(str(path), [r.get("text") or "" for r in kept], images,
+                       np.asarray([LABEL_TO_ID[r["label"]] for r in kept], dtype=np.int64),
+                       targets if any(t is not None for t in targets) else None, left_out=len(rows) - len(kept))
+
+
+def _image_at(path: Path, image: str) -> Path | str:
+    return image if image.lower().startswith(("http://", "https://")) else path.parent / image
 
 
 def target_spans(row: dict) -> list[tuple[int, int]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +112,10 @@ def evaluate_file(path: str | Path, model="default", batch_size: int = 32, backe
     image-only branches on the same rows (image: rows that have one). Rows with a `target` are scored toward
     it, as `mmsa score` scores each brand a post names (`toward_target`: whether the model has a target head, its own or borrowed;
     without one, or where the text does not contain the target, the post's own label stands: `targets_not_found`
-    counts those rows). A row whose image does not decode is scored on its text (`images_unreadable`).
+    counts those rows). A row whose image does not decode, or whose image URL gives none, is scored on its text
+    (`images_unreadable`); a row with neither text nor image is left out (`nothing_to_read`). Rows in languages
+    the model does not cover are scored too, and counted by language (`languages_not_covered`): `mmsa score`
+    would leave them unlabelled.
     """
     from mmsa.data import load_jsonl
     from mmsa.infer import get_engine
@@ -119,9 +123,9 @@ def evaluate_file(path: str | Path, model="default", batch_size: int = 32, backe
 
     m = load_model(model) if isinstance(model, (str, Path)) else model
     engine = get_engine(m, backend)  # the same inference path as scoring
-    ds = load_jsonl(path)
+    ds = load_jsonl(path, keep_empty=True)
     if not len(ds):
-        raise ValueError(f"{path}: no labelled rows")
+        raise ValueError(f"{path}: no labelled rows" + (f" with text or an image ({ds.left_out} without)" if ds.left_out else ""))
     seconds = 0.0  # model time only: image decoding is the fetch stage's cost, not the model's
     preds, unreadable = [], 0
     for s in range(0, len(ds), 256):  # bounded memory for decoded images
@@ -149,6 +153,8 @@ def evaluate_file(path: str | Path, model="default", batch_size: int = 32, backe
         images_unreadable=unreadable,
         toward_target=toward,
         targets_not_found=0 if ds.targets is None else sum(t is not None and not t for t in ds.targets),
+        nothing_to_read=ds.left_out,
+        languages_not_covered=_not_covered(ds.texts, m.languages),
         ms_per_post=1000 * seconds / max(len(ds), 1),
         batch_size=batch_size,
         text_only=_brief(_scored(ds.labels, text_probs)),
@@ -157,17 +163,33 @@ def evaluate_file(path: str | Path, model="default", batch_size: int = 32, backe
     return out
 
 
-def _image(path: Path, size: int) -> np.ndarray | None:
-    """A row's image, or None when its file does not decode (scored on its text, as `mmsa score` scores a post
-    whose image is broken); a missing file stays an error: a wrong folder would turn every image into text."""
+def _not_covered(texts: list[str], covered: frozenset[str]) -> dict[str, int]:
+    """Rows by language, of the languages the model does not cover: scored here, as asked, while `mmsa score`
+    leaves such posts unlabelled."""
+    from mmsa import language
+
+    found = Counter(language.identify(t) for t in texts)
+    return {lang: n for lang, n in found.most_common() if lang is not None and lang not in covered}
+
+
+def _image(path: Path | str, size: int) -> np.ndarray | None:
+    """A row's image, or None when its file does not decode or its URL gives no picture (scored on its text, as
+    `mmsa score` scores a post whose image is broken or gone); a missing file stays an error: a wrong folder would
+    turn every image into text."""
+    import requests
+
     from mmsa.data import load_image
-    from mmsa.images.decode import ImageError
+    from mmsa.images.decode import MAX_PIXELS, ImageError, preprocess
 
     try:
+        if isinstance(path, str):  # an http(s) URL
+            answer = requests.get(path, timeout=30)
+            answer.raise_for_status()
+            return preprocess(answer.content, size, max_pixels=MAX_PIXELS)
         return load_image(path, size)
     except FileNotFoundError:
         raise
-    except (ImageError, OSError):
+    except (ImageError, OSError):  # requests' errors are OSErrors too
         return None
 
 
@@ -193,8 +215,12 @@ def format_metrics(m: dict) -> str:
         + ("  (toward each row's target)" if m.get("toward_target") else "")
         + (f"  ({m['targets_not_found']} targets not in their text: the post's label)" if m.get("targets_not_found")
            else "")
-        + (f"  ({m['images_unreadable']} images that do not decode: text alone)" if m.get("images_unreadable")
-           else ""),
+        + (f"  ({m['images_unreadable']} images that do not decode or came from no URL: text alone)"
+           if m.get("images_unreadable") else "")
+        + (f"  ({m['nothing_to_read']} rows with neither text nor image: left out)" if m.get("nothing_to_read") else "")
+        + (f"  ({sum(m['languages_not_covered'].values())} rows in languages the model does not cover, "
+           f"{', '.join(f'{k} {v}' for k, v in m['languages_not_covered'].items())}: scored here, left unlabelled "
+           "by mmsa score)" if m.get("languages_not_covered") else ""),
         f"n={m['n']}  " + "  ".join(_with_ci(m, k) for k in CI_METRICS) + "  (bootstrap 95% intervals)",
         f"precision weighted={m['weighted_precision']:.4f} macro={m['macro_precision']:.4f}  "
         f"recall weighted={m['weighted_recall']:.4f} macro={m['macro_recall']:.4f}",

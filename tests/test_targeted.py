@@ -15,6 +15,7 @@ from torch import nn
 from transformers import BertConfig, MPNetConfig, MPNetModel
 from transformers.models.bert.modeling_bert import BertLayer
 
+from imageserver import encode, image_server, textured_image  # noqa: F401  (fixture)
 from mmsa import pipeline, source
 from mmsa.brands import BrandTagger, find_spans
 from mmsa.cli import main
@@ -392,6 +393,46 @@ def test_evaluate_scores_rows_with_a_target_toward_it(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(ValueError, match="empty.jsonl: no labelled rows"):
         evaluate.evaluate_file(tmp_path / "empty.jsonl", "default", backend="torch")
+
+
+def test_evaluate_reads_a_brand_streams_files_as_score_reads_dumps(tmp_path, image_server):
+    """A judge's file: `brand` (or `aspect`) for the target, `image_url` or an http(s) image, CSV or .gz, a
+    "17.0" target_start, an empty target, a row with nothing to read, a French row. Each was dropped silently,
+    measured as something else, or refused the whole file."""
+    import gzip
+
+    from mmsa import evaluate
+
+    image_server.root.joinpath("p.png").write_bytes(encode(textured_image(64, 64), "PNG"))
+    rows = [{"text": PRAISE_AND_PAN, "brand": "acme", "label": "positive"},
+            {"text": PRAISE_AND_PAN, "aspect": "globex", "label": "negative"},
+            {"text": "so acme and acme", "target": "acme", "target_start": "12.0", "label": "neutral"},
+            {"text": "nothing about it here", "target": "", "label": "neutral"},
+            {"text": "", "label": "neutral"},
+            {"text": "what a day", "image_url": image_server.url("p.png"), "label": "positive"},
+            {"text": "quelle journée magnifique avec mes amis à Paris", "label": "positive"}]
+    data = tmp_path / "stream.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = evaluate.evaluate_file(data, "default", backend="torch")
+    assert (m["n"], m["nothing_to_read"], m["toward_target"], m["targets_not_found"]) == (6, 1, True, 1)
+    assert (m["n_with_image"], m["images_unreadable"], m["languages_not_covered"]) == (1, 0, {"fr": 1})
+    text = evaluate.format_metrics(m)
+    assert "1 rows with neither text nor image: left out" in text and "fr 1: scored here" in text
+    toward = [r for r in rows[:3]]  # the same rows named as the README names them: the same measurement
+    named = tmp_path / "named.jsonl"
+    named.write_text("".join(json.dumps({**{k: v for k, v in r.items() if k not in ("brand", "aspect")},
+                                         "target": r.get("brand") or r.get("aspect") or r["target"]}) + "\n" for r in toward))
+    aliased = tmp_path / "aliased.jsonl"
+    aliased.write_text("".join(json.dumps(r) + "\n" for r in toward))
+    assert evaluate.evaluate_file(named, "default", backend="torch")["confusion"] == \
+        evaluate.evaluate_file(aliased, "default", backend="torch")["confusion"]
+    table = tmp_path / "stream.csv.gz"  # a spreadsheet's export, gzipped: the same rows
+    with gzip.open(table, "wt", newline="") as fh:
+        fh.write("text,brand,label\n" + "".join(f'"{r["text"]}",{r["brand"]},{r["label"]}\n' for r in rows[:1]))
+    assert evaluate.evaluate_file(table, "default", backend="torch")["toward_target"] is True
+    (tmp_path / "cp1252.jsonl").write_bytes('{"text": "café", "label": "positive"}\n'.encode("cp1252"))
+    with pytest.raises(ValueError, match="cp1252.jsonl: not UTF-8"):
+        evaluate.evaluate_file(tmp_path / "cp1252.jsonl", "default", backend="torch")
 
 
 def test_a_stopped_target_head_cross_validation_resumes_with_the_folds_it_had_not_finished(tmp_path, monkeypatch):
