@@ -51,11 +51,8 @@ def register(overrides: dict, cron: str | None = None) -> list[str]:
     online workers, which this environment's Prefect server answers with HTTP 422. Without a server
     (PREFECT_API_URL), or without the yaml's work pool on it, a ValueError says what to do."""
     from prefect.deployments.runner import DeploymentApplyError
-    from prefect.settings import PREFECT_API_URL
 
-    if not PREFECT_API_URL.value():  # a temporary server would forget them when the command ends
-        raise ValueError("registering needs a Prefect server: start one (prefect server start) and set "
-                         "PREFECT_API_URL to it (e.g. http://127.0.0.1:4200/api)")
+    _needs_server("registering")  # a temporary server would forget them when the command ends
     names = []
     for d in runner_deployments(overrides, cron, for_worker=True):
         try:
@@ -72,4 +69,13 @@ def serve(overrides: dict, cron: str | None = None) -> None:
     """Run the deployments' schedules and triggered runs from this process until interrupted."""
     from prefect import serve as prefect_serve
 
+    _needs_server("serving")  # a temporary server's runs are cancelled: no one else can reach it to trigger them
     prefect_serve(*runner_deployments(overrides, cron))
+
+
+def _needs_server(what: str) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise ValueError(f"{what} needs a Prefect server: start one (prefect server start) and set "
+                         "PREFECT_API_URL to it (e.g. http://127.0.0.1:4200/api)")
