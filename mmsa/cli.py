@@ -612,7 +612,7 @@ class _ToldFilter(logging.Filter):
         if exc is not None:
             return not (isinstance(exc, self.TOLD) or faults.told(exc) is not None)
         failed = _FAILED.search(record.getMessage())
-        return not (failed and failed.group(1) in _names(self.TOLD))
+        return not (failed and (failed.group(1) in _names(self.TOLD) or faults.names_permanent(record.getMessage())))
 
 
 # Prefect's state line of a failed task or flow, and the name of the exception it names.

@@ -43,9 +43,12 @@ _OS_FAULTS = {
     errno.EROFS: ("read-only filesystem", "mount it writable or choose another folder, and run again"),
     errno.EACCES: ("permission denied", "give this user access to it, or choose another path, and run again"),
     errno.EPERM: ("operation not permitted", "give this user access to it, or choose another path, and run again"),
+    errno.ENOTDIR: ("a file where a folder is wanted", "choose another path, and run again"),
+    errno.EEXIST: ("a file where a folder is wanted", "choose another path, and run again"),
+    errno.EISDIR: ("a folder where a file is wanted", "choose another path, and run again"),
 }
 # The texts libraries that wrap a system error keep (DuckDB's IOException, TransactionException).
-_OS_TEXTS = {os.strerror(code): code for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)}
+_OS_TEXTS = {os.strerror(code): code for code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EISDIR, errno.ENOTDIR)}
 
 
 def as_permanent(exc: BaseException, path: str | os.PathLike | None = None) -> PermanentError | None:
@@ -70,6 +73,11 @@ def as_permanent(exc: BaseException, path: str | os.PathLike | None = None) -> P
 
 def is_permanent(exc: BaseException) -> bool:
     return as_permanent(exc) is not None
+
+
+def names_permanent(text: str) -> bool:
+    """Whether a message names a system error no retry fixes (a failed state's line: only its text is left)."""
+    return any(os.strerror(code) in text for code in _OS_FAULTS)
 
 
 def _free_space(path: Path) -> tuple[Path, int]:

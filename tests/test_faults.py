@@ -305,6 +305,21 @@ def test_a_read_only_output_folder_is_one_line(prefect_harness, tmp_path, capsys
                      "folder, and run again", err), err
 
 
+def test_paths_that_can_never_work_are_one_line_not_retried(prefect_harness, tmp_path, capsys):
+    """--out under a file was retried for 35 s, then 180 lines of traceback; --db that is a folder, a traceback."""
+    dump, blocker = write_dump(tmp_path / "dump.jsonl", n=5), tmp_path / "a-file"
+    blocker.write_text("x")
+    (tmp_path / "a-folder").mkdir()
+    for db, out, what in ((tmp_path / "m.duckdb", blocker / "out", "a file where a folder is wanted"),
+                          (blocker / "m.duckdb", tmp_path / "out1", "a file where a folder is wanted"),
+                          (tmp_path / "a-folder", tmp_path / "out2", "a folder where a file is wanted")):
+        started = time.monotonic()
+        assert cli.main(["score", str(dump), "--db", str(db), "--out", str(out), "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert f"mmsa score: error: {what}: " in err and "Traceback" not in err, err
+        assert time.monotonic() - started < 30  # no retry's 5 s and 30 s waits
+
+
 def test_a_backfill_stops_at_the_first_day_that_fails_permanently(prefect_harness, tmp_path, capsys):
     for day in ("2026-11-01", "2026-11-02"):
         write_dump(tmp_path / f"{day}.jsonl", n=5)
