@@ -62,6 +62,8 @@ class RunOptions:
         """From a run's parameters; a mistake in how to read the dump is a ValueError said before any work."""
         if params.shard_size is not None and params.shard_size < 1:  # before a work folder records it
             raise ValueError(f"--shard-size must be at least 1, got {params.shard_size}")
+        if storage.is_remote(params.db) or source.is_url(params.db):  # DuckDB writes a local file, beside its lock
+            raise ValueError(f"--db {params.db}: the database is a local file; --out and --cache may be object storage")
         return cls(
             db=params.db, out=params.out, cache=params.cache, model=params.model, shard_size=params.shard_size,
             allow_local_files=params.allow_local_files, allow_hosts=tuple(params.allow_hosts or ()),

@@ -4,6 +4,7 @@ real Prefect flow into real Parquet files and a real DuckDB file."""
 import json
 import logging
 import threading
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -243,6 +244,10 @@ def test_bad_run_options_and_a_missing_dump_are_one_line_before_any_work(prefect
         err = capsys.readouterr().err
         assert said in err.splitlines()[-1] and "Traceback" not in err, argv
         assert not list(out.glob("_work/*/manifest.json")), argv
+    # a database in a bucket: it scored, made a local folder "s3:", then failed at the load with a traceback
+    assert cli.main(["score", str(dump), "--out", str(out), "--db", "s3://posts/mmsa.duckdb"]) == 2
+    assert "--db s3://posts/mmsa.duckdb: the database is a local file" in capsys.readouterr().err
+    assert not list(out.glob("_work/*/manifest.json")) and not Path("s3:").exists()
 
 
 def test_rerun_without_a_shard_size_keeps_the_earlier_runs(prefect_harness, site, tmp_path, capsys):
