@@ -4,7 +4,6 @@ row per image to a Parquet table, without scoring (beside mmsa.pipeline's stages
 from __future__ import annotations
 
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,38 +66,38 @@ def fetch_dump(
     """
     started = time.monotonic()
     cache_dir = storage.path(cache_dir)  # local, or a bucket: then the downloaded dump and the table stay local first
-    local_dir = cache_dir if isinstance(cache_dir, Path) else Path(tempfile.gettempdir()) / "mmsa-fetch"
-    paths = source.resolve(dump, local_dir / "dumps")
-    if status_path is None:
-        stem = re.sub(r"[^\w.-]", "_", Path(urlsplit(str(dump)).path).stem)  # a glob's * and ? are no file names
-        status_path = cache_dir / "status" / f"{stem}.parquet"
-    status_path = storage.path(status_path)
-    local_status = status_path if isinstance(status_path, Path) else local_dir / "status" / status_path.name
-    cache = ImageCache(cache_dir)
-    counts: dict[str, int] = {}
-    posts = rejected = repaired = 0
-    batch: list[tuple[str, str | None]] = []
+    with files.scratch(cache_dir if isinstance(cache_dir, Path) else None) as scratch:
+        paths = source.resolve(dump, scratch)
+        if status_path is None:
+            stem = re.sub(r"[^\w.-]", "_", Path(urlsplit(str(dump)).path).stem)  # a glob's * and ? are no file names
+            status_path = cache_dir / "status" / f"{stem}.parquet"
+        status_path = storage.path(status_path)
+        local_status = status_path if isinstance(status_path, Path) else scratch / status_path.name
+        cache = ImageCache(cache_dir)
+        counts: dict[str, int] = {}
+        posts = rejected = repaired = 0
+        batch: list[tuple[str, str | None]] = []
 
-    def flush() -> None:
-        results = fetch_images(batch, config, cache, progress=progress, retry_failed=retry_failed)
-        nonlocal repaired
-        for result in results:
-            counts[result.status] = counts.get(result.status, 0) + 1
-        repaired += len({r.url for r in results if r.cache_repaired})
-        writer.write_table(pa.Table.from_pylist([r.row() for r in results], schema=STATUS_TABLE_SCHEMA))
-        batch.clear()
+        def flush() -> None:
+            results = fetch_images(batch, config, cache, progress=progress, retry_failed=retry_failed)
+            nonlocal repaired
+            for result in results:
+                counts[result.status] = counts.get(result.status, 0) + 1
+            repaired += len({r.url for r in results if r.cache_repaired})
+            writer.write_table(pa.Table.from_pylist([r.row() for r in results], schema=STATUS_TABLE_SCHEMA))
+            batch.clear()
 
-    with files.atomic_path(local_status) as tmp, pq.ParquetWriter(tmp, STATUS_TABLE_SCHEMA) as writer:
-        for shard in source.iter_shards(paths, min(batch_size, 10_000), dump_name=str(dump), options=options):
-            rejected += len(shard.rejected)
-            posts += shard.posts.num_rows
-            batch.extend((post_id, url) for post_id, urls in zip(shard.posts["post_id"].to_pylist(),
-                                                                 shard.posts["image_urls"].to_pylist())
-                         for url in urls or [None])
-            if len(batch) >= batch_size:
+        with files.atomic_path(local_status) as tmp, pq.ParquetWriter(tmp, STATUS_TABLE_SCHEMA) as writer:
+            for shard in source.iter_shards(paths, min(batch_size, 10_000), dump_name=str(dump), options=options):
+                rejected += len(shard.rejected)
+                posts += shard.posts.num_rows
+                batch.extend((post_id, url) for post_id, urls in zip(shard.posts["post_id"].to_pylist(),
+                                                                     shard.posts["image_urls"].to_pylist())
+                             for url in urls or [None])
+                if len(batch) >= batch_size:
+                    flush()
+            if batch:
                 flush()
-        if batch:
-            flush()
-    if local_status is not status_path:
-        storage.upload(local_status, status_path)
+        if local_status is not status_path:
+            storage.upload(local_status, status_path)
     return FetchSummary(status_path, counts, posts, rejected, time.monotonic() - started, repaired)

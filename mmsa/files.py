@@ -60,6 +60,19 @@ def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path
         raise permanent from exc
 
 
+@contextlib.contextmanager
+def scratch(near: Path | None) -> Iterator[Path]:
+    """A folder of this process's own for files needed only while a command reads them (a downloaded dump),
+    removed after: in `near` when the output is local (a large dump stays on its disk), else in the system's
+    temporary folder. Every run and user gets its own, so none reads or removes another's."""
+    import tempfile
+
+    if near is not None:
+        near.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mmsa-scratch-", dir=near) as folder:
+        yield Path(folder)
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

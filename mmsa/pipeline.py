@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 import threading
 import time
 import uuid
@@ -198,25 +197,26 @@ def new_run_id() -> str:
 
 def prepare(dump: str, opts: RunOptions) -> Prepared:
     """Read and validate the dump (its files, as one) and cut it into shard files; rejected rows go to one
-    file beside them. The work folder is keyed by the files' bytes and by how they are read."""
+    file beside them. The work folder is keyed by the files' bytes and by how they are read. A dump downloaded
+    to be read (an URL, a bucket's files) is removed once cut."""
     out = storage.path(opts.out)  # a local folder, or a bucket's prefix (mmsa.storage)
-    local = out if isinstance(out, Path) else Path(tempfile.gettempdir()) / "mmsa"  # a bucket's dump is read locally
-    paths = source.resolve(dump, local / "_work" / "_downloads")
-    files_key = source.files_key(paths)
-    key = source.content_key(files_key, opts.reading)
-    workdir = out / "_work" / key
-    if isinstance(out, Path):  # object storage has no temporary files: an upload appears whole or not at all
-        files.sweep_stale(workdir / "shards", *workdir.glob("done/*"), *out.glob("date=*"))
-    shard_size = _shard_size(workdir, opts.shard_size)
-    shards, rejected, posts_in, not_posts, first = [], [], 0, Counter(), None
-    for shard in source.iter_shards(paths, shard_size, dump_name=str(dump), options=opts.reading):
-        if first is None and shard.posts.num_rows:  # a dump that grows keeps its first post
-            first = shard.posts["post_id"][0].as_py()
-        path = workdir / "shards" / f"shard-{shard.index:05d}.parquet"
-        shards.append(str(store.write_atomic(shard.posts, path)))
-        rejected.extend(shard.rejected)
-        not_posts.update(shard.skipped)
-        posts_in += shard.posts.num_rows + len(shard.rejected)
+    with files.scratch(out / "_work" if isinstance(out, Path) else None) as downloads:
+        paths = source.resolve(dump, downloads)
+        files_key = source.files_key(paths)
+        key = source.content_key(files_key, opts.reading)
+        workdir = out / "_work" / key
+        if isinstance(out, Path):  # object storage has no temporary files: an upload appears whole or not at all
+            files.sweep_stale(workdir / "shards", *workdir.glob("done/*"), *out.glob("date=*"))
+        shard_size = _shard_size(workdir, opts.shard_size)
+        shards, rejected, posts_in, not_posts, first = [], [], 0, Counter(), None
+        for shard in source.iter_shards(paths, shard_size, dump_name=str(dump), options=opts.reading):
+            if first is None and shard.posts.num_rows:  # a dump that grows keeps its first post
+                first = shard.posts["post_id"][0].as_py()
+            path = workdir / "shards" / f"shard-{shard.index:05d}.parquet"
+            shards.append(str(store.write_atomic(shard.posts, path)))
+            rejected.extend(shard.rejected)
+            not_posts.update(shard.skipped)
+            posts_in += shard.posts.num_rows + len(shard.rejected)
     storage.write_text(workdir / "rejected.json", json.dumps(rejected))
     if first is None and len(rejected) >= 3:  # no post, several rejections: a dump of its own, told by its first
         first = [r["raw"] for r in rejected[:3]]  # three records (the first alone may be a header every night has)

@@ -57,8 +57,14 @@ def _rows(db):
         return con.execute("SELECT count(*), count(DISTINCT post_id) FROM post_sentiment").fetchone()
 
 
-def test_score_from_and_to_a_bucket_loads_local_duckdb_exactly_once(s3, prefect_harness, tmp_path):
+def test_score_from_and_to_a_bucket_loads_local_duckdb_exactly_once(s3, prefect_harness, tmp_path, monkeypatch):
+    import tempfile
+
     from mmsa.demo import make_dump, serve_folder
+
+    scratch = tmp_path / "tmp"  # where a bucket's dump is downloaded to be read: it stayed there, every night's
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
 
     site = tmp_path / "site"
     with serve_folder(site) as base:
@@ -78,6 +84,7 @@ def test_score_from_and_to_a_bucket_loads_local_duckdb_exactly_once(s3, prefect_
         assert cli.main([*args[:1], f"s3://{BUCKET}/dumps/2026-11-16-full.jsonl", *args[2:]]) == 0
 
     assert _rows(tmp_path / "m.duckdb") == (first[0] + 1, first[1] + 1)
+    assert not list(scratch.rglob("*.jsonl"))
     first = _rows(tmp_path / "m.duckdb")
     parquet = s3.glob(f"{BUCKET}/out/date=*/*.parquet")
     assert parquet and not s3.glob(f"{BUCKET}/out/**/*.tmp")

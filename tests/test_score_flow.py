@@ -38,6 +38,7 @@ def test_score_writes_one_row_per_accepted_post(prefect_harness, site, tmp_path)
     base, dump = site
     db, out = tmp_path / "m.duckdb", tmp_path / "out"
     assert _score(base, db, out) == 0
+    assert not [p for p in out.rglob("*") if p.suffix == ".jsonl"]  # the downloaded dump, once cut, is gone
 
     with duckdb.connect(str(db), read_only=True) as con:
         rows = con.sql("SELECT post_id, image_status, label, p_positive + p_neutral + p_negative, sentiment_score,"
