@@ -82,7 +82,7 @@ def score_flow(dump: str, params: RunParameters, progress: bool = False) -> pipe
             summary = load_task(prepared, results, opts, run_id, model_version, started_at, stage_seconds)
         except Exception as exc:
             permanent = faults.as_permanent(exc, db)
-            if permanent is None:
+            if permanent is None or isinstance(exc, pipeline.NotPublished):  # stored: no shards wait for a load
                 raise
             raise faults.PermanentError(f"{permanent}; the {len(results)} scored shards are kept and the next run "
                                         "loads them") from exc

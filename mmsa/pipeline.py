@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mmsa import files, publish, source, storage, store
+from mmsa import faults, files, publish, source, storage, store
 from mmsa.options import DEFAULT_SHARD_SIZE, RunParameters
 from mmsa.schema import LABELS, SCORED_SCHEMA, NOTHING_TO_READ, UNSCORED_KEEPS, UNSUPPORTED_LANGUAGE
 from mmsa.store import RunLocked, run_lock  # noqa: F401  (the flows' and the CLI's names for them)
@@ -601,8 +601,19 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
                 shards,
             )
             store.record_model(con, model_version, _quantification(opts.model))
-        publish.publish_snapshot(opts.db, con)  # analysts read the snapshot, never the live file
+        try:
+            publish.publish_snapshot(opts.db, con)  # analysts read the snapshot, never the live file
+        except Exception as exc:
+            permanent = faults.as_permanent(exc, publish.snapshot_path(opts.db))
+            if permanent is None:
+                raise
+            raise NotPublished(f"{permanent}; the run's {summary.posts_scored} posts are stored in {opts.db}, the "
+                               "analysts' snapshot is from before it: the next run publishes it") from exc
     finally:
         con.close()
     return summary
+
+
+class NotPublished(faults.PermanentError):
+    """The load committed and the analysts' snapshot could not be copied: nothing is left to load."""
 

@@ -320,6 +320,31 @@ def test_paths_that_can_never_work_are_one_line_not_retried(prefect_harness, tmp
         assert time.monotonic() - started < 30  # no retry's 5 s and 30 s waits
 
 
+def test_a_snapshot_that_cannot_be_copied_says_the_posts_are_stored(prefect_harness, tmp_path, capsys, monkeypatch):
+    """A full disk while copying the analysts' snapshot said "the scored shards are kept and the next run loads
+    them", while the load had committed: the rerun stored nothing. It says they are stored, and the next run
+    publishes them."""
+    from mmsa import publish
+
+    dump, db, out = write_dump(tmp_path / "dump.jsonl", n=5), tmp_path / "m.duckdb", tmp_path / "out"
+    real = publish.publish_snapshot
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(publish, "publish_snapshot", full)
+    assert cli.main(["score", str(dump), "--db", str(db), "--out", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"error: no space left on .*; the run's 5 posts are stored in \S+m\.duckdb, the analysts' "
+                     r"snapshot is from before it: the next run publishes it$", err.strip()), err
+    assert "shards are kept" not in err and not publish.snapshot_path(db).exists()
+    monkeypatch.setattr(publish, "publish_snapshot", real)
+    assert cli.main(["score", str(dump), "--db", str(db), "--out", str(out), "--quiet"]) == 0
+    assert "0 scored, 5 already stored" in capsys.readouterr().out
+    with duckdb.connect(str(publish.snapshot_path(db)), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM scored_posts").fetchone() == (5,)
+
+
 def test_a_backfill_stops_at_the_first_day_that_fails_permanently(prefect_harness, tmp_path, capsys):
     for day in ("2026-11-01", "2026-11-02"):
         write_dump(tmp_path / f"{day}.jsonl", n=5)
