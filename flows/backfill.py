@@ -20,6 +20,7 @@ from prefect.runtime import flow_run
 from mmsa import faults, publish, source, storage
 from mmsa.flows.score import make_task_runner, score_flow
 from mmsa.options import DEFAULT_MAX_IMAGES, RunParameters, parameter_names
+from mmsa.pipeline import RunOptions
 from mmsa.store import already_scored, run_lock
 
 
@@ -90,6 +91,7 @@ def backfill_flow(
     given = locals()
     # Every run parameter is an argument above (tests/test_options.py checks names and defaults): none is dropped.
     params = RunParameters(**{name: given[name] for name in parameter_names()})
+    RunOptions.build(params)  # a bad option (a database in a bucket) said before the lock and the first day
 
     days = days_between(*day_range(start, end, day_before(flow_run.scheduled_start_time, timezone)))
     day_dump(dump_template, days[0])

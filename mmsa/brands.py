@@ -52,6 +52,11 @@ def fold(text: str) -> tuple[str, list[Span] | None]:
     return "".join(out), where
 
 
+def name_key(name: str) -> str:
+    """What makes two spellings of a brand's name one name: case, accents, a ™ and spacing aside."""
+    return " ".join(fold(name)[0].split()).casefold()
+
+
 class BrandTagger:
     """Compiled rules: one alternation per brand, so a post costs one search per brand."""
 
@@ -75,7 +80,7 @@ class BrandTagger:
             if not parts:
                 raise ValueError(f"brand {brand!r} has no rules")
             self.patterns[str(brand)] = re.compile("|".join(parts), re.IGNORECASE)
-        self.names = {fold(b)[0].casefold(): b for b in self.patterns}
+        self.names = {name_key(b): b for b in self.patterns}
 
     @classmethod
     def from_file(cls, path: str | Path) -> BrandTagger:
@@ -90,7 +95,7 @@ class BrandTagger:
 
     def canonical(self, name: str) -> str:
         """The file's spelling of a brand name given otherwise (a dump's "Acme" for the file's acme), else the name."""
-        return self.names.get(fold(name)[0].casefold(), name)
+        return self.names.get(name_key(name), name)
 
     def spans(self, text: str | None, brand: str) -> list[Span]:
         """Where the text mentions `brand` by its rules, as (start, end) characters; the brand's own name

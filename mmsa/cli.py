@@ -201,7 +201,7 @@ def _timezone(value: str) -> str:
 
     try:
         ZoneInfo(value)
-    except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError; a malformed key a ValueError
+    except (ValueError, KeyError, OSError):  # not found: a KeyError; malformed: a ValueError; "Europe": a folder
         raise argparse.ArgumentTypeError(f"unknown time zone {value!r} (an IANA name, e.g. Europe/Berlin)") from None
     return value
 

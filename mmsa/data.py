@@ -39,7 +39,7 @@ class LabelledSet:
     images: list[Path | None]
     labels: np.ndarray  # int64 indices into LABELS
     targets: list[list[tuple[int, int]] | None] | None = None  # per row: the `target`'s spans, None without one
-    left_out: int = 0  # rows of the file with nothing to read (load_jsonl's keep_empty)
+    left_out: int = 0  # rows of the file with nothing to read (load_jsonl's evaluation)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -54,31 +54,32 @@ class LabelledSet:
         )
 
 
-# Other names labelled files give a row's target and image: a brand stream's `brand` (as `mmsa score` reads a
-# dump's), an aspect set's `aspect`; an image's `image_url` or `image_path`.
+# Other names a judge's labelled file may give a row's target and image: a brand stream's `brand` (as `mmsa score`
+# reads a dump's), an aspect set's `aspect`; an image's `image_url` (an http(s) URL too) or `image_path`.
 _ALIASES = {"target": ("brand", "aspect"), "image": ("image_url", "image_path")}
 
 
-def read_rows(path: str | os.PathLike, keep_empty: bool = False) -> list[dict]:
+def read_rows(path: str | os.PathLike, evaluation: bool = False) -> list[dict]:
     """The rows of a labelled JSONL or CSV (`.gz` too), checked: the one reader of labelled files, so a bad row
     fails the same way wherever it is read. Every row's `label`, and its `text_label` / `image_label` when it has
     them, must be one of LABELS; a bad one, or a line that is not JSON, is an error naming the file and line (a
     silently dropped or relabelled row would move every figure trained or measured on the file). A row with
-    neither text nor image is an error too, unless `keep_empty` (evaluation leaves it out and counts it: `mmsa
-    score` labels no such post)."""
+    neither text nor image is an error too. `evaluation`: a judge's file, read as `mmsa score` reads dumps: the
+    target and image under their other names (_ALIASES), and a row with nothing to read kept (left out and
+    counted: `mmsa score` labels no such post)."""
     path = Path(path)
     rows = []
     for line_no, row in _records(path):
         if not isinstance(row, dict):
             raise ValueError(f"{path}:{line_no}: not a JSON object")
-        row = _aliased(row)
+        row = _aliased(row) if evaluation else row
         for key in ("label", *(k for k in OPTIONAL_LABELS if row.get(k) not in (None, ""))):
             if row.get(key) not in LABEL_TO_ID:
                 raise ValueError(f"{path}:{line_no}: {key} must be one of {LABELS}, got {row.get(key)!r}")
         for key in ("text", "target", "image"):
             if row.get(key) is not None and not isinstance(row[key], str):
                 raise ValueError(f"{path}:{line_no}: {key} must be a string, got {str(row[key])[:40]!r}")
-        if not (row.get("text") or "").strip() and not row.get("image") and not keep_empty:
+        if not (row.get("text") or "").strip() and not row.get("image") and not evaluation:
             raise ValueError(f"{path}:{line_no}: neither text nor image: nothing to read")
         rows.append(_with_target_written(row))
     return rows
@@ -96,7 +97,9 @@ def _records(path: Path):
             if path.name.lower().removesuffix(".gz").endswith(".csv"):
                 reader = csv.DictReader(fh)
                 for row in reader:
-                    yield reader.line_num, {k: v for k, v in row.items() if k is not None and v != ""}
+                    cells = {k: v for k, v in row.items() if k is not None and v not in ("", None)}
+                    if cells:  # a spreadsheet's trailing ",,," rows are blank lines
+                        yield reader.line_num, cells
                 return
             for line_no, line in enumerate(fh, 1):
                 if not line.strip():
@@ -139,21 +142,22 @@ def _with_target_written(row: dict) -> dict:
     return row
 
 
-def load_jsonl(path: str | os.PathLike, with_images: bool = True, keep_empty: bool = False) -> LabelledSet:
-    """Read a labelled file (`read_rows`); `image` paths are relative to the file's folder, an http(s) URL stays
-    one. `keep_empty`: rows with nothing to read are left out and counted (`left_out`), not an error."""
+def load_jsonl(path: str | os.PathLike, with_images: bool = True, evaluation: bool = False) -> LabelledSet:
+    """Read a labelled file (`read_rows`); `image` paths are relative to the file's folder. `evaluation`: a judge's
+    file (`read_rows`): an http(s) image URL stays one, and rows with nothing to read are left out and counted
+    (`left_out`)."""
     path = Path(path)
-    rows = read_rows(path, keep_empty)
+    rows = read_rows(path, evaluation)
     kept = [r for r in rows if (r.get("text") or "").strip() or r.get("image")]
-    images = [_image_at(path, r["image"]) if with_images and r.get("image") else None for r in kept]
+    images = [_image_at(path, r["image"], evaluation) if with_images and r.get("image") else None for r in kept]
     targets = [target_spans(r) if r.get("target") is not None else None for r in kept]
     return LabelledSet(str(path), [r.get("text") or "" for r in kept], images,
                        np.asarray([LABEL_TO_ID[r["label"]] for r in kept], dtype=np.int64),
                        targets if any(t is not None for t in targets) else None, left_out=len(rows) - len(kept))
 
 
-def _image_at(path: Path, image: str) -> Path | str:
-    return image if image.lower().startswith(("http://", "https://")) else path.parent / image
+def _image_at(path: Path, image: str, urls: bool) -> Path | str:
+    return image if urls and image.lower().startswith(("http://", "https://")) else path.parent / image
 
 
 def target_spans(row: dict) -> list[tuple[int, int]]:

@@ -123,7 +123,7 @@ def evaluate_file(path: str | Path, model="default", batch_size: int = 32, backe
 
     m = load_model(model) if isinstance(model, (str, Path)) else model
     engine = get_engine(m, backend)  # the same inference path as scoring
-    ds = load_jsonl(path, keep_empty=True)
+    ds = load_jsonl(path, evaluation=True)
     if not len(ds):
         raise ValueError(f"{path}: no labelled rows" + (f" with text or an image ({ds.left_out} without)" if ds.left_out else ""))
     seconds = 0.0  # model time only: image decoding is the fetch stage's cost, not the model's

@@ -44,7 +44,7 @@ _OS_FAULTS = {
     errno.EACCES: ("permission denied", "give this user access to it, or choose another path, and run again"),
     errno.EPERM: ("operation not permitted", "give this user access to it, or choose another path, and run again"),
     errno.ENOTDIR: ("a file where a folder is wanted", "choose another path, and run again"),
-    errno.EEXIST: ("a file where a folder is wanted", "choose another path, and run again"),
+    errno.EEXIST: ("something is in the way", "move it or choose another path, and run again"),
     errno.EISDIR: ("a folder where a file is wanted", "choose another path, and run again"),
 }
 # The texts libraries that wrap a system error keep (DuckDB's IOException, TransactionException).

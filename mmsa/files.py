@@ -63,14 +63,19 @@ def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path
 @contextlib.contextmanager
 def scratch(near: Path | None) -> Iterator[Path]:
     """A folder of this process's own for files needed only while a command reads them (a downloaded dump),
-    removed after: in `near` when the output is local (a large dump stays on its disk), else in the system's
-    temporary folder. Every run and user gets its own, so none reads or removes another's."""
+    removed after: in `near` when the output is local (a large dump stays on its disk), else in a folder of this
+    user's in the system's temporary folder. A killed run's folder is swept by the next (`sweep_stale`)."""
     import tempfile
 
-    if near is not None:
-        near.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="mmsa-scratch-", dir=near) as folder:
-        yield Path(folder)
+    home = near if near is not None else Path(tempfile.gettempdir()) / f"mmsa-scratch-{os.getuid()}"
+    home.mkdir(parents=True, exist_ok=True)
+    sweep_stale(home)
+    folder = temp_path(home / "scratch")
+    folder.mkdir()
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -43,7 +43,7 @@ import urllib3
 import zstandard
 
 from mmsa import faults, files, language, readers
-from mmsa.brands import BrandTagger, find_spans, fold, load_rules
+from mmsa.brands import BrandTagger, find_spans, load_rules, name_key
 from mmsa.readers import Skip
 from mmsa.readers.flat import mapped, parse_mapping
 from mmsa.options import DEFAULT_MAX_IMAGES
@@ -57,7 +57,8 @@ DUMP_DOWNLOAD_TIMEOUT = (10, 60)
 ZSTD_MAX_WINDOW = 2**31
 _EPOCH = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_GROUPED = re.compile(r"^\s*\d{1,3}(?:([,.' \u00a0\u202f])\d{3})(?:\1\d{3})*\s*$")  # thousands, one separator
+# Thousands, one separator throughout; not ".", which pandas' "%.3f" writes as decimals (5.000 is 5).
+_GROUPED = re.compile(r"^\s*\d{1,3}(?:([,' \u00a0\u202f])\d{3})(?:\1\d{3})*\s*$")
 _URL_SEPARATOR = re.compile(r"(?:\s*[,;|]\s*|\s+)(?=https?://)", re.IGNORECASE)
 _SERIAL_EPOCH = datetime(1899, 12, 30, tzinfo=timezone.utc)  # day 0 of Excel's and Sheets' serial dates
 _SERIAL_DAYS = (20_000, 80_000)
@@ -240,12 +241,24 @@ def localise(src: str | Path, workdir: Path) -> Path:
             raise faults.TransientError(f"the dump's server answered HTTP {code} for {src}: nothing was scored; run "
                                         "the same command again once the server answers") from None
         raise FileNotFoundError(f"dump not downloadable from {src}: HTTP {code}") from None
-    except (requests.ConnectionError, requests.Timeout) as exc:  # a blip, or a server down: tried again
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        if not _may_answer_later(exc):
+            raise FileNotFoundError(f"dump not downloadable from {src}: {type(exc).__name__}: {exc}") from None
         raise faults.TransientError(f"the dump's server at {src} did not answer ({type(exc).__name__}): nothing was "
                                     "scored; run the same command again once the server answers") from None
     except requests.RequestException as exc:  # a dump that cannot be asked for is bad input, said in one line
         raise FileNotFoundError(f"dump not downloadable from {src}: {type(exc).__name__}: {exc}") from None
     return target
+
+
+def _may_answer_later(exc: requests.RequestException) -> bool:
+    """Whether a failed connection may work on a retry (a refusal, a reset, a timeout: a server restarting or
+    busy), not a host name that resolves to nothing or a certificate that does not hold."""
+    if isinstance(exc, requests.exceptions.SSLError):
+        return False
+    reason = exc.args[0] if exc.args else None
+    reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError holds the cause
+    return not isinstance(reason, urllib3.exceptions.NameResolutionError)
 
 
 def files_key(path: Path | list[Path]) -> str:
@@ -605,7 +618,7 @@ def _count(value: object) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
         raise ValueError("not a count")
-    if isinstance(value, str) and _GROUPED.match(value):  # 1,234 (a spreadsheet's formatted cell), 1 234, 1.234
+    if isinstance(value, str) and _GROUPED.match(value):  # 1,234 (a spreadsheet's formatted cell), 1 234, 1'234
         value = re.sub(r"\D", "", value)
     if not isinstance(value, int):  # 12.0 (a CSV of pandas' floats), 1e3, a Decimal column: whole numbers too
         try:
@@ -680,7 +693,7 @@ def validate(row: dict, max_images: int = DEFAULT_MAX_IMAGES, tagger: BrandTagge
         brands = [tagger.canonical(b) for b in brands] + tagger.tag(post["text"])
     named: dict[str, str] = {}
     for b in brands:  # one per name whatever its case and accents, as first spelt
-        named.setdefault(fold(b)[0].casefold(), b)
+        named.setdefault(name_key(b), b)
     post["brands"] = list(named.values())
     tags = row.get("lang") if isinstance(row.get("lang"), list) else post["lang"]
     post["lang"] = language.post_language(tags, lambda: _without_brands(post["text"], post["brands"], tagger))

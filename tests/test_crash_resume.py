@@ -129,8 +129,12 @@ def test_stale_tmp_files_of_dead_processes_are_removed(tmp_path):
     live = part / f".y.parquet.{os.getpid()}-0.tmp"
     stale.write_bytes(b"partial")
     live.write_bytes(b"in progress")
+    killed = tmp_path / "out" / "_work" / f".scratch.{dead.stdout.strip()}-0.tmp"  # a killed run's downloaded dump
+    killed.mkdir(parents=True)
+    (killed / "dump.jsonl").write_bytes(b"a whole dump")
     pipeline.prepare(str(write_dump(tmp_path / "d.jsonl")), pipeline.RunOptions(db="x", out=str(tmp_path / "out"), shard_size=SHARD))
     assert not stale.exists() and live.exists()
+    assert not killed.exists() and not list((tmp_path / "out" / "_work").glob(".scratch*"))  # nor this run's own
 
 
 def test_second_run_on_the_same_database_is_refused(prefect_harness, tmp_path, capsys):

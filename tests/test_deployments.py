@@ -144,9 +144,12 @@ def test_register_without_the_work_pool_says_how_to_create_it_then_registers(pre
 def test_serving_or_registering_without_a_server_is_one_line(tmp_path, capsys, monkeypatch):
     """`mmsa serve` without PREFECT_API_URL said its deployments were served, and every run triggered from
     elsewhere was cancelled: nothing can reach a temporary server. Both ways now say what to start."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from mmsa.cli import main
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    for extra in ([], ["--register"]):
-        assert main(["serve", "--db", str(tmp_path / "m.duckdb"), *extra]) == 2
-        assert "needs a Prefect server: start one (prefect server start)" in capsys.readouterr().err
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):  # a session's harness may have set one
+        for extra in ([], ["--register"]):
+            assert main(["serve", "--db", str(tmp_path / "m.duckdb"), *extra]) == 2
+            assert "needs a Prefect server: start one (prefect server start)" in capsys.readouterr().err

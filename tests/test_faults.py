@@ -216,6 +216,10 @@ def test_a_dump_server_answering_5xx_or_429_is_tried_again_and_a_404_is_not(pref
         url = image_server.route(f"/busy{code}.jsonl", send(code, b"busy", "text/plain"))
         with pytest.raises(faults.TransientError, match=f"the dump's server answered HTTP {code}"):
             source.localise(url, tmp_path / "dl")
+    with pytest.raises(faults.TransientError, match="did not answer"):  # nothing listens: a server restarting
+        source.localise("http://127.0.0.1:9/dump.jsonl", tmp_path / "dl")
+    with pytest.raises(FileNotFoundError, match="dump not downloadable"):  # no such host: no retry makes one
+        source.localise("http://no-such-host.invalid/dump.jsonl", tmp_path / "dl")
 
 
 def test_bad_input_found_inside_a_flow_is_one_line_without_prefects_traceback(prefect_harness, tmp_path):
@@ -311,7 +315,7 @@ def test_paths_that_can_never_work_are_one_line_not_retried(prefect_harness, tmp
     blocker.write_text("x")
     (tmp_path / "a-folder").mkdir()
     for db, out, what in ((tmp_path / "m.duckdb", blocker / "out", "a file where a folder is wanted"),
-                          (blocker / "m.duckdb", tmp_path / "out1", "a file where a folder is wanted"),
+                          (blocker / "m.duckdb", tmp_path / "out1", "something is in the way"),
                           (tmp_path / "a-folder", tmp_path / "out2", "a folder where a file is wanted")):
         started = time.monotonic()
         assert cli.main(["score", str(dump), "--db", str(db), "--out", str(out), "--quiet"]) == 1

@@ -104,6 +104,8 @@ def test_reddit_gallery_order_escapes_previews_and_comments():
     kept = _one(reddit.read, {"id": "r2", "created_utc": 1, "title": "acme leaked manual",
                               "selftext": "[ Removed by reddit in response to a copyright notice. ]"})
     assert kept["text"] == "acme leaked manual"  # the notice is no one's words: it read as negative
+    for title in ("[Deleted scene] from Alien [1979]", "[deleted] lol [edit]"):  # words, not a notice
+        assert _one(reddit.read, {"id": "r3", "created_utc": 1, "title": title, "selftext": "[removed]"})["text"] == title
     with pytest.raises(ValueError, match="unknown format: not a Reddit submission"):
         list(reddit.read({"id": "q", "created_utc": 1}))
 
@@ -302,6 +304,8 @@ def test_a_brand_the_dump_gives_takes_the_files_spelling_and_counts_once():
     assert post["brands"] == ["Initech", "acme"]
     assert source.validate({**row, "brand": "Acme", "brands": ["acme"]})["brands"] == ["acme"]
     assert source.validate({**row, "brand": "Cafe Zurich", "brands": ["Café Zürich"]})["brands"] == ["Café Zürich"]
+    assert source.validate({**row, "brand": "Acme", "brands": ["Acme\u2122", "ACME \u2122"]})["brands"] == ["Acme\u2122"]
+    assert BrandTagger({"acme": {"keywords": ["acme"]}}).canonical("Acme\u2122") == "acme"
 
 
 def test_whole_numbers_in_export_types_are_counts_and_ids():
@@ -310,8 +314,9 @@ def test_whole_numbers_in_export_types_are_counts_and_ids():
     row = {"post_id": "p", "created_at": 0, "text": "x"}
     post = source.validate({**row, "likes": "12.0", "shares": Decimal("5"), "replies": "1e3"})
     assert (post["likes"], post["shares"], post["replies"]) == (12, 5, 1000)
-    post = source.validate({**row, "likes": "1,234", "shares": "12\u202f345\u202f678", "replies": "1.234"})
+    post = source.validate({**row, "likes": "1,234", "shares": "12\u202f345\u202f678", "replies": "1'234"})
     assert (post["likes"], post["shares"], post["replies"]) == (1234, 12345678, 1234)  # a formatted cell: not rejected
+    assert source.validate({**row, "likes": "5.000"})["likes"] == 5  # three decimals, not thousands
     assert source.validate({**row, "post_id": Decimal("123456789012345678")})["post_id"] == "123456789012345678"
     for count in ("12.5", "nan", "1e999999999", Decimal("2.5"), "1,23", "1,234.567", "1,234.5"):
         with pytest.raises(ValueError, match="likes is not a count"):

@@ -426,10 +426,14 @@ def test_evaluate_reads_a_brand_streams_files_as_score_reads_dumps(tmp_path, ima
     aliased.write_text("".join(json.dumps(r) + "\n" for r in toward))
     assert evaluate.evaluate_file(named, "default", backend="torch")["confusion"] == \
         evaluate.evaluate_file(aliased, "default", backend="torch")["confusion"]
-    table = tmp_path / "stream.csv.gz"  # a spreadsheet's export, gzipped: the same rows
+    table = tmp_path / "stream.csv.gz"  # a spreadsheet's export, gzipped, its trailing empty rows too
     with gzip.open(table, "wt", newline="") as fh:
-        fh.write("text,brand,label\n" + "".join(f'"{r["text"]}",{r["brand"]},{r["label"]}\n' for r in rows[:1]))
+        fh.write("text,brand,label\n" + "".join(f'"{r["text"]}",{r["brand"]},{r["label"]}\n' for r in rows[:1]) + ",,\n,,\n")
     assert evaluate.evaluate_file(table, "default", backend="torch")["toward_target"] is True
+    from mmsa.data import load_jsonl  # training reads the names it was given: no URL image to fail on
+
+    (tmp_path / "train.jsonl").write_text(json.dumps(rows[5]) + "\n")
+    assert load_jsonl(tmp_path / "train.jsonl").images == [None]
     (tmp_path / "cp1252.jsonl").write_bytes('{"text": "café", "label": "positive"}\n'.encode("cp1252"))
     with pytest.raises(ValueError, match="cp1252.jsonl: not UTF-8"):
         evaluate.evaluate_file(tmp_path / "cp1252.jsonl", "default", backend="torch")

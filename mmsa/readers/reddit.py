@@ -25,8 +25,11 @@ from urllib.parse import urlsplit
 from mmsa.readers.common import Skip, dedupe, unescape
 
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp")
-# Reddit's notices in place of removed or deleted text: "[removed]", "[deleted by user]", "[ Removed by Reddit ]".
-_GONE = re.compile(r"\[\s*(?:removed|deleted)\b.*\]", re.IGNORECASE | re.DOTALL)
+# Reddit's notices in place of removed or deleted text, whole: "[removed]", "[deleted by user]", "[ Removed by
+# Reddit ]", "[ Removed by reddit on account of violating the [content policy](/help/contentpolicy). ]" (not a
+# title such as "[Deleted scene] from Alien [1979]").
+_GONE = re.compile(r"\[\s*(?:removed|deleted)(?:\s+by\s+(?:user|reddit|moderator)\b(?:[^\[\]]|\[[^\[\]]*\]\([^()]*\))*)?\]",
+                   re.IGNORECASE)
 # An entity of the markdown, once Reddit's own escaping is decoded: only whole ones (`&#x200B;`, `&nbsp;`), as
 # "cut&copy" is words.
 _ENTITY = re.compile(r"&(?:#\d+|#x[0-9a-fA-F]+|[A-Za-z]+);")
