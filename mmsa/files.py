@@ -62,16 +62,24 @@ def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path
 
 @contextlib.contextmanager
 def scratch(near: Path | None) -> Iterator[Path]:
-    """A folder of this process's own for files needed only while a command reads them (a downloaded dump),
-    removed after: in `near` when the output is local (a large dump stays on its disk), else in a folder of this
-    user's in the system's temporary folder. A killed run's folder is swept by the next (`sweep_stale`)."""
+    """A folder of this process's own (mode 0700) for files needed only while a command reads them (a downloaded
+    dump), removed after: in `near` when the output is local (a large dump stays on its disk), else a fresh one in
+    the system's temporary folder. A killed run's folder in `near` is swept by a later run once a day old: its
+    process is dead here, and a day is longer than any dump takes to cut (a process of another host or container
+    sharing the folder has a pid this one cannot see)."""
     import tempfile
+    import time
 
-    home = near if near is not None else Path(tempfile.gettempdir()) / f"mmsa-scratch-{os.getuid()}"
-    home.mkdir(parents=True, exist_ok=True)
-    sweep_stale(home)
-    folder = temp_path(home / "scratch")
-    folder.mkdir()
+    if near is None:
+        folder = Path(tempfile.mkdtemp(prefix="mmsa-scratch-"))
+    else:
+        near.mkdir(parents=True, exist_ok=True)
+        for old in near.glob(".scratch.*.tmp"):
+            match = _TEMP.match(old.name)
+            if match and not _alive(int(match["pid"])) and time.time() - old.stat().st_mtime > 86400:
+                shutil.rmtree(old, ignore_errors=True)
+        folder = temp_path(near / "scratch")
+        folder.mkdir(mode=0o700)
     try:
         yield folder
     finally:

@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,8 +58,8 @@ DUMP_DOWNLOAD_TIMEOUT = (10, 60)
 ZSTD_MAX_WINDOW = 2**31
 _EPOCH = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-# Thousands, one separator throughout; not ".", which pandas' "%.3f" writes as decimals (5.000 is 5).
-_GROUPED = re.compile(r"^\s*\d{1,3}(?:([,' \u00a0\u202f])\d{3})(?:\1\d{3})*\s*$")
+# Thousands, one separator throughout; a dot only twice or more (1.234.567): pandas' "%.3f" writes 5.000 for 5.
+_GROUPED = re.compile(r"^\s*\d{1,3}(?:([,' \u00a0\u202f])\d{3}(?:\1\d{3})*|(?:\.\d{3}){2,})\s*$")
 _URL_SEPARATOR = re.compile(r"(?:\s*[,;|]\s*|\s+)(?=https?://)", re.IGNORECASE)
 _SERIAL_EPOCH = datetime(1899, 12, 30, tzinfo=timezone.utc)  # day 0 of Excel's and Sheets' serial dates
 _SERIAL_DAYS = (20_000, 80_000)
@@ -258,7 +259,9 @@ def _may_answer_later(exc: requests.RequestException) -> bool:
         return False
     reason = exc.args[0] if exc.args else None
     reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError holds the cause
-    return not isinstance(reason, urllib3.exceptions.NameResolutionError)
+    if isinstance(reason, urllib3.exceptions.NameResolutionError):  # "no such name", not a resolver's blip (EAI_AGAIN)
+        return getattr(reason.__cause__, "errno", None) not in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None))
+    return True
 
 
 def files_key(path: Path | list[Path]) -> str:

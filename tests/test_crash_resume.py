@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from mmsa import cli, pipeline
+from mmsa import cli, files, pipeline
 from mmsa.flows import score  # noqa: F401  (Prefect sets its console logging up on import: here, not in a capsys test)
 
 N_POSTS, SHARD = 60, 10
@@ -129,12 +129,18 @@ def test_stale_tmp_files_of_dead_processes_are_removed(tmp_path):
     live = part / f".y.parquet.{os.getpid()}-0.tmp"
     stale.write_bytes(b"partial")
     live.write_bytes(b"in progress")
-    killed = tmp_path / "out" / "_work" / f".scratch.{dead.stdout.strip()}-0.tmp"  # a killed run's downloaded dump
-    killed.mkdir(parents=True)
-    (killed / "dump.jsonl").write_bytes(b"a whole dump")
+    killed, recent = (tmp_path / "out" / "_work" / f".scratch.{dead.stdout.strip()}-{n}.tmp" for n in (0, 1))
+    for folder in (killed, recent):  # a killed run's downloaded dump; one of a day ago goes
+        folder.mkdir(parents=True)
+        (folder / "dump.jsonl").write_bytes(b"a whole dump")
+    os.utime(killed, (time.time() - 90000, time.time() - 90000))
     pipeline.prepare(str(write_dump(tmp_path / "d.jsonl")), pipeline.RunOptions(db="x", out=str(tmp_path / "out"), shard_size=SHARD))
     assert not stale.exists() and live.exists()
-    assert not killed.exists() and not list((tmp_path / "out" / "_work").glob(".scratch*"))  # nor this run's own
+    # of an hour ago it may be a live run's of another host or container sharing the folder: it stays
+    assert [p.name for p in (tmp_path / "out" / "_work").glob(".scratch*")] == [recent.name]
+    for near in (tmp_path / "out" / "_work", None):  # a downloaded dump is its user's alone
+        with files.scratch(near) as folder:
+            assert folder.stat().st_mode & 0o777 == 0o700
 
 
 def test_second_run_on_the_same_database_is_refused(prefect_harness, tmp_path, capsys):

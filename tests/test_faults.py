@@ -222,6 +222,16 @@ def test_a_dump_server_answering_5xx_or_429_is_tried_again_and_a_404_is_not(pref
         source.localise("http://no-such-host.invalid/dump.jsonl", tmp_path / "dl")
 
 
+def test_a_resolvers_blip_is_tried_again(tmp_path, monkeypatch):
+    """EAI_AGAIN ("temporary failure in name resolution") is no answer yet, not a host that does not exist."""
+    def blip(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", blip)
+    with pytest.raises(faults.TransientError, match="did not answer"):
+        source.localise("http://dumps.example.com/dump.jsonl", tmp_path / "dl")
+
+
 def test_bad_input_found_inside_a_flow_is_one_line_without_prefects_traceback(prefect_harness, tmp_path):
     """What only the flow finds (a rerun with another shard size: exit 2; a backfill's missing day: exit 1) ends
     with the command's one line; Prefect's console shows no traceback and no failed-state line of it."""

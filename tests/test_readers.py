@@ -317,6 +317,7 @@ def test_whole_numbers_in_export_types_are_counts_and_ids():
     post = source.validate({**row, "likes": "1,234", "shares": "12\u202f345\u202f678", "replies": "1'234"})
     assert (post["likes"], post["shares"], post["replies"]) == (1234, 12345678, 1234)  # a formatted cell: not rejected
     assert source.validate({**row, "likes": "5.000"})["likes"] == 5  # three decimals, not thousands
+    assert source.validate({**row, "likes": "1.234.567"})["likes"] == 1234567  # no decimals: thousands
     assert source.validate({**row, "post_id": Decimal("123456789012345678")})["post_id"] == "123456789012345678"
     for count in ("12.5", "nan", "1e999999999", Decimal("2.5"), "1,23", "1,234.567", "1,234.5"):
         with pytest.raises(ValueError, match="likes is not a count"):
