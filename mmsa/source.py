@@ -69,7 +69,7 @@ _SERIAL_DAYS = (20_000, 80_000)
 # read strictly, other separators told by the header, UTF-8 binary as text, a cut .json file's records read; 5:
 # spreadsheet serial days, brand rules folding strokes, more apostrophes and ™, Reddit comments read and its
 # removal notices left out, a cell of several image URLs, counts with thousands separators, UTF-16 files, a tweet
-# per line), so a dump's shards are cut again.
+# per line, Mastodon's unknown media), so a dump's shards are cut again.
 VALIDATION = 5
 MAX_COUNT = 10 ** 15  # likes, shares, replies: more is a broken record, and a report's sum of three stays in BIGINT
 CSV_FIELD_LIMIT = 1 << 26  # characters in one CSV field: a long post reads as it does from JSONL (the default: 128 KiB)

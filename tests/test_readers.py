@@ -144,10 +144,12 @@ def test_mastodon_html_boosts_and_media_types():
                 "replies_count": 0,
                 "media_attachments": [{"type": "image", "url": "https://files.example/1.png"},
                                       {"type": "gifv", "url": "https://files.example/2.mp4", "preview_url": "https://files.example/2.png"},
-                                      {"type": "audio", "url": "https://files.example/3.mp3"}]}
+                                      {"type": "audio", "url": "https://files.example/3.mp3"},
+                                      # a remote server's media this one did not fetch: the original's own URL
+                                      {"type": "unknown", "url": None, "remote_url": "https://far.example/4.jpg"}]}
     row = _one(mastodon.read, original)
     assert row["text"] == "Hi @acmecorp & co\nline\ntwo example.com/a/lo"
-    assert row["image_urls"] == ["https://files.example/1.png", "https://files.example/2.png"]
+    assert row["image_urls"] == ["https://files.example/1.png", "https://files.example/2.png", "https://far.example/4.jpg"]
     assert (row["post_id"], row["author"], row["likes"], row["shares"]) == (original["uri"], "bob@mstdn.example", 4, 1)
     boost = {"id": "10", "created_at": "2026-11-21T00:00:00Z", "content": "", "account": {"acct": "carol"}, "reblog": original}
     boosted = _one(mastodon.read, boost)

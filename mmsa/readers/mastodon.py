@@ -2,7 +2,8 @@
 
 `content` is HTML: it becomes plain text (paragraphs and <br> as line breaks, the hidden parts of
 links dropped). Pictures are `media_attachments` of type image (`url`); for gifv and video the
-`preview_url` still is a picture. A content warning (`spoiler_text`) is the status's subject line, shown
+`preview_url` still is a picture; of type unknown (media of another server this one did not fetch), its
+`remote_url` is tried (the images stage tells whether it is a picture). A content warning (`spoiler_text`) is the status's subject line, shown
 above its content: it leads the text. A boost nests the original status under `reblog`: the original
 is the post (so many boosts of one status are one post; `reposted_by` keeps the booster). A status id and an
 `acct` are only unique on their own server, so the post id is the status's `uri`, unique across servers (its
@@ -29,6 +30,8 @@ def read(record: dict) -> Iterator[dict | Skip]:
             urls.append(media.get("url") or media.get("preview_url"))
         elif media.get("type") in ("gifv", "video"):
             urls.append(media.get("preview_url"))
+        elif media.get("type") == "unknown":  # a remote server's media this one did not fetch: tried at its origin
+            urls.append(media.get("remote_url"))
     account = status.get("account") or {}
     warning = status.get("spoiler_text").strip() if isinstance(status.get("spoiler_text"), str) else ""  # plain text
     content = html_to_text(status.get("content"))
