@@ -203,12 +203,12 @@ def write_report(args, reads: dict[int, list[dict]], scoring: list[dict]) -> Non
         "",
         "**What**: `mmsa score 'dir/*.jsonl.zst' --source-format reddit --brands brands.yaml` over synthetic Reddit "
         "submissions (Arctic Shift's fields, about 1 KB of JSON each): a third are galleries of 2-6 pictures, a quarter "
-        "i.redd.it links with their preview, a tenth are comments (skipped), a third of the titles mention one of 5 brands "
+        "i.redd.it links with their preview, a tenth are comments (posts of their own), a third of the titles mention one of 5 brands "
         "(keywords, hashtags, handles, a regex). 8 zstd files per dump.",
         "",
         "**Method**: reading = `mmsa.pipeline.prepare`, the first stage of `mmsa score` (glob resolved, every record "
         "decompressed, read, validated, tagged, shard files written), alone in a fresh Python process per run, the sizes' "
-        "runs interleaved; records/s = input records (comments included) / the stage's wall seconds; peak memory = the "
+        "runs interleaved; records/s = input records / the stage's wall seconds; peak memory = the "
         "process's peak RSS (ru_maxrss), interpreter and imports included. Scoring 100k posts on these 2 shared cores would "
         f"take well over an hour, so the scoring rate is measured on whole `mmsa score` runs over {args.score_records} "
         "records whose pictures come from a server on 127.0.0.1 (fresh output, database and image cache each run; "
