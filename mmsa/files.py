@@ -15,6 +15,7 @@ import itertools
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,16 +69,12 @@ def scratch(near: Path | None) -> Iterator[Path]:
     process is dead here, and a day is longer than any dump takes to cut (a process of another host or container
     sharing the folder has a pid this one cannot see)."""
     import tempfile
-    import time
 
     if near is None:
         folder = Path(tempfile.mkdtemp(prefix="mmsa-scratch-"))
     else:
         near.mkdir(parents=True, exist_ok=True)
-        for old in near.glob(".scratch.*.tmp"):
-            match = _TEMP.match(old.name)
-            if match and not _alive(int(match["pid"])) and time.time() - old.stat().st_mtime > 86400:
-                shutil.rmtree(old, ignore_errors=True)
+        sweep_stale(near, min_age=86400)
         folder = temp_path(near / "scratch")
         folder.mkdir(mode=0o700)
     try:
@@ -125,15 +122,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def sweep_stale(*folders: str | os.PathLike) -> int:
+def sweep_stale(*folders: str | os.PathLike, min_age: float = 0) -> int:
     """Delete the temporary files (`atomic_path`'s) and folders (`temp_path`'s, built whole before a rename:
-    mmsa.packaged) in `folders` whose writing process is dead; returns how many. A live writer's stays: it
-    may be about to be renamed."""
+    mmsa.packaged) in `folders` whose writing process is dead, and at least `min_age` seconds old; returns how
+    many. A live writer's stays: it may be about to be renamed."""
     removed = 0
     for folder in folders:
         for tmp in Path(folder).glob(".*.tmp*"):
             match = _TEMP.match(tmp.name)
-            if match and not _alive(int(match["pid"])):
+            if match and not _alive(int(match["pid"])) and (not min_age or time.time() - tmp.stat().st_mtime >= min_age):
                 if tmp.is_dir():
                     shutil.rmtree(tmp, ignore_errors=True)
                 else:

@@ -212,6 +212,9 @@ def check_served(url: str) -> None:
         raise FileNotFoundError(f"dump not downloadable from {url}: HTTP {status}")
 
 
+_AGAIN = "nothing was scored; run the same command again once the server answers"  # a dump download's failure
+
+
 def localise(src: str | Path, workdir: Path) -> Path:
     """Return a local path for one dump file, downloading it (streamed) if it is a URL."""
     if not is_url(src):
@@ -234,19 +237,16 @@ def localise(src: str | Path, workdir: Path) -> Path:
                     size = resp.headers.get("Content-Length", "")
                     raise faults.TransientError(
                         f"the dump's download from {src} broke off after {resp.raw.tell():,} bytes"
-                        f"{f' of {int(size):,}' if size.isdigit() else ''} ({type(exc).__name__}): nothing was "
-                        "scored; run the same command again once the server answers") from None
+                        f"{f' of {int(size):,}' if size.isdigit() else ''} ({type(exc).__name__}): {_AGAIN}") from None
     except requests.HTTPError as exc:
         code = exc.response.status_code
         if code in (408, 429) or code >= 500:  # the server is busy or down: the flow tries again (mmsa.faults)
-            raise faults.TransientError(f"the dump's server answered HTTP {code} for {src}: nothing was scored; run "
-                                        "the same command again once the server answers") from None
+            raise faults.TransientError(f"the dump's server answered HTTP {code} for {src}: {_AGAIN}") from None
         raise FileNotFoundError(f"dump not downloadable from {src}: HTTP {code}") from None
     except (requests.ConnectionError, requests.Timeout) as exc:
         if not _may_answer_later(exc):
             raise FileNotFoundError(f"dump not downloadable from {src}: {type(exc).__name__}: {exc}") from None
-        raise faults.TransientError(f"the dump's server at {src} did not answer ({type(exc).__name__}): nothing was "
-                                    "scored; run the same command again once the server answers") from None
+        raise faults.TransientError(f"the dump's server at {src} did not answer ({type(exc).__name__}): {_AGAIN}") from None
     except requests.RequestException as exc:  # a dump that cannot be asked for is bad input, said in one line
         raise FileNotFoundError(f"dump not downloadable from {src}: {type(exc).__name__}: {exc}") from None
     return target
