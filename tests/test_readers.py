@@ -110,6 +110,15 @@ def test_reddit_gallery_order_escapes_previews_and_comments():
         list(reddit.read({"id": "q", "created_utc": 1}))
 
 
+def test_reddit_markdown_is_read_as_the_words_reddit_shows():
+    body = ("**Love** my new [Acme phone](https://acme.example/p)! ~~not~~ \\_really\\_\n\n"
+            "&gt; they said it would break\n\n* battery: great\n* camera: meh\n\n"
+            "    indented by habit\n\ncut&amp;paste &lt;3 &amp;#x200B; ![the box](https://i.example/b.png)")
+    text = _one(reddit.read, {"id": "m1", "created_utc": 1, "title": "**Acme** review", "selftext": body})["text"]
+    assert text == ("**Acme** review\n\nLove my new Acme phone! not _really_\n\nthey said it would break\n\n"
+                    "battery: great\n\ncamera: meh\n\nindented by habit\n\ncut&paste <3 \u200b the box")  # a title is not markdown
+
+
 def test_jetstream_posts_images_and_skipped_events(monkeypatch):
     monkeypatch.delenv("MMSA_BLUESKY_CDN", raising=False)
     post = {"did": "did:plc:abc", "time_us": 1763632800123456, "kind": "commit",
