@@ -15,6 +15,7 @@ skipped and counted; neither ever stops the run.
 
 from __future__ import annotations
 
+import ast
 import codecs
 import csv
 import glob
@@ -69,8 +70,9 @@ _SERIAL_DAYS = (20_000, 80_000)
 # read strictly, other separators told by the header, UTF-8 binary as text, a cut .json file's records read; 5:
 # spreadsheet serial days, brand rules folding strokes, more apostrophes and ™, Reddit comments read and its
 # removal notices left out, a cell of several image URLs, counts with thousands separators, UTF-16 files, a tweet
-# per line, Mastodon's unknown media), so a dump's shards are cut again.
-VALIDATION = 5
+# per line, Mastodon's unknown media; 6: Reddit's markdown read as its words, pandas' list cells), so a dump's
+# shards are cut again.
+VALIDATION = 6
 MAX_COUNT = 10 ** 15  # likes, shares, replies: more is a broken record, and a report's sum of three stays in BIGINT
 CSV_FIELD_LIMIT = 1 << 26  # characters in one CSV field: a long post reads as it does from JSONL (the default: 128 KiB)
 LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)  # a post dated after is a broken record, as one before 1970
@@ -645,17 +647,25 @@ def _strings(value: object) -> list[str]:
     return out
 
 
-def _image_urls(value: object) -> list[str]:
-    """A post's image URLs from a list, or from one CSV cell of several: a JSON list (twarc-csv), or URLs
-    separated by spaces, commas, semicolons or bars before the next http(s):// (a comma inside a URL, as in
-    image services' w_100,h_80, stays; so does a space in a local path)."""
+def _listed(value: object) -> object:
+    """A CSV cell holding a list as a list: JSON (twarc-csv) or a Python list's repr (pandas writes list columns so,
+    "['a', 'b']"; read as a literal, never run); any other value as it is."""
     if isinstance(value, str) and value.strip().startswith("["):
-        try:
-            listed = json.loads(value)
-        except ValueError:
-            listed = None
-        if isinstance(listed, list):
-            value = listed
+        for parse in (json.loads, ast.literal_eval):
+            try:
+                listed = parse(value)
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                continue
+            if isinstance(listed, list):
+                return listed
+    return value
+
+
+def _image_urls(value: object) -> list[str]:
+    """A post's image URLs from a list, or from one CSV cell of several: a list (_listed), or URLs separated by
+    spaces, commas, semicolons or bars before the next http(s):// (a comma inside a URL, as in image services'
+    w_100,h_80, stays; so does a space in a local path)."""
+    value = _listed(value)
     if isinstance(value, str):
         value = _URL_SEPARATOR.split(value.strip())
     return _strings(value)
@@ -691,7 +701,7 @@ def validate(row: dict, max_images: int = DEFAULT_MAX_IMAGES, tagger: BrandTagge
     urls = _image_urls(row.get("image_urls"))
     urls += [u for u in _image_urls(row.get("image_url")) if u not in urls]
     post["image_urls"] = urls[:max_images]
-    brands = _strings(row.get("brands")) + _strings(row.get("brand"))
+    brands = _strings(_listed(row.get("brands"))) + _strings(_listed(row.get("brand")))
     if tagger is not None:
         brands = [tagger.canonical(b) for b in brands] + tagger.tag(post["text"])
     named: dict[str, str] = {}

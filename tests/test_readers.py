@@ -422,9 +422,12 @@ def test_image_cap_brand_field_and_mapping_in_validation(tmp_path):
         source.validate({"post_id": "p", "created_at": 0, "image_urls": [" "]})
     # one CSV cell of several URLs (listening tools, twarc-csv) is several images, not one broken URL
     a, b, c = "https://i.example/a.jpg", "http://i.example/w_100,h_80/b.jpg", "https://i.example/c.png"
-    cells = [f"{a}, {b}", f"{a};{b} | {c}", f"{a} {b}\n{c}", json.dumps([a, b]), f"{a},{a}", "/data/my images/a.jpg"]
+    cells = [f"{a}, {b}", f"{a};{b} | {c}", f"{a} {b}\n{c}", json.dumps([a, b]), f"{a},{a}", "/data/my images/a.jpg",
+             str([a, c])]  # the last as pandas writes a list column to CSV
     got = [source.validate({"post_id": "p", "created_at": 0, "image_urls": cell})["image_urls"] for cell in cells]
-    assert got == [[a, b], [a, b, c], [a, b, c], [a, b], [a], ["/data/my images/a.jpg"]]
+    assert got == [[a, b], [a, b, c], [a, b, c], [a, b], [a], ["/data/my images/a.jpg"], [a, c]]
+    assert source.validate({"post_id": "p", "created_at": 0, "text": "hi", "brands": str(["acme", "Globex"])})["brands"] == [
+        "acme", "Globex"]
     with pytest.raises(ValueError, match="--map applies to the flat format"):
         source.ReadOptions.build("reddit", {"text": "body"})
     brands = tmp_path / "brands.json"
