@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -55,12 +56,22 @@ def path(location):
     return Path(location)
 
 
+@contextmanager
+def _named(target):
+    """An upload's FileNotFoundError with the object's URL: s3fs says only "The specified bucket does not exist"."""
+    try:
+        yield
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{target}: {err}") from err
+
+
 def write_bytes(location, data: bytes) -> None:
     """Write a file whole or not at all: mmsa.files' temporary name then a rename locally; one upload on object
     storage."""
     target = path(location)
     if is_remote(target):
-        target.fs.pipe_file(target.path, data)
+        with _named(target):
+            target.fs.pipe_file(target.path, data)
         return
     files.write_bytes(target, data)
 
@@ -80,7 +91,8 @@ def write_table(table: pa.Table, location) -> None:
         return
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
-    target.fs.pipe_file(target.path, sink.getvalue().to_pybytes())
+    with _named(target):
+        target.fs.pipe_file(target.path, sink.getvalue().to_pybytes())
 
 
 def read_table(location, **kwargs) -> pa.Table:
@@ -94,7 +106,8 @@ def upload(local: Path, location) -> None:
     """Copy a local file to `location` (an upload is atomic on object storage; a rename locally)."""
     target = path(location)
     if is_remote(target):
-        target.fs.put_file(str(local), target.path)
+        with _named(target):
+            target.fs.put_file(str(local), target.path)
         return
     if Path(local).resolve() != target.resolve():
         files.copy(local, target)

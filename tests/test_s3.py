@@ -104,6 +104,15 @@ def test_score_from_and_to_a_bucket_loads_local_duckdb_exactly_once(s3, prefect_
         assert con.execute("SELECT count(*) FROM scored_posts WHERE image_status = 'ok'").fetchone()[0] >= 15
 
 
+def test_an_output_bucket_that_does_not_exist_is_named(s3, prefect_harness, tmp_path, capsys):
+    dump = tmp_path / "d.jsonl"
+    dump.write_text('{"post_id": "1", "created_at": 1, "text": "acme"}\n')
+    assert cli.main(["score", str(dump), "--db", str(tmp_path / "m.duckdb"), "--out", "s3://no-such-bucket/out",
+                     "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("mmsa score: error: s3://no-such-bucket/out/") and "bucket does not exist" in err[-1]
+
+
 def test_fetch_reads_a_dump_from_a_bucket_and_caches_there(s3, tmp_path):
     from mmsa.demo import make_dump, serve_folder
 
