@@ -121,6 +121,7 @@ def test_reddit_markdown_is_read_as_the_words_reddit_shows():
 
 def test_jetstream_posts_images_and_skipped_events(monkeypatch):
     monkeypatch.delenv("MMSA_BLUESKY_CDN", raising=False)
+    monkeypatch.delenv("MMSA_BLUESKY_VIDEO_CDN", raising=False)
     post = {"did": "did:plc:abc", "time_us": 1763632800123456, "kind": "commit",
             "commit": {"collection": "app.bsky.feed.post", "operation": "create", "rkey": "3k",
                        "record": {"text": "hello", "langs": ["de"],
@@ -138,6 +139,11 @@ def test_jetstream_posts_images_and_skipped_events(monkeypatch):
         assert source.validate({"post_id": "p", "created_at": 0, "text": text, "lang": langs})["lang"] == lang, langs
     assert row["image_urls"] == ["https://cdn.bsky.app/img/feed_fullsize/plain/did:plc:abc/bafy1@jpeg",
                                  "https://cdn.bsky.app/img/feed_fullsize/plain/did:plc:abc/bafy2@jpeg"]
+    video = {"$type": "app.bsky.embed.video", "alt": "unboxing",
+             "video": {"$type": "blob", "ref": {"$link": "bafv1"}, "mimeType": "video/mp4", "size": 1000}}
+    for embed in (video, {"$type": "app.bsky.embed.recordWithMedia", "media": video}):  # its poster frame, as X's
+        post["commit"]["record"]["embed"] = embed
+        assert _one(bluesky.read, post)["image_urls"] == ["https://video.bsky.app/watch/did%3Aplc%3Aabc/bafv1/thumbnail.jpg"]
     like = {"did": "d", "kind": "commit", "commit": {"collection": "app.bsky.feed.like", "operation": "create"}}
     delete = {"did": "d", "kind": "commit", "commit": {"collection": "app.bsky.feed.post", "operation": "delete"}}
     assert [next(bluesky.read(r)) for r in (like, delete, {"did": "d", "kind": "identity"})] == [
