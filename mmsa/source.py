@@ -449,9 +449,9 @@ _BREAK = re.compile(r"\r\n|\r|\n")
 def _csv_rows(fh) -> Iterator[tuple[int, dict | Unreadable | CsvHeader]]:
     """A CSV file's header row (a CsvHeader) and rows, each with the line it starts on. Read strictly, so that a
     quote never closed ends the file as one rejection, not as one field holding every later line (posts lost
-    without a word). A row strictness refuses for a stray quote (MySQL's escaped \\", a space after a closing
-    quote) is read leniently from its first line alone, as the csv module reads by default, and the lines after
-    it strictly again."""
+    without a word). A row strictness refuses for a stray quote is read with backslash escapes (MySQL's \\", over
+    as many lines as its field holds), else leniently from its first line alone (a space after a closing quote), as
+    the csv module reads by default; the lines after it strictly again."""
     header = fh.readline()  # "" at the end of an empty file
     delimiter = _delimiter(header)
     lines = _Held(itertools.chain([header] if header else [], fh))
@@ -473,8 +473,14 @@ def _csv_rows(fh) -> Iterator[tuple[int, dict | Unreadable | CsvHeader]]:
                 reason = "a quoted field never closes" if "end of data" in str(exc) else str(exc)
                 yield before + first + 1, Unreadable(f"unreadable file from here: {reason}")
                 return
-            row = next(csv.DictReader([held[first]], fieldnames=names, delimiter=delimiter))
-            lines.lines, lines.count = itertools.chain(held[first + 1:], lines.lines), before + first + 1
+            retry = _Held(itertools.chain(held[first:], lines.lines))
+            try:  # MySQL's \" inside a field of several lines: the row whole, its lines not read again as rows
+                row = next(csv.DictReader(retry, fieldnames=names, delimiter=delimiter, strict=True, escapechar="\\"))
+                used, retry.held = len(retry.held), []
+            except (csv.Error, StopIteration):
+                row = next(csv.DictReader([held[first]], fieldnames=names, delimiter=delimiter))
+                used, retry.held = 1, retry.held[1:]
+            lines.lines, lines.count = itertools.chain(retry.held, retry.lines), before + first + used
             reader = csv.DictReader(lines, fieldnames=names, delimiter=delimiter, strict=True)
         lines.mark()
         # its first line: the lines read less the line breaks its quoted fields hold (blank lines before it skipped)

@@ -220,19 +220,21 @@ def test_excels_unicode_text_save_is_read(tmp_path):
 def test_a_csv_quote_never_closed_does_not_swallow_the_rows_after_it(tmp_path):
     """Read leniently, a field opening a quote it never closes took every later line as its text: posts lost
     without a trace. A quote never closed ends the file as one rejection at its row's line; a row strict reading
-    refuses (MySQL's escaped quotes, a space after a closing quote) is read as before, and so is the rest."""
+    refuses is read with MySQL's backslash escapes (over the lines its field holds, which are not rows), else as
+    before (a space after a closing quote), and so is the rest."""
     head = "post_id,created_at,text\n"
     unclosed, loose = tmp_path / "unclosed.csv", tmp_path / "loose.csv"
     unclosed.write_text(head + 'p1,2026-11-20,ok\n\np2,2026-11-20,"oops\np3,2026-11-20,three\np4,2026-11-20,four\n')
     loose.write_text(head + 'p1,2026-11-20,my 5" screen\np2,2026-11-20,"He said \\"great\\" today"\np3,2026-11-20,"hi" \n'
-                     'p4,2026-11-20,"two\nlines"\np5,2026-11-20,"oops\np6,2026-11-20,six\np7,2026-11-20,"seven"\n')
+                     'p4,2026-11-20,"two\nlines"\np5,2026-11-20,"oops\np6,2026-11-20,six\np7,2026-11-20,"seven"\n'
+                     'p8,2026-11-20,"she wrote \\"meh\\" and\np9 liked it"\np10,2026-11-20,ten\n')
     _, posts, rejected = _all(unclosed, 10)
     assert [p["text"] for p in posts] == ["ok"]
     assert [(r["line"], r["reason"]) for r in rejected] == [(4, "unreadable file from here: a quoted field never closes")]
     _, posts, rejected = _all(loose, 10)
     # and a quote never closed before a later quote costs its own row's text only, not the rows between
-    assert [p["text"] for p in posts] == ['my 5" screen', 'He said \\great\\" today"', "hi ", "two\nlines", "oops", "six",
-                                          "seven"]
+    assert [p["text"] for p in posts] == ['my 5" screen', 'He said "great" today', "hi ", "two\nlines", "oops", "six",
+                                          "seven", 'she wrote "meh" and\np9 liked it', "ten"]
     assert rejected == []
 
 
