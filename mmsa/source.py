@@ -601,6 +601,8 @@ def parse_time(value: object) -> datetime:
         raise ValueError("a boolean is not a time")
     if isinstance(value, str) and _EPOCH.match(value):
         value = float(value) if "." in value else int(value)
+    if isinstance(value, float) and value.is_integer() and 10**7 <= value < 10**8:
+        value = int(value)  # pandas writes a column of days with a gap as floats: 20230105.0
     if isinstance(value, int) and 10**7 <= value < 10**8:  # as epoch seconds 1970-1973, before any post: a date
         return datetime.strptime(str(value), "%Y%m%d").replace(tzinfo=timezone.utc)  # in ISO-8601's basic form
     if isinstance(value, (int, float)) and _SERIAL_DAYS[0] <= value < _SERIAL_DAYS[1]:
