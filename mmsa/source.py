@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -47,6 +47,7 @@ import zstandard
 from mmsa import faults, files, language, readers
 from mmsa.brands import BrandTagger, find_spans, load_rules, name_key
 from mmsa.readers import Skip
+from mmsa.readers.common import count
 from mmsa.readers.flat import mapped, parse_mapping
 from mmsa.options import DEFAULT_MAX_IMAGES
 from mmsa.schema import COUNT_FIELDS, KNOWN_FIELDS, POST_SCHEMA, TEXT_FIELDS
@@ -59,8 +60,6 @@ DUMP_DOWNLOAD_TIMEOUT = (10, 60)
 ZSTD_MAX_WINDOW = 2**31
 _EPOCH = re.compile(r"^\s*-?\d+(\.\d+)?\s*$")
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-# Thousands, one separator throughout; a dot only twice or more (1.234.567): pandas' "%.3f" writes 5.000 for 5.
-_GROUPED = re.compile(r"^\s*\d{1,3}(?:([,' \u00a0\u202f])\d{3}(?:\1\d{3})*|(?:\.\d{3}){2,})\s*$")
 _URL_SEPARATOR = re.compile(r"(?:\s*[,;|]\s*|\s+)(?=https?://)", re.IGNORECASE)
 _SERIAL_EPOCH = datetime(1899, 12, 30, tzinfo=timezone.utc)  # day 0 of Excel's and Sheets' serial dates
 _SERIAL_DAYS = (20_000, 80_000)
@@ -73,7 +72,6 @@ _SERIAL_DAYS = (20_000, 80_000)
 # per line, Mastodon's unknown media; 6: Reddit's markdown read as its words, pandas' list cells), so a dump's
 # shards are cut again.
 VALIDATION = 6
-MAX_COUNT = 10 ** 15  # likes, shares, replies: more is a broken record, and a report's sum of three stays in BIGINT
 CSV_FIELD_LIMIT = 1 << 26  # characters in one CSV field: a long post reads as it does from JSONL (the default: 128 KiB)
 LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)  # a post dated after is a broken record, as one before 1970
 _SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair, left by a tweet cut inside an emoji
@@ -626,25 +624,6 @@ def parse_time(value: object) -> datetime:
     return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
 
 
-def _count(value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
-        raise ValueError("not a count")
-    if isinstance(value, str) and _GROUPED.match(value):  # 1,234 (a spreadsheet's formatted cell), 1 234, 1'234
-        value = re.sub(r"\D", "", value)
-    if not isinstance(value, int):  # 12.0 (a CSV of pandas' floats), 1e3, a Decimal column: whole numbers too
-        try:
-            value = Decimal(str(value).strip())
-        except InvalidOperation:
-            raise ValueError("not a number") from None
-        if not value.is_finite() or value != value.to_integral_value():
-            raise ValueError("not a whole number")
-    if not 0 <= value < MAX_COUNT:  # compared before int(): 1e999999999 would be a billion-digit int
-        raise ValueError("not a non-negative integer")
-    return int(value)
-
-
 def _strings(value: object) -> list[str]:
     """A list of non-blank strings from a string, a list, or nothing."""
     items = value if isinstance(value, (list, tuple)) else [value]
@@ -720,7 +699,7 @@ def validate(row: dict, max_images: int = DEFAULT_MAX_IMAGES, tagger: BrandTagge
     post["lang"] = language.post_language(tags, lambda: _without_brands(post["text"], post["brands"], tagger))
     for name in COUNT_FIELDS:
         try:
-            post[name] = _count(row.get(name))
+            post[name] = count(row.get(name))
         except (ValueError, TypeError):
             raise ValueError(f"{name} is not a count (a whole number from 0 to 10^15): "
                              f"{str(row.get(name))[:40]!r}") from None

@@ -489,7 +489,14 @@ def test_one_bad_tweet_of_an_x_page_is_rejected_alone_and_a_long_csv_field_is_re
     dump.write_text(_lines([page]))
     (shard,) = source.iter_shards(dump, 10, options=source.ReadOptions(source_format="x-v2"))
     assert shard.posts["post_id"].to_pylist() == ["x1", "x2"] and shard.posts["shares"].to_pylist() == [None, 4]
-    assert [r["reason"].split(":")[0] for r in shard.rejected] == ["X API v2 page", "unparseable tweet x3"]
+    assert [r["reason"] for r in shard.rejected][1] == "shares is not a count (a whole number from 0 to 10^15): 'many'"
+    # counts as every other reader's: thousands separators read, fractions and negatives named, not cut or summed
+    tweets = [{**tweet, "id": f"y{n}", "public_metrics": {"retweet_count": r, "quote_count": q}}
+              for n, (r, q) in enumerate([("1,234", 2), (1.7, None), (-5, 2)])]
+    dump.write_text(_lines([{"data": tweets}]))
+    (shard,) = source.iter_shards(dump, 10, options=source.ReadOptions(source_format="x-v2"))
+    assert shard.posts["shares"].to_pylist() == [1236]
+    assert [r["reason"].split(": ")[-1] for r in shard.rejected] == ["'1.7'", "'-5 + 2'"]
     long = tmp_path / "long.csv"
     long.write_text(f"post_id,created_at,text\nc1,2026-11-20,{'a' * 200_000}\nc2,2026-11-20,\"two\nlines\"\n"
                     "c3,2026-11-20,an unquoted, comma\n")

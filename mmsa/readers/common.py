@@ -1,11 +1,17 @@
-"""What every reader shares: the `Skip` marker and the text and URL clean-ups platforms need."""
+"""What every reader shares: the `Skip` marker, the text and URL clean-ups platforms need, and what a count is."""
 
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from html.parser import HTMLParser
+
+MAX_COUNT = 10 ** 15  # likes, shares, replies: more is a broken record, and a report's sum of three stays in BIGINT
+# Thousands, one separator throughout; a dot only twice or more (1.234.567): pandas' "%.3f" writes 5.000 for 5.
+_GROUPED = re.compile(r"^\s*\d{1,3}(?:([,' \u00a0\u202f])\d{3}(?:\1\d{3})*|(?:\.\d{3}){2,})\s*$")
 
 
 @dataclass(frozen=True)
@@ -73,3 +79,24 @@ def dedupe(urls: list[str | None]) -> list[str]:
         if isinstance(url, str) and url.strip() and url.strip() not in out:
             out.append(url.strip())
     return out
+
+
+def count(value: object) -> int | None:
+    """A count (likes, shares, replies) as a whole number from 0 to MAX_COUNT, however an export wrote it; ValueError
+    when it is none."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
+        raise ValueError("not a count")
+    if isinstance(value, str) and _GROUPED.match(value):  # 1,234 (a spreadsheet's formatted cell), 1 234, 1'234
+        value = re.sub(r"\D", "", value)
+    if not isinstance(value, int):  # 12.0 (a CSV of pandas' floats), 1e3, a Decimal column: whole numbers too
+        try:
+            value = Decimal(str(value).strip())
+        except InvalidOperation:
+            raise ValueError("not a number") from None
+        if not value.is_finite() or value != value.to_integral_value():
+            raise ValueError("not a whole number")
+    if not 0 <= value < MAX_COUNT:  # compared before int(): 1e999999999 would be a billion-digit int
+        raise ValueError("not a non-negative integer")
+    return int(value)

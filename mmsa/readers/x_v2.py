@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from mmsa.readers.common import Skip, dedupe, unescape
+from mmsa.readers.common import Skip, count, dedupe, unescape
 
 
 def read(record: dict) -> Iterator[dict | Skip | str]:
@@ -101,7 +101,7 @@ def _tweet(tweet: dict, media: dict, users: dict) -> dict:
         "lang": tweet.get("lang"),
         "author": user.get("username") or tweet.get("author_id"),
         "likes": metrics.get("like_count"),
-        "shares": sum(int(n) for n in shares) if shares else None,  # counts may come as numeric strings
+        "shares": _total(shares),
         "replies": metrics.get("reply_count"),
     }
     if tweet.get("conversation_id") not in (None, tweet.get("id")):
@@ -109,3 +109,11 @@ def _tweet(tweet: dict, media: dict, users: dict) -> dict:
     if None in urls:  # X leaves them out unless asked for (media.fields=url,preview_image_url): say so
         row["media_without_url"] = urls.count(None)
     return row
+
+
+def _total(counts: list) -> int | str | None:
+    """Retweets plus quotes; when one is no count, both as written, for validation to name ("3 + many")."""
+    try:
+        return sum(map(count, counts)) if counts else None
+    except ValueError:
+        return " + ".join(map(str, counts))
