@@ -169,6 +169,9 @@ def test_mastodon_html_boosts_and_media_types():
     boost = {"id": "10", "created_at": "2026-11-21T00:00:00Z", "content": "", "account": {"acct": "carol"}, "reblog": original}
     boosted = _one(mastodon.read, boost)
     assert boosted["post_id"] == original["uri"] and boosted["reposted_by"] == "carol" and boosted["author"] == "bob@mstdn.example"
+    # a boost whose account says no handle is a repost all the same: skipped as such, not a duplicate post rejected
+    anonymous = _one(mastodon.read, {**boost, "uri": "https://mstdn.example/statuses/10/activity", "account": {"id": "7"}})
+    assert anonymous["reposted_by"] == "boost https://mstdn.example/statuses/10/activity"
 
 
 def test_mastodon_content_warning_leads_the_text_and_a_local_author_gets_the_server():

@@ -49,7 +49,8 @@ def read(record: dict) -> Iterator[dict | Skip]:
         "url": status.get("url"),
     }
     if status is not record:
-        row["reposted_by"] = _handle(record.get("account") or {})
+        # the boost's own id when its account says nothing: a repost all the same, not a duplicate post
+        row["reposted_by"] = _handle(record.get("account") or {}) or f"boost {record.get('uri') or record.get('id')}"
     yield row
 
 
