@@ -144,6 +144,8 @@ class _UniqueKeys(yaml.SafeLoader):
             if isinstance(key_node, yaml.ScalarNode):
                 key_node.tag = "tag:yaml.org,2002:str"
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool, type(None))):  # `? [a, b]`: a list as a key
+                raise ValueError(f"a key that is not a name (line {key_node.start_mark.line + 1}): keys are names")
             if key in seen:
                 raise ValueError(f"{key} given twice (again on line {key_node.start_mark.line + 1}): each key once")
             seen.add(key)
