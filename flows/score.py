@@ -122,14 +122,17 @@ def headline_task(db: str, run_id: str, out: str) -> list[str]:
 
     remote = storage.is_remote(out)  # charts drawn in a local folder, then uploaded beside the Parquet
     folder = Path(tempfile.mkdtemp(prefix="mmsa-charts-")) if remote else Path(out) / "_reports" / run_id
-    headline = charts.headline(publish.snapshot_path(db), folder, run_id=run_id)
-    paths = [str(path) for path in headline.charts]
-    if remote:
-        target = storage.path(out) / "_reports" / run_id
-        for path in headline.charts:
-            storage.upload(path, target / Path(path).name)
-        paths = [str(target / Path(path).name) for path in headline.charts]
-        shutil.rmtree(folder, ignore_errors=True)
+    try:
+        headline = charts.headline(publish.snapshot_path(db), folder, run_id=run_id)
+        paths = [str(path) for path in headline.charts]
+        if remote:
+            target = storage.path(out) / "_reports" / run_id
+            for path in headline.charts:
+                storage.upload(path, target / Path(path).name)
+            paths = [str(target / Path(path).name) for path in headline.charts]
+    finally:
+        if remote:
+            shutil.rmtree(folder, ignore_errors=True)
     links = "\n".join(f"- chart: `{path}`" for path in paths)
     create_markdown_artifact(key="headline", markdown=f"{headline.markdown}\n{links}\n", description="mmsa nightly headline")
     return paths
