@@ -16,7 +16,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from mmsa import faults, pipeline
 from mmsa.options import RUNNERS, RunParameters
-from mmsa.store import now_utc
+from mmsa.store import now_utc, run_lock
 
 
 def make_task_runner(runner: str = "threads", dask_address: str | None = None, dask_workers: int = 2):
@@ -70,7 +70,7 @@ def score_flow(dump: str, params: RunParameters, progress: bool = False) -> pipe
 
     opts = pipeline.RunOptions.build(params)
     db, out, model = params.db, params.out, params.model
-    with pipeline.run_lock(db):
+    with run_lock(db):
         run_id, started_at = pipeline.new_run_id(), now_utc()
         t0 = started_at.timestamp()
         prepared = prepare_task(dump, opts)

@@ -82,10 +82,6 @@ class BrandTagger:
             self.patterns[str(brand)] = re.compile("|".join(parts), re.IGNORECASE)
         self.names = {name_key(b): b for b in self.patterns}
 
-    @classmethod
-    def from_file(cls, path: str | Path) -> BrandTagger:
-        return cls(load_rules(path))
-
     def tag(self, text: str | None) -> list[str]:
         """The brands the text mentions, in the file's order."""
         if not text:

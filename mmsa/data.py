@@ -44,15 +44,6 @@ class LabelledSet:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, idx: np.ndarray, name: str | None = None) -> "LabelledSet":
-        return LabelledSet(
-            name or self.name,
-            [self.texts[i] for i in idx],
-            [self.images[i] for i in idx],
-            self.labels[idx],
-            None if self.targets is None else [self.targets[i] for i in idx],
-        )
-
 
 # Other names a judge's labelled file may give a row's target and image: a brand stream's `brand` (as `mmsa score`
 # reads a dump's), an aspect set's `aspect`; an image's `image_url` (an http(s) URL too) or `image_path`.

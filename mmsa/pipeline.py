@@ -26,7 +26,6 @@ import pyarrow.compute as pc
 from mmsa import faults, files, publish, source, storage, store
 from mmsa.options import DEFAULT_SHARD_SIZE, RunParameters
 from mmsa.schema import LABELS, SCORED_SCHEMA, NOTHING_TO_READ, UNSCORED_KEEPS, UNSUPPORTED_LANGUAGE
-from mmsa.store import RunLocked, run_lock  # noqa: F401  (the flows' and the CLI's names for them)
 
 if TYPE_CHECKING:
     from mmsa.images.config import FetchConfig

@@ -146,8 +146,8 @@ def test_stale_tmp_files_of_dead_processes_are_removed(tmp_path):
 def test_second_run_on_the_same_database_is_refused(prefect_harness, tmp_path, capsys):
     """While one run holds <db>.lock, another exits 2 with a clear message and writes nothing."""
     dump, db, out = write_dump(tmp_path / "d.jsonl"), tmp_path / "m.duckdb", tmp_path / "out"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys; from mmsa import pipeline\n"
-                               f"with pipeline.run_lock({str(db)!r}):\n print('held', flush=True); sys.stdin.read()"],
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from mmsa import store\n"
+                               f"with store.run_lock({str(db)!r}):\n print('held', flush=True); sys.stdin.read()"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"

@@ -238,6 +238,7 @@ def test_bad_run_options_and_a_missing_dump_are_one_line_before_any_work(prefect
     for argv, said in (([str(dump), "--shard-size", "0"], "--shard-size must be at least 1, got 0"),
                        ([str(dump), "--map-file", str(bad_map)], "map.yaml: not YAML or JSON: expected ',' or ']'"),
                        ([str(dump), "--map-file", str(tmp_path / "none.yaml")], "mapping file not found: "),
+                       ([str(dump), "--map", "text"], "--map wants FIELD=PATH (e.g. text=full_text), got 'text'"),
                        ([str(tmp_path / "missing.jsonl")], "dump not found"),
                        (["http://127.0.0.1:9/dump.jsonl"], "dump not downloadable from http://127.0.0.1:9/dump.jsonl"),
                        ([f"{base}/nothing.jsonl"], f"dump not downloadable from {base}/nothing.jsonl: HTTP 404")):

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 
-from mmsa.readers.common import Reader, Skip, dedupe, html_to_text, unescape  # noqa: F401  (the readers' API)
+from mmsa.readers.common import Reader, Skip  # noqa: F401  (the readers' API)
 
 
 @functools.cache

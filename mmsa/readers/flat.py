@@ -48,16 +48,8 @@ def lookup(value: object, steps: list[str | int | None]) -> object:
     return value
 
 
-def parse_mapping(items: dict[str, str] | list[str]) -> dict[str, list]:
-    """{target: parsed path} from `TARGET=PATH` strings (the --map option) or a {target: path} dict
-    (a mapping file)."""
-    pairs = dict(items) if isinstance(items, dict) else {}
-    if not isinstance(items, dict):
-        for item in items:
-            target, sep, path = item.partition("=")
-            if not sep or not target.strip() or not path.strip():
-                raise ValueError(f"--map wants TARGET=PATH (e.g. text=full_text), got {item!r}")
-            pairs[target.strip()] = path
+def parse_mapping(pairs: dict[str, str]) -> dict[str, list]:
+    """{target: parsed path} from {target: path} (the command line's --map and --map-file, mmsa.cli._mapping)."""
     unknown = sorted(set(pairs) - set(TARGETS))
     if unknown:
         raise ValueError(f"cannot map onto {', '.join(unknown)}: the fields are {', '.join(TARGETS)}")
