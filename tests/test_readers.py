@@ -101,6 +101,8 @@ def test_reddit_gallery_order_escapes_previews_and_comments():
     assert list(reddit.read({"id": "r1", "created_utc": 1, **notices})) == [Skip("reddit: removed or deleted")]
     assert list(reddit.read({"id": "c2", "created_utc": 1, "body": "[ Removed by Reddit ]"})) == [
         Skip("reddit: removed or deleted")]
+    for blank in ("&amp;#x200B;", "\u200b\n\n&amp;#x200B;"):  # the editor's blank lines alone: no words, no post
+        assert list(reddit.read({"id": "c3", "created_utc": 1, "body": blank})) == [Skip("reddit: removed or deleted")]
     kept = _one(reddit.read, {"id": "r2", "created_utc": 1, "title": "acme leaked manual",
                               "selftext": "[ Removed by reddit in response to a copyright notice. ]"})
     assert kept["text"] == "acme leaked manual"  # the notice is no one's words: it read as negative

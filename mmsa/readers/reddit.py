@@ -35,6 +35,8 @@ _GONE = re.compile(r"\[\s*(?:removed|deleted)(?:\s+by\s+(?:user|reddit|moderator
                    re.IGNORECASE)
 # Reddit's markdown is CommonMark with ~~strikethrough~~; it shows HTML tags as typed ("<3" is words).
 _MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("strikethrough")
+# A character that shows: the editor's &#x200B; alone (a blank line kept) is no text.
+_VISIBLE = re.compile(r"[^\s\u200b-\u200d\u2060\ufeff]")
 # What markdown could make of a text: without any of it the text is as shown, and parsing it (20-100 µs) is skipped.
 _MARKUP = re.compile(r"[*_~\[\]`\\>#&<]|^(?: {4}|\t| {0,3}(?:[-+*]|\d+[.)]|=+|-+)(?:\s|$))", re.MULTILINE)
 
@@ -87,7 +89,7 @@ def _plain(markdown: str) -> str:
     """The words of a markdown text, a blank line between its paragraphs, list items and quotes; a picture's alt text
     and code as written (an indented line is code in markdown, and often only a user's indentation)."""
     if not _MARKUP.search(markdown):
-        return markdown
+        return markdown if _VISIBLE.search(markdown) else ""
     blocks = []
     for token in _MARKDOWN.parse(markdown):
         if token.type == "inline":
@@ -96,7 +98,7 @@ def _plain(markdown: str) -> str:
                                   if child.type in ("text", "code_inline", "image", "softbreak", "hardbreak")))
         elif token.type in ("code_block", "fence"):
             blocks.append(token.content.rstrip("\n"))
-    return "\n\n".join(block for block in blocks if block.strip())
+    return "\n\n".join(block for block in blocks if _VISIBLE.search(block))
 
 
 def images(record: dict) -> list[str]:
