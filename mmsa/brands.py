@@ -104,6 +104,11 @@ class BrandTagger:
         return found if where is None else [(where[a][0], where[b - 1][1]) for a, b in found]
 
 
+def spans(text: str | None, brand: str, tagger: BrandTagger | None) -> list[Span]:
+    """Where the text names the brand: by the brands file's rules, else (no file) by the brand's name, whole words."""
+    return tagger.spans(text, brand) if tagger else find_spans(text, brand, whole_words=True)
+
+
 def find_spans(text: str | None, target: str | None, whole_words: bool = False) -> list[Span]:
     """Every occurrence of `target` in `text`, ignoring case, as (start, end) characters (`whole_words`: only those
     that are whole words when there are any, as brand rules match: the Apple of "my Apple watch", not of

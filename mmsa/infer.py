@@ -456,7 +456,7 @@ class Engine:
         image_probs = np.full((n, 3), np.nan, np.float32)
         target_probs = None if targets is None or self.target is None else [np.zeros((0, 3), np.float32)] * n
         unmarked: list[tuple[int, int]] = []  # (row, target) no token marks: cut off by truncation, or not in the text
-        if n == 0:  # a shard of only rejected rows; tokenizers fail on an empty list
+        if n == 0:  # a shard of only rejected rows: nothing to batch
             return Prediction(probs, text_probs, image_probs, target_probs=target_probs), unmarked
 
         def fill(outs: list[tuple[Batch, dict[str, np.ndarray]]]) -> None:

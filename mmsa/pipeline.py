@@ -348,11 +348,10 @@ def unscored_reasons(langs: list[str | None], covered: frozenset[str]) -> list[s
 def brand_spans(texts: list[str | None], brands: list[list[str] | None], rules: dict | None) -> list[list[list]]:
     """Per post, per brand it names, where the text names it: by the brands file's rules, else (a brand from the
     dump's own field) by the brand's name; an empty list where the text does not name it."""
-    from mmsa.brands import BrandTagger, find_spans
+    from mmsa.brands import BrandTagger, spans
 
     tagger = BrandTagger(rules) if rules else None
-    return [[tagger.spans(t, b) if tagger else find_spans(t, b, whole_words=True) for b in names or []]
-            for t, names in zip(texts, brands)]
+    return [[spans(t, b, tagger) for b in names or []] for t, names in zip(texts, brands)]
 
 
 def toward_brands(pred, rows: list[tuple[int, int, str | None]], target_probs: list[np.ndarray] | None,

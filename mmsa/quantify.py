@@ -91,10 +91,9 @@ def _systematic_error(probs: np.ndarray, labels: np.ndarray, seed: int, size: in
         half[rows[: len(rows) // 2]] = True
     stats = _base_stats(probs[half], labels[half])
     by_class = [np.flatnonzero(~half & (labels == c)) for c in range(K)]
-    natural = np.bincount(labels, minlength=K)
     share_errors, net_errors = [], []
     for negative, part in itertools.product(NEGATIVE_SHARES, POSITIVE_PARTS):
-        part = natural[POSITIVE] / (natural.sum() - natural[NEGATIVE]) if part is None else part
+        part = _natural_part(labels) if part is None else part
         counts = _bag_counts(size, negative, part)
         for _ in range(bags):
             rows = np.concatenate([rng.choice(by_class[c], counts[c]) for c in range(K)])
@@ -220,7 +219,7 @@ def shares_with_intervals(probs: np.ndarray, stats: dict | None, method: str = D
     bootstrap resamples of its posts, widened to sampling_interval where that is wider, and by the method's
     systematic error where the statistics measured it), net_sentiment =
     positive − negative share with its bounds, and the
-    method that ran ("pcc (no statistics)" when the model has none). An empty group gives NULLs.
+    method that ran ("pcc (model has no quantification statistics)" when the model has none). An empty group gives NULLs.
     A fixed seed makes a report give the same numbers every time it runs."""
     used = method_for(stats, method)
     label = used if used == method else f"{used} (model has no quantification statistics)"
@@ -327,6 +326,12 @@ def _candidates(stats: dict, tr_probs: np.ndarray) -> dict:
     }
 
 
+def _natural_part(labels: np.ndarray) -> float:
+    """The data's own positive : neutral split, as the positive part (POSITIVE_PARTS' None)."""
+    natural = np.bincount(labels, minlength=K)
+    return natural[POSITIVE] / (natural.sum() - natural[NEGATIVE])
+
+
 def _bag_counts(size: int, negative: float, positive_part: float) -> np.ndarray:
     shares = np.zeros(K)
     shares[NEGATIVE] = negative
@@ -352,8 +357,7 @@ def app_table(probs: np.ndarray, labels: np.ndarray, folds: int = 5, bags: int =
 
     probs, labels = _check(probs), np.asarray(labels)
     rng = np.random.default_rng(seed)
-    natural = np.bincount(labels, minlength=K)
-    parts = [natural[POSITIVE] / (natural.sum() - natural[NEGATIVE]) if p is None else p for p in positive_parts]
+    parts = [_natural_part(labels) if p is None else p for p in positive_parts]
     errors: dict = {}  # (method, negative share, bag size) -> list of (mean abs error, max abs error)
     covered: dict = {}  # bag size -> list of (covered per class)
     widths: dict = {}
@@ -386,7 +390,7 @@ def app_table(probs: np.ndarray, labels: np.ndarray, folds: int = 5, bags: int =
                    "max_abs_error": float(np.mean([c["max_abs_error"] for c in cells if c["method"] == m]))}
                for m in what}
     return {
-        "n": int(len(labels)), "folds": folds, "bags_per_cell": bags * len(parts), "prior": (natural / natural.sum()).tolist(),
+        "n": int(len(labels)), "folds": folds, "bags_per_cell": bags * len(parts), "prior": (np.bincount(labels, minlength=K) / len(labels)).tolist(),
         "positive_parts": [float(p) for p in parts], "methods": what, "cells": cells, "overall": overall,
         "best": min(overall, key=lambda m: overall[m]["mean_abs_error"]),
         "coverage": {"method": coverage_method, "resamples": resamples,

@@ -45,7 +45,7 @@ import urllib3
 import zstandard
 
 from mmsa import faults, files, language, readers
-from mmsa.brands import BrandTagger, find_spans, load_rules, name_key
+from mmsa.brands import BrandTagger, load_rules, name_key, spans
 from mmsa.readers import Skip
 from mmsa.readers.common import count
 from mmsa.readers.flat import mapped, parse_mapping
@@ -724,7 +724,7 @@ def _without_brands(text: str | None, brands: list[str], tagger: BrandTagger | N
         return text
     chars = list(text)
     for brand in brands:
-        for a, b in tagger.spans(text, brand) if tagger else find_spans(text, brand, whole_words=True):
+        for a, b in spans(text, brand, tagger):
             chars[a:b] = " " * (b - a)
     return "".join(chars)
 
