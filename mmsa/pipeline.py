@@ -83,6 +83,7 @@ class Prepared:
     key: str
     workdir: str
     shards: list[str]
+    rejections: list[str]  # files of the shards' rejected rows (JSON lists), for the load
     posts_in: int
     rejected: int
     not_posts: dict[str, int] = field(default_factory=dict)  # records that are not posts, by reason
@@ -195,8 +196,8 @@ def new_run_id() -> str:
 
 
 def prepare(dump: str, opts: RunOptions) -> Prepared:
-    """Read and validate the dump (its files, as one) and cut it into shard files; rejected rows go to one
-    file beside them. The work folder is keyed by the files' bytes and by how they are read. A dump downloaded
+    """Read and validate the dump (its files, as one) and cut it into shard files; each shard's rejected rows go to
+    a file of their own beside them. The work folder is keyed by the files' bytes and by how they are read. A dump downloaded
     to be read (an URL, a bucket's files) is removed once cut."""
     out = storage.path(opts.out)  # a local folder, or a bucket's prefix (mmsa.storage)
     with files.scratch(out / "_work" if isinstance(out, Path) else None) as downloads:
@@ -207,20 +208,24 @@ def prepare(dump: str, opts: RunOptions) -> Prepared:
         if isinstance(out, Path):  # object storage has no temporary files: an upload appears whole or not at all
             files.sweep_stale(workdir / "shards", *workdir.glob("done/*"), *out.glob("date=*"))
         shard_size = _shard_size(workdir, opts.shard_size)
-        shards, rejected, posts_in, not_posts, first = [], [], 0, Counter(), None
+        shards, rejections, rejected, first_rejected = [], [], 0, []
+        posts_in, not_posts, first = 0, Counter(), None
         for shard in source.iter_shards(paths, shard_size, dump_name=str(dump), options=opts.reading):
             if first is None and shard.posts.num_rows:  # a dump that grows keeps its first post
                 first = shard.posts["post_id"][0].as_py()
             path = workdir / "shards" / f"shard-{shard.index:05d}.parquet"
             shards.append(str(store.write_atomic(shard.posts, path)))
-            rejected.extend(shard.rejected)
+            if shard.rejected:  # written as they come: a dump read the wrong way rejects every record
+                name = workdir / "rejected" / f"shard-{shard.index:05d}.json"
+                rejections.append(str(storage.write_text(name, json.dumps(shard.rejected))))
+                rejected += len(shard.rejected)
+                first_rejected += [r["raw"] for r in shard.rejected[: 3 - len(first_rejected)]]
             not_posts.update(shard.skipped)
             posts_in += shard.posts.num_rows + len(shard.rejected)
-    storage.write_text(workdir / "rejected.json", json.dumps(rejected))
-    if first is None and len(rejected) >= 3:  # no post, several rejections: a dump of its own, told by its first
-        first = [r["raw"] for r in rejected[:3]]  # three records (the first alone may be a header every night has)
+    if first is None and rejected >= 3:  # no post, several rejections: a dump of its own, told by its first
+        first = first_rejected  # three records (the first alone may be a header every night has)
     head = "" if first is None else hashlib.sha256(repr(first).encode()).hexdigest()[:16]  # "": a half line, a damaged file
-    return Prepared(str(dump), files_key, head, key, str(workdir), shards, posts_in, len(rejected), dict(not_posts))
+    return Prepared(str(dump), files_key, head, key, str(workdir), shards, rejections, posts_in, rejected, dict(not_posts))
 
 
 def _shard_size(workdir: Path, requested: int | None) -> int:
@@ -531,7 +536,6 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
     stopped before its load), and the rejected rows into DuckDB, and record the run. A shard loaded before is not
     loaded again: a rerun of an older dump would put back its versions of posts a newer dump has since changed."""
     t0 = time.perf_counter()
-    rejected = json.loads((storage.path(prepared.workdir) / "rejected.json").read_text())
     con = store.connect(opts.db)
     try:
         out = storage.path(opts.out)
@@ -543,7 +547,8 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
         with store.transaction(con):  # posts, rejections and the run's record appear together
             scored = store.load_scored(con, [out / f for f in stored])
             store.mark_loaded(con, stored)
-            store.load_rejected(con, rejected, prepared.dump, prepared.files_key, prepared.head, run_id)
+            batches = (json.loads(storage.path(f).read_text()) for f in prepared.rejections)  # one shard's at a time
+            store.load_rejected(con, batches, prepared.dump, prepared.files_key, prepared.head, run_id)
             status, not_covered = Counter(), Counter()
             for r in results:
                 status.update(r.image_status)
@@ -566,7 +571,7 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
                 model_version=model_version,
                 posts_in=prepared.posts_in,
                 posts_scored=scored,
-                posts_rejected=len(rejected),
+                posts_rejected=prepared.rejected,
                 shards_done=sum(not r.skipped for r in results),
                 shards_skipped=sum(r.skipped for r in results),
                 image_status=dict(status),

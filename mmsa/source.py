@@ -4,7 +4,7 @@ A dump is one file, a folder of files or a glob of them (read as one dump, files
 an http(s) URL of one file. Files are JSONL, CSV or Parquet; JSONL and CSV may be compressed with
 gzip (`.gz`) or zstd (`.zst`, long windows allowed, as Reddit dumps need). Records are streamed, never
 loaded whole, so memory stays flat however large the dump is (but for the set of post ids seen, which
-makes a post that two overlapping files both hold count once).
+makes a post that two overlapping files both hold count once): rejected records too go out with their shard.
 
 Each record is read by its platform's reader (mmsa.readers: X API v2, Reddit, Bluesky Jetstream,
 Mastodon, the flat contract, or a field mapping), then validated, tagged with its language (mmsa.language: the
@@ -72,6 +72,7 @@ _SERIAL_DAYS = (20_000, 80_000)
 # per line, Mastodon's unknown media; 6: Reddit's markdown read as its words, pandas' list cells), so a dump's
 # shards are cut again.
 VALIDATION = 6
+REJECTED_PER_SHARD = 10_000  # rejected records held at most, raw text of up to 2,000 characters each
 CSV_FIELD_LIMIT = 1 << 26  # characters in one CSV field: a long post reads as it does from JSONL (the default: 128 KiB)
 LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)  # a post dated after is a broken record, as one before 1970
 _SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair, left by a tweet cut inside an emoji
@@ -744,7 +745,8 @@ def iter_shards(paths: Path | list[Path], shard_size: int, dump_name: str | None
     """Stream a local dump (one file or several, read as one) as validated shards. Every input record
     lands in exactly one shard: as posts, as a rejected row, or counted as skipped (duplicates of an
     earlier post_id, also from another file, are rejected; a repost of a post already read, or a post already
-    read through a repost, is the same post: skipped)."""
+    read through a repost, is the same post: skipped). A shard is cut at `shard_size` posts or REJECTED_PER_SHARD
+    rejections, so a dump read the wrong way (every record rejected) streams too."""
     if shard_size < 1:
         raise ValueError("shard_size must be at least 1")
     options = options or ReadOptions()
@@ -801,6 +803,9 @@ def iter_shards(paths: Path | list[Path], shard_size: int, dump_name: str | None
                 if len(posts) == shard_size:
                     yield Shard(index, pa.Table.from_pylist(posts, schema=POST_SCHEMA), rejected, skipped)
                     index, posts, rejected, skipped = index + 1, [], [], Counter()
+            if len(rejected) >= REJECTED_PER_SHARD:
+                yield Shard(index, pa.Table.from_pylist(posts, schema=POST_SCHEMA), rejected, skipped)
+                index, posts, rejected, skipped = index + 1, [], [], Counter()
     if posts or rejected or skipped or index == 0:
         yield Shard(index, pa.Table.from_pylist(posts, schema=POST_SCHEMA), rejected, skipped)
 

@@ -356,9 +356,9 @@ def _load_scored_remote(con: duckdb.DuckDBPyConnection, paths: list) -> int:
     return n
 
 
-def load_rejected(con: duckdb.DuckDBPyConnection, rows: list[dict], dump: str, dump_key: str, dump_head: str,
-                  run_id: str) -> int:
-    """Record rejected rows. A rerun replaces the earlier rejections of the records it reads again: of the same
+def load_rejected(con: duckdb.DuckDBPyConnection, batches: Iterable[list[dict]], dump: str, dump_key: str,
+                  dump_head: str, run_id: str) -> int:
+    """Record rejected rows, given in batches (a shard's each). A rerun replaces the earlier rejections of the records it reads again: of the same
     bytes (`dump_key`) by whatever path, or of the same path whose file starts with the same post (`dump_head`:
     a dump still being written, whose half line rejected then is read whole now, or one mended further on), or
     whose file then held no post and fewer than three rejected records (head "": its only line half-written, or
@@ -368,8 +368,8 @@ def load_rejected(con: duckdb.DuckDBPyConnection, rows: list[dict], dump: str, d
         con.execute("DELETE FROM rejected_posts WHERE dump_key = $key "  # NULL: rows from before the keys
                     "OR dump = $dump AND (dump_head = $head OR dump_head = '' OR dump_head IS NULL)",
                     {"key": dump_key, "dump": dump, "head": dump_head})
-        if rows:
-            at = now_utc()
+        at, count = now_utc(), 0
+        for rows in batches:
             table = pa.Table.from_pylist(
                 [{**r, "dump": dump, "dump_key": dump_key, "dump_head": dump_head, "run_id": run_id, "rejected_at": at}
                  for r in rows],
@@ -378,7 +378,8 @@ def load_rejected(con: duckdb.DuckDBPyConnection, rows: list[dict], dump: str, d
             con.register("new_rejected", table)
             con.execute("INSERT INTO rejected_posts BY NAME SELECT * FROM new_rejected")
             con.unregister("new_rejected")
-    return len(rows)
+            count += len(rows)
+    return count
 
 
 def record_run(con: duckdb.DuckDBPyConnection, stats: dict, shards: Iterable[dict] = ()) -> None:

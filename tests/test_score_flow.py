@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 from imageserver import Concurrency, encode, image_server, send, textured_image  # noqa: F401  (fixture)
-from mmsa import cli, pipeline, report
+from mmsa import cli, pipeline, report, source
 from mmsa.demo import make_dump, serve_folder
 from mmsa.images.config import FetchConfig
 from mmsa.infer import Engine
@@ -124,6 +124,24 @@ def test_second_run_adds_no_duplicates_and_force_rescores(prefect_harness, site,
         assert con.sql("SELECT count(DISTINCT run_id) FROM post_sentiment").fetchall() == [(1,)]
     n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/date=*/*.parquet')").fetchall()
     assert n == [(20,)]
+
+
+def test_a_dump_read_the_wrong_way_streams_its_rejections_shard_by_shard(prefect_harness, tmp_path, monkeypatch):
+    """Every record of a dump read with the wrong --source-format is rejected: they were all held in memory (a
+    large dump's run died of it) and written as one file. They go out with shards of REJECTED_PER_SHARD each, and
+    every one is stored, once."""
+    monkeypatch.setattr(source, "REJECTED_PER_SHARD", 4)
+    dump = tmp_path / "d.jsonl"
+    dump.write_text("".join(json.dumps({"post_id": f"p{n}", "created_at": "2026-11-20T10:00:00Z", "text": "acme"}) + "\n"
+                            for n in range(10)))
+    shards = list(source.iter_shards(dump, 512, options=source.ReadOptions(source_format="mastodon")))
+    assert [len(s.rejected) for s in shards] == [4, 4, 2] and all(s.posts.num_rows == 0 for s in shards)
+    db, out = tmp_path / "m.duckdb", tmp_path / "out"
+    argv = ["score", str(dump), "--db", str(db), "--out", str(out), "--source-format", "mastodon", "--quiet"]
+    assert cli.main(argv) == 0 and cli.main(argv) == 0  # a rerun replaces them
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.sql("SELECT count(*), count(DISTINCT line) FROM rejected_posts").fetchall() == [(10, 10)]
+        assert con.sql("SELECT posts_in, posts_rejected FROM runs").fetchall() == [(10, 10), (10, 10)]
 
 
 def test_a_rerun_of_an_older_dump_leaves_a_post_a_newer_dump_changed(prefect_harness, tmp_path):

@@ -55,10 +55,10 @@ def test_duckdb_upsert_keeps_one_row_per_post_and_model(tmp_path):
         assert store.load_scored(con, files) == 3
         store.load_scored(con, files2)
         bad = [{"post_id": None, "reason": "missing post_id", "raw": "{}", "line": 4}]
-        store.load_rejected(con, bad, "d.jsonl", "k1", "h1", "r1")
-        store.load_rejected(con, bad, "./d.jsonl", "k1", "h1", "r2")  # the same bytes by another path: replaced
-        store.load_rejected(con, bad, "d.jsonl", "k2", "h2", "r3")  # next night's dump at the same path: kept beside
-        store.load_rejected(con, bad, "d.jsonl", "k3", "h2", "r4")  # that one grown (same first line): replaced
+        assert store.load_rejected(con, [bad, bad], "d.jsonl", "k1", "h1", "r1") == 2  # one batch per shard
+        store.load_rejected(con, [bad], "./d.jsonl", "k1", "h1", "r2")  # the same bytes by another path: replaced
+        store.load_rejected(con, [bad], "d.jsonl", "k2", "h2", "r3")  # next night's dump at the same path: kept beside
+        store.load_rejected(con, iter([bad]), "d.jsonl", "k3", "h2", "r4")  # that one grown (same first line): replaced
     with duckdb.connect(str(db), read_only=True) as con:
         counts = con.sql("SELECT model_version, count(*), count(DISTINCT post_id) FROM post_sentiment GROUP BY 1 ORDER BY 1").fetchall()
         assert counts == [("m1", 3, 3), ("m2", 3, 3)]
