@@ -155,8 +155,32 @@ def _add_reading_options(p: argparse.ArgumentParser, brands: bool = True) -> Non
 def _add_address_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-local-files", action="store_true",
                    help="accept image_url values that are local file paths (off by default: dumps are untrusted)")
-    p.add_argument("--allow-hosts", nargs="*", default=[], metavar="HOST_OR_CIDR",
+    p.add_argument("--allow-hosts", nargs="*", default=[], metavar="HOST_OR_CIDR", type=_host_or_network,
                    help="hosts or CIDRs exempt from the private-address block (tests, private CDNs)")
+
+
+_HOST_NAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})*\.?$")
+
+
+def _host_or_network(value: str) -> str:
+    """An argparse type: a host name, an IP address or a CIDR, what --allow-hosts exempts. A dump's file or URL that
+    the list took (`--allow-hosts 127.0.0.1 posts.jsonl`), or a host with its port, would exempt nothing."""
+    import ipaddress
+
+    from mmsa.source import file_kind
+
+    try:
+        ipaddress.ip_network(value.strip(), strict=False)
+        return value
+    except ValueError:
+        pass
+    try:
+        file_kind(value)
+    except ValueError:
+        if _HOST_NAME.match(value.strip()):
+            return value
+    raise argparse.ArgumentTypeError(f"{value!r} is not a host name, an IP address or a CIDR (the dump goes before "
+                                     "--allow-hosts)")
 
 
 def _add_run_options(p: argparse.ArgumentParser, what: str) -> None:

@@ -64,6 +64,23 @@ def test_counts_and_training_options_that_cannot_work_are_refused_before_any_wor
     assert time.monotonic() - started < 10 and not (tmp_path / "m").exists()
 
 
+def test_allow_hosts_takes_hosts_and_networks_and_names_a_dump_it_swallowed(capsys):
+    """--allow-hosts takes any number of values, so a dump after it was taken for a host: the run said only that
+    the dump was missing, and a host given with its port exempted nothing."""
+    import pytest
+
+    from mmsa.cli import build_parser
+
+    args = build_parser().parse_args(["score", "--allow-hosts", "127.0.0.1", "10.0.0.0/8", "cdn.local", "::1", "--db", "d",
+                                      "--out", "o", "posts.jsonl"])
+    assert args.allow_hosts == ["127.0.0.1", "10.0.0.0/8", "cdn.local", "::1"] and args.dump == "posts.jsonl"
+    for value in ("posts.jsonl", "dumps/2026-11-20.csv.gz", "s3://bucket/d.jsonl", "127.0.0.1:8080", "https://cdn.local"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["score", "--allow-hosts", "127.0.0.1", value, "--db", "d", "--out", "o"])
+        assert f"argument --allow-hosts: {value!r} is not a host name, an IP address or a CIDR (the dump goes before " \
+               "--allow-hosts)" in capsys.readouterr().err, value
+
+
 def test_the_console_filter_hides_only_what_the_command_tells_in_one_line():
     """Prefect's failed-state lines of bad input and of mmsa.faults' failures go (the command says them in one line);
     any other exception's stay, whatever its name ends with."""
