@@ -119,7 +119,7 @@ def evaluate_file(path: str | Path, model="default", batch_size: int = 32, backe
     """
     from mmsa.data import load_jsonl
     from mmsa.infer import get_engine
-    from mmsa.model import load_model, toward_targets
+    from mmsa.model import load_model
 
     m = load_model(model) if isinstance(model, (str, Path)) else model
     engine = get_engine(m, backend)  # the same inference path as scoring
@@ -139,9 +139,8 @@ def evaluate_file(path: str | Path, model="default", batch_size: int = 32, backe
     probs = np.concatenate([p.probs for p in preds])
     toward = ds.targets is not None and m.target_model is not None
     if toward:
-        target = [t for p in preds for t in p.target_probs]
-        text = np.concatenate([p.text_probs for p in preds])
-        probs = np.stack([toward_targets(f, x, t)[0] if len(t) else f for f, x, t in zip(probs, text, target)])
+        target = [t for p in preds for t in p.target_probs]  # read from the text, as `mmsa score` reads a brand's
+        probs = np.stack([t[0] if len(t) else f for f, t in zip(probs, target)])
     text_probs = np.concatenate([p.text_probs for p in preds])
     image_probs = np.concatenate([p.image_probs for p in preds])
     has = ~np.isnan(image_probs).any(1)

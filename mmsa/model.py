@@ -39,14 +39,6 @@ class Prediction:
     target_probs: list[np.ndarray] | None = None  # per row, (its targets, 3) text probabilities toward each target
 
 
-def toward_targets(fused: np.ndarray, text: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """(k, 3) probabilities toward a post's k targets from the target head's (k, 3) text probabilities, moved
-    by the post's image as the post's own (3,) were: times fused / text, so a post without a usable image
-    (fused == text) keeps the head's."""
-    shifted = target * fused / np.clip(text, 1e-6, None)
-    return shifted / shifted.sum(-1, keepdims=True)
-
-
 def blend_targets(lent: np.ndarray, own: np.ndarray, weight: float) -> np.ndarray:
     """(k, 3) probabilities toward a post's targets from a borrowed head's and the model's own head's: their
     geometric mean with `weight` on the own head's (two heads over different encoders err differently)."""

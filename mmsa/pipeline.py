@@ -363,20 +363,19 @@ def toward_brands(pred, rows: list[tuple[int, int, str | None]], target_probs: l
                   spans: list[list[list]]) -> list[np.ndarray] | None:
     """Per post, (brands, 3) probabilities toward each brand it names; None where the model has no target head.
 
-    A brand the text names gets the sentiment toward it (`mmsa.model.toward_targets`); one the text does not
-    name (from the dump's own field), the post's own."""
-    from mmsa.model import toward_targets
-
+    A brand the text names gets the target head's sentiment toward it, read from the text: the post's image moves the
+    post's label, not a brand's (no labelled data toward a target with its image was there to learn or check how; the
+    post's fused / text ratio, tried, flipped clear praise of a brand to negative). A brand the text does not name
+    (from the dump's own field) gets the post's own."""
     if target_probs is None:
         return None
     first = {p: r for r, (p, k, _) in enumerate(rows) if k == 0}
     out = []
     for p, post_spans in enumerate(spans):
-        fused, text = pred.probs[p], pred.text_probs[p]
-        probs = np.repeat(fused[None], len(post_spans), 0)
+        probs = np.repeat(pred.probs[p][None], len(post_spans), 0)
         named = [k for k, sp in enumerate(post_spans) if sp]
         if named and p in first:
-            probs[named] = toward_targets(fused, text, target_probs[first[p]])
+            probs[named] = target_probs[first[p]]
         out.append(probs)
     return out
 

@@ -295,17 +295,19 @@ def test_a_targets_only_engine_stops_at_the_states_its_target_head_reads(tmp_pat
         Engine(SentimentModel(_borrower(tmp_path / "plain")), backend="torch", targets_only=True)
 
 
-def test_toward_brands_moves_a_named_brand_by_the_image_and_leaves_an_unnamed_one_with_the_post():
-    text = np.array([[0.2, 0.6, 0.2], [0.3, 0.4, 0.3]])
-    fused = np.array([[0.2, 0.6, 0.2], [0.6, 0.2, 0.2]])  # post 0 has no usable image: fused == text
+def test_toward_brands_reads_a_named_brand_from_the_text_and_leaves_an_unnamed_one_with_the_post():
+    """A brand the text names gets the target head's probabilities, image or not. They were moved by the post's
+    fused / text ratio: the general text head is sharper than the fused one, so "Absolutely love Globex, best
+    purchase this year!" with a picture (fused 0.94 positive, text 0.9993) came out negative toward Globex."""
+    text = np.array([[0.2, 0.6, 0.2], [0.9993, 0.0007, 1e-7]])
+    fused = np.array([[0.2, 0.6, 0.2], [0.939, 0.045, 0.016]])  # post 0 has no usable image: fused == text
     pred = Prediction(fused, text, np.full((2, 3), np.nan))
     rows = [(0, 0, None), (1, 0, "u1"), (1, 1, "u2")]
-    target = [np.array([[0.1, 0.1, 0.8]]), np.array([[0.5, 0.3, 0.2]]), np.zeros((0, 3))]
+    target = [np.array([[0.1, 0.1, 0.8]]), np.array([[0.991, 0.008, 0.001]]), np.zeros((0, 3))]
     spans = [[[(0, 4)], []], [[(3, 8)]]]
     out = pipeline.toward_brands(pred, rows, target, spans)
     assert np.allclose(out[0][0], [0.1, 0.1, 0.8]) and np.allclose(out[0][1], fused[0])
-    shifted = np.array([0.5, 0.3, 0.2]) * fused[1] / text[1]
-    assert np.allclose(out[1][0], shifted / shifted.sum())
+    assert np.allclose(out[1][0], [0.991, 0.008, 0.001])
     assert pipeline.toward_brands(pred, rows, None, spans) is None
 
 
