@@ -110,6 +110,7 @@ def _days(days: list[date], dump_template: str, db: str, model_version: str, sco
           again: bool) -> tuple[dict[str, str], list[str]]:
     """Score each day's dump in turn: ({day: "scored" | "skipped" | "failed"}, the failed days with why)."""
     outcome, failed = {}, []
+    reading = source.reading_key(RunOptions.build(params).reading)
     for day in days:
         dump = day_dump(dump_template, day)
         key, missing = None, None
@@ -118,7 +119,7 @@ def _days(days: list[date], dump_template: str, db: str, model_version: str, sco
                 key = source.files_key(source.resolve(dump, Path(), warn=False))  # the day's run names odd files
             except FileNotFoundError as exc:
                 missing = exc
-        if not again and already_scored(db, dump, model_version, key):
+        if not again and already_scored(db, dump, model_version, key, reading):
             outcome[str(day)] = "skipped"
             print(f"{day}: {dump} already scored by {model_version}, skipped")
             continue

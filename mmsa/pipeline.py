@@ -587,6 +587,7 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
                     "run_id": run_id,
                     "dump": prepared.dump,
                     "dump_key": prepared.files_key,
+                    "reading_key": source.reading_key(opts.reading),
                     "model_version": model_version,
                     "started_at": started_at,
                     "finished_at": store.now_utc(),

@@ -280,12 +280,17 @@ def files_key(path: Path | list[Path]) -> str:
 
 
 def content_key(files: str, options: ReadOptions | None = None) -> str:
-    """A short hash of the files (`files_key`), of how they are read, of the shards' schema, of the language
-    rules and of the validation's version: the same dump read the same way always maps to the same work folder
-    and file names, and shards or results written otherwise are never picked up."""
-    digest = hashlib.sha256((str(POST_SCHEMA) + language.KEY + str(VALIDATION) + files).encode())
-    digest.update(json.dumps(asdict(options or ReadOptions()), sort_keys=True).encode())
-    return digest.hexdigest()[:16]
+    """A short hash of the files (`files_key`), of how they are read (`reading_key`), of the shards' schema, of the
+    language rules and of the validation's version: the same dump read the same way always maps to the same work
+    folder and file names, and shards or results written otherwise are never picked up."""
+    text = str(POST_SCHEMA) + language.KEY + str(VALIDATION) + files + reading_key(options)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def reading_key(options: ReadOptions | None = None) -> str:
+    """A short hash of how a dump is read as its user told it (format, mapping, brand rules, images per post): a
+    backfill's day read otherwise than when it was scored (a brand added) is not done."""
+    return hashlib.sha256(json.dumps(asdict(options or ReadOptions()), sort_keys=True).encode()).hexdigest()[:16]
 
 
 class _ZstdFrames(io.RawIOBase):

@@ -84,6 +84,7 @@ ALTER TABLE runs ADD COLUMN IF NOT EXISTS not_posts JSON;  -- records that were 
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS cache_repaired BIGINT;  -- damaged image cache entries fetched anew
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS not_covered JSON;  -- posts stored unscored, by language
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS dump_key VARCHAR;  -- the dump's bytes (mmsa.source.files_key)
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS reading_key VARCHAR;  -- how it was read (mmsa.source.reading_key)
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS posts_unscored BIGINT;  -- of posts_scored (the posts stored), those unlabelled
 ALTER TABLE scored_posts ADD COLUMN IF NOT EXISTS unscored_reason VARCHAR;
 ALTER TABLE scored_posts ADD COLUMN IF NOT EXISTS brand_scores {_duck_type(SCORED_SCHEMA.field("brand_scores").type)};
@@ -407,10 +408,12 @@ def record_model(con: duckdb.DuckDBPyConnection, model_version: str, quantificat
                 {"v": model_version, "q": None if quantification is None else json.dumps(quantification)})
 
 
-def already_scored(db: str | Path, dump: str, model_version: str, dump_key: str | None = None) -> bool:
+def already_scored(db: str | Path, dump: str, model_version: str, dump_key: str | None = None,
+                   reading_key: str | None = None) -> bool:
     """True when table `runs` of `db` holds a finished run of `dump` by `model_version`; given `dump_key` (the
-    bytes of a local dump: mmsa.source.files_key), a run of those bytes (or one recorded before runs kept them),
-    so that a day's dump replaced since, by a later or a whole file, is scored again."""
+    bytes of a local dump: mmsa.source.files_key), a run of those bytes, so that a day's dump replaced since, by a
+    later or a whole file, is scored again; given `reading_key` (mmsa.source.reading_key), a run that read it the
+    same way, so that a brand added since is scored (a run recorded before runs kept a key passes either)."""
     if not Path(db).exists():
         return False
     with run_lock(str(db)), _open(Path(db), read_only=True) as con:
@@ -418,9 +421,11 @@ def already_scored(db: str | Path, dump: str, model_version: str, dump_key: str 
             "SELECT column_name FROM information_schema.columns WHERE table_name = 'runs'").fetchall()}
         if not columns:
             return False
-        same = " AND (dump_key IS NULL OR dump_key = $key)" if dump_key and "dump_key" in columns else ""
+        keys = {name: value for name, value in (("dump_key", dump_key), ("reading_key", reading_key))
+                if value and name in columns}
+        same = "".join(f" AND ({name} IS NULL OR {name} = ${name})" for name in keys)
         (n,) = con.execute(
             f"SELECT count(*) FROM runs WHERE dump = $dump AND model_version = $mv AND finished_at IS NOT NULL{same}",
-            {"dump": dump, "mv": model_version} | ({"key": dump_key} if same else {}),
+            {"dump": dump, "mv": model_version} | keys,
         ).fetchone()
     return n > 0

@@ -75,6 +75,16 @@ def test_backfill_scores_each_day_once_and_force_rescores(prefect_harness, tmp_p
     assert capsys.readouterr().out == f"{DAYS[0]}  skipped\n{DAYS[1]}  scored\n{DAYS[2]}  skipped\n"
     assert _counts(db) == ((37, 37), 7)
 
+    # a brand added to the brands file: every day is read otherwise, so none is done (they were skipped: no rows)
+    brands = tmp_path / "brands.yaml"
+    brands.write_text("globex:\n  keywords: [store]\n")
+    assert _backfill(template, db, out, "--brands", str(brands)) == 0
+    assert capsys.readouterr().out.count("scored") == 3
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.execute("SELECT count(DISTINCT post_id) FROM post_sentiment WHERE brand = 'globex'").fetchone() == (12,)
+    assert _backfill(template, db, out, "--brands", str(brands)) == 0
+    assert capsys.readouterr().out.count("skipped") == 3
+
 
 def test_a_nightly_run_scores_the_day_before_its_scheduled_start_not_before_today(prefect_harness, tmp_path, monkeypatch):
     """Two nights' runs started late (a worker down, then back the next morning) both scored today's yesterday:
@@ -179,10 +189,10 @@ def test_a_backfill_holds_its_database_from_its_first_day_to_its_last(prefect_ha
     db, out = tmp_path / "m.duckdb", tmp_path / "out"
     probes = []
 
-    def probing(db_path, dump, model_version, key):  # before each day: can another process take the lock now?
+    def probing(db_path, dump, model_version, key, reading):  # before each day: can another process take the lock now?
         probe = subprocess.run([sys.executable, "-c", LOCK_PROBE, f"{db_path}.lock"])
         probes.append(probe.returncode)
-        return already_scored(db_path, dump, model_version, key)
+        return already_scored(db_path, dump, model_version, key, reading)
 
     monkeypatch.setattr(backfill, "already_scored", probing)
     assert backfill.backfill_flow(dump_template=template, db=str(db), out=str(out), start=date(2026, 11, 1),
