@@ -542,7 +542,7 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
         waiting = store.not_loaded(con, writers)
         loads = [r for r in results if not r.skipped or waiting.intersection(r.files)]
         stored = {f: writers.get(f, r.scored_by) for r in loads for f in r.files}
-        store.prune_partitions(out, list(stored), model_version)  # before the load: killed in between, the rerun prunes again
+        store.prune_partitions(con, out, list(stored), model_version)  # before the load: killed in between, the rerun prunes again
         with store.transaction(con):  # posts, rejections and the run's record appear together
             scored = store.load_scored(con, [out / f for f in stored])
             store.mark_loaded(con, stored)

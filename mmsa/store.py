@@ -203,16 +203,25 @@ def write_partitions(table: pa.Table, out: Path, stem: str) -> list[Path]:
     return written
 
 
-def prune_partitions(out, stored: list[str], model_version: str) -> int:
-    """Take out of the model's other Parquet files in the partitions of `stored` (files within `out` a run is
-    storing) the rows of the posts those hold: of a post in two dumps the one stored last stays, so that `out`
-    holds one row per post and model, as the database does. A file left without rows stays, empty (a missing
-    file would have its shard scored again). Returns the rows taken out."""
+def prune_partitions(con: duckdb.DuckDBPyConnection, out, stored: list[str], model_version: str) -> int:
+    """Take out of the model's other Parquet files the rows of the posts that `stored` (files within `out` a run is
+    storing) hold, in the partitions of `stored` and in those of the days the database has them on (a post a later
+    dump dates otherwise): of a post in two dumps the one stored last stays, so that `out` holds one row per post and
+    model, as the database does. A file left without rows stays, empty (a missing file would have its shard scored
+    again). Returns the rows taken out."""
     out, mine = storage.path(out), set(stored)
     posts = pa.array(sorted({p for f in stored for p in storage.read_table(out / f, columns=["post_id"])["post_id"].to_pylist()}),
                      pa.string())
+    parts = {f.split("/")[0] for f in stored}
+    con.register("pruned_posts", pa.table({"post_id": posts}))
+    try:
+        parts.update(f"date={day}" for (day,) in con.execute(
+            "SELECT DISTINCT strftime(DATE '1970-01-01' + CAST(epoch_us(created_at) // 86400000000 AS INTEGER), '%Y-%m-%d') "
+            "FROM scored_posts JOIN pruned_posts USING (post_id) WHERE model_version = $mv", {"mv": model_version}).fetchall())
+    finally:
+        con.unregister("pruned_posts")
     removed = 0
-    for part in sorted({f.split("/")[0] for f in stored}):
+    for part in sorted(parts):
         for other in sorted((out / part).glob(f"{_file_stem(model_version)}-*.parquet")):
             if f"{part}/{other.name}" in mine:
                 continue

@@ -144,6 +144,24 @@ def test_a_dump_read_the_wrong_way_streams_its_rejections_shard_by_shard(prefect
         assert con.sql("SELECT posts_in, posts_rejected FROM runs").fetchall() == [(10, 10), (10, 10)]
 
 
+def test_a_post_a_later_dump_dates_otherwise_keeps_one_row_in_the_parquet_folder(prefect_harness, tmp_path):
+    """The Parquet folder holds one row per post and model, as the database does: a post whose time a later dump
+    mends onto another day left its old row in the old day's partition (the folder counted it twice)."""
+    db, out = tmp_path / "m.duckdb", tmp_path / "out"
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text(json.dumps({"post_id": "p1", "created_at": "2026-11-20T23:30:00Z", "text": "acme is fine"}) + "\n"
+                     + json.dumps({"post_id": "p2", "created_at": "2026-11-20T10:00:00Z", "text": "acme ok"}) + "\n")
+    second.write_text(json.dumps({"post_id": "p1", "created_at": "2026-11-21T04:30:00Z", "text": "acme is fine"}) + "\n")
+    for dump in (first, second):
+        assert cli.main(["score", str(dump), "--db", str(db), "--out", str(out), "--quiet"]) == 0
+    rows = duckdb.sql(f"SELECT post_id, date FROM read_parquet('{out}/date=*/*.parquet', hive_partitioning=true) "
+                      "ORDER BY 1").fetchall()
+    assert [(p, str(d)) for p, d in rows] == [("p1", "2026-11-21"), ("p2", "2026-11-20")]
+    with duckdb.connect(str(db), read_only=True) as con:
+        assert con.sql("SELECT post_id, CAST(day AS VARCHAR) FROM post_sentiment ORDER BY 1").fetchall() == [
+            ("p1", "2026-11-21"), ("p2", "2026-11-20")]
+
+
 def test_a_rerun_of_an_older_dump_leaves_a_post_a_newer_dump_changed(prefect_harness, tmp_path):
     """Every load upserted all the dump's shards, skipped ones too: rerunning yesterday's export after today's
     (which edited the posts) put back their old text without scoring anything. A run stores what it scores, and
