@@ -263,6 +263,15 @@ def brand_name(name: str | None) -> str:
     return "(no brand)" if name is None else name
 
 
+_MARKDOWN = re.compile(r"([\\`*_\[\]|<>~])")
+
+
+def _md(value: object) -> str:
+    """A dump's words (a brand, a post, a path) as markdown text: on one line, its markup escaped, so that a post's
+    `|` does not cut the table and its `![](url)` or `<b>` is shown, not rendered."""
+    return _MARKDOWN.sub(r"\\\1", " ".join(str(value).split()))
+
+
 def headline_markdown(db: str | Path, run_id: str | None = None,
                       draw: Callable[[], list[Path]] | None = None) -> Headline:
     """The nightly headline as markdown: the run (latest unless `run_id`), each brand's last
@@ -278,7 +287,7 @@ def headline_markdown(db: str | Path, run_id: str | None = None,
         lines = [
             f"# mmsa headline: run `{run['run_id']}`",
             "",
-            f"Dump `{run['dump']}`, model `{run['model_version']}`: {run['posts_in']} posts in, "
+            f"Dump {_md(run['dump'])}, model `{run['model_version']}`: {run['posts_in']} posts in, "
             f"{run['posts_scored']} scored"
             + (f" + {run['posts_unscored']} stored unscored" if run["posts_unscored"] else "")
             + (f", {before} already stored" if (before := run["posts_in"] - run["posts_rejected"] - run["posts_scored"]
@@ -302,23 +311,23 @@ def headline_markdown(db: str | Path, run_id: str | None = None,
         ]
         for r in sorted(pop, key=lambda r: -r["posts"]):
             lines.append(
-                f"| {brand_name(r['brand'])} | {r['posts']} | {_pct(r['posts_change_pct'])} | {_num(r['net_sentiment'])} "
+                f"| {_md(brand_name(r['brand']))} | {r['posts']} | {_pct(r['posts_change_pct'])} | {_num(r['net_sentiment'])} "
                 f"| {_num(r['net_sentiment_change'])} | {_share(r['negative_share'])} | {_pp(r['negative_share_change'])} |"
             )
         spikes = [s for s in run_report("sentiment_spikes", con, **week).to_pylist() if s["rank"] == 1]
         lines += ["", "## Spikes", ""]
         lines += [
-            f"- **{brand_name(s['brand'])}** {s['day']}: {s['kind']} ({s['posts']} posts, {_share(s['negative_share'], 0)} negative; "
+            f"- **{_md(brand_name(s['brand']))}** {s['day']}: {s['kind']} ({s['posts']} posts, {_share(s['negative_share'], 0)} negative; "
             f"usually {s['mean_posts']:.1f} posts, {_share(s['mean_negative_share'], 0)} negative). "
-            f"Top post `{s['post_id']}`: \"{(s['text'] or '')[:80]}\""
+            f"Top post {_md(s['post_id'])}: \"{_md((s['text'] or '')[:80])}\""
             for s in spikes
         ] or ["None."]
         disagreement = run_report("modality_disagreement", con, **week).to_pylist()
         lines += ["", "## Text and image disagreeing (posts with both)", ""]
         lines += [
-            f"- {brand_name(d['brand'])}: {d['disagreement_rate']:.1%} disagree, {d['opposite_rate']:.1%} opposite "
+            f"- {_md(brand_name(d['brand']))}: {d['disagreement_rate']:.1%} disagree, {d['opposite_rate']:.1%} opposite "
             f"({d['positive_text_negative_image']} positive text + negative image)" if d["disagreement_rate"] is not None
-            else f"- {brand_name(d['brand'])}: no post with both a text and an image label"
+            else f"- {_md(brand_name(d['brand']))}: no post with both a text and an image label"
             for d in disagreement
         ]
     charts = draw() if draw is not None else []

@@ -728,7 +728,11 @@ def test_headline_names_posts_without_a_brand_and_says_when_no_post_has_both_tex
                     "NULL AS text_p_positive, NULL AS text_p_neutral, NULL AS text_p_negative, NULL AS image_label, "
                     "NULL AS image_p_positive, NULL AS image_p_neutral, NULL AS image_p_negative, [] AS images, "
                     "[] AS brand_scores) FROM scored_posts WHERE post_id = 'acme-0317-00' AND model_version = 'v2'")
+        con.execute("INSERT INTO scored_posts SELECT * REPLACE ('odd-1' AS post_id, ['<b>Co|rp</b> ![](http://t/x)'] AS brands) "
+                    "FROM scored_posts WHERE post_id = 'acme-0317-00' AND model_version = 'v2'")
     md = report.headline_markdown(db).markdown
+    # a dump's brand as words: its | cut the table, its markup was rendered (the artifact is markdown)
+    assert "| \\<b\\>Co\\|rp\\</b\\> !\\[\\](http://t/x) | 1 |" in md
     assert "None" not in md and "| (no brand) | 1 |" in md
     assert "| initech | 1 | n/a | n/a | n/a | n/a | n/a |" in md
     assert "- (no brand): no post with both a text and an image label" in md
