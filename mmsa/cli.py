@@ -219,6 +219,13 @@ def _at_least(least: int):
     return parse
 
 
+def _port(value: str) -> int:
+    """An argparse type: a TCP port, 0 (any free one) to 65535."""
+    if not re.fullmatch(r"\d{1,5}", value.strip()) or int(value) > 65535:
+        raise argparse.ArgumentTypeError(f"a port from 0 to 65535, not {value!r}")
+    return int(value)
+
+
 def _timezone(value: str) -> str:
     """An argparse type: an IANA time zone name (Europe/Berlin), refused before Prefect starts."""
     from zoneinfo import ZoneInfo
@@ -502,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", required=True, help="the analyst snapshot, <db stem>.analyst.duckdb")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; the dashboard has no login)")
-    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 picks a free one)")
+    p.add_argument("--port", type=_port, default=8765, help="port (default 8765; 0 picks a free one)")
     p.add_argument("--cache", help="the pipeline's image cache (OUT/_cache), for thumbnails; never fetched from the web")
     p.set_defaults(func=_cmd_dashboard)
 

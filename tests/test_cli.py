@@ -64,6 +64,19 @@ def test_counts_and_training_options_that_cannot_work_are_refused_before_any_wor
     assert time.monotonic() - started < 10 and not (tmp_path / "m").exists()
 
 
+def test_a_dashboard_port_out_of_range_is_one_line(capsys):
+    """--port 99999 was a traceback from bind() (an OverflowError, not the OSError the server tells in one line)."""
+    import pytest
+
+    from mmsa.cli import build_parser
+
+    assert build_parser().parse_args(["dashboard", "--db", "a.duckdb", "--port", "0"]).port == 0
+    for port in ("99999", "-1", "http"):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["dashboard", "--db", "a.duckdb", "--port", port])
+        assert f"argument --port: a port from 0 to 65535, not {port!r}" in capsys.readouterr().err
+
+
 def test_allow_hosts_takes_hosts_and_networks_and_names_a_dump_it_swallowed(capsys):
     """--allow-hosts takes any number of values, so a dump after it was taken for a host: the run said only that
     the dump was missing, and a host given with its port exempted nothing."""
