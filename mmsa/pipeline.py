@@ -63,7 +63,8 @@ class RunOptions:
         if storage.is_remote(params.db) or source.is_url(params.db):  # DuckDB writes a local file, beside its lock
             raise ValueError(f"--db {params.db}: the database is a local file; --out and --cache may be object storage")
         return cls(
-            db=params.db, out=params.out, cache=params.cache, model=params.model, shard_size=params.shard_size,
+            db=params.db, out=_absolute(params.out), cache=_absolute(params.cache),
+            model=_absolute(params.model) if Path(params.model).exists() else params.model, shard_size=params.shard_size,
             allow_local_files=params.allow_local_files, allow_hosts=tuple(params.allow_hosts or ()),
             force=params.force, retry_failed=params.retry_failed, backend=params.backend,
             reading=source.ReadOptions.build(params.source_format, params.mapping, params.brands, params.max_images),
@@ -73,6 +74,13 @@ class RunOptions:
     @property
     def cache_dir(self) -> Path:  # a local folder, or an fsspec URL's UPath (mmsa.storage)
         return storage.path(self.cache) if self.cache else storage.path(self.out) / "_cache"
+
+
+def _absolute(location: str | None) -> str | None:
+    """A local folder as an absolute path: Dask workers started in another folder read and write it too."""
+    if location is None or storage.is_remote(location) or source.is_url(location):
+        return location
+    return str(storage.path(location).absolute())
 
 
 @dataclass

@@ -26,7 +26,7 @@ def test_the_score_flow_takes_the_run_parameters_whole():
     assert inspect.signature(score_flow.fn).parameters["params"].annotation in (RunParameters, "RunParameters")
 
 
-def test_run_options_carry_every_run_parameter(tmp_path):
+def test_run_options_carry_every_run_parameter(tmp_path, monkeypatch):
     """Each parameter set to a value other than its default arrives in RunOptions (or its reading and fetch
     settings); the table below names every field, so a new one must be carried and listed."""
     brands = tmp_path / "brands.yaml"
@@ -34,9 +34,13 @@ def test_run_options_carry_every_run_parameter(tmp_path):
     params = RunParameters(db="d.duckdb", out="out", cache="cache", model="mine", shard_size=7, allow_local_files=True,
                            allow_hosts=["10.0.0.1"], force=True, retry_failed=True, backend="torch", source_format="flat",
                            mapping={"text": "body"}, brands=str(brands), max_images=2, fetch_processes=3, gpu_decode=True)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()
     opts = RunOptions.build(params)
+    # local folders absolute: Dask workers started elsewhere read and write them too (a relative --out failed there)
     carried = {
-        "db": opts.db == "d.duckdb", "out": opts.out == "out", "cache": opts.cache == "cache", "model": opts.model == "mine",
+        "db": opts.db == "d.duckdb", "out": opts.out == str(tmp_path / "out"), "cache": opts.cache == str(tmp_path / "cache"),
+        "model": opts.model == str(tmp_path / "mine"),
         "shard_size": opts.shard_size == 7, "allow_local_files": opts.allow_local_files is True,
         "allow_hosts": opts.allow_hosts == ("10.0.0.1",), "force": opts.force is True,
         "retry_failed": opts.retry_failed is True, "backend": opts.backend == "torch",
@@ -46,3 +50,5 @@ def test_run_options_carry_every_run_parameter(tmp_path):
     }
     assert sorted(carried) == sorted(parameter_names()), "a run parameter with no row here: carry it and list it"
     assert [name for name, ok in carried.items() if not ok] == []
+    remote = RunOptions.build(RunParameters(db="d.duckdb", out="s3://bucket/out", cache="file:///srv/cache", model="default"))
+    assert (remote.out, remote.cache, remote.model) == ("s3://bucket/out", "/srv/cache", "default")
