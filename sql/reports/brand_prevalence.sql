@@ -9,7 +9,7 @@
 -- NULL (e.g. in a language the model does not cover).
 -- Parameters: $per   day | week | month | total (default week; weeks start on Monday),
 --   $brand, $date_from, $date_to (inclusive days, UTC; a period cut by them counts only its days
---   inside), $model_version (NULL = the most recently used model),
+--   inside, and its period_start / period_end say so), $model_version (NULL = the most recently used model),
 --   $source, $lang (NULL = every platform / language; else the posts of that platform / language only).
 -- net_sentiment = positive_share - negative_share, from the estimates (-1 to +1), with its interval;
 -- counted_net_sentiment is the same from the counted labels.
@@ -38,9 +38,10 @@ posts AS (
 )
 SELECT
     brand,
-    coalesce(period, min(day))                                                      AS period_start,
+    coalesce(greatest(period, CAST($date_from AS DATE)), min(day))                  AS period_start,
     CASE per WHEN 'total' THEN max(day) WHEN 'day' THEN period
-             ELSE CAST(period + CAST('1 ' || per AS INTERVAL) - INTERVAL 1 DAY AS DATE) END AS period_end,
+             ELSE least(CAST(period + CAST('1 ' || per AS INTERVAL) - INTERVAL 1 DAY AS DATE), CAST($date_to AS DATE))
+    END                                                                             AS period_end,
     count(*)                                                                        AS posts,
     list(p ORDER BY post_id)                                                        AS probabilities,
     any_value(m.quantification)                                                     AS quantification,
