@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 from datetime import date, datetime
 from pathlib import Path
@@ -143,6 +144,13 @@ def run_sql(sql: str, db: str | Path | duckdb.DuckDBPyConnection, what: str, **p
     for key in COUNTS & {k for k, v in bound.items() if v is not None}:
         if not str(bound[key]).strip().isdigit() or int(bound[key]) < 1:
             raise ValueError(f"{what}: {key} must be a whole number of at least 1, got {bound[key]!r}")
+    if bound.get("threshold") is not None:  # nan or inf would find no spike, silently
+        try:
+            threshold = float(bound["threshold"])
+        except ValueError:
+            threshold = float("nan")
+        if not math.isfinite(threshold):
+            raise ValueError(f"{what}: threshold must be a z-score (a finite number), got {bound['threshold']!r}")
     _check_range(what, bound.get("date_from"), bound.get("date_to"))
     try:
         if isinstance(db, duckdb.DuckDBPyConnection):

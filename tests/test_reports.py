@@ -231,6 +231,9 @@ def test_spike_parameters_threshold_window_top_and_dates(db):
     strict = rows("sentiment_spikes", db, threshold=5, top=1)
     assert [(r["kind"], r["post_id"]) for r in strict] == [("negative_share", "acme-0314-09")]
     assert rows("sentiment_spikes", db, threshold=20) == []
+    for silent in ("nan", "inf", "high"):  # each found no spike, as if there were none
+        with pytest.raises(ValueError, match="threshold must be a z-score"):
+            rows("sentiment_spikes", db, threshold=silent)
     assert rows("sentiment_spikes", db, date_from="2024-03-15") == []
     # Days with less than 7 days of history are not judged: with a threshold every judged day
     # passes, the first is 03-11.
