@@ -288,6 +288,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"--param wants KEY=VALUE, got {item!r}")
+        if params.get(key.strip()) not in (None, value):  # --brand acme --param brand=globex: which one?
+            raise ValueError(f"{key.strip()} given twice: {params[key.strip()]!r} and {value!r}")
         params[key.strip()] = value
     if args.name == "all":
         if not args.html:
@@ -295,7 +297,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         from mmsa import charts
 
         print(charts.html_summary(args.db, args.html, **params))
-        if args.brand and (hint := report.unknown_brand_hint(args.db, args.brand)):
+        if hint := report.empty_hint(args.db, params):
             print(hint, file=sys.stderr)
         return 0
     if args.chart:
@@ -307,7 +309,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise ValueError("--html writes the summary of every report: `mmsa report all --html OUT.html`")
     table = report.run_report(args.name, args.db, **params)
     print(report.format_result(table, args.format), end="" if args.format == "csv" else "\n")
-    if not table.num_rows and args.brand and (hint := report.unknown_brand_hint(args.db, args.brand)):
+    if not table.num_rows and (hint := report.empty_hint(args.db, params)):
         print(hint, file=sys.stderr)
     if args.chart:
         print(f"chart: {charts.render_chart(args.name, args.db, args.chart, **params)}", file=sys.stderr)

@@ -109,13 +109,17 @@ def connect(db: str | Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def unknown_brand_hint(db: str | Path, brand: str) -> str | None:
-    """Why a report filtered on `brand` came back empty when no post has that brand: the brands there are
-    (names match exactly, as the brands file spells them); None when the brand is there."""
+def empty_hint(db: str | Path, params: dict) -> str | None:
+    """Why a report filtered on a brand or a model version can come back empty: no post has that brand (names
+    match exactly, as the brands file spells them) or no post was scored by that model; None when both are there."""
+    brand, version = params.get("brand"), params.get("model_version")
     with connect(db) as con:
         brands = [b for (b,) in con.sql("SELECT DISTINCT brand FROM post_sentiment WHERE brand IS NOT NULL "
                                         "ORDER BY brand").fetchall()]
-    if brand in brands:
+        versions = [v for (v,) in con.sql("SELECT DISTINCT model_version FROM scored_posts ORDER BY 1").fetchall()]
+    if version is not None and version not in versions:
+        return f"no post was scored by model {version!r} (models here: {', '.join(versions) or 'none'})"
+    if brand is None or brand in brands:
         return None
     close = [b for b in brands if b.casefold() == brand.casefold()]
     return (f"no post has brand {brand!r}" + (f"; did you mean {close[0]!r}?" if close else "")

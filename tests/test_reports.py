@@ -515,6 +515,10 @@ def test_cli_report_with_filters_params_format_and_chart(db, tmp_path, capsys):
         capsys.readouterr().err
     assert main(["report", "daily_brand_sentiment", "--db", str(db), "--brand", "acme", "--to", "2000-01-01"]) == 0
     assert capsys.readouterr().err == ""  # a known brand with no posts in the range: nothing to hint
+    assert main(["report", "daily_brand_sentiment", "--db", str(db), "--param", "model_version=v9"]) == 0
+    assert "no post was scored by model 'v9' (models here: v1, v2)" in capsys.readouterr().err  # was an empty table alone
+    assert main(["report", "daily_brand_sentiment", "--db", str(db), "--brand", "acme", "--param", "brand=globex"]) == 2
+    assert "brand given twice: 'acme' and 'globex'" in capsys.readouterr().err  # globex was read, silently
     assert main(["report", "all", "--db", str(db), "--brand", "ACME", "--html", str(tmp_path / "acme.html")]) == 0
     assert "no post has brand 'ACME'; did you mean 'acme'?" in capsys.readouterr().err  # the summary's tables are empty
     assert main(["report", "top_posts", "--db", str(db), "--html", str(tmp_path / "one.html")]) == 2
