@@ -218,6 +218,15 @@ def test_posts_behind_a_day_most_engaging_first_with_every_prediction(server):
     assert body.decode().splitlines() == [",".join(rows[0])]
 
 
+def test_the_quality_page_says_its_runs_and_refused_rows_are_dated_by_the_run(server):
+    """Filtered on the days of the posts, the refused rows and the runs read "0 rows": they are dated by the run."""
+    status, _, body = get(server, "/quality?date_from=2024-03-01&date_to=2024-03-22")
+    page = body.decode()
+    assert status == 200
+    assert "Input rows refused, per run and reason (dates: the day a run refused them)" in page
+    assert "Scoring runs (dates: the day a run started)" in page
+
+
 def test_spikes_view_lists_the_spike_with_z_scores_and_history(server):
     """The spike page: the planted day, its z-scores and the days it was judged on."""
     rows = csv_rows(server, "/csv/spikes?brand=acme")

@@ -299,13 +299,14 @@ class Queries:
 
     def table_rejected(self, con, f: Filters) -> Table:
         rows = run_query(con, "rejected_rows", f, self.default_model(con))
-        return Table("rejected", "Input rows refused, per run and reason", rows,
+        # dated by when they were refused, not by any post's day: said, or a range of post days reads "none refused"
+        return Table("rejected", "Input rows refused, per run and reason (dates: the day a run refused them)", rows,
                      ["run_id", "dump", "model_version", "reason", "rows", "first_line", "example_raw"],
                      "sql/reports/rejected_rows.sql")
 
     def table_runs(self, con, f: Filters) -> Table:
         rows = run_query(con, "runs", f, self.default_model(con))
-        return Table("runs", "Scoring runs", rows,
+        return Table("runs", "Scoring runs (dates: the day a run started)", rows,
                      ["run_id", "dump", "model_version", "started_at", "seconds", "posts_in", "posts_scored",
                       "posts_unscored", "posts_rejected", "rejected_rate", "stored_posts", "image_status", "not_covered"], "sql/reports/runs.sql")
 
