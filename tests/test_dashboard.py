@@ -218,6 +218,22 @@ def test_posts_behind_a_day_most_engaging_first_with_every_prediction(server):
     assert body.decode().splitlines() == [",".join(rows[0])]
 
 
+def test_filter_options_count_a_post_naming_two_brands_once_under_its_source_and_language(tmp_path):
+    import duckdb
+
+    from mmsa.dashboard.filters import Filters
+    from mmsa.dashboard.queries import run_query
+
+    db = reportdata.build(tmp_path / "two.duckdb")
+    with duckdb.connect(str(db)) as con:
+        con.execute("UPDATE scored_posts SET brands = ['acme', 'globex'] WHERE post_id = 'acme-0314-00'")
+        options = {(r["field"], r["value"]): r["posts"] for r in run_query(con, "filter_options", Filters(), "v2")}
+        for field in ("source", "lang"):
+            truth = dict(con.execute(f"SELECT {field}, count(DISTINCT post_id) FROM post_sentiment "
+                                     f"WHERE model_version = 'v2' GROUP BY 1").fetchall())
+            assert {v: n for (f, v), n in options.items() if f == field} == truth, field  # not (post, brand) rows
+
+
 def test_the_quality_page_says_its_runs_and_refused_rows_are_dated_by_the_run(server):
     """Filtered on the days of the posts, the refused rows and the runs read "0 rows": they are dated by the run."""
     status, _, body = get(server, "/quality?date_from=2024-03-01&date_to=2024-03-22")
