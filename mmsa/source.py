@@ -69,8 +69,10 @@ _SERIAL_DAYS = (20_000, 80_000)
 # read strictly, other separators told by the header, UTF-8 binary as text, a cut .json file's records read; 5:
 # spreadsheet serial days, brand rules folding strokes, more apostrophes and ™, Reddit comments read and its
 # removal notices left out, a cell of several image URLs, counts with thousands separators, UTF-16 files, a tweet
-# per line, Mastodon's unknown media; 6: Reddit's markdown read as its words, pandas' list cells), so a dump's
-# shards are cut again.
+# per line, Mastodon's unknown media; 6: Reddit's markdown read as its words and its invisible-only bodies left out,
+# pandas' list cells, MySQL's escapes over several CSV lines, YYYYMMDD days as floats, X's shares by the one count
+# rule, Bluesky's video posters, Mastodon's boosts without a handle, shards cut at REJECTED_PER_SHARD rejections),
+# so a dump's shards are cut again.
 VALIDATION = 6
 REJECTED_PER_SHARD = 10_000  # rejected records held at most, raw text of up to 2,000 characters each
 CSV_FIELD_LIMIT = 1 << 26  # characters in one CSV field: a long post reads as it does from JSONL (the default: 128 KiB)
@@ -448,6 +450,9 @@ class _Held:
 
 
 _BREAK = re.compile(r"\r\n|\r|\n")
+# Lines whose every backslash escapes what MySQL's SELECT ... INTO OUTFILE escapes (itself, quotes, a separator, a
+# line break, \0 \b \n \r \t \Z): only such a row is read with backslash escapes.
+_MYSQL_ESCAPES = re.compile(r"(?:[^\\]|\\[\\\"'0bnrtZ,;\t|\r\n])*", re.DOTALL)
 
 
 def _csv_rows(fh) -> Iterator[tuple[int, dict | Unreadable | CsvHeader]]:
@@ -480,6 +485,8 @@ def _csv_rows(fh) -> Iterator[tuple[int, dict | Unreadable | CsvHeader]]:
             retry = _Held(itertools.chain(held[first:], lines.lines))
             try:  # MySQL's \" inside a field of several lines: the row whole, its lines not read again as rows
                 row = next(csv.DictReader(retry, fieldnames=names, delimiter=delimiter, strict=True, escapechar="\\"))
+                if not all(_MYSQL_ESCAPES.fullmatch(line) for line in retry.held):  # a path's C:\dir\" is no escape
+                    raise csv.Error("not MySQL's escapes")
                 used, retry.held = len(retry.held), []
             except (csv.Error, StopIteration):
                 row = next(csv.DictReader([held[first]], fieldnames=names, delimiter=delimiter))

@@ -227,14 +227,16 @@ def test_a_csv_quote_never_closed_does_not_swallow_the_rows_after_it(tmp_path):
     unclosed.write_text(head + 'p1,2026-11-20,ok\n\np2,2026-11-20,"oops\np3,2026-11-20,three\np4,2026-11-20,four\n')
     loose.write_text(head + 'p1,2026-11-20,my 5" screen\np2,2026-11-20,"He said \\"great\\" today"\np3,2026-11-20,"hi" \n'
                      'p4,2026-11-20,"two\nlines"\np5,2026-11-20,"oops\np6,2026-11-20,six\np7,2026-11-20,"seven"\n'
-                     'p8,2026-11-20,"she wrote \\"meh\\" and\np9 liked it"\np10,2026-11-20,ten\n')
+                     'p8,2026-11-20,"she wrote \\"meh\\" and\np9 liked it"\np10,2026-11-20,ten\n'
+                     # a path's backslash is no MySQL escape: read leniently, not as a field running on to p12's quote
+                     'p11,2026-11-20,"C:\\dir\\" x\np12,2026-11-20,said hi"\n')
     _, posts, rejected = _all(unclosed, 10)
     assert [p["text"] for p in posts] == ["ok"]
     assert [(r["line"], r["reason"]) for r in rejected] == [(4, "unreadable file from here: a quoted field never closes")]
     _, posts, rejected = _all(loose, 10)
     # and a quote never closed before a later quote costs its own row's text only, not the rows between
     assert [p["text"] for p in posts] == ['my 5" screen', 'He said "great" today', "hi ", "two\nlines", "oops", "six",
-                                          "seven", 'she wrote "meh" and\np9 liked it', "ten"]
+                                          "seven", 'she wrote "meh" and\np9 liked it', "ten", "C:\\dir\\ x", 'said hi"']
     assert rejected == []
 
 
