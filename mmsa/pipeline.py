@@ -64,7 +64,7 @@ class RunOptions:
             raise ValueError(f"--db {params.db}: the database is a local file; --out and --cache may be object storage")
         return cls(
             db=params.db, out=_absolute(params.out), cache=_absolute(params.cache),
-            model=_absolute(params.model) if Path(params.model).exists() else params.model, shard_size=params.shard_size,
+            model=_absolute(params.model) if (Path(params.model) / "config.json").is_file() else params.model, shard_size=params.shard_size,
             allow_local_files=params.allow_local_files, allow_hosts=tuple(params.allow_hosts or ()),
             force=params.force, retry_failed=params.retry_failed, backend=params.backend,
             reading=source.ReadOptions.build(params.source_format, params.mapping, params.brands, params.max_images),
@@ -214,7 +214,7 @@ def prepare(dump: str, opts: RunOptions) -> Prepared:
         key = source.content_key(files_key, opts.reading)
         workdir = out / "_work" / key
         if isinstance(out, Path):  # object storage has no temporary files: an upload appears whole or not at all
-            files.sweep_stale(workdir / "shards", *workdir.glob("done/*"), *out.glob("date=*"))
+            files.sweep_stale(workdir / "shards", workdir / "rejected", *workdir.glob("done/*"), *out.glob("date=*"))
         shard_size = _shard_size(workdir, opts.shard_size)
         shards, rejections, rejected, first_rejected = [], [], 0, []
         posts_in, not_posts, first = 0, Counter(), None

@@ -102,6 +102,8 @@ def test_periods_week_month_total_and_the_filters(db):
     assert [(r["period_start"], r["period_end"]) for r in month] == [(date(2024, 3, 1), date(2024, 3, 31))]
     cut = report.run_report("brand_prevalence", db, per="month", date_from="2024-03-05", date_to="2024-03-20").to_pylist()
     assert [(r["period_start"], r["period_end"]) for r in cut] == [(date(2024, 3, 5), date(2024, 3, 20))]  # the days counted
+    whole = report.run_report("brand_prevalence", db, per="total", date_from="2024-01-01").to_pylist()
+    assert [(r["period_start"], r["period_end"]) for r in whole] == [(QUIET_DAY, BUSY_DAY)]  # the posts' days
     total = report.run_report("brand_prevalence", db, per="total", date_to=str(QUIET_DAY)).to_pylist()
     assert [(r["period_start"], r["period_end"], r["posts"]) for r in total] == [(QUIET_DAY, QUIET_DAY, 5)]
     assert report.run_report("brand_prevalence", db, brand="globex").num_rows == 0

@@ -36,6 +36,8 @@ def test_run_options_carry_every_run_parameter(tmp_path, monkeypatch):
                            mapping={"text": "body"}, brands=str(brands), max_images=2, fetch_processes=3, gpu_decode=True)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.json").write_text("{}")  # a model folder: a folder named like a model is not one
+    (tmp_path / "default").mkdir()
     opts = RunOptions.build(params)
     # local folders absolute: Dask workers started elsewhere read and write them too (a relative --out failed there)
     carried = {
@@ -50,5 +52,5 @@ def test_run_options_carry_every_run_parameter(tmp_path, monkeypatch):
     }
     assert sorted(carried) == sorted(parameter_names()), "a run parameter with no row here: carry it and list it"
     assert [name for name, ok in carried.items() if not ok] == []
-    remote = RunOptions.build(RunParameters(db="d.duckdb", out="s3://bucket/out", cache="file:///srv/cache", model="default"))
+    remote = RunOptions.build(RunParameters(db="d.duckdb", out="s3://bucket/out", cache="file:///srv/cache"))
     assert (remote.out, remote.cache, remote.model) == ("s3://bucket/out", "/srv/cache", "default")

@@ -38,7 +38,7 @@ posts AS (
 )
 SELECT
     brand,
-    coalesce(greatest(period, CAST($date_from AS DATE)), min(day))                  AS period_start,
+    CASE per WHEN 'total' THEN min(day) ELSE greatest(period, CAST($date_from AS DATE)) END AS period_start,
     CASE per WHEN 'total' THEN max(day) WHEN 'day' THEN period
              ELSE least(CAST(period + CAST('1 ' || per AS INTERVAL) - INTERVAL 1 DAY AS DATE), CAST($date_to AS DATE))
     END                                                                             AS period_end,
