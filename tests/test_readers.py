@@ -152,7 +152,7 @@ def test_jetstream_posts_images_and_skipped_events(monkeypatch):
         Skip("bluesky: like"), Skip("bluesky: post delete"), Skip("bluesky: identity event")]
 
 
-def test_mastodon_html_boosts_and_media_types():
+def test_mastodon_html_boosts_and_media_types(tmp_path):
     original = {"id": "9", "uri": "https://mstdn.example/users/bob/statuses/9", "created_at": "2026-11-20T10:00:00.000Z",
                 "content": '<p>Hi <a href="https://x" class="mention">@<span>acmecorp</span></a> &amp; co</p><p>line<br>two '
                            '<a href="https://example.com/a/long/path"><span class="invisible">https://</span>'
@@ -174,6 +174,10 @@ def test_mastodon_html_boosts_and_media_types():
     # a boost whose account says no handle is a repost all the same: skipped as such, not a duplicate post rejected
     anonymous = _one(mastodon.read, {**boost, "uri": "https://mstdn.example/statuses/10/activity", "account": {"id": "7"}})
     assert anonymous["reposted_by"] == "boost https://mstdn.example/statuses/10/activity"
+    dump = tmp_path / "statuses.jsonl"
+    dump.write_text(_lines([original, {**boost, "account": {"id": "7"}}]))
+    (shard,) = source.iter_shards(dump, 10, options=source.ReadOptions(source_format="mastodon"))
+    assert (shard.posts.num_rows, shard.rejected, dict(shard.skipped)) == (1, [], {"repost of a post already read": 1})
 
 
 def test_mastodon_content_warning_leads_the_text_and_a_local_author_gets_the_server():
