@@ -159,7 +159,7 @@ def _add_address_options(p: argparse.ArgumentParser) -> None:
                    help="hosts or CIDRs exempt from the private-address block (tests, private CDNs)")
 
 
-_HOST_NAME = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})*\.?$")
+_HOST_NAME = re.compile(r"^\w[\w-]{0,62}(?:\.[\w-]{1,63})*\.?$")  # \w: an international name too (bücher.example)
 
 
 def _host_or_network(value: str) -> str:

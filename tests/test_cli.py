@@ -84,9 +84,9 @@ def test_allow_hosts_takes_hosts_and_networks_and_names_a_dump_it_swallowed(caps
 
     from mmsa.cli import build_parser
 
-    args = build_parser().parse_args(["score", "--allow-hosts", "127.0.0.1", "10.0.0.0/8", "cdn.local", "::1", "--db", "d",
-                                      "--out", "o", "posts.jsonl"])
-    assert args.allow_hosts == ["127.0.0.1", "10.0.0.0/8", "cdn.local", "::1"] and args.dump == "posts.jsonl"
+    args = build_parser().parse_args(["score", "--allow-hosts", "127.0.0.1", "10.0.0.0/8", "cdn.local", "::1", "bücher.example",
+                                      "--db", "d", "--out", "o", "posts.jsonl"])
+    assert args.allow_hosts == ["127.0.0.1", "10.0.0.0/8", "cdn.local", "::1", "bücher.example"] and args.dump == "posts.jsonl"
     for value in ("posts.jsonl", "dumps/2026-11-20.csv.gz", "s3://bucket/d.jsonl", "127.0.0.1:8080", "https://cdn.local"):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["score", "--allow-hosts", "127.0.0.1", value, "--db", "d", "--out", "o"])

@@ -119,6 +119,9 @@ def test_reddit_markdown_is_read_as_the_words_reddit_shows():
     text = _one(reddit.read, {"id": "m1", "created_utc": 1, "title": "**Acme** review", "selftext": body})["text"]
     assert text == ("**Acme** review\n\nLove my new Acme phone! not _really_\n\nthey said it would break\n\n"
                     "battery: great\n\ncamera: meh\n\nindented by habit\n\ncut&paste <3 \u200b the box")  # a title is not markdown
+    for body, shown in (("2024. What a year for acme", "2024. What a year for acme"), ("1986) was great", "1986) was great"),
+                        ("> " * 200 + "deep", "> " * 199 + "> deep")):  # its number kept; nested past the limit: as written
+        assert _one(reddit.read, {"id": "m2", "created_utc": 1, "body": body})["text"] == shown.strip()
 
 
 def test_jetstream_posts_images_and_skipped_events(monkeypatch):

@@ -86,19 +86,24 @@ def _words(text: str | None) -> str:
 
 
 def _plain(markdown: str) -> str:
-    """The words of a markdown text, a blank line between its paragraphs, list items and quotes; a picture's alt text
-    and code as written (an indented line is code in markdown, and often only a user's indentation)."""
+    """The words of a markdown text, a blank line between its paragraphs, list items and quotes; a numbered item's
+    number ("2024. What a year" is a list of one item to markdown), a picture's alt text and code as written (an
+    indented line is code in markdown, and often only a user's indentation)."""
     if not _MARKUP.search(markdown):
         return markdown if _VISIBLE.search(markdown) else ""
-    blocks = []
+    blocks, number = [], ""
     for token in _MARKDOWN.parse(markdown):
-        if token.type == "inline":
-            blocks.append("".join(child.content if child.type in ("text", "code_inline", "image") else "\n"
-                                  for child in token.children or ()
-                                  if child.type in ("text", "code_inline", "image", "softbreak", "hardbreak")))
+        if token.type == "list_item_open" and token.info:  # an ordered item: its number and . or )
+            number = f"{token.info}{token.markup} "
+        elif token.type == "inline":
+            blocks.append(number + "".join(child.content if child.type in ("text", "code_inline", "image") else "\n"
+                                           for child in token.children or ()
+                                           if child.type in ("text", "code_inline", "image", "softbreak", "hardbreak")))
+            number = ""
         elif token.type in ("code_block", "fence"):
             blocks.append(token.content.rstrip("\n"))
-    return "\n\n".join(block for block in blocks if _VISIBLE.search(block))
+    text = "\n\n".join(block for block in blocks if _VISIBLE.search(block))
+    return text or markdown.strip()  # words markdown shows none of (quotes nested past its limit): as written
 
 
 def images(record: dict) -> list[str]:
