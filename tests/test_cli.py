@@ -29,6 +29,49 @@ def test_the_executable_exits_with_mains_code_after_every_atexit_handler(tmp_pat
     assert proc.returncode == 2 and "arguments are required" in proc.stderr  # argparse's own exit, not the handler's
 
 
+def test_a_run_stopped_by_sigterm_stops_its_temporary_prefect_server_and_says_so(tmp_path):
+    """A service manager stops a command with SIGTERM: Prefect's handler ended the process on the spot, leaving its
+    temporary API server running (220 MB a stopped night). Now it is stopped as Ctrl-C stops it, in one line."""
+    import contextlib
+    import json
+    import os
+    import re
+    import signal
+    import socket
+    import threading
+
+    dump = tmp_path / "d.jsonl"
+    dump.write_text("".join(json.dumps({"post_id": f"p{n}", "created_at": "2026-11-20T10:00:00Z",
+                                        "text": f"acme post {n} is fine"}) + "\n" for n in range(400)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), TQDM_DISABLE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "mmsa.cli", "score", str(dump), "--db", str(tmp_path / "m.duckdb"),
+                             "--out", str(tmp_path / "out"), "--shard-size", "2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+    seen: list[str] = []
+
+    def read() -> None:  # a server left running keeps the pipe open: read in a thread, never to its end here
+        for line in proc.stdout:
+            seen.append(line)
+            if "score-shard" in line and proc.poll() is None:  # shards running
+                proc.send_signal(signal.SIGTERM)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        code = proc.wait(timeout=120)
+        reader.join(timeout=10)
+        output = "".join(seen)
+        assert code == 128 + signal.SIGTERM, output[-2000:]
+        assert "mmsa score: stopped; what was done is kept and a rerun goes on from there" in output
+        port = int(re.search(r"Starting temporary server on http://127\.0\.0\.1:(\d+)", output).group(1))
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listens there any more
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of the run's session is left
+
+
 def test_a_mistyped_training_head_and_a_demo_too_small_are_one_line_before_any_work(tmp_path, capsys):
     from mmsa.cli import main
 
