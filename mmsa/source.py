@@ -664,11 +664,13 @@ def _listed(value: object) -> object:
 def _image_urls(value: object) -> list[str]:
     """A post's image URLs from a list, or from one CSV cell of several: a list (_listed), or URLs separated by
     spaces, commas, semicolons or bars before the next http(s):// (a comma inside a URL, as in image services'
-    w_100,h_80, stays; so does a space in a local path)."""
+    w_100,h_80, stays; so does a space in a local path). A value that is no string (12345, {"u": 1}) is kept as its
+    JSON, which the fetch stage calls invalid_url: dropped, the post read as one without an image (no_image)."""
     value = _listed(value)
     if isinstance(value, str):
         value = _URL_SEPARATOR.split(value.strip())
-    return _strings(value)
+    items = value if isinstance(value, (list, tuple)) else [value]
+    return _strings([v if v is None or isinstance(v, str) else json.dumps(v, default=str) for v in items])
 
 
 def validate(row: dict, max_images: int = DEFAULT_MAX_IMAGES, tagger: BrandTagger | None = None) -> dict:

@@ -500,3 +500,16 @@ def test_one_run_survives_every_misbehaviour_at_once(image_server, cache):
     assert time.monotonic() - started < DEADLINE + 1.0
     assert {r.post_id: r.status for r in results} == {post_id: status for post_id, (_, status) in routes.items()}
     assert [r.post_id for r in results] == list(routes)
+
+
+def test_a_server_s_malformed_headers_are_its_image_s_row_not_a_traceback_on_the_console(image_server, cache, caplog):
+    """urllib3 logged a header line it could not parse as a warning with its traceback, in the middle of a run."""
+
+    def malformed(request):
+        request.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nno colon in this line\r\n"
+                           b"Content-Length: " + str(len(JPEG)).encode() + b"\r\n\r\n" + JPEG)
+
+    with caplog.at_level("WARNING"):
+        result = fetch_one(image_server.route("malformed.jpg", malformed), cache)
+    assert result.status == ImageStatus.TIMEOUT  # its length unread, the body waited for: told in its row
+    assert not [r for r in caplog.records if r.name.startswith("urllib3")]

@@ -444,6 +444,9 @@ def test_image_cap_brand_field_and_mapping_in_validation(tmp_path):
              str([a, c])]  # the last as pandas writes a list column to CSV
     got = [source.validate({"post_id": "p", "created_at": 0, "image_urls": cell})["image_urls"] for cell in cells]
     assert got == [[a, b], [a, b, c], [a, b, c], [a, b], [a], ["/data/my images/a.jpg"], [a, c]]
+    # a value that is no URL string stays, for the fetch stage to call invalid_url: it was dropped (read as no_image)
+    odd = source.validate({"post_id": "p", "created_at": 0, "image_url": 12345, "image_urls": [{"u": 1}, None, ""]})
+    assert odd["image_urls"] == ['{"u": 1}', "12345"]
     assert source.validate({"post_id": "p", "created_at": 0, "text": "hi", "brands": str(["acme", "Globex"])})["brands"] == [
         "acme", "Globex"]
     with pytest.raises(ValueError, match="--map applies to the flat format"):

@@ -11,6 +11,7 @@ Retries, host slots and what the bytes are belong to the caller (mmsa.images.wor
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 import threading
@@ -28,6 +29,10 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from mmsa.images.config import FetchConfig
 from mmsa.images.status import Failure, ImageStatus
 from mmsa.netpolicy import AddressPolicy, BlockedAddressError, ResolveError
+
+# urllib3 logs a server's malformed headers as a warning with its traceback, mid-run; the image's row tells it
+# (its status: a timeout, a connection error).
+logging.getLogger("urllib3.connection").setLevel(logging.ERROR)
 
 _REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 _MAX_ADDRESSES_TRIED = 3

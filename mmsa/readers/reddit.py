@@ -102,8 +102,9 @@ def _plain(markdown: str) -> str:
             number = ""
         elif token.type in ("code_block", "fence"):
             blocks.append(token.content.rstrip("\n"))
-    text = "\n\n".join(block for block in blocks if _VISIBLE.search(block))
-    return text or markdown.strip()  # words markdown shows none of (quotes nested past its limit): as written
+    if not blocks:  # markdown makes nothing of it (quotes nested past its limit, a rule alone): as written
+        return markdown.strip()
+    return "\n\n".join(block for block in blocks if _VISIBLE.search(block))
 
 
 def images(record: dict) -> list[str]:
