@@ -186,7 +186,11 @@ class RunSummary:
                 + (f", {before} already stored" if before else ""))
 
     def languages_line(self) -> str:
-        """The posts stored unscored because the model does not cover their language, most first."""
+        """The posts stored unscored because the model does not cover their language, most first; a run that stored
+        none says so (an empty nightly dump passed for a good night)."""
+        if not self.posts_scored:
+            return ("The dump holds no record: nothing was stored." if not self.posts_in and not self.not_posts
+                    else "No post was stored by this run.")
         if not self.not_covered:
             return "Every post is in a language the model covers."
         by_count = sorted(self.not_covered.items(), key=lambda kv: (-kv[1], kv[0]))

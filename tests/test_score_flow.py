@@ -103,7 +103,12 @@ def test_a_post_of_images_only_none_of_which_came_is_stored_unscored_not_guessed
     rerun = report.run_report("runs", db).to_pylist()[-1]
     assert (rerun["posts_scored"], rerun["posts_unscored"], rerun["stored_posts"]) == (0, 0, 0)
     assert "2 posts in, 0 scored, 2 already stored, 0 rejected" in report.headline_markdown(db).markdown
-    assert "2 rows in, 0 scored, 2 already stored, 0 rejected" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "2 rows in, 0 scored, 2 already stored, 0 rejected" in out and "No post was stored by this run." in out
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n  \n")  # a night's export that came out empty read as a good night
+    assert cli.main(["score", str(empty), "--db", str(db), "--out", str(tmp_path / "out")]) == 0
+    assert "The dump holds no record: nothing was stored." in capsys.readouterr().out
     mix = {r["image_status"]: (r["posts"], r["images"]) for r in report.run_report("image_status_mix", db).to_pylist()}
     assert mix == {"http_404": (1, 1), "ok": (1, 1)}  # its failed image is data quality too
 
