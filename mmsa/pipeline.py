@@ -561,9 +561,8 @@ def load(prepared: Prepared, results: list[ShardResult], opts: RunOptions, run_i
             batches = (json.loads(storage.path(f).read_text()) for f in prepared.rejections)  # one shard's at a time
             store.load_rejected(con, batches, prepared.dump, prepared.files_key, prepared.head, run_id)
             status, not_covered = Counter(), Counter()
-            for r in results:
+            for r in loads:  # the posts this run stored, as posts_scored counts them: summed over runs, none twice
                 status.update(r.image_status)
-            for r in loads:
                 not_covered.update(r.not_covered)
             shards = []
             for r in results:  # a skipped shard's seconds belong to the run that scored it

@@ -102,6 +102,7 @@ def test_a_post_of_images_only_none_of_which_came_is_stored_unscored_not_guessed
     assert cli.main(["score", str(dump), "--db", str(db), "--out", str(tmp_path / "out"), "--allow-hosts", "127.0.0.1"]) == 0
     rerun = report.run_report("runs", db).to_pylist()[-1]
     assert (rerun["posts_scored"], rerun["posts_unscored"], rerun["stored_posts"]) == (0, 0, 0)
+    assert json.loads(rerun["image_status"]) == {}  # the mix of what it stored: the first run's images counted once
     assert "2 posts in, 0 scored, 2 already stored, 0 rejected" in report.headline_markdown(db).markdown
     out = capsys.readouterr().out
     assert "2 rows in, 0 scored, 2 already stored, 0 rejected" in out and "No post was stored by this run." in out
@@ -226,8 +227,7 @@ def test_shards_scored_again_by_a_run_stopped_before_its_load_are_loaded_by_the_
 
     with monkeypatch.context() as m:
         m.setattr(store, "load_scored", killed)
-        with pytest.raises(KeyboardInterrupt):
-            cli.main([*argv, "--force"])
+        assert cli.main([*argv, "--force"]) == 130  # stopped, in one line
     forced = duckdb.sql(f"SELECT DISTINCT run_id FROM read_parquet('{out}/date=*/*.parquet')").fetchall()
     assert cli.main(argv) == 0
     with duckdb.connect(str(db)) as con:
