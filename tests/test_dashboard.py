@@ -338,6 +338,18 @@ def test_the_spikes_definition_and_the_posts_form_follow_their_settings(server):
     assert '<input type="hidden" name="limit" value="200">' in body.decode()
 
 
+def test_the_filter_form_submits_what_the_server_takes_and_shows_what_the_page_shows(server):
+    """A shared link's threshold 2.7 or a range wider than the data made the browser refuse every Apply (step 0.5,
+    the dates' min/max); a brand with no posts showed as "all", and Apply dropped it; Back restored the form's
+    last edit over the page's filters (autocomplete)."""
+    page = get(server, "/spikes?threshold=2.7&brand=umbrella&date_from=2000-01-01")[2].decode()
+    assert 'name="threshold" step="any"' in page and 'class="filters" autocomplete="off"' in page
+    assert 'name="date_from" value="2000-01-01">' in page  # no min or max to refuse it
+    assert '<option value="umbrella" selected>umbrella (0)</option>' in page
+    gallery = get(server, "/disagreement?limit=1&label=positive")[2].decode()
+    assert "Gallery: the 1 most engaging opposite posts (at most 1; positive toward the brand)" in gallery
+
+
 def test_binds_loopback_by_default_and_refuses_other_host_names(server):
     """127.0.0.1 unless --host says otherwise; a request naming another host (DNS rebinding) is refused."""
     assert build_parser().parse_args(["dashboard", "--db", "x"]).host == "127.0.0.1"
@@ -355,6 +367,7 @@ def test_refuses_the_pipeline_database_and_bad_filters(planted, server):
     assert status == 400 and b"date_from must be a date" in body
     status, _, body = get(server, "/?date_from=2024-03-20&date_to=2024-03-01")  # none would pass for no data
     assert status == 400 and b"date_from 2024-03-20 is after date_to 2024-03-01" in body
+    assert b"<a href='/'>Overview</a>" in body  # a way back from the error page, not a dead end
     assert get(server, "/?period=month")[0] == 400
     assert get(server, "/csv/nope")[0] == 404
 

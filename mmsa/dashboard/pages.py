@@ -68,6 +68,8 @@ class Pages(Queries):
 
         def select(name: str, label: str, values: list[tuple[str, str]]) -> str:
             current = getattr(f, name) if name in Filters.NAMES else f.extra.get(name)
+            if current and current not in {v for v, _ in values}:  # a brand without posts here: shown, not "all"
+                values = [*values, (current, f"{current} (0)")]
             opts = "".join(f'<option value="{esc(v)}"{" selected" if v == (current or "") else ""}>{esc(t)}</option>'
                            for v, t in values)
             return f'<label>{esc(label)} <select name="{name}">{opts}</select></label>'
@@ -78,11 +80,11 @@ class Pages(Queries):
 
         versions = [("", f"latest ({model})")] + [(v["model_version"], v["model_version"]) for v in self.model_versions(con)]
         first, last = self.span(con, replace(f, date_from=None, date_to=None), f.model_version or model)
-        form = (
-            f'<form method="get" action="{esc(path)}" class="filters">'
+        form = (  # autocomplete off: Back shows the filters of the page it shows, not the form's last edit
+            f'<form method="get" action="{esc(path)}" class="filters" autocomplete="off">'
             + select("brand", "Brand", listed("brand"))
-            + f'<label>From <input type="date" name="date_from" value="{esc(f.date_from)}" min="{esc(first)}" max="{esc(last)}"></label>'
-            + f'<label>To <input type="date" name="date_to" value="{esc(f.date_to)}" min="{esc(first)}" max="{esc(last)}"></label>'
+            + f'<label>From <input type="date" name="date_from" value="{esc(f.date_from)}"></label>'
+            + f'<label>To <input type="date" name="date_to" value="{esc(f.date_to)}"></label>'
             + select("source", "Source", listed("source"))
             + select("lang", "Language", listed("lang"))
             + select("model_version", "Model", versions)
@@ -181,7 +183,7 @@ class Pages(Queries):
                 + f"<p class='meta'>Driving posts (negative first when the negative share spiked, then by engagement):</p><ol>{drivers}</ol>"
                 + every + "</article>")
         extra = (f'<label>Window <input type="number" name="window" min="3" max="365" value="{settings["window"]}"></label>'
-                 f'<label>Threshold z <input type="number" name="threshold" step="0.5" min="0.5" max="50" value="{settings["threshold"]}"></label>')
+                 f'<label>Threshold z <input type="number" name="threshold" step="any" min="0.5" max="50" value="{settings["threshold"]}"></label>')
         body = (
             "<h2>Spikes</h2><p class='definition'>A brand-day is a spike when its volume, or its negative share (on days "
             f"with at least 5 posts), lies {esc(settings['threshold'])} or more standard deviations (z) above the mean of "
@@ -263,7 +265,8 @@ class Pages(Queries):
                 "how often the two labels differ, and how often they point opposite ways (one positive, one "
                 "negative: often sarcasm, e.g. praise over a photo of a broken product). Rates with 95% Wilson intervals.</p>"
                 + self._table_html(rates, f)
-                + f"<h3>Gallery: {len(gallery.rows)} opposite posts, most engaging first</h3>"
+                + f"<h3>Gallery: the {len(gallery.rows)} most engaging opposite posts (at most {f.extra['limit']}"
+                + (f"; {esc(f.extra['label'])} toward the brand" if f.extra.get("label") else "") + ")</h3>"
                 + ("<div class='posts gallery'>" + "".join(self._post_card(p) for p in gallery.rows) + "</div>"
                    if gallery.rows else "<p>No post has text and image pointing opposite ways.</p>")
                 + f'<p class="meta"><a class="csv" href="/csv/gallery?{esc(f.query(extra=True))}">CSV of these posts</a></p>')

@@ -58,7 +58,9 @@ class Dashboard(Pages):
             with self.snapshot.cursor() as con:
                 return Response(200, "text/html; charset=utf-8", pages[path](con, f, query).encode())
         except ValueError as exc:
-            return Response(400, "text/html; charset=utf-8", page("Bad request", "", f"<p class='error'>{esc(exc)}</p>").encode())
+            return Response(400, "text/html; charset=utf-8", page(  # a way back, not a dead end
+                "Bad request", "", f"<p class='error'>{esc(exc)}</p><p><a href='{esc(path)}'>Back to this view without its "
+                "filters</a> · <a href='/'>Overview</a></p>").encode())
 
     def csv(self, name: str, f: Filters, query: dict[str, list[str]]) -> Response:
         f = with_view_settings(name, f, query)
