@@ -25,6 +25,7 @@ import io
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -450,9 +451,10 @@ class _Held:
 
 
 _BREAK = re.compile(r"\r\n|\r|\n")
-# Lines whose every backslash escapes what MySQL's SELECT ... INTO OUTFILE escapes (itself, quotes, a separator, a
-# line break, \0 \b \n \r \t \Z): only such a row is read with backslash escapes.
-_MYSQL_ESCAPES = re.compile(r"(?:[^\\]|\\[\\\"'0bnrtZ,;\t|\r\n])*", re.DOTALL)
+# Lines whose every backslash escapes what MySQL writes (itself, quotes, a separator, a line break, \0 \b \n \r \t
+# \Z, and \N for NULL): only such a row is read with backslash escapes. Possessive: a long field costs no
+# backtracking state.
+_MYSQL_ESCAPES = re.compile(r"(?:[^\\]++|\\[\\\"'0bnrtZN,;\t|\r\n])*+", re.DOTALL)
 
 
 def _csv_rows(fh) -> Iterator[tuple[int, dict | Unreadable | CsvHeader]]:
@@ -670,7 +672,9 @@ def _image_urls(value: object) -> list[str]:
     if isinstance(value, str):
         value = _URL_SEPARATOR.split(value.strip())
     items = value if isinstance(value, (list, tuple)) else [value]
-    return _strings([v if v is None or isinstance(v, str) else json.dumps(v, default=str) for v in items])
+    missing = [v is None or v is False or (isinstance(v, float) and math.isnan(v)) for v in items]  # NaN: pandas' empty
+    return _strings([None if gone else v if isinstance(v, str) else json.dumps(v, default=str)
+                     for v, gone in zip(items, missing)])
 
 
 def validate(row: dict, max_images: int = DEFAULT_MAX_IMAGES, tagger: BrandTagger | None = None) -> dict:

@@ -447,6 +447,8 @@ def test_image_cap_brand_field_and_mapping_in_validation(tmp_path):
     # a value that is no URL string stays, for the fetch stage to call invalid_url: it was dropped (read as no_image)
     odd = source.validate({"post_id": "p", "created_at": 0, "image_url": 12345, "image_urls": [{"u": 1}, None, ""]})
     assert odd["image_urls"] == ['{"u": 1}', "12345"]
+    for missing in (float("nan"), False):  # pandas' empty cell (NaN in its JSON), a false flag: no image, not a URL
+        assert source.validate({"post_id": "p", "created_at": 0, "text": "hi", "image_url": missing})["image_urls"] == []
     assert source.validate({"post_id": "p", "created_at": 0, "text": "hi", "brands": str(["acme", "Globex"])})["brands"] == [
         "acme", "Globex"]
     with pytest.raises(ValueError, match="--map applies to the flat format"):

@@ -238,6 +238,10 @@ def test_a_csv_quote_never_closed_does_not_swallow_the_rows_after_it(tmp_path):
     assert [p["text"] for p in posts] == ['my 5" screen', 'He said "great" today', "hi ", "two\nlines", "oops", "six",
                                           "seven", 'she wrote "meh" and\np9 liked it', "ten", "C:\\dir\\ x", 'said hi"']
     assert rejected == []
+    mysql = tmp_path / "mysql.csv"  # MySQL writes NULL as \N: a row holding one is MySQL's all the same
+    mysql.write_text('post_id,created_at,text,author\np1,2026-11-20,"he said \\"hi\\"\nsecond line",\\N\n')
+    _, posts, rejected = _all(mysql, 10)
+    assert ([p["text"] for p in posts], rejected) == (['he said "hi"\nsecond line'], [])
 
 
 def test_a_csv_separated_by_semicolons_or_tabs_is_read_by_its_header(tmp_path):
