@@ -8,6 +8,7 @@ Heavy imports (torch, prefect) happen inside the command that needs them so that
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import re
@@ -625,7 +626,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         resumes = "; what was done is kept and a rerun goes on from there" if args.command in RESUMABLE else ""
         print(f"mmsa {args.command}: stopped{resumes}", file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT)
+        global _stopped_by
+        _stopped_by = signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT
+        return 128 + _stopped_by
     except (ValueError, FileNotFoundError) as exc:
         if args.debug:
             raise
@@ -703,10 +706,26 @@ def _terminate(signum, frame) -> None:
     raise _Terminated()
 
 
+_stopped_by: int | None = None  # the signal that stopped the command (main's one line told it)
+
+
+def _end_by_the_signal() -> None:
+    """After every other exit handler (Prefect's server stop): end by the signal that stopped the command, as a
+    process stopped by it does, so that a shell's loop stops at Ctrl-C and systemd counts `stop` as clean."""
+    if _stopped_by is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(_stopped_by, signal.SIG_DFL)
+        os.kill(os.getpid(), _stopped_by)
+
+
 def entry() -> None:
     """The `mmsa` executable."""
+    atexit.register(_end_by_the_signal)  # the first registered runs last
     signal.signal(signal.SIGTERM, _terminate)
-    sys.exit(main())
+    code = main()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the command is done: a stop now ends the exit handlers too
+    sys.exit(code)
 
 
 if __name__ == "__main__":
