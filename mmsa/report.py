@@ -305,7 +305,7 @@ def headline_markdown(db: str | Path, run_id: str | None = None,
             + (f", {before} already stored" if (before := run["posts_in"] - run["posts_rejected"] - run["posts_scored"]
                                                 - run["posts_unscored"]) else "")
             + f", {run['posts_rejected']} rejected, in {run['seconds']:.0f} s. "
-            f"Images: {', '.join(f'{k}={v}' for k, v in sorted(json.loads(run['image_status'] or '{}').items()))}.",
+            f"Images: {', '.join(f'{k}={v}' for k, v in sorted(json.loads(run['image_status'] or '{}').items())) or 'none'}.",
         ]
         not_covered = sorted(json.loads(run["not_covered"] or "{}").items(), key=lambda kv: (-kv[1], kv[0]))
         if not_covered:  # stored unlabelled, left out of the sentiment figures below

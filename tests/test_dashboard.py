@@ -368,6 +368,8 @@ def test_refuses_the_pipeline_database_and_bad_filters(planted, server):
     status, _, body = get(server, "/?date_from=2024-03-20&date_to=2024-03-01")  # none would pass for no data
     assert status == 400 and b"date_from 2024-03-20 is after date_to 2024-03-01" in body
     assert b"<a href='/'>Overview</a>" in body  # a way back from the error page, not a dead end
+    status, _, body = get(server, "/%5Cevil.example/?period=x")  # "/\" reads as "//" in a browser: no link to it
+    assert status == 400 and b"evil.example" not in body
     assert get(server, "/?period=month")[0] == 400
     assert get(server, "/csv/nope")[0] == 404
 

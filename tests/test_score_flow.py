@@ -103,7 +103,7 @@ def test_a_post_of_images_only_none_of_which_came_is_stored_unscored_not_guessed
     rerun = report.run_report("runs", db).to_pylist()[-1]
     assert (rerun["posts_scored"], rerun["posts_unscored"], rerun["stored_posts"]) == (0, 0, 0)
     assert json.loads(rerun["image_status"]) == {}  # the mix of what it stored: the first run's images counted once
-    assert "2 posts in, 0 scored, 2 already stored, 0 rejected" in report.headline_markdown(db).markdown
+    assert "2 posts in, 0 scored, 2 already stored, 0 rejected, in 0 s. Images: none." in report.headline_markdown(db).markdown
     out = capsys.readouterr().out
     assert "2 rows in, 0 scored, 2 already stored, 0 rejected" in out and "No post was stored by this run." in out
     empty = tmp_path / "empty.jsonl"

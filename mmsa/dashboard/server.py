@@ -39,6 +39,9 @@ class Response:
 class Dashboard(Pages):
     """The pages, tables and thumbnails, answered by path and query string."""
 
+    VIEW_PATHS = {"/": "overview", "/spikes": "spikes", "/posts": "posts", "/voice": "voice",
+                  "/disagreement": "disagreement", "/quality": "quality"}
+
     def handle(self, path: str, query: dict[str, list[str]]) -> Response:
         """The response to GET `path` with the parsed query string."""
         try:
@@ -51,16 +54,16 @@ class Dashboard(Pages):
             f = Filters.parse(query)
             if path.startswith("/csv/") and path[5:] in self.TABLES:
                 return self.csv(path[5:], f, query)
-            pages = {"/": self.page_overview, "/spikes": self.page_spikes, "/posts": self.page_posts,
-                     "/voice": self.page_voice, "/disagreement": self.page_disagreement, "/quality": self.page_quality}
+            pages = {p: getattr(self, f"page_{name}") for p, name in self.VIEW_PATHS.items()}
             if path not in pages:
                 return Response(404, "text/plain; charset=utf-8", b"not found")
             with self.snapshot.cursor() as con:
                 return Response(200, "text/html; charset=utf-8", pages[path](con, f, query).encode())
         except ValueError as exc:
-            return Response(400, "text/html; charset=utf-8", page(  # a way back, not a dead end
-                "Bad request", "", f"<p class='error'>{esc(exc)}</p><p><a href='{esc(path)}'>Back to this view without its "
-                "filters</a> · <a href='/'>Overview</a></p>").encode())
+            back = path if path in self.VIEW_PATHS else "/"  # a way back, not a dead end (nor a path of the request's)
+            return Response(400, "text/html; charset=utf-8", page(
+                "Bad request", "", f"<p class='error'>{esc(exc)}</p><p><a href='{esc(back)}'>Back to this view without "
+                "its filters</a> · <a href='/'>Overview</a></p>").encode())
 
     def csv(self, name: str, f: Filters, query: dict[str, list[str]]) -> Response:
         f = with_view_settings(name, f, query)
