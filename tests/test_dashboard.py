@@ -347,7 +347,7 @@ def test_the_filter_form_submits_what_the_server_takes_and_shows_what_the_page_s
     assert 'name="date_from" value="2000-01-01">' in page  # no min or max to refuse it
     assert '<option value="umbrella" selected>umbrella (0)</option>' in page
     gallery = get(server, "/disagreement?limit=1&label=positive")[2].decode()
-    assert "Gallery: the 1 most engaging opposite posts (at most 1; positive toward the brand)" in gallery
+    assert "Gallery: opposite posts, most engaging first (1 shown, at most 1; positive toward the brand)" in gallery
 
 
 def test_binds_loopback_by_default_and_refuses_other_host_names(server):

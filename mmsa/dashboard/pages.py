@@ -265,7 +265,7 @@ class Pages(Queries):
                 "how often the two labels differ, and how often they point opposite ways (one positive, one "
                 "negative: often sarcasm, e.g. praise over a photo of a broken product). Rates with 95% Wilson intervals.</p>"
                 + self._table_html(rates, f)
-                + f"<h3>Gallery: the {len(gallery.rows)} most engaging opposite posts (at most {f.extra['limit']}"
+                + f"<h3>Gallery: opposite posts, most engaging first ({len(gallery.rows)} shown, at most {f.extra['limit']}"
                 + (f"; {esc(f.extra['label'])} toward the brand" if f.extra.get("label") else "") + ")</h3>"
                 + ("<div class='posts gallery'>" + "".join(self._post_card(p) for p in gallery.rows) + "</div>"
                    if gallery.rows else "<p>No post has text and image pointing opposite ways.</p>")
