@@ -63,8 +63,8 @@ class RunOptions:
         if storage.is_remote(params.db) or source.is_url(params.db):  # DuckDB writes a local file, beside its lock
             raise ValueError(f"--db {params.db}: the database is a local file; --out and --cache may be object storage")
         return cls(
-            db=params.db, out=_absolute(params.out), cache=_absolute(params.cache),
-            model=_absolute(params.model) if (Path(params.model) / "config.json").is_file() else params.model, shard_size=params.shard_size,
+            db=params.db, out=_absolute(params.out), cache=_absolute(params.cache), shard_size=params.shard_size,
+            model=_absolute(params.model) if (Path(params.model) / "config.json").is_file() else params.model,
             allow_local_files=params.allow_local_files, allow_hosts=tuple(params.allow_hosts or ()),
             force=params.force, retry_failed=params.retry_failed, backend=params.backend,
             reading=source.ReadOptions.build(params.source_format, params.mapping, params.brands, params.max_images),
@@ -209,8 +209,8 @@ def new_run_id() -> str:
 
 def prepare(dump: str, opts: RunOptions) -> Prepared:
     """Read and validate the dump (its files, as one) and cut it into shard files; each shard's rejected rows go to
-    a file of their own beside them. The work folder is keyed by the files' bytes and by how they are read. A dump downloaded
-    to be read (an URL, a bucket's files) is removed once cut."""
+    a file of their own beside them. The work folder is keyed by the files' bytes and by how they are read. A dump
+    downloaded to be read (an URL, a bucket's files) is removed once cut."""
     out = storage.path(opts.out)  # a local folder, or a bucket's prefix (mmsa.storage)
     with files.scratch(out / "_work" if isinstance(out, Path) else None) as downloads:
         paths = source.resolve(dump, downloads)
