@@ -120,7 +120,7 @@ def test_reddit_markdown_is_read_as_the_words_reddit_shows():
     assert text == ("**Acme** review\n\nLove my new Acme phone! not _really_\n\nthey said it would break\n\n"
                     "battery: great\n\ncamera: meh\n\nindented by habit\n\ncut&paste <3 \u200b the box")  # a title is not markdown
     for body, shown in (("2024. What a year for acme", "2024. What a year for acme"), ("1986) was great", "1986) was great"),
-                        ("> " * 200 + "deep", "> " * 199 + "> deep")):  # its number kept; nested past the limit: as written
+                        ("> " * 200 + "deep", "> " * 199 + "> deep"), ("1.\n\nacme rocks", "acme rocks")):  # its number kept; nested past the limit: as written
         assert _one(reddit.read, {"id": "m2", "created_utc": 1, "body": body})["text"] == shown.strip()
 
 

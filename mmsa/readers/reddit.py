@@ -95,6 +95,8 @@ def _plain(markdown: str) -> str:
     for token in _MARKDOWN.parse(markdown):
         if token.type == "list_item_open" and token.info:  # an ordered item: its number and . or )
             number = f"{token.info}{token.markup} "
+        elif token.type == "list_item_close":  # an empty item's number is not the next paragraph's
+            number = ""
         elif token.type == "inline":
             blocks.append(number + "".join(child.content if child.type in ("text", "code_inline", "image") else "\n"
                                            for child in token.children or ()
