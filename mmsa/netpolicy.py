@@ -50,6 +50,16 @@ def is_public(ip: IPAddress) -> bool:
     )
 
 
+def _host_key(host: str) -> str:
+    """A host name as compared: lower case, no final dot, an international name in its ASCII form (bücher.example is
+    xn--bcher-kva.example, as a URL's host may come)."""
+    name = host.strip().lower().rstrip(".")
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:  # a label too long for IDNA: compared as written
+        return name
+
+
 @dataclass(frozen=True)
 class AddressPolicy:
     """Refuses non-public addresses, except hosts and networks explicitly allowed.
@@ -66,13 +76,13 @@ class AddressPolicy:
             try:
                 networks.append(ipaddress.ip_network(entry.strip(), strict=False))
             except ValueError:
-                hosts.append(entry.strip().lower().rstrip("."))
+                hosts.append(_host_key(entry))
         object.__setattr__(self, "_networks", tuple(networks))
         object.__setattr__(self, "_hosts", frozenset(hosts))
 
     def permits(self, host: str, ip: IPAddress) -> bool:
         """Whether connecting to `ip`, reached through the name `host`, is allowed."""
-        if host.lower().rstrip(".") in self._hosts:
+        if _host_key(host) in self._hosts:
             return True
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped

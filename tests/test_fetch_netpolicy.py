@@ -64,6 +64,9 @@ def test_allowed_host_name_exempts_whatever_it_resolves_to():
     policy = AddressPolicy(("cdn.internal.",))
     assert policy.permits("CDN.internal", ipaddress.ip_address("10.0.0.7"))
     assert not policy.permits("other.internal", ipaddress.ip_address("10.0.0.7"))
+    # an international name, allowed as written, exempts the host a URL gives in its ASCII form, and the other way
+    assert AddressPolicy(("bücher.example",)).permits("xn--bcher-kva.example", ipaddress.ip_address("10.0.0.7"))
+    assert AddressPolicy(("xn--bcher-kva.example",)).permits("BÜCHER.example", ipaddress.ip_address("10.0.0.7"))
 
 
 def test_resolve_checks_the_resolved_addresses():
