@@ -91,14 +91,15 @@ def backfill_flow(
     given = locals()
     # Every run parameter is an argument above (tests/test_options.py checks names and defaults): none is dropped.
     params = RunParameters(**{name: given[name] for name in parameter_names()})
-    RunOptions.build(params)  # a bad option (a database in a bucket) said before the lock and the first day
+    # a bad option (a database in a bucket) said before the lock and the first day; how the days are read, once
+    reading = source.reading_key(RunOptions.build(params).reading)
 
     days = days_between(*day_range(start, end, day_before(flow_run.scheduled_start_time, timezone)))
     day_dump(dump_template, days[0])
     scorer = score_flow.with_options(task_runner=make_task_runner(runner, dask_address))
     model_version = load_model(model).version
     with run_lock(db):  # the whole range: a second backfill is refused, not let in between two days
-        outcome, failed = _days(days, dump_template, db, model_version, scorer, params, force or retry_failed)
+        outcome, failed = _days(days, dump_template, db, model_version, scorer, params, reading, force or retry_failed)
         publish.publish_if_behind(db)
     print(", ".join(f"{d}: {o}" for d, o in outcome.items()))
     if failed:
@@ -107,10 +108,10 @@ def backfill_flow(
 
 
 def _days(days: list[date], dump_template: str, db: str, model_version: str, scorer, params: RunParameters,
-          again: bool) -> tuple[dict[str, str], list[str]]:
-    """Score each day's dump in turn: ({day: "scored" | "skipped" | "failed"}, the failed days with why)."""
+          reading: str, again: bool) -> tuple[dict[str, str], list[str]]:
+    """Score each day's dump in turn (`reading`: mmsa.source.reading_key of how they are read): ({day: "scored" |
+    "skipped" | "failed"}, the failed days with why)."""
     outcome, failed = {}, []
-    reading = source.reading_key(RunOptions.build(params).reading)
     for day in days:
         dump = day_dump(dump_template, day)
         key, missing = None, None

@@ -376,8 +376,8 @@ def toward_brands(pred, rows: list[tuple[int, int, str | None]], target_probs: l
     """Per post, (brands, 3) probabilities toward each brand it names; None where the model has no target head.
 
     A brand the text names gets the target head's sentiment toward it, read from the text: the post's image moves the
-    post's label, not a brand's (no labelled data toward a target with its image was there to learn or check how; the
-    post's fused / text ratio, tried, flipped clear praise of a brand to negative). A brand the text does not name
+    post's label, not a brand's (no labelled data toward a target with its image is there to learn or check how; the
+    post's fused / text ratio turns clear praise of a brand negative: the model card). A brand the text does not name
     (from the dump's own field) gets the post's own."""
     if target_probs is None:
         return None

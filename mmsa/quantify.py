@@ -91,9 +91,9 @@ def _systematic_error(probs: np.ndarray, labels: np.ndarray, seed: int, size: in
         half[rows[: len(rows) // 2]] = True
     stats = _base_stats(probs[half], labels[half])
     by_class = [np.flatnonzero(~half & (labels == c)) for c in range(K)]
-    share_errors, net_errors = [], []
+    share_errors, net_errors, natural = [], [], _natural_part(labels)
     for negative, part in itertools.product(NEGATIVE_SHARES, POSITIVE_PARTS):
-        part = _natural_part(labels) if part is None else part
+        part = natural if part is None else part
         counts = _bag_counts(size, negative, part)
         for _ in range(bags):
             rows = np.concatenate([rng.choice(by_class[c], counts[c]) for c in range(K)])

@@ -667,14 +667,17 @@ def _image_urls(value: object) -> list[str]:
     """A post's image URLs from a list, or from one CSV cell of several: a list (_listed), or URLs separated by
     spaces, commas, semicolons or bars before the next http(s):// (a comma inside a URL, as in image services'
     w_100,h_80, stays; so does a space in a local path). A value that is no string (12345, {"u": 1}) is kept as its
-    JSON, which the fetch stage calls invalid_url: dropped, the post read as one without an image (no_image)."""
+    JSON, for the fetch stage to call invalid_url: read as no image, the post would hide it (no_image). None, False
+    and NaN (pandas' empty cell) are no image."""
     value = _listed(value)
     if isinstance(value, str):
         value = _URL_SEPARATOR.split(value.strip())
     items = value if isinstance(value, (list, tuple)) else [value]
-    missing = [v is None or v is False or (isinstance(v, float) and math.isnan(v)) for v in items]  # NaN: pandas' empty
-    return _strings([None if gone else v if isinstance(v, str) else json.dumps(v, default=str)
-                     for v, gone in zip(items, missing)])
+    return _strings([None if _no_value(v) else v if isinstance(v, str) else json.dumps(v, default=str) for v in items])
+
+
+def _no_value(value: object) -> bool:
+    return value is None or value is False or (isinstance(value, float) and math.isnan(value))
 
 
 def validate(row: dict, max_images: int = DEFAULT_MAX_IMAGES, tagger: BrandTagger | None = None) -> dict:

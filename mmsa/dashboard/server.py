@@ -39,11 +39,10 @@ class Response:
 class Dashboard(Pages):
     """The pages, tables and thumbnails, answered by path and query string."""
 
-    VIEW_PATHS = {"/": "overview", "/spikes": "spikes", "/posts": "posts", "/voice": "voice",
-                  "/disagreement": "disagreement", "/quality": "quality"}
-
     def handle(self, path: str, query: dict[str, list[str]]) -> Response:
         """The response to GET `path` with the parsed query string."""
+        pages = {"/": self.page_overview, "/spikes": self.page_spikes, "/posts": self.page_posts,
+                 "/voice": self.page_voice, "/disagreement": self.page_disagreement, "/quality": self.page_quality}
         try:
             if path == "/static/dashboard.css":
                 return Response(200, "text/css; charset=utf-8", CSS_PATH.read_bytes(), cache=True)
@@ -54,13 +53,12 @@ class Dashboard(Pages):
             f = Filters.parse(query)
             if path.startswith("/csv/") and path[5:] in self.TABLES:
                 return self.csv(path[5:], f, query)
-            pages = {p: getattr(self, f"page_{name}") for p, name in self.VIEW_PATHS.items()}
             if path not in pages:
                 return Response(404, "text/plain; charset=utf-8", b"not found")
             with self.snapshot.cursor() as con:
                 return Response(200, "text/html; charset=utf-8", pages[path](con, f, query).encode())
         except ValueError as exc:
-            back = path if path in self.VIEW_PATHS else "/"  # a way back, not a dead end (nor a path of the request's)
+            back = path if path in pages else "/"  # a way back, not a dead end (nor a path of the request's)
             return Response(400, "text/html; charset=utf-8", page(
                 "Bad request", "", f"<p class='error'>{esc(exc)}</p><p><a href='{esc(back)}'>Back to this view without "
                 "its filters</a> · <a href='/'>Overview</a></p>").encode())
