@@ -64,7 +64,13 @@ class BrandTagger:
         if not isinstance(rules, dict) or not rules:
             raise ValueError("a brands file maps each brand name to its rules (keywords, hashtags, handles, regexes)")
         self.patterns: dict[str, re.Pattern] = {}
+        self.names: dict[str, str] = {}
         for brand, spec in rules.items():
+            # A post names a brand once whatever its case and accents (source.validate), so a second spelling
+            # would vanish from every post it matched.
+            if (first := self.names.setdefault(name_key(str(brand)), str(brand))) != str(brand):
+                raise ValueError(f"brands {first!r} and {brand!r} are one name (case and accents aside): "
+                                 "merge their rules under one")
             spec = spec or {}
             if not isinstance(spec, dict) or set(spec) - set(RULES):
                 raise ValueError(f"brand {brand!r}: rules must be a mapping with keys from {', '.join(RULES)}")
@@ -80,7 +86,6 @@ class BrandTagger:
             if not parts:
                 raise ValueError(f"brand {brand!r} has no rules")
             self.patterns[str(brand)] = re.compile("|".join(parts), re.IGNORECASE)
-        self.names = {name_key(b): b for b in self.patterns}
 
     def tag(self, text: str | None) -> list[str]:
         """The brands the text mentions, in the file's order."""

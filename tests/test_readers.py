@@ -464,6 +464,9 @@ def test_image_cap_brand_field_and_mapping_in_validation(tmp_path):
     brands.write_text("acme:\n  keywords: [acme]\nglobex:\n  keywords: [globex]\nacme:\n  keywords: [acme corp]\n")
     with pytest.raises(ValueError, match="acme given twice \\(again on line 5\\)"):  # would keep only its last rules
         source.ReadOptions.build(brands=brands)
+    brands.write_text("NFL:\n  keywords: [nfl]\nBeyoncé:\n  keywords: [beyoncé]\nbeyonce:\n  hashtags: ['#beyonce']\n")
+    with pytest.raises(ValueError, match="brands 'Beyoncé' and 'beyonce' are one name"):  # the second vanished from posts
+        source.ReadOptions.build(brands=brands)
     brands.write_text("acme:\n  keywords: [acme]\n? [globex, initech]\n: {keywords: [globex]}\n")
     with pytest.raises(ValueError, match="a key that is not a name \\(line 3\\)"):  # was a TypeError's traceback
         source.ReadOptions.build(brands=brands)
