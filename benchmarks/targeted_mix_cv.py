@@ -7,7 +7,7 @@ folds) with its 4C rows kept at random at KEEP (a draw seeded by the head's seed
 mean of the probabilities of each pair of heads. Scores are on every held-out row of the fold, as
 results/targeted.md scores them. Token states come from `mmsa compare-targets`' feature cache (made on first use).
 
-    .venv/bin/python benchmarks/targeted_mix_cv.py --keep 1 0.33 --seeds 0 1   # 4 heads in turn: 1 h 45 min on 2 cores
+    .venv/bin/python benchmarks/targeted_mix_cv.py --keep 1 0.33 --seeds 0 1   # 4 heads in turn, about 1 h 45 min
 """
 
 from __future__ import annotations
