@@ -23,22 +23,16 @@ from mmsa.evaluate import classification_metrics
 from mmsa.model import load_model
 
 
-def fit_fold(model, data, fold_n: int, keep: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(held-out probabilities, labels, sources) of one head fitted with 4C kept at `keep`."""
-    final, _ = targeted.candidate_sets(model, data, "post", 0)
-    fold = targeted.group_folds(final, 3, 0)
-    text_fold = np.zeros(len(final.offsets) - 1, np.int64)
-    text_fold[final.text] = fold
-    ds, pairs = targeted.candidate_sets(model, data, "top4", 0)
-    both = targeted.join(ds, pairs)
+def fit_fold(model, ds, pairs, both, fold: np.ndarray, fold_n: int, keep: float, seed: int) -> np.ndarray:
+    """Held-out probabilities of one head fitted with 4C kept at `keep` (`both`: join(ds, pairs))."""
     tr, te = np.flatnonzero(fold != fold_n), np.flatnonzero(fold == fold_n)
     if keep < 1:
         is4c = ds.source[tr] == "semeval2016_4c"
         tr = tr[~is4c | (np.random.default_rng(100 + seed).random(len(tr)) < keep)]
-    usable = len(ds) + np.flatnonzero((text_fold[pairs.parts] != fold_n).all(1))
-    head = targeted.fit_target_head(both, np.concatenate([tr, usable]), model.text_encoder.layers()[-4:], seed=seed,
-                                    progress=False, position_bias=model.text_encoder.position_bias())
-    return targeted.predict_targets(head, both, te), ds.label[te], ds.source[te]
+    head = targeted.fit_target_head(both, np.concatenate([tr, targeted.pair_rows(ds, pairs, fold, fold_n)]),
+                                    model.text_encoder.layers()[-4:], seed=seed, progress=False,
+                                    position_bias=model.text_encoder.position_bias())
+    return targeted.predict_targets(head, both, te)
 
 
 def cells(p: np.ndarray, label: np.ndarray, source: np.ndarray) -> str:
@@ -59,9 +53,13 @@ def main() -> None:
     train.set_threads(1)
     model = load_model("default")
     data = resolve_data_dir() / TARGETED
-    probs, label, source = {}, None, None
-    for keep, seed in itertools.product(args.keep, args.seeds):
-        probs[f"4C kept {keep:g}, seed {seed}"], label, source = fit_fold(model, data, args.fold, keep, seed)
+    ds, pairs = targeted.candidate_sets(model, data, "top4", 0)
+    fold = targeted.group_folds(ds, 3, 0)  # as `mmsa compare-targets` splits (the same rows and texts at every layer)
+    both = targeted.join(ds, pairs)
+    probs = {f"4C kept {keep:g}, seed {seed}": fit_fold(model, ds, pairs, both, fold, args.fold, keep, seed)
+             for keep, seed in itertools.product(args.keep, args.seeds)}
+    held = fold == args.fold
+    label, source = ds.label[held], ds.source[held]
     for a, b in itertools.combinations(list(probs), 2):
         probs[f"mean of ({a}) and ({b})"] = (probs[a] + probs[b]) / 2
     print("| heads | " + " | ".join(f"{s} acc / macro recall" for s in targeted.TARGETED_SETS) + " | all |")

@@ -245,6 +245,14 @@ def predict_targets(head: TargetHead, ds: TargetedSet, rows: np.ndarray) -> np.n
     return out
 
 
+def pair_rows(ds: TargetedSet, pairs: TargetedSet, fold: np.ndarray, f: int) -> np.ndarray:
+    """The rows of join(ds, pairs) of the made-up pairs that fold f's head may train on (`fold`: each of ds's rows'
+    fold): both their tweets outside the fold."""
+    text_fold = np.zeros(len(ds.offsets) - 1, np.int64)
+    text_fold[ds.text] = fold
+    return len(ds) + np.flatnonzero((text_fold[pairs.parts] != f).all(1))
+
+
 def group_folds(ds: TargetedSet, folds: int, seed: int) -> np.ndarray:
     """Fold number per row; every row of one text in one fold (a tweet naming two targets never straddles)."""
     texts = np.unique(ds.text)
@@ -273,8 +281,6 @@ def cross_validate(model, data_dir: str | Path, candidates=tuple(CANDIDATES), fo
     `mmsa train` share them; only real rows score."""
     final, _ = candidate_sets(model, data_dir, "post", seed, cache_dir)
     fold = group_folds(final, folds, seed)  # the rows and their texts are in the same order at every layer
-    text_fold = np.zeros(len(final.offsets) - 1, np.int64)
-    text_fold[final.text] = fold
     out = {}
     for name in candidates:
         blocks = CANDIDATES[name]
@@ -306,8 +312,7 @@ def cross_validate(model, data_dir: str | Path, candidates=tuple(CANDIDATES), fo
                 if part is not None and part.exists():
                     p[te] = np.load(part)
                     continue
-                usable = len(ds) + np.flatnonzero((text_fold[pairs.parts] != f).all(1))
-                head = fit_target_head(both, np.concatenate([tr, usable]), model.text_encoder.layers()[-blocks:],
+                head = fit_target_head(both, np.concatenate([tr, pair_rows(ds, pairs, fold, f)]), model.text_encoder.layers()[-blocks:],
                                        seed=seed, progress=progress, position_bias=model.text_encoder.position_bias())
                 p[te] = predict_targets(head, both, te)
                 if part is not None:
